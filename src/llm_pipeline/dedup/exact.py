@@ -1,0 +1,24 @@
+"""Exact duplicates: equal after normalization and lowercasing (the lowercasing is for hashing only)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from llm_pipeline.dedup.clusters import KeepPolicy, clusters_from_pairs
+from llm_pipeline.records import Document, DuplicateCluster
+
+
+def hashing_key(text: str) -> str:
+    return hashlib.sha256(text.lower().encode("utf-8")).hexdigest()
+
+
+def exact_duplicate_clusters(documents: list[Document], keep: KeepPolicy = "first") -> list[DuplicateCluster]:
+    first_by_hash: dict[str, int] = {}
+    pairs = []
+    for index, document in enumerate(documents):
+        key = hashing_key(document.text)
+        if key in first_by_hash:
+            pairs.append((first_by_hash[key], index, 1.0))
+        else:
+            first_by_hash[key] = index
+    return clusters_from_pairs(documents, pairs, "exact", keep)

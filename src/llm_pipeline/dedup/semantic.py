@@ -1,0 +1,32 @@
+"""Semantic duplicates: cosine similarity of sentence embeddings, compared block by block (bounded memory)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llm_pipeline.dedup.clusters import KeepPolicy, clusters_from_pairs
+from llm_pipeline.embeddings import embed
+from llm_pipeline.records import Document, DuplicateCluster
+
+BLOCK_ROWS = 1024  # a block's similarity matrix holds BLOCK_ROWS x N float32 values
+
+
+def similar_pairs(vectors: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+    """Every pair (i < j) of rows whose cosine reaches `threshold`; rows must be L2-normalized."""
+    pairs = []
+    for start in range(0, len(vectors), BLOCK_ROWS):
+        block = vectors[start:start + BLOCK_ROWS] @ vectors.T
+        rows, cols = np.nonzero(block >= threshold)
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+            i = start + r
+            if c > i:
+                pairs.append((i, c, float(block[r, c])))
+    return pairs
+
+
+def semantic_duplicate_clusters(documents: list[Document], threshold: float, model: str, device: str = "cpu",
+                                batch_size: int = 64, keep: KeepPolicy = "first") -> list[DuplicateCluster]:
+    if len(documents) < 2:
+        return []
+    vectors = embed([d.text for d in documents], model, device, batch_size)
+    return clusters_from_pairs(documents, similar_pairs(vectors, threshold), "semantic", keep)

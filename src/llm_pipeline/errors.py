@@ -1,0 +1,32 @@
+"""The project's one exception hierarchy; the retry policy in flows/ maps these classes to behaviour."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """The configuration is invalid; raised before any work starts. Never retried."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems  # (dotted field, message)
+        lines = "\n".join(f"  {field}: {message}" for field, message in problems)
+        super().__init__(f"invalid configuration:\n{lines}")
+
+
+class DataValidationError(PipelineError):
+    """Input data cannot be used at all (an unreadable file). Never retried: the data will not change."""
+
+
+class TransientError(PipelineError):
+    """A failure that may pass on its own (network, a busy service). Retried with backoff."""
+
+
+class ResourceExhaustedError(PipelineError):
+    """Out of memory or a similar resource; retried once after a long delay with a smaller batch."""
+
+
+class ModelLoadError(PipelineError):
+    """A model could not be loaded; retried immediately a couple of times (a flaky disk or cache)."""
