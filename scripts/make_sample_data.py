@@ -15,17 +15,50 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CITIES = ["Denver", "Austin", "Portland", "Chicago", "Atlanta", "Phoenix", "Boston", "Seattle", "Columbus",
-          "Minneapolis", "Raleigh", "San Diego", "Nashville", "Pittsburgh", "Sacramento", "Madison"]
+CITIES = [
+    "Denver",
+    "Austin",
+    "Portland",
+    "Chicago",
+    "Atlanta",
+    "Phoenix",
+    "Boston",
+    "Seattle",
+    "Columbus",
+    "Minneapolis",
+    "Raleigh",
+    "San Diego",
+    "Nashville",
+    "Pittsburgh",
+    "Sacramento",
+    "Madison",
+]
 NETWORKS = ["VoltWay", "ChargePoint", "Electrify America", "EVgo", "Blink", "GreenLane", "AmpStop", "PlugCity"]
-VEHICLES = ["Nissan Leaf", "Chevrolet Bolt", "Hyundai Ioniq 5", "Kia EV6", "Ford Mustang Mach-E", "Tesla Model 3",
-            "Volkswagen ID.4", "BMW i4", "Rivian R1T", "Polestar 2", "Audi Q4 e-tron", "Mini Cooper SE"]
+VEHICLES = [
+    "Nissan Leaf",
+    "Chevrolet Bolt",
+    "Hyundai Ioniq 5",
+    "Kia EV6",
+    "Ford Mustang Mach-E",
+    "Tesla Model 3",
+    "Volkswagen ID.4",
+    "BMW i4",
+    "Rivian R1T",
+    "Polestar 2",
+    "Audi Q4 e-tron",
+    "Mini Cooper SE",
+]
 CONNECTORS = ["CCS1", "CHAdeMO", "NACS", "J1772", "Type 2", "CCS2"]
 
 TOPICS: dict[str, dict[str, list[str]]] = {
     "pricing": {
-        "titles": ["Charging prices in {city}", "What a charge costs on {network}", "Membership plans compared",
-                   "Idle fees and session fees", "Home versus public charging costs"],
+        "titles": [
+            "Charging prices in {city}",
+            "What a charge costs on {network}",
+            "Membership plans compared",
+            "Idle fees and session fees",
+            "Home versus public charging costs",
+        ],
         "sentences": [
             "DC fast charging on {network} costs ${price_kwh} per kWh in {city}.",
             "A member plan on {network} costs ${monthly} per month and lowers the energy price by {discount} percent.",
@@ -48,8 +81,13 @@ TOPICS: dict[str, dict[str, list[str]]] = {
         ],
     },
     "technical": {
-        "titles": ["How Level 2 charging works", "DC fast charging explained", "Charging curves and battery heat",
-                   "Installing a home charger", "Power levels of public stations"],
+        "titles": [
+            "How Level 2 charging works",
+            "DC fast charging explained",
+            "Charging curves and battery heat",
+            "Installing a home charger",
+            "Power levels of public stations",
+        ],
         "sentences": [
             "Level 2 chargers deliver between {l2_low} and {l2_high} kW on a 240-volt circuit.",
             "A DC fast charger rated at {dc_kw} kW can bring a battery from 10 to 80 percent in about {dc_min} minutes.",
@@ -72,9 +110,13 @@ TOPICS: dict[str, dict[str, list[str]]] = {
         ],
     },
     "compatibility": {
-        "titles": ["Which connector does my car use", "Adapters and plug standards",
-                   "Charging the {vehicle} on public networks", "Connector standards by region",
-                   "Using other networks with your car"],
+        "titles": [
+            "Which connector does my car use",
+            "Adapters and plug standards",
+            "Charging the {vehicle} on public networks",
+            "Connector standards by region",
+            "Using other networks with your car",
+        ],
         "sentences": [
             "The {vehicle} uses the {connector} connector for fast charging.",
             "An adapter lets {connector} vehicles charge at {connector2} stations at up to {adapter_kw} kW.",
@@ -97,8 +139,13 @@ TOPICS: dict[str, dict[str, list[str]]] = {
         ],
     },
     "environmental": {
-        "titles": ["Emissions of electric driving in {city}", "Solar charging and the grid",
-                   "Battery recycling basics", "Lifecycle emissions compared", "Charging on renewable energy"],
+        "titles": [
+            "Emissions of electric driving in {city}",
+            "Solar charging and the grid",
+            "Battery recycling basics",
+            "Lifecycle emissions compared",
+            "Charging on renewable energy",
+        ],
         "sentences": [
             "Charging from the grid in {city} produces about {grams} grams of CO2 per mile driven.",
             "A rooftop solar array of {solar_kw} kW can supply most of the energy a commuter needs.",
@@ -149,32 +196,60 @@ GENERAL_TOPICS: dict[str, list[str]] = {
 
 def _slots(rng: random.Random) -> dict[str, object]:
     return {
-        "city": rng.choice(CITIES), "network": rng.choice(NETWORKS), "vehicle": rng.choice(VEHICLES),
-        "connector": rng.choice(CONNECTORS), "connector2": rng.choice(CONNECTORS),
-        "price_kwh": f"{rng.uniform(0.29, 0.69):.2f}", "monthly": rng.choice([4, 5, 7, 10, 13]),
-        "discount": rng.choice([10, 15, 20, 25, 30]), "idle": f"{rng.uniform(0.2, 1.0):.2f}",
-        "grace": rng.choice([5, 10, 15]), "home_kwh": f"{rng.uniform(0.11, 0.32):.2f}",
-        "miles": rng.choice([100, 150, 200, 250]), "session_cost": rng.choice([12, 15, 18, 22, 27, 31]),
-        "per_min": f"{rng.uniform(0.16, 0.48):.2f}", "session_fee": f"{rng.uniform(0.5, 2.0):.2f}",
-        "free_hours": rng.choice([2, 3, 4]), "premium": rng.choice([10, 15, 20, 25]),
-        "l2_low": rng.choice([6, 7]), "l2_high": rng.choice([11, 16, 19]), "dc_kw": rng.choice([50, 150, 250, 350]),
-        "dc_min": rng.choice([18, 22, 25, 30, 40]), "taper": rng.choice([70, 75, 80, 85]),
-        "breaker": rng.choice([40, 50, 60]), "temp": rng.choice([20, 25, 30, 35]), "obc": rng.choice([7.2, 11, 19.2]),
-        "cold": rng.choice([20, 30, 40, 50]), "amps": rng.choice([350, 500, 600]),
-        "site_kw": rng.choice([300, 600, 1000]), "adapter_kw": rng.choice([50, 100, 150]),
-        "year": rng.choice([2025, 2026]), "grams": rng.choice([60, 80, 110, 140, 180]),
-        "solar_kw": rng.choice([4, 6, 8, 10]), "recycle": rng.choice([90, 95]), "months": rng.choice([12, 18, 24]),
-        "renew": rng.choice([50, 75, 100]), "lifecycle": rng.choice([40, 50, 60, 70]),
-        "v2g": f"{rng.uniform(0.2, 0.6):.2f}", "pct": rng.choice([1, 2]), "minutes": rng.choice([5, 10, 15]),
-        "hours": rng.choice([6, 8]), "times": rng.choice([2, 3]), "weeks": rng.choice([6, 8, 10]),
-        "fee": rng.choice([30, 35, 50]), "rebate": rng.choice([250, 500, 750]),
-        "sessions": rng.choice([3, 4, 6]), "l1_miles": rng.choice([3, 4, 5]), "adapter_cost": rng.choice([150, 230, 300]),
+        "city": rng.choice(CITIES),
+        "network": rng.choice(NETWORKS),
+        "vehicle": rng.choice(VEHICLES),
+        "connector": rng.choice(CONNECTORS),
+        "connector2": rng.choice(CONNECTORS),
+        "price_kwh": f"{rng.uniform(0.29, 0.69):.2f}",
+        "monthly": rng.choice([4, 5, 7, 10, 13]),
+        "discount": rng.choice([10, 15, 20, 25, 30]),
+        "idle": f"{rng.uniform(0.2, 1.0):.2f}",
+        "grace": rng.choice([5, 10, 15]),
+        "home_kwh": f"{rng.uniform(0.11, 0.32):.2f}",
+        "miles": rng.choice([100, 150, 200, 250]),
+        "session_cost": rng.choice([12, 15, 18, 22, 27, 31]),
+        "per_min": f"{rng.uniform(0.16, 0.48):.2f}",
+        "session_fee": f"{rng.uniform(0.5, 2.0):.2f}",
+        "free_hours": rng.choice([2, 3, 4]),
+        "premium": rng.choice([10, 15, 20, 25]),
+        "l2_low": rng.choice([6, 7]),
+        "l2_high": rng.choice([11, 16, 19]),
+        "dc_kw": rng.choice([50, 150, 250, 350]),
+        "dc_min": rng.choice([18, 22, 25, 30, 40]),
+        "taper": rng.choice([70, 75, 80, 85]),
+        "breaker": rng.choice([40, 50, 60]),
+        "temp": rng.choice([20, 25, 30, 35]),
+        "obc": rng.choice([7.2, 11, 19.2]),
+        "cold": rng.choice([20, 30, 40, 50]),
+        "amps": rng.choice([350, 500, 600]),
+        "site_kw": rng.choice([300, 600, 1000]),
+        "adapter_kw": rng.choice([50, 100, 150]),
+        "year": rng.choice([2025, 2026]),
+        "grams": rng.choice([60, 80, 110, 140, 180]),
+        "solar_kw": rng.choice([4, 6, 8, 10]),
+        "recycle": rng.choice([90, 95]),
+        "months": rng.choice([12, 18, 24]),
+        "renew": rng.choice([50, 75, 100]),
+        "lifecycle": rng.choice([40, 50, 60, 70]),
+        "v2g": f"{rng.uniform(0.2, 0.6):.2f}",
+        "pct": rng.choice([1, 2]),
+        "minutes": rng.choice([5, 10, 15]),
+        "hours": rng.choice([6, 8]),
+        "times": rng.choice([2, 3]),
+        "weeks": rng.choice([6, 8, 10]),
+        "fee": rng.choice([30, 35, 50]),
+        "rebate": rng.choice([250, 500, 750]),
+        "sessions": rng.choice([3, 4, 6]),
+        "l1_miles": rng.choice([3, 4, 5]),
+        "adapter_cost": rng.choice([150, 230, 300]),
         "drop": rng.choice([20, 30, 40]),
     }
 
 
-def _document(rng: random.Random, templates: list[str], n_sentences: int,
-              used: list[set[int]] | None = None, max_shared: int = 2) -> str:
+def _document(
+    rng: random.Random, templates: list[str], n_sentences: int, used: list[set[int]] | None = None, max_shared: int = 2
+) -> str:
     """Sentences drawn from a topic's templates. With `used`, the draw shares at most `max_shared` templates
     with any earlier document of the topic, so unique documents are not near copies of each other."""
     slots = _slots(rng)
@@ -210,16 +285,31 @@ def ev_corpus(seed: int = 7, unique: int = 300) -> list[str]:
         slots = _slots(rng)
         title = rng.choice(topic["titles"]).format(**slots)
         body = _document(rng, topic["sentences"], rng.randint(4, 5), used[category])
-        docs.append({"id": f"ev-{i:04d}", "text": body,
-                     "metadata": {"title": title, "category": category, "source": "sample", "language": "en"}})
+        docs.append(
+            {
+                "id": f"ev-{i:04d}",
+                "text": body,
+                "metadata": {"title": title, "category": category, "source": "sample", "language": "en"},
+            }
+        )
     planted: list[dict[str, object]] = []
     for k, original in enumerate(rng.sample(docs, 15)):  # exact copies under a new id
-        planted.append({"id": f"ev-dup-exact-{k:02d}", "text": original["text"],
-                        "metadata": {**original["metadata"], "planted": f"exact:{original['id']}"}})
+        planted.append(
+            {
+                "id": f"ev-dup-exact-{k:02d}",
+                "text": original["text"],
+                "metadata": {**original["metadata"], "planted": f"exact:{original['id']}"},
+            }
+        )
     for k, original in enumerate(rng.sample(docs, 15)):  # near copies: one or two words changed
         text = _edit_words(rng, str(original["text"]), rng.choice([1, 2]))
-        planted.append({"id": f"ev-dup-near-{k:02d}", "text": text,
-                        "metadata": {**original["metadata"], "planted": f"near:{original['id']}"}})
+        planted.append(
+            {
+                "id": f"ev-dup-near-{k:02d}",
+                "text": text,
+                "metadata": {**original["metadata"], "planted": f"near:{original['id']}"},
+            }
+        )
     lines = [json.dumps(d, ensure_ascii=False) for d in docs + planted]
     rng.shuffle(lines)
     malformed = [
@@ -243,8 +333,9 @@ def general_corpus(seed: int = 11, unique: int = 60) -> list[str]:
     for i in range(unique):
         category = topics[i % len(topics)]
         text = _document(rng, GENERAL_TOPICS[category], rng.randint(3, 5))
-        lines.append(json.dumps({"id": f"gen-{i:03d}", "text": text,
-                                 "metadata": {"category": category, "source": "sample"}}))
+        lines.append(
+            json.dumps({"id": f"gen-{i:03d}", "text": text, "metadata": {"category": category, "source": "sample"}})
+        )
     lines.append(lines[3].replace('"gen-003"', '"gen-dup-003"'))  # one planted exact copy
     return lines
 

@@ -110,7 +110,8 @@ class DedupConfig(Section):
 class QAConfig(Section):
     questions_per_doc: int = Field(3, ge=1, le=50)
     include_metadata: bool = True
-    backend: Literal["auto", "extractive", "openai", "local"] = "auto"
+    # openai and local backends arrive with issue 5; until then config rejects them by name.
+    backend: Literal["auto", "extractive"] = "auto"
     model_name: str | None = Field(None, description="OpenAI model or local model path; None = offline.")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None = api.openai.com.")
     min_answer_words: int = Field(2, ge=1)
@@ -238,8 +239,11 @@ class Secrets(BaseSettings):
         def mask(value: SecretStr | None) -> str | None:
             return None if value is None else "********"
 
-        return {"OPENAI_API_KEY": mask(self.openai_api_key), "WANDB_API_KEY": mask(self.wandb_api_key),
-                "WANDB_ENTITY": self.wandb_entity}
+        return {
+            "OPENAI_API_KEY": mask(self.openai_api_key),
+            "WANDB_API_KEY": mask(self.wandb_api_key),
+            "WANDB_ENTITY": self.wandb_entity,
+        }
 
 
 def _lift_flat_keys(raw: dict[str, Any]) -> dict[str, Any]:
@@ -278,14 +282,19 @@ def _read_yaml(path: Path, field: str) -> dict[str, Any]:
     return _lift_flat_keys(raw)
 
 
-def load_config(path: str | Path) -> PipelineConfig:
-    """Resolve and validate a config against the process environment; raises ConfigError naming every bad field."""
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Resolve and validate a config against the process environment; raises ConfigError naming every bad field.
+
+    Layers, lowest first: the file, its PIPELINE_ENV overlay, `overrides` (nested or the spec's flat keys, as a
+    deployment's parameters give them), LOG_LEVEL, then PIPELINE__* variables.
+    """
     path = Path(path)
     raw = _read_yaml(path, "config")
     env_name = os.environ.get("PIPELINE_ENV")
     if env_name:
-        overlay = path.parent / "environments" / f"{env_name}.yaml"
-        raw = _deep_merge(raw, _read_yaml(overlay, "PIPELINE_ENV"))
+        raw = _deep_merge(raw, _read_yaml(path.parent / "environments" / f"{env_name}.yaml", "PIPELINE_ENV"))
+    if overrides:
+        raw = _deep_merge(raw, _lift_flat_keys(overrides))
     if os.environ.get("LOG_LEVEL"):
         raw = _deep_merge(raw, {"monitoring": {"log_level": os.environ["LOG_LEVEL"]}})
     try:

@@ -38,14 +38,16 @@ def load_embedder(name: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu") -> S
         raise ModelLoadError(f"cannot load embedding model {name!r} ({path}): {exc}") from exc
 
 
-def embed(texts: list[str], name: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu",
-          batch_size: int = 64) -> np.ndarray:
+def embed(
+    texts: list[str], name: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64
+) -> np.ndarray:
     """L2-normalized float32 embeddings, one row per text (so a dot product is a cosine)."""
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
     model = load_embedder(name, device)
-    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                           show_progress_bar=False)
+    vectors = model.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
     return np.asarray(vectors, dtype=np.float32)
 
 

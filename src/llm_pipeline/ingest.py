@@ -44,8 +44,12 @@ class IngestResult:
         for reject in self.rejects:
             key = reject.reason.split(":")[0]
             reasons[key] = reasons.get(key, 0) + 1
-        return {"records_seen": self.records_seen, "documents": len(self.documents),
-                "rejected": len(self.rejects), **{f"rejected.{k}": v for k, v in sorted(reasons.items())}}
+        return {
+            "records_seen": self.records_seen,
+            "documents": len(self.documents),
+            "rejected": len(self.rejects),
+            **{f"rejected.{k}": v for k, v in sorted(reasons.items())},
+        }
 
 
 def normalize_text(text: str) -> str:
@@ -101,7 +105,11 @@ def _read_json(path: Path) -> Iterator[RawItem]:
         if isinstance(record, dict):
             yield f"item {index}", record, None
         else:
-            yield f"item {index}", BadRecord(f"wrong_type: expected an object, got {type(record).__name__}"), str(record)[:200]
+            yield (
+                f"item {index}",
+                BadRecord(f"wrong_type: expected an object, got {type(record).__name__}"),
+                str(record)[:200],
+            )
 
 
 def _read_csv(path: Path) -> Iterator[RawItem]:
@@ -160,8 +168,7 @@ def _read_folder(path: Path) -> Iterator[RawItem]:
         yield str(relative), {"id": str(relative.with_suffix("")), "text": text, "metadata": metadata}, None
 
 
-READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet,
-           "folder": _read_folder}
+READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet, "folder": _read_folder}
 
 
 def _to_document(record: dict[str, Any], max_chars: int) -> Document:
@@ -204,9 +211,15 @@ def load_documents(config: DataConfig) -> IngestResult:
                     raise BadRecord(f"duplicate_id: {document.id} appeared earlier in the file")
             except BadRecord as bad:
                 record_id = item.get("id") if isinstance(item, dict) else None
-                result.rejects.append(Reject(source=source, location=location, reason=str(bad),
-                                             record_id=None if record_id is None else str(record_id),
-                                             raw=raw if raw is not None else _preview(item)))
+                result.rejects.append(
+                    Reject(
+                        source=source,
+                        location=location,
+                        reason=str(bad),
+                        record_id=None if record_id is None else str(record_id),
+                        raw=raw if raw is not None else _preview(item),
+                    )
+                )
                 log.warning("record_quarantined", location=location, reason=str(bad))
                 continue
             seen_ids.add(document.id)

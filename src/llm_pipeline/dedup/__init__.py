@@ -18,8 +18,12 @@ from llm_pipeline.records import Document, DuplicateCluster
 
 log = get_logger("dedup")
 
-METHOD_ORDER = {"exact": ["exact"], "minhash": ["minhash"], "semantic": ["semantic"],
-                "hybrid": ["exact", "minhash", "semantic"]}
+METHOD_ORDER = {
+    "exact": ["exact"],
+    "minhash": ["minhash"],
+    "semantic": ["semantic"],
+    "hybrid": ["exact", "minhash", "semantic"],
+}
 
 
 @dataclass
@@ -30,20 +34,27 @@ class DedupResult:
 
     def counts(self, total: int) -> dict[str, float]:
         removed = total - len(self.kept)
-        return {"input": total, "kept": len(self.kept), "removed": removed, "clusters": len(self.clusters),
-                "dedup_rate": round(removed / total, 4) if total else 0.0,
-                **{f"removed.{m}": n for m, n in self.removed_by_method.items()}}
+        return {
+            "input": total,
+            "kept": len(self.kept),
+            "removed": removed,
+            "clusters": len(self.clusters),
+            "dedup_rate": round(removed / total, 4) if total else 0.0,
+            **{f"removed.{m}": n for m, n in self.removed_by_method.items()},
+        }
 
 
 def find_clusters(documents: list[Document], method: str, config: DedupConfig) -> list[DuplicateCluster]:
     if method == "exact":
         return exact_duplicate_clusters(documents, config.keep)
     if method == "minhash":
-        return near_duplicate_clusters(documents, config.jaccard_threshold, config.shingle_size, config.num_perm,
-                                       config.keep)
+        return near_duplicate_clusters(
+            documents, config.jaccard_threshold, config.shingle_size, config.num_perm, config.keep
+        )
     if method == "semantic":
-        return semantic_duplicate_clusters(documents, config.cosine_threshold, config.embedding_model,
-                                           config.device, config.batch_size, config.keep)
+        return semantic_duplicate_clusters(
+            documents, config.cosine_threshold, config.embedding_model, config.device, config.batch_size, config.keep
+        )
     raise ValueError(f"unknown dedup method {method!r}")
 
 
@@ -55,6 +66,11 @@ def deduplicate(documents: list[Document], config: DedupConfig) -> DedupResult:
         result.kept = remove_duplicates(result.kept, clusters)
         result.clusters.extend(clusters)
         result.removed_by_method[method] = before - len(result.kept)
-        log.info("dedup_method_done", method=method, clusters=len(clusters), removed=before - len(result.kept),
-                 remaining=len(result.kept))
+        log.info(
+            "dedup_method_done",
+            method=method,
+            clusters=len(clusters),
+            removed=before - len(result.kept),
+            remaining=len(result.kept),
+        )
     return result

@@ -36,8 +36,9 @@ def _keep_key(policy: KeepPolicy, index: int, document: Document) -> tuple[float
     return (index,)
 
 
-def clusters_from_pairs(documents: list[Document], pairs: Iterable[tuple[int, int, float]], method: str,
-                        keep: KeepPolicy = "first") -> list[DuplicateCluster]:
+def clusters_from_pairs(
+    documents: list[Document], pairs: Iterable[tuple[int, int, float]], method: str, keep: KeepPolicy = "first"
+) -> list[DuplicateCluster]:
     """Connected components of the similarity graph; each one's lowest joining similarity is recorded."""
     union = UnionFind()
     lowest: dict[int, float] = {}
@@ -56,9 +57,15 @@ def clusters_from_pairs(documents: list[Document], pairs: Iterable[tuple[int, in
             continue
         members.sort()
         kept = min(members, key=lambda i: _keep_key(keep, i, documents[i]))
-        clusters.append(DuplicateCluster(
-            cluster_id=f"{method}-{documents[members[0]].id}", method=method, kept=documents[kept].id,
-            members=[documents[i].id for i in members], similarity=round(lowest.get(root, 1.0), 4)))
+        clusters.append(
+            DuplicateCluster(
+                cluster_id=f"{method}-{documents[members[0]].id}",
+                method=method,
+                kept=documents[kept].id,
+                members=[documents[i].id for i in members],
+                similarity=round(lowest.get(root, 1.0), 4),
+            )
+        )
     return clusters
 
 

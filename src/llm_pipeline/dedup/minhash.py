@@ -17,7 +17,7 @@ def shingles(text: str, size: int) -> set[bytes]:
     words = _WORD.findall(text.lower())
     if len(words) <= size:
         return {" ".join(words).encode()}
-    return {" ".join(words[i:i + size]).encode() for i in range(len(words) - size + 1)}
+    return {" ".join(words[i : i + size]).encode() for i in range(len(words) - size + 1)}
 
 
 def signatures(documents: list[Document], shingle_size: int, num_perm: int, seed: int = 1) -> list[LeanMinHash]:
@@ -26,8 +26,9 @@ def signatures(documents: list[Document], shingle_size: int, num_perm: int, seed
     return [LeanMinHash(m) for m in MinHash.bulk(batches, num_perm=num_perm, seed=seed)]
 
 
-def near_duplicate_clusters(documents: list[Document], threshold: float, shingle_size: int = 3,
-                            num_perm: int = 128, keep: KeepPolicy = "first") -> list[DuplicateCluster]:
+def near_duplicate_clusters(
+    documents: list[Document], threshold: float, shingle_size: int = 3, num_perm: int = 128, keep: KeepPolicy = "first"
+) -> list[DuplicateCluster]:
     """LSH finds candidate pairs; a pair joins a cluster only if its estimated Jaccard reaches `threshold`."""
     if len(documents) < 2:
         return []

@@ -15,7 +15,7 @@ def similar_pairs(vectors: np.ndarray, threshold: float) -> list[tuple[int, int,
     """Every pair (i < j) of rows whose cosine reaches `threshold`; rows must be L2-normalized."""
     pairs = []
     for start in range(0, len(vectors), BLOCK_ROWS):
-        block = vectors[start:start + BLOCK_ROWS] @ vectors.T
+        block = vectors[start : start + BLOCK_ROWS] @ vectors.T
         rows, cols = np.nonzero(block >= threshold)
         for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
             i = start + r
@@ -24,8 +24,14 @@ def similar_pairs(vectors: np.ndarray, threshold: float) -> list[tuple[int, int,
     return pairs
 
 
-def semantic_duplicate_clusters(documents: list[Document], threshold: float, model: str, device: str = "cpu",
-                                batch_size: int = 64, keep: KeepPolicy = "first") -> list[DuplicateCluster]:
+def semantic_duplicate_clusters(
+    documents: list[Document],
+    threshold: float,
+    model: str,
+    device: str = "cpu",
+    batch_size: int = 64,
+    keep: KeepPolicy = "first",
+) -> list[DuplicateCluster]:
     if len(documents) < 2:
         return []
     vectors = embed([d.text for d in documents], model, device, batch_size)

@@ -1,0 +1,198 @@
+"""The generate-benchmark stage: items drawn from the QA pairs, stratified by category and difficulty, plus
+adversarial variants, with a benchmark card that shows the distribution.
+
+Difficulty (a documented heuristic, `difficulty_of`): points for a long answer (> 8 words), a numeric answer,
+an answer of several clauses (a comma or "and"), and little word overlap between question and answer's
+sentence; 0 points easy, 1 medium, 2 or more hard.
+
+Adversarial variants of an original item (`adversarial` names the type, `original_id` the item):
+  unanswerable: the question with the context of a document from another category; the right answer is a
+                refusal (`REFUSAL`).
+  distractor:   the context with a sentence from another document inserted before the answer's sentence.
+  typo:         character swaps in the question's longer words.
+  numeric:      every number of the answer changed in the context and the reference alike, so a model must
+                read the context rather than remember the training data.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from llm_pipeline.config import BenchmarkConfig
+from llm_pipeline.qa.extractive import split_sentences
+from llm_pipeline.records import BenchmarkItem, Difficulty, Document, QAPair
+
+BENCHMARK_VERSION = "1.0"
+REFUSAL = "The context does not answer this question."
+ADVERSARIAL_TYPES = ("unanswerable", "distractor", "typo", "numeric")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_WORD = re.compile(r"\w+")
+
+
+def difficulty_of(question: str, answer: str, context: str) -> Difficulty:
+    points = 0
+    answer_words = answer.split()
+    points += len(answer_words) > 8
+    points += bool(_NUMBER.search(answer))
+    points += ("," in answer) or (" and " in answer)
+    sentence = next((s for s in split_sentences(context) if answer in s), context)
+    q_words = set(_WORD.findall(question.lower()))
+    s_words = set(_WORD.findall(sentence.lower())) - set(_WORD.findall(answer.lower()))
+    overlap = len(q_words & s_words) / max(1, len(s_words))
+    points += overlap < 0.5
+    return "easy" if points == 0 else "medium" if points == 1 else "hard"
+
+
+def _category(document: Document, categories: list[str]) -> str:
+    return document.category if document.category in categories else "other"
+
+
+def _stratified_sample(items: list[BenchmarkItem], size: int, rng: random.Random) -> list[BenchmarkItem]:
+    """Round-robin over (category, difficulty) cells, each shuffled, so small cells are not crowded out."""
+    cells: dict[tuple[str, str], list[BenchmarkItem]] = defaultdict(list)
+    for item in items:
+        cells[(item.category, item.difficulty)].append(item)
+    for cell in cells.values():
+        rng.shuffle(cell)
+    order = sorted(cells)
+    chosen: list[BenchmarkItem] = []
+    while len(chosen) < size and any(cells[k] for k in order):
+        for key in order:
+            if cells[key] and len(chosen) < size:
+                chosen.append(cells[key].pop())
+    return chosen
+
+
+def _typo(text: str, rng: random.Random) -> str:
+    words = text.split()
+    candidates = [i for i, w in enumerate(words) if len(w) > 4 and w.isalpha()]
+    for i in rng.sample(candidates, min(2, len(candidates))):
+        w = words[i]
+        j = rng.randrange(1, len(w) - 2)
+        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
+    return " ".join(words)
+
+
+def _perturb_numbers(text: str, mapping: dict[str, str]) -> str:
+    return _NUMBER.sub(lambda m: mapping.get(m.group(0), m.group(0)), text)
+
+
+def adversarial_variants(item: BenchmarkItem, documents: list[Document], rng: random.Random) -> list[BenchmarkItem]:
+    others = [d for d in documents if d.id != item.source_document_id and d.category != item.category]
+    variants: list[BenchmarkItem] = []
+
+    def variant(kind: str, **changes: object) -> BenchmarkItem:
+        return item.model_copy(
+            update={"id": f"{item.id}-{kind}", "adversarial": kind, "original_id": item.id, **changes}
+        )
+
+    if others:
+        other = rng.choice(others)
+        if item.answer not in other.text:
+            variants.append(variant("unanswerable", context=other.text, answer=REFUSAL, answerable=False))
+        sentences = split_sentences(item.context)
+        at = next((i for i, s in enumerate(sentences) if item.answer in s), 0)
+        distractor = rng.choice(split_sentences(other.text))
+        variants.append(variant("distractor", context=" ".join(sentences[:at] + [distractor] + sentences[at:])))
+    variants.append(variant("typo", question=_typo(item.question, rng)))
+    numbers = _NUMBER.findall(item.answer)
+    if numbers:
+        mapping = {}
+        for n in numbers:
+            value = float(n)
+            new = value * rng.choice([0.5, 0.75, 1.5, 2.0]) if value else value + 1
+            mapping[n] = f"{new:.2f}" if "." in n else str(max(1, round(new)))
+        variants.append(
+            variant(
+                "numeric",
+                context=_perturb_numbers(item.context, mapping),
+                answer=_perturb_numbers(item.answer, mapping),
+            )
+        )
+    return variants
+
+
+@dataclass
+class BenchmarkResult:
+    items: list[BenchmarkItem]
+    card: str
+
+    def counts(self) -> dict[str, int]:
+        originals = sum(1 for i in self.items if i.adversarial is None)
+        counts = {"items": len(self.items), "originals": originals, "adversarial": len(self.items) - originals}
+        for kind, n in Counter(i.adversarial for i in self.items if i.adversarial).items():
+            counts[f"adversarial.{kind}"] = n
+        return counts
+
+
+def build_benchmark(
+    pairs: list[QAPair], documents: list[Document], config: BenchmarkConfig, domain: str
+) -> BenchmarkResult:
+    rng = random.Random(config.seed)
+    by_id = {d.id: d for d in documents}
+    pool = []
+    for pair in pairs:
+        document = by_id.get(pair.document_id)
+        if document is None:
+            continue
+        difficulty = difficulty_of(pair.question, pair.answer, document.text)
+        if difficulty not in config.difficulty_levels:
+            continue
+        pool.append(
+            BenchmarkItem(
+                id=f"bench-{pair.id}",
+                question=pair.question,
+                answer=pair.answer,
+                context=document.text,
+                category=_category(document, config.categories),
+                difficulty=difficulty,
+                source_document_id=document.id,
+            )
+        )
+    n_adversarial = round(config.size * config.adversarial_fraction) if config.include_adversarial else 0
+    originals = _stratified_sample(pool, config.size - n_adversarial, rng)
+    items = list(originals)
+    if n_adversarial:
+        variants = [v for item in originals for v in adversarial_variants(item, documents, rng)]
+        # Spread the variant budget over the types, in turn, so each type is represented.
+        by_type: dict[str, list[BenchmarkItem]] = defaultdict(list)
+        for v in variants:
+            by_type[v.adversarial or ""].append(v)
+        for kind_items in by_type.values():
+            rng.shuffle(kind_items)
+        while n_adversarial and any(by_type.values()):
+            for kind in ADVERSARIAL_TYPES:
+                if by_type.get(kind) and n_adversarial:
+                    items.append(by_type[kind].pop())
+                    n_adversarial -= 1
+    return BenchmarkResult(items=items, card=benchmark_card(items, domain, config))
+
+
+def benchmark_card(items: list[BenchmarkItem], domain: str, config: BenchmarkConfig) -> str:
+    categories = sorted({i.category for i in items})
+    levels = [d for d in ("easy", "medium", "hard") if d in config.difficulty_levels]
+    grid = Counter((i.category, i.difficulty) for i in items if i.adversarial is None)
+    lines = [
+        f"# Benchmark card: {domain}",
+        "",
+        f"Version {BENCHMARK_VERSION}; {len(items)} items; seed {config.seed}; drawn from the run's QA pairs.",
+        "",
+        "## Originals by category and difficulty",
+        "",
+        "| category | " + " | ".join(levels) + " | total |",
+        "|---" * (len(levels) + 2) + "|",
+    ]
+    for category in categories:
+        row = [grid[(category, level)] for level in levels]
+        lines.append(f"| {category} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
+    adversarial = Counter(i.adversarial for i in items if i.adversarial)
+    lines += ["", "## Adversarial variants", ""]
+    if adversarial:
+        lines += ["| type | items |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(adversarial.items())]
+    else:
+        lines.append("None (include_adversarial is off).")
+    lines += ["", "Difficulty and variant types are defined in `llm_pipeline/benchmark.py`."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,138 @@
+"""The `llm-pipeline` command: validate a config, run the pipeline in Prefect's embedded mode.
+
+Exit codes: 0 success, 1 the run failed, 2 bad configuration (nothing was started).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+import llm_pipeline
+from llm_pipeline.config import PipelineConfig, Secrets, load_config
+from llm_pipeline.errors import ConfigError, PipelineError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Turn domain documents into QA data, a domain benchmark and a model evaluation report.",
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Pipeline config YAML.")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a key: section.field=value (repeatable).")]
+
+
+def _parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """`qa.questions_per_doc=3` -> {"qa": {"questions_per_doc": 3}}; values are parsed as YAML scalars."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError([(pair, "an override is written key=value, e.g. qa.questions_per_doc=3")])
+        key, value = pair.split("=", 1)
+        target = overrides
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = yaml.safe_load(value)
+    return overrides
+
+
+def _load_or_exit(config: Path, overrides: dict[str, Any]) -> PipelineConfig:
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        err.print(f"[bold red]config error[/] in {config}:")
+        for field, message in exc.problems:
+            err.print(f"  [bold]{field}[/]: {message}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def validate(config: Annotated[Path, typer.Argument(help="Pipeline config YAML.")], set_: SetOption = None) -> None:
+    """Resolve a config (file, PIPELINE_ENV overlay, PIPELINE__* variables) and print it, secrets masked."""
+    try:
+        overrides = _parse_overrides(set_)
+    except ConfigError as exc:
+        err.print(f"[bold red]config error[/]: {exc}")
+        raise typer.Exit(2) from None
+    resolved = _load_or_exit(config, overrides)
+    payload = {
+        "config": resolved.model_dump(mode="json"),
+        "secrets": Secrets().masked(),
+        "derived": {
+            "dedup.jaccard_threshold": resolved.dedup.jaccard_threshold,
+            "dedup.cosine_threshold": resolved.dedup.cosine_threshold,
+        },
+        "config_hash": resolved.fingerprint(),
+    }
+    out.print(yaml.safe_dump(payload, sort_keys=False), end="", markup=False, highlight=False)
+    err.print(f"[green]valid[/]: {config}")
+
+
+@app.command()
+def run(config: ConfigOption = Path("configs/test.yaml"), set_: SetOption = None) -> None:
+    """Run all seven stages in Prefect's embedded mode (no server needed) and print where the report is."""
+    try:
+        overrides = _parse_overrides(set_)
+    except ConfigError as exc:
+        err.print(f"[bold red]config error[/]: {exc}")
+        raise typer.Exit(2) from None
+    _load_or_exit(config, overrides)  # fail before Prefect starts anything
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from flows.pipeline import llm_pipeline as pipeline_flow
+
+    try:
+        result = pipeline_flow(config_path=str(config), overrides=overrides or None)
+    except PipelineError as exc:
+        err.print(f"[bold red]pipeline failed[/]: {exc}")
+        raise typer.Exit(1) from None
+    except Exception as exc:  # noqa: BLE001 - any failure ends the run with its message, not a traceback wall
+        err.print(f"[bold red]pipeline failed[/]: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None
+    _print_summary(result)
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    table = Table(title=f"run {result['run_id']}", show_lines=False)
+    table.add_column("stage")
+    table.add_column("cached")
+    table.add_column("counts")
+    for stage, counts in result["stages"].items():
+        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if "." not in k)
+        table.add_row(stage, "yes" if stage in result["cached"] else "", shown)
+    out.print(table)
+    summary = json.loads(Path(result["summary"]).read_text())
+    for candidate, scores in summary["evaluation"].items():
+        if "error" in scores:
+            out.print(f"  {candidate}: [red]failed[/] {scores['error']}")
+        else:
+            shown = ", ".join(f"{k}={v:.3f}" for k, v in scores.items() if isinstance(v, float))
+            out.print(f"  {candidate}: {shown}")
+    out.print(f"report:  {result['report']}")
+    out.print(f"summary: {result['summary']}")
+
+
+@app.command()
+def version() -> None:
+    """Print the package version."""
+    out.print(llm_pipeline.__version__)
+
+
+def main() -> None:
+    app(prog_name="llm-pipeline")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

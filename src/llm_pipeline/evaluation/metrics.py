@@ -1,0 +1,131 @@
+"""Per-sample answer metrics and their aggregates. Libraries, not the `evaluate` package (which fetches its
+metric scripts from the Hub at run time and so fails offline): rouge-score, sacrebleu, bert-score.
+
+Every per-sample score is in [0, 1]. Domain metrics:
+  numeric_accuracy: on items whose reference has numbers, 1 when every reference number appears in the
+                    prediction within 1 % relative tolerance (units are compared as written);
+  refusal_accuracy: on every item, 1 when the prediction refuses exactly when the item is unanswerable;
+  robustness:       mean score on adversarial variants / mean score on their originals (an aggregate).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from llm_pipeline.records import BenchmarkItem
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+REFUSAL_MARKERS = (
+    "does not answer",
+    "cannot answer",
+    "can't answer",
+    "not enough information",
+    "unanswerable",
+    "no answer",
+    "not mentioned",
+    "i don't know",
+)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD-style normalization: lowercase, no punctuation, no articles, single spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation) - {"$", "%", "."} or ch == ".")
+    text = text.replace(". ", " ").rstrip(".")
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer():  # type: ignore[no-untyped-def]
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+
+
+def rouge(prediction: str, reference: str) -> dict[str, float]:
+    scores = _rouge_scorer().score(reference, prediction)
+    return {name: round(score.fmeasure, 6) for name, score in scores.items()}
+
+
+def bleu(prediction: str, reference: str) -> float:
+    """Sentence BLEU (sacrebleu, exponential smoothing) scaled to [0, 1]."""
+    return round(_sentence_bleu().sentence_score(prediction, [reference]).score / 100.0, 6) if prediction else 0.0
+
+
+@lru_cache(maxsize=1)
+def _sentence_bleu():  # type: ignore[no-untyped-def]
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(effective_order=True)
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    from sacrebleu.metrics import BLEU
+
+    return round(BLEU().corpus_score(list(predictions), [list(references)]).score / 100.0, 6)
+
+
+def is_refusal(text: str) -> bool:
+    lowered = text.lower()
+    return any(marker in lowered for marker in REFUSAL_MARKERS)
+
+
+def numeric_match(prediction: str, reference: str, tolerance: float = 0.01) -> float | None:
+    """None when the reference has no number (the item does not count for this metric)."""
+    wanted = [float(n) for n in _NUMBER.findall(reference)]
+    if not wanted:
+        return None
+    got = [float(n) for n in _NUMBER.findall(prediction)]
+    ok = all(any(abs(g - w) <= tolerance * max(abs(w), 1e-9) for g in got) for w in wanted)
+    return float(ok)
+
+
+def refusal_correct(prediction: str, item: BenchmarkItem) -> float:
+    return float(is_refusal(prediction) == (not item.answerable))
+
+
+def bertscore_f1(
+    predictions: Sequence[str], references: Sequence[str], model_path: str, layer: int, batch_size: int = 64
+) -> list[float]:
+    """BERTScore F1 with a local model (no baseline rescaling, which would need a Hub download)."""
+    if not predictions:
+        return []
+    from bert_score import score
+
+    _, _, f1 = score(
+        list(predictions),
+        list(references),
+        model_type=model_path,
+        num_layers=layer,
+        batch_size=batch_size,
+        lang="en",
+        verbose=False,
+        device="cpu",
+    )
+    return [round(float(v), 6) for v in f1.tolist()]
+
+
+def bootstrap_ci(
+    values: Sequence[float], resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean."""
+    data = np.asarray(values, dtype=float)
+    if len(data) == 0:
+        return (float("nan"), float("nan"))
+    if len(data) == 1:
+        return (float(data[0]), float(data[0]))
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    return (round(float(np.quantile(means, alpha)), 6), round(float(np.quantile(means, 1 - alpha)), 6))

@@ -1,0 +1,49 @@
+"""The run manifest: what ran, when, for how long, on which config and code, and what each stage wrote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llm_pipeline.io import write_json
+from llm_pipeline.records import utc_now
+
+
+class Manifest:
+    def __init__(self, path: Path, pipeline: str, run_id: str, config_hash: str, code_version: str):
+        self.path = path
+        self.data: dict[str, Any] = {
+            "pipeline": pipeline,
+            "run_id": run_id,
+            "config_hash": config_hash,
+            "code_version": code_version,
+            "started_at": utc_now(),
+            "finished_at": None,
+            "status": "running",
+            "stages": {},
+        }
+
+    def record(self, stage: str, status: str, result: Any = None, error: str | None = None) -> None:
+        entry: dict[str, Any] = {"status": status}
+        if result is not None:
+            entry.update(
+                duration_s=result.duration_s,
+                started_at=result.started_at,
+                counts=result.counts,
+                outputs={k: Path(v).name for k, v in result.outputs.items()},
+                fingerprint=result.fingerprint,
+                cached=result.cached,
+                reused_from=result.reused_from,
+            )
+        if error:
+            entry["error"] = error
+        self.data["stages"][stage] = entry
+        self.save()
+
+    def finish(self, status: str) -> None:
+        self.data["status"] = status
+        self.data["finished_at"] = utc_now()
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.path, self.data)

@@ -1,0 +1,122 @@
+"""The finalize stage's summary: summary.json (machine-readable) and report.md (what a person reads)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llm_pipeline.evaluation import BREAKDOWNS
+
+HEADLINE_METRICS = ("exact_match", "rougeL", "bleu", "bertscore_f1", "numeric_accuracy", "refusal_accuracy")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _metric_cell(aggregate: dict[str, Any] | None) -> str:
+    if not aggregate:
+        return "–"
+    return f"{aggregate['mean']:.3f} [{aggregate['ci_low']:.3f}, {aggregate['ci_high']:.3f}]"
+
+
+def build_summary(manifest: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    stages = manifest.get("stages", {})
+    return {
+        "pipeline": manifest["pipeline"],
+        "run_id": manifest["run_id"],
+        "config_hash": manifest["config_hash"],
+        "code_version": manifest["code_version"],
+        "started_at": manifest["started_at"],
+        "stages": {
+            name: {
+                "status": s.get("status"),
+                "duration_s": s.get("duration_s"),
+                "cached": s.get("cached"),
+                "counts": s.get("counts", {}),
+            }
+            for name, s in stages.items()
+        },
+        "evaluation": {
+            c: (
+                {"error": s["error"]}
+                if "error" in s
+                else {k: v["mean"] for k, v in s["overall"].items()} | {"robustness": s.get("robustness")}
+            )
+            for c, s in evaluation.items()
+        },
+    }
+
+
+def render_report(
+    manifest: dict[str, Any],
+    evaluation: dict[str, Any],
+    clusters: list[dict[str, Any]],
+    documents: dict[str, str],
+    tracking: dict[str, Any],
+) -> str:
+    lines = [
+        f"# {manifest['pipeline']}: run {manifest['run_id']}",
+        "",
+        f"Config hash `{manifest['config_hash']}`, code `{manifest['code_version']}`, "
+        f"started {manifest['started_at']}.",
+        "",
+        "## Stages",
+        "",
+        "| stage | status | seconds | cached | counts |",
+        "|---|---|---|---|---|",
+    ]
+    for name, stage in manifest.get("stages", {}).items():
+        counts = ", ".join(
+            f"{k}={_fmt(v)}" for k, v in stage.get("counts", {}).items() if "." not in k or k.startswith("dedup.")
+        )
+        lines.append(
+            f"| {name} | {stage.get('status')} | {_fmt(stage.get('duration_s'))} | "
+            f"{'yes' if stage.get('cached') else 'no'} | {counts} |"
+        )
+
+    ok = {c: s for c, s in evaluation.items() if "error" not in s}
+    lines += ["", "## Model comparison", "", "Means with 95 % bootstrap confidence intervals.", ""]
+    metrics = [m for m in HEADLINE_METRICS if any(m in s["overall"] for s in ok.values())]
+    if ok:
+        lines += ["| candidate | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        for name, s in ok.items():
+            lines.append(f"| {name} | " + " | ".join(_metric_cell(s["overall"].get(m)) for m in metrics) + " |")
+    for name, s in evaluation.items():
+        if "error" in s:
+            lines.append(f"\n**{name} failed**: {s['error']}")
+    for breakdown in BREAKDOWNS:
+        lines += ["", f"### By {breakdown} (rougeL)", ""]
+        keys = sorted({k for s in ok.values() for k in s["by"][breakdown]})
+        lines += ["| candidate | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for name, s in ok.items():
+            cells = [_metric_cell(s["by"][breakdown].get(k, {}).get("rougeL")) for k in keys]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any(s.get("robustness") for s in ok.values()):
+        lines += ["", "### Robustness (rougeL on variants / on their originals)", ""]
+        for name, s in ok.items():
+            lines.append(f"- {name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in (s.get("robustness") or {}).items()))
+
+    lines += [
+        "",
+        "## Deduplication: example clusters",
+        "",
+        "Judge these for false positives; every cluster is in `duplicate_clusters.jsonl`.",
+        "",
+    ]
+    for cluster in clusters[:5]:
+        lines.append(f"- **{cluster['method']}** (similarity {cluster['similarity']}), kept `{cluster['kept']}`:")
+        for member in cluster["members"][:3]:
+            lines.append(f"  - `{member}`: {documents.get(member, '')[:160]}")
+    if not clusters:
+        lines.append("No duplicates found.")
+
+    lines += ["", "## Tracking", ""]
+    lines.append(
+        f"W&B mode: {tracking.get('mode', 'disabled')}"
+        + (f"; sync later with `{tracking['sync_command']}`" if tracking.get("sync_command") else "")
+        + (f"; run {tracking['url']}" if tracking.get("url") else "")
+    )
+    lines += ["", "## Files", ""] + [f"- `{f}`" for f in sorted(manifest.get("files", []))]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,81 @@
+"""The benchmark: stratified by category and difficulty, adversarial variants that mean what they say."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from llm_pipeline.benchmark import REFUSAL, build_benchmark, difficulty_of
+from llm_pipeline.config import BenchmarkConfig, DataConfig, QAConfig
+from llm_pipeline.ingest import load_documents
+from llm_pipeline.qa import generate_qa
+
+ROOT = Path(__file__).resolve().parents[1]
+CATEGORIES = ["pricing", "technical", "compatibility", "environmental"]
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    documents = load_documents(DataConfig(path=ROOT / "data" / "ev_charging" / "documents.jsonl")).documents
+    return documents, generate_qa(documents, QAConfig(questions_per_doc=3)).pairs
+
+
+def test_difficulty_heuristic() -> None:
+    context = "Level 2 chargers deliver power. DC fast charging costs $0.45 per kWh, and $1 per session."
+    assert difficulty_of("What do level 2 chargers deliver?", "power", context) == "easy"
+    assert difficulty_of("How much does DC fast charging cost?", "$0.45 per kWh, and $1 per session", context) == "hard"
+
+
+def test_stratified_over_categories_and_difficulties(corpus) -> None:
+    documents, pairs = corpus
+    config = BenchmarkConfig(size=60, categories=CATEGORIES, include_adversarial=False)
+    result = build_benchmark(pairs, documents, config, "ev")
+    assert len(result.items) == 60
+    cells = Counter((i.category, i.difficulty) for i in result.items)
+    assert {c for c, _ in cells} == set(CATEGORIES)
+    by_id = {d.id: d for d in documents}
+    pool = Counter(
+        (by_id[p.document_id].category, difficulty_of(p.question, p.answer, by_id[p.document_id].text)) for p in pairs
+    )
+    largest = max(cells.values())
+    for cell, n in cells.items():  # round-robin: balanced, except a cell that ran out of candidates
+        assert n >= largest - 1 or n == pool[cell], (cell, n, pool[cell])
+    assert all(i.adversarial is None for i in result.items)
+
+
+def test_adversarial_variants(corpus) -> None:
+    documents, pairs = corpus
+    config = BenchmarkConfig(size=80, categories=CATEGORIES, adversarial_fraction=0.4)
+    result = build_benchmark(pairs, documents, config, "ev")
+    by_id = {i.id: i for i in result.items}
+    kinds = Counter(i.adversarial for i in result.items if i.adversarial)
+    assert set(kinds) == {"unanswerable", "distractor", "typo", "numeric"}
+    for item in result.items:
+        if item.adversarial is None:
+            continue
+        original = by_id[item.original_id]
+        if item.adversarial == "unanswerable":
+            assert item.answer == REFUSAL and not item.answerable and original.answer not in item.context
+        elif item.adversarial == "distractor":
+            assert original.answer in item.context and len(item.context) > len(original.context)
+        elif item.adversarial == "typo":
+            assert item.question != original.question and item.answer == original.answer
+        elif item.adversarial == "numeric":
+            assert item.answer != original.answer and item.answer in item.context
+    assert "| pricing |" in result.card and "unanswerable" in result.card
+
+
+def test_same_seed_same_benchmark(corpus) -> None:
+    documents, pairs = corpus
+    config = BenchmarkConfig(size=30, categories=CATEGORIES)
+    first = build_benchmark(pairs, documents, config, "ev").items
+    second = build_benchmark(pairs, documents, config, "ev").items
+    assert [i.id for i in first] == [i.id for i in second]
+
+
+def test_unknown_categories_go_to_other(corpus) -> None:
+    documents, pairs = corpus
+    result = build_benchmark(pairs, documents, BenchmarkConfig(size=20, categories=["pricing"]), "ev")
+    assert {i.category for i in result.items} <= {"pricing", "other"}

@@ -1,0 +1,155 @@
+"""Config: every spec key, flat or nested; overlays and overrides; bad configs fail naming the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_pipeline.config import FLAT_KEYS, load_config
+from llm_pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, payload: dict, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+def minimal(tmp_path: Path, **extra: object) -> dict:
+    data = tmp_path / "docs.jsonl"
+    data.write_text('{"id": "a", "text": "hello world"}\n')
+    return {"name": "t", "data": {"path": str(data)}, **extra}
+
+
+@pytest.mark.parametrize("name", ["test", "ev_charging", "general"])
+def test_shipped_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    config = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert config.name.endswith("pipeline")
+
+
+def test_every_spec_key_is_accepted_flat_and_lands_in_its_section(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": "a", "text": "x y"}\n')
+    flat = {
+        "name": "flat",
+        "data_path": str(data),
+        "output_path": str(tmp_path / "out"),
+        "model_name": "m",
+        "domain": "ev",
+        "wandb_project": "p",
+        "similarity_threshold": 0.9,
+        "deduplication_method": "minhash",
+        "questions_per_doc": 4,
+        "include_metadata": False,
+        "benchmark_size": 7,
+        "include_adversarial": False,
+        "difficulty_levels": ["easy"],
+        "categories": ["pricing"],
+        "evaluation_metrics": ["bleu"],
+        "domain_metrics": ["numeric_accuracy"],
+        "enable_monitoring": False,
+        "log_level": "debug",
+        "structured_logging": False,
+    }
+    config = load_config(write(tmp_path, flat))
+    for key, (section, field) in FLAT_KEYS.items():
+        value = getattr(getattr(config, section), field)
+        expected = flat[key].upper() if key == "log_level" else flat[key]
+        assert (str(value) if key == "data_path" else value) == expected, key
+    assert config.domain == "ev" and config.output_path == tmp_path / "out"
+
+
+def test_environment_overrides_file_and_overlay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "environments").mkdir()
+    write(
+        tmp_path, {"monitoring": {"log_level": "DEBUG", "structured_logging": False}}, "environments/development.yaml"
+    )
+    path = write(tmp_path, minimal(tmp_path, qa={"questions_per_doc": 2}))
+    monkeypatch.setenv("PIPELINE_ENV", "development")
+    config = load_config(path)
+    assert config.monitoring.log_level == "DEBUG" and config.monitoring.structured_logging is False
+    monkeypatch.setenv("PIPELINE__QA__QUESTIONS_PER_DOC", "5")
+    monkeypatch.setenv("LOG_LEVEL", "warning")
+    config = load_config(path)
+    assert config.qa.questions_per_doc == 5
+    assert config.monitoring.log_level == "WARNING"
+
+
+def test_unknown_environment_overlay_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_ENV", "staging")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, minimal(tmp_path)))
+    assert info.value.problems[0][0] == "PIPELINE_ENV"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"dedup": {"similarity_threshold": 1.5}}, "dedup.similarity_threshold"),
+        ({"evaluation": {"metrics": ["rouge", "meteor"]}}, "evaluation.metrics.1"),
+        ({"dedup": {"method": "fuzzy"}}, "dedup.method"),
+        ({"data": {"path": "/nowhere/docs.jsonl"}}, "data.path"),
+        ({"benchmark": {"categories": []}}, "benchmark.categories"),
+        ({"qa": {"questions_per_dc": 3}}, "qa.questions_per_dc"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path: Path, change: dict, field: str) -> None:
+    payload = minimal(tmp_path)
+    for section, values in change.items():
+        payload.setdefault(section, {}).update(values)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, payload))
+    assert field in [f for f, _ in info.value.problems]
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "llm_pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def test_cli_validate_exits_2_naming_the_field(tmp_path: Path) -> None:
+    payload = minimal(tmp_path, dedup={"similarity_threshold": 1.5})
+    result = run_cli("validate", str(write(tmp_path, payload)))
+    assert result.returncode == 2
+    assert "dedup.similarity_threshold" in result.stderr
+
+
+def test_cli_validate_prints_resolved_config_with_secrets_masked() -> None:
+    secret = "sk-test-VERYSECRET-1234567890"
+    result = run_cli(
+        "validate",
+        "configs/test.yaml",
+        "--set",
+        "qa.questions_per_doc=4",
+        env={"OPENAI_API_KEY": secret, "WANDB_API_KEY": "wandb-secret-value-123456"},
+    )
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["config"]["qa"]["questions_per_doc"] == 4
+    assert printed["secrets"]["OPENAI_API_KEY"] == "********"
+    assert secret not in result.stdout + result.stderr
+    assert "wandb-secret-value-123456" not in result.stdout + result.stderr
+
+
+def test_cli_run_refuses_bad_config_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    payload = minimal(tmp_path, output_path=str(out), benchmark={"categories": []})
+    result = run_cli("run", "--config", str(write(tmp_path, payload)))
+    assert result.returncode == 2
+    assert "benchmark.categories" in result.stderr
+    assert not out.exists()

@@ -1,0 +1,158 @@
+"""The whole flow on a real Prefect server: every stage's output, logs in the UI, caching, failure handling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_pipeline.stages import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "test.yaml")
+pytestmark = pytest.mark.slow
+
+
+def lines(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+async def _read(kind: str, flow_run_id: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, LogFilter, LogFilterFlowRunId
+
+    async with get_client() as client:
+        if kind == "logs":
+            return await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        return await client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
+
+
+def poll(kind: str, flow_run_id: str, until, timeout: float = 30.0) -> list[Any]:
+    """Logs and task runs reach the server's database asynchronously: poll, don't assume."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = asyncio.run(_read(kind, flow_run_id))
+        if until(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_server, tmp_path_factory) -> dict[str, Any]:
+    from flows.pipeline import llm_pipeline
+
+    out = tmp_path_factory.mktemp("outputs")
+    overrides = {"output_path": str(out), "benchmark": {"size": 30}}
+    return {"result": llm_pipeline(config_path=CONFIG, overrides=overrides), "overrides": overrides}
+
+
+def test_every_stage_writes_its_outputs(first_run) -> None:
+    run_dir = Path(first_run["result"]["run_dir"])
+    assert lines(run_dir / "documents.jsonl") == 300  # 330 good records less 30 planted copies
+    assert lines(run_dir / "rejects.jsonl") == 6  # the sample's malformed records
+    assert lines(run_dir / "duplicate_clusters.jsonl") == 30
+    assert lines(run_dir / "qa_pairs.jsonl") >= 500
+    assert lines(run_dir / "benchmark.jsonl") == 30
+    assert lines(run_dir / "predictions.jsonl") == 60  # 2 candidates x 30 items
+    for name in (
+        "qa_pairs.parquet",
+        "benchmark.parquet",
+        "benchmark_card.md",
+        "evaluation.json",
+        "tracking.json",
+        "config.resolved.json",
+    ):
+        assert (run_dir / name).stat().st_size > 0, name
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert list(manifest["stages"]) == list(STAGES) and manifest["status"] == "completed"
+    assert manifest["config_hash"] and manifest["code_version"].startswith("0.1.0+")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert list(summary["stages"]) == list(STAGES)
+    assert set(summary["evaluation"]) == {"retrieval-minilm", "lexical-overlap"}
+    report = (run_dir / "report.md").read_text()
+    for stage in STAGES:
+        assert f"| {stage} | completed |" in report
+    assert "## Model comparison" in report and "bertscore_f1" in report
+    assert list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def test_library_events_reach_the_prefect_run_logs(first_run) -> None:
+    flow_run_id = first_run["result"]["flow_run_id"]
+    logs = poll("logs", flow_run_id, lambda found: sum("stage_finished" in log.message for log in found) >= 6)
+    finished = [json.loads(log.message) for log in logs if '"stage_finished"' in log.message]
+    assert {event["stage"] for event in finished} >= set(STAGES)
+    assert all(event["run_id"] == first_run["result"]["run_id"] for event in finished)
+
+
+def test_rerun_reuses_completed_stages(first_run) -> None:
+    from flows.pipeline import llm_pipeline
+
+    second = llm_pipeline(config_path=CONFIG, overrides=first_run["overrides"])
+    assert set(second["cached"]) == {
+        "load-and-deduplicate-data",
+        "generate-qa-pairs",
+        "generate-benchmark",
+        "evaluate-models",
+    }
+    first_dir, second_dir = Path(first_run["result"]["run_dir"]), Path(second["run_dir"])
+    assert first_dir != second_dir
+    assert (second_dir / "qa_pairs.jsonl").read_bytes() == (first_dir / "qa_pairs.jsonl").read_bytes()
+    manifest = json.loads((second_dir / "manifest.json").read_text())
+    assert manifest["stages"]["generate-qa-pairs"]["reused_from"] == str(first_dir)
+    assert (second_dir / "report.md").exists()
+
+
+def test_changing_a_stage_config_reruns_that_stage_and_after(first_run) -> None:
+    from flows.pipeline import llm_pipeline
+
+    overrides = {**first_run["overrides"], "benchmark": {"size": 24}}
+    third = llm_pipeline(config_path=CONFIG, overrides=overrides)
+    assert set(third["cached"]) == {"load-and-deduplicate-data", "generate-qa-pairs"}
+    assert lines(Path(third["run_dir"]) / "benchmark.jsonl") == 24
+
+
+def test_unreadable_data_fails_the_run_without_retry(prefect_server, tmp_path: Path) -> None:
+    from prefect.exceptions import PrefectException
+
+    from flows.pipeline import llm_pipeline
+    from llm_pipeline.errors import DataValidationError
+
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises((DataValidationError, PrefectException)):
+        llm_pipeline(config_path=CONFIG, overrides={"output_path": str(tmp_path / "out"), "data": {"path": str(bad)}})
+    manifest = json.loads(next((tmp_path / "out").rglob("manifest.json")).read_text())
+    assert manifest["status"] == "failed"
+    failed = manifest["stages"]["load-and-deduplicate-data"]
+    assert failed["status"] == "failed" and "not a readable Parquet file" in failed["error"]
+    flow_run_prefix = manifest["run_id"].rsplit("-", 1)[1]
+    runs = asyncio.run(_failed_task_runs("load-and-deduplicate-data"))
+    mine = [r for r in runs if str(r.flow_run_id).startswith(flow_run_prefix)]
+    assert len(mine) == 1 and mine[0].run_count == 1  # a data error is never retried
+
+
+async def _failed_task_runs(name: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    async with get_client() as client:
+        return await client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name)))
+
+
+def test_retry_policy_table() -> None:
+    from flows.retries import should_retry
+    from llm_pipeline.errors import (
+        ConfigError,
+        DataValidationError,
+        ModelLoadError,
+        ResourceExhaustedError,
+        TransientError,
+    )
+
+    assert should_retry(TransientError()) and should_retry(ModelLoadError()) and should_retry(ResourceExhaustedError())
+    assert not should_retry(DataValidationError()) and not should_retry(ConfigError([("x", "y")]))
+    assert not should_retry(ValueError("a bug"))

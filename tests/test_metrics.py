@@ -1,0 +1,79 @@
+"""Metrics against hand-checked golden values."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_pipeline.embeddings import resolve_model_path
+from llm_pipeline.evaluation import metrics as m
+from llm_pipeline.records import BenchmarkItem
+
+
+def test_exact_match_normalizes_case_punctuation_and_articles() -> None:
+    assert m.exact_match("The $0.45 per kWh!", "$0.45 per kWh") == 1.0
+    assert m.exact_match("0.45 per kWh", "$0.45 per kWh") == 0.0
+    assert m.exact_match("about 7 kW", "7 kW") == 0.0
+
+
+def test_rouge_golden() -> None:
+    # prediction "about $0.45 per kWh" vs reference "$0.45 per kWh in Denver": tokens (rouge-score drops "$")
+    # pred [about, 0, 45, per, kwh] ref [0, 45, per, kwh, in, denver]: 4 common, P=4/5, R=4/6, F=8/11.
+    scores = m.rouge("about $0.45 per kWh", "$0.45 per kWh in Denver")
+    assert scores["rouge1"] == pytest.approx(8 / 11, abs=1e-6)
+    assert scores["rougeL"] == pytest.approx(8 / 11, abs=1e-6)
+    assert m.rouge("identical answer here", "identical answer here")["rouge2"] == 1.0
+
+
+def test_bleu_golden() -> None:
+    assert m.bleu("the cat sat on the mat", "the cat sat on the mat") == pytest.approx(1.0)
+    assert m.bleu("", "the cat") == 0.0
+    assert 0.0 < m.bleu("the cat sat on a mat", "the cat sat on the mat") < 1.0
+    assert m.corpus_bleu(["a b c d"], ["a b c d"]) == pytest.approx(1.0)
+
+
+def test_numeric_match_with_tolerance() -> None:
+    assert m.numeric_match("it costs 0.45 dollars", "$0.45 per kWh") == 1.0
+    assert m.numeric_match("it costs 0.454", "$0.45 per kWh") == 1.0  # within 1 %
+    assert m.numeric_match("it costs 0.50", "$0.45 per kWh") == 0.0
+    assert m.numeric_match("7 to 11 kW", "between 7 and 11 kW") == 1.0
+    assert m.numeric_match("7 kW", "between 7 and 11 kW") == 0.0
+    assert m.numeric_match("anything", "no numbers here") is None
+
+
+def item(answerable: bool) -> BenchmarkItem:
+    return BenchmarkItem(
+        id="i",
+        question="q",
+        answer="a",
+        context="c",
+        category="x",
+        difficulty="easy",
+        answerable=answerable,
+        source_document_id="d",
+    )
+
+
+def test_refusal_accuracy() -> None:
+    assert m.refusal_correct("The context does not answer this question.", item(False)) == 1.0
+    assert m.refusal_correct("$0.45 per kWh", item(False)) == 0.0
+    assert m.refusal_correct("$0.45 per kWh", item(True)) == 1.0
+    assert m.refusal_correct("I don't know.", item(True)) == 0.0
+
+
+def test_bootstrap_ci_brackets_the_mean() -> None:
+    values = [0, 1] * 50
+    low, high = m.bootstrap_ci(values)
+    assert low < 0.5 < high and high - low < 0.3
+    assert m.bootstrap_ci([1.0, 1.0, 1.0]) == (1.0, 1.0)
+
+
+def test_bertscore_with_packaged_minilm() -> None:
+    path = resolve_model_path("all-MiniLM-L6-v2")
+    same, related, unrelated = m.bertscore_f1(
+        ["fast charging costs 45 cents", "fast charging is 45 cents", "tomatoes need sun"],
+        ["fast charging costs 45 cents"] * 3,
+        path,
+        layer=4,
+    )
+    assert same == pytest.approx(1.0, abs=1e-4)
+    assert unrelated < related < same

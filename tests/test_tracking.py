@@ -1,0 +1,52 @@
+"""W&B tracking: offline runs land on disk with metrics and tables; no key or no service never fails a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_pipeline.tracking import Tracker, active_tracker, start_tracker
+
+
+def wandb_file(directory: Path) -> Path:
+    files = list(directory.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def test_offline_run_records_metrics_config_and_tables(tmp_path: Path) -> None:
+    tracker = start_tracker(
+        mode="offline", project="p", directory=tmp_path, name="n", group="g", config={"dedup": {"method": "hybrid"}}
+    )
+    assert active_tracker() is tracker and tracker.mode == "offline"
+    tracker.log({"dedup/kept_documents": 287, "qa/pairs": 12.5, "not_a_number": "skipped"})
+    tracker.log_table("qa_sample", ["question", "answer"], [["What is DC?", "direct current"]])
+    info = tracker.info()
+    tracker.finish()
+    assert active_tracker() is None
+    assert info["sync_command"].startswith("wandb sync ")
+    raw = wandb_file(tmp_path).read_bytes()
+    for needle in (b"dedup/kept_documents", b"287", b"qa/pairs", b"12.5", b"hybrid"):
+        assert needle in raw, needle
+    assert b"not_a_number" not in raw
+    table = next(tmp_path.glob("wandb/offline-run-*/files/media/table/qa_sample_*.table.json"))
+    assert json.loads(table.read_text())["data"] == [["What is DC?", "direct current"]]
+
+
+def test_online_without_key_degrades_to_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    tracker = Tracker(mode="online", project="p", directory=tmp_path, name="n", group="g", config={})
+    info = tracker.start()
+    tracker.finish()
+    assert info["mode"] == "offline" and info["requested_mode"] == "online"
+    wandb_file(tmp_path)
+
+
+def test_disabled_writes_nothing(tmp_path: Path) -> None:
+    tracker = Tracker(mode="disabled", project="p", directory=tmp_path / "w", name="n", group="g", config={})
+    assert tracker.start()["mode"] == "disabled"
+    tracker.log({"a": 1})
+    tracker.finish()
+    assert not (tmp_path / "w" / "wandb").exists()
