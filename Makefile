@@ -9,7 +9,8 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_VERBOSITY ?= error
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 
-.PHONY: help install run validate test test-fast lint format lock clean-outputs
+.PHONY: help install run validate test test-fast lint format lock clean-outputs \
+        secrets check-env up down deploy logs ps run-test clean compose-check images
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -57,3 +58,66 @@ lock: $(BIN)/python  ## re-resolve pyproject.toml into requirements.lock in a sc
 
 clean-outputs:  ## delete local run outputs (asks first)
 	@read -p "Delete ./outputs? [y/N] " answer && [ "$$answer" = y ] && rm -rf outputs || echo "kept"
+
+# --- the production stack (Docker Compose) ------------------------------------------------------------------
+# GPU=1 runs the gpu-worker on the NVIDIA runtime (profile gpu); GPU=0 runs it on CPU (docker-compose.cpu.yml).
+# Default: 1 when `docker info` shows an nvidia runtime.
+GPU ?= $(shell docker info 2>/dev/null | grep -qi 'nvidia' && echo 1 || echo 0)
+ifeq ($(GPU),1)
+COMPOSE_ARGS := -f docker-compose.yml --profile gpu
+else
+COMPOSE_ARGS := -f docker-compose.yml -f docker-compose.cpu.yml
+endif
+DC := COMPOSE_BAKE=false docker compose $(COMPOSE_ARGS)
+SERVICE ?=
+REQUIRED_ENV := POSTGRES_PASSWORD PREFECT_SERVER_API_AUTH_STRING
+
+check-env:
+	@test -f .env || { echo "error: no .env here. Run: cp .env.example .env, then set $(REQUIRED_ENV) (or run: make secrets)"; exit 1; }
+	@for v in $(REQUIRED_ENV); do grep -qE "^$$v=.+" .env || { echo "error: $$v is not set in .env (make secrets fills it with a random value)"; exit 1; }; done
+
+secrets:  ## create .env from .env.example if needed and fill empty required secrets with random values
+	@test -f .env || cp .env.example .env
+	@python3 -c "import re, secrets, pathlib; p = pathlib.Path('.env'); t = p.read_text(); \
+	t = re.sub(r'(?m)^POSTGRES_PASSWORD=$$', 'POSTGRES_PASSWORD=' + secrets.token_urlsafe(24), t); \
+	t = re.sub(r'(?m)^PREFECT_SERVER_API_AUTH_STRING=$$', 'PREFECT_SERVER_API_AUTH_STRING=admin:' + secrets.token_urlsafe(24), t); \
+	p.write_text(t)"
+	@echo "secrets set in .env (git-ignored); the UI's login is PREFECT_SERVER_API_AUTH_STRING"
+
+images: check-env  ## build the project image(s)
+	$(DC) build
+
+up: check-env  ## build and start the stack, and wait until every service is healthy
+	$(DC) up -d --build --wait
+	@echo "Prefect UI: http://127.0.0.1:$${PREFECT_PORT:-4200} (log in with PREFECT_SERVER_API_AUTH_STRING from .env)"
+
+down:  ## stop the stack; the database and shared volumes stay
+	$(DC) down
+
+deploy: check-env  ## create or update pools, queues, limits and deployments (idempotent)
+	$(DC) run --rm deployer
+
+logs:  ## follow the logs of SERVICE (default: all), e.g. make logs SERVICE=cpu-worker
+	$(DC) logs -f $(SERVICE)
+
+ps:  ## list the stack's containers and their health
+	$(DC) ps
+
+run-test: check-env  ## trigger the test deployment and follow it; non-zero exit unless it Completed
+	$(DC) run --rm deployer llm-pipeline trigger llm-pipeline/test-pipeline --wait
+
+clean:  ## stop the stack and delete its volumes (database, run outputs), after asking
+	@read -p "Delete the stack's volumes (Prefect database and all run outputs)? [y/N] " answer; \
+	if [ "$$answer" = y ]; then $(DC) --profile tools --profile docker-pool down -v; else echo "kept"; fi
+
+# Values for validation only (compose refuses to interpolate the required variables while they are unset).
+CHECK_ENV := POSTGRES_PASSWORD=$${POSTGRES_PASSWORD:-validation-only} \
+             PREFECT_SERVER_API_AUTH_STRING=$${PREFECT_SERVER_API_AUTH_STRING:-validation:only}
+compose-check:  ## docker compose config -q for every profile and override
+	@export $(CHECK_ENV); set -e; \
+	docker compose -f docker-compose.yml config -q; \
+	docker compose -f docker-compose.yml --profile gpu config -q; \
+	docker compose -f docker-compose.yml --profile docker-pool --profile tools config -q; \
+	docker compose -f docker-compose.yml -f docker-compose.cpu.yml config -q; \
+	docker compose -f docker-compose.yml -f docker-compose.cpu.yml --profile docker-pool --profile tools config -q
+	@echo "compose files valid for every profile and override"

@@ -8,24 +8,33 @@ input reuses the earlier result and links its files into the new run folder (the
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+# Importing this module runs flows/__init__.py first, which points Prefect's run logs at the library's logger.
 from prefect import flow, task
 from prefect.cache_policies import TASK_SOURCE, Inputs
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment, flow_run
 
-import flows  # noqa: F401  (sets Prefect logging env before Prefect is imported)
 from flows.retries import retry_condition
 from llm_pipeline import stages
 from llm_pipeline.config import PipelineConfig, load_config
-from llm_pipeline.io import file_fingerprint
+from llm_pipeline.errors import PipelineError
+from llm_pipeline.io import file_fingerprint, write_json
 from llm_pipeline.logging import bind, bound, configure_logging, get_logger
 from llm_pipeline.manifest import Manifest
 from llm_pipeline.stages import StageResult, materialize, outputs_exist
 
 log = get_logger("flow")
+
+# Where set (the compose stack sets it on CPU workers), the evaluation stage runs as this deployment on the GPU
+# pool; unset (embedded mode, tests), it runs inline in the pipeline's own process.
+EVALUATION_DEPLOYMENT_ENV = "LLM_PIPELINE_EVALUATION_DEPLOYMENT"
+GPU_SLOTS = "gpu-slots"
+STAGE_RESULT_FILE = "evaluate-models.stage.json"
 
 # The key leaves out the whole config (each stage passes the sections it depends on in `key`), the run folder,
 # and upstream results (their fingerprints are in `key`).
@@ -89,6 +98,24 @@ def evaluate_models(config: PipelineConfig, run_dir: str, upstream: StageResult,
         return stages.evaluate_models(config, upstream.path("benchmark"), Path(run_dir))
 
 
+@task(name="evaluate-models")
+def evaluate_models_elsewhere(deployment_name: str, parameters: dict[str, Any], run_dir: str) -> StageResult:
+    """Hand the stage to the evaluation deployment (GPU pool); results come back as files on the shared volume."""
+    from prefect.deployments import run_deployment
+
+    with bound(stage="evaluate-models"):
+        log.info("evaluation_handed_off", deployment=deployment_name)
+        child = run_deployment(deployment_name, parameters=parameters, timeout=None, poll_interval=2)
+        state = child.state
+        if state is None or not state.is_completed():
+            name = state.name if state else "unknown"
+            raise PipelineError(
+                f"evaluation deployment {deployment_name} ended {name}: "
+                f"{state.message if state else ''} (flow run {child.id})"
+            )
+        return StageResult.model_validate_json((Path(run_dir) / STAGE_RESULT_FILE).read_text())
+
+
 @task(name="finalize-pipeline")
 def finalize_pipeline(
     config: PipelineConfig, run_dir: str, manifest: dict[str, Any], results: dict[str, StageResult]
@@ -104,6 +131,16 @@ def _cached_call(task_fn: Any, run_dir: Path, **kwargs: Any) -> StageResult:
         log.warning("cached_outputs_missing", stage=result.stage, rerun=True)
         result = task_fn.with_options(refresh_cache=True)(run_dir=str(run_dir), **kwargs)
     return materialize(result, run_dir)
+
+
+def _evaluate(config: PipelineConfig, run_dir: Path, bench: StageResult, code: str) -> StageResult:
+    return _cached_call(
+        evaluate_models,
+        run_dir,
+        config=config,
+        upstream=bench,
+        key={**_section(config, "evaluation"), "input": bench.fingerprint, "code": code},
+    )
 
 
 def _section(config: PipelineConfig, *names: str) -> dict[str, Any]:
@@ -167,15 +204,17 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
             )
         )
         current = stages.STAGES[5]
-        record(
-            _cached_call(
-                evaluate_models,
-                run_dir,
-                config=config,
-                upstream=bench,
-                key={**_section(config, "evaluation"), "input": bench.fingerprint, "code": code},
-            )
-        )
+        elsewhere = os.environ.get(EVALUATION_DEPLOYMENT_ENV)
+        if elsewhere:
+            parameters = {
+                "config_path": config_path,
+                "overrides": overrides,
+                "run_dir": str(run_dir),
+                "benchmark_stage": bench.model_dump(mode="json"),
+            }
+            record(evaluate_models_elsewhere(elsewhere, parameters, str(run_dir)))
+        else:
+            record(_evaluate(config, run_dir, bench, code))
         current = stages.STAGES[6]
         final = record(finalize_pipeline(config, str(run_dir), manifest.data, results))
     except Exception as exc:
@@ -194,3 +233,33 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
         "stages": {name: r.counts for name, r in results.items()},
         "cached": [name for name, r in results.items() if r.cached],
     }
+
+
+@flow(name="evaluate-models")
+def evaluate_models_flow(
+    config_path: str, run_dir: str, benchmark_stage: dict[str, Any], overrides: dict[str, Any] | None = None
+) -> str:
+    """The evaluation stage as its own flow, deployed on the GPU pool and called by the pipeline with
+    run_deployment. It holds a `gpu-slots` global concurrency slot while it runs (a no-op where that limit does
+    not exist) and writes its StageResult beside its outputs, so the hand-off back is a file, not a pickle."""
+    config = load_config(config_path, overrides)
+    configure_logging(config.monitoring.log_level, config.monitoring.structured_logging)
+    folder = Path(run_dir)
+    bind(run_id=folder.name, pipeline=config.name)
+    bench = StageResult.model_validate(benchmark_stage)
+    with concurrency(GPU_SLOTS, occupy=1):
+        result = _evaluate(config, folder, bench, stages.code_version())
+    path = folder / STAGE_RESULT_FILE
+    write_json(path, result.model_dump(mode="json"))
+    _release_accelerator_memory()
+    return str(path)
+
+
+def _release_accelerator_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass

@@ -115,3 +115,86 @@ def sample_copy(tmp_path: Path) -> Path:
     target = tmp_path / "documents.jsonl"
     shutil.copy(SAMPLE, target)
     return target
+
+
+def docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real Postgres 15 in a container (testcontainers), as an asyncpg URL for Prefect."""
+    if not docker_available():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs a Docker engine: .ci/run starts one with ../shared/container-engine/up")
+        pytest.skip("no Docker engine here: run `bash ../shared/container-engine/up` (CI always does)")
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    from testcontainers.community.postgres import PostgresContainer
+
+    with PostgresContainer(
+        "postgres:15", username="prefect", password="prefect-test", dbname="prefect", driver="asyncpg"
+    ) as container:
+        yield container.get_connection_url()
+
+
+@pytest.fixture(scope="session")
+def postgres_prefect_server(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[PrefectServer]:
+    """A real `prefect server start` on Postgres; the test process's client points at it while in use."""
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-pg-home"), database_url=postgres_url)
+    yield server
+    server.stop()
+
+
+class Worker:
+    """A real `prefect worker start` process polling every second."""
+
+    def __init__(
+        self,
+        api_url: str,
+        pool: str,
+        home: Path,
+        env: dict[str, str] | None = None,
+        worker_type: str = "process",
+        limit: int | None = None,
+    ):
+        self.log_path = home / f"worker-{pool}-{free_port()}.log"
+        self.log = self.log_path.open("w")
+        command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", worker_type]
+        if limit is not None:
+            command += ["--limit", str(limit)]
+        self.process = subprocess.Popen(
+            command,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={
+                **os.environ,
+                "PREFECT_API_URL": api_url,
+                "PREFECT_WORKER_QUERY_SECONDS": "1",
+                "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+                **(env or {}),
+            },
+        )
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

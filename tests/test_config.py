@@ -153,3 +153,18 @@ def test_cli_run_refuses_bad_config_before_any_work(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "benchmark.categories" in result.stderr
     assert not out.exists()
+
+
+def test_dotenv_with_stack_variables_is_fine_and_pipeline_keys_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, minimal(tmp_path))
+    (tmp_path / ".env").write_text("POSTGRES_PASSWORD=x\nPIPELINE__QA__QUESTIONS_PER_DOC=4\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(path).qa.questions_per_doc == 4
+
+
+def test_unknown_top_level_key_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, minimal(tmp_path, dedupe={"method": "exact"})))
+    assert info.value.problems[0][0] == "dedupe"

@@ -125,6 +125,45 @@ def _print_summary(result: dict[str, Any]) -> None:
 
 
 @app.command()
+def trigger(
+    deployment: Annotated[str, typer.Argument(help="FLOW/DEPLOYMENT, e.g. llm-pipeline/test-pipeline.")],
+    wait: Annotated[bool, typer.Option(help="Follow the run to a final state.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a final state.")] = 1800,
+    param: Annotated[list[str] | None, typer.Option("--param", help="A parameter: key=value (YAML).")] = None,
+) -> None:
+    """Start a run of a deployment on the server at PREFECT_API_URL; with --wait, exit 0 only if it Completed."""
+    import time
+
+    from prefect.deployments import run_deployment
+
+    parameters = {k: v for k, v in _parse_overrides(param).items()} if param else None
+    flow_run = run_deployment(deployment, parameters=parameters, timeout=0)
+    out.print(f"started flow run {flow_run.name} ({flow_run.id}) of {deployment}")
+    if not wait:
+        return
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    last = None
+    with get_client(sync_client=True) as client:
+        while True:
+            flow_run = client.read_flow_run(flow_run.id)
+            state = flow_run.state
+            if state and state.name != last:
+                message = f": {state.message}" if state.message else ""
+                out.print(f"  {time.strftime('%H:%M:%S')} {state.name}{message}")
+                last = state.name
+            if state and state.is_final():
+                break
+            if time.monotonic() > deadline:
+                err.print(f"[red]timed out[/] after {timeout:.0f}s in state {last}")
+                raise typer.Exit(1)
+            time.sleep(2)
+    if not state.is_completed():
+        raise typer.Exit(1)
+
+
+@app.command()
 def version() -> None:
     """Print the package version."""
     out.print(llm_pipeline.__version__)

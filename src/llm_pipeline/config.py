@@ -185,7 +185,9 @@ class PipelineConfig(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         env_file_encoding="utf-8",
-        extra="forbid",
+        # .env also holds the compose stack's variables; unknown top-level keys of the YAML file are rejected
+        # by load_config instead, and every section forbids unknown keys itself.
+        extra="ignore",
         nested_model_default_partial_update=True,
     )
 
@@ -297,6 +299,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
         raw = _deep_merge(raw, _lift_flat_keys(overrides))
     if os.environ.get("LOG_LEVEL"):
         raw = _deep_merge(raw, {"monitoring": {"log_level": os.environ["LOG_LEVEL"]}})
+    unknown = sorted(set(raw) - set(PipelineConfig.model_fields))
+    if unknown:
+        raise ConfigError([(key, "unknown key (not a config section or a spec key)") for key in unknown])
     try:
         return PipelineConfig(**raw)
     except ValidationError as exc:

@@ -1,0 +1,19 @@
+"""Small flows that the orchestration tests deploy: they make queue limits, priorities and failures visible."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow
+
+
+@flow(name="sleeper")
+def sleeper(seconds: float = 3.0, label: str = "") -> str:
+    time.sleep(seconds)
+    return label
+
+
+@flow(name="always-fails")
+def always_fails(config_path: str, run_dir: str, benchmark_stage: dict, overrides: dict | None = None) -> None:
+    """Takes the evaluation flow's parameters, and fails: the pipeline that handed off to it must fail too."""
+    raise RuntimeError("this evaluation deployment fails on purpose")
