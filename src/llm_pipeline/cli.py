@@ -104,6 +104,12 @@ def run(config: ConfigOption = Path("configs/test.yaml"), set_: SetOption = None
     _print_summary(result)
 
 
+def _api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or "the embedded server"
+
+
 def _print_summary(result: dict[str, Any]) -> None:
     table = Table(title=f"run {result['run_id']}", show_lines=False)
     table.add_column("stage")
@@ -135,9 +141,17 @@ def trigger(
     import time
 
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
 
-    parameters = {k: v for k, v in _parse_overrides(param).items()} if param else None
-    flow_run = run_deployment(deployment, parameters=parameters, timeout=0)
+    parameters = _parse_overrides(param) if param else None
+    try:
+        flow_run = run_deployment(deployment, parameters=parameters, timeout=0)
+    except ObjectNotFound:
+        err.print(f"[bold red]no deployment named {deployment}[/] on {_api_url()}: run `make deploy` first")
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        err.print(f"[bold red]{exc}[/]")
+        raise typer.Exit(2) from None
     out.print(f"started flow run {flow_run.name} ({flow_run.id}) of {deployment}")
     if not wait:
         return

@@ -1,0 +1,179 @@
+"""The production stack for real: build the images, bring the compose stack up with the CPU override, deploy,
+run the test deployment on the workers, check the shared volume and the logs, the docker-pool variant, and that
+Postgres keeps its data across `make down && make up`. Uses its own compose project and env file, so a
+developer's own stack and .env are left alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import docker_available, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = "llm-pipeline-e2e"
+pytestmark = pytest.mark.slow
+
+
+def make(target: str, env: dict[str, str], timeout: float = 900, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["make", target, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    return result
+
+
+def compose(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    command = [
+        "docker",
+        "compose",
+        "--env-file",
+        env["ENV_FILE"],
+        "-f",
+        "docker-compose.yml",
+        "-f",
+        "docker-compose.cpu.yml",
+        *args,
+    ]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def shared(env: dict[str, str], script: str) -> str:
+    result = compose(env, "run", "--rm", "--no-deps", "--entrypoint", "sh", "deployer", "-c", script)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    if not docker_available():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs a Docker engine: .ci/run starts one with ../shared/container-engine/up")
+        pytest.skip("no Docker engine here: run `bash ../shared/container-engine/up` (CI always does)")
+    port = free_port()
+    env_file = tmp_path_factory.mktemp("stack") / "stack.env"
+    auth = f"admin:{secrets.token_urlsafe(16)}"
+    env_file.write_text(
+        (ROOT / ".env.example")
+        .read_text()
+        .replace("POSTGRES_PASSWORD=\n", f"POSTGRES_PASSWORD={secrets.token_urlsafe(16)}\n")
+        .replace("PREFECT_SERVER_API_AUTH_STRING=\n", f"PREFECT_SERVER_API_AUTH_STRING={auth}\n")
+        .replace("PREFECT_PORT=4200", f"PREFECT_PORT={port}")
+    )
+    env = {
+        **os.environ,
+        "ENV_FILE": str(env_file),
+        "COMPOSE_PROJECT_NAME": PROJECT,
+        "GPU": "0",
+        "COMPOSE_BAKE": "false",
+    }
+    up = make("up", env, timeout=2400)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    yield {"env": env, "port": port, "auth": auth}
+    compose(env, "--profile", "tools", "--profile", "docker-pool", "down", "-v", "--remove-orphans", timeout=300)
+
+
+@pytest.fixture(scope="module")
+def deployed(stack) -> subprocess.CompletedProcess:
+    first = make("deploy", stack["env"], timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    return first
+
+
+def test_stack_is_healthy_and_the_api_needs_its_password(stack) -> None:
+    base = f"http://127.0.0.1:{stack['port']}/api"
+    assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+    assert httpx.post(f"{base}/flows/filter", json={}, timeout=10).status_code == 401
+    user, password = stack["auth"].split(":", 1)
+    assert httpx.post(f"{base}/flows/filter", json={}, auth=(user, password), timeout=10).status_code == 200
+    ps = compose(stack["env"], "ps", "--format", "json")
+    states = [json.loads(line) for line in ps.stdout.splitlines() if line.strip()]
+    services = {s["Service"]: s["Health"] or s["State"] for s in states}
+    for service in ("postgres", "redis", "prefect-server", "cpu-worker", "gpu-worker"):
+        assert services.get(service) == "healthy", services
+    assert services.get("prefect-services") == "running", services
+
+
+def test_deploy_twice_changes_nothing_the_second_time(stack, deployed) -> None:
+    first = deployed
+    assert "deployed ev-charging-pipeline" in first.stdout and "cron '0 3 * * *' UTC" in first.stdout
+    second = make("deploy", stack["env"], timeout=600)
+    assert second.returncode == 0
+    assert "pools, queues and limits already up to date" in second.stdout
+
+
+def test_run_test_completes_on_the_workers_with_outputs_on_the_shared_volume(stack, deployed) -> None:
+    result = make("run-test", stack["env"], timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Completed" in result.stdout
+    stack["test_run_id"] = re.search(r"started flow run \S+ \(([0-9a-f-]{36})\)", result.stdout).group(1)
+    latest = 'cat "$(ls -d /shared/outputs/test-pipeline/*/ | tail -1)manifest.json"'
+    manifest = json.loads(shared(stack["env"], latest))
+    assert manifest["status"] == "completed"
+    assert manifest["stages"]["evaluate-models"]["status"] in ("completed", "cached")
+    listing = shared(stack["env"], "ls /shared/outputs/test-pipeline/*/")
+    for name in ("report.md", "summary.json", "evaluate-models.stage.json", "predictions.jsonl", "rejects.jsonl"):
+        assert name in listing, name
+    # the evaluation ran on the GPU pool's worker (on CPU here), handed off by run_deployment
+    gpu_logs = compose(stack["env"], "logs", "gpu-worker").stdout
+    assert '"stage": "evaluate-models"' in gpu_logs
+
+
+def test_worker_logs_are_one_json_event_a_line_with_run_and_stage(stack, deployed) -> None:
+    if "test_run_id" not in stack:
+        test_run_test_completes_on_the_workers_with_outputs_on_the_shared_volume(stack, deployed)
+    logs = compose(stack["env"], "logs", "--no-log-prefix", "cpu-worker").stdout
+    events = []
+    for line in logs.splitlines():
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    staged = [e for e in events if e.get("event") == "stage_finished"]
+    assert staged and all("run_id" in e and "stage" in e for e in staged)
+
+
+def test_docker_pool_variant_runs_a_container_per_flow_run(stack, deployed) -> None:
+    up = compose(stack["env"], "--profile", "docker-pool", "up", "-d", "--wait", "docker-worker", timeout=600)
+    assert up.returncode == 0, up.stderr[-2000:]
+    result = compose(
+        stack["env"],
+        "run",
+        "--rm",
+        "deployer",
+        "llm-pipeline",
+        "trigger",
+        "llm-pipeline/test-pipeline-docker",
+        "--wait",
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    logs = compose(stack["env"], "logs", "docker-worker").stdout
+    assert "Creating Docker container" in logs or "Docker container" in logs
+
+
+def test_postgres_keeps_its_data_across_down_and_up(stack, deployed) -> None:
+    if "test_run_id" not in stack:
+        test_run_test_completes_on_the_workers_with_outputs_on_the_shared_volume(stack, deployed)
+    assert make("down", stack["env"], timeout=600).returncode == 0
+    up = make("up", stack["env"], timeout=1200)
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+    for name in ("llm-pipeline/ev-charging-pipeline", "llm-pipeline/test-pipeline", "evaluate-models/evaluate-models"):
+        inspected = compose(stack["env"], "run", "--rm", "deployer", "prefect", "deployment", "inspect", name)
+        assert inspected.returncode == 0, (name, inspected.stderr[-1000:])
+        if name.endswith("ev-charging-pipeline"):
+            assert "0 3 * * *" in inspected.stdout
+    # the run from before the restart is still there, still Completed
+    inspected = compose(stack["env"], "run", "--rm", "deployer", "prefect", "flow-run", "inspect", stack["test_run_id"])
+    assert inspected.returncode == 0, inspected.stderr[-2000:]
+    assert "COMPLETED" in inspected.stdout
