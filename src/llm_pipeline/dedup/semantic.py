@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from llm_pipeline.dedup.clusters import KeepPolicy, clusters_from_pairs
-from llm_pipeline.embeddings import embed
+from llm_pipeline.embeddings import Backend, embed
 from llm_pipeline.records import Document, DuplicateCluster
 
 BLOCK_ROWS = 1024  # a block's similarity matrix holds BLOCK_ROWS x N float32 values
@@ -24,15 +26,10 @@ def similar_pairs(vectors: np.ndarray, threshold: float) -> list[tuple[int, int,
     return pairs
 
 
-def semantic_duplicate_clusters(
-    documents: list[Document],
-    threshold: float,
-    model: str,
-    device: str = "cpu",
-    batch_size: int = 64,
-    keep: KeepPolicy = "first",
-) -> list[DuplicateCluster]:
+def semantic_duplicate_clusters(documents: list[Document], threshold: float, model: str, device: str = "cpu",
+                                batch_size: int = 64, keep: KeepPolicy = "first", backend: Backend = "torch",
+                                max_seq_length: int = 128, cache: Path | None = None) -> list[DuplicateCluster]:
     if len(documents) < 2:
         return []
-    vectors = embed([d.text for d in documents], model, device, batch_size)
+    vectors = embed([d.text for d in documents], model, device, batch_size, backend, max_seq_length, cache)
     return clusters_from_pairs(documents, similar_pairs(vectors, threshold), "semantic", keep)

@@ -1,0 +1,115 @@
+"""Dedup at scale: vectorized MinHash (same result whatever the process count), recall by edit rate on the
+benchmark's realistic corpus, exact verification, a Redis-backed index shared by two workers, and the
+embedding cache and ONNX backends of semantic dedup."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm_pipeline.config import DedupConfig
+from llm_pipeline.dedup import deduplicate
+from llm_pipeline.dedup import minhash as mh
+from llm_pipeline.embeddings import embed
+from llm_pipeline.records import Document
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from synthetic_corpus import edit_words, make_corpus, unique_document  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[Document]:
+    return [Document(id=r["id"], text=r["text"], metadata=r["metadata"]) for r in make_corpus(1200, seed=3)]
+
+
+def test_signatures_do_not_depend_on_process_count(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mh, "PARALLEL_MIN_DOCUMENTS", 10)
+    texts = [d.text for d in corpus[:300]]
+    assert np.array_equal(mh.signatures(texts, processes=1), mh.signatures(texts, processes=2))
+
+
+def test_signature_estimates_track_true_jaccard() -> None:
+    import random
+
+    rng = random.Random(5)
+    base = unique_document(rng)
+    for rate in (0.01, 0.05, 0.1, 0.3):
+        edited = edit_words(base, rate, rng)
+        sigs = mh.signatures([base, edited], num_perm=256, processes=1)
+        estimate = float((sigs[0] == sigs[1]).mean())
+        true = mh.jaccard(mh.shingles(base, 3), mh.shingles(edited, 3))
+        assert abs(estimate - true) < 0.1, (rate, estimate, true)
+
+
+def test_minhash_finds_copies_up_to_five_percent_edits_and_nothing_else(corpus) -> None:
+    result = deduplicate(corpus, DedupConfig(method="minhash"))
+    removed = {d.id for d in corpus} - {d.id for d in result.kept}
+    truth = {d.id: d.metadata.get("truth") for d in corpus}
+    kinds = {d.id: d.metadata.get("kind") for d in corpus}
+    originals_with_copies = {t for t in truth.values() if t}
+    for cluster in result.clusters:  # precision: every cluster is one true group
+        assert len({truth[m] or m for m in cluster.members}) == 1, cluster
+    assert not removed - set(truth) - originals_with_copies
+    for kind in ("exact", "edit-1", "edit-3", "edit-5"):
+        copies = [i for i, k in kinds.items() if k == kind]
+        found = [c for c in copies if any(c in cl.members and truth[c] in cl.members for cl in result.clusters)]
+        assert len(found) == len(copies), kind
+
+
+def test_exact_verification_uses_true_jaccard(corpus) -> None:
+    estimated = deduplicate(corpus[:400], DedupConfig(method="minhash", verify="estimated")).clusters
+    exact = deduplicate(corpus[:400], DedupConfig(method="minhash", verify="exact")).clusters
+    by_id = {d.id: d for d in corpus}
+    for cluster in exact:
+        a, b = (by_id[m].text for m in cluster.members[:2])
+        assert mh.jaccard(mh.shingles(a, 3), mh.shingles(b, 3)) >= DedupConfig().jaccard_threshold
+    assert exact and len(exact) >= len(estimated) // 2  # exact verification still finds the copies
+
+
+def test_redis_index_is_shared_by_two_workers(corpus, redis_url: str) -> None:
+    config = DedupConfig(method="minhash", index="redis", redis_url=redis_url)
+    originals = [d for d in corpus if not d.metadata.get("truth")][:200]
+    by_id = {d.id: d for d in corpus}
+    copies = [d for d in corpus if d.metadata.get("kind") in ("exact", "edit-1") and d.metadata["truth"] in
+              {o.id for o in originals}]
+    assert copies
+    first = deduplicate(originals, config)           # worker A indexes the originals
+    assert first.kept == originals
+    second = deduplicate(copies + [by_id[c.metadata["truth"]] for c in copies[:1]], config)  # worker B
+    kept = {d.id for d in second.kept}
+    assert not kept & {c.id for c in copies}         # every copy matched an original indexed by worker A
+    indexed_by_a = {o.id for o in originals}
+    for copy in copies:  # each copy is tied to the original that worker A indexed, which is kept
+        assert any(copy.id in c.members and c.kept == copy.metadata["truth"] for c in second.clusters), copy.id
+    assert all(c.kept in indexed_by_a for c in second.clusters if set(c.members) & indexed_by_a)
+
+
+def test_embedding_cache_never_embeds_a_text_twice(tmp_path: Path) -> None:
+    texts = ["Fast charging costs more at highway stations.", "Level 2 chargers deliver 7 kW.",
+             "Fast charging costs more at highway stations."]
+    first: dict[str, int] = {}
+    vectors = embed(texts, cache=tmp_path, stats=first)
+    assert first == {"computed": 2, "cached": 0}
+    again: dict[str, int] = {}
+    cached = embed(texts + ["Solar canopies shade parked cars."], cache=tmp_path, stats=again)
+    assert again == {"computed": 1, "cached": 2}
+    assert np.allclose(cached[:3], vectors, atol=1e-6)
+
+
+@pytest.mark.parametrize(("backend", "agreement"), [("onnx", 0.999), ("onnx-int8", 0.97)])
+def test_onnx_backends_agree_with_torch(backend: str, agreement: float, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import llm_pipeline.embeddings as embeddings
+
+    monkeypatch.setattr(embeddings, "ONNX_CACHE", tmp_path)
+    embeddings.load_embedder.cache_clear()
+    texts = [unique_document(__import__("random").Random(i), words=80) for i in range(12)]
+    reference = embed(texts, backend="torch", max_seq_length=128)
+    vectors = embed(texts, backend=backend, max_seq_length=128)
+    cosines = (reference * vectors).sum(axis=1)
+    assert cosines.min() >= agreement, cosines
+    embeddings.load_embedder.cache_clear()
