@@ -75,24 +75,66 @@ FOOTERS = [
     "This summary reflects information available at the time of writing and is not legal advice.",
 ]
 SYNONYMS = {
-    "installed": "set up", "upgraded": "improved", "repaired": "fixed", "inspected": "checked",
-    "replaced": "swapped out", "delayed": "held up", "approved": "accepted", "cancelled": "called off",
-    "expanded": "enlarged", "reduced": "cut", "reported": "stated", "scheduled": "planned", "station": "site",
-    "vehicle": "car", "driver": "motorist", "city": "town", "busy": "crowded", "quiet": "calm", "cheap": "low-cost",
-    "expensive": "costly", "fast": "quick", "slow": "sluggish", "new": "recent", "old": "aging", "said": "stated",
-    "engineers": "technicians", "residents": "locals", "officials": "authorities", "plan": "proposal",
-    "waited": "queued", "found": "showed", "costs": "runs", "nearly": "almost", "about": "around",
-    "report": "study", "survey": "poll", "during": "throughout", "because": "since", "rarely": "seldom",
+    "installed": "set up",
+    "upgraded": "improved",
+    "repaired": "fixed",
+    "inspected": "checked",
+    "replaced": "swapped out",
+    "delayed": "held up",
+    "approved": "accepted",
+    "cancelled": "called off",
+    "expanded": "enlarged",
+    "reduced": "cut",
+    "reported": "stated",
+    "scheduled": "planned",
+    "station": "site",
+    "vehicle": "car",
+    "driver": "motorist",
+    "city": "town",
+    "busy": "crowded",
+    "quiet": "calm",
+    "cheap": "low-cost",
+    "expensive": "costly",
+    "fast": "quick",
+    "slow": "sluggish",
+    "new": "recent",
+    "old": "aging",
+    "said": "stated",
+    "engineers": "technicians",
+    "residents": "locals",
+    "officials": "authorities",
+    "plan": "proposal",
+    "waited": "queued",
+    "found": "showed",
+    "costs": "runs",
+    "nearly": "almost",
+    "about": "around",
+    "report": "study",
+    "survey": "poll",
+    "during": "throughout",
+    "because": "since",
+    "rarely": "seldom",
 }
 KINDS = ("exact", "edit-1", "edit-3", "edit-5", "edit-10", "paraphrase")
 
 
 def _sentence(rng: random.Random) -> str:
-    values = {"adj": rng.choice(ADJECTIVES), "adj2": rng.choice(ADJECTIVES), "noun": rng.choice(NOUNS),
-              "noun2": rng.choice(NOUNS), "noun3": rng.choice(NOUNS), "verb": rng.choice(VERBS),
-              "verb2": rng.choice(VERBS), "place": rng.choice(PLACES), "name": rng.choice(NAMES),
-              "name2": rng.choice(NAMES), "month": rng.choice(MONTHS), "count": rng.randint(2, 90),
-              "price": rng.randint(20, 900), "price2": rng.randint(20, 900)}
+    values = {
+        "adj": rng.choice(ADJECTIVES),
+        "adj2": rng.choice(ADJECTIVES),
+        "noun": rng.choice(NOUNS),
+        "noun2": rng.choice(NOUNS),
+        "noun3": rng.choice(NOUNS),
+        "verb": rng.choice(VERBS),
+        "verb2": rng.choice(VERBS),
+        "place": rng.choice(PLACES),
+        "name": rng.choice(NAMES),
+        "name2": rng.choice(NAMES),
+        "month": rng.choice(MONTHS),
+        "count": rng.randint(2, 90),
+        "price": rng.randint(20, 900),
+        "price2": rng.randint(20, 900),
+    }
     sentence = rng.choice(FRAMES).format(**values)
     return sentence[0].upper() + sentence[1:]
 
@@ -133,8 +175,11 @@ def paraphrase(text: str, rng: random.Random) -> str:
         core = word.strip(".,").lower()
         if core in SYNONYMS and rng.random() < 0.8:
             replacement = SYNONYMS[core]
-            word = word.lower().replace(core, replacement) if word[0].islower() else \
-                word.replace(word.strip(".,"), replacement.capitalize())
+            word = (
+                word.lower().replace(core, replacement)
+                if word[0].islower()
+                else word.replace(word.strip(".,"), replacement.capitalize())
+            )
         out.append(word)
     return " ".join(out)
 
@@ -143,8 +188,10 @@ def make_corpus(n_documents: int, seed: int = 0, duplicate_fraction: float = 0.3
     """n_documents records; `duplicate_fraction` of them are planted copies, spread evenly over KINDS."""
     rng = random.Random(seed)
     n_copies = int(n_documents * duplicate_fraction)
-    originals = [{"id": f"u{i:06d}", "text": unique_document(rng), "metadata": {"truth": None}}
-                 for i in range(n_documents - n_copies)]
+    originals = [
+        {"id": f"u{i:06d}", "text": unique_document(rng), "metadata": {"truth": None}}
+        for i in range(n_documents - n_copies)
+    ]
     copies = []
     for k in range(n_copies):
         kind = KINDS[k % len(KINDS)]

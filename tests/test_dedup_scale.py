@@ -113,3 +113,22 @@ def test_onnx_backends_agree_with_torch(backend: str, agreement: float, tmp_path
     cosines = (reference * vectors).sum(axis=1)
     assert cosines.min() >= agreement, cosines
     embeddings.load_embedder.cache_clear()
+
+
+def test_static_backend_separates_copies_from_unrelated_documents(corpus, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import llm_pipeline.embeddings as embeddings
+
+    monkeypatch.setattr(embeddings, "ONNX_CACHE", tmp_path / "onnx")  # the distilled table lands beside it
+    embeddings.load_embedder.cache_clear()
+    sample = corpus[:600]
+    result = deduplicate(sample, DedupConfig(method="semantic", embedding_backend="static"))
+    truth = {d.id: d.metadata.get("truth") or d.id for d in sample}
+    for cluster in result.clusters:  # precision: no cluster mixes unrelated documents
+        assert len({truth[m] for m in cluster.members}) == 1, cluster
+    small_edits = [d for d in sample if d.metadata.get("kind") in ("exact", "edit-1", "edit-3")
+                   and d.metadata["truth"] in truth]
+    found = [d for d in small_edits if any(d.id in c.members for c in result.clusters)]
+    assert small_edits and len(found) == len(small_edits)
+    assert (tmp_path / "static").is_dir()
+    embeddings.load_embedder.cache_clear()

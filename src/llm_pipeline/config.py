@@ -90,7 +90,7 @@ class DedupConfig(Section):
     index: Literal["memory", "redis"] = Field("memory", description="Where the MinHash LSH index lives.")
     redis_url: str | None = Field(None, description="redis://host:port/db for index: redis.")
     embedding_cache: Path | None = Field(None, description="Folder caching embeddings by text hash.")
-    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    embedding_backend: Literal["torch", "onnx", "onnx-int8", "static"] = "torch"
     max_seq_length: int = Field(128, ge=16, le=512, description="Tokens embedded per document (semantic).")
     keep: Literal["first", "longest", "richest_metadata"] = "first"
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
@@ -116,9 +116,12 @@ class DedupConfig(Section):
     @property
     def cosine_threshold(self) -> float:
         """Semantic threshold. MiniLM puts distinct documents on one topic near 0.85, so the spec's 0.85 maps
-        to a cosine of 0.95 (halfway from it to 1, plus a floor)."""
+        to a cosine of 0.95 (halfway from it to 1, plus a floor). The static backend compares mean-centered
+        vectors, where unrelated documents sit near 0: there 0.85 maps to 0.85."""
         if self.semantic_threshold is not None:
             return self.semantic_threshold
+        if self.embedding_backend == "static":
+            return self.similarity_threshold
         return round(min(0.99, (1 + self.similarity_threshold) / 2 + 0.025), 4)
 
 

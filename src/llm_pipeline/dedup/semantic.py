@@ -32,4 +32,7 @@ def semantic_duplicate_clusters(documents: list[Document], threshold: float, mod
     if len(documents) < 2:
         return []
     vectors = embed([d.text for d in documents], model, device, batch_size, backend, max_seq_length, cache)
+    if backend == "static":  # bag-of-token vectors share a corpus direction: compare what is left of it
+        vectors = vectors - vectors.mean(axis=0)
+        vectors /= np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9, None)
     return clusters_from_pairs(documents, similar_pairs(vectors, threshold), "semantic", keep)
