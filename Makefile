@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_VERBOSITY ?= error
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 
-.PHONY: help install run validate test test-fast lint format lock clean-outputs \
+.PHONY: help install run validate test test-fast lint format lock clean-outputs bench-dedup \
         secrets check-env up down deploy logs ps run-test clean compose-check images engine
 
 help:  ## list the targets
@@ -46,6 +46,9 @@ engine:  ## make sure a Docker engine answers (starts the container-engine stand
 
 test-fast: install  ## the suite without the slow end-to-end tests
 	$(BIN)/python -m pytest -m "not slow"
+
+bench-dedup: install  ## dedup quality and speed on 10k and 100k synthetic documents (docs/benchmarks.md)
+	$(BIN)/python benchmarks/dedup_benchmark.py --docs 10000 100000 --backend static --semantic-max-docs 100000
 
 lint: install  ## ruff check and format check
 	$(BIN)/ruff check src flows tests benchmarks scripts

@@ -127,14 +127,19 @@ def docker_available() -> bool:
         return False
 
 
+def require_docker() -> None:
+    """Skip (locally) or fail (under CI) a test that needs a Docker engine when none answers."""
+    if not docker_available():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs a Docker engine: `make test` starts one with ../shared/container-engine/up")
+        pytest.skip("no Docker engine here: run `bash ../shared/container-engine/up` (CI always does)")
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A real Postgres 15 in a container (testcontainers), as an asyncpg URL for Prefect."""
-    if not docker_available():
-        if os.environ.get("CI"):
-            pytest.fail("CI needs a Docker engine: .ci/run starts one with ../shared/container-engine/up")
-        pytest.skip("no Docker engine here: run `bash ../shared/container-engine/up` (CI always does)")
-    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    require_docker()
     from testcontainers.community.postgres import PostgresContainer
 
     with PostgresContainer(
@@ -203,11 +208,7 @@ class Worker:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real Redis 7 in a container (testcontainers)."""
-    if not docker_available():
-        if os.environ.get("CI"):
-            pytest.fail("CI needs a Docker engine: .ci/run starts one with ../shared/container-engine/up")
-        pytest.skip("no Docker engine here: run `bash ../shared/container-engine/up` (CI always does)")
-    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    require_docker()
     from testcontainers.community.redis import RedisContainer
 
     with RedisContainer("redis:7") as container:

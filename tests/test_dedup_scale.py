@@ -74,14 +74,17 @@ def test_redis_index_is_shared_by_two_workers(corpus, redis_url: str) -> None:
     config = DedupConfig(method="minhash", index="redis", redis_url=redis_url)
     originals = [d for d in corpus if not d.metadata.get("truth")][:200]
     by_id = {d.id: d for d in corpus}
-    copies = [d for d in corpus if d.metadata.get("kind") in ("exact", "edit-1") and d.metadata["truth"] in
-              {o.id for o in originals}]
+    copies = [
+        d
+        for d in corpus
+        if d.metadata.get("kind") in ("exact", "edit-1") and d.metadata["truth"] in {o.id for o in originals}
+    ]
     assert copies
-    first = deduplicate(originals, config)           # worker A indexes the originals
+    first = deduplicate(originals, config)  # worker A indexes the originals
     assert first.kept == originals
     second = deduplicate(copies + [by_id[c.metadata["truth"]] for c in copies[:1]], config)  # worker B
     kept = {d.id for d in second.kept}
-    assert not kept & {c.id for c in copies}         # every copy matched an original indexed by worker A
+    assert not kept & {c.id for c in copies}  # every copy matched an original indexed by worker A
     indexed_by_a = {o.id for o in originals}
     for copy in copies:  # each copy is tied to the original that worker A indexed, which is kept
         assert any(copy.id in c.members and c.kept == copy.metadata["truth"] for c in second.clusters), copy.id
@@ -89,8 +92,11 @@ def test_redis_index_is_shared_by_two_workers(corpus, redis_url: str) -> None:
 
 
 def test_embedding_cache_never_embeds_a_text_twice(tmp_path: Path) -> None:
-    texts = ["Fast charging costs more at highway stations.", "Level 2 chargers deliver 7 kW.",
-             "Fast charging costs more at highway stations."]
+    texts = [
+        "Fast charging costs more at highway stations.",
+        "Level 2 chargers deliver 7 kW.",
+        "Fast charging costs more at highway stations.",
+    ]
     first: dict[str, int] = {}
     vectors = embed(texts, cache=tmp_path, stats=first)
     assert first == {"computed": 2, "cached": 0}
@@ -101,8 +107,9 @@ def test_embedding_cache_never_embeds_a_text_twice(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("backend", "agreement"), [("onnx", 0.999), ("onnx-int8", 0.97)])
-def test_onnx_backends_agree_with_torch(backend: str, agreement: float, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_onnx_backends_agree_with_torch(
+    backend: str, agreement: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import llm_pipeline.embeddings as embeddings
 
     monkeypatch.setattr(embeddings, "ONNX_CACHE", tmp_path)
@@ -115,8 +122,9 @@ def test_onnx_backends_agree_with_torch(backend: str, agreement: float, tmp_path
     embeddings.load_embedder.cache_clear()
 
 
-def test_static_backend_separates_copies_from_unrelated_documents(corpus, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_static_backend_separates_copies_from_unrelated_documents(
+    corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import llm_pipeline.embeddings as embeddings
 
     monkeypatch.setattr(embeddings, "ONNX_CACHE", tmp_path / "onnx")  # the distilled table lands beside it
@@ -126,8 +134,9 @@ def test_static_backend_separates_copies_from_unrelated_documents(corpus, tmp_pa
     truth = {d.id: d.metadata.get("truth") or d.id for d in sample}
     for cluster in result.clusters:  # precision: no cluster mixes unrelated documents
         assert len({truth[m] for m in cluster.members}) == 1, cluster
-    small_edits = [d for d in sample if d.metadata.get("kind") in ("exact", "edit-1", "edit-3")
-                   and d.metadata["truth"] in truth]
+    small_edits = [
+        d for d in sample if d.metadata.get("kind") in ("exact", "edit-1", "edit-3") and d.metadata["truth"] in truth
+    ]
     found = [d for d in small_edits if any(d.id in c.members for c in result.clusters)]
     assert small_edits and len(found) == len(small_edits)
     assert (tmp_path / "static").is_dir()

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import docker_available, free_port
+from tests.conftest import free_port, require_docker
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "llm-pipeline-e2e"
@@ -58,10 +58,7 @@ def shared(env: dict[str, str], script: str) -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    if not docker_available():
-        if os.environ.get("CI"):
-            pytest.fail("CI needs a Docker engine: .ci/run starts one with ../shared/container-engine/up")
-        pytest.skip("no Docker engine here: run `bash ../shared/container-engine/up` (CI always does)")
+    require_docker()
     port = free_port()
     env_file = tmp_path_factory.mktemp("stack") / "stack.env"
     auth = f"admin:{secrets.token_urlsafe(16)}"

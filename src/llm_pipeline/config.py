@@ -234,9 +234,8 @@ class PipelineConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PipelineConfig:
-        if self.benchmark.include_adversarial and "refusal_accuracy" in self.evaluation.domain_metrics:
-            return self
-        if "refusal_accuracy" in self.evaluation.domain_metrics:
+        # Refusal accuracy is measured on unanswerable items, which only adversarial generation produces.
+        if "refusal_accuracy" in self.evaluation.domain_metrics and not self.benchmark.include_adversarial:
             raise ValueError("evaluation.domain_metrics: refusal_accuracy needs benchmark.include_adversarial")
         return self
 

@@ -54,8 +54,9 @@ class TorchEmbedder:
         self.model.max_seq_length = max_seq_length
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
-        vectors = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                                    show_progress_bar=False)
+        vectors = self.model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         return np.asarray(vectors, dtype=np.float32)
 
 
@@ -75,8 +76,9 @@ class OnnxEmbedder:
         self.max_seq_length = max_seq_length
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-        self.session = ort.InferenceSession(str(onnx_model(path, quantized)), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(onnx_model(path, quantized)), options, providers=["CPUExecutionProvider"]
+        )
         self.input_names = {i.name for i in self.session.get_inputs()}
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
@@ -84,8 +86,13 @@ class OnnxEmbedder:
         out = np.zeros((len(texts), 0), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
-            encoded = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                     max_length=self.max_seq_length, return_tensors="np")
+            encoded = self.tokenizer(
+                [texts[i] for i in rows],
+                padding=True,
+                truncation=True,
+                max_length=self.max_seq_length,
+                return_tensors="np",
+            )
             feeds = {k: encoded[k].astype(np.int64) for k in self.INPUTS if k in self.input_names}
             hidden = self.session.run(None, feeds)[0]
             mask = encoded["attention_mask"][..., None].astype(np.float32)
@@ -168,9 +175,16 @@ def onnx_model(path: str, quantized: bool) -> Path:
                 return self.inner(**dict(zip(names, inputs, strict=True))).last_hidden_state
 
         tmp = fp32.with_suffix(".tmp")
-        torch.onnx.export(Hidden(model), tuple(sample[n] for n in names), str(tmp), dynamo=False,
-                          input_names=names, output_names=["last_hidden_state"], opset_version=17,
-                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]})
+        torch.onnx.export(
+            Hidden(model),
+            tuple(sample[n] for n in names),
+            str(tmp),
+            dynamo=False,
+            input_names=names,
+            output_names=["last_hidden_state"],
+            opset_version=17,
+            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
+        )
         tmp.replace(fp32)
     if quantized and not int8.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -182,8 +196,9 @@ def onnx_model(path: str, quantized: bool) -> Path:
 
 
 @lru_cache(maxsize=4)
-def load_embedder(name: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", backend: Backend = "torch",
-                  max_seq_length: int = 256) -> Embedder:
+def load_embedder(
+    name: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", backend: Backend = "torch", max_seq_length: int = 256
+) -> Embedder:
     path = resolve_model_path(name)
     try:
         if backend == "torch":
@@ -203,8 +218,9 @@ class EmbeddingCache:
     def __init__(self, folder: Path, model_key: str):
         folder.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(folder / "embeddings.sqlite")
-        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, key TEXT, vector BLOB, "
-                        "PRIMARY KEY (model, key))")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS vectors (model TEXT, key TEXT, vector BLOB, PRIMARY KEY (model, key))"
+        )
         self.model_key = model_key
 
     def get(self, keys: list[str]) -> dict[str, np.ndarray]:
@@ -212,23 +228,33 @@ class EmbeddingCache:
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(f"SELECT key, vector FROM vectors WHERE model = ? AND key IN ({marks})",
-                                   [self.model_key, *chunk])
+            rows = self.db.execute(
+                f"SELECT key, vector FROM vectors WHERE model = ? AND key IN ({marks})", [self.model_key, *chunk]
+            )
             found.update({key: np.frombuffer(blob, dtype=np.float32) for key, blob in rows})
         return found
 
     def put(self, items: dict[str, np.ndarray]) -> None:
         with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                                [(self.model_key, k, v.astype(np.float32).tobytes()) for k, v in items.items()])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                [(self.model_key, k, v.astype(np.float32).tobytes()) for k, v in items.items()],
+            )
 
     def close(self) -> None:
         self.db.close()
 
 
-def embed(texts: list[str], name: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64,
-          backend: Backend = "torch", max_seq_length: int = 256, cache: Path | None = None,
-          stats: dict[str, int] | None = None) -> np.ndarray:
+def embed(
+    texts: list[str],
+    name: str = DEFAULT_EMBEDDING_MODEL,
+    device: str = "cpu",
+    batch_size: int = 64,
+    backend: Backend = "torch",
+    max_seq_length: int = 256,
+    cache: Path | None = None,
+    stats: dict[str, int] | None = None,
+) -> np.ndarray:
     """L2-normalized float32 embeddings, one row per text (so a dot product is a cosine). With `cache`, only
     texts never embedded before (with these settings) reach the model; `stats` gets computed/cached counts."""
     if not texts:
@@ -250,7 +276,3 @@ def embed(texts: list[str], name: str = DEFAULT_EMBEDDING_MODEL, device: str = "
         return np.vstack([known[k] for k in keys]).astype(np.float32)
     finally:
         store.close()
-
-
-def model_exists(name: str) -> bool:
-    return Path(resolve_model_path(name)).exists()

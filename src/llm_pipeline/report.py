@@ -52,10 +52,10 @@ def build_summary(manifest: dict[str, Any], evaluation: dict[str, Any]) -> dict[
 def render_report(
     manifest: dict[str, Any],
     evaluation: dict[str, Any],
-    clusters: list[dict[str, Any]],
-    documents: dict[str, str],
+    examples: list[dict[str, Any]],
     tracking: dict[str, Any],
 ) -> str:
+    """`examples`: a few duplicate clusters with their first members' texts (the dedup stage writes them)."""
     lines = [
         f"# {manifest['pipeline']}: run {manifest['run_id']}",
         "",
@@ -105,11 +105,11 @@ def render_report(
         "Judge these for false positives; every cluster is in `duplicate_clusters.jsonl`.",
         "",
     ]
-    for cluster in clusters[:5]:
+    for cluster in examples:
         lines.append(f"- **{cluster['method']}** (similarity {cluster['similarity']}), kept `{cluster['kept']}`:")
-        for member in cluster["members"][:3]:
-            lines.append(f"  - `{member}`: {documents.get(member, '')[:160]}")
-    if not clusters:
+        for member, text in cluster["texts"].items():
+            lines.append(f"  - `{member}`: {text[:160]}")
+    if not examples:
         lines.append("No duplicates found.")
 
     lines += ["", "## Tracking", ""]

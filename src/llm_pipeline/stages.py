@@ -27,12 +27,13 @@ from llm_pipeline.ingest import load_documents
 from llm_pipeline.io import file_fingerprint, read_jsonl, write_json, write_jsonl, write_parquet
 from llm_pipeline.logging import get_logger
 from llm_pipeline.qa import generate_qa
-from llm_pipeline.records import BenchmarkItem, Document, DuplicateCluster, QAPair, utc_now
+from llm_pipeline.records import BenchmarkItem, Document, QAPair, utc_now
 from llm_pipeline.report import build_summary, render_report
 from llm_pipeline.tracking import active_tracker, start_tracker
 
 log = get_logger("stages")
 
+EXAMPLE_CLUSTERS = 5  # clusters shown, with their texts, in report.md
 STAGES = (
     "initialize-pipeline",
     "load-and-deduplicate-data",
@@ -140,10 +141,18 @@ def load_and_deduplicate_data(config: PipelineConfig, run_dir: Path) -> StageRes
             "documents": run_dir / "documents.jsonl",
             "rejects": run_dir / "rejects.jsonl",
             "clusters": run_dir / "duplicate_clusters.jsonl",
+            "examples": run_dir / "cluster_examples.json",
         }
         write_jsonl(files["documents"], deduped.kept)
         write_jsonl(files["rejects"], ingested.rejects)
         write_jsonl(files["clusters"], deduped.clusters)
+        # The report shows a few clusters with their texts; removed members exist nowhere else after this stage.
+        texts = {d.id: d.text for d in ingested.documents}
+        examples = [
+            {**c.model_dump(), "texts": {m: texts.get(m, "")[:300] for m in c.members[:3]}}
+            for c in deduped.clusters[:EXAMPLE_CLUSTERS]
+        ]
+        write_json(files["examples"], examples)
         result.outputs = {k: str(v) for k, v in files.items()}
         result.counts = {
             **ingested.counts(),
@@ -230,10 +239,7 @@ def finalize_pipeline(
     with _timed("finalize-pipeline") as result:
         started = time.perf_counter()
         evaluation = json.loads(results["evaluate-models"].path("evaluation").read_text())
-        clusters = [
-            c.model_dump() for c in read_jsonl(results["load-and-deduplicate-data"].path("clusters"), DuplicateCluster)
-        ]
-        documents = {d.id: d.text for d in load_documents(config.data).documents} if clusters else {}
+        examples = json.loads(results["load-and-deduplicate-data"].path("examples").read_text())
         tracking = json.loads(results["setup-experiment-tracking"].path("tracking").read_text())
         summary_path, report_path = run_dir / "summary.json", run_dir / "report.md"
         files = {p.name for p in run_dir.iterdir() if p.is_file()} | {"summary.json", "report.md", "manifest.json"}
@@ -251,7 +257,7 @@ def finalize_pipeline(
         }
         summary = build_summary(manifest, evaluation)
         write_json(summary_path, summary)
-        report_path.write_text(render_report(manifest, evaluation, clusters, documents, tracking), encoding="utf-8")
+        report_path.write_text(render_report(manifest, evaluation, examples, tracking), encoding="utf-8")
         tracker = active_tracker()
         if tracker is not None:
             for candidate, scores in summary["evaluation"].items():

@@ -49,14 +49,27 @@ def find_clusters(documents: list[Document], method: str, config: DedupConfig) -
         return exact_duplicate_clusters(documents, config.keep)
     if method == "minhash":
         return near_duplicate_clusters(
-            documents, config.jaccard_threshold, config.shingle_size, config.num_perm, config.keep,
-            bands=config.bands, verify=config.verify,
-            redis_url=config.redis_url if config.index == "redis" else None)
+            documents,
+            config.jaccard_threshold,
+            config.shingle_size,
+            config.num_perm,
+            config.keep,
+            bands=config.bands,
+            verify=config.verify,
+            redis_url=config.redis_url if config.index == "redis" else None,
+        )
     if method == "semantic":
         return semantic_duplicate_clusters(
-            documents, config.cosine_threshold, config.embedding_model, config.device, config.batch_size,
-            config.keep, backend=config.embedding_backend, max_seq_length=config.max_seq_length,
-            cache=config.embedding_cache)
+            documents,
+            config.cosine_threshold,
+            config.embedding_model,
+            config.device,
+            config.batch_size,
+            config.keep,
+            backend=config.embedding_backend,
+            max_seq_length=config.max_seq_length,
+            cache=config.embedding_cache,
+        )
     raise ValueError(f"unknown dedup method {method!r}")
 
 

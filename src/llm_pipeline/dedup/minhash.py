@@ -94,8 +94,9 @@ class ShingleHasher:
 PARALLEL_MIN_DOCUMENTS = 4000  # below this, starting processes costs more than it saves
 
 
-def signatures(texts: Iterable[str], shingle_size: int = 3, num_perm: int = 128, seed: int = 1,
-               processes: int | None = None) -> np.ndarray:
+def signatures(
+    texts: Iterable[str], shingle_size: int = 3, num_perm: int = 128, seed: int = 1, processes: int | None = None
+) -> np.ndarray:
     """One row of `num_perm` uint32 minimums per text. Large inputs are split over processes (default: the
     CPUs this process may use); the result does not depend on how many."""
     texts = list(texts)
@@ -186,8 +187,9 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return np.stack([codes // n, codes % n], axis=1)
 
 
-def verified_pairs(documents: list[Document], sigs: np.ndarray, pairs: np.ndarray, threshold: float,
-                   verify: str, shingle_size: int) -> list[tuple[int, int, float]]:
+def verified_pairs(
+    documents: list[Document], sigs: np.ndarray, pairs: np.ndarray, threshold: float, verify: str, shingle_size: int
+) -> list[tuple[int, int, float]]:
     if len(pairs) == 0:
         return []
     if verify == "exact":
@@ -256,10 +258,17 @@ class RedisIndex:
         return None if raw is None else np.frombuffer(raw, dtype=np.uint32)
 
 
-def near_duplicate_clusters(documents: list[Document], threshold: float, shingle_size: int = 3,
-                            num_perm: int = 128, keep: KeepPolicy = "first", bands: int | None = None,
-                            verify: str = "estimated", redis_url: str | None = None,
-                            redis_basename: str = "llm-pipeline-lsh") -> list[DuplicateCluster]:
+def near_duplicate_clusters(
+    documents: list[Document],
+    threshold: float,
+    shingle_size: int = 3,
+    num_perm: int = 128,
+    keep: KeepPolicy = "first",
+    bands: int | None = None,
+    verify: str = "estimated",
+    redis_url: str | None = None,
+    redis_basename: str = "llm-pipeline-lsh",
+) -> list[DuplicateCluster]:
     if len(documents) < 2:
         return []
     sigs = signatures((d.text for d in documents), shingle_size, num_perm)
@@ -276,9 +285,15 @@ def near_duplicate_clusters(documents: list[Document], threshold: float, shingle
             similarity = float((sigs[k] == theirs).mean())
             if similarity >= threshold:
                 matched.add(k)
-                external_clusters.append(DuplicateCluster(
-                    cluster_id=f"minhash-{other}", method="minhash", kept=other, members=[other, documents[k].id],
-                    similarity=round(similarity, 4)))
+                external_clusters.append(
+                    DuplicateCluster(
+                        cluster_id=f"minhash-{other}",
+                        method="minhash",
+                        kept=other,
+                        members=[other, documents[k].id],
+                        similarity=round(similarity, 4),
+                    )
+                )
     else:
         pairs = candidate_pairs(sigs, b, r)
     verified = verified_pairs(documents, sigs, pairs, threshold, verify, shingle_size)

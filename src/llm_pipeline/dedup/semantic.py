@@ -26,9 +26,17 @@ def similar_pairs(vectors: np.ndarray, threshold: float) -> list[tuple[int, int,
     return pairs
 
 
-def semantic_duplicate_clusters(documents: list[Document], threshold: float, model: str, device: str = "cpu",
-                                batch_size: int = 64, keep: KeepPolicy = "first", backend: Backend = "torch",
-                                max_seq_length: int = 128, cache: Path | None = None) -> list[DuplicateCluster]:
+def semantic_duplicate_clusters(
+    documents: list[Document],
+    threshold: float,
+    model: str,
+    device: str = "cpu",
+    batch_size: int = 64,
+    keep: KeepPolicy = "first",
+    backend: Backend = "torch",
+    max_seq_length: int = 128,
+    cache: Path | None = None,
+) -> list[DuplicateCluster]:
     if len(documents) < 2:
         return []
     vectors = embed([d.text for d in documents], model, device, batch_size, backend, max_seq_length, cache)
