@@ -14,8 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def compose() -> list[str]:
-    if shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"], capture_output=True,
-                                                        check=False).returncode != 0:
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode != 0
+    ):
         if os.environ.get("CI"):
             pytest.fail("CI needs docker compose: `make test` installs it with ../shared/container-engine/up")
         pytest.skip("docker compose is not installed here")
@@ -32,8 +34,14 @@ def test_missing_secrets_stop_compose_with_the_variable_named(compose: list[str]
     env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "PREFECT_SERVER_API_AUTH_STRING")}
     empty = tmp_path / "empty.env"
     empty.write_text("")
-    result = subprocess.run([*compose, "--env-file", str(empty), "config", "-q"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [*compose, "--env-file", str(empty), "config", "-q"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode != 0
     assert "POSTGRES_PASSWORD" in result.stderr or "PREFECT_SERVER_API_AUTH_STRING" in result.stderr
 
@@ -42,12 +50,24 @@ def test_gpu_worker_reserves_nvidia_devices_and_the_cpu_override_drops_them(comp
     import yaml
 
     env = {**os.environ, "POSTGRES_PASSWORD": "validation-only", "PREFECT_SERVER_API_AUTH_STRING": "v:only"}
-    gpu = subprocess.run([*compose, "-f", "docker-compose.yml", "--profile", "gpu", "config"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, check=True)
+    gpu = subprocess.run(
+        [*compose, "-f", "docker-compose.yml", "--profile", "gpu", "config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     devices = yaml.safe_load(gpu.stdout)["services"]["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
-    cpu = subprocess.run([*compose, "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml", "config"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, check=True)
+    cpu = subprocess.run(
+        [*compose, "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml", "config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     worker = yaml.safe_load(cpu.stdout)["services"]["gpu-worker"]
     assert "deploy" not in worker or not worker["deploy"].get("resources")
     assert worker["image"] == "llm-pipeline:cpu"
