@@ -156,3 +156,30 @@ def test_retry_policy_table() -> None:
     assert should_retry(TransientError()) and should_retry(ModelLoadError()) and should_retry(ResourceExhaustedError())
     assert not should_retry(DataValidationError()) and not should_retry(ConfigError([("x", "y")]))
     assert not should_retry(ValueError("a bug"))
+
+
+def test_no_secret_reaches_any_output_or_log(
+    prefect_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from flows.pipeline import llm_pipeline
+
+    secrets = {"OPENAI_API_KEY": "sk-test-" + "Q7" * 20, "WANDB_API_KEY": "0f1e2d3c4b5a" * 3 + "abcd"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    result = llm_pipeline(
+        config_path=CONFIG,
+        overrides={"output_path": str(tmp_path), "benchmark": {"size": 12}, "evaluation": {"metrics": ["exact_match"]}},
+    )
+    files = [f for f in Path(result["run_dir"]).rglob("*") if f.is_file()]
+    assert len(files) > 15  # the stage files and W&B's offline run directory
+    for file in files:
+        content = file.read_bytes()
+        for value in secrets.values():
+            assert value.encode() not in content, f"a secret is in {file}"
+    resolved = json.loads((Path(result["run_dir"]) / "config.resolved.json").read_text())
+    assert resolved["secrets"]["OPENAI_API_KEY"] == "********"
+    printed = capfd.readouterr()
+    logs = poll("logs", result["flow_run_id"], lambda found: any("stage_finished" in log.message for log in found))
+    for value in secrets.values():
+        assert value not in printed.out + printed.err
+        assert all(value not in log.message for log in logs)
