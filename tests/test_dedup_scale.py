@@ -5,6 +5,7 @@ embedding cache and ONNX backends of semantic dedup."""
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,21 @@ def test_redis_index_is_shared_by_two_workers(corpus, redis_url: str) -> None:
     for copy in copies:  # each copy is tied to the original that worker A indexed, which is kept
         assert any(copy.id in c.members and c.kept == copy.metadata["truth"] for c in second.clusters), copy.id
     assert all(c.kept in indexed_by_a for c in second.clusters if set(c.members) & indexed_by_a)
+
+
+def test_redis_index_rerun_removes_the_same_documents(corpus, redis_url: str) -> None:
+    batch = corpus[:300]
+    basename = f"rerun-{uuid.uuid4().hex[:8]}"
+    threshold = DedupConfig().jaccard_threshold
+
+    def removed() -> set[str]:
+        clusters = mh.near_duplicate_clusters(batch, threshold, redis_url=redis_url, redis_basename=basename)
+        return {m for c in clusters for m in c.members if m != c.kept}
+
+    first, second = removed(), removed()
+    assert first and first == second  # the index holds kept documents only, so a rerun decides the same
+    in_memory = deduplicate(batch, DedupConfig(method="minhash"))
+    assert first == {d.id for d in batch} - {d.id for d in in_memory.kept}
 
 
 def test_embedding_cache_never_embeds_a_text_twice(tmp_path: Path) -> None:

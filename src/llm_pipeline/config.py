@@ -89,6 +89,11 @@ class DedupConfig(Section):
     verify: Literal["estimated", "exact"] = Field("estimated", description="Jaccard used to confirm candidates.")
     index: Literal["memory", "redis"] = Field("memory", description="Where the MinHash LSH index lives.")
     redis_url: str | None = Field(None, description="redis://host:port/db for index: redis.")
+    redis_basename: str = Field(
+        "llm-pipeline-lsh",
+        min_length=1,
+        description="Redis key prefix: one per corpus; workers sharing a corpus share it.",
+    )
     embedding_cache: Path | None = Field(None, description="Folder caching embeddings by text hash.")
     embedding_backend: Literal["torch", "onnx", "onnx-int8", "static"] = "torch"
     max_seq_length: int = Field(128, ge=16, le=512, description="Tokens embedded per document (semantic).")

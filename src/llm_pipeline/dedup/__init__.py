@@ -57,6 +57,7 @@ def find_clusters(documents: list[Document], method: str, config: DedupConfig) -
             bands=config.bands,
             verify=config.verify,
             redis_url=config.redis_url if config.index == "redis" else None,
+            redis_basename=config.redis_basename,
         )
     if method == "semantic":
         return semantic_duplicate_clusters(

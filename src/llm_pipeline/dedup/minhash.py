@@ -208,8 +208,10 @@ def verified_pairs(
 
 
 class RedisIndex:
-    """datasketch's Redis-backed MinHashLSH plus the signatures, so any worker can verify a candidate that
-    another worker indexed. Documents already in the index win: a later match is the duplicate."""
+    """datasketch's Redis-backed MinHashLSH plus the signatures, shared by every worker using `basename`.
+    It holds kept documents only: a document matching one indexed earlier (by any worker, or by an earlier run)
+    is its duplicate, and the earlier one is kept. Two workers indexing copies of each other at the same moment
+    can both keep theirs: each deduplicates against what was indexed before it queried."""
 
     def __init__(self, redis_url: str, basename: str, threshold: float, num_perm: int, bands: int, rows: int):
         from urllib.parse import urlparse
@@ -224,38 +226,56 @@ class RedisIndex:
         self.redis = redis.Redis(host=host, port=port, db=db)
         self.signature_key = f"{basename}:signatures"
 
-    def query_then_insert(self, ids: list[str], sigs: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:
-        """Candidates among `ids` (local pairs) and between `ids` and documents other workers indexed."""
+    @staticmethod
+    def _lean(row: np.ndarray):  # type: ignore[no-untyped-def]
         from datasketch import LeanMinHash
 
-        position = {doc_id: k for k, doc_id in enumerate(ids)}
+        # 32-bit affine values, as datasketch's "affine32" scheme stores them (the index only compares them)
+        return LeanMinHash(seed=1, hashvalues=row.astype(np.uint32), scheme="affine32")
+
+    def indexed(self, ids: list[str]) -> set[str]:
         with self.redis.pipeline() as pipe:
             for doc_id in ids:
                 pipe.hexists(self.signature_key, doc_id)
-            # indexed before this call (by any worker): such a document wins over a later match, even when
-            # it is part of this batch too
-            earlier = {doc_id for doc_id, found in zip(ids, pipe.execute(), strict=True) if found}
-        local, external = set(), []
-        for k, (doc_id, row) in enumerate(zip(ids, sigs, strict=True)):
-            # 32-bit multiply-shift values: stored like datasketch's "affine32" scheme (the index only compares them)
-            signature = LeanMinHash(seed=1, hashvalues=row.astype(np.uint32), scheme="affine32")
-            for hit in self.lsh.query(signature):
-                other = hit.decode() if isinstance(hit, bytes) else str(hit)
-                j = position.get(other)
-                if other == doc_id or doc_id in earlier:
-                    continue  # an earlier-indexed document is kept; its later matches find it themselves
-                if j is None or other in earlier:
-                    external.append((k, other))
-                elif j != k:
-                    local.add((min(j, k), max(j, k)))
-            if not self.redis.hexists(self.signature_key, doc_id):
-                self.lsh.insert(doc_id, signature, check_duplication=False)
-                self.redis.hset(self.signature_key, doc_id, row.astype(np.uint32).tobytes())
-        return np.asarray(sorted(local), dtype=np.int64).reshape(-1, 2), external
+            return {doc_id for doc_id, found in zip(ids, pipe.execute(), strict=True) if found}
 
-    def signature(self, doc_id: str) -> np.ndarray | None:
-        raw = self.redis.hget(self.signature_key, doc_id)
-        return None if raw is None else np.frombuffer(raw, dtype=np.uint32)
+    def earlier_matches(
+        self, ids: list[str], sigs: np.ndarray, threshold: float, earlier: set[str]
+    ) -> list[DuplicateCluster]:
+        """Documents of this batch that duplicate an indexed one, verified on the stored signatures."""
+        clusters = []
+        for k, doc_id in enumerate(ids):
+            if doc_id in earlier:
+                continue  # already indexed: it is the one kept
+            best: tuple[float, str] | None = None
+            for hit in self.lsh.query(self._lean(sigs[k])):
+                other = hit.decode() if isinstance(hit, bytes) else str(hit)
+                raw = self.redis.hget(self.signature_key, other)
+                if other == doc_id or raw is None:
+                    continue
+                similarity = float((sigs[k] == np.frombuffer(raw, dtype=np.uint32)).mean())
+                if similarity >= threshold and (best is None or similarity > best[0]):
+                    best = (similarity, other)
+            if best is not None:
+                clusters.append(
+                    DuplicateCluster(
+                        cluster_id=f"minhash-{best[1]}",
+                        method="minhash",
+                        kept=best[1],
+                        members=[best[1], doc_id],
+                        similarity=round(best[0], 4),
+                    )
+                )
+        return clusters
+
+    def insert(self, ids: list[str], sigs: np.ndarray) -> None:
+        with self.lsh.insertion_session() as session:
+            for doc_id, row in zip(ids, sigs, strict=True):
+                session.insert(doc_id, self._lean(row), check_duplication=False)
+        with self.redis.pipeline() as pipe:
+            for doc_id, row in zip(ids, sigs, strict=True):
+                pipe.hset(self.signature_key, doc_id, row.astype(np.uint32).tobytes())
+            pipe.execute()
 
 
 def near_duplicate_clusters(
@@ -273,28 +293,24 @@ def near_duplicate_clusters(
         return []
     sigs = signatures((d.text for d in documents), shingle_size, num_perm)
     b, r = lsh_params(threshold, num_perm, bands)
-    external_clusters: list[DuplicateCluster] = []
-    if redis_url:
-        index = RedisIndex(redis_url, redis_basename, threshold, num_perm, b, r)
-        pairs, external = index.query_then_insert([d.id for d in documents], sigs)
-        matched: set[int] = set()
-        for k, other in external:
-            theirs = index.signature(other)
-            if k in matched or theirs is None:
-                continue
-            similarity = float((sigs[k] == theirs).mean())
-            if similarity >= threshold:
-                matched.add(k)
-                external_clusters.append(
-                    DuplicateCluster(
-                        cluster_id=f"minhash-{other}",
-                        method="minhash",
-                        kept=other,
-                        members=[other, documents[k].id],
-                        similarity=round(similarity, 4),
-                    )
-                )
-    else:
-        pairs = candidate_pairs(sigs, b, r)
-    verified = verified_pairs(documents, sigs, pairs, threshold, verify, shingle_size)
-    return external_clusters + clusters_from_pairs(documents, verified, "minhash", keep)
+    pairs = candidate_pairs(sigs, b, r)
+    if not redis_url:
+        verified = verified_pairs(documents, sigs, pairs, threshold, verify, shingle_size)
+        return clusters_from_pairs(documents, verified, "minhash", keep)
+    index = RedisIndex(redis_url, redis_basename, threshold, num_perm, b, r)
+    ids = [d.id for d in documents]
+    earlier = index.indexed(ids)
+    external = index.earlier_matches(ids, sigs, threshold, earlier)
+    matched = {c.members[1] for c in external}
+    # Within the batch, documents already indexed or already matched take no part: they are settled.
+    settled = earlier | matched
+    local = np.asarray(
+        [(i, j) for i, j in pairs.tolist() if ids[i] not in settled and ids[j] not in settled], dtype=np.int64
+    ).reshape(-1, 2)
+    clusters = clusters_from_pairs(
+        documents, verified_pairs(documents, sigs, local, threshold, verify, shingle_size), "minhash", keep
+    )
+    removed = matched | {m for c in clusters for m in c.members if m != c.kept}
+    fresh = [k for k, doc_id in enumerate(ids) if doc_id not in removed and doc_id not in earlier]
+    index.insert([ids[k] for k in fresh], sigs[fresh])
+    return external + clusters
