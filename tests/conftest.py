@@ -132,7 +132,7 @@ def require_docker() -> None:
     if not docker_available():
         if os.environ.get("CI"):
             pytest.fail("CI needs a Docker engine: `make test` starts one with ../shared/container-engine/up")
-        pytest.skip("no Docker engine here: run `bash ../shared/container-engine/up` (CI always does)")
+        pytest.skip(reason="no Docker engine here: run `bash ../shared/container-engine/up` (CI always does)")
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 

@@ -20,7 +20,7 @@ def compose() -> list[str]:
     ):
         if os.environ.get("CI"):
             pytest.fail("CI needs docker compose: `make test` installs it with ../shared/container-engine/up")
-        pytest.skip("docker compose is not installed here")
+        pytest.skip(reason="docker compose is not installed here")
     return ["docker", "compose"]
 
 
