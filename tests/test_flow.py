@@ -115,6 +115,28 @@ def test_changing_a_stage_config_reruns_that_stage_and_after(first_run) -> None:
     assert lines(Path(third["run_dir"]) / "benchmark.jsonl") == 24
 
 
+def test_deleted_cached_outputs_are_rebuilt_not_trusted(prefect_server, tmp_path: Path) -> None:
+    import shutil
+
+    from flows.pipeline import llm_pipeline
+
+    # A threshold no other test uses: these cache keys are this test's alone.
+    overrides = {
+        "output_path": str(tmp_path),
+        "dedup": {"similarity_threshold": 0.86},
+        "benchmark": {"size": 10},
+        "evaluation": {"metrics": ["exact_match"]},
+    }
+    first = llm_pipeline(config_path=CONFIG, overrides=overrides)
+    assert first["cached"] == []
+    shutil.rmtree(first["run_dir"])  # a user cleans up outputs/
+    second = llm_pipeline(config_path=CONFIG, overrides=overrides)
+    assert second["cached"] == []  # the cache pointed at deleted files: every stage ran again
+    assert lines(Path(second["run_dir"]) / "documents.jsonl") == 300
+    manifest = json.loads((Path(second["run_dir"]) / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+
+
 def test_unreadable_data_fails_the_run_without_retry(prefect_server, tmp_path: Path) -> None:
     from prefect.exceptions import PrefectException
 
