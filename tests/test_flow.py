@@ -120,10 +120,12 @@ def test_deleted_cached_outputs_are_rebuilt_not_trusted(prefect_server, tmp_path
 
     from flows.pipeline import llm_pipeline
 
-    # A threshold no other test uses: these cache keys are this test's alone.
+    # Sections no other test uses, for dedup and QA (the QA key is its section plus the fingerprint of the
+    # documents, which a nearby dedup threshold leaves unchanged): every cached stage's key is this test's alone.
     overrides = {
         "output_path": str(tmp_path),
         "dedup": {"similarity_threshold": 0.86},
+        "qa": {"min_answer_words": 3},
         "benchmark": {"size": 10},
         "evaluation": {"metrics": ["exact_match"]},
     }
