@@ -6,18 +6,22 @@ import os
 
 # Before anything imports torch, transformers or Prefect: no hub lookups (they take a minute to fail here),
 # one torch thread (parallel torch processes on 2 cores slow each other 2-20x), no W&B network, no bars.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_SILENT", "true")
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("LLM_PIPELINE_PROGRESS", "0")
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "llm_pipeline")
-os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+PINNED_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "WANDB_SILENT": "true",
+    "WANDB_MODE": "offline",
+    "LLM_PIPELINE_PROGRESS": "0",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "llm_pipeline",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+}
+for name, value in PINNED_ENVIRONMENT.items():
+    os.environ.setdefault(name, value)
 for leaked in ("OPENAI_API_KEY", "WANDB_API_KEY", "PIPELINE_ENV", "LOG_LEVEL"):
     os.environ.pop(leaked, None)
 

@@ -24,6 +24,24 @@ def compose() -> list[str]:
     return ["docker", "compose"]
 
 
+VALIDATION_ENV = {"POSTGRES_PASSWORD": "validation-only", "PREFECT_SERVER_API_AUTH_STRING": "v:only"}
+
+
+def config_of(compose: list[str], *files_and_profiles: str) -> dict:
+    """The merged compose config (YAML parsed) for these -f files and --profile flags."""
+    import yaml
+
+    result = subprocess.run(
+        [*compose, *files_and_profiles, "config"],
+        cwd=ROOT,
+        env={**os.environ, **VALIDATION_ENV},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return yaml.safe_load(result.stdout)
+
+
 def test_every_profile_and_override_is_valid(compose: list[str]) -> None:
     result = subprocess.run(["make", "compose-check"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -47,30 +65,13 @@ def test_missing_secrets_stop_compose_with_the_variable_named(compose: list[str]
 
 
 def test_gpu_worker_reserves_nvidia_devices_and_the_cpu_override_drops_them(compose: list[str]) -> None:
-    import yaml
-
-    env = {**os.environ, "POSTGRES_PASSWORD": "validation-only", "PREFECT_SERVER_API_AUTH_STRING": "v:only"}
-    gpu = subprocess.run(
-        [*compose, "-f", "docker-compose.yml", "--profile", "gpu", "config"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    devices = yaml.safe_load(gpu.stdout)["services"]["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    gpu = config_of(compose, "-f", "docker-compose.yml", "--profile", "gpu")
+    devices = gpu["services"]["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
-    cpu = subprocess.run(
-        [*compose, "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml", "config"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    worker = yaml.safe_load(cpu.stdout)["services"]["gpu-worker"]
+    cpu = config_of(compose, "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml")
+    worker = cpu["services"]["gpu-worker"]
     assert "deploy" not in worker or not worker["deploy"].get("resources")
     assert worker["image"] == "llm-pipeline:cpu"
-    for service in yaml.safe_load(cpu.stdout)["services"].values():  # 127.0.0.1 only, nowhere else
+    for service in cpu["services"].values():  # 127.0.0.1 only, nowhere else
         for port in service.get("ports", []):
             assert port.get("host_ip") == "127.0.0.1", port

@@ -26,6 +26,7 @@ import numpy as np
 
 from llm_pipeline.config import DEFAULT_EMBEDDING_MODEL
 from llm_pipeline.errors import ModelLoadError
+from llm_pipeline.io import text_hash
 
 Backend = Literal["torch", "onnx", "onnx-int8", "static"]
 ONNX_CACHE = Path(os.environ.get("LLM_PIPELINE_CACHE", Path.home() / ".cache" / "llm-pipeline")) / "onnx"
@@ -261,7 +262,7 @@ def embed(
         return np.zeros((0, 0), dtype=np.float32)
     if cache is None:
         return load_embedder(name, device, backend, max_seq_length).encode(texts, batch_size)
-    keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
+    keys = [text_hash(t) for t in texts]
     store = EmbeddingCache(cache, f"{name}|{backend}|{max_seq_length}")
     try:
         known = store.get(sorted(set(keys)))

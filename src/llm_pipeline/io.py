@@ -47,13 +47,6 @@ def read_jsonl(path: Path, model: type[R]) -> list[R]:
         return [model.model_validate_json(line) for line in handle if line.strip()]
 
 
-def iter_jsonl(path: Path, model: type[R]) -> Iterator[R]:
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield model.model_validate_json(line)
-
-
 def write_json(path: Path, payload: Any) -> None:
     with atomic_open(path) as handle:
         json.dump(payload, handle, indent=2, ensure_ascii=False, default=str)
