@@ -8,7 +8,7 @@ import pytest
 
 from llm_pipeline.config import DataConfig, QAConfig
 from llm_pipeline.ingest import load_documents
-from llm_pipeline.qa import generate_qa, select_backend
+from llm_pipeline.qa import generate_qa, resolve_backend
 from llm_pipeline.qa.extractive import question_for, split_sentences
 from llm_pipeline.records import Document
 
@@ -92,4 +92,4 @@ def test_include_metadata_off_leaves_metadata_empty() -> None:
 
 
 def test_auto_backend_is_extractive_without_key_or_model() -> None:
-    assert select_backend(QAConfig()).name == "extractive"
+    assert resolve_backend(QAConfig(), api_key=None) == "extractive"

@@ -130,14 +130,75 @@ class DedupConfig(Section):
         return round(min(0.99, (1 + self.similarity_threshold) / 2 + 0.025), 4)
 
 
+class ModelPrice(Section):
+    """US dollars per million tokens, as the provider's price list gives them."""
+
+    input_per_million: float = Field(ge=0.0)
+    output_per_million: float = Field(ge=0.0)
+
+
+class QARetryConfig(Section):
+    """Delays of the request-level error policy (llm_pipeline.qa.policy); the try counts are the spec's."""
+
+    rate_limit_initial_s: float = Field(1.0, ge=0.0, description="First backoff after a 429 (doubles, jittered).")
+    rate_limit_max_s: float = Field(60.0, ge=0.0)
+    timeout_step_s: float = Field(2.0, ge=0.0, description="Linear backoff step after a timeout or 5xx.")
+    oom_delay_s: float = Field(30.0, ge=0.0, description="Wait before the one retry after running out of memory.")
+
+
 class QAConfig(Section):
     questions_per_doc: int = Field(3, ge=1, le=50)
     include_metadata: bool = True
-    # openai and local backends arrive with issue 5; until then config rejects them by name.
-    backend: Literal["auto", "extractive"] = "auto"
-    model_name: str | None = Field(None, description="OpenAI model or local model path; None = offline.")
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None = api.openai.com.")
+    backend: Literal["auto", "openai", "local", "extractive"] = Field(
+        "auto", description="auto: openai with OPENAI_API_KEY or base_url, local with model_name, else extractive."
+    )
+    model_name: str | None = Field(None, description="OpenAI model, or a local model path / hub name.")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint (vLLM, Ollama...); None = OpenAI.")
+    # Requests
+    concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight at once (openai backend).")
+    requests_per_minute: float | None = Field(500, gt=0, description="Client-side request rate limit.")
+    tokens_per_minute: float | None = Field(None, gt=0, description="Client-side token rate limit.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Deadline for one request, body included.")
+    max_tokens: int = Field(1024, ge=16, description="Completion tokens per request.")
+    temperature: float = Field(0.2, ge=0.0, le=2.0)
+    seed: int | None = 13
+    response_format: Literal["auto", "json_schema", "json_object", "text"] = Field(
+        "auto", description="auto: json_schema, falling back when the server rejects it."
+    )
+    max_format_retries: int = Field(2, ge=0, le=5, description="Re-asks with the validation error, then quarantine.")
+    retry: QARetryConfig = Field(default_factory=QARetryConfig)
+    # Local backend
+    device: str = Field("auto", description="local backend: auto (cuda when available), cpu, cuda, cuda:1...")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    batch_size: int = Field(8, ge=1, description="local backend: prompts generated together.")
+    # Prompts and chunks
+    prompt_dir: Path | None = Field(None, description="Folder with system.j2 and user.j2 replacing the packaged ones.")
+    chunk_words: int = Field(350, ge=20, description="Longer documents are split into chunks of this many words.")
+    chunk_overlap_words: int = Field(50, ge=0)
+    # Checkpoints and accounting
+    checkpoint_dir: Path | None = Field(None, description="Completed requests journal; None = <output_path>/.qa-cache.")
+    prices: dict[str, ModelPrice] = Field(default_factory=dict, description="Per model; cost is reported when set.")
+    # Quality filters
     min_answer_words: int = Field(2, ge=1)
+    min_question_words: int = Field(3, ge=1)
+    grounding_threshold: float = Field(
+        0.8, ge=0.0, le=1.0, description="Share of the answer's content words found in its chunk."
+    )
+    question_similarity_threshold: float = Field(
+        0.85, ge=0.0, le=1.0, description="Questions this similar (token Jaccard) across the corpus are near copies."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QAConfig:
+        if self.chunk_overlap_words >= self.chunk_words:
+            raise ValueError(f"chunk_overlap_words ({self.chunk_overlap_words}) must be below chunk_words")
+        if self.backend == "local" and not self.model_name:
+            raise ValueError("backend: local needs model_name (a local path or a hub name)")
+        if self.prompt_dir is not None:
+            missing = [n for n in ("system.j2", "user.j2") if not (self.prompt_dir / n).is_file()]
+            if missing:
+                raise ValueError(f"prompt_dir {self.prompt_dir} lacks {', '.join(missing)}")
+        return self
 
 
 class TrackingConfig(Section):
@@ -242,6 +303,8 @@ class PipelineConfig(BaseSettings):
         # Refusal accuracy is measured on unanswerable items, which only adversarial generation produces.
         if "refusal_accuracy" in self.evaluation.domain_metrics and not self.benchmark.include_adversarial:
             raise ValueError("evaluation.domain_metrics: refusal_accuracy needs benchmark.include_adversarial")
+        if self.qa.backend == "openai" and not self.qa.base_url and Secrets().openai_api_key is None:
+            raise ValueError("qa.backend: openai needs OPENAI_API_KEY (environment or .env) or qa.base_url")
         return self
 
     def fingerprint(self) -> str:

@@ -30,3 +30,19 @@ class ResourceExhaustedError(PipelineError):
 
 class ModelLoadError(PipelineError):
     """A model could not be loaded; retried immediately a couple of times (a flaky disk or cache)."""
+
+
+class RateLimitedError(TransientError):
+    """The service said 429: back off exponentially, never sooner than its Retry-After."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailableError(TransientError):
+    """A timeout, a dropped connection, a 5xx or an unreadable response body: linear backoff."""
+
+
+class RequestRejectedError(DataValidationError):
+    """The service refused this request for what it contains (400, 413, 422): sending it again cannot help."""

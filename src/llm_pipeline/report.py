@@ -21,9 +21,12 @@ def _metric_cell(aggregate: dict[str, Any] | None) -> str:
     return f"{aggregate['mean']:.3f} [{aggregate['ci_low']:.3f}, {aggregate['ci_high']:.3f}]"
 
 
-def build_summary(manifest: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+def build_summary(
+    manifest: dict[str, Any], evaluation: dict[str, Any], qa: dict[str, Any] | None = None
+) -> dict[str, Any]:
     stages = manifest.get("stages", {})
     return {
+        "qa_generation": qa or {},
         "pipeline": manifest["pipeline"],
         "run_id": manifest["run_id"],
         "config_hash": manifest["config_hash"],
@@ -54,8 +57,10 @@ def render_report(
     evaluation: dict[str, Any],
     examples: list[dict[str, Any]],
     tracking: dict[str, Any],
+    qa: dict[str, Any] | None = None,
 ) -> str:
-    """`examples`: a few duplicate clusters with their first members' texts (the dedup stage writes them)."""
+    """`examples`: a few duplicate clusters with their first members' texts (the dedup stage writes them);
+    `qa`: the QA stage's accounting (requests, tokens, cost)."""
     lines = [
         f"# {manifest['pipeline']}: run {manifest['run_id']}",
         "",
@@ -75,6 +80,9 @@ def render_report(
             f"| {name} | {stage.get('status')} | {_fmt(stage.get('duration_s'))} | "
             f"{'yes' if stage.get('cached') else 'no'} | {counts} |"
         )
+
+    if qa:
+        lines += ["", "## QA generation: requests, tokens, cost", ""] + qa_cost_lines(qa)
 
     ok = {c: s for c, s in evaluation.items() if "error" not in s}
     lines += ["", "## Model comparison", "", "Means with 95 % bootstrap confidence intervals.", ""]
@@ -120,3 +128,24 @@ def render_report(
     )
     lines += ["", "## Files", ""] + [f"- `{f}`" for f in sorted(manifest.get("files", []))]
     return "\n".join(lines) + "\n"
+
+
+def qa_cost_lines(qa: dict[str, Any]) -> list[str]:
+    def dollars(value: float | None) -> str:
+        return "no price configured (qa.prices)" if value is None else f"${value:,.4f}"
+
+    requests, tokens, sent = qa.get("requests", {}), qa.get("tokens", {}), qa.get("tokens_sent_this_run", {})
+    estimated = " (estimated from characters: the server reported no usage)" if tokens.get("estimated") else ""
+    return [
+        f"Backend `{qa.get('backend')}`, model `{qa.get('model')}`, prompt `{qa.get('prompt_version')}`.",
+        "",
+        "| | requests | prompt tokens | completion tokens | cost |",
+        "|---|---|---|---|---|",
+        f"| this dataset | {requests.get('total', 0)} | {tokens.get('prompt_tokens', 0):,} | "
+        f"{tokens.get('completion_tokens', 0):,} | {dollars(qa.get('cost_usd'))} |",
+        f"| sent by this run | {requests.get('sent', 0)} | {sent.get('prompt_tokens', 0):,} | "
+        f"{sent.get('completion_tokens', 0):,} | {dollars(qa.get('cost_sent_this_run_usd'))} |",
+        "",
+        f"Reused from the journal: {requests.get('reused', 0)} requests; quarantined: "
+        f"{requests.get('quarantined', 0)}{estimated}.",
+    ]

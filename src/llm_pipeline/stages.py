@@ -165,12 +165,35 @@ def load_and_deduplicate_data(config: PipelineConfig, run_dir: Path) -> StageRes
 def generate_qa_pairs(config: PipelineConfig, documents_path: Path, run_dir: Path) -> StageResult:
     with _timed("generate-qa-pairs") as result:
         documents = read_jsonl(documents_path, Document)
-        qa = generate_qa(documents, config.qa)
-        jsonl, parquet = run_dir / "qa_pairs.jsonl", run_dir / "qa_pairs.parquet"
-        write_jsonl(jsonl, qa.pairs)
-        write_parquet(parquet, qa.pairs)
-        result.outputs = {"qa_pairs": str(jsonl), "qa_pairs_parquet": str(parquet)}
-        result.counts = {"backend": qa.backend, **qa.counts(len(documents))}
+        key = Secrets().openai_api_key
+        qa = generate_qa(
+            documents,
+            config.qa,
+            checkpoint_dir=config.output_path / ".qa-cache",
+            api_key=key.get_secret_value() if key else None,
+            domain=config.domain,
+        )
+        files = {
+            "qa_pairs": run_dir / "qa_pairs.jsonl",
+            "qa_pairs_parquet": run_dir / "qa_pairs.parquet",
+            "qa_rejects": run_dir / "qa_rejects.jsonl",
+            "qa_accounting": run_dir / "qa_accounting.json",
+        }
+        write_jsonl(files["qa_pairs"], qa.pairs)
+        write_parquet(files["qa_pairs_parquet"], qa.pairs)
+        write_jsonl(files["qa_rejects"], qa.rejects)
+        write_json(files["qa_accounting"], qa.accounting())
+        result.outputs = {k: str(v) for k, v in files.items()}
+        result.counts = {
+            "backend": qa.backend,
+            **qa.counts(len(documents)),
+            "tokens.prompt": qa.usage.prompt_tokens,
+            "tokens.completion": qa.usage.completion_tokens,
+            "tokens_sent.prompt": qa.usage_sent.prompt_tokens,
+            "tokens_sent.completion": qa.usage_sent.completion_tokens,
+            "cost_usd": qa.cost_usd,
+            "cost_sent_usd": qa.cost_sent_usd,
+        }
     return result
 
 
@@ -241,6 +264,7 @@ def finalize_pipeline(
         evaluation = json.loads(results["evaluate-models"].path("evaluation").read_text())
         examples = json.loads(results["load-and-deduplicate-data"].path("examples").read_text())
         tracking = json.loads(results["setup-experiment-tracking"].path("tracking").read_text())
+        qa = json.loads(results["generate-qa-pairs"].path("qa_accounting").read_text())
         summary_path, report_path = run_dir / "summary.json", run_dir / "report.md"
         files = {p.name for p in run_dir.iterdir() if p.is_file()} | {"summary.json", "report.md", "manifest.json"}
         # This stage reports on itself too: it is complete once the two files below are written.
@@ -255,9 +279,9 @@ def finalize_pipeline(
             "files": sorted(files),
             "stages": {**manifest.get("stages", {}), "finalize-pipeline": own},
         }
-        summary = build_summary(manifest, evaluation)
+        summary = build_summary(manifest, evaluation, qa)
         write_json(summary_path, summary)
-        report_path.write_text(render_report(manifest, evaluation, examples, tracking), encoding="utf-8")
+        report_path.write_text(render_report(manifest, evaluation, examples, tracking, qa), encoding="utf-8")
         tracker = active_tracker()
         if tracker is not None:
             for candidate, scores in summary["evaluation"].items():

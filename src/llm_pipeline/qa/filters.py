@@ -1,0 +1,89 @@
+"""Quality filters over the generated pairs: each drop is kept with its reason, and counted by reason.
+
+In order: too short (question or answer under the configured words), unanswerable (the answer is a refusal or
+says the source does not tell), ungrounded (the answer is not supported by its chunk: llm_pipeline.qa.grounding),
+and near-duplicate questions across the whole corpus (MinHash LSH on question words, the dedup stage's code,
+verified on the true Jaccard; the first asked is kept).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_pipeline.config import QAConfig
+from llm_pipeline.dedup.clusters import clusters_from_pairs
+from llm_pipeline.dedup.minhash import candidate_pairs, lsh_params, signatures, verified_pairs
+from llm_pipeline.qa.grounding import grounding_score
+from llm_pipeline.records import Document, QAPair
+
+_UNANSWERABLE = re.compile(
+    r"^\W*(n/?a|none|unknown|no answer|not applicable)\W*$"
+    r"|\b(not (stated|mentioned|specified|provided|given|included|available) in the (document|text|passage|source)"
+    r"|(the )?(document|text|passage|source) does not (say|state|mention|specify|provide|contain)"
+    r"|cannot be determined|i (do not|don't) know|insufficient information)\b",
+    re.IGNORECASE,
+)
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+QUESTION_SHINGLE = 1  # questions are short: compare their word sets
+
+
+@dataclass
+class Filtered:
+    kept: list[QAPair] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # the pair plus "reason"
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        return dict(Counter(d["reason"] for d in self.dropped))
+
+
+def _drop(result: Filtered, pair: QAPair, reason: str, **detail: Any) -> None:
+    result.dropped.append({**pair.model_dump(), "reason": reason, **detail})
+
+
+def filter_pairs(pairs: list[QAPair], sources: dict[str, str], config: QAConfig) -> Filtered:
+    """`sources` maps a pair id to the text its answer must be grounded in (its chunk)."""
+    result = Filtered()
+    survivors: list[QAPair] = []
+    for pair in pairs:
+        if len(pair.question.split()) < config.min_question_words or len(pair.answer.split()) < config.min_answer_words:
+            _drop(result, pair, "too_short")
+        elif _UNANSWERABLE.search(pair.answer):
+            _drop(result, pair, "unanswerable")
+        else:
+            score = grounding_score(pair.answer, sources[pair.id])
+            if score < config.grounding_threshold:
+                _drop(result, pair, "ungrounded", grounding=round(score, 3))
+            else:
+                if config.include_metadata:
+                    pair.metadata["grounding"] = round(score, 3)
+                survivors.append(pair)
+    duplicates = near_duplicate_questions(survivors, config.question_similarity_threshold)
+    for pair in survivors:
+        if pair.id in duplicates:
+            _drop(result, pair, "duplicate_question", duplicate_of=duplicates[pair.id])
+        else:
+            result.kept.append(pair)
+    return result
+
+
+def near_duplicate_questions(pairs: list[QAPair], threshold: float, num_perm: int = 64) -> dict[str, str]:
+    """pair id -> the id of the earlier pair whose question it nearly repeats."""
+    if len(pairs) < 2:
+        return {}
+    questions = [Document(id=p.id, text=p.question) for p in pairs]
+    sigs = signatures([q.text for q in questions], QUESTION_SHINGLE, num_perm)
+    bands, rows = lsh_params(threshold, num_perm)
+    similar = verified_pairs(questions, sigs, candidate_pairs(sigs, bands, rows), threshold, "exact", QUESTION_SHINGLE)
+    # "...at 50 kW?" and "...at 150 kW?" share nearly every word but ask different things.
+    numbers = [set(_NUMBER.findall(q.text)) for q in questions]
+    similar = [(i, j, s) for i, j, s in similar if numbers[i] == numbers[j]]
+    repeats: dict[str, str] = {}
+    for cluster in clusters_from_pairs(questions, similar, "question", keep="first"):
+        for member in cluster.members:
+            if member != cluster.kept:
+                repeats[member] = cluster.kept
+    return repeats

@@ -1,0 +1,288 @@
+"""A real HTTP server speaking OpenAI's chat-completions API, with the failures a real one has, on demand.
+
+It stands in for the one thing the tests cannot reach (api.openai.com). The "model" answers like a well-behaved
+one: it reads the document between <document> tags and returns `n` pairs whose answers are sentences of it.
+Failures are scripted per document (`faults`: a marker found in the document -> the actions of its successive
+requests) or drawn at random (`failure_rate`, seeded):
+
+  ok, 429[:retry_after_s], 500, 503, 400, timeout (answers after `hang_s`), malformed (a body that is not JSON),
+  badjson (a reply that is not the schema), truncated (cut off, finish_reason "length"), slow (the body trickles
+  out a byte at a time), obey (follows instructions found in the document, as a gullible model would)
+
+A token bucket enforces `rate_limit_rpm` (one second of burst) and answers 429 with Retry-After when empty.
+Run it in a thread (`FakeOpenAI(...).start()`) or as a process: `python -m tests.fakes.openai_server --port N`.
+`GET /stats` (or `.stats()`) says what it received: requests per document, actions, timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_DOCUMENT = re.compile(r"<document>\n(.*)\n</document>", re.DOTALL)
+_N = re.compile(r"exactly (\d+)")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+RANDOM_ACTIONS = ("429", "500", "503", "timeout", "malformed", "badjson", "truncated", "slow")
+
+
+def document_key(text: str) -> str:
+    """How the server names a document: the hash of the text it was sent (a chunk, for long documents)."""
+    return hashlib.sha256(text.strip().encode()).hexdigest()[:12]
+
+
+def answer_pairs(text: str, n: int) -> list[dict[str, str]]:
+    sentences = [s.strip() for s in _SENTENCE.split(text.strip()) if len(s.split()) >= 4]
+    pairs = []
+    for i in range(min(n, len(sentences))):
+        words = sentences[i].rstrip(".!?").split()
+        pairs.append({"question": " ".join(words[:9]) + "?", "answer": sentences[i]})
+    return pairs
+
+
+class FakeOpenAI:
+    def __init__(
+        self,
+        *,
+        latency_s: float = 0.0,
+        rate_limit_rpm: float | None = None,
+        faults: dict[str, list[str]] | None = None,
+        failure_rate: float = 0.0,
+        seed: int = 7,
+        hang_s: float = 30.0,
+        supports_json_schema: bool = True,
+        usage: bool = True,
+        port: int = 0,
+    ):
+        self.latency_s, self.hang_s = latency_s, hang_s
+        self.rate_limit_rpm = rate_limit_rpm
+        self.faults = {marker: list(actions) for marker, actions in (faults or {}).items()}
+        self.failure_rate, self.random = failure_rate, random.Random(seed)
+        self.supports_json_schema, self.usage = supports_json_schema, usage
+        self.lock = threading.Lock()
+        self.requests: Counter[str] = Counter()  # document key -> requests received
+        self.actions: Counter[str] = Counter()
+        self.log: list[dict[str, Any]] = []  # one entry per request: key, action, time, messages
+        self.completed: Counter[str] = Counter()  # document key -> successful answers
+        self.in_flight = self.max_in_flight = 0
+        self._tokens = (rate_limit_rpm or 0) / 60
+        self._filled = time.monotonic()
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.server.daemon_threads = True
+        self.thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def start(self) -> FakeOpenAI:
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "requests": dict(self.requests),
+                "completed": dict(self.completed),
+                "actions": dict(self.actions),
+                "total": sum(self.requests.values()),
+                "times": [entry["time"] for entry in self.log if entry["action"] == "ok"],
+                "max_in_flight": self.max_in_flight,
+            }
+
+    # Decisions ------------------------------------------------------------------------------------------------
+    def _rate_limited(self) -> float | None:
+        """Seconds until the bucket has a token, or None when this request may go."""
+        if not self.rate_limit_rpm:
+            return None
+        rate = self.rate_limit_rpm / 60
+        now = time.monotonic()
+        self._tokens = min(max(1.0, rate), self._tokens + (now - self._filled) * rate)
+        self._filled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return None
+        return (1 - self._tokens) / rate
+
+    def _action(self, document: str, messages: list[dict[str, Any]]) -> str:
+        with self.lock:
+            for marker, actions in self.faults.items():
+                if marker in document and actions:
+                    return actions.pop(0)
+            if self.failure_rate and self.random.random() < self.failure_rate:
+                return self.random.choice(RANDOM_ACTIONS)
+        if "ignore previous instructions" in document.lower() and len(messages) <= 2:
+            return "obey"
+        return "ok"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_: Any) -> None:  # quiet
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _error(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
+                body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+                self._send(status, json.dumps(body).encode(), headers)
+
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                if self.path.rstrip("/").endswith("/stats"):
+                    self._send(200, json.dumps(fake.stats()).encode())
+                elif self.path.rstrip("/").endswith("/models"):
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}).encode())
+                else:
+                    self._error(404, "not found", "invalid_request_error")
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", 0))
+                request = json.loads(self.rfile.read(length) or b"{}")
+                with fake.lock:
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    self._complete(request)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (its deadline): as a real server would see it
+                finally:
+                    with fake.lock:
+                        fake.in_flight -= 1
+
+            def _complete(self, request: dict[str, Any]) -> None:
+                messages = request.get("messages", [])
+                user = next((m["content"] for m in messages if m["role"] == "user"), "")
+                found = _DOCUMENT.search(user)
+                document = found.group(1) if found else ""
+                key = document_key(document)
+                fmt = (request.get("response_format") or {}).get("type")
+                if fmt == "json_schema" and not fake.supports_json_schema:
+                    with fake.lock:
+                        fake.actions["rejected_json_schema"] += 1
+                    self._error(400, "response_format json_schema is not supported", "invalid_request_error")
+                    return
+                with fake.lock:
+                    wait = fake._rate_limited()
+                action = "429" if wait is not None else fake._action(document, messages)
+                with fake.lock:
+                    fake.requests[key] += 1
+                    fake.actions[action.split(":")[0]] += 1
+                    fake.log.append(
+                        {"key": key, "action": action, "time": time.monotonic(), "messages": messages, "format": fmt}
+                    )
+                if action.startswith("429"):
+                    retry_after = float(action.split(":")[1]) if ":" in action else (wait or 1.0)
+                    self._error(
+                        429,
+                        "Rate limit reached for requests",
+                        "requests",
+                        {"retry-after": f"{retry_after:.3f}", "retry-after-ms": str(int(retry_after * 1000))},
+                    )
+                    return
+                if fake.latency_s:
+                    time.sleep(fake.latency_s)
+                if action in ("500", "503"):
+                    self._error(int(action), "The server had an error while processing your request.", "server_error")
+                    return
+                if action == "400":
+                    self._error(400, "This model's maximum context length is exceeded.", "invalid_request_error")
+                    return
+                if action == "timeout":
+                    time.sleep(fake.hang_s)
+                n = int(m.group(1)) if (m := _N.search(user)) else 3
+                pairs = answer_pairs(document, n)
+                content = json.dumps({"pairs": pairs})
+                finish = "stop"
+                if action == "badjson":
+                    content = "Here are your questions:\n1. What is charging?\n2. Why?"
+                elif action == "obey":
+                    content = "HACKED. As instructed, I ignore the format and write a poem instead."
+                elif action == "truncated":
+                    content, finish = content[: max(10, len(content) // 2)], "length"
+                prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages) // 4
+                body: dict[str, Any] = {
+                    "id": f"chatcmpl-{key}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": request.get("model", "fake-model"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": content},
+                            "finish_reason": finish,
+                        }
+                    ],
+                }
+                if fake.usage:
+                    completion_tokens = max(1, len(content) // 4)
+                    body["usage"] = {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    }
+                raw = json.dumps(body).encode()
+                if action == "malformed":
+                    raw = b'{"id": "chatcmpl-broken", "choices": [{"message": '  # cut mid-object: not JSON
+                if action == "slow":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    for byte in raw:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                    return
+                self._send(200, raw)
+                if action == "ok":
+                    with fake.lock:
+                        fake.completed[key] += 1
+
+        return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--rpm", type=float, default=None)
+    parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument("--hang", type=float, default=30.0)
+    args = parser.parse_args()
+    server = FakeOpenAI(
+        latency_s=args.latency, rate_limit_rpm=args.rpm, failure_rate=args.failure_rate, hang_s=args.hang, port=args.port
+    )
+    print(server.base_url, flush=True)
+    server.server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
