@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from llm_pipeline.stages import STAGES
+from tests.fakes.openai_server import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "test.yaml")
@@ -55,7 +56,12 @@ def test_every_stage_writes_its_outputs(first_run) -> None:
     assert lines(run_dir / "documents.jsonl") == 300  # 330 good records less 30 planted copies
     assert lines(run_dir / "rejects.jsonl") == 6  # the sample's malformed records
     assert lines(run_dir / "duplicate_clusters.jsonl") == 30
-    assert lines(run_dir / "qa_pairs.jsonl") >= 500
+    # The sample corpus is templated: the same question recurs across documents, and only its first asking is
+    # kept (the rest are in qa_rejects.jsonl as duplicate_question).
+    questions = [json.loads(line)["question"].lower() for line in (run_dir / "qa_pairs.jsonl").open()]
+    assert len(questions) >= 150 and len(set(questions)) == len(questions)
+    rejected = [json.loads(line) for line in (run_dir / "qa_rejects.jsonl").open()]
+    assert rejected and {r["reason"] for r in rejected} <= {"duplicate_question", "too_short", "ungrounded"}
     assert lines(run_dir / "benchmark.jsonl") == 30
     assert lines(run_dir / "predictions.jsonl") == 60  # 2 candidates x 30 items
     for name in (
@@ -190,11 +196,27 @@ def test_no_secret_reaches_any_output_or_log(
     secrets = {"OPENAI_API_KEY": "sk-test-" + "Q7" * 20, "WANDB_API_KEY": "0f1e2d3c4b5a" * 3 + "abcd"}
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
-    result = llm_pipeline(
-        config_path=CONFIG,
-        overrides={"output_path": str(tmp_path), "benchmark": {"size": 12}, "evaluation": {"metrics": ["exact_match"]}},
-    )
-    files = [f for f in Path(result["run_dir"]).rglob("*") if f.is_file()]
+    # The key is really used: QA goes through the openai backend, to a server that sees the Authorization header.
+    with FakeOpenAI() as server:
+        result = llm_pipeline(
+            config_path=CONFIG,
+            overrides={
+                "output_path": str(tmp_path),
+                "qa": {
+                    "backend": "openai",
+                    "base_url": server.base_url,
+                    "model_name": "fake-model",
+                    "requests_per_minute": None,
+                    "prices": {"fake-model": {"input_per_million": 0.15, "output_per_million": 0.6}},
+                },
+                "benchmark": {"size": 12},
+                "evaluation": {"metrics": ["exact_match"]},
+            },
+        )
+    assert server.authorizations == {f"Bearer {secrets['OPENAI_API_KEY']}"}
+    report = (Path(result["run_dir"]) / "report.md").read_text()
+    assert "## QA generation: requests, tokens, cost" in report and "| sent by this run | 300 |" in report
+    files = [f for f in tmp_path.rglob("*") if f.is_file()]  # the run folder and the QA journal beside it
     assert len(files) > 15  # the stage files and W&B's offline run directory
     for file in files:
         content = file.read_bytes()

@@ -1,16 +1,24 @@
-"""The offline extractive QA backend: answers are spans of their document, with the metadata promised."""
+"""QA generation's shared parts: the extractive backend, parsing, grounding, chunks, filters, policy, prompts."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from llm_pipeline.config import DataConfig, QAConfig
+from llm_pipeline.config import DataConfig, QAConfig, QARetryConfig
+from llm_pipeline.errors import ModelLoadError, RateLimitedError, ResourceExhaustedError, ServiceUnavailableError
 from llm_pipeline.ingest import load_documents
 from llm_pipeline.qa import generate_qa, resolve_backend
+from llm_pipeline.qa.chunking import chunk_text
 from llm_pipeline.qa.extractive import question_for, split_sentences
-from llm_pipeline.records import Document
+from llm_pipeline.qa.filters import filter_pairs
+from llm_pipeline.qa.grounding import grounding_score
+from llm_pipeline.qa.policy import policy_table
+from llm_pipeline.qa.prompts import PACKAGED_DIR, load_prompts
+from llm_pipeline.qa.schema import OutputFormatError, parse_pairs
+from llm_pipeline.records import Document, QAPair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,3 +101,126 @@ def test_include_metadata_off_leaves_metadata_empty() -> None:
 
 def test_auto_backend_is_extractive_without_key_or_model() -> None:
     assert resolve_backend(QAConfig(), api_key=None) == "extractive"
+
+
+# Parsing, grounding, chunking, filters, policy, prompts, config: the parts the backends share -----------------
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '{"pairs": [{"question": "What is CCS?", "answer": "A charging standard"}]}',
+        'Sure!\n```json\n{"pairs": [{"question": "What is CCS?", "answer": "A charging standard"}]}\n```',
+        '[{"question": "What is CCS?", "answer": "A charging standard"}]',
+        '{"pairs": [{"question": "What is CCS?", "answer": "A charging standard",},]} Hope this helps.',
+    ],
+)
+def test_tolerant_parsing(reply: str) -> None:
+    (pair,) = parse_pairs(reply, expected=3)
+    assert (pair.question, pair.answer) == ("What is CCS?", "A charging standard")
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        ("", "empty"),
+        ("I cannot help with that.", "no JSON object"),
+        ('{"questions": []}', '"pairs" list'),
+        ('{"pairs": [{"question": "Q?"}]}', "pairs.0.answer: Field required"),
+    ],
+)
+def test_invalid_replies_say_what_to_fix(reply: str, problem: str) -> None:
+    with pytest.raises(OutputFormatError, match=re.escape(problem)):
+        parse_pairs(reply, expected=2)
+
+
+def test_grounding() -> None:
+    source = "DC fast charging on VoltWay costs $0.45 per kWh in Denver, plus a $1 session fee."
+    assert grounding_score("$0.45 per kWh in Denver", source) == 1.0
+    assert grounding_score("VoltWay charges $0.45 per kWh in Denver", source) >= 0.8  # reworded, supported
+    assert grounding_score("$0.55 per kWh in Denver", source) == 0.0  # a number the source does not state
+    assert grounding_score("Free charging on weekends", source) < 0.5
+
+
+def test_chunks_overlap_and_cover_every_word() -> None:
+    words = [f"w{i}" for i in range(1000)]
+    chunks = chunk_text(" ".join(words), size=300, overlap=50)
+    assert [c.index for c in chunks] == list(range(len(chunks))) and all(c.count == len(chunks) for c in chunks)
+    assert all(len(c.text.split()) == 300 for c in chunks)
+    covered = [w for c in chunks for w in c.text.split()]
+    assert set(covered) == set(words) and chunks[-1].text.split()[-1] == "w999"
+    first, second = chunks[0].text.split(), chunks[1].text.split()
+    assert first[-50:] == second[:50]  # the overlap
+    assert chunk_text("short text", size=300, overlap=50)[0].text == "short text"
+
+
+def test_filters_count_each_reason() -> None:
+    source = "Level 2 chargers deliver 7 kW at home. DC fast chargers deliver 150 kW on highways."
+
+    def pair(i: int, question: str, answer: str) -> QAPair:
+        return QAPair(id=f"p{i}", question=question, answer=answer, document_id="d")
+
+    pairs = [
+        pair(0, "What do level 2 chargers deliver at home?", "7 kW at home"),
+        pair(1, "What do level 2 chargers deliver at home?", "7 kW at home"),  # duplicate question
+        pair(2, "Why?", "Because of physics and cables"),  # too short
+        pair(3, "What is the charger's warranty period?", "Not stated in the document."),  # unanswerable
+        pair(4, "How fast do DC chargers charge on highways?", "350 kW on highways"),  # ungrounded number
+        pair(5, "What do DC fast chargers deliver on highways?", "150 kW on highways"),
+        pair(6, "What do DC fast chargers deliver on highways at 50 kW?", "150 kW on highways"),  # a new number
+    ]
+    result = filter_pairs(pairs, {p.id: source for p in pairs}, QAConfig())
+    assert [p.id for p in result.kept] == ["p0", "p5", "p6"]
+    assert result.reasons == {"duplicate_question": 1, "too_short": 1, "unanswerable": 1, "ungrounded": 1}
+    assert next(d for d in result.dropped if d["id"] == "p1")["duplicate_of"] == "p0"
+
+
+def test_policy_table_matches_the_spec() -> None:
+    table = policy_table(QARetryConfig(timeout_step_s=2.0, oom_delay_s=30.0))
+    tries = {cls.__name__: rule.tries for cls, rule in table.items()}
+    assert tries == {
+        "RateLimitedError": 5,
+        "ServiceUnavailableError": 3,
+        "ModelLoadError": 2,
+        "ResourceExhaustedError": 2,
+        "DataValidationError": 1,
+    }
+    rate = table[RateLimitedError]
+    assert rate.wait(1, RateLimitedError("429", retry_after=7.0)) >= 7.0  # Retry-After is a floor
+    assert rate.wait(4, RateLimitedError("429")) > rate.wait(1, RateLimitedError("429")) - 1  # grows
+    assert [table[ServiceUnavailableError].wait(k, Exception()) for k in (1, 2)] == [2.0, 4.0]  # linear
+    assert (
+        table[ModelLoadError].wait(1, Exception()) == 0.0 and table[ResourceExhaustedError].wait(1, Exception()) == 30
+    )
+
+
+def test_prompt_override_gets_its_own_version(tmp_path: Path) -> None:
+    for name in ("system.j2", "user.j2"):
+        (tmp_path / name).write_text((PACKAGED_DIR / name).read_text() + "\nBe brief.")
+    custom = load_prompts(tmp_path)
+    assert load_prompts().version == "qa-v1" and custom.version.startswith("custom-")
+    messages = custom.messages(
+        text="Some text.", n=2, domain="ev_charging", category="pricing", chunk_index=0, chunk_count=1
+    )
+    assert messages[0]["content"].endswith("Be brief.") and "exactly 2" in messages[1]["content"]
+    assert QAConfig(prompt_dir=tmp_path).prompt_dir == tmp_path
+    with pytest.raises(ValueError, match="lacks system.j2"):
+        QAConfig(prompt_dir=tmp_path / "missing")
+
+
+def test_backend_config_errors_name_the_field(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from llm_pipeline.config import load_config
+    from llm_pipeline.errors import ConfigError
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    config = ROOT / "configs" / "test.yaml"
+    with pytest.raises(ConfigError, match="qa.backend: openai needs OPENAI_API_KEY"):
+        load_config(
+            config, {"qa": {"backend": "openai"}, "data": {"path": str(ROOT / "data/ev_charging/documents.jsonl")}}
+        )
+    with pytest.raises(ConfigError, match="backend: local needs model_name"):
+        load_config(
+            config, {"qa": {"backend": "local"}, "data": {"path": str(ROOT / "data/ev_charging/documents.jsonl")}}
+        )
+    assert resolve_backend(QAConfig(base_url="http://localhost:8000/v1"), api_key=None) == "openai"
+    assert resolve_backend(QAConfig(model_name="./my-model"), api_key=None) == "local"
+    assert resolve_backend(QAConfig(), api_key="sk-x") == "openai"

@@ -211,7 +211,9 @@ def test_document_instructions_cannot_break_the_format(fake: FakeOpenAI, tmp_pat
     assert first_prompt.count("</document>") == 1 and first_prompt.count("<document>") == 1  # the tags are defused
     assert fake.log[0]["action"] == "obey"  # the gullible model obeyed the document once...
     # ...and was asked again: what comes out is pairs from the document, never the obeyed reply.
-    assert result.pairs and all(p.metadata["grounding"] >= 0.8 and "As instructed" not in p.answer for p in result.pairs)
+    assert result.pairs and all(
+        p.metadata["grounding"] >= 0.8 and "As instructed" not in p.answer for p in result.pairs
+    )
 
 
 def test_long_documents_are_chunked_with_overlap(fake: FakeOpenAI, tmp_path: Path) -> None:

@@ -67,12 +67,23 @@ def _stratified_sample(items: list[BenchmarkItem], size: int, rng: random.Random
 
 
 def _typo(text: str, rng: random.Random) -> str:
+    """Swap two different adjacent letters inside up to two words; a question of short words gets a doubled
+    letter instead, so the variant always differs from its original."""
     words = text.split()
-    candidates = [i for i, w in enumerate(words) if len(w) > 4 and w.isalpha()]
+
+    def swaps(word: str) -> list[int]:
+        return [
+            j for j in range(1, len(word) - 2) if word[j].isalpha() and word[j + 1].isalpha() and word[j] != word[j + 1]
+        ]
+
+    candidates = [i for i, w in enumerate(words) if len(w) > 3 and swaps(w)]
     for i in rng.sample(candidates, min(2, len(candidates))):
         w = words[i]
-        j = rng.randrange(1, len(w) - 2)
+        j = rng.choice(swaps(w))
         words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
+    if not candidates:
+        i = max(range(len(words)), key=lambda k: len(words[k]))
+        words[i] = words[i][:1] + words[i]
     return " ".join(words)
 
 

@@ -72,6 +72,7 @@ class FakeOpenAI:
         self.log: list[dict[str, Any]] = []  # one entry per request: key, action, time, messages
         self.completed: Counter[str] = Counter()  # document key -> successful answers
         self.in_flight = self.max_in_flight = 0
+        self.authorizations: set[str] = set()  # Authorization headers seen (to prove a key was sent)
         self._tokens = (rate_limit_rpm or 0) / 60
         self._filled = time.monotonic()
         self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -159,7 +160,9 @@ class FakeOpenAI:
                 if self.path.rstrip("/").endswith("/stats"):
                     self._send(200, json.dumps(fake.stats()).encode())
                 elif self.path.rstrip("/").endswith("/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}).encode())
+                    self._send(
+                        200, json.dumps({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}).encode()
+                    )
                 else:
                     self._error(404, "not found", "invalid_request_error")
 
@@ -167,6 +170,7 @@ class FakeOpenAI:
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length) or b"{}")
                 with fake.lock:
+                    fake.authorizations.add(self.headers.get("Authorization", ""))
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
@@ -278,7 +282,11 @@ def main() -> None:
     parser.add_argument("--hang", type=float, default=30.0)
     args = parser.parse_args()
     server = FakeOpenAI(
-        latency_s=args.latency, rate_limit_rpm=args.rpm, failure_rate=args.failure_rate, hang_s=args.hang, port=args.port
+        latency_s=args.latency,
+        rate_limit_rpm=args.rpm,
+        failure_rate=args.failure_rate,
+        hang_s=args.hang,
+        port=args.port,
     )
     print(server.base_url, flush=True)
     server.server.serve_forever()

@@ -41,6 +41,7 @@ log = get_logger("qa")
 T = TypeVar("T")
 
 JOURNAL_FILE = "qa-journal.jsonl"
+EXTRACTIVE_CANDIDATES = 4  # candidates proposed per question wanted
 CUT_OFF = "the reply was cut off at the token limit; give shorter answers"
 
 
@@ -166,7 +167,11 @@ def _extractive(documents: list[Document], config: QAConfig) -> QAResult:
     with Counter(len(documents), "generating QA pairs") as bar:
         for document in documents:
             started = time.perf_counter()
-            found = extractive.extractive_pairs(document, config.questions_per_doc, config.min_answer_words)
+            # Spare candidates: a question the filters drop (the same question in many documents of a templated
+            # corpus) is replaced by the document's next one, up to questions_per_doc kept.
+            found = extractive.extractive_pairs(
+                document, config.questions_per_doc * EXTRACTIVE_CANDIDATES, config.min_answer_words
+            )
             latency = round(time.perf_counter() - started, 6)
             for k, (question, answer, sentence) in enumerate(found):
                 metadata: dict[str, Any] = {}
@@ -204,7 +209,11 @@ def _finish(
     result: QAResult, documents: list[Document], candidates: list[QAPair], sources: dict[str, str], config: QAConfig
 ) -> None:
     filtered = filter_pairs(candidates, sources, config)
-    result.pairs = filtered.kept
+    kept: dict[str, int] = {}
+    for pair in filtered.kept:  # at most questions_per_doc per document, the first that passed
+        kept[pair.document_id] = kept.get(pair.document_id, 0) + 1
+        if kept[pair.document_id] <= config.questions_per_doc:
+            result.pairs.append(pair)
     result.rejects.extend(filtered.dropped)
     result.filtered = filtered.reasons
     with_pairs = {p.document_id for p in result.pairs}
