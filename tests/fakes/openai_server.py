@@ -47,6 +47,10 @@ def answer_pairs(text: str, n: int) -> list[dict[str, str]]:
     return pairs
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 refuses a client that opens 64 connections at once
+
+
 class FakeOpenAI:
     def __init__(
         self,
@@ -75,7 +79,7 @@ class FakeOpenAI:
         self.authorizations: set[str] = set()  # Authorization headers seen (to prove a key was sent)
         self._tokens = (rate_limit_rpm or 0) / 60
         self._filled = time.monotonic()
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.server = _Server(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.thread: threading.Thread | None = None
 
@@ -139,6 +143,7 @@ class FakeOpenAI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stall between
 
             def log_message(self, *_: Any) -> None:  # quiet
                 pass

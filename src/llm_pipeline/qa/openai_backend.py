@@ -93,7 +93,9 @@ class OpenAIBackend:
             base_url=config.base_url,
             max_retries=0,
             timeout=httpx.Timeout(config.request_timeout_s, connect=min(10.0, config.request_timeout_s)),
-            http_client=httpx.AsyncClient(
+            # aiohttp underneath: httpx's own pool spends O(connections x queued requests) of CPU per event, which
+            # capped a 2-core client at ~45 requests/s with 64 in flight (docs/benchmarks.md).
+            http_client=openai.DefaultAioHttpClient(
                 limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
                 timeout=config.request_timeout_s,
             ),
