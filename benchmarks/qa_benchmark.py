@@ -101,7 +101,7 @@ def measure(name: str, docs: list[Document], config: QAConfig, server: Server, r
         "sustained_per_s": round(sustained_rate(stats["times"]), 2),
         "rate_limit_per_s": round(rpm / 60, 2),
         "sent_to_server": stats["total"],
-        "failures_injected": sum(v for k, v in stats["actions"].items() if k != "ok"),
+        "non_ok_responses": sum(v for k, v in stats["actions"].items() if k != "ok"),  # injected, and 429s
         "stage_runs": runs,
         "lost_documents": len({d.id for d in docs} - accounted),
         "duplicated_pairs": (len(ids) - len(set(ids))) + (len(contents) - len(set(contents))),

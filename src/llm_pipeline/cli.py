@@ -19,6 +19,7 @@ from rich.table import Table
 import llm_pipeline
 from llm_pipeline.config import PipelineConfig, Secrets, load_config
 from llm_pipeline.errors import ConfigError, PipelineError
+from llm_pipeline.qa import resolve_backend
 
 app = typer.Typer(
     add_completion=False,
@@ -72,6 +73,9 @@ def validate(config: Annotated[Path, typer.Argument(help="Pipeline config YAML."
         "derived": {
             "dedup.jaccard_threshold": resolved.dedup.jaccard_threshold,
             "dedup.cosine_threshold": resolved.dedup.cosine_threshold,
+            "qa.backend": resolve_backend(
+                resolved.qa, api_key=key.get_secret_value() if (key := Secrets().openai_api_key) else None
+            ),
         },
         "config_hash": resolved.fingerprint(),
     }

@@ -82,7 +82,8 @@ def render_report(
         )
 
     if qa:
-        lines += ["", "## QA generation: requests, tokens, cost", ""] + qa_cost_lines(qa)
+        cached = bool(manifest.get("stages", {}).get("generate-qa-pairs", {}).get("cached"))
+        lines += ["", "## QA generation: requests, tokens, cost", ""] + qa_cost_lines(qa, cached)
 
     ok = {c: s for c, s in evaluation.items() if "error" not in s}
     lines += ["", "## Model comparison", "", "Means with 95 % bootstrap confidence intervals.", ""]
@@ -130,11 +131,17 @@ def render_report(
     return "\n".join(lines) + "\n"
 
 
-def qa_cost_lines(qa: dict[str, Any]) -> list[str]:
+def qa_cost_lines(qa: dict[str, Any], cached: bool = False) -> list[str]:
+    """`cached`: the stage was reused whole from an earlier run, so this run sent nothing."""
+
     def dollars(value: float | None) -> str:
         return "no price configured (qa.prices)" if value is None else f"${value:,.4f}"
 
     requests, tokens, sent = qa.get("requests", {}), qa.get("tokens", {}), qa.get("tokens_sent_this_run", {})
+    if cached:
+        requests = {**requests, "sent": 0, "reused": requests.get("total", 0)}
+        sent = {"prompt_tokens": 0, "completion_tokens": 0}
+        qa = {**qa, "cost_sent_this_run_usd": 0.0 if qa.get("cost_usd") is not None else None}
     estimated = " (estimated from characters: the server reported no usage)" if tokens.get("estimated") else ""
     return [
         f"Backend `{qa.get('backend')}`, model `{qa.get('model')}`, prompt `{qa.get('prompt_version')}`.",
