@@ -17,6 +17,7 @@ import torch
 
 from llm_pipeline.config import QAConfig, QARetryConfig
 from llm_pipeline.errors import ModelLoadError, ResourceExhaustedError
+from llm_pipeline.logging import configure_logging
 from llm_pipeline.qa import build_jobs, generate_qa
 from llm_pipeline.qa.local_backend import LocalBackend, render_prompt
 from llm_pipeline.qa.prompts import load_prompts
@@ -183,8 +184,9 @@ def test_out_of_memory_twice_fails_the_stage(tiny_models: dict[str, Path]) -> No
 
 
 def test_unloadable_model_is_tried_twice_then_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", structured=False)  # to this test's captured stderr
     missing = tmp_path / "no-such-model"
     with pytest.raises(ModelLoadError, match="no-such-model"):
         generate_qa([DOCUMENT], local_config(missing), checkpoint_dir=tmp_path)
-    retries = [line for line in capsys.readouterr().out.splitlines() if "error_class=model_load" in line]
+    retries = [line for line in capsys.readouterr().err.splitlines() if "error_class=model_load" in line]
     assert len(retries) == 1  # two tries: one immediate retry
