@@ -18,10 +18,12 @@ import torch
 from llm_pipeline.config import QAConfig, QARetryConfig
 from llm_pipeline.errors import ModelLoadError, ResourceExhaustedError
 from llm_pipeline.logging import configure_logging
+from llm_pipeline.models import render_prompt
 from llm_pipeline.qa import build_jobs, generate_qa
-from llm_pipeline.qa.local_backend import LocalBackend, render_prompt
+from llm_pipeline.qa.local_backend import LocalBackend
 from llm_pipeline.qa.prompts import load_prompts
 from llm_pipeline.records import Document
+from tests.tiny_models import memorize, save, tiny_llama, train_tokenizer
 
 DOCUMENT = Document(
     id="ev-1",
@@ -49,68 +51,18 @@ def local_config(path: Path, **overrides: Any) -> QAConfig:
     return QAConfig.model_validate({**settings, **overrides})
 
 
-def _tokenizer(texts: list[str]) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=["<unk>", "<pad>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
-
-
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """{"trained": a model that answers DOCUMENT's prompt with TARGET, "random": the same shape, untrained}."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
     messages = load_prompts().messages(
         text=DOCUMENT.text, n=2, domain="ev_charging", category=None, chunk_index=0, chunk_count=1
     )
     target = json.dumps(TARGET)
-    tokenizer = _tokenizer([m["content"] for m in messages] + [target])
-    config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    folders = {}
-    untrained = LlamaForCausalLM(config)
-    folders["random"] = tmp_path_factory.mktemp("random-llama")
-    untrained.save_pretrained(folders["random"])
-    tokenizer.save_pretrained(folders["random"])
-
-    model = LlamaForCausalLM(config)
-    prompt = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-    answer = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    inputs = torch.tensor([prompt + answer])
-    labels = inputs.clone()
-    labels[0, : len(prompt)] = -100  # learn the answer, given the prompt
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(400):
-        loss = model(input_ids=inputs, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if loss.item() < 0.01:
-            break
-    folders["trained"] = tmp_path_factory.mktemp("trained-llama")
-    model.save_pretrained(folders["trained"])
-    tokenizer.save_pretrained(folders["trained"])
+    tokenizer = train_tokenizer([m["content"] for m in messages] + [target])
+    folders = {"random": save(tiny_llama(tokenizer), tokenizer, tmp_path_factory.mktemp("random-llama"))}
+    model = tiny_llama(tokenizer)
+    memorize(model, tokenizer, [(render_prompt(tokenizer, messages), target)])
+    folders["trained"] = save(model, tokenizer, tmp_path_factory.mktemp("trained-llama"))
     return folders
 
 

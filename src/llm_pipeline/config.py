@@ -224,8 +224,25 @@ class BenchmarkConfig(Section):
 
 class CandidateConfig(Section):
     name: str
-    kind: Literal["retrieval", "lexical"] = "retrieval"
-    model: str | None = None  # the embedding model for retrieval
+    kind: Literal["retrieval", "lexical", "hf", "endpoint"] = "retrieval"
+    model: str | None = Field(
+        None, description="retrieval: embedding model; hf: hub name or local path; endpoint: the served model."
+    )
+    base_url: str | None = Field(None, description="endpoint: an OpenAI-compatible server; None = OpenAI.")
+    device: str = Field("auto", description="hf: auto (cuda when available), cpu, cuda, cuda:1...")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    batch_size: int | None = Field(None, ge=1, description="hf: None = auto (halves on out of memory).")
+    max_batch_size: int = Field(64, ge=1, description="hf: where auto batch size starts.")
+    compile: bool = Field(False, description="hf on CUDA: static KV cache + torch.compile (CUDA graphs).")
+    concurrency: int = Field(16, ge=1, description="endpoint: requests in flight.")
+    requests_per_minute: float | None = Field(500, gt=0, description="endpoint: client-side rate limit.")
+
+    @model_validator(mode="after")
+    def _model_named(self) -> CandidateConfig:
+        if self.kind in ("hf", "endpoint") and not self.model:
+            raise ValueError(f"kind: {self.kind} needs model")
+        return self
 
 
 class EvaluationConfig(Section):

@@ -22,11 +22,15 @@ def _metric_cell(aggregate: dict[str, Any] | None) -> str:
 
 
 def build_summary(
-    manifest: dict[str, Any], evaluation: dict[str, Any], qa: dict[str, Any] | None = None
+    manifest: dict[str, Any],
+    evaluation: dict[str, Any],
+    qa: dict[str, Any] | None = None,
+    comparison: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     stages = manifest.get("stages", {})
     return {
         "qa_generation": qa or {},
+        "comparison": {k: v for k, v in (comparison or {}).items() if k != "charts"},
         "pipeline": manifest["pipeline"],
         "run_id": manifest["run_id"],
         "config_hash": manifest["config_hash"],
@@ -58,6 +62,7 @@ def render_report(
     examples: list[dict[str, Any]],
     tracking: dict[str, Any],
     qa: dict[str, Any] | None = None,
+    comparison: dict[str, Any] | None = None,
 ) -> str:
     """`examples`: a few duplicate clusters with their first members' texts (the dedup stage writes them);
     `qa`: the QA stage's accounting (requests, tokens, cost)."""
@@ -102,6 +107,8 @@ def render_report(
         for name, s in ok.items():
             cells = [_metric_cell(s["by"][breakdown].get(k, {}).get("rougeL")) for k in keys]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if comparison:
+        lines += comparison_lines(comparison)
     if any(s.get("robustness") for s in ok.values()):
         lines += ["", "### Robustness (rougeL on variants / on their originals)", ""]
         for name, s in ok.items():
@@ -156,3 +163,34 @@ def qa_cost_lines(qa: dict[str, Any], cached: bool = False) -> list[str]:
         f"Reused from the journal: {requests.get('reused', 0)} requests; quarantined: "
         f"{requests.get('quarantined', 0)}{estimated}.",
     ]
+
+
+def comparison_lines(comparison: dict[str, Any]) -> list[str]:
+    metric = comparison.get("metric", "rougeL")
+    lines = ["", f"### Best model per category ({metric})", "", "| category | best | mean |", "|---|---|---|"]
+    for category, best in comparison.get("best_per_category", {}).items():
+        lines.append(f"| {category} | {best['candidate']} | {best['mean']:.3f} |")
+    for name, file in comparison.get("charts", {}).items():
+        lines += ["", f"![{metric} {name.replace('_', ' ')}]({file})"]
+    previous = comparison.get("previous_run")
+    lines += ["", "### Change since the previous run", ""]
+    if not previous:
+        lines.append("No earlier completed run of this pipeline to compare with.")
+        return lines
+    regressions = comparison.get("regressions", [])
+    lines.append(
+        f"Against run `{previous}`. "
+        + (
+            f"**Regressions beyond the confidence interval: {', '.join(regressions)}.**"
+            if regressions
+            else "No regression beyond the confidence interval."
+        )
+    )
+    lines += ["", "| candidate | metric | before | now | change | |", "|---|---|---|---|---|---|"]
+    for name, rows in comparison.get("changes", {}).items():
+        for metric_name, row in rows.items():
+            flag = "regression" if row["regression"] else "improvement" if row["improvement"] else ""
+            lines.append(
+                f"| {name} | {metric_name} | {row['before']:.3f} | {row['now']:.3f} | {row['delta']:+.3f} | {flag} |"
+            )
+    return lines

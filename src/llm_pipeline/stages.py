@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 import llm_pipeline
 from llm_pipeline.benchmark import BENCHMARK_VERSION, build_benchmark
+from llm_pipeline.comparison import compare_runs
 from llm_pipeline.config import PipelineConfig, Secrets
 from llm_pipeline.dedup import deduplicate
 from llm_pipeline.evaluation import evaluate_candidates
@@ -265,6 +266,9 @@ def finalize_pipeline(
         examples = json.loads(results["load-and-deduplicate-data"].path("examples").read_text())
         tracking = json.loads(results["setup-experiment-tracking"].path("tracking").read_text())
         qa = json.loads(results["generate-qa-pairs"].path("qa_accounting").read_text())
+        comparison_path = run_dir / "comparison.json"
+        comparison = compare_runs(evaluation, run_dir)
+        write_json(comparison_path, comparison)
         summary_path, report_path = run_dir / "summary.json", run_dir / "report.md"
         files = {p.name for p in run_dir.iterdir() if p.is_file()} | {"summary.json", "report.md", "manifest.json"}
         # This stage reports on itself too: it is complete once the two files below are written.
@@ -279,15 +283,26 @@ def finalize_pipeline(
             "files": sorted(files),
             "stages": {**manifest.get("stages", {}), "finalize-pipeline": own},
         }
-        summary = build_summary(manifest, evaluation, qa)
+        summary = build_summary(manifest, evaluation, qa, comparison)
         write_json(summary_path, summary)
-        report_path.write_text(render_report(manifest, evaluation, examples, tracking, qa), encoding="utf-8")
+        report_path.write_text(
+            render_report(manifest, evaluation, examples, tracking, qa, comparison), encoding="utf-8"
+        )
         tracker = active_tracker()
         if tracker is not None:
             for candidate, scores in summary["evaluation"].items():
                 tracker.log({f"eval/{candidate}/{k}": v for k, v in scores.items() if isinstance(v, float)})
             tracker.summary({"report": str(report_path)})
             tracker.finish()
-        result.outputs = {"summary": str(summary_path), "report": str(report_path)}
-        result.counts = {"stages": len(manifest["stages"])}
+        result.outputs = {
+            "summary": str(summary_path),
+            "report": str(report_path),
+            "comparison": str(comparison_path),
+            **{f"chart_{k}": str(run_dir / v) for k, v in comparison["charts"].items()},
+        }
+        result.counts = {
+            "stages": len(manifest["stages"]),
+            "regressions": len(comparison["regressions"]),
+            "previous_run": comparison["previous_run"] or "none",
+        }
     return result

@@ -114,6 +114,23 @@ def robustness(
     return ratios
 
 
+def _generation_record(candidate: Any) -> dict[str, Any]:
+    """Generation settings and speed, for candidates that generate (recorded so a score can be reproduced)."""
+    settings = getattr(candidate, "settings", None)
+    if settings is None:
+        return {}
+    record: dict[str, Any] = {"generation": settings.recorded()}
+    stats = getattr(candidate, "stats", None)
+    if stats is not None:
+        record["generation"].update(
+            batch_size_used=stats.batch_size,
+            oom_backoffs=stats.oom_backoffs,
+            new_tokens=stats.new_tokens,
+            tokens_per_s=round(stats.tokens_per_s, 1),
+        )
+    return record
+
+
 def evaluate_candidates(items: list[BenchmarkItem], config: EvaluationConfig) -> EvaluationResult:
     result = EvaluationResult()
     questions, contexts = [i.question for i in items], [i.context for i in items]
@@ -122,7 +139,11 @@ def evaluate_candidates(items: list[BenchmarkItem], config: EvaluationConfig) ->
         started = time.perf_counter()
         try:
             candidate = build_candidate(candidate_config)
-            answers = candidate.answer(questions, contexts)
+            try:
+                answers = candidate.answer(questions, contexts)
+            finally:
+                if hasattr(candidate, "close"):
+                    candidate.close()  # free GPU memory before the next model loads
             scores = score_predictions(items, answers, config)
         except Exception as exc:  # one broken candidate must not sink the comparison
             log.error("candidate_failed", candidate=name, error=f"{type(exc).__name__}: {exc}")
@@ -142,7 +163,9 @@ def evaluate_candidates(items: list[BenchmarkItem], config: EvaluationConfig) ->
             )
         result.summary[name] = {
             "kind": candidate_config.kind,
+            "model": candidate_config.model,
             "seconds": round(elapsed, 3),
+            **_generation_record(candidate),
             **aggregate(items, scores, config),
         }
         log.info(

@@ -14,59 +14,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from llm_pipeline.config import QAConfig
-from llm_pipeline.errors import ModelLoadError, ResourceExhaustedError
+from llm_pipeline.errors import ResourceExhaustedError
 from llm_pipeline.logging import get_logger
+from llm_pipeline.models import load_causal_lm, render_prompt
 from llm_pipeline.qa.backends import Completion, Job
 from llm_pipeline.qa.checkpoint import Usage
 from llm_pipeline.qa.policy import RequestPolicy
 
 log = get_logger("qa.local")
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def resolve_dtype(dtype: str, device: str) -> Any:
-    import torch
-
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def load_causal_lm(name: str, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any, str]:
-    """(model, tokenizer, device) for a hub name or a local folder; ModelLoadError when it cannot be loaded."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    resolved = resolve_device(device)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, resolved))
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc
-    model.to(resolved).eval()
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return model, tokenizer, resolved
-
-
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-    return "\n\n".join(lines) + "\n\nAssistant:"
 
 
 class LocalBackend:

@@ -1,0 +1,139 @@
+"""What a team reads each morning: the best model per category, the change since the previous run of the same
+pipeline (regressions beyond the confidence interval flagged), and PNG charts for the report.
+
+The previous run is the latest earlier run folder of the same pipeline (`<output_path>/<name>/<run id>/`, which
+is where every run of one deployment writes) whose manifest says completed and which has an evaluation.json.
+A change is a regression when this run's whole 95 % interval lies below the previous mean and the previous
+interval lies above this mean: the two intervals say the same thing, so noise alone rarely flags one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llm_pipeline.logging import get_logger
+
+log = get_logger("comparison")
+
+HEADLINE = "rougeL"
+
+
+def _ok(evaluation: dict[str, Any]) -> dict[str, Any]:
+    return {name: s for name, s in evaluation.items() if "error" not in s}
+
+
+def previous_evaluation(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
+    """(run id, evaluation) of the latest earlier completed run beside this one, or None."""
+    earlier = sorted((p for p in run_dir.parent.iterdir() if p.is_dir() and p.name < run_dir.name), reverse=True)
+    for folder in earlier:
+        manifest, evaluation = folder / "manifest.json", folder / "evaluation.json"
+        try:
+            if json.loads(manifest.read_text()).get("status") == "completed" and evaluation.is_file():
+                return folder.name, json.loads(evaluation.read_text())
+        except (OSError, ValueError):
+            continue  # a folder from a crashed run: not a baseline
+    return None
+
+
+def changes(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """candidate -> metric -> {now, before, delta, regression, improvement}, for candidates in both runs."""
+    if not previous:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    before_ok = _ok(previous)
+    for name, summary in _ok(current).items():
+        if name not in before_ok:
+            continue
+        rows = {}
+        for metric, now in summary["overall"].items():
+            then = before_ok[name]["overall"].get(metric)
+            if then is None:
+                continue
+            rows[metric] = {
+                "now": now["mean"],
+                "before": then["mean"],
+                "delta": round(now["mean"] - then["mean"], 6),
+                "regression": now["ci_high"] < then["mean"] and then["ci_low"] > now["mean"],
+                "improvement": now["ci_low"] > then["mean"] and then["ci_high"] < now["mean"],
+            }
+        out[name] = rows
+    return out
+
+
+def best_per_category(evaluation: dict[str, Any], metric: str = HEADLINE) -> dict[str, dict[str, Any]]:
+    best: dict[str, dict[str, Any]] = {}
+    for name, summary in _ok(evaluation).items():
+        for category, scores in summary["by"]["category"].items():
+            if metric not in scores:
+                continue
+            mean = scores[metric]["mean"]
+            if category not in best or mean > best[category]["mean"]:
+                best[category] = {"candidate": name, "mean": mean, "metric": metric}
+    return dict(sorted(best.items()))
+
+
+def charts(evaluation: dict[str, Any], folder: Path, metric: str = HEADLINE) -> dict[str, str]:
+    """Per-category bars and difficulty curves of `metric`, one series per candidate; {name: file name}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = _ok(evaluation)
+    files: dict[str, str] = {}
+    if not ok:
+        return files
+    categories = sorted({c for s in ok.values() for c in s["by"]["category"]})
+    width = 0.8 / len(ok)
+    figure, axes = plt.subplots(figsize=(max(6, 1.4 * len(categories) + 2), 4))
+    for k, (name, summary) in enumerate(ok.items()):
+        values = [summary["by"]["category"].get(c, {}).get(metric, {}).get("mean", 0.0) for c in categories]
+        axes.bar([i + k * width for i in range(len(categories))], values, width, label=name)
+    axes.set_xticks([i + width * (len(ok) - 1) / 2 for i in range(len(categories))], categories)
+    axes.set_ylabel(metric)
+    axes.set_ylim(0, 1)
+    axes.set_title(f"{metric} by category")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(folder / "chart_by_category.png", dpi=100)
+    plt.close(figure)
+    files["by_category"] = "chart_by_category.png"
+
+    levels = [d for d in ("easy", "medium", "hard") if any(d in s["by"]["difficulty"] for s in ok.values())]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for name, summary in ok.items():
+        values = [summary["by"]["difficulty"].get(d, {}).get(metric, {}).get("mean", float("nan")) for d in levels]
+        axes.plot(levels, values, marker="o", label=name)
+    axes.set_ylabel(metric)
+    axes.set_ylim(0, 1)
+    axes.set_title(f"{metric} by difficulty")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(folder / "chart_by_difficulty.png", dpi=100)
+    plt.close(figure)
+    files["by_difficulty"] = "chart_by_difficulty.png"
+    return files
+
+
+def compare_runs(evaluation: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Everything above, as the JSON the finalize stage writes (comparison.json) and the report renders."""
+    previous = previous_evaluation(run_dir)
+    result = {
+        "metric": HEADLINE,
+        "best_per_category": best_per_category(evaluation),
+        "previous_run": previous[0] if previous else None,
+        "changes": changes(evaluation, previous[1] if previous else None),
+        "charts": charts(evaluation, run_dir),
+    }
+    regressions = [
+        f"{name}.{metric}"
+        for name, rows in result["changes"].items()
+        for metric, row in rows.items()
+        if row["regression"]
+    ]
+    result["regressions"] = regressions
+    if regressions:
+        log.warning("evaluation_regressions", previous_run=result["previous_run"], regressions=regressions)
+    return result

@@ -1,0 +1,109 @@
+"""Generative candidates: tiny Llama models built here (one trained to answer, one untrained, one missing), an
+OpenAI-compatible endpoint (the test server), all compared in one evaluation; a failed candidate is reported
+without sinking the others; the batched generator backs off on out-of-memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from llm_pipeline.config import CandidateConfig, EvaluationConfig
+from llm_pipeline.evaluation import evaluate_candidates
+from llm_pipeline.evaluation.candidates import answer_messages
+from llm_pipeline.evaluation.generation import BatchedGenerator, GenerationSettings
+from llm_pipeline.models import load_causal_lm, render_prompt
+from llm_pipeline.records import BenchmarkItem
+from tests.fakes.openai_server import FakeOpenAI
+from tests.tiny_models import memorize, save, tiny_llama, train_tokenizer
+
+ITEMS = [
+    BenchmarkItem(
+        id="b1",
+        question="How much does DC fast charging cost in Denver?",
+        answer="$0.45 per kWh",
+        context="DC fast charging costs $0.45 per kWh in Denver. Level 2 is cheaper.",
+        category="pricing",
+        difficulty="easy",
+        source_document_id="d1",
+    ),
+    BenchmarkItem(
+        id="b2",
+        question="What do level 2 chargers deliver?",
+        answer="between 7 and 11 kW",
+        context="Level 2 chargers deliver between 7 and 11 kW. They need a 240-volt circuit.",
+        category="technical",
+        difficulty="medium",
+        source_document_id="d2",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    prompts_plain = [answer_messages(i.question, i.context) for i in ITEMS]
+    texts = [m["content"] for ms in prompts_plain for m in ms] + [i.answer for i in ITEMS]
+    tokenizer = train_tokenizer(texts)
+    trained = tiny_llama(tokenizer)
+    examples = [(render_prompt(tokenizer, answer_messages(i.question, i.context)), i.answer) for i in ITEMS]
+    memorize(trained, tokenizer, examples)
+    return {
+        "trained": save(trained, tokenizer, tmp_path_factory.mktemp("answering-llama")),
+        "random": save(tiny_llama(tokenizer, seed=1), tokenizer, tmp_path_factory.mktemp("random-llama")),
+    }
+
+
+def test_models_and_endpoint_compared_and_a_failed_candidate_reported(models: dict[str, Path], tmp_path: Path) -> None:
+    with FakeOpenAI() as server:
+        config = EvaluationConfig(
+            metrics=["exact_match", "rouge", "bleu"],
+            domain_metrics=["numeric_accuracy"],
+            candidates=[
+                CandidateConfig(name="tiny-trained", kind="hf", model=str(models["trained"]), max_new_tokens=16),
+                CandidateConfig(name="tiny-random", kind="hf", model=str(models["random"]), max_new_tokens=8),
+                CandidateConfig(name="missing", kind="hf", model=str(tmp_path / "no-such-model")),
+                CandidateConfig(name="endpoint", kind="endpoint", model="fake-model", base_url=server.base_url),
+                CandidateConfig(name="lexical", kind="lexical"),
+            ],
+        )
+        result = evaluate_candidates(ITEMS, config)
+        assert sum(server.requests.values()) == len(ITEMS)
+    summary = result.summary
+    assert summary["tiny-trained"]["overall"]["exact_match"]["mean"] == 1.0
+    assert summary["tiny-random"]["overall"]["exact_match"]["mean"] == 0.0
+    assert "no-such-model" in summary["missing"]["error"]  # reported, and the others still scored
+    assert summary["endpoint"]["overall"]["rougeL"]["mean"] > 0.3  # it answers with the context's first sentence
+    assert set(summary["lexical"]["overall"]) >= {"exact_match", "rougeL", "bleu"}
+    generation = summary["tiny-trained"]["generation"]
+    assert generation["decoding"] == "greedy" and generation["seed"] == 13 and generation["new_tokens"] > 0
+    assert {p.candidate for p in result.predictions} == {"tiny-trained", "tiny-random", "endpoint", "lexical"}
+    assert result.counts()["candidates_failed"] == 1
+
+
+def test_generator_halves_the_batch_on_out_of_memory(models: dict[str, Path]) -> None:
+    model, tokenizer, device = load_causal_lm(str(models["trained"]), "cpu")
+    seen: list[int] = []
+
+    def hook(_: Any, args: Any, kwargs: Any) -> None:
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+        seen.append(ids.shape[0])
+        if ids.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    generator = BatchedGenerator(model, tokenizer, device, GenerationSettings(max_new_tokens=4, max_batch_size=8))
+    prompts = [render_prompt(tokenizer, answer_messages(i.question, i.context)) for i in ITEMS * 3]
+    outputs = generator.generate(prompts)
+    assert len(outputs) == 6 and generator.stats.oom_backoffs == 2 and generator.batch_size == 2
+    assert seen[0] == 6 and seen[1] == 4 and max(seen[2:]) == 2
+
+
+def test_batches_are_sorted_by_length_and_left_padded(models: dict[str, Path]) -> None:
+    model, tokenizer, device = load_causal_lm(str(models["trained"]), "cpu")
+    generator = BatchedGenerator(model, tokenizer, device, GenerationSettings(max_new_tokens=16, batch_size=2))
+    prompts = [render_prompt(tokenizer, answer_messages(i.question, i.context)) for i in ITEMS]
+    alone = [generator.generate([p])[0] for p in prompts]
+    together = generator.generate(prompts)
+    assert together == alone == [i.answer for i in ITEMS]  # padding changes nothing: left padding, masked
