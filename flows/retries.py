@@ -1,7 +1,8 @@
 """The retry policy in one table: which error classes Prefect retries at the task level, and how.
 
 Request-level retries (rate limits, timeouts) live in the backends (llm_pipeline/qa/policy.py has that table); a
-task retry re-runs a whole stage, so it covers only what remains. Configuration and data errors are never retried: the input will not change.
+task retry re-runs a whole stage, so it covers only what remains. Configuration and data errors are never
+retried: the input will not change.
 """
 
 from __future__ import annotations
