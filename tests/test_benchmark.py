@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from llm_pipeline.benchmark import REFUSAL, build_benchmark, difficulty_of
+from llm_pipeline.benchmark import REFUSAL, build_benchmark, classify_documents, contaminated, difficulty_of
 from llm_pipeline.config import BenchmarkConfig, DataConfig, QAConfig
 from llm_pipeline.ingest import load_documents
 from llm_pipeline.qa import generate_qa
+from llm_pipeline.records import Document, QAPair
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ["pricing", "technical", "compatibility", "environmental"]
@@ -36,8 +37,10 @@ def test_stratified_over_categories_and_difficulties(corpus) -> None:
     cells = Counter((i.category, i.difficulty) for i in result.items)
     assert {c for c, _ in cells} == set(CATEGORIES)
     by_id = {d.id: d for d in documents}
-    pool = Counter(
-        (by_id[p.document_id].category, difficulty_of(p.question, p.answer, by_id[p.document_id].text)) for p in pairs
+    pool = Counter(  # what the builder samples from: the pairs that passed the contamination check
+        (by_id[p.document_id].category, difficulty_of(p.question, p.answer, by_id[p.document_id].text))
+        for p in pairs
+        if p.id not in result.contaminated
     )
     largest = max(cells.values())
     for cell, n in cells.items():  # round-robin: balanced, except a cell that ran out of candidates
@@ -51,7 +54,7 @@ def test_adversarial_variants(corpus) -> None:
     result = build_benchmark(pairs, documents, config, "ev")
     by_id = {i.id: i for i in result.items}
     kinds = Counter(i.adversarial for i in result.items if i.adversarial)
-    assert set(kinds) == {"unanswerable", "distractor", "typo", "numeric"}
+    assert set(kinds) == {"unanswerable", "distractor", "typo", "numeric", "negated", "paraphrase"}
     for item in result.items:
         if item.adversarial is None:
             continue
@@ -64,6 +67,11 @@ def test_adversarial_variants(corpus) -> None:
             assert item.question != original.question and item.answer == original.answer
         elif item.adversarial == "numeric":
             assert item.answer != original.answer and item.answer in item.context
+        elif item.adversarial == "negated":
+            assert " not " in item.question and item.answer == REFUSAL and not item.answerable
+            assert item.context == original.context
+        elif item.adversarial == "paraphrase":
+            assert item.question != original.question and item.answer == original.answer
     assert "| pricing |" in result.card and "unanswerable" in result.card
 
 
@@ -79,3 +87,54 @@ def test_unknown_categories_go_to_other(corpus) -> None:
     documents, pairs = corpus
     result = build_benchmark(pairs, documents, BenchmarkConfig(size=20, categories=["pricing"]), "ev")
     assert {i.category for i in result.items} <= {"pricing", "other"}
+
+
+def test_categories_from_metadata_keywords_then_descriptions() -> None:
+    config = BenchmarkConfig(
+        categories=["pricing", "technical", "environmental"],
+        category_keywords={"pricing": ["price", "per kwh", "fee"]},
+        category_descriptions={
+            "technical": "Charging hardware, connectors, power levels in kilowatts, voltage and charging speed.",
+            "environmental": "Carbon emissions, pollution, recycling and the climate impact of electric cars.",
+        },
+    )
+    docs = [
+        Document(id="meta", text="Anything at all.", metadata={"category": "technical"}),
+        Document(id="kw", text="The session fee is $1 and energy costs $0.40 per kWh."),
+        Document(id="emb", text="Driving electric cuts carbon dioxide emissions and air pollution in cities."),
+        Document(id="none", text="The museum opens at nine on Sundays and sells postcards."),
+    ]
+    assert classify_documents(docs, config) == {
+        "meta": "technical",
+        "kw": "pricing",
+        "emb": "environmental",
+        "none": "other",
+    }
+
+
+def test_contamination_flags_overlap_with_other_pairs_only() -> None:
+    long_answer = "the charger delivers up to 350 kW to vehicles with an 800 volt battery"
+    pairs = [
+        QAPair(id="a", question="What does the highway charger deliver?", answer=long_answer, document_id="d1"),
+        QAPair(id="b", question="What does the new depot charger deliver?", answer=long_answer, document_id="d2"),
+        QAPair(id="c", question="How much is the fee?", answer="$1 per session", document_id="d3"),
+        QAPair(id="d", question="How much is the idle fee?", answer="$1 per session", document_id="d4"),  # short
+        QAPair(
+            id="e",
+            question="What do home chargers need?",
+            answer="a dedicated 240 volt circuit and a permit from the city",
+            document_id="d5",
+        ),
+    ]
+    assert contaminated(pairs, n=8, threshold=0.5) == {"a": 1.0, "b": 1.0}
+
+
+def test_contaminated_items_are_dropped_and_train_pairs_hold_out_the_benchmark(corpus) -> None:
+    documents, pairs = corpus
+    result = build_benchmark(pairs, documents, BenchmarkConfig(size=40, categories=CATEGORIES), "ev")
+    originals = {i.id.removeprefix("bench-") for i in result.items if i.adversarial is None}
+    assert not originals & set(result.contaminated)
+    assert not originals & {p.id for p in result.train_pairs}
+    assert len(result.train_pairs) == len(pairs) - len(originals)
+    assert f"{len(result.contaminated)} candidate items dropped" in result.card
+    assert all(i.version == "1.1" for i in result.items)

@@ -77,3 +77,27 @@ def test_bertscore_with_packaged_minilm() -> None:
     )
     assert same == pytest.approx(1.0, abs=1e-4)
     assert unrelated < related < same
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "expected"),
+    [
+        ("It costs 45 cents per kWh.", "$0.45 per kWh", 1.0),  # cents are fractions of the unit
+        ("0.45 USD per kWh in Denver", "$0.45 per kWh", 1.0),
+        ("$0.45/kWh", "$0.45 per kWh", 1.0),
+        ("$0.45 per minute", "$0.45 per kWh", 0.0),  # same amount, wrong unit
+        ("$0.46 per kWh", "$0.45 per kWh", 0.0),  # 2.2 % off, over the 1 % tolerance
+        ("a $1.09 session fee and $0.45 per kWh", "$0.45 per kWh plus $1.09", 1.0),
+        ("free", "$0.45 per kWh", 0.0),
+        ("anything", "about 60 grams of CO2", None),  # no price: the item does not count
+    ],
+)
+def test_price_accuracy_golden(prediction: str, reference: str, expected: float | None) -> None:
+    assert m.price_match(prediction, reference, tolerance=0.01) == expected
+
+
+def test_prices_parse_units() -> None:
+    assert m.prices("Idle fees of $0.58 per minute start later; 30 cents a session.") == [
+        (0.58, "minute"),
+        (0.3, "session"),
+    ]

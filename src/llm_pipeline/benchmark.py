@@ -12,6 +12,17 @@ Adversarial variants of an original item (`adversarial` names the type, `origina
   typo:         character swaps in the question's longer words.
   numeric:      every number of the answer changed in the context and the reference alike, so a model must
                 read the context rather than remember the training data.
+  negated:      the question negated ("What does X not cost?"), which the context does not answer: the right
+                answer is a refusal; a model that ignores the "not" answers the original.
+  paraphrase:   the question reworded (rules for common shapes, else a framing prefix); same answer.
+
+Categories: a document's own `category` when it is one of the configured categories; else keyword hits
+(`category_keywords`); else the closest `category_descriptions` by MiniLM cosine, if above
+`category_min_similarity`; else `other`.
+
+Contamination: the QA pairs not drawn into the benchmark are the training set (`train_pairs.jsonl`). A candidate
+item whose question or answer shares `contamination_threshold` of its word `contamination_ngram`-grams with
+another pair is dropped before sampling, and counted in the card (texts shorter than n words are not checked).
 """
 
 from __future__ import annotations
@@ -23,11 +34,24 @@ from dataclasses import dataclass
 
 from llm_pipeline.config import BenchmarkConfig
 from llm_pipeline.qa.extractive import split_sentences
-from llm_pipeline.records import BenchmarkItem, Difficulty, Document, QAPair
+from llm_pipeline.records import BENCHMARK_VERSION, BenchmarkItem, Difficulty, Document, QAPair
 
-BENCHMARK_VERSION = "1.0"
+__all__ = ["BENCHMARK_VERSION", "REFUSAL", "build_benchmark", "difficulty_of"]
 REFUSAL = "The context does not answer this question."
-ADVERSARIAL_TYPES = ("unanswerable", "distractor", "typo", "numeric")
+ADVERSARIAL_TYPES = ("unanswerable", "distractor", "typo", "numeric", "negated", "paraphrase")
+_AUX = re.compile(
+    r"^(What|How much|How many|Which|Who|Where|When) (does|do|did|can|will|should|may|must) (.+) (\w+)\?$"
+)
+_COPULA_Q = re.compile(r"^(What|Which|Who) (is|are|was|were) (.+)\?$")
+_PARAPHRASES = [
+    (re.compile(r"^How much does (.+) cost\?$"), r"What is the price of \1?"),
+    (re.compile(r"^How much do (.+) cost\?$"), r"What is the price of \1?"),
+    (re.compile(r"^What does (.+) deliver\?$"), r"What is delivered by \1?"),
+    (re.compile(r"^What do (.+) deliver\?$"), r"What is delivered by \1?"),
+    (re.compile(r"^What can (.+) reduce\?$"), r"What is reduced by \1?"),
+    (re.compile(r"^What is (.+)\?$"), r"Can you say what \1 is?"),
+]
+_FRAMES = ("According to the context, {q}", "Based on the text, {q}", "From what the passage says, {q}")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _WORD = re.compile(r"\w+")
 
@@ -46,8 +70,66 @@ def difficulty_of(question: str, answer: str, context: str) -> Difficulty:
     return "easy" if points == 0 else "medium" if points == 1 else "hard"
 
 
-def _category(document: Document, categories: list[str]) -> str:
-    return document.category if document.category in categories else "other"
+def classify_documents(documents: list[Document], config: BenchmarkConfig) -> dict[str, str]:
+    """document id -> category, by metadata, then keywords, then description similarity, else `other`."""
+    out: dict[str, str] = {}
+    undecided: list[Document] = []
+    keyword_patterns = {
+        category: re.compile(r"\b(" + "|".join(re.escape(k.lower()) for k in words) + r")\b")
+        for category, words in config.category_keywords.items()
+        if words
+    }
+    for document in documents:
+        if document.category in config.categories:
+            out[document.id] = document.category
+            continue
+        text = document.text.lower()
+        hits = {c: len(p.findall(text)) for c, p in keyword_patterns.items()}
+        best = max(config.categories, key=lambda c: hits.get(c, 0))
+        if hits.get(best, 0) > 0:
+            out[document.id] = best
+        else:
+            undecided.append(document)
+    if undecided and config.category_descriptions:
+        from llm_pipeline.embeddings import embed
+
+        names = list(config.category_descriptions)
+        vectors = embed([config.category_descriptions[n] for n in names] + [d.text[:2000] for d in undecided])
+        described, docs = vectors[: len(names)], vectors[len(names) :]
+        similarity = docs @ described.T
+        for document, row in zip(undecided, similarity, strict=True):
+            k = int(row.argmax())
+            out[document.id] = names[k] if row[k] >= config.category_min_similarity else "other"
+    for document in undecided:
+        out.setdefault(document.id, "other")
+    return out
+
+
+def _ngrams(text: str, n: int) -> set[str]:
+    """Word n-grams; a text shorter than n words has none: a short answer ("10 minutes", "$0.45 per kWh")
+    recurring across questions is a common value, not evidence that the item leaked."""
+    words = _WORD.findall(text.lower())
+    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def contaminated(pairs: list[QAPair], n: int, threshold: float) -> dict[str, float]:
+    """pair id -> overlap, for pairs whose question or answer shares >= threshold of its n-grams with another pair."""
+    owners: dict[str, set[str]] = defaultdict(set)
+    grams = {}
+    for pair in pairs:
+        grams[pair.id] = (_ngrams(pair.question, n), _ngrams(pair.answer, n))
+        for g in grams[pair.id][0] | grams[pair.id][1]:
+            owners[g].add(pair.id)
+    flagged = {}
+    for pair in pairs:
+        worst = 0.0
+        for part in grams[pair.id]:
+            if part:
+                shared = sum(1 for g in part if owners[g] - {pair.id})
+                worst = max(worst, shared / len(part))
+        if worst >= threshold:
+            flagged[pair.id] = round(worst, 3)
+    return flagged
 
 
 def _stratified_sample(items: list[BenchmarkItem], size: int, rng: random.Random) -> list[BenchmarkItem]:
@@ -87,6 +169,23 @@ def _typo(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
+def _negate(question: str) -> str | None:
+    """`What does X cost?` -> `What does X not cost?`; `What is X?` -> `What is not X?`; None for other shapes."""
+    if m := _AUX.match(question):
+        return f"{m.group(1)} {m.group(2)} {m.group(3)} not {m.group(4)}?"
+    if m := _COPULA_Q.match(question):
+        return f"{m.group(1)} {m.group(2)} not {m.group(3)}?"
+    return None
+
+
+def _paraphrase(question: str, rng: random.Random) -> str:
+    for pattern, replacement in _PARAPHRASES:
+        if pattern.match(question):
+            return pattern.sub(replacement, question)
+    lowered = question[:1].lower() + question[1:] if question[1:2].islower() or question[1:2] == " " else question
+    return rng.choice(_FRAMES).format(q=lowered)
+
+
 def _perturb_numbers(text: str, mapping: dict[str, str]) -> str:
     return _NUMBER.sub(lambda m: mapping.get(m.group(0), m.group(0)), text)
 
@@ -109,6 +208,10 @@ def adversarial_variants(item: BenchmarkItem, documents: list[Document], rng: ra
         distractor = rng.choice(split_sentences(other.text))
         variants.append(variant("distractor", context=" ".join(sentences[:at] + [distractor] + sentences[at:])))
     variants.append(variant("typo", question=_typo(item.question, rng)))
+    negated = _negate(item.question)
+    if negated:
+        variants.append(variant("negated", question=negated, answer=REFUSAL, answerable=False))
+    variants.append(variant("paraphrase", question=_paraphrase(item.question, rng)))
     numbers = _NUMBER.findall(item.answer)
     if numbers:
         mapping = {}
@@ -130,10 +233,18 @@ def adversarial_variants(item: BenchmarkItem, documents: list[Document], rng: ra
 class BenchmarkResult:
     items: list[BenchmarkItem]
     card: str
+    train_pairs: list[QAPair]
+    contaminated: dict[str, float]  # pair id -> overlap, dropped from the benchmark's pool
 
     def counts(self) -> dict[str, int]:
         originals = sum(1 for i in self.items if i.adversarial is None)
-        counts = {"items": len(self.items), "originals": originals, "adversarial": len(self.items) - originals}
+        counts = {
+            "items": len(self.items),
+            "originals": originals,
+            "adversarial": len(self.items) - originals,
+            "contaminated_dropped": len(self.contaminated),
+            "train_pairs": len(self.train_pairs),
+        }
         for kind, n in Counter(i.adversarial for i in self.items if i.adversarial).items():
             counts[f"adversarial.{kind}"] = n
         return counts
@@ -144,10 +255,12 @@ def build_benchmark(
 ) -> BenchmarkResult:
     rng = random.Random(config.seed)
     by_id = {d.id: d for d in documents}
+    categories = classify_documents(documents, config)
+    dirty = contaminated(pairs, config.contamination_ngram, config.contamination_threshold)
     pool = []
     for pair in pairs:
         document = by_id.get(pair.document_id)
-        if document is None:
+        if document is None or pair.id in dirty:
             continue
         difficulty = difficulty_of(pair.question, pair.answer, document.text)
         if difficulty not in config.difficulty_levels:
@@ -158,7 +271,7 @@ def build_benchmark(
                 question=pair.question,
                 answer=pair.answer,
                 context=document.text,
-                category=_category(document, config.categories),
+                category=categories[document.id],
                 difficulty=difficulty,
                 source_document_id=document.id,
             )
@@ -179,10 +292,14 @@ def build_benchmark(
                 if by_type.get(kind) and n_adversarial:
                     items.append(by_type[kind].pop())
                     n_adversarial -= 1
-    return BenchmarkResult(items=items, card=benchmark_card(items, domain, config))
+    held_out = {i.id.removeprefix("bench-") for i in originals}
+    train = [p for p in pairs if p.id not in held_out]
+    return BenchmarkResult(
+        items=items, card=benchmark_card(items, domain, config, len(dirty)), train_pairs=train, contaminated=dirty
+    )
 
 
-def benchmark_card(items: list[BenchmarkItem], domain: str, config: BenchmarkConfig) -> str:
+def benchmark_card(items: list[BenchmarkItem], domain: str, config: BenchmarkConfig, dropped: int = 0) -> str:
     categories = sorted({i.category for i in items})
     levels = [d for d in ("easy", "medium", "hard") if d in config.difficulty_levels]
     grid = Counter((i.category, i.difficulty) for i in items if i.adversarial is None)
@@ -200,10 +317,28 @@ def benchmark_card(items: list[BenchmarkItem], domain: str, config: BenchmarkCon
         row = [grid[(category, level)] for level in levels]
         lines.append(f"| {category} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
     adversarial = Counter(i.adversarial for i in items if i.adversarial)
-    lines += ["", "## Adversarial variants", ""]
+    lines += ["", "## Adversarial variants by category and type", ""]
     if adversarial:
-        lines += ["| type | items |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(adversarial.items())]
+        kinds = sorted(adversarial)
+        by_cell = Counter((i.category, i.adversarial) for i in items if i.adversarial)
+        lines += ["| category | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+        for category in categories:
+            lines.append(f"| {category} | " + " | ".join(str(by_cell[(category, k)]) for k in kinds) + " |")
+        lines.append("| **all** | " + " | ".join(str(adversarial[k]) for k in kinds) + " |")
+        by_level = Counter((i.difficulty, i.adversarial) for i in items if i.adversarial)
+        lines += ["", "| difficulty | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+        for level in levels:
+            lines.append(f"| {level} | " + " | ".join(str(by_level[(level, k)]) for k in kinds) + " |")
     else:
         lines.append("None (include_adversarial is off).")
-    lines += ["", "Difficulty and variant types are defined in `llm_pipeline/benchmark.py`."]
+    lines += [
+        "",
+        "## Contamination",
+        "",
+        f"{dropped} candidate items dropped: their question or answer shares at least "
+        f"{config.contamination_threshold:.0%} of its word {config.contamination_ngram}-grams with another QA pair "
+        "(the training set is `train_pairs.jsonl`: the QA pairs less this benchmark's originals).",
+        "",
+        "Difficulty, categories and variant types are defined in `llm_pipeline/benchmark.py`.",
+    ]
     return "\n".join(lines) + "\n"

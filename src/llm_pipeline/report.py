@@ -6,7 +6,15 @@ from typing import Any
 
 from llm_pipeline.evaluation import BREAKDOWNS
 
-HEADLINE_METRICS = ("exact_match", "rougeL", "bleu", "bertscore_f1", "numeric_accuracy", "refusal_accuracy")
+HEADLINE_METRICS = (
+    "exact_match",
+    "rougeL",
+    "bleu",
+    "bertscore_f1",
+    "numeric_accuracy",
+    "price_accuracy",
+    "refusal_accuracy",
+)
 
 
 def _fmt(value: Any) -> str:

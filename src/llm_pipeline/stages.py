@@ -236,10 +236,17 @@ def generate_benchmark(config: PipelineConfig, qa_path: Path, documents_path: Pa
             read_jsonl(qa_path, QAPair), read_jsonl(documents_path, Document), config.benchmark, config.domain
         )
         jsonl, parquet, card = run_dir / "benchmark.jsonl", run_dir / "benchmark.parquet", run_dir / "benchmark_card.md"
+        train = run_dir / "train_pairs.jsonl"
         write_jsonl(jsonl, built.items)
         write_parquet(parquet, built.items)
+        write_jsonl(train, built.train_pairs)
         card.write_text(built.card, encoding="utf-8")
-        result.outputs = {"benchmark": str(jsonl), "benchmark_parquet": str(parquet), "benchmark_card": str(card)}
+        result.outputs = {
+            "benchmark": str(jsonl),
+            "benchmark_parquet": str(parquet),
+            "benchmark_card": str(card),
+            "train_pairs": str(train),
+        }
         result.counts = {"version": BENCHMARK_VERSION, **built.counts()}
     return result
 

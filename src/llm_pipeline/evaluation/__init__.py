@@ -54,9 +54,13 @@ def score_predictions(
         if "bleu" in config.metrics:
             scores[i]["bleu"] = m.bleu(answer, item.answer)
         if "numeric_accuracy" in config.domain_metrics and item.answerable:
-            numeric = m.numeric_match(answer, item.answer)
+            numeric = m.numeric_match(answer, item.answer, config.numeric_tolerance)
             if numeric is not None:
                 scores[i]["numeric_accuracy"] = numeric
+        if "price_accuracy" in config.domain_metrics and item.answerable:
+            price = m.price_match(answer, item.answer, config.numeric_tolerance)
+            if price is not None:
+                scores[i]["price_accuracy"] = price
         if "refusal_accuracy" in config.domain_metrics:
             scores[i]["refusal_accuracy"] = m.refusal_correct(answer, item)
     if "bertscore" in config.metrics:

@@ -3,7 +3,10 @@ metric scripts from the Hub at run time and so fails offline): rouge-score, sacr
 
 Every per-sample score is in [0, 1]. Domain metrics:
   numeric_accuracy: on items whose reference has numbers, 1 when every reference number appears in the
-                    prediction within 1 % relative tolerance (units are compared as written);
+                    prediction within `numeric_tolerance` (1 %, relative; units are compared as written);
+  price_accuracy:   on items whose reference states a price, 1 when every price ($0.45, 45 cents, 0.45 USD)
+                    is in the prediction within the same tolerance and with the same per-unit (per kWh,
+                    minute, session, hour, month) where the reference names one;
   refusal_accuracy: on every item, 1 when the prediction refuses exactly when the item is unanswerable;
   robustness:       mean score on adversarial variants / mean score on their originals (an aggregate).
 """
@@ -88,6 +91,50 @@ def numeric_match(prediction: str, reference: str, tolerance: float = 0.01) -> f
         return None
     got = [float(n) for n in _NUMBER.findall(prediction)]
     ok = all(any(abs(g - w) <= tolerance * max(abs(w), 1e-9) for g in got) for w in wanted)
+    return float(ok)
+
+
+_PRICE = re.compile(
+    r"(?P<symbol>[$€£])\s?(?P<amount>\d+(?:\.\d+)?)"
+    r"|(?P<amount2>\d+(?:\.\d+)?)\s?(?P<word>cents?|¢|usd|eur|gbp|dollars?|euros?|pounds?)\b",
+    re.IGNORECASE,
+)
+_PER = re.compile(
+    r"^\s*(?:per|/|a|an|each)\s?(kwh|kilowatt[- ]hours?|minutes?|min|sessions?|hours?|hr|months?|charges?)\b", re.I
+)
+_UNIT_NAMES = {"kilowatt": "kwh", "minute": "minute", "min": "minute", "session": "session", "hour": "hour",
+               "hr": "hour", "month": "month", "charge": "session", "kwh": "kwh"}  # fmt: skip
+
+
+def prices(text: str) -> list[tuple[float, str | None]]:
+    """(amount in whole currency units, per-unit or None) for each price in the text: `$0.45 per kWh`,
+    `45 cents/kWh`, `0.45 USD a minute`. Cents become fractions; the currency itself is not compared."""
+    found = []
+    for match in _PRICE.finditer(text):
+        amount = float(match.group("amount") or match.group("amount2"))
+        word = (match.group("word") or "").lower()
+        if word.startswith("cent") or word == "¢":
+            amount /= 100
+        per = _PER.match(text[match.end() :])
+        unit = None
+        if per:
+            name = per.group(1).lower().replace(" ", "-")
+            unit = next((v for k, v in _UNIT_NAMES.items() if name.startswith(k)), name)
+        found.append((amount, unit))
+    return found
+
+
+def price_match(prediction: str, reference: str, tolerance: float = 0.01) -> float | None:
+    """1 when every price of the reference is in the prediction within `tolerance` (relative), with the same
+    per-unit where the reference names one; None when the reference states no price."""
+    wanted = prices(reference)
+    if not wanted:
+        return None
+    got = prices(prediction)
+    ok = all(
+        any(abs(g - w) <= tolerance * max(w, 1e-9) and (unit is None or unit == g_unit) for g, g_unit in got)
+        for w, unit in wanted
+    )
     return float(ok)
 
 
