@@ -71,6 +71,10 @@ def test_every_stage_writes_its_outputs(first_run) -> None:
         "evaluation.json",
         "tracking.json",
         "config.resolved.json",
+        "train_pairs.jsonl",
+        "comparison.json",
+        "chart_by_category.png",
+        "chart_by_difficulty.png",
     ):
         assert (run_dir / name).stat().st_size > 0, name
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -109,7 +113,13 @@ def test_rerun_reuses_completed_stages(first_run) -> None:
     assert (second_dir / "qa_pairs.jsonl").read_bytes() == (first_dir / "qa_pairs.jsonl").read_bytes()
     manifest = json.loads((second_dir / "manifest.json").read_text())
     assert manifest["stages"]["generate-qa-pairs"]["reused_from"] == str(first_dir)
-    assert (second_dir / "report.md").exists()
+    # The morning report compares with the run before: same cached evaluation, so no regression.
+    comparison = json.loads((second_dir / "comparison.json").read_text())
+    assert comparison["previous_run"] == first_dir.name and comparison["regressions"] == []
+    assert set(comparison["changes"]) == {"retrieval-minilm", "lexical-overlap"}
+    report = (second_dir / "report.md").read_text()
+    assert f"Against run `{first_dir.name}`. No regression beyond the confidence interval." in report
+    assert "![rougeL by category](chart_by_category.png)" in report
 
 
 def test_changing_a_stage_config_reruns_that_stage_and_after(first_run) -> None:
