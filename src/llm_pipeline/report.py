@@ -109,12 +109,16 @@ def render_report(
         if "error" in s:
             lines.append(f"\n**{name} failed**: {s['error']}")
     for breakdown in BREAKDOWNS:
-        lines += ["", f"### By {breakdown} (rougeL)", ""]
+        lines += ["", f"### By {breakdown}", ""]
         keys = sorted({k for s in ok.values() for k in s["by"][breakdown]})
-        lines += ["| candidate | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        lines += ["| candidate | metric | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
         for name, s in ok.items():
-            cells = [_metric_cell(s["by"][breakdown].get(k, {}).get("rougeL")) for k in keys]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            for metric in metrics:
+                groups = s["by"][breakdown]
+                if not any(metric in groups.get(k, {}) for k in keys):
+                    continue
+                cells = [_metric_cell(groups.get(k, {}).get(metric)) for k in keys]
+                lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
     if comparison:
         lines += comparison_lines(comparison)
     if any(s.get("robustness") for s in ok.values()):
