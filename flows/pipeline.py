@@ -9,6 +9,7 @@ input reuses the earlier result and links its files into the new run folder (the
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,7 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
         log.error("pipeline_failed", stage=current, error=f"{type(exc).__name__}: {exc}")
         raise
     manifest.finish("completed")
+    _report_artifact(config.name, run_id, final)
     log.info("pipeline_completed", run_dir=str(run_dir), report=final.outputs["report"])
     return {
         "run_id": run_id,
@@ -233,6 +235,22 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
         "stages": {name: r.counts for name, r in results.items()},
         "cached": [name for name, r in results.items() if r.cached],
     }
+
+
+def _report_artifact(pipeline: str, run_id: str, final: StageResult) -> None:
+    """A markdown artifact keyed by pipeline, so the Prefect UI shows each run's report beside the last ones."""
+    from prefect.artifacts import create_markdown_artifact
+
+    key = re.sub(r"[^a-z0-9-]+", "-", f"{pipeline}-report".lower())
+    report = Path(final.outputs["report"])
+    markdown = (
+        f"**{pipeline}**, run `{run_id}`: [report.html](file://{final.outputs['report_html']}) "
+        f"(self-contained), [report.md](file://{report})\n\n" + report.read_text(encoding="utf-8")
+    )
+    try:
+        create_markdown_artifact(markdown=markdown, key=key, description=f"{pipeline} report, run {run_id}")
+    except Exception as exc:  # an artifact is a view; it must not fail a completed run
+        log.warning("report_artifact_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 @flow(name="evaluate-models")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,26 @@ def test_every_stage_writes_its_outputs(first_run) -> None:
         assert f"| {stage} | completed |" in report
     assert "## Model comparison" in report and "bertscore_f1" in report
     assert list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    # report.html stands alone: every chart the markdown links is embedded, none is fetched from elsewhere.
+    html = (run_dir / "report.html").read_text()
+    charts = re.findall(r"\]\((chart_\w+\.png)\)", report)
+    assert len(charts) >= 5 and html.count('src="data:image/png;base64,') == len(charts)
+    assert not re.search(r'src="(?!data:)', html) and "<table>" in html
+
+
+def test_the_report_is_a_prefect_artifact(first_run) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["test-pipeline-report"]))
+            )
+
+    artifacts = asyncio.run(read())
+    mine = [a for a in artifacts if str(a.flow_run_id) == first_run["result"]["flow_run_id"]]
+    assert mine and mine[0].type == "markdown" and "report.html" in mine[0].data
 
 
 def test_library_events_reach_the_prefect_run_logs(first_run) -> None:

@@ -1,5 +1,5 @@
 """What a team reads each morning: the best model per category, the change since the previous run of the same
-pipeline (regressions beyond the confidence interval flagged), and PNG charts for the report.
+pipeline (regressions beyond the confidence interval flagged), and PNG charts for the report (llm_pipeline.charts).
 
 The previous run is the latest earlier run folder of the same pipeline (`<output_path>/<name>/<run id>/`, which
 is where every run of one deployment writes) whose manifest says completed and which has an evaluation.json.
@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llm_pipeline.charts import metric_charts
 from llm_pipeline.logging import get_logger
 
 log = get_logger("comparison")
@@ -74,49 +75,6 @@ def best_per_category(evaluation: dict[str, Any], metric: str = HEADLINE) -> dic
     return dict(sorted(best.items()))
 
 
-def charts(evaluation: dict[str, Any], folder: Path, metric: str = HEADLINE) -> dict[str, str]:
-    """Per-category bars and difficulty curves of `metric`, one series per candidate; {name: file name}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = _ok(evaluation)
-    files: dict[str, str] = {}
-    if not ok:
-        return files
-    categories = sorted({c for s in ok.values() for c in s["by"]["category"]})
-    width = 0.8 / len(ok)
-    figure, axes = plt.subplots(figsize=(max(6, 1.4 * len(categories) + 2), 4))
-    for k, (name, summary) in enumerate(ok.items()):
-        values = [summary["by"]["category"].get(c, {}).get(metric, {}).get("mean", 0.0) for c in categories]
-        axes.bar([i + k * width for i in range(len(categories))], values, width, label=name)
-    axes.set_xticks([i + width * (len(ok) - 1) / 2 for i in range(len(categories))], categories)
-    axes.set_ylabel(metric)
-    axes.set_ylim(0, 1)
-    axes.set_title(f"{metric} by category")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(folder / "chart_by_category.png", dpi=100)
-    plt.close(figure)
-    files["by_category"] = "chart_by_category.png"
-
-    levels = [d for d in ("easy", "medium", "hard") if any(d in s["by"]["difficulty"] for s in ok.values())]
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for name, summary in ok.items():
-        values = [summary["by"]["difficulty"].get(d, {}).get(metric, {}).get("mean", float("nan")) for d in levels]
-        axes.plot(levels, values, marker="o", label=name)
-    axes.set_ylabel(metric)
-    axes.set_ylim(0, 1)
-    axes.set_title(f"{metric} by difficulty")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(folder / "chart_by_difficulty.png", dpi=100)
-    plt.close(figure)
-    files["by_difficulty"] = "chart_by_difficulty.png"
-    return files
-
-
 def compare_runs(evaluation: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Everything above, as the JSON the finalize stage writes (comparison.json) and the report renders."""
     previous = previous_evaluation(run_dir)
@@ -125,7 +83,7 @@ def compare_runs(evaluation: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         "best_per_category": best_per_category(evaluation),
         "previous_run": previous[0] if previous else None,
         "changes": changes(evaluation, previous[1] if previous else None),
-        "charts": charts(evaluation, run_dir),
+        "charts": metric_charts(evaluation, run_dir, HEADLINE),
     }
     regressions = [
         f"{name}.{metric}"

@@ -71,6 +71,7 @@ def render_report(
     tracking: dict[str, Any],
     qa: dict[str, Any] | None = None,
     comparison: dict[str, Any] | None = None,
+    charts: dict[str, str] | None = None,
 ) -> str:
     """`examples`: a few duplicate clusters with their first members' texts (the dedup stage writes them);
     `qa`: the QA stage's accounting (requests, tokens, cost)."""
@@ -94,6 +95,9 @@ def render_report(
             f"{'yes' if stage.get('cached') else 'no'} | {counts} |"
         )
 
+    charts = charts or {}
+    if "stage_timings" in charts:
+        lines += ["", f"![stage timings]({charts['stage_timings']})"]
     if qa:
         cached = bool(manifest.get("stages", {}).get("generate-qa-pairs", {}).get("cached"))
         lines += ["", "## QA generation: requests, tokens, cost", ""] + qa_cost_lines(qa, cached)
@@ -105,6 +109,8 @@ def render_report(
         lines += ["| candidate | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
         for name, s in ok.items():
             lines.append(f"| {name} | " + " | ".join(_metric_cell(s["overall"].get(m)) for m in metrics) + " |")
+    if "metrics" in charts:
+        lines += ["", f"![candidates on every metric]({charts['metrics']})"]
     for name, s in evaluation.items():
         if "error" in s:
             lines.append(f"\n**{name} failed**: {s['error']}")
@@ -133,6 +139,8 @@ def render_report(
         "Judge these for false positives; every cluster is in `duplicate_clusters.jsonl`.",
         "",
     ]
+    if "dedup" in charts:
+        lines += [f"![deduplication]({charts['dedup']})", ""]
     for cluster in examples:
         lines.append(f"- **{cluster['method']}** (similarity {cluster['similarity']}), kept `{cluster['kept']}`:")
         for member, text in cluster["texts"].items():

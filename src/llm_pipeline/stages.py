@@ -20,12 +20,14 @@ from pydantic import BaseModel, Field
 
 import llm_pipeline
 from llm_pipeline.benchmark import BENCHMARK_VERSION, build_benchmark
+from llm_pipeline.charts import pipeline_charts
 from llm_pipeline.comparison import compare_runs
 from llm_pipeline.config import PipelineConfig, Secrets
 from llm_pipeline.dedup import deduplicate
 from llm_pipeline.evaluation import evaluate_candidates
+from llm_pipeline.html_report import render_html
 from llm_pipeline.ingest import load_documents
-from llm_pipeline.io import file_fingerprint, read_jsonl, write_json, write_jsonl, write_parquet
+from llm_pipeline.io import atomic_open, file_fingerprint, read_jsonl, write_json, write_jsonl, write_parquet
 from llm_pipeline.logging import get_logger
 from llm_pipeline.qa import generate_qa
 from llm_pipeline.records import BenchmarkItem, Document, QAPair, utc_now
@@ -277,7 +279,13 @@ def finalize_pipeline(
         comparison = compare_runs(evaluation, run_dir)
         write_json(comparison_path, comparison)
         summary_path, report_path = run_dir / "summary.json", run_dir / "report.md"
-        files = {p.name for p in run_dir.iterdir() if p.is_file()} | {"summary.json", "report.md", "manifest.json"}
+        files = {p.name for p in run_dir.iterdir() if p.is_file()} | {
+            "summary.json",
+            "report.md",
+            "report.html",
+            "manifest.json",
+            *(f"chart_{n}.png" for n in ("metrics", "stage_timings", "dedup")),
+        }
         # This stage reports on itself too: it is complete once the two files below are written.
         own = {
             "status": "completed",
@@ -290,22 +298,27 @@ def finalize_pipeline(
             "files": sorted(files),
             "stages": {**manifest.get("stages", {}), "finalize-pipeline": own},
         }
+        charts = {**comparison["charts"], **pipeline_charts(manifest, evaluation, run_dir)}
         summary = build_summary(manifest, evaluation, qa, comparison)
         write_json(summary_path, summary)
-        report_path.write_text(
-            render_report(manifest, evaluation, examples, tracking, qa, comparison), encoding="utf-8"
-        )
+        markdown = render_report(manifest, evaluation, examples, tracking, qa, comparison, charts)
+        report_path.write_text(markdown, encoding="utf-8")
+        html_path = run_dir / "report.html"
+        with atomic_open(html_path) as handle:
+            handle.write(render_html(markdown, run_dir, f"{manifest['pipeline']}: run {manifest['run_id']}"))
         tracker = active_tracker()
         if tracker is not None:
             for candidate, scores in summary["evaluation"].items():
                 tracker.log({f"eval/{candidate}/{k}": v for k, v in scores.items() if isinstance(v, float)})
-            tracker.summary({"report": str(report_path)})
+            tracker.summary({"report": str(report_path), "report_html": str(html_path)})
+            tracker.log_html("report", html_path)
             tracker.finish()
         result.outputs = {
             "summary": str(summary_path),
             "report": str(report_path),
+            "report_html": str(html_path),
             "comparison": str(comparison_path),
-            **{f"chart_{k}": str(run_dir / v) for k, v in comparison["charts"].items()},
+            **{f"chart_{k}": str(run_dir / v) for k, v in charts.items()},
         }
         result.counts = {
             "stages": len(manifest["stages"]),

@@ -105,6 +105,17 @@ class Tracker:
         except Exception as exc:
             log.warning("wandb_log_failed", error=str(exc))
 
+    def log_html(self, key: str, path: Path) -> None:
+        """A self-contained HTML file (the report), shown in the W&B run's media panel."""
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            self.run.log({key: wandb.Html(path.read_text(encoding="utf-8"))})
+        except Exception as exc:
+            log.warning("wandb_log_failed", error=str(exc))
+
     def summary(self, values: dict[str, Any]) -> None:
         if self.run is None:
             return
