@@ -88,7 +88,14 @@ def test_every_stage_writes_its_outputs(first_run) -> None:
     for stage in STAGES:
         assert f"| {stage} | completed |" in report
     assert "## Model comparison" in report and "bertscore_f1" in report
-    assert list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    (wandb_log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    tables = {p.name.split("_")[0] for p in run_dir.glob("wandb/offline-run-*/files/media/table/*.table.json")}
+    assert tables >= {"qa", "benchmark", "predictions"}  # qa_sample, benchmark, predictions
+    assert list(run_dir.glob("wandb/offline-run-*/files/media/html/report_*.html"))
+    logged = wandb_log.read_bytes()  # the offline run's record log, which `wandb sync` uploads
+    for artifact in ("test-pipeline-qa-pairs", "test-pipeline-benchmark", "test-pipeline-evaluation"):
+        assert artifact.encode() in logged, artifact
+    assert b"stage/generate-qa-pairs/duration_s" in logged and b"eval/lexical-overlap/rougeL" in logged
     # report.html stands alone: every chart the markdown links is embedded, none is fetched from elsewhere.
     html = (run_dir / "report.html").read_text()
     charts = re.findall(r"\]\((chart_\w+\.png)\)", report)

@@ -30,7 +30,7 @@ from llm_pipeline.ingest import load_documents
 from llm_pipeline.io import atomic_open, file_fingerprint, read_jsonl, write_json, write_jsonl, write_parquet
 from llm_pipeline.logging import get_logger
 from llm_pipeline.qa import generate_qa
-from llm_pipeline.records import BenchmarkItem, Document, QAPair, utc_now
+from llm_pipeline.records import BenchmarkItem, Document, Prediction, QAPair, utc_now
 from llm_pipeline.report import build_summary, render_report
 from llm_pipeline.tracking import active_tracker, start_tracker
 
@@ -308,10 +308,7 @@ def finalize_pipeline(
             handle.write(render_html(markdown, run_dir, f"{manifest['pipeline']}: run {manifest['run_id']}"))
         tracker = active_tracker()
         if tracker is not None:
-            for candidate, scores in summary["evaluation"].items():
-                tracker.log({f"eval/{candidate}/{k}": v for k, v in scores.items() if isinstance(v, float)})
-            tracker.summary({"report": str(report_path), "report_html": str(html_path)})
-            tracker.log_html("report", html_path)
+            _track_run(tracker, config, manifest, summary, results, report_path, html_path)
             tracker.finish()
         result.outputs = {
             "summary": str(summary_path),
@@ -326,3 +323,62 @@ def finalize_pipeline(
             "previous_run": comparison["previous_run"] or "none",
         }
     return result
+
+
+TRACKED_ROWS = 2000  # rows per W&B table: enough to browse, small enough to upload
+
+
+def _track_run(
+    tracker: Any,
+    config: PipelineConfig,
+    manifest: dict[str, Any],
+    summary: dict[str, Any],
+    results: dict[str, StageResult],
+    report_path: Path,
+    html_path: Path,
+) -> None:
+    """Everything a W&B run should show the morning after: per-stage metrics, evaluation scores, tables of the
+    benchmark and the per-sample predictions, the datasets as versioned artifacts, and the report."""
+    for stage, entry in manifest.get("stages", {}).items():
+        numbers = {k: v for k, v in entry.get("counts", {}).items() if isinstance(v, int | float)}
+        tracker.log(
+            {
+                f"stage/{stage}/duration_s": entry.get("duration_s") or 0.0,
+                **{f"stage/{stage}/{k}": v for k, v in numbers.items()},
+            }
+        )
+    for candidate, scores in summary["evaluation"].items():
+        tracker.log({f"eval/{candidate}/{k}": v for k, v in scores.items() if isinstance(v, float)})
+    bench = read_jsonl(results["generate-benchmark"].path("benchmark"), BenchmarkItem)[:TRACKED_ROWS]
+    tracker.log_table(
+        "benchmark",
+        ["id", "category", "difficulty", "adversarial", "question", "answer"],
+        [[i.id, i.category, i.difficulty, i.adversarial or "", i.question, i.answer] for i in bench],
+    )
+    predictions = read_jsonl(results["evaluate-models"].path("predictions"), Prediction)[:TRACKED_ROWS]
+    tracker.log_table(
+        "predictions",
+        ["item_id", "candidate", "prediction", "reference", "exact_match", "rougeL"],
+        [
+            [p.item_id, p.candidate, p.prediction, p.reference, p.scores.get("exact_match"), p.scores.get("rougeL")]
+            for p in predictions
+        ],
+    )
+    qa, benchmark, evaluation = (results[s] for s in ("generate-qa-pairs", "generate-benchmark", "evaluate-models"))
+    tracker.log_artifact(
+        f"{config.name}-qa-pairs", "dataset", [qa.path("qa_pairs"), benchmark.path("train_pairs")], qa.counts
+    )
+    tracker.log_artifact(
+        f"{config.name}-benchmark",
+        "dataset",
+        [benchmark.path(k) for k in ("benchmark", "benchmark_parquet", "benchmark_card")],
+        benchmark.counts,
+    )
+    tracker.log_artifact(
+        f"{config.name}-evaluation",
+        "evaluation",
+        [evaluation.path("evaluation"), evaluation.path("predictions")],
+        {k: v for k, v in evaluation.counts.items() if isinstance(v, int | float)},
+    )
+    tracker.summary({"report": str(report_path), "report_html": str(html_path)})
+    tracker.log_html("report", html_path)

@@ -105,6 +105,20 @@ class Tracker:
         except Exception as exc:
             log.warning("wandb_log_failed", error=str(exc))
 
+    def log_artifact(self, name: str, kind: str, files: list[Path], metadata: dict[str, Any]) -> None:
+        """Files as one W&B artifact; logging the same name again makes a new version when the content changed."""
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            artifact = wandb.Artifact(name, type=kind, metadata=metadata)
+            for file in files:
+                artifact.add_file(str(file), name=file.name)
+            self.run.log_artifact(artifact)
+        except Exception as exc:
+            log.warning("wandb_artifact_failed", artifact=name, error=str(exc))
+
     def log_html(self, key: str, path: Path) -> None:
         """A self-contained HTML file (the report), shown in the W&B run's media panel."""
         if self.run is None:
