@@ -182,6 +182,65 @@ def trigger(
 
 
 @app.command()
+def health(
+    window: Annotated[str, typer.Option(help="How far back: 7d, 24h, 90m.")] = "7d",
+    min_success: Annotated[float, typer.Option(help="Lowest healthy success rate.")] = 0.95,
+    max_error: Annotated[float, typer.Option(help="Highest healthy error rate.")] = 0.05,
+    max_duration: Annotated[str, typer.Option(help="Longest healthy run.")] = "2h",
+    max_queue: Annotated[str, typer.Option(help="Longest healthy wait from expected to actual start.")] = "30m",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Success and error rates, run durations and queue times per deployment over a window, against thresholds
+    (the spec's by default) from the Prefect API (PREFECT_API_URL). Exit 1 when one is crossed."""
+    from flows.health import pipeline_health
+    from llm_pipeline.health import Thresholds, parse_window
+
+    try:
+        thresholds = Thresholds(min_success, max_error, parse_window(max_duration), parse_window(max_queue))
+        span = parse_window(window)
+    except ValueError as exc:
+        err.print(f"[bold red]error[/]: {exc}")
+        raise typer.Exit(2) from None
+    report = pipeline_health(span, thresholds)
+    unhealthy = [h for h in report if h.breaches]
+    if as_json:
+        out.print_json(json.dumps({"window": window, "deployments": [h.as_dict() for h in report]}))
+    else:
+        table = Table(title=f"pipeline health, last {window}")
+        for column in (
+            "deployment",
+            "runs",
+            "success",
+            "errors",
+            "duration mean/max s",
+            "queue mean/max s",
+            "breaches",
+        ):
+            table.add_column(column)
+
+        def pct(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0%}"
+
+        def pair(a: float | None, b: float | None) -> str:
+            return "-" if a is None else f"{a:.1f} / {b:.1f}"
+
+        for h in report:
+            table.add_row(
+                h.deployment,
+                str(h.runs),
+                pct(h.success_rate),
+                pct(h.error_rate),
+                pair(h.mean_duration_s, h.max_duration_s),
+                pair(h.mean_queue_s, h.max_queue_s),
+                "; ".join(h.breaches) or "ok",
+            )
+        out.print(table)
+        if not report:
+            out.print(f"no flow runs in the last {window}")
+    raise typer.Exit(1 if unhealthy else 0)
+
+
+@app.command()
 def version() -> None:
     """Print the package version."""
     out.print(llm_pipeline.__version__)

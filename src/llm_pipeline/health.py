@@ -1,0 +1,107 @@
+"""Pipeline health over a time window, per deployment, against the spec's thresholds.
+
+Figures from flow runs (fetched from the Prefect API by flows/health.py; this module only computes):
+  success rate  completed / finished (completed, failed, crashed; cancelled runs are left out)
+  error rate    (failed + crashed) / finished
+  duration      mean and max run time of finished runs
+  queue time    mean and max of start - expected start; a run still waiting counts from its expected start to now
+Thresholds (the spec's): success < 95 %, error > 5 %, duration > 2 h, queue > 30 min. A deployment crossing
+any of them is unhealthy, and `llm-pipeline health` exits 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from statistics import mean
+from typing import Any
+
+FINISHED = {"COMPLETED", "FAILED", "CRASHED"}
+ERRORS = {"FAILED", "CRASHED"}
+WAITING = {"SCHEDULED", "PENDING"}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    min_success_rate: float = 0.95
+    max_error_rate: float = 0.05
+    max_duration: timedelta = timedelta(hours=2)
+    max_queue: timedelta = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    deployment: str
+    state: str  # Prefect state type: COMPLETED, FAILED, CRASHED, RUNNING, SCHEDULED...
+    expected_start: datetime | None
+    start: datetime | None
+    run_time: timedelta
+
+
+@dataclass
+class DeploymentHealth:
+    deployment: str
+    runs: int
+    finished: int
+    success_rate: float | None
+    error_rate: float | None
+    mean_duration_s: float | None
+    max_duration_s: float | None
+    mean_queue_s: float | None
+    max_queue_s: float | None
+    breaches: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def parse_window(text: str) -> timedelta:
+    """`7d`, `24h`, `90m`, `30s`."""
+    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].replace(".", "", 1).isdigit():
+        raise ValueError(f"a window is a number and a unit (d, h, m, s), e.g. 7d; got {text!r}")
+    return timedelta(**{units[text[-1]]: float(text[:-1])})
+
+
+def deployment_health(runs: list[RunRecord], now: datetime, thresholds: Thresholds) -> list[DeploymentHealth]:
+    by_deployment: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        by_deployment.setdefault(run.deployment, []).append(run)
+    report = []
+    for name, group in sorted(by_deployment.items()):
+        finished = [r for r in group if r.state in FINISHED]
+        errors = sum(r.state in ERRORS for r in finished)
+        durations = [r.run_time.total_seconds() for r in finished]
+        queues = []
+        for r in group:
+            if r.expected_start is None:
+                continue
+            if r.start is not None:
+                queues.append(max(0.0, (r.start - r.expected_start).total_seconds()))
+            elif r.state in WAITING or r.state == "LATE":
+                queues.append(max(0.0, (now - r.expected_start).total_seconds()))
+        health = DeploymentHealth(
+            deployment=name,
+            runs=len(group),
+            finished=len(finished),
+            success_rate=round((len(finished) - errors) / len(finished), 4) if finished else None,
+            error_rate=round(errors / len(finished), 4) if finished else None,
+            mean_duration_s=round(mean(durations), 3) if durations else None,
+            max_duration_s=round(max(durations), 3) if durations else None,
+            mean_queue_s=round(mean(queues), 3) if queues else None,
+            max_queue_s=round(max(queues), 3) if queues else None,
+        )
+        if health.success_rate is not None and health.success_rate < thresholds.min_success_rate:
+            health.breaches.append(f"success rate {health.success_rate:.0%} < {thresholds.min_success_rate:.0%}")
+        if health.error_rate is not None and health.error_rate > thresholds.max_error_rate:
+            health.breaches.append(f"error rate {health.error_rate:.0%} > {thresholds.max_error_rate:.0%}")
+        if health.max_duration_s is not None and health.max_duration_s > thresholds.max_duration.total_seconds():
+            health.breaches.append(
+                f"duration {health.max_duration_s:.0f} s > {thresholds.max_duration.total_seconds():.0f} s"
+            )
+        if health.max_queue_s is not None and health.max_queue_s > thresholds.max_queue.total_seconds():
+            health.breaches.append(
+                f"queue time {health.max_queue_s:.0f} s > {thresholds.max_queue.total_seconds():.0f} s"
+            )
+        report.append(health)
+    return report

@@ -1,0 +1,77 @@
+"""`llm-pipeline health` on a real Prefect server with seeded flow runs: the figures, the thresholds, the exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from llm_pipeline.health import RunRecord, Thresholds, deployment_health, parse_window
+
+pytestmark = pytest.mark.slow
+
+
+async def _seed() -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Failed, Running, Scheduled
+
+    async with get_client() as client:
+        flow_id = await client.create_flow_from_name("health-seed")
+        nightly = await client.create_deployment(flow_id=flow_id, name="nightly")
+        steady = await client.create_deployment(flow_id=flow_id, name="steady")
+        now = datetime.now(UTC)
+        plan = [
+            (nightly, now - timedelta(minutes=20), Completed),  # started 20 minutes late
+            (nightly, now, Completed),
+            (nightly, now, Completed),
+            (nightly, now, Completed),
+            (nightly, now, Failed),
+            (steady, now, Completed),
+            (steady, now, Completed),
+        ]
+        for deployment_id, scheduled, final in plan:
+            run = await client.create_flow_run_from_deployment(deployment_id, state=Scheduled(scheduled_time=scheduled))
+            await client.set_flow_run_state(run.id, Running(), force=True)
+            time.sleep(0.3)
+            await client.set_flow_run_state(run.id, final(), force=True)
+
+
+def test_health_per_deployment_against_thresholds(prefect_server, tmp_path: Path) -> None:
+    asyncio.run(_seed())
+    env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url}
+    command = [sys.executable, "-m", "llm_pipeline.cli", "health", "--window", "1h", "--max-queue", "10m", "--json"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr  # a threshold is crossed
+    report = {d["deployment"]: d for d in json.loads(done.stdout)["deployments"]}
+    nightly, steady = report["health-seed/nightly"], report["health-seed/steady"]
+    assert nightly["runs"] == 5 and nightly["success_rate"] == 0.8 and nightly["error_rate"] == 0.2
+    assert 1150 < nightly["max_queue_s"] < 1300  # the run that started 20 minutes after its time
+    assert 0.25 < nightly["max_duration_s"] < 30
+    assert len(nightly["breaches"]) == 3  # success, errors, queue
+    assert steady["success_rate"] == 1.0 and steady["breaches"] == []
+
+    wide = {**env, "COLUMNS": "200"}  # not a terminal: rich would fold the table to 80 columns
+    table = subprocess.run(command[:-1], env=wide, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert table.returncode == 1 and "health-seed/nightly" in table.stdout and "success rate 80%" in table.stdout
+
+
+def test_health_figures_and_defaults() -> None:
+    now = datetime.now(UTC)
+    runs = [
+        RunRecord("d", "COMPLETED", now - timedelta(hours=3), now - timedelta(hours=3), timedelta(hours=2, minutes=1)),
+        RunRecord("d", "SCHEDULED", now - timedelta(minutes=45), None, timedelta(0)),  # waiting, and late
+        RunRecord("d", "CANCELLED", now, now, timedelta(seconds=5)),  # not counted in the rates
+    ]
+    (health,) = deployment_health(runs, now, Thresholds())
+    assert health.success_rate == 1.0 and health.finished == 1
+    assert health.breaches == ["duration 7260 s > 7200 s", "queue time 2700 s > 1800 s"]
+    assert parse_window("7d") == timedelta(days=7) and parse_window("90m") == timedelta(minutes=90)
+    with pytest.raises(ValueError, match="e.g. 7d"):
+        parse_window("week")
