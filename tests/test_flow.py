@@ -120,8 +120,13 @@ def test_the_report_is_a_prefect_artifact(first_run) -> None:
 
 def test_library_events_reach_the_prefect_run_logs(first_run) -> None:
     flow_run_id = first_run["result"]["flow_run_id"]
-    logs = poll("logs", flow_run_id, lambda found: sum("stage_finished" in log.message for log in found) >= 6)
-    finished = [json.loads(log.message) for log in logs if '"stage_finished"' in log.message]
+
+    def finished_stages(found: list[Any]) -> list[dict[str, Any]]:
+        return [json.loads(log.message) for log in found if '"stage_finished"' in log.message]
+
+    # Logs reach the server in batches: wait until every stage's event is there (or the poll times out).
+    logs = poll("logs", flow_run_id, lambda found: {e["stage"] for e in finished_stages(found)} >= set(STAGES))
+    finished = finished_stages(logs)
     assert {event["stage"] for event in finished} >= set(STAGES)
     assert all(event["run_id"] == first_run["result"]["run_id"] for event in finished)
 
