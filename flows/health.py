@@ -37,7 +37,8 @@ async def fetch_runs(window: timedelta, now: datetime) -> list[RunRecord]:
     return [
         RunRecord(
             deployment=names.get(r.deployment_id, NO_DEPLOYMENT) if r.deployment_id else NO_DEPLOYMENT,
-            state=(r.state_name or "").upper() if (r.state_name or "").upper() == "LATE" else str(r.state_type.value),
+            # Late is a Scheduled state by name: it counts as waiting, and is shown as such.
+            state="LATE" if r.state_name == "Late" else str(r.state_type.value),
             expected_start=r.expected_start_time,
             start=r.start_time,
             run_time=r.total_run_time,

@@ -5,19 +5,17 @@ without sinking the others; the batched generator backs off on out-of-memory."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 
 from llm_pipeline.config import CandidateConfig, EvaluationConfig
 from llm_pipeline.evaluation import evaluate_candidates
 from llm_pipeline.evaluation.candidates import answer_messages
-from llm_pipeline.evaluation.generation import BatchedGenerator, GenerationSettings
+from llm_pipeline.generation import BatchedGenerator, GenerationSettings
 from llm_pipeline.models import load_causal_lm, render_prompt
 from llm_pipeline.records import BenchmarkItem
 from tests.fakes.openai_server import FakeOpenAI
-from tests.tiny_models import memorize, save, tiny_llama, train_tokenizer
+from tests.tiny_models import memorize, out_of_memory_above, save, tiny_llama, train_tokenizer
 
 ITEMS = [
     BenchmarkItem(
@@ -84,15 +82,7 @@ def test_models_and_endpoint_compared_and_a_failed_candidate_reported(models: di
 
 def test_generator_halves_the_batch_on_out_of_memory(models: dict[str, Path]) -> None:
     model, tokenizer, device = load_causal_lm(str(models["trained"]), "cpu")
-    seen: list[int] = []
-
-    def hook(_: Any, args: Any, kwargs: Any) -> None:
-        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
-        seen.append(ids.shape[0])
-        if ids.shape[0] > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
-
-    model.register_forward_pre_hook(hook, with_kwargs=True)
+    seen = out_of_memory_above(model, 2)
     generator = BatchedGenerator(model, tokenizer, device, GenerationSettings(max_new_tokens=4, max_batch_size=8))
     prompts = [render_prompt(tokenizer, answer_messages(i.question, i.context)) for i in ITEMS * 3]
     outputs = generator.generate(prompts)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from llm_pipeline.config import QAConfig, QARetryConfig
 from llm_pipeline.errors import ModelLoadError, ResourceExhaustedError
@@ -23,7 +22,7 @@ from llm_pipeline.qa import build_jobs, generate_qa
 from llm_pipeline.qa.local_backend import LocalBackend
 from llm_pipeline.qa.prompts import load_prompts
 from llm_pipeline.records import Document
-from tests.tiny_models import memorize, save, tiny_llama, train_tokenizer
+from tests.tiny_models import memorize, out_of_memory_above, save, tiny_llama, train_tokenizer
 
 DOCUMENT = Document(
     id="ev-1",
@@ -102,24 +101,10 @@ def _jobs(config: QAConfig, count: int) -> list[Any]:
     return build_jobs(docs, config, load_prompts(), "local", str(config.model_name), "ev_charging")
 
 
-def _oom_above(backend: LocalBackend, largest: int) -> list[int]:
-    """Make the real model raise CUDA's out-of-memory error for batches larger than `largest`."""
-    seen: list[int] = []
-
-    def hook(_: Any, args: Any, kwargs: Any) -> None:
-        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
-        seen.append(ids.shape[0])
-        if ids.shape[0] > largest:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    backend.lm.register_forward_pre_hook(hook, with_kwargs=True)
-    return seen
-
-
 def test_out_of_memory_halves_the_batch_and_retries_once(tiny_models: dict[str, Path]) -> None:
     config = local_config(tiny_models["trained"], batch_size=4, max_tokens=16)
     backend = LocalBackend(config)
-    seen = _oom_above(backend, 2)
+    seen = out_of_memory_above(backend.lm, 2)
     done = _complete(backend, _jobs(config, 4))
     assert len(done) == 4 and all(not isinstance(c, BaseException) for _, c in done)
     assert backend.batch_size == 2 and seen[0] == 4 and max(seen[1:]) == 2
@@ -129,7 +114,7 @@ def test_out_of_memory_halves_the_batch_and_retries_once(tiny_models: dict[str, 
 def test_out_of_memory_twice_fails_the_stage(tiny_models: dict[str, Path]) -> None:
     config = local_config(tiny_models["trained"], batch_size=4, max_tokens=16)
     backend = LocalBackend(config)
-    seen = _oom_above(backend, 1)
+    seen = out_of_memory_above(backend.lm, 1)
     with pytest.raises(ResourceExhaustedError, match="out of memory"):
         _complete(backend, _jobs(config, 4))
     assert seen == [4, 2]  # one retry, at half the batch, then up to the stage

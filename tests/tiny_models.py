@@ -71,3 +71,18 @@ def save(model: Any, tokenizer: Any, folder: Path) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def out_of_memory_above(model: Any, largest: int) -> list[int]:
+    """Make the real model raise CUDA's out-of-memory error on forward passes over more than `largest` rows;
+    returns the list the batch size of every forward pass is appended to."""
+    seen: list[int] = []
+
+    def hook(_: Any, args: Any, kwargs: Any) -> None:
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+        seen.append(ids.shape[0])
+        if ids.shape[0] > largest:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen

@@ -33,6 +33,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from llm_pipeline.config import BenchmarkConfig
+from llm_pipeline.dedup.minhash import words_of
 from llm_pipeline.qa.extractive import split_sentences
 from llm_pipeline.records import BENCHMARK_VERSION, BenchmarkItem, Difficulty, Document, QAPair
 
@@ -108,7 +109,7 @@ def classify_documents(documents: list[Document], config: BenchmarkConfig) -> di
 def _ngrams(text: str, n: int) -> set[str]:
     """Word n-grams; a text shorter than n words has none: a short answer ("10 minutes", "$0.45 per kWh")
     recurring across questions is a common value, not evidence that the item leaked."""
-    words = _WORD.findall(text.lower())
+    words = words_of(text)
     return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-HEADLINE = ("exact_match", "rougeL", "bleu", "bertscore_f1", "numeric_accuracy", "price_accuracy", "refusal_accuracy")
+from llm_pipeline.evaluation import HEADLINE_METRICS, scored_candidates
 
 
 def _pyplot() -> Any:
@@ -26,14 +26,10 @@ def _save(figure: Any, folder: Path, name: str) -> str:
     return name
 
 
-def _ok(evaluation: dict[str, Any]) -> dict[str, Any]:
-    return {name: s for name, s in evaluation.items() if "error" not in s}
-
-
 def metric_charts(evaluation: dict[str, Any], folder: Path, metric: str) -> dict[str, str]:
     """Per-category bars and difficulty curves of `metric`, one series per candidate."""
     plt = _pyplot()
-    ok = _ok(evaluation)
+    ok = scored_candidates(evaluation)
     if not ok:
         return {}
     files: dict[str, str] = {}
@@ -63,8 +59,8 @@ def pipeline_charts(manifest: dict[str, Any], evaluation: dict[str, Any], folder
     """The candidates on every headline metric, stage timings, and the dedup breakdown."""
     plt = _pyplot()
     files: dict[str, str] = {}
-    ok = _ok(evaluation)
-    metrics = [m for m in HEADLINE if any(m in s["overall"] for s in ok.values())]
+    ok = scored_candidates(evaluation)
+    metrics = [m for m in HEADLINE_METRICS if any(m in s["overall"] for s in ok.values())]
     if ok and metrics:
         width = 0.8 / len(ok)
         figure, axes = plt.subplots(figsize=(max(6, 1.2 * len(metrics) + 2), 4))

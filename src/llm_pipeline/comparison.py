@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from llm_pipeline.charts import metric_charts
+from llm_pipeline.evaluation import scored_candidates
 from llm_pipeline.logging import get_logger
 
 log = get_logger("comparison")
 
 HEADLINE = "rougeL"
-
-
-def _ok(evaluation: dict[str, Any]) -> dict[str, Any]:
-    return {name: s for name, s in evaluation.items() if "error" not in s}
 
 
 def previous_evaluation(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
@@ -43,8 +40,8 @@ def changes(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[st
     if not previous:
         return {}
     out: dict[str, dict[str, Any]] = {}
-    before_ok = _ok(previous)
-    for name, summary in _ok(current).items():
+    before_ok = scored_candidates(previous)
+    for name, summary in scored_candidates(current).items():
         if name not in before_ok:
             continue
         rows = {}
@@ -65,7 +62,7 @@ def changes(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[st
 
 def best_per_category(evaluation: dict[str, Any], metric: str = HEADLINE) -> dict[str, dict[str, Any]]:
     best: dict[str, dict[str, Any]] = {}
-    for name, summary in _ok(evaluation).items():
+    for name, summary in scored_candidates(evaluation).items():
         for category, scores in summary["by"]["category"].items():
             if metric not in scores:
                 continue

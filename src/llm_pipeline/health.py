@@ -18,7 +18,7 @@ from typing import Any
 
 FINISHED = {"COMPLETED", "FAILED", "CRASHED"}
 ERRORS = {"FAILED", "CRASHED"}
-WAITING = {"SCHEDULED", "PENDING"}
+WAITING = {"SCHEDULED", "PENDING", "LATE"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def deployment_health(runs: list[RunRecord], now: datetime, thresholds: Threshol
                 continue
             if r.start is not None:
                 queues.append(max(0.0, (r.start - r.expected_start).total_seconds()))
-            elif r.state in WAITING or r.state == "LATE":
+            elif r.state in WAITING:
                 queues.append(max(0.0, (now - r.expected_start).total_seconds()))
         health = DeploymentHealth(
             deployment=name,

@@ -1,6 +1,6 @@
 """Causal language models from a hub name or a local folder, loaded one way for every stage that generates.
 
-QA generation (qa/local_backend.py) and evaluation (evaluation/generation.py) both load through
+QA generation (qa/local_backend.py) and evaluation (evaluation/candidates.py) both load through
 `load_causal_lm`: device and dtype resolved (CUDA and bf16 where available), left padding for batched
 generation, a pad token where the tokenizer has none, and a ModelLoadError the retry policy knows.
 """

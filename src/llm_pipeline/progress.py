@@ -1,13 +1,10 @@
-"""Progress bars for long stages: rich on an interactive terminal, silent elsewhere (CI, workers, tests)."""
+"""Progress for long stages: a rich bar on an interactive terminal, a log line per tenth elsewhere (workers, CI)."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
 def enabled() -> bool:
@@ -17,16 +14,7 @@ def enabled() -> bool:
     return setting in ("1", "true", "on") or sys.stderr.isatty()
 
 
-def progress(items: Iterable[T], total: int | None = None, description: str = "working") -> Iterator[T]:
-    if not enabled():
-        yield from items
-        return
-    from rich.progress import track
-
-    yield from track(items, total=total, description=description, transient=True)
-
-
-class Counter:
+class ProgressCounter:
     """A bar advanced by hand (for work that completes out of order, such as concurrent requests); off a
     terminal it logs a line at each tenth instead, so a worker's log still shows how far a long stage is."""
 
@@ -36,7 +24,7 @@ class Counter:
         self._task: Any = None
         self._next_log = 0.1
 
-    def __enter__(self) -> Counter:
+    def __enter__(self) -> ProgressCounter:
         if enabled() and self.total:
             from rich.progress import Progress
 

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm_pipeline.evaluation import BREAKDOWNS
-
-HEADLINE_METRICS = (
-    "exact_match",
-    "rougeL",
-    "bleu",
-    "bertscore_f1",
-    "numeric_accuracy",
-    "price_accuracy",
-    "refusal_accuracy",
-)
+from llm_pipeline.evaluation import BREAKDOWNS, HEADLINE_METRICS, scored_candidates
 
 
 def _fmt(value: Any) -> str:
@@ -102,7 +92,7 @@ def render_report(
         cached = bool(manifest.get("stages", {}).get("generate-qa-pairs", {}).get("cached"))
         lines += ["", "## QA generation: requests, tokens, cost", ""] + qa_cost_lines(qa, cached)
 
-    ok = {c: s for c, s in evaluation.items() if "error" not in s}
+    ok = scored_candidates(evaluation)
     lines += ["", "## Model comparison", "", "Means with 95 % bootstrap confidence intervals.", ""]
     metrics = [m for m in HEADLINE_METRICS if any(m in s["overall"] for s in ok.values())]
     if ok:

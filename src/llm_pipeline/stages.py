@@ -279,26 +279,18 @@ def finalize_pipeline(
         comparison = compare_runs(evaluation, run_dir)
         write_json(comparison_path, comparison)
         summary_path, report_path = run_dir / "summary.json", run_dir / "report.md"
-        files = {p.name for p in run_dir.iterdir() if p.is_file()} | {
-            "summary.json",
-            "report.md",
-            "report.html",
-            "manifest.json",
-            *(f"chart_{n}.png" for n in ("metrics", "stage_timings", "dedup")),
-        }
-        # This stage reports on itself too: it is complete once the two files below are written.
+        # This stage reports on itself too: it is complete once the files below are written.
         own = {
             "status": "completed",
             "duration_s": round(time.perf_counter() - started, 3),
             "cached": False,
             "counts": {"report": "report.md", "summary": "summary.json"},
         }
-        manifest = {
-            **manifest,
-            "files": sorted(files),
-            "stages": {**manifest.get("stages", {}), "finalize-pipeline": own},
-        }
-        charts = {**comparison["charts"], **pipeline_charts(manifest, evaluation, run_dir)}
+        stages = {**manifest.get("stages", {}), "finalize-pipeline": own}
+        charts = {**comparison["charts"], **pipeline_charts({**manifest, "stages": stages}, evaluation, run_dir)}
+        files = {p.name for p in run_dir.iterdir() if p.is_file()}  # the charts are written by now
+        files |= {"summary.json", "report.md", "report.html", "manifest.json"}
+        manifest = {**manifest, "files": sorted(files), "stages": stages}
         summary = build_summary(manifest, evaluation, qa, comparison)
         write_json(summary_path, summary)
         markdown = render_report(manifest, evaluation, examples, tracking, qa, comparison, charts)

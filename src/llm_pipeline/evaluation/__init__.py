@@ -22,6 +22,21 @@ from llm_pipeline.records import BenchmarkItem, Prediction
 log = get_logger("evaluation")
 
 BREAKDOWNS = ("category", "difficulty", "adversarial")
+# The metrics the report and its charts lead with, in this order (those a run computed).
+HEADLINE_METRICS = (
+    "exact_match",
+    "rougeL",
+    "bleu",
+    "bertscore_f1",
+    "numeric_accuracy",
+    "price_accuracy",
+    "refusal_accuracy",
+)
+
+
+def scored_candidates(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The candidates of an evaluation summary that were scored (a failed one holds only its error)."""
+    return {name: summary for name, summary in evaluation.items() if "error" not in summary}
 
 
 @dataclass
@@ -30,7 +45,7 @@ class EvaluationResult:
     summary: dict[str, Any] = field(default_factory=dict)  # candidate -> aggregates, or error
 
     def counts(self) -> dict[str, float]:
-        ok = [c for c, s in self.summary.items() if "error" not in s]
+        ok = list(scored_candidates(self.summary))
         counts: dict[str, float] = {
             "candidates": len(self.summary),
             "candidates_failed": len(self.summary) - len(ok),

@@ -104,7 +104,7 @@ class HFCandidate:
     """A transformers causal LM by hub name or local path, through the shared loader and the batched generator."""
 
     def __init__(self, config: CandidateConfig):
-        from llm_pipeline.evaluation.generation import BatchedGenerator, GenerationSettings
+        from llm_pipeline.generation import BatchedGenerator, GenerationSettings
         from llm_pipeline.models import load_causal_lm
 
         assert config.model  # the config validator insists

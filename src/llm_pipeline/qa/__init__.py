@@ -27,9 +27,9 @@ from llm_pipeline.config import QAConfig
 from llm_pipeline.errors import DataValidationError, TransientError
 from llm_pipeline.io import text_hash
 from llm_pipeline.logging import get_logger
-from llm_pipeline.progress import Counter
+from llm_pipeline.progress import ProgressCounter
 from llm_pipeline.qa import extractive
-from llm_pipeline.qa.backends import ChatBackend, Job
+from llm_pipeline.qa.backends import ChatBackend, Completion, Job
 from llm_pipeline.qa.checkpoint import Entry, Journal, Usage, request_key
 from llm_pipeline.qa.chunking import chunk_text
 from llm_pipeline.qa.filters import filter_pairs
@@ -164,7 +164,7 @@ def _extractive(documents: list[Document], config: QAConfig) -> QAResult:
     result = QAResult(backend="extractive", prompt_version=extractive.PROMPT_VERSION)
     candidates: list[QAPair] = []
     sources: dict[str, str] = {}
-    with Counter(len(documents), "generating QA pairs") as bar:
+    with ProgressCounter(len(documents), "generating QA pairs") as bar:
         for document in documents:
             started = time.perf_counter()
             # Spare candidates: a question the filters drop (the same question in many documents of a templated
@@ -256,6 +256,74 @@ def build_jobs(
     return jobs
 
 
+@dataclass
+class _Requests:
+    """Where each request's outcome goes: the journal (pairs, or quarantined with its reason), another round
+    (a reply to re-ask), or the failed list (still failing after the policy's tries: sent again next run)."""
+
+    journal: Journal
+    backend: str
+    model: str
+    prompts: PromptSet
+    max_format_retries: int
+    failed: list[tuple[Job, BaseException]] = field(default_factory=list)
+
+    def settle(self, job: Job, outcome: Completion | BaseException, round_: int) -> bool:
+        """Record one outcome; True when the job goes to the next round with the problem sent back."""
+        if isinstance(outcome, TransientError):
+            self.failed.append((job, outcome))  # not journaled: the next run sends it again
+            return False
+        if isinstance(outcome, DataValidationError):
+            self._quarantine(job, f"rejected: {outcome}")
+            return False
+        if isinstance(outcome, BaseException):
+            raise outcome  # config, model load, out of memory, or a bug: the stage fails
+        job.usage += outcome.usage
+        job.latency_s += outcome.latency_s
+        job.attempts += outcome.attempts
+        job.raw = outcome.text
+        try:
+            if outcome.finish_reason == "length":
+                raise OutputFormatError(CUT_OFF)
+            pairs = parse_pairs(outcome.text, job.n)
+        except OutputFormatError as problem:
+            if round_ < self.max_format_retries:
+                log.warning("qa_reply_invalid", problem=str(problem), retry=round_ + 1, **job.label)
+                job.messages = [
+                    *job.messages,
+                    {"role": "assistant", "content": outcome.text},
+                    {"role": "user", "content": self.prompts.repair_message(str(problem), job.n)},
+                ]
+                return True
+            self._quarantine(job, f"invalid output: {problem}")
+            return False
+        self.journal.append(self._entry(job, "ok", pairs=pairs))
+        return False
+
+    def _quarantine(self, job: Job, reason: str) -> None:
+        log.warning("qa_request_quarantined", reason=reason[:300], **job.label)
+        self.journal.append(self._entry(job, "quarantined", reason=reason))
+
+    def _entry(self, job: Job, status: str, *, pairs: Any = (), reason: str | None = None) -> Entry:
+        return Entry(
+            key=job.key,
+            document_id=job.document.id,
+            chunk=job.chunk.index,
+            chunks=job.chunk.count,
+            status=status,  # type: ignore[arg-type]
+            pairs=[{"question": p.question.strip(), "answer": p.answer.strip()} for p in pairs],
+            reason=reason,
+            raw=job.raw if status == "quarantined" else None,
+            usage=job.usage,
+            latency_s=round(job.latency_s, 4),
+            attempts=job.attempts,
+            backend=self.backend,
+            model=self.model,
+            prompt_version=self.prompts.version,
+            timestamp=utc_now(),
+        )
+
+
 async def _generate_with_model(
     documents: list[Document], config: QAConfig, backend_name: str, api_key: str | None, journal: Journal, domain: str
 ) -> QAResult:
@@ -263,59 +331,29 @@ async def _generate_with_model(
     model = config.model_name or ("gpt-4o-mini" if backend_name == "openai" else "")
     jobs = build_jobs(documents, config, prompts, backend_name, model, domain)
     todo = [job for job in jobs if job.key not in journal]
-    result = QAResult(backend=backend_name, model=model, prompt_version=prompts.version)
-    sent = Usage()
-    failed: list[tuple[Job, BaseException]] = []
+    requests = _Requests(journal, backend_name, model, prompts, config.max_format_retries)
     log.info("qa_requests_planned", total=len(jobs), reused=len(jobs) - len(todo), to_send=len(todo))
     if todo:
         backend = _open_chat_backend(backend_name, config, api_key)
         try:
-            with Counter(len(todo), "generating QA pairs") as bar:
+            with ProgressCounter(len(todo), "generating QA pairs") as bar:
                 pending = todo
                 for round_ in range(config.max_format_retries + 1):
-                    again: list[Job] = []
+                    again = []
                     async for job, outcome in backend.complete_many(pending):
-                        if isinstance(outcome, BaseException):
-                            if isinstance(outcome, TransientError):
-                                failed.append((job, outcome))  # not journaled: the next run sends it again
-                                bar.advance()
-                            elif isinstance(outcome, DataValidationError):
-                                _quarantine(journal, job, f"rejected: {outcome}", backend_name, model, prompts)
-                                bar.advance()
-                            else:
-                                raise outcome  # config, model load, out of memory, or a bug: the stage fails
-                            continue
-                        job.usage += outcome.usage
-                        sent += outcome.usage
-                        job.latency_s += outcome.latency_s
-                        job.attempts += outcome.attempts
-                        job.raw = outcome.text
-                        try:
-                            if outcome.finish_reason == "length":
-                                raise OutputFormatError(CUT_OFF)
-                            pairs = parse_pairs(outcome.text, job.n)
-                        except OutputFormatError as problem:
-                            if round_ < config.max_format_retries:
-                                log.warning("qa_reply_invalid", problem=str(problem), retry=round_ + 1, **job.label)
-                                job.messages = [
-                                    *job.messages,
-                                    {"role": "assistant", "content": outcome.text},
-                                    {"role": "user", "content": prompts.repair_message(str(problem), job.n)},
-                                ]
-                                again.append(job)
-                            else:
-                                _quarantine(journal, job, f"invalid output: {problem}", backend_name, model, prompts)
-                                bar.advance()
-                            continue
-                        journal.append(_entry(job, "ok", backend_name, model, prompts, pairs=pairs))
-                        bar.advance()
+                        if requests.settle(job, outcome, round_):
+                            again.append(job)
+                        else:
+                            bar.advance()
                     pending = again
                     if not pending:
                         break
         finally:
             await backend.aclose()
-    result.usage_sent = sent
+    result = QAResult(backend=backend_name, model=model, prompt_version=prompts.version)
+    result.usage_sent = sum((job.usage for job in todo), Usage())
     _assemble(result, documents, jobs, journal, config)
+    failed = requests.failed
     result.requests = {
         "total": len(jobs),
         "sent": len(todo),
@@ -323,7 +361,7 @@ async def _generate_with_model(
         "quarantined": sum(1 for j in jobs if (e := journal.get(j.key)) and e.status == "quarantined"),
         "failed": len(failed),
     }
-    result.cost_usd, result.cost_sent_usd = cost(result.usage, model, config), cost(sent, model, config)
+    result.cost_usd, result.cost_sent_usd = cost(result.usage, model, config), cost(result.usage_sent, model, config)
     if failed:
         job, error = failed[0]
         raise TransientError(
@@ -332,33 +370,6 @@ async def _generate_with_model(
             f"{len(jobs) - len(failed)} are journaled in {journal.path} and will not be sent again"
         )
     return result
-
-
-def _entry(
-    job: Job, status: str, backend: str, model: str, prompts: PromptSet, *, pairs: Any = (), reason: str | None = None
-) -> Entry:
-    return Entry(
-        key=job.key,
-        document_id=job.document.id,
-        chunk=job.chunk.index,
-        chunks=job.chunk.count,
-        status=status,  # type: ignore[arg-type]
-        pairs=[{"question": p.question.strip(), "answer": p.answer.strip()} for p in pairs],
-        reason=reason,
-        raw=job.raw if status == "quarantined" else None,
-        usage=job.usage,
-        latency_s=round(job.latency_s, 4),
-        attempts=job.attempts,
-        backend=backend,
-        model=model,
-        prompt_version=prompts.version,
-        timestamp=utc_now(),
-    )
-
-
-def _quarantine(journal: Journal, job: Job, reason: str, backend: str, model: str, prompts: PromptSet) -> None:
-    log.warning("qa_request_quarantined", reason=reason[:300], **job.label)
-    journal.append(_entry(job, "quarantined", backend, model, prompts, reason=reason))
 
 
 def _assemble(result: QAResult, documents: list[Document], jobs: list[Job], journal: Journal, config: QAConfig) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from llm_pipeline.config import QAConfig
 from llm_pipeline.dedup.clusters import clusters_from_pairs
 from llm_pipeline.dedup.minhash import candidate_pairs, lsh_params, signatures, verified_pairs
-from llm_pipeline.qa.grounding import grounding_score
+from llm_pipeline.qa.grounding import NUMBER, grounding_score
 from llm_pipeline.records import Document, QAPair
 
 _UNANSWERABLE = re.compile(
@@ -26,7 +26,6 @@ _UNANSWERABLE = re.compile(
     r"|cannot be determined|i (do not|don't) know|insufficient information)\b",
     re.IGNORECASE,
 )
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 QUESTION_SHINGLE = 1  # questions are short: compare their word sets
 
 
@@ -79,7 +78,7 @@ def near_duplicate_questions(pairs: list[QAPair], threshold: float, num_perm: in
     bands, rows = lsh_params(threshold, num_perm)
     similar = verified_pairs(questions, sigs, candidate_pairs(sigs, bands, rows), threshold, "exact", QUESTION_SHINGLE)
     # "...at 50 kW?" and "...at 150 kW?" share nearly every word but ask different things.
-    numbers = [set(_NUMBER.findall(q.text)) for q in questions]
+    numbers = [set(NUMBER.findall(q.text)) for q in questions]
     similar = [(i, j, s) for i, j, s in similar if numbers[i] == numbers[j]]
     repeats: dict[str, str] = {}
     for cluster in clusters_from_pairs(questions, similar, "question", keep="first"):

@@ -6,7 +6,7 @@ import re
 import unicodedata
 
 _WORD = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*")  # 0.45, 1,200: also used by the question filter
 _STOPWORDS = frozenset(
     "a an the of to in on at for by with and or but is are was were be been it its this that these those as "
     "from than then so such can may will would should could do does did has have had not no".split()
@@ -27,7 +27,7 @@ def grounding_score(answer: str, source: str) -> float:
     answer_n, source_n = " ".join(_normal(answer).split()), " ".join(_normal(source).split())
     if answer_n.strip(" .") and answer_n.strip(" .") in source_n:
         return 1.0
-    if set(_NUMBER.findall(answer_n)) - set(_NUMBER.findall(source_n)):
+    if set(NUMBER.findall(answer_n)) - set(NUMBER.findall(source_n)):
         return 0.0
     words = content_words(answer)
     if not words:

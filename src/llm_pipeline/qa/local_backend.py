@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from llm_pipeline.config import QAConfig
 from llm_pipeline.errors import ResourceExhaustedError
+from llm_pipeline.generation import BatchedGenerator, GenerationSettings
 from llm_pipeline.logging import get_logger
 from llm_pipeline.models import load_causal_lm, render_prompt
 from llm_pipeline.qa.backends import Completion, Job
@@ -36,11 +36,22 @@ class LocalBackend:
         self.lm, self.tokenizer, self.device = policy.call(
             lambda: load_causal_lm(self.model_name, config.device, config.dtype)
         )
-        self.batch_size = config.batch_size
+        self.generator = BatchedGenerator(
+            self.lm,
+            self.tokenizer,
+            self.device,
+            GenerationSettings(
+                max_new_tokens=config.max_tokens,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                temperature=config.temperature,
+                max_oom_backoffs=0,
+            ),
+        )
         log.info("local_model_loaded", model=self.model_name, device=self.device, batch_size=self.batch_size)
 
     async def aclose(self) -> None:
-        del self.lm
+        del self.generator, self.lm  # the generator holds the model too
         try:
             import torch
 
@@ -49,50 +60,35 @@ class LocalBackend:
         except ImportError:  # pragma: no cover
             pass
 
+    @property
+    def batch_size(self) -> int:
+        return int(self.generator.batch_size)
+
     def _generate(self, prompts: list[str]) -> list[Completion]:
+        """One pass of the evaluation stage's batched generator; out of memory halves its batch and goes up to
+        the policy (one retry after a long delay) instead of backing off again on the spot."""
         import torch
 
-        out: list[Completion] = []
-        for start in range(0, len(prompts), self.batch_size):
-            batch = prompts[start : start + self.batch_size]
-            started = time.perf_counter()
-            encoded = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            settings: dict[str, Any] = {
-                "max_new_tokens": self.config.max_tokens,
-                "pad_token_id": self.tokenizer.pad_token_id,
-            }
-            if self.config.temperature > 0:
-                settings.update(do_sample=True, temperature=self.config.temperature)
-                if self.config.seed is not None:
-                    torch.manual_seed(self.config.seed)
-            else:
-                settings["do_sample"] = False
-            try:
-                with torch.inference_mode():
-                    generated = self.lm.generate(**encoded, **settings)
-            except torch.OutOfMemoryError as exc:
-                self.batch_size = max(1, self.batch_size // 2)
-                if self.device.startswith("cuda"):
-                    torch.cuda.empty_cache()
-                raise ResourceExhaustedError(f"out of memory at batch {len(batch)}; now {self.batch_size}") from exc
-            latency = (time.perf_counter() - started) / len(batch)
-            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-            eos = self.tokenizer.eos_token_id
-            for row, mask in zip(new_tokens, encoded["attention_mask"], strict=True):
-                ids = row.tolist()
-                ended = eos is not None and eos in ids
-                if ended:
-                    ids = ids[: ids.index(eos)]
-                ids = [t for t in ids if t != self.tokenizer.pad_token_id]
-                out.append(
-                    Completion(
-                        text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                        finish_reason="stop" if ended or len(row) < self.config.max_tokens else "length",
-                        usage=Usage(prompt_tokens=int(mask.sum()), completion_tokens=len(ids)),
-                        latency_s=latency,
-                    )
-                )
-        return out
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        started = time.perf_counter()
+        try:
+            rows = self.generator.generate_ids(encoded)
+        except torch.OutOfMemoryError as exc:
+            self.generator.batch_size = max(1, self.generator.batch_size // 2)
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            raise ResourceExhaustedError(f"out of memory; batch now {self.generator.batch_size}") from exc
+        latency = (time.perf_counter() - started) / max(1, len(prompts))
+        return [
+            Completion(
+                text=self.tokenizer.decode(row, skip_special_tokens=True),
+                # EOS is cut from the row, so a row of the full length ran into the limit
+                finish_reason="length" if len(row) >= self.config.max_tokens else "stop",
+                usage=Usage(prompt_tokens=len(ids), completion_tokens=len(row)),
+                latency_s=latency,
+            )
+            for ids, row in zip(encoded, rows, strict=True)
+        ]
 
     async def complete_many(self, jobs: list[Job]) -> AsyncIterator[tuple[Job, Completion | BaseException]]:
         prompts = {id(job): render_prompt(self.tokenizer, job.messages) for job in jobs}

@@ -1,10 +1,12 @@
-"""Batched greedy generation for evaluating causal LMs: the path the evaluate-models stage and its GPU benchmark use.
+"""Batched generation with causal LMs, shared by QA generation's local backend, the evaluation stage's `hf`
+candidates and the GPU benchmark (benchmarks/eval_gpu.py).
 
 - Prompts are tokenized once and sorted by length, longest first, so padding is small and an out-of-memory
   error shows up on the first batch rather than the last.
 - Left padding (the model continues from the right edge), greedy decoding by default, seed fixed.
-- Batch size `auto`: start at `max_batch_size` and halve on CUDA out-of-memory until a batch fits; the size
-  that fitted is kept for the rest of the run (and reported).
+- Batch size `auto`: start at `max_batch_size` and halve on CUDA out-of-memory until a batch fits (or, with
+  `max_oom_backoffs`, re-raise after that many, for a caller with its own policy); the size that fitted is kept
+  for the rest of the run (and reported).
 - `compile: true` (CUDA): a static KV cache plus torch.compile of the decode step, so each step replays a CUDA
   graph instead of launching hundreds of kernels; batches are padded to a few fixed shapes so each shape is
   compiled once. This is what issue 6's benchmark measures (benchmarks/eval_gpu.py).
@@ -13,7 +15,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from llm_pipeline.logging import get_logger
@@ -26,12 +28,14 @@ class GenerationSettings:
     max_new_tokens: int = 64
     batch_size: int | None = None  # None = auto
     max_batch_size: int = 64
-    seed: int = 13
+    seed: int | None = 13
     compile: bool = False
+    temperature: float = 0.0  # 0 = greedy; above, sampling (QA generation may want some variety)
+    max_oom_backoffs: int | None = None  # None: halve until a batch fits; 0: raise at once (the caller decides)
 
     def recorded(self) -> dict[str, Any]:
         return {
-            "decoding": "greedy",
+            "decoding": "greedy" if self.temperature == 0 else f"sampling, temperature {self.temperature}",
             "max_new_tokens": self.max_new_tokens,
             "batch_size": self.batch_size or "auto",
             "seed": self.seed,
@@ -46,7 +50,6 @@ class GenerationStats:
     new_tokens: int = 0
     seconds: float = 0.0
     oom_backoffs: int = 0
-    shapes: set[tuple[int, int]] = field(default_factory=set)
 
     @property
     def tokens_per_s(self) -> float:
@@ -79,7 +82,8 @@ class BatchedGenerator:
         """New token ids per prompt (EOS and padding removed), in the prompts' order."""
         import torch
 
-        torch.manual_seed(self.settings.seed)
+        if self.settings.seed is not None:
+            torch.manual_seed(self.settings.seed)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
         outputs: list[list[int]] = [[] for _ in encoded]
         position = 0
@@ -88,7 +92,8 @@ class BatchedGenerator:
             try:
                 rows, new_tokens, seconds = self._batch([encoded[i] for i in chunk])
             except torch.OutOfMemoryError:
-                if self.batch_size == 1:
+                limit = self.settings.max_oom_backoffs
+                if self.batch_size == 1 or (limit is not None and self.stats.oom_backoffs >= limit):
                     raise
                 self.batch_size = max(1, self.batch_size // 2)
                 self.stats.oom_backoffs += 1
@@ -105,6 +110,11 @@ class BatchedGenerator:
             position += len(chunk)
         return outputs
 
+    def _decoding(self) -> dict[str, Any]:
+        if self.settings.temperature > 0:
+            return {"do_sample": True, "temperature": self.settings.temperature}
+        return {"do_sample": False}
+
     def _batch(self, ids: list[list[int]]) -> tuple[list[list[int]], int, float]:
         import torch
 
@@ -118,15 +128,14 @@ class BatchedGenerator:
         for row, sequence in enumerate(ids):  # left padding
             input_ids[row, width - len(sequence) :] = torch.tensor(sequence)
             mask[row, width - len(sequence) :] = 1
-        self.stats.shapes.add((len(ids), width))
         started = time.perf_counter()
         with torch.inference_mode():
             generated = self.model.generate(
                 input_ids=input_ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 max_new_tokens=self.settings.max_new_tokens,
-                do_sample=False,
                 pad_token_id=pad,
+                **self._decoding(),
             )
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
