@@ -15,6 +15,11 @@ a warm-up at its own batch shape (the first call at a new shape costs seconds, c
     .venv/bin/python benchmarks/eval_gpu.py --tiny          # on CPU: a tiny shape, to check the script runs
 
 Prints one JSON line per way and a summary with (c) / (b); `--output` writes them to a file.
+
+`--oom-check GIB` instead caps this process's CUDA memory at GIB (torch.cuda.set_per_process_memory_fraction),
+starts the project's generator at `--project-batch` with batch size auto, and reports the real out-of-memory
+errors it caught and the batch size it settled on (the halving path, on a real CUDA OOM rather than an injected
+one), and whether every prompt got its full answer.
 """
 
 from __future__ import annotations
@@ -114,7 +119,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="(b)'s batch size; default 512 (tiny: 16)")
     parser.add_argument("--project-batch", type=int, default=None, help="(c)'s batch size; default 1000 (tiny: 32)")
     parser.add_argument("--naive-sample", type=int, default=None, help="questions for (a); default 32 (tiny: 8)")
+    parser.add_argument("--bucket", type=int, default=32, help="(c): prompt widths padded to a multiple of this")
     parser.add_argument("--no-compile", action="store_true", help="(c) without static cache + torch.compile")
+    parser.add_argument("--oom-check", type=float, default=None, metavar="GIB", help="cap CUDA memory; see above")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     tiny = args.tiny or not torch.cuda.is_available()
@@ -142,6 +149,9 @@ def main() -> None:
         "transformers": __import__("transformers").__version__,
     }
     print(json.dumps(info), flush=True)
+    if args.oom_check is not None:
+        oom_check(model, work, args, new_tokens, project_batch, info)
+        return
     rows = []
 
     # (a) naive: one generate per question
@@ -169,7 +179,9 @@ def main() -> None:
     )
 
     # (c) the project's path
-    settings = GenerationSettings(max_new_tokens=new_tokens, batch_size=project_batch, compile=not args.no_compile)
+    settings = GenerationSettings(
+        max_new_tokens=new_tokens, batch_size=project_batch, compile=not args.no_compile, length_bucket=args.bucket
+    )
     generator = BatchedGenerator(model, IdsOnly(), device, settings)
     generator.generate_ids(work[:project_batch])  # warm-up (compiles on CUDA)
     generator.stats.new_tokens = 0
@@ -178,7 +190,9 @@ def main() -> None:
         outputs = generator.generate_ids(work)
         return sum(len(o) for o in outputs)
 
-    rows.append(timed("c_project_path", project, batch=generator.batch_size, compiled=generator.compiled))
+    rows.append(
+        timed("c_project_path", project, batch=generator.batch_size, compiled=generator.compiled, bucket=args.bucket)
+    )
     summary = {
         "c_over_b": round(rows[2]["tokens_per_s"] / rows[1]["tokens_per_s"], 2),
         "b_over_a": round(rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"], 1),
@@ -187,6 +201,33 @@ def main() -> None:
     print(json.dumps(summary), flush=True)
     if args.output:
         args.output.write_text(json.dumps({"info": info, "rows": rows, **summary}, indent=2) + "\n")
+
+
+def oom_check(model: Any, work: list[list[int]], args: Any, new_tokens: int, start: int, info: dict) -> None:
+    if not torch.cuda.is_available():
+        sys.exit("--oom-check needs CUDA (CPU tensors are not capped)")
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, args.oom_check * 2**30 / total))
+    settings = GenerationSettings(max_new_tokens=new_tokens, batch_size=None, max_batch_size=start)
+    generator = BatchedGenerator(model, IdsOnly(), "cuda", settings)
+    started = time.perf_counter()
+    outputs = generator.generate_ids(work)
+    seconds = time.perf_counter() - started
+    row = {
+        "way": "d_oom_check",
+        "memory_cap_gib": args.oom_check,
+        "start_batch": start,
+        "oom_backoffs": generator.stats.oom_backoffs,
+        "settled_batch": generator.batch_size,
+        "answers_full_length": sum(len(o) == new_tokens for o in outputs),
+        "questions": len(work),
+        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(generator.stats.tokens_per_s, 1),
+    }
+    print(json.dumps(row), flush=True)
+    if args.output:
+        args.output.write_text(json.dumps({"info": info, "oom_check": row}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

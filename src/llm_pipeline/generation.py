@@ -30,6 +30,7 @@ class GenerationSettings:
     max_batch_size: int = 64
     seed: int | None = 13
     compile: bool = False
+    length_bucket: int = 32  # compiled: prompt widths padded up to a multiple of this (few shapes, few compiles)
     temperature: float = 0.0  # 0 = greedy; above, sampling (QA generation may want some variety)
     max_oom_backoffs: int | None = None  # None: halve until a batch fits; 0: raise at once (the caller decides)
 
@@ -71,8 +72,9 @@ class BatchedGenerator:
             model.generation_config.compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead")
 
     def _bucket(self, length: int) -> int:
-        """Prompt lengths padded up to a multiple of 64 when compiled: few shapes, few compilations."""
-        return -(-length // 64) * 64 if self.compiled else length
+        """Prompt lengths padded up to a multiple of `length_bucket` when compiled: few shapes, few compilations."""
+        step = self.settings.length_bucket
+        return -(-length // step) * step if self.compiled else length
 
     def generate(self, prompts: list[str]) -> list[str]:
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
