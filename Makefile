@@ -111,7 +111,7 @@ up: check-env  ## build and start the stack, and wait until every service is hea
 down:  ## stop the stack; the database and shared volumes stay
 	$(DC) down
 
-deploy: check-env  ## create or update pools, queues, limits and deployments (idempotent)
+deploy: check-env  ## create or update pools, queues, limits, deployments and alerts (idempotent)
 	$(DC) run --rm deployer
 
 logs:  ## follow the logs of SERVICE (default: all), e.g. make logs SERVICE=cpu-worker

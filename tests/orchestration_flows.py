@@ -17,3 +17,9 @@ def sleeper(seconds: float = 3.0, label: str = "") -> str:
 def always_fails(config_path: str, run_dir: str, benchmark_stage: dict, overrides: dict | None = None) -> None:
     """Takes the evaluation flow's parameters, and fails: the pipeline that handed off to it must fail too."""
     raise RuntimeError("this evaluation deployment fails on purpose")
+
+
+@flow(name="fails-on-purpose")
+def fails_on_purpose() -> None:
+    """A deployment that always fails: what the alert tests page someone about."""
+    raise RuntimeError("this deployment fails on purpose")

@@ -22,7 +22,7 @@ LOGGER_NAME = "llm_pipeline"
 
 # Credentials are masked in every event: under a key that names one, by OpenAI's key shape, and by the exact
 # values of the environment's secret variables (whatever key they arrive under).
-SECRET_NAME = re.compile(r"(api[_-]?key|token(?!s|iz)|password|secret|auth_string)", re.IGNORECASE)
+SECRET_NAME = re.compile(r"(api[_-]?key|token(?!s|iz)|password|secret|auth_string|webhook_url)", re.IGNORECASE)
 _OPENAI_KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_\-]{8,}")
 
 

@@ -1,0 +1,358 @@
+"""Alerts as code: Prefect automations that page someone, and the blocks they send through. `make deploy`
+applies them after the deployments; applying again changes nothing (automations and blocks are found by name
+and updated in place; ours that the spec no longer lists are deleted).
+
+    python -m flows.alerts             # against PREFECT_API_URL, targets from the environment (.env)
+
+| automation                                  | trigger                                                      |
+| llm-pipeline: flow run failed or crashed    | reactive: Failed, Crashed; one message per deployment per cooldown |
+| llm-pipeline: flow run running too long     | proactive: Running and no end state within ALERT_MAX_RUNNING (2 h) |
+| llm-pipeline: flow run waiting too long     | proactive: Late or Pending, not Running in ALERT_MAX_QUEUE (30 min) |
+| llm-pipeline: health threshold crossed      | reactive: the health-check flow's `llm-pipeline.health.breached` event |
+
+Targets, each optional (ALERT_* in .env): a Slack incoming webhook, a generic JSON webhook, email over SMTP.
+Each automation sends to every configured target; with none configured they are installed with no action (the
+UI's Automations and Events pages still show them firing) and a warning says so.
+
+The cooldown is Prefect's own trigger window: a reactive trigger with threshold 1 and `within` = cooldown fires
+on the first event, then ignores the same key's events until the window ends, so a storm of failures of one
+deployment sends one message. The queue rule starts counting when the server marks a run Late (about 15 s after
+its scheduled time, PREFECT_API_SERVICES_LATE_RUNS_AFTER_SECONDS) or when a worker takes it (Pending).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llm_pipeline.health import parse_window
+
+PREFIX = "llm-pipeline: "
+SLACK_BLOCK = "llm-pipeline-alerts-slack"
+WEBHOOK_BLOCK = "llm-pipeline-alerts-webhook"
+EMAIL_BLOCK = "llm-pipeline-alerts-email"
+HEALTH_EVENT = "llm-pipeline.health.breached"
+
+END_STATES = ["Completed", "Failed", "Crashed", "Cancelled", "Cancelling", "Paused", "Suspended", "AwaitingRetry"]
+
+
+class AlertSettings(BaseSettings):
+    """Alert targets and windows from the environment (ALERT_*); a bad value fails naming the variable."""
+
+    model_config = SettingsConfigDict(env_prefix="ALERT_", extra="ignore", env_ignore_empty=True)
+
+    slack_webhook_url: SecretStr | None = None
+    webhook_url: SecretStr | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    email_from: str | None = None
+    email_to: str | None = Field(default=None, description="comma-separated recipients")
+    cooldown: timedelta = timedelta(minutes=15)
+    max_running: timedelta = timedelta(hours=2)
+    max_queue: timedelta = timedelta(minutes=30)
+
+    @field_validator("cooldown", "max_running", "max_queue", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> Any:
+        if isinstance(value, str):  # 30m, 2h, 7d; bare digits are seconds
+            return timedelta(seconds=float(value)) if value.strip().isdigit() else parse_window(value.strip())
+        return value
+
+    @field_validator(
+        "slack_webhook_url", "webhook_url", "smtp_host", "smtp_user", "email_from", "email_to", mode="before"
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _email_is_complete(self) -> AlertSettings:
+        if self.smtp_host and not (self.email_from and self.recipients()):
+            missing = "ALERT_EMAIL_FROM" if not self.email_from else "ALERT_EMAIL_TO"
+            raise ValueError(f"{missing} is required when ALERT_SMTP_HOST is set")
+        for name in ("max_running", "max_queue"):
+            if getattr(self, name) < timedelta(seconds=10):
+                raise ValueError(f"ALERT_{name.upper()} must be at least 10s (Prefect's proactive minimum)")
+        return self
+
+    def recipients(self) -> list[str]:
+        return [a.strip() for a in (self.email_to or "").split(",") if a.strip()]
+
+    def targets(self) -> list[str]:
+        return [
+            name
+            for name, on in (
+                ("slack", self.slack_webhook_url),
+                ("webhook", self.webhook_url),
+                ("email", self.smtp_host),
+            )
+            if on
+        ]
+
+
+# --- message templates (Jinja, rendered by the server with the run, its deployment and flow) ------------------
+_DEPLOYMENT = "{{ (flow.name ~ '/' ~ deployment.name) if deployment else '(no deployment)' }}"
+_RUN_FACTS = {
+    "failed": "{{ flow_run.state.name }} after {{ flow_run.estimated_run_time }}: {{ flow_run.state.message }}",
+    "running": "still {{ flow_run.state.name }} after {{ flow_run.estimated_run_time }}",
+    "waiting": "{{ flow_run.state.name }}: {{ flow_run.estimated_start_time_delta }} past its scheduled start",
+}
+_RUN_TITLES = {
+    "failed": "flow run {{ flow_run.state.name }}",
+    "running": "flow run running too long",
+    "waiting": "flow run waiting too long",
+}
+
+
+def _run_json(kind: str) -> str:
+    fields = {
+        "alert": f'"{kind}"',
+        "deployment": "{{ (" + _DEPLOYMENT[3:-3] + ")|tojson }}",
+        "flow_run": "{{ flow_run.name|tojson }}",
+        "flow_run_id": '"{{ flow_run.id }}"',
+        "state": "{{ flow_run.state.name|tojson }}",
+        "message": "{{ flow_run.state.message|tojson }}",
+        "duration_s": "{{ flow_run.estimated_run_time.total_seconds()|round(1) }}",
+        "queue_s": "{{ flow_run.estimated_start_time_delta.total_seconds()|round(1) }}",
+        "expected_start": '"{{ flow_run.expected_start_time }}"',
+        "url": "{{ (flow_run|ui_url)|tojson }}",
+    }
+    return "{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}"
+
+
+def _run_text(kind: str) -> tuple[str, str]:
+    subject = f"[llm-pipeline] {_RUN_TITLES[kind]}: {_DEPLOYMENT}"
+    body = (
+        f"{_RUN_TITLES[kind]}\n"
+        f"deployment: {_DEPLOYMENT}\n"
+        "flow run: {{ flow_run.name }} ({{ flow_run.id }})\n"
+        f"state: {_RUN_FACTS[kind]}\n"
+        "duration: {{ flow_run.estimated_run_time }}\n"
+        "scheduled for: {{ flow_run.expected_start_time }}\n"
+        "link: {{ flow_run|ui_url }}\n"
+    )
+    return subject, body
+
+
+def _slack(subject: str, body: str) -> str:
+    return "{% set text %}*" + subject + "*\n" + body + "{% endset %}" + '{"text": {{ text|tojson }}}'
+
+
+_HEALTH_SUBJECT = "[llm-pipeline] health threshold crossed: {{ event.payload.deployment }}"
+_HEALTH_BODY = (
+    "health threshold crossed\n"
+    "deployment: {{ event.payload.deployment }}\n"
+    "window: {{ event.payload.window }}\n"
+    "breaches: {{ event.payload.breaches|join('; ') }}\n"
+    "figures: {{ event.payload.figures }}\n"
+)
+_HEALTH_JSON = (
+    '{"alert": "health", "deployment": {{ event.payload.deployment|tojson }}, '
+    '"window": {{ event.payload.window|tojson }}, "breaches": {{ event.payload.breaches|tojson }}, '
+    '"figures": {{ event.payload.figures|tojson }}}'
+)
+
+
+def _messages(kind: str) -> dict[str, tuple[str, str]]:
+    """Per target: (subject, body) for email; ('', payload) for the webhooks."""
+    if kind == "health":
+        subject, body = _HEALTH_SUBJECT, _HEALTH_BODY
+        webhook = _HEALTH_JSON
+    else:
+        subject, body = _run_text(kind)
+        webhook = _run_json(kind)
+    return {"slack": ("", _slack(subject, body)), "webhook": ("", webhook), "email": (subject, body)}
+
+
+def automation_specs(settings: AlertSettings) -> list[dict[str, Any]]:
+    """The automations as plain dicts (name, trigger, message kind); `apply` turns them into Prefect objects."""
+    flow_run = {"prefect.resource.id": "prefect.flow-run.*"}
+    return [
+        {
+            "name": PREFIX + "flow run failed or crashed",
+            "kind": "failed",
+            "trigger": {
+                "posture": "Reactive",
+                "match": flow_run,
+                "expect": ["prefect.flow-run.Failed", "prefect.flow-run.Crashed"],
+                "for_each": ["related:deployment:prefect.resource.id"],
+                "threshold": 1,
+                "within": settings.cooldown,
+            },
+        },
+        {
+            "name": PREFIX + "flow run running too long",
+            "kind": "running",
+            "trigger": {
+                "posture": "Proactive",
+                "match": flow_run,
+                "after": ["prefect.flow-run.Running", "prefect.flow-run.Retrying"],
+                "expect": [f"prefect.flow-run.{s}" for s in END_STATES],
+                "for_each": ["prefect.resource.id"],
+                "threshold": 1,
+                "within": settings.max_running,
+            },
+        },
+        {
+            "name": PREFIX + "flow run waiting too long",
+            "kind": "waiting",
+            "trigger": {
+                "posture": "Proactive",
+                "match": flow_run,
+                "after": ["prefect.flow-run.Late", "prefect.flow-run.Pending"],
+                "expect": [f"prefect.flow-run.{s}" for s in ["Running", *END_STATES]],
+                "for_each": ["prefect.resource.id"],
+                "threshold": 1,
+                "within": settings.max_queue,
+            },
+        },
+        {
+            "name": PREFIX + "health threshold crossed",
+            "kind": "health",
+            "trigger": {
+                "posture": "Reactive",
+                "match": {"prefect.resource.id": "llm-pipeline.health.*"},
+                "expect": [HEALTH_EVENT],
+                "for_each": ["prefect.resource.id"],
+                "threshold": 1,
+                "within": settings.cooldown,
+            },
+        },
+    ]
+
+
+async def _apply_blocks(settings: AlertSettings) -> dict[str, Any]:
+    """Save (or overwrite) one block per configured target; delete ours whose target was removed."""
+    from prefect.blocks.webhook import Webhook
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.notifications import SMTPEmail
+
+    wanted: dict[str, Any] = {}
+    if settings.slack_webhook_url:
+        wanted[SLACK_BLOCK] = Webhook(
+            method="POST", url=settings.slack_webhook_url, headers={"Content-Type": "application/json"}
+        )
+    if settings.webhook_url:
+        wanted[WEBHOOK_BLOCK] = Webhook(
+            method="POST", url=settings.webhook_url, headers={"Content-Type": "application/json"}
+        )
+    if settings.smtp_host:
+        wanted[EMAIL_BLOCK] = SMTPEmail(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            security=settings.smtp_security,
+            username=settings.smtp_user,
+            password=settings.smtp_password,
+            from_address=settings.email_from or "",
+            to=settings.recipients(),
+            notify_type="failure",
+        )
+    ids: dict[str, Any] = {}
+    for name, block in wanted.items():
+        ids[name] = await block.save(name, overwrite=True)
+    async with get_client() as client:
+        for name, slug in (
+            (SLACK_BLOCK, "webhook"),
+            (WEBHOOK_BLOCK, "webhook"),
+            (EMAIL_BLOCK, SMTPEmail._block_type_slug),
+        ):
+            if name in wanted:
+                continue
+            try:
+                document = await client.read_block_document_by_name(name, block_type_slug=slug)
+            except ObjectNotFound:
+                continue
+            await client.delete_block_document(document.id)
+    return ids
+
+
+def _actions(kind: str, blocks: dict[str, Any]) -> list[Any]:
+    from prefect.events.actions import CallWebhook, DoNothing, SendNotification
+
+    messages = _messages(kind)
+    actions: list[Any] = []
+    if SLACK_BLOCK in blocks:
+        actions.append(CallWebhook(block_document_id=blocks[SLACK_BLOCK], payload=messages["slack"][1]))
+    if WEBHOOK_BLOCK in blocks:
+        actions.append(CallWebhook(block_document_id=blocks[WEBHOOK_BLOCK], payload=messages["webhook"][1]))
+    if EMAIL_BLOCK in blocks:
+        subject, body = messages["email"]
+        actions.append(SendNotification(block_document_id=blocks[EMAIL_BLOCK], subject=subject, body=body))
+    return actions or [DoNothing()]
+
+
+async def apply_alerts(settings: AlertSettings | None = None) -> dict[str, str]:
+    """Create or update every automation; returns {name: "created" | "updated" | "unchanged" | "deleted"}."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger
+
+    settings = settings or AlertSettings()
+    blocks = await _apply_blocks(settings)
+    outcome: dict[str, str] = {}
+    specs = automation_specs(settings)
+    async with get_client() as client:
+        existing = {a.name: a for a in await client.read_automations() if a.name.startswith(PREFIX)}
+        for spec in specs:
+            trigger = EventTrigger(**spec["trigger"])
+            automation = AutomationCore(
+                name=spec["name"],
+                description=f"llm-pipeline alert ({spec['kind']}); applied by `make deploy` (flows/alerts.py)",
+                enabled=True,
+                trigger=trigger,
+                actions=_actions(spec["kind"], blocks),
+            )
+            current = existing.pop(spec["name"], None)
+            if current is None:
+                await client.create_automation(automation)
+                outcome[spec["name"]] = "created"
+            elif _same(current, automation):
+                outcome[spec["name"]] = "unchanged"
+            else:
+                await client.update_automation(current.id, automation)
+                outcome[spec["name"]] = "updated"
+        for name, stale in existing.items():
+            await client.delete_automation(stale.id)
+            outcome[name] = "deleted"
+    return outcome
+
+
+def _same(current: Any, wanted: Any) -> bool:
+    keep = {"name", "description", "enabled", "trigger", "actions", "actions_on_trigger", "actions_on_resolve"}
+
+    def shape(automation: Any) -> str:
+        data = automation.model_dump(mode="json", include=keep)
+        data["trigger"].pop("id", None)
+        for name in ("after", "expect", "for_each"):  # sets: their order is not stable
+            data["trigger"][name] = sorted(data["trigger"].get(name) or [])
+        return json.dumps(data, sort_keys=True)
+
+    return shape(current) == shape(wanted)
+
+
+def main() -> None:
+    settings = AlertSettings()
+    targets = settings.targets()
+    outcome = asyncio.run(apply_alerts(settings))
+    for name, what in outcome.items():
+        print(f"alert {what:9} {name}")
+    if targets:
+        print(f"alert targets: {', '.join(targets)} (cooldown {settings.cooldown}, from ALERT_* in .env)")
+    else:
+        print(
+            "warning: no alert target configured (set ALERT_SLACK_WEBHOOK_URL, ALERT_WEBHOOK_URL or ALERT_SMTP_* "
+            "in .env, then `make deploy`); the automations are installed and show in the UI, but send nothing"
+        )
+
+
+if __name__ == "__main__":
+    main()

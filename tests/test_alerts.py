@@ -1,0 +1,213 @@
+"""Alerts as code against a real Prefect server: `flows.alerts` installs the automations (twice: nothing
+changes the second time), a real failing deployment run by a real worker pages a real webhook server and a
+real SMTP server within a minute, a storm of failures sends one message, and the proactive rules (running too
+long, waiting too long) fire with short windows, and stay quiet for a run that ends in time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.alerts import PREFIX, AlertSettings, apply_alerts
+from tests.conftest import ROOT, PrefectServer, Worker, free_port
+from tests.fakes.receivers import MailReceiver, WebhookReceiver
+
+pytestmark = pytest.mark.slow
+
+UI = "http://prefect.example.test:4200"
+POOL = "alert-test-pool"
+IDLE_POOL = "alert-idle-pool"  # no worker polls it: its runs wait, or are driven by hand
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    extra = {
+        "PREFECT_UI_URL": UI,
+        "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "1",
+        "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "1",
+    }
+    server = PrefectServer(tmp_path_factory.mktemp("alerts-home"), extra_env=extra)
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def receivers() -> Iterator[tuple[WebhookReceiver, MailReceiver]]:
+    hooks, mail = WebhookReceiver(), MailReceiver(free_port())
+    yield hooks, mail
+    hooks.stop()
+    mail.stop()
+
+
+def settings_for(hooks: WebhookReceiver, mail: MailReceiver, **windows: str) -> AlertSettings:
+    return AlertSettings(
+        slack_webhook_url=f"{hooks.url}/slack",
+        webhook_url=f"{hooks.url}/hook",
+        smtp_host="127.0.0.1",
+        smtp_port=mail.port,
+        smtp_security="none",
+        email_from="pipeline@example.test",
+        email_to="oncall@example.test, lead@example.test",
+        **{"cooldown": "2m", "max_running": "12s", "max_queue": "12s", **windows},
+    )
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def hooks_about(hooks: WebhookReceiver, path: str, alert: str, flow_run_id: Any) -> list[Any]:
+    """Generic-webhook bodies (JSON) or Slack texts about one flow run and alert kind."""
+    if path == "/hook":
+        return [
+            r for r in hooks.at(path) if r.body.get("alert") == alert and r.body.get("flow_run_id") == str(flow_run_id)
+        ]
+    return [r for r in hooks.at(path) if str(flow_run_id) in r.body.get("text", "")]
+
+
+def _client() -> Any:
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def _pools_and_deployments() -> dict[str, Any]:
+    from prefect import flow
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from workers.pools import process_job_template
+
+    with _client() as c:
+        for pool in (POOL, IDLE_POOL):
+            c.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=process_job_template()))
+    entry = "tests/orchestration_flows.py:"
+    return {
+        "failing": flow.from_source(source=str(ROOT), entrypoint=entry + "fails_on_purpose").deploy(
+            name="nightly", work_pool_name=POOL, print_next_steps=False
+        ),
+        "stuck": flow.from_source(source=str(ROOT), entrypoint=entry + "sleeper").deploy(
+            name="stuck", work_pool_name=IDLE_POOL, print_next_steps=False
+        ),
+        "waiting": flow.from_source(source=str(ROOT), entrypoint=entry + "sleeper").deploy(
+            name="waiting", work_pool_name=IDLE_POOL, print_next_steps=False
+        ),
+    }
+
+
+def test_alerts_install_idempotently_and_page_on_real_failures(server, receivers, tmp_path: Path) -> None:
+    from prefect.deployments import run_deployment
+    from prefect.states import Completed, Crashed, Running, Scheduled
+
+    hooks, mail = receivers
+    settings = settings_for(hooks, mail)
+    first = asyncio.run(apply_alerts(settings))
+    assert sorted(first.values()) == ["created"] * 4
+    assert set(asyncio.run(apply_alerts(settings)).values()) == {"unchanged"}  # idempotent
+    with _client() as c:
+        ours = [a for a in c.read_automations() if a.name.startswith(PREFIX)]
+        assert len(ours) == 4 and all(len(a.actions) == 3 for a in ours)  # slack, webhook, email each
+    # A changed setting updates in place: same automations, new window.
+    changed = asyncio.run(apply_alerts(settings_for(hooks, mail, cooldown="3m")))
+    assert changed[PREFIX + "flow run failed or crashed"] == "updated"
+    assert asyncio.run(apply_alerts(settings))[PREFIX + "flow run failed or crashed"] == "updated"
+
+    deployments = _pools_and_deployments()
+
+    # Proactive rules first (they need their windows to pass): a run Running with no end, a run that is late,
+    # and a run that finishes within the window (it must not page).
+    with _client() as c:
+        stuck = c.create_flow_run_from_deployment(deployments["stuck"])
+        c.set_flow_run_state(stuck.id, Running(), force=True)
+        quick = c.create_flow_run_from_deployment(deployments["stuck"])
+        c.set_flow_run_state(quick.id, Running(), force=True)
+        late = c.create_flow_run_from_deployment(
+            deployments["waiting"], state=Scheduled(scheduled_time=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    time.sleep(2)
+    with _client() as c:
+        c.set_flow_run_state(quick.id, Completed(), force=True)
+
+    # A real failure: the worker runs the failing deployment; the message must arrive within a minute.
+    with Worker(server.api_url, POOL, tmp_path):
+        failed = run_deployment("fails-on-purpose/nightly", timeout=0)
+        wait_until(lambda: hooks_about(hooks, "/hook", "failed", failed.id), 90, "the failure's webhook")
+        with _client() as c:
+            final = c.read_flow_run(failed.id)
+        assert final.state.is_failed()
+        arrived = hooks_about(hooks, "/hook", "failed", failed.id)[0]
+        assert arrived.at - final.state.timestamp.timestamp() < 60
+        body = arrived.body
+        assert body["deployment"] == "fails-on-purpose/nightly" and body["state"] == "Failed"
+        assert body["flow_run"] == final.name and "fails on purpose" in body["message"]
+        assert body["duration_s"] >= 0 and body["url"] == f"{UI}/runs/flow-run/{failed.id}"
+        [slack] = wait_until(lambda: hooks_about(hooks, "/slack", "failed", failed.id), 30, "the Slack message")
+        assert (
+            "fails-on-purpose/nightly" in slack.body["text"] and f"{UI}/runs/flow-run/{failed.id}" in slack.body["text"]
+        )
+
+        def mails_about_failure() -> list[Any]:  # Apprise sends one message per recipient
+            found = [m for m in mail.received if str(failed.id) in m.body["text"]]
+            return found if len(found) >= 2 else []
+
+        mails = wait_until(mails_about_failure, 30, "the emails")
+        assert all("Failed" in m.body["subject"] and "fails-on-purpose/nightly" in m.body["subject"] for m in mails)
+        assert sorted(a for m in mails for a in m.body["to"]) == ["lead@example.test", "oncall@example.test"]
+
+        # A storm: four more failures of the same deployment inside the cooldown send nothing more.
+        storm = [run_deployment("fails-on-purpose/nightly", timeout=0) for _ in range(4)]
+
+        def all_failed() -> bool:
+            with _client() as c:
+                return all(c.read_flow_run(r.id).state.is_failed() for r in storm)
+
+        wait_until(all_failed, 120, "the storm's runs to fail")
+    time.sleep(5)  # the events of the last failure reach the trigger service within a second or two
+    failures = [r for r in hooks.at("/hook") if r.body.get("alert") == "failed"]
+    assert [r.body["flow_run_id"] for r in failures] == [str(failed.id)]
+
+    # A crash of another deployment is its own key: it pages despite the cooldown above.
+    with _client() as c:
+        c.set_flow_run_state(stuck.id, Crashed(message="worker lost"), force=True)
+    crash = wait_until(lambda: hooks_about(hooks, "/hook", "failed", stuck.id), 30, "the crash's webhook")
+    assert crash[0].body["state"] == "Crashed" and crash[0].body["deployment"] == "sleeper/stuck"
+
+    # The proactive rules fired for the stuck and late runs, not for the one that completed in time.
+    running = wait_until(lambda: hooks_about(hooks, "/hook", "running", stuck.id), 60, "running too long")
+    assert running[0].body["state"] == "Running" and running[0].body["duration_s"] >= 12
+    waiting = wait_until(lambda: hooks_about(hooks, "/hook", "waiting", late.id), 60, "waiting too long")
+    assert waiting[0].body["state"] == "Late" and waiting[0].body["queue_s"] >= 12
+    assert not hooks_about(hooks, "/hook", "running", quick.id)
+    assert any(str(late.id) in m.body["text"] and "waiting too long" in m.body["subject"] for m in mail.received)
+
+
+def test_alert_settings_fail_naming_the_variable(monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("ALERT_SMTP_HOST", "smtp.example.test")
+    with pytest.raises(ValidationError, match="ALERT_EMAIL_FROM"):
+        AlertSettings()
+    monkeypatch.setenv("ALERT_EMAIL_FROM", "a@example.test")
+    monkeypatch.setenv("ALERT_EMAIL_TO", "b@example.test")
+    monkeypatch.setenv("ALERT_MAX_RUNNING", "5s")
+    with pytest.raises(ValidationError, match="ALERT_MAX_RUNNING"):
+        AlertSettings()
+    monkeypatch.setenv("ALERT_MAX_RUNNING", "3h")
+    monkeypatch.setenv("ALERT_COOLDOWN", "600")
+    settings = AlertSettings()
+    assert settings.max_running == timedelta(hours=3) and settings.cooldown == timedelta(minutes=10)
+    assert settings.targets() == ["email"]
