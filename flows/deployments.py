@@ -13,6 +13,7 @@ overlaps the previous one: the next waits in the queue instead.
 | ev-charging-pipeline                   | llm-pipeline   | CPU       | high   | 0 3 * * * (daily 03:00)   |
 | general-pipeline                       | llm-pipeline   | CPU       | normal | 0 2 * * 0 (Sunday 02:00)  |
 | evaluate-models                        | evaluate-models| GPU       | high   | none (called by the above)|
+| health-check                           | health-check   | CPU       | normal | 0 * * * * (hourly)        |
 | test-pipeline-docker                   | llm-pipeline   | docker    | low    | none (the docker variant) |
 
 The docker variant runs from the project image (code baked in at /app), one container per flow run.
@@ -31,6 +32,8 @@ SOURCE = Path(os.environ.get("LLM_PIPELINE_SOURCE", Path(__file__).resolve().par
 TIMEZONE = os.environ.get("PIPELINE_SCHEDULE_TIMEZONE", "UTC")
 # 0 on hosts without the NVIDIA runtime (docker-compose.cpu.yml sets it): docker-pool runs request no GPU.
 GPU_ENABLED = os.environ.get("LLM_PIPELINE_GPU", "1") != "0"
+HEALTH_CRON = os.environ.get("HEALTH_CHECK_CRON", "0 * * * *")
+HEALTH_WINDOW = os.environ.get("HEALTH_CHECK_WINDOW", "24h")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,17 @@ def specs(cpu_pool: str = CPU_POOL, gpu_pool: str = GPU_POOL) -> list[Deployment
             {},
             "The evaluation stage on the GPU pool; called by the pipelines with run_deployment.",
             ("gpu",),
+        ),
+        DeploymentSpec(
+            "health-check",
+            "flows/health.py:health_check",
+            cpu_pool,
+            "normal",
+            HEALTH_CRON,
+            {"window": HEALTH_WINDOW},
+            "Success, errors, durations, queue times and resource use per deployment against the spec's "
+            "thresholds; a breach raises the `llm-pipeline: health threshold crossed` alert.",
+            ("monitoring",),
         ),
     ]
 

@@ -1,14 +1,43 @@
-"""Health figures from the Prefect API: flow runs in a window, with their deployments, handed to the library's
-computation (llm_pipeline.health). Used by `llm-pipeline health`."""
+"""Health figures from the Prefect API: flow runs in a window, with their deployments and the resource use
+their pipelines recorded (the `<key>-resources` table artifacts), handed to the library's computation
+(llm_pipeline.health). Used by `llm-pipeline health` and by the scheduled `health-check` deployment, which
+records a table artifact and, for each deployment over a threshold, emits the `llm-pipeline.health.breached`
+event that the alert automation (flows/alerts.py) sends to Slack, the webhook and email."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from llm_pipeline.health import DeploymentHealth, RunRecord, Thresholds, deployment_health
+from prefect import flow
+
+from flows.alerts import HEALTH_EVENT
+from flows.artifacts import RESOURCES_SUFFIX, artifact_key
+from llm_pipeline.health import DeploymentHealth, RunRecord, Thresholds, deployment_health, parse_window
+from llm_pipeline.logging import get_logger
 
 NO_DEPLOYMENT = "(no deployment)"
+log = get_logger("health")
+
+
+async def _run_resources(client: Any, run_ids: list[Any]) -> dict[str, dict[str, float | None]]:
+    """flow run id -> the `(run)` row of its resources table artifact."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    found: dict[str, dict[str, float | None]] = {}
+    for start in range(0, len(run_ids), 200):
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=RESOURCES_SUFFIX)),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids[start : start + 200])),
+        )
+        for artifact in artifacts:
+            rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+            run_row = next((r for r in rows or [] if isinstance(r, dict) and r.get("stage") == "(run)"), None)
+            if run_row and artifact.flow_run_id:
+                found[str(artifact.flow_run_id)] = {k: v for k, v in run_row.items() if k != "stage"}
+    return found
 
 
 async def fetch_runs(window: timedelta, now: datetime) -> list[RunRecord]:
@@ -34,6 +63,7 @@ async def fetch_runs(window: timedelta, now: datetime) -> list[RunRecord]:
             deployment = await client.read_deployment(deployment_id)
             flow = await client.read_flow(deployment.flow_id)
             names[deployment_id] = f"{flow.name}/{deployment.name}"
+        resources = await _run_resources(client, [r.id for r in runs])
     return [
         RunRecord(
             deployment=names.get(r.deployment_id, NO_DEPLOYMENT) if r.deployment_id else NO_DEPLOYMENT,
@@ -42,6 +72,7 @@ async def fetch_runs(window: timedelta, now: datetime) -> list[RunRecord]:
             expected_start=r.expected_start_time,
             start=r.start_time,
             run_time=r.total_run_time,
+            resources=resources.get(str(r.id)),
         )
         for r in runs
     ]
@@ -50,3 +81,39 @@ async def fetch_runs(window: timedelta, now: datetime) -> list[RunRecord]:
 def pipeline_health(window: timedelta, thresholds: Thresholds) -> list[DeploymentHealth]:
     now = datetime.now(UTC)
     return deployment_health(asyncio.run(fetch_runs(window, now)), now, thresholds)
+
+
+@flow(name="health-check")
+def health_check(
+    window: str = "24h",
+    min_success_rate: float = 0.95,
+    max_error_rate: float = 0.05,
+    max_duration: str = "2h",
+    max_queue: str = "30m",
+    max_resource_pct: float = 80.0,
+) -> dict[str, Any]:
+    """The five health figures per deployment over `window`; a table artifact, and an alert event for each
+    deployment that crosses a threshold. The run itself completes either way: a breach is news, not a failure."""
+    from prefect.artifacts import create_table_artifact
+    from prefect.events import emit_event
+
+    thresholds = Thresholds(
+        min_success_rate, max_error_rate, parse_window(max_duration), parse_window(max_queue), max_resource_pct
+    )
+    report = pipeline_health(parse_window(window), thresholds)
+    rows = [{**h.as_dict(), "breaches": "; ".join(h.breaches) or "ok"} for h in report]
+    if rows:
+        create_table_artifact(table=rows, key="pipeline-health", description=f"health over the last {window}")
+    unhealthy = [h for h in report if h.breaches]
+    for h in unhealthy:
+        figures = {k: v for k, v in h.as_dict().items() if k not in ("deployment", "breaches")}
+        emit_event(
+            event=HEALTH_EVENT,
+            resource={
+                "prefect.resource.id": f"llm-pipeline.health.{artifact_key(h.deployment)}",
+                "prefect.resource.name": h.deployment,
+            },
+            payload={"deployment": h.deployment, "window": window, "breaches": h.breaches, "figures": figures},
+        )
+        log.warning("health_breached", deployment=h.deployment, breaches=h.breaches)
+    return {"window": window, "deployments": len(report), "unhealthy": [h.deployment for h in unhealthy]}

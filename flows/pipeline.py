@@ -8,8 +8,8 @@ input reuses the earlier result and links its files into the new run folder (the
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from prefect.cache_policies import TASK_SOURCE, Inputs
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment, flow_run
 
+from flows import artifacts
 from flows.retries import retry_condition
 from llm_pipeline import stages
 from llm_pipeline.config import PipelineConfig, load_config
@@ -157,12 +158,14 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
     run_dir = (config.output_path / config.name / run_id).resolve()
     bind(run_id=run_id, pipeline=config.name)
     code = stages.code_version()
+    prefix = artifacts.artifact_key(deployment.get_name() or config.name)
     manifest = Manifest(run_dir / "manifest.json", config.name, run_id, config.fingerprint(), code)
     results: dict[str, StageResult] = {}
 
     def record(result: StageResult) -> StageResult:
         results[result.stage] = result
         manifest.record(result.stage, "cached" if result.cached else "completed", result)
+        artifacts.stage_summary(prefix, result)
         return result
 
     current = stages.STAGES[0]
@@ -178,15 +181,16 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
             )
         )
         current = stages.STAGES[2]
-        qa = record(
-            _cached_call(
-                generate_qa_pairs,
-                run_dir,
-                config=config,
-                upstream=data,
-                key={**_section(config, "qa"), "input": data.fingerprint, "code": code},
+        with artifacts.progress_artifacts(prefix, current):
+            qa = record(
+                _cached_call(
+                    generate_qa_pairs,
+                    run_dir,
+                    config=config,
+                    upstream=data,
+                    key={**_section(config, "qa"), "input": data.fingerprint, "code": code},
+                )
             )
-        )
         current = stages.STAGES[3]
         record(setup_experiment_tracking(config, str(run_dir), run_id, {s: results[s] for s in stages.STAGES[1:3]}))
         current = stages.STAGES[4]
@@ -215,16 +219,21 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
             }
             record(evaluate_models_elsewhere(elsewhere, parameters, str(run_dir)))
         else:
-            record(_evaluate(config, run_dir, bench, code))
+            with artifacts.progress_artifacts(prefix, current):
+                record(_evaluate(config, run_dir, bench, code))
         current = stages.STAGES[6]
         final = record(finalize_pipeline(config, str(run_dir), manifest.data, results))
     except Exception as exc:
         manifest.record(current, "failed", error=f"{type(exc).__name__}: {exc}")
         manifest.finish("failed")
+        artifacts.resources_table(prefix, results)  # a failed run's resource use counts in health too
         log.error("pipeline_failed", stage=current, error=f"{type(exc).__name__}: {exc}")
         raise
     manifest.finish("completed")
-    _report_artifact(config.name, run_id, final)
+    artifacts.resources_table(prefix, results)
+    artifacts.metrics_table(prefix, Path(final.outputs["summary"]))
+    tracking = json.loads(results[stages.STAGES[3]].path("tracking").read_text())
+    artifacts.report_artifact(prefix, run_id, final, tracking)
     log.info("pipeline_completed", run_dir=str(run_dir), report=final.outputs["report"])
     return {
         "run_id": run_id,
@@ -235,22 +244,6 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
         "stages": {name: r.counts for name, r in results.items()},
         "cached": [name for name, r in results.items() if r.cached],
     }
-
-
-def _report_artifact(pipeline: str, run_id: str, final: StageResult) -> None:
-    """A markdown artifact keyed by pipeline, so the Prefect UI shows each run's report beside the last ones."""
-    from prefect.artifacts import create_markdown_artifact
-
-    key = re.sub(r"[^a-z0-9-]+", "-", f"{pipeline}-report".lower())
-    report = Path(final.outputs["report"])
-    markdown = (
-        f"**{pipeline}**, run `{run_id}`: [report.html](file://{final.outputs['report_html']}) "
-        f"(self-contained), [report.md](file://{report})\n\n" + report.read_text(encoding="utf-8")
-    )
-    try:
-        create_markdown_artifact(markdown=markdown, key=key, description=f"{pipeline} report, run {run_id}")
-    except Exception as exc:  # an artifact is a view; it must not fail a completed run
-        log.warning("report_artifact_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 @flow(name="evaluate-models")
@@ -265,8 +258,10 @@ def evaluate_models_flow(
     folder = Path(run_dir)
     bind(run_id=folder.name, pipeline=config.name)
     bench = StageResult.model_validate(benchmark_stage)
-    with concurrency(GPU_SLOTS, occupy=1):
+    prefix = artifacts.artifact_key(deployment.get_name() or "evaluate-models", config.name)
+    with concurrency(GPU_SLOTS, occupy=1), artifacts.progress_artifacts(prefix, "evaluate-models"):
         result = _evaluate(config, folder, bench, stages.code_version())
+    artifacts.stage_summary(prefix, result)
     path = folder / STAGE_RESULT_FILE
     write_json(path, result.model_dump(mode="json"))
     _release_accelerator_memory()

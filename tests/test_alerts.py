@@ -37,6 +37,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     server = PrefectServer(tmp_path_factory.mktemp("alerts-home"), extra_env=extra)
     with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
         yield server
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)  # the health flow's logs, while the server is still there
     server.stop()
 
 
@@ -211,3 +214,38 @@ def test_alert_settings_fail_naming_the_variable(monkeypatch) -> None:
     settings = AlertSettings()
     assert settings.max_running == timedelta(hours=3) and settings.cooldown == timedelta(minutes=10)
     assert settings.targets() == ["email"]
+
+
+def test_the_health_check_flow_alerts_through_the_same_targets(server, receivers) -> None:
+    from prefect.states import Completed, Failed, Running
+
+    from flows.health import health_check
+
+    hooks, mail = receivers
+    asyncio.run(apply_alerts(settings_for(hooks, mail)))
+    with _client() as c:
+        flow_id = c.create_flow_from_name("health-seed")
+        flaky = c.create_deployment(flow_id=flow_id, name="flaky")
+        for final in (Completed, Failed, Failed):
+            run = c.create_flow_run_from_deployment(flaky)
+            c.set_flow_run_state(run.id, Running(), force=True)
+            c.set_flow_run_state(run.id, final(), force=True)
+    outcome = health_check(window="1h")
+    assert "health-seed/flaky" in outcome["unhealthy"]
+
+    def health_alert() -> list[Any]:
+        return [
+            r
+            for r in hooks.at("/hook")
+            if r.body.get("alert") == "health" and r.body["deployment"] == "health-seed/flaky"
+        ]
+
+    [alert] = wait_until(health_alert, 60, "the health alert")
+    assert "success rate 33% < 95%" in alert.body["breaches"] and alert.body["window"] == "1h"
+    assert alert.body["figures"]["error_rate"] == 0.6667
+    wait_until(lambda: [m for m in mail.received if "health-seed/flaky" in m.body["subject"]], 30, "the health email")
+    with _client() as c:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        table = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pipeline-health"])))
+    assert table and "health-seed/flaky" in str(table[0].data)

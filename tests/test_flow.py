@@ -103,19 +103,35 @@ def test_every_stage_writes_its_outputs(first_run) -> None:
     assert not re.search(r'src="(?!data:)', html) and "<table>" in html
 
 
-def test_the_report_is_a_prefect_artifact(first_run) -> None:
+def test_the_run_is_told_in_prefect_artifacts(first_run) -> None:
+    """A markdown summary per stage, the resources and metrics tables, QA's progress and the report with its
+    links: keyed by pipeline (deployment), each belonging to this flow run."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
 
     async def read() -> list[Any]:
         async with get_client() as client:
             return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["test-pipeline-report"]))
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="test-pipeline-")),
+                flow_run_filter=FlowRunFilter(id={"any_": [first_run["result"]["flow_run_id"]]}),
             )
 
-    artifacts = asyncio.run(read())
-    mine = [a for a in artifacts if str(a.flow_run_id) == first_run["result"]["flow_run_id"]]
-    assert mine and mine[0].type == "markdown" and "report.html" in mine[0].data
+    mine = {a.key: a for a in asyncio.run(read())}
+    for stage in STAGES:
+        assert mine[f"test-pipeline-{stage}"].type == "markdown", stage
+        assert f"### {stage}" in mine[f"test-pipeline-{stage}"].data
+    report = mine["test-pipeline-report"]
+    assert report.type == "markdown" and "report.html" in report.data and "wandb sync" in report.data
+    resources = json.loads(mine["test-pipeline-resources"].data)
+    assert [r["stage"] for r in resources] == [*STAGES, "(run)"]
+    assert all(r["cpu_mean_pct"] is not None and 0 < r["memory_max_pct"] <= 100 for r in resources)
+    metrics = json.loads(mine["test-pipeline-metrics"].data)
+    assert {r["candidate"] for r in metrics} == {"retrieval-minilm", "lexical-overlap"}
+    assert all(0 <= r["rougeL"] <= 1 for r in metrics)
+    progress = mine["test-pipeline-generate-qa-pairs-progress"]
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    manifest = json.loads((Path(first_run["result"]["run_dir"]) / "manifest.json").read_text())
+    assert all(manifest["stages"][s]["resources"]["samples"] >= 1 for s in STAGES)
 
 
 def test_library_events_reach_the_prefect_run_logs(first_run) -> None:

@@ -18,8 +18,18 @@ from llm_pipeline.health import RunRecord, Thresholds, deployment_health, parse_
 pytestmark = pytest.mark.slow
 
 
+def _usage(cpu: float, memory: float) -> str:
+    """A pipeline's resources table artifact (flows/artifacts.py): per-stage rows and the run's row."""
+    rows = [
+        {"stage": "generate-qa-pairs", "cpu_mean_pct": cpu, "memory_max_pct": memory},
+        {"stage": "(run)", "cpu_mean_pct": cpu, "memory_max_pct": memory, "gpu_util_mean_pct": None},
+    ]
+    return json.dumps(rows)
+
+
 async def _seed() -> None:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
     from prefect.states import Completed, Failed, Running, Scheduled
 
     async with get_client() as client:
@@ -28,18 +38,22 @@ async def _seed() -> None:
         steady = await client.create_deployment(flow_id=flow_id, name="steady")
         now = datetime.now(UTC)
         plan = [
-            (nightly, now - timedelta(minutes=20), Completed),  # started 20 minutes late
-            (nightly, now, Completed),
-            (nightly, now, Completed),
-            (nightly, now, Completed),
-            (nightly, now, Failed),
-            (steady, now, Completed),
-            (steady, now, Completed),
+            (nightly, now - timedelta(minutes=20), Completed, (60.0, 91.0)),  # 20 minutes late; memory at 91 %
+            (nightly, now, Completed, (40.0, 50.0)),
+            (nightly, now, Completed, None),  # no resources recorded (e.g. an older run)
+            (nightly, now, Completed, None),
+            (nightly, now, Failed, None),
+            (steady, now, Completed, (10.0, 30.0)),
+            (steady, now, Completed, (20.0, 40.0)),
         ]
-        for deployment_id, scheduled, final in plan:
+        for deployment_id, scheduled, final, usage in plan:
             run = await client.create_flow_run_from_deployment(deployment_id, state=Scheduled(scheduled_time=scheduled))
             await client.set_flow_run_state(run.id, Running(), force=True)
             time.sleep(0.3)
+            if usage:
+                await client.create_artifact(
+                    ArtifactCreate(key="seed-resources", type="table", data=_usage(*usage), flow_run_id=run.id)
+                )
             await client.set_flow_run_state(run.id, final(), force=True)
 
 
@@ -54,8 +68,11 @@ def test_health_per_deployment_against_thresholds(prefect_server, tmp_path: Path
     assert nightly["runs"] == 5 and nightly["success_rate"] == 0.8 and nightly["error_rate"] == 0.2
     assert 1150 < nightly["max_queue_s"] < 1300  # the run that started 20 minutes after its time
     assert 0.25 < nightly["max_duration_s"] < 30
-    assert len(nightly["breaches"]) == 3  # success, errors, queue
+    assert nightly["cpu_mean_pct"] == 50.0 and nightly["memory_max_pct"] == 91.0  # mean of means, max of peaks
+    assert nightly["gpu_util_mean_pct"] is None  # no GPU figures recorded
+    assert len(nightly["breaches"]) == 4 and "memory 91 % > 80 %" in nightly["breaches"]  # + success, errors, queue
     assert steady["success_rate"] == 1.0 and steady["breaches"] == []
+    assert steady["cpu_mean_pct"] == 15.0 and steady["memory_max_pct"] == 40.0
 
     wide = {**env, "COLUMNS": "200"}  # not a terminal: rich would fold the table to 80 columns
     table = subprocess.run(command[:-1], env=wide, capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -72,6 +89,10 @@ def test_health_figures_and_defaults() -> None:
     (health,) = deployment_health(runs, now, Thresholds())
     assert health.success_rate == 1.0 and health.finished == 1
     assert health.breaches == ["duration 7260 s > 7200 s", "queue time 2700 s > 1800 s"]
+    assert health.cpu_mean_pct is None  # nothing sampled
+    busy = [RunRecord("g", "COMPLETED", now, now, timedelta(seconds=1), {"gpu_memory_max_pct": 97.5})]
+    (gpu,) = deployment_health(busy, now, Thresholds(max_resource_pct=95))
+    assert gpu.breaches == ["GPU memory 98 % > 95 %"]
     assert parse_window("7d") == timedelta(days=7) and parse_window("90m") == timedelta(minutes=90)
     with pytest.raises(ValueError, match="e.g. 7d"):
         parse_window("week")

@@ -84,10 +84,11 @@ def test_deployments_have_their_schedules_queues_and_limits(deployed) -> None:
         "ev-charging-pipeline": ("high", "0 3 * * *", pools.CPU_POOL),
         "general-pipeline": ("normal", "0 2 * * 0", pools.CPU_POOL),
         "evaluate-models": ("high", None, pools.GPU_POOL),
+        "health-check": ("normal", "0 * * * *", pools.CPU_POOL),
     }
     with client() as c:
         for name, (queue, cron, pool) in expected.items():
-            flow_name = "evaluate-models" if name == "evaluate-models" else "llm-pipeline"
+            flow_name = name if name in ("evaluate-models", "health-check") else "llm-pipeline"
             deployment = c.read_deployment_by_name(f"{flow_name}/{name}")
             assert deployment.work_queue_name == queue and deployment.work_pool_name == pool, name
             crons = [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules]

@@ -188,15 +188,19 @@ def health(
     max_error: Annotated[float, typer.Option(help="Highest healthy error rate.")] = 0.05,
     max_duration: Annotated[str, typer.Option(help="Longest healthy run.")] = "2h",
     max_queue: Annotated[str, typer.Option(help="Longest healthy wait from expected to actual start.")] = "30m",
+    max_resource: Annotated[float, typer.Option(help="Highest healthy CPU, memory or GPU use, %.")] = 80.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Success and error rates, run durations and queue times per deployment over a window, against thresholds
+    """Success and error rates, run durations, queue times and resource use (CPU mean, memory peak, GPU
+    utilisation mean, GPU memory peak, sampled during stages) per deployment over a window, against thresholds
     (the spec's by default) from the Prefect API (PREFECT_API_URL). Exit 1 when one is crossed."""
     from flows.health import pipeline_health
     from llm_pipeline.health import Thresholds, parse_window
 
     try:
-        thresholds = Thresholds(min_success, max_error, parse_window(max_duration), parse_window(max_queue))
+        thresholds = Thresholds(
+            min_success, max_error, parse_window(max_duration), parse_window(max_queue), max_resource
+        )
         span = parse_window(window)
     except ValueError as exc:
         err.print(f"[bold red]error[/]: {exc}")
@@ -214,6 +218,7 @@ def health(
             "errors",
             "duration mean/max s",
             "queue mean/max s",
+            "CPU/mem/GPU/GPU mem %",
             "breaches",
         ):
             table.add_column(column)
@@ -232,6 +237,10 @@ def health(
                 pct(h.error_rate),
                 pair(h.mean_duration_s, h.max_duration_s),
                 pair(h.mean_queue_s, h.max_queue_s),
+                " / ".join(
+                    "-" if v is None else f"{v:.0f}"
+                    for v in (h.cpu_mean_pct, h.memory_max_pct, h.gpu_util_mean_pct, h.gpu_memory_max_pct)
+                ),
                 "; ".join(h.breaches) or "ok",
             )
         out.print(table)

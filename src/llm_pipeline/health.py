@@ -5,8 +5,11 @@ Figures from flow runs (fetched from the Prefect API by flows/health.py; this mo
   error rate    (failed + crashed) / finished
   duration      mean and max run time of finished runs
   queue time    mean and max of start - expected start; a run still waiting counts from its expected start to now
-Thresholds (the spec's): success < 95 %, error > 5 %, duration > 2 h, queue > 30 min. A deployment crossing
-any of them is unhealthy, and `llm-pipeline health` exits 1.
+  resources     sampled during stages (llm_pipeline.resources, stored per run as the `<key>-resources` table
+                artifact): CPU mean (stage-time weighted), memory peak, GPU utilisation mean, GPU memory peak;
+                per deployment the mean of the runs' means and the max of their peaks
+Thresholds (the spec's): success < 95 %, error > 5 %, duration > 2 h, queue > 30 min, any resource > 80 %. A
+deployment crossing any of them is unhealthy, and `llm-pipeline health` exits 1.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class Thresholds:
     max_error_rate: float = 0.05
     max_duration: timedelta = timedelta(hours=2)
     max_queue: timedelta = timedelta(minutes=30)
+    max_resource_pct: float = 80.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class RunRecord:
     expected_start: datetime | None
     start: datetime | None
     run_time: timedelta
+    resources: dict[str, float | None] | None = None  # the run's figures (resources.run_usage), if sampled
 
 
 @dataclass
@@ -49,6 +54,10 @@ class DeploymentHealth:
     max_duration_s: float | None
     mean_queue_s: float | None
     max_queue_s: float | None
+    cpu_mean_pct: float | None = None
+    memory_max_pct: float | None = None
+    gpu_util_mean_pct: float | None = None
+    gpu_memory_max_pct: float | None = None
     breaches: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -90,6 +99,7 @@ def deployment_health(runs: list[RunRecord], now: datetime, thresholds: Threshol
             max_duration_s=round(max(durations), 3) if durations else None,
             mean_queue_s=round(mean(queues), 3) if queues else None,
             max_queue_s=round(max(queues), 3) if queues else None,
+            **_resource_figures([r.resources for r in group if r.resources]),
         )
         if health.success_rate is not None and health.success_rate < thresholds.min_success_rate:
             health.breaches.append(f"success rate {health.success_rate:.0%} < {thresholds.min_success_rate:.0%}")
@@ -103,5 +113,33 @@ def deployment_health(runs: list[RunRecord], now: datetime, thresholds: Threshol
             health.breaches.append(
                 f"queue time {health.max_queue_s:.0f} s > {thresholds.max_queue.total_seconds():.0f} s"
             )
+        for label, value in (
+            ("CPU", health.cpu_mean_pct),
+            ("memory", health.memory_max_pct),
+            ("GPU utilisation", health.gpu_util_mean_pct),
+            ("GPU memory", health.gpu_memory_max_pct),
+        ):
+            if value is not None and value > thresholds.max_resource_pct:
+                health.breaches.append(f"{label} {value:.0f} % > {thresholds.max_resource_pct:.0f} %")
         report.append(health)
     return report
+
+
+def _resource_figures(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
+    def values(key: str) -> list[float]:
+        return [v for r in runs if (v := r.get(key)) is not None]
+
+    def averaged(key: str) -> float | None:
+        found = values(key)
+        return round(mean(found), 1) if found else None
+
+    def peak(key: str) -> float | None:
+        found = values(key)
+        return max(found) if found else None
+
+    return {
+        "cpu_mean_pct": averaged("cpu_mean_pct"),
+        "memory_max_pct": peak("memory_max_pct"),
+        "gpu_util_mean_pct": averaged("gpu_util_mean_pct"),
+        "gpu_memory_max_pct": peak("gpu_memory_max_pct"),
+    }

@@ -34,6 +34,7 @@ class Manifest:
                 fingerprint=result.fingerprint,
                 cached=result.cached,
                 reused_from=result.reused_from,
+                resources=result.resources,
             )
         if error:
             entry["error"] = error

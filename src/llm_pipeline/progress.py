@@ -1,10 +1,25 @@
-"""Progress for long stages: a rich bar on an interactive terminal, a log line per tenth elsewhere (workers, CI)."""
+"""Progress for long stages: a rich bar on an interactive terminal, a log line per tenth elsewhere (workers, CI),
+and, at each tenth, the listeners registered with `add_listener` (the flows turn them into Prefect progress
+artifacts; the library knows nothing of Prefect)."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
+
+Listener = Callable[[str, int, int], None]  # (description, done, total)
+_listeners: list[Listener] = []
+
+
+def add_listener(listener: Listener) -> None:
+    _listeners.append(listener)
+
+
+def remove_listener(listener: Listener) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
 
 
 def enabled() -> bool:
@@ -37,11 +52,14 @@ class ProgressCounter:
         self.done += step
         if self._bar is not None:
             self._bar.update(self._task, advance=step)
-        elif self.total and self.done / self.total >= self._next_log:
-            from llm_pipeline.logging import get_logger
+        if self.total and self.done / self.total >= self._next_log - 1e-9:
+            if self._bar is None:
+                from llm_pipeline.logging import get_logger
 
-            get_logger("progress").info("progress", what=self.description, done=self.done, total=self.total)
-            while self._next_log <= self.done / self.total:
+                get_logger("progress").info("progress", what=self.description, done=self.done, total=self.total)
+            for listener in list(_listeners):
+                listener(self.description, self.done, self.total)
+            while self._next_log <= self.done / self.total + 1e-9:
                 self._next_log += 0.1
 
     def __exit__(self, *_: object) -> None:

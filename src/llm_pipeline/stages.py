@@ -32,6 +32,7 @@ from llm_pipeline.logging import get_logger
 from llm_pipeline.qa import generate_qa
 from llm_pipeline.records import BenchmarkItem, Document, Prediction, QAPair, utc_now
 from llm_pipeline.report import build_summary, render_report
+from llm_pipeline.resources import ResourceSampler
 from llm_pipeline.tracking import active_tracker, start_tracker
 
 log = get_logger("stages")
@@ -57,6 +58,7 @@ class StageResult(BaseModel):
     fingerprint: str = ""  # sha256 over the output files: what downstream caching keys on
     cached: bool = False
     reused_from: str | None = None
+    resources: dict[str, Any] = Field(default_factory=dict)  # CPU, memory, GPU use while it ran (resources.py)
 
     def path(self, name: str) -> Path:
         return Path(self.outputs[name])
@@ -67,7 +69,9 @@ def _timed(stage: str) -> Iterator[StageResult]:
     result = StageResult(stage=stage, started_at=utc_now())
     started = time.perf_counter()
     log.info("stage_started", stage=stage)
-    yield result
+    with ResourceSampler() as sampler:
+        yield result
+    result.resources = sampler.summary()
     result.duration_s = round(time.perf_counter() - started, 3)
     result.fingerprint = file_fingerprint(*[Path(p) for p in result.outputs.values()]) if result.outputs else ""
     log.info(
@@ -106,8 +110,15 @@ def materialize(result: StageResult, run_dir: Path) -> StageResult:
         if all(Path(p).parent.resolve() == run_dir.resolve() for p in result.outputs.values())
         else str(Path(next(iter(result.outputs.values()))).parent)
     )
+    cached = reused is not None or result.cached
     return result.model_copy(
-        update={"outputs": outputs, "cached": reused is not None or result.cached, "reused_from": reused}
+        # a reused result did no work in this run: the resources it reports were another run's
+        update={
+            "outputs": outputs,
+            "cached": cached,
+            "reused_from": reused,
+            "resources": {} if cached else result.resources,
+        }
     )
 
 

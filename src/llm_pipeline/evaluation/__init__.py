@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from llm_pipeline.config import EvaluationConfig
+from llm_pipeline.config import CandidateConfig, EvaluationConfig
 from llm_pipeline.embeddings import resolve_model_path
 from llm_pipeline.evaluation import metrics as m
 from llm_pipeline.evaluation.candidates import build_candidate
 from llm_pipeline.logging import get_logger
+from llm_pipeline.progress import ProgressCounter
 from llm_pipeline.records import BenchmarkItem, Prediction
 
 log = get_logger("evaluation")
@@ -153,44 +154,57 @@ def _generation_record(candidate: Any) -> dict[str, Any]:
 def evaluate_candidates(items: list[BenchmarkItem], config: EvaluationConfig) -> EvaluationResult:
     result = EvaluationResult()
     questions, contexts = [i.question for i in items], [i.context for i in items]
-    for candidate_config in config.candidates:
-        name = candidate_config.name
-        started = time.perf_counter()
-        try:
-            candidate = build_candidate(candidate_config)
-            try:
-                answers = candidate.answer(questions, contexts)
-            finally:
-                if hasattr(candidate, "close"):
-                    candidate.close()  # free GPU memory before the next model loads
-            scores = score_predictions(items, answers, config)
-        except Exception as exc:  # one broken candidate must not sink the comparison
-            log.error("candidate_failed", candidate=name, error=f"{type(exc).__name__}: {exc}")
-            result.summary[name] = {"error": f"{type(exc).__name__}: {exc}"}
-            continue
-        elapsed = time.perf_counter() - started
-        for item, answer, sample in zip(items, answers, scores, strict=True):
-            result.predictions.append(
-                Prediction(
-                    item_id=item.id,
-                    candidate=name,
-                    prediction=answer,
-                    reference=item.answer,
-                    scores=sample,
-                    latency_s=round(elapsed / max(1, len(items)), 6),
-                )
-            )
-        result.summary[name] = {
-            "kind": candidate_config.kind,
-            "model": candidate_config.model,
-            "seconds": round(elapsed, 3),
-            **_generation_record(candidate),
-            **aggregate(items, scores, config),
-        }
-        log.info(
-            "candidate_evaluated",
-            candidate=name,
-            seconds=round(elapsed, 2),
-            **{k: v["mean"] for k, v in result.summary[name]["overall"].items()},
-        )
+    with ProgressCounter(len(config.candidates), "evaluating candidates") as bar:
+        for candidate_config in config.candidates:
+            _evaluate_one(candidate_config, items, questions, contexts, config, result)
+            bar.advance()
     return result
+
+
+def _evaluate_one(
+    candidate_config: CandidateConfig,
+    items: list[BenchmarkItem],
+    questions: list[str],
+    contexts: list[str],
+    config: EvaluationConfig,
+    result: EvaluationResult,
+) -> None:
+    name = candidate_config.name
+    started = time.perf_counter()
+    try:
+        candidate = build_candidate(candidate_config)
+        try:
+            answers = candidate.answer(questions, contexts)
+        finally:
+            if hasattr(candidate, "close"):
+                candidate.close()  # free GPU memory before the next model loads
+        scores = score_predictions(items, answers, config)
+    except Exception as exc:  # one broken candidate must not sink the comparison
+        log.error("candidate_failed", candidate=name, error=f"{type(exc).__name__}: {exc}")
+        result.summary[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        return
+    elapsed = time.perf_counter() - started
+    for item, answer, sample in zip(items, answers, scores, strict=True):
+        result.predictions.append(
+            Prediction(
+                item_id=item.id,
+                candidate=name,
+                prediction=answer,
+                reference=item.answer,
+                scores=sample,
+                latency_s=round(elapsed / max(1, len(items)), 6),
+            )
+        )
+    result.summary[name] = {
+        "kind": candidate_config.kind,
+        "model": candidate_config.model,
+        "seconds": round(elapsed, 3),
+        **_generation_record(candidate),
+        **aggregate(items, scores, config),
+    }
+    log.info(
+        "candidate_evaluated",
+        candidate=name,
+        seconds=round(elapsed, 2),
+        **{k: v["mean"] for k, v in result.summary[name]["overall"].items()},
+    )
