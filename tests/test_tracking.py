@@ -50,3 +50,26 @@ def test_disabled_writes_nothing(tmp_path: Path) -> None:
     tracker.log({"a": 1})
     tracker.finish()
     assert not (tmp_path / "w" / "wandb").exists()
+
+
+def test_a_wandb_outage_degrades_to_offline_and_keeps_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key is set and W&B is down (a real HTTP server answering 503 to everything): the run goes on offline,
+    with a warning, and what it logs is on disk for `wandb sync` later."""
+    from tests.fakes.receivers import WebhookReceiver
+
+    down = WebhookReceiver(status=503)
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", down.url)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    try:
+        tracker = start_tracker(
+            mode="online", project="p", directory=tmp_path, name="n", group="g", config={}, init_timeout_s=5
+        )
+        tracker.log({"qa/pairs": 42})
+        info = tracker.info()
+        tracker.finish()
+    finally:
+        down.stop()
+    assert down.received, info.get("error")  # it did try the service
+    assert info["mode"] == "offline" and info["requested_mode"] == "online" and "error" in info
+    assert b"qa/pairs" in wandb_file(tmp_path).read_bytes()

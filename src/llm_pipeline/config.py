@@ -204,6 +204,8 @@ class QAConfig(Section):
 class TrackingConfig(Section):
     wandb_project: str = "llm-pipeline"
     mode: Literal["online", "offline", "disabled"] = "offline"
+    # How long `online` waits for W&B to answer before it degrades to offline (a W&B outage costs this, once).
+    init_timeout_s: float = Field(60.0, ge=1.0)
 
 
 class BenchmarkConfig(Section):

@@ -226,6 +226,7 @@ def setup_experiment_tracking(
             group=group,
             config=config.model_dump(mode="json"),
             entity=Secrets().wandb_entity,
+            init_timeout_s=config.tracking.init_timeout_s,
         )
         for stage, counts in upstream.items():
             tracker.log({f"{stage}/{k}": v for k, v in counts.items()})

@@ -28,11 +28,12 @@ class Tracker:
         group: str,
         config: dict[str, Any],
         entity: str | None = None,
+        init_timeout_s: float = 60.0,
     ):
         self.requested_mode = mode
         self.mode = mode
         self.project, self.directory, self.name, self.group = project, directory, name, group
-        self.config, self.entity = config, entity
+        self.config, self.entity, self.init_timeout_s = config, entity, init_timeout_s
         self.run: Any = None
         self.error: str | None = None
 
@@ -67,7 +68,13 @@ class Tracker:
                 dir=str(self.directory),
                 mode=mode,
                 reinit="finish_previous",
-                settings=wandb.Settings(init_timeout=60, console="off", x_disable_stats=True),
+                settings=wandb.Settings(
+                    init_timeout=self.init_timeout_s,
+                    console="off",
+                    x_disable_stats=True,
+                    # read per run: wandb's process-wide settings keep the value of their first init
+                    **({"base_url": os.environ["WANDB_BASE_URL"]} if os.environ.get("WANDB_BASE_URL") else {}),
+                ),
             )
         except Exception as exc:  # W&B raises many types (network, auth, usage); none may stop the pipeline
             self.error = f"{type(exc).__name__}: {exc}"

@@ -21,9 +21,9 @@ class Received:
 
 
 class WebhookReceiver:
-    """POSTs to any path are recorded; answers 200 (Slack answers "ok")."""
+    """POSTs to any path are recorded; answers `status` (200 by default, as Slack does, with "ok")."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 200) -> None:
         self.received: list[Received] = []
         self._lock = threading.Lock()
         receiver = self
@@ -37,9 +37,12 @@ class WebhookReceiver:
                     body = {"unparsed": raw.decode(errors="replace")}
                 with receiver._lock:
                     receiver.received.append(Received(time.time(), self.path, body))
-                self.send_response(200)
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
+
+            do_GET = do_POST  # noqa: N815
 
             def log_message(self, *_: Any) -> None:
                 pass
