@@ -101,9 +101,10 @@ class AlertSettings(BaseSettings):
 # --- message templates (Jinja, rendered by the server with the run, its deployment and flow) ------------------
 _DEPLOYMENT = "{{ (flow.name ~ '/' ~ deployment.name) if deployment else '(no deployment)' }}"
 _RUN_FACTS = {
-    "failed": "{{ flow_run.state.name }} after {{ flow_run.estimated_run_time }}: {{ flow_run.state.message }}",
-    "running": "still {{ flow_run.state.name }} after {{ flow_run.estimated_run_time }}",
-    "waiting": "{{ flow_run.state.name }}: {{ flow_run.estimated_start_time_delta }} past its scheduled start",
+    "failed": "{{ flow_run.state.name }}: {{ flow_run.state.message }}",
+    "running": "still {{ flow_run.state.name }} after {{ flow_run.estimated_run_time|humanize_precisedelta }}",
+    "waiting": "{{ flow_run.state.name }}, {{ flow_run.estimated_start_time_delta|humanize_precisedelta }} past its "
+    "scheduled start",
 }
 _RUN_TITLES = {
     "failed": "flow run {{ flow_run.state.name }}",
@@ -135,7 +136,8 @@ def _run_text(kind: str) -> tuple[str, str]:
         f"deployment: {_DEPLOYMENT}\n"
         "flow run: {{ flow_run.name }} ({{ flow_run.id }})\n"
         f"state: {_RUN_FACTS[kind]}\n"
-        "duration: {{ flow_run.estimated_run_time }}\n"
+        "duration: {{ flow_run.estimated_run_time|humanize_precisedelta }}\n"
+        "queue time: {{ flow_run.estimated_start_time_delta|humanize_precisedelta }}\n"
         "scheduled for: {{ flow_run.expected_start_time }}\n"
         "link: {{ flow_run|ui_url }}\n"
     )

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_pipeline import progress
 from llm_pipeline.logging import get_logger
-from llm_pipeline.resources import run_usage
+from llm_pipeline.resources import combine_usage
 
 if TYPE_CHECKING:  # the stages module imports every stage's dependencies; health only needs the keys
     from llm_pipeline.stages import StageResult
@@ -80,7 +80,7 @@ def resources_table(prefix: str, results: dict[str, StageResult]) -> dict[str, f
     from prefect.artifacts import create_table_artifact
 
     measured = {name: r.resources for name, r in results.items() if r.resources}
-    figures = run_usage(measured, {name: r.duration_s for name, r in results.items()})
+    figures = combine_usage([(usage, results[name].duration_s) for name, usage in measured.items()])
     rows = [{"stage": name, **{c: usage.get(c) for c in RESOURCE_COLUMNS}} for name, usage in measured.items()]
     rows.append({"stage": "(run)", **{c: figures.get(c) for c in RESOURCE_COLUMNS}})
     key = artifact_key(prefix) + RESOURCES_SUFFIX

@@ -40,5 +40,7 @@ class SMTPEmail(AbstractAppriseNotificationBlock):
             password = self.password.get_secret_value() if self.password else ""
             auth = f"{quote(self.username, safe='')}:{quote(password, safe='')}@"
         mode = {"none": "insecure", "starttls": "starttls", "ssl": "ssl"}[self.security]
-        query = urlencode({"smtp": self.host, "from": self.from_address, "to": ",".join(self.to), "mode": mode})
+        query = urlencode(
+            {"smtp": self.host, "from": self.from_address, "to": ",".join(self.to), "mode": mode, "format": "text"}
+        )
         return f"{scheme}://{auth}{self.host}:{self.port}?{query}"

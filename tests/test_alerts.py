@@ -6,6 +6,7 @@ long, waiting too long) fire with short windows, and stay quiet for a run that e
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -169,6 +170,9 @@ def test_alerts_install_idempotently_and_page_on_real_failures(server, receivers
 
         mails = wait_until(mails_about_failure, 30, "the emails")
         assert all("Failed" in m.body["subject"] and "fails-on-purpose/nightly" in m.body["subject"] for m in mails)
+        text = mails[0].body["text"].replace("\r\n", "\n")  # one fact a line, as written
+        assert "\ndeployment: fails-on-purpose/nightly\n" in text and "\nstate: Failed: " in text
+        assert re.search(r"\nduration: [\d.]+ seconds\n", text) and f"\nlink: {UI}/runs/flow-run/{failed.id}" in text
         assert sorted(a for m in mails for a in m.body["to"]) == ["lead@example.test", "oncall@example.test"]
 
         # A storm: four more failures of the same deployment inside the cooldown send nothing more.
@@ -249,3 +253,39 @@ def test_the_health_check_flow_alerts_through_the_same_targets(server, receivers
 
         table = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pipeline-health"])))
     assert table and "health-seed/flaky" in str(table[0].data)
+
+
+def test_alert_secrets_stay_in_secret_block_fields(server, receivers) -> None:
+    """`python -m flows.alerts` (what `make deploy` runs) neither prints the SMTP password nor the webhook URLs'
+    tokens, and the automations and the blocks, as the API returns them, show them only masked."""
+    import os
+    import subprocess
+    import sys
+
+    hooks, mail = receivers
+    token = "T0SECRET/B0SECRET/slack-token-do-not-leak"
+    password = "smtp-password-do-not-leak"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": server.api_url,
+        "ALERT_SLACK_WEBHOOK_URL": f"{hooks.url}/services/{token}",
+        "ALERT_WEBHOOK_URL": f"{hooks.url}/hook?key={token}",
+        "ALERT_SMTP_HOST": "127.0.0.1",
+        "ALERT_SMTP_PORT": str(mail.port),
+        "ALERT_SMTP_USER": "pipeline",
+        "ALERT_SMTP_PASSWORD": password,
+        "ALERT_EMAIL_FROM": "pipeline@example.test",
+        "ALERT_EMAIL_TO": "oncall@example.test",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.alerts"], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "alert targets: slack, webhook, email" in done.stdout
+    with _client() as c:
+        automations = [a.model_dump_json() for a in c.read_automations() if a.name.startswith(PREFIX)]
+        # as the UI reads them (the server hands secrets only to a client that asks, to load the block)
+        blocks = [b for b in c.read_block_documents(include_secrets=False) if b.name.startswith("llm-pipeline-alerts")]
+    seen = done.stdout + done.stderr + "".join(automations) + "".join(b.model_dump_json() for b in blocks)
+    assert len(blocks) == 3
+    assert token not in seen and password not in seen and "slack-token" not in seen

@@ -19,6 +19,8 @@ from datetime import datetime, timedelta
 from statistics import mean
 from typing import Any
 
+from llm_pipeline.resources import combine_usage
+
 FINISHED = {"COMPLETED", "FAILED", "CRASHED"}
 ERRORS = {"FAILED", "CRASHED"}
 WAITING = {"SCHEDULED", "PENDING", "LATE"}
@@ -40,7 +42,7 @@ class RunRecord:
     expected_start: datetime | None
     start: datetime | None
     run_time: timedelta
-    resources: dict[str, float | None] | None = None  # the run's figures (resources.run_usage), if sampled
+    resources: dict[str, float | None] | None = None  # the run's figures (resources.combine_usage), if sampled
 
 
 @dataclass
@@ -99,7 +101,7 @@ def deployment_health(runs: list[RunRecord], now: datetime, thresholds: Threshol
             max_duration_s=round(max(durations), 3) if durations else None,
             mean_queue_s=round(mean(queues), 3) if queues else None,
             max_queue_s=round(max(queues), 3) if queues else None,
-            **_resource_figures([r.resources for r in group if r.resources]),
+            **combine_usage([(r.resources, 1.0) for r in group if r.resources]),
         )
         if health.success_rate is not None and health.success_rate < thresholds.min_success_rate:
             health.breaches.append(f"success rate {health.success_rate:.0%} < {thresholds.min_success_rate:.0%}")
@@ -123,23 +125,3 @@ def deployment_health(runs: list[RunRecord], now: datetime, thresholds: Threshol
                 health.breaches.append(f"{label} {value:.0f} % > {thresholds.max_resource_pct:.0f} %")
         report.append(health)
     return report
-
-
-def _resource_figures(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
-    def values(key: str) -> list[float]:
-        return [v for r in runs if (v := r.get(key)) is not None]
-
-    def averaged(key: str) -> float | None:
-        found = values(key)
-        return round(mean(found), 1) if found else None
-
-    def peak(key: str) -> float | None:
-        found = values(key)
-        return max(found) if found else None
-
-    return {
-        "cpu_mean_pct": averaged("cpu_mean_pct"),
-        "memory_max_pct": peak("memory_max_pct"),
-        "gpu_util_mean_pct": averaged("gpu_util_mean_pct"),
-        "gpu_memory_max_pct": peak("gpu_memory_max_pct"),
-    }

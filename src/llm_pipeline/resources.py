@@ -129,18 +129,19 @@ class ResourceSampler:
         }
 
 
-def run_usage(stages: dict[str, dict[str, Any]], seconds: dict[str, float]) -> dict[str, float | None]:
-    """One run's figures from its stages': CPU and GPU utilisation weighted by stage time, memory peaks."""
+def combine_usage(parts: list[tuple[dict[str, Any], float]]) -> dict[str, float | None]:
+    """Figures of a whole from its parts' (usage, weight): CPU and GPU utilisation as weighted means (a run from
+    its stages, weighted by their time; a deployment from its runs, weight 1 each), memory as the peak."""
 
     def weighted(key: str) -> float | None:
-        pairs = [(u[key], seconds.get(s, 0.0)) for s, u in stages.items() if u.get(key) is not None]
-        total = sum(w for _, w in pairs)
+        pairs = [(u[key], w) for u, w in parts if u.get(key) is not None]
         if not pairs:
             return None
+        total = sum(w for _, w in pairs)
         return round(sum(v * w for v, w in pairs) / total, 1) if total else round(mean(v for v, _ in pairs), 1)
 
     def peak(key: str) -> float | None:
-        values = [u[key] for u in stages.values() if u.get(key) is not None]
+        values = [u[key] for u, _ in parts if u.get(key) is not None]
         return max(values) if values else None
 
     return {
