@@ -96,6 +96,7 @@ def test_every_stage_writes_its_outputs(first_run) -> None:
     for artifact in ("test-pipeline-qa-pairs", "test-pipeline-benchmark", "test-pipeline-evaluation"):
         assert artifact.encode() in logged, artifact
     assert b"stage/generate-qa-pairs/duration_s" in logged and b"eval/lexical-overlap/rougeL" in logged
+    assert b"resources/generate-qa-pairs/cpu_mean_pct" in logged
     # report.html stands alone: every chart the markdown links is embedded, none is fetched from elsewhere.
     html = (run_dir / "report.html").read_text()
     charts = re.findall(r"\]\((chart_\w+\.png)\)", report)

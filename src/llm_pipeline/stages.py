@@ -349,6 +349,7 @@ def _track_run(
             {
                 f"stage/{stage}/duration_s": entry.get("duration_s") or 0.0,
                 **{f"stage/{stage}/{k}": v for k, v in numbers.items()},
+                **{f"resources/{stage}/{k}": v for k, v in (entry.get("resources") or {}).items() if v is not None},
             }
         )
     for candidate, scores in summary["evaluation"].items():
