@@ -149,6 +149,54 @@ def test_worker_logs_are_one_json_event_a_line_with_run_and_stage(stack, deploye
     assert staged and all("run_id" in e and "stage" in e for e in staged)
 
 
+FAIL_A_RUN = """
+from prefect.client.orchestration import get_client
+from prefect.states import Failed, Running
+with get_client(sync_client=True) as client:
+    deployment = client.read_deployment_by_name("llm-pipeline/test-pipeline")
+    run = client.create_flow_run_from_deployment(deployment.id)
+    client.set_flow_run_state(run.id, Running(), force=True)
+    client.set_flow_run_state(run.id, Failed(message="failed on purpose by the stack test"), force=True)
+    print(run.id)
+"""
+
+
+def test_a_failed_run_pages_through_the_stacks_own_services(stack, deployed) -> None:
+    """The production path: the API publishes the Failed event to Redis, prefect-services' trigger and action
+    services pick it up and call the webhook that `flows.alerts` installed (here, a server in this test)."""
+    import time
+
+    from tests.fakes.receivers import WebhookReceiver
+
+    receiver = WebhookReceiver(host="0.0.0.0")  # the containers reach the host at their network's gateway
+    network = f"{PROJECT}_default"
+    gateway = subprocess.run(
+        ["docker", "network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", network],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    target = f"http://{gateway}:{receiver.port}/hook"
+    try:
+        installed = compose(stack["env"], "run", "--rm", "-e", f"ALERT_WEBHOOK_URL={target}", "deployer",
+                            "python", "-m", "flows.alerts")  # fmt: skip
+        assert installed.returncode == 0 and "alert targets: webhook" in installed.stdout, installed.stderr[-2000:]
+        failed = compose(stack["env"], "run", "--rm", "deployer", "python", "-c", FAIL_A_RUN)
+        assert failed.returncode == 0, failed.stderr[-2000:]
+        run_id = failed.stdout.strip().splitlines()[-1]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not [
+            r for r in receiver.at("/hook") if r.body.get("flow_run_id") == run_id
+        ]:
+            time.sleep(1)
+        [alert] = [r.body for r in receiver.at("/hook") if r.body.get("flow_run_id") == run_id]
+        assert alert["deployment"] == "llm-pipeline/test-pipeline" and alert["state"] == "Failed"
+        assert alert["url"].endswith(f"/runs/flow-run/{run_id}")
+    finally:
+        receiver.stop()
+        compose(stack["env"], "run", "--rm", "deployer", "python", "-m", "flows.alerts")  # back to no targets
+
+
 def test_docker_pool_variant_runs_a_container_per_flow_run(stack, deployed) -> None:
     up = compose(stack["env"], "--profile", "docker-pool", "up", "-d", "--wait", "docker-worker", timeout=600)
     assert up.returncode == 0, up.stderr[-2000:]

@@ -23,7 +23,7 @@ class Received:
 class WebhookReceiver:
     """POSTs to any path are recorded; answers `status` (200 by default, as Slack does, with "ok")."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, host: str = "127.0.0.1") -> None:
         self.received: list[Received] = []
         self._lock = threading.Lock()
         receiver = self
@@ -47,8 +47,9 @@ class WebhookReceiver:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def at(self, path: str) -> list[Received]:
