@@ -62,16 +62,7 @@ class AlertSettings(BaseSettings):
     @field_validator("cooldown", "max_running", "max_queue", mode="before")
     @classmethod
     def _window(cls, value: Any) -> Any:
-        if isinstance(value, str):  # 30m, 2h, 7d; bare digits are seconds
-            return timedelta(seconds=float(value)) if value.strip().isdigit() else parse_window(value.strip())
-        return value
-
-    @field_validator(
-        "slack_webhook_url", "webhook_url", "smtp_host", "smtp_user", "email_from", "email_to", mode="before"
-    )
-    @classmethod
-    def _blank_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
+        return parse_window(value) if isinstance(value, str) else value  # 30m, 2h, 7d; a bare number is seconds
 
     @model_validator(mode="after")
     def _email_is_complete(self) -> AlertSettings:
@@ -163,15 +154,13 @@ _HEALTH_JSON = (
 )
 
 
-def _messages(kind: str) -> dict[str, tuple[str, str]]:
-    """Per target: (subject, body) for email; ('', payload) for the webhooks."""
+def _messages(kind: str) -> dict[str, str]:
+    """The templates one alert kind sends: email subject and body, Slack's payload, the generic webhook's."""
     if kind == "health":
-        subject, body = _HEALTH_SUBJECT, _HEALTH_BODY
-        webhook = _HEALTH_JSON
+        subject, body, webhook = _HEALTH_SUBJECT, _HEALTH_BODY, _HEALTH_JSON
     else:
-        subject, body = _run_text(kind)
-        webhook = _run_json(kind)
-    return {"slack": ("", _slack(subject, body)), "webhook": ("", webhook), "email": (subject, body)}
+        (subject, body), webhook = _run_text(kind), _run_json(kind)
+    return {"subject": subject, "body": body, "slack": _slack(subject, body), "webhook": webhook}
 
 
 def automation_specs(settings: AlertSettings) -> list[dict[str, Any]]:
@@ -240,14 +229,9 @@ async def _apply_blocks(settings: AlertSettings) -> dict[str, Any]:
     from flows.notifications import SMTPEmail
 
     wanted: dict[str, Any] = {}
-    if settings.slack_webhook_url:
-        wanted[SLACK_BLOCK] = Webhook(
-            method="POST", url=settings.slack_webhook_url, headers={"Content-Type": "application/json"}
-        )
-    if settings.webhook_url:
-        wanted[WEBHOOK_BLOCK] = Webhook(
-            method="POST", url=settings.webhook_url, headers={"Content-Type": "application/json"}
-        )
+    for name, url in ((SLACK_BLOCK, settings.slack_webhook_url), (WEBHOOK_BLOCK, settings.webhook_url)):
+        if url:
+            wanted[name] = Webhook(method="POST", url=url, headers={"Content-Type": "application/json"})
     if settings.smtp_host:
         wanted[EMAIL_BLOCK] = SMTPEmail(
             host=settings.smtp_host,
@@ -284,12 +268,13 @@ def _actions(kind: str, blocks: dict[str, Any]) -> list[Any]:
     messages = _messages(kind)
     actions: list[Any] = []
     if SLACK_BLOCK in blocks:
-        actions.append(CallWebhook(block_document_id=blocks[SLACK_BLOCK], payload=messages["slack"][1]))
+        actions.append(CallWebhook(block_document_id=blocks[SLACK_BLOCK], payload=messages["slack"]))
     if WEBHOOK_BLOCK in blocks:
-        actions.append(CallWebhook(block_document_id=blocks[WEBHOOK_BLOCK], payload=messages["webhook"][1]))
+        actions.append(CallWebhook(block_document_id=blocks[WEBHOOK_BLOCK], payload=messages["webhook"]))
     if EMAIL_BLOCK in blocks:
-        subject, body = messages["email"]
-        actions.append(SendNotification(block_document_id=blocks[EMAIL_BLOCK], subject=subject, body=body))
+        actions.append(
+            SendNotification(block_document_id=blocks[EMAIL_BLOCK], subject=messages["subject"], body=messages["body"])
+        )
     return actions or [DoNothing()]
 
 

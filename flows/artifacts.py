@@ -75,8 +75,8 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def resources_table(prefix: str, results: dict[str, StageResult]) -> dict[str, float | None]:
-    """Per-stage rows and a `(run)` row; returns the run's figures."""
+def resources_table(prefix: str, results: dict[str, StageResult]) -> None:
+    """Per-stage rows and a `(run)` row (the run's figures, which `health` reads)."""
     from prefect.artifacts import create_table_artifact
 
     measured = {name: r.resources for name, r in results.items() if r.resources}
@@ -85,7 +85,6 @@ def resources_table(prefix: str, results: dict[str, StageResult]) -> dict[str, f
     rows.append({"stage": "(run)", **{c: figures.get(c) for c in RESOURCE_COLUMNS}})
     key = artifact_key(prefix) + RESOURCES_SUFFIX
     _safely(key, lambda: create_table_artifact(table=rows, key=key, description="CPU, memory and GPU use, %"))
-    return figures
 
 
 def metrics_table(prefix: str, summary_path: Path) -> None:

@@ -67,8 +67,11 @@ class DeploymentHealth:
 
 
 def parse_window(text: str) -> timedelta:
-    """`7d`, `24h`, `90m`, `30s`."""
+    """`7d`, `24h`, `90m`, `30s`; a bare number is seconds."""
     units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+    text = text.strip()
+    if text.replace(".", "", 1).isdigit():
+        return timedelta(seconds=float(text))
     if len(text) < 2 or text[-1] not in units or not text[:-1].replace(".", "", 1).isdigit():
         raise ValueError(f"a window is a number and a unit (d, h, m, s), e.g. 7d; got {text!r}")
     return timedelta(**{units[text[-1]]: float(text[:-1])})

@@ -37,7 +37,7 @@ class ProgressCounter:
         self.total, self.description, self.done = total, description, 0
         self._bar: Any = None
         self._task: Any = None
-        self._next_log = 0.1
+        self._tenths = 0  # tenths of the total reported so far
 
     def __enter__(self) -> ProgressCounter:
         if enabled() and self.total:
@@ -52,15 +52,15 @@ class ProgressCounter:
         self.done += step
         if self._bar is not None:
             self._bar.update(self._task, advance=step)
-        if self.total and self.done / self.total >= self._next_log - 1e-9:
+        tenths = self.done * 10 // self.total if self.total else 0
+        if tenths > self._tenths:
+            self._tenths = tenths
             if self._bar is None:
                 from llm_pipeline.logging import get_logger
 
                 get_logger("progress").info("progress", what=self.description, done=self.done, total=self.total)
             for listener in list(_listeners):
                 listener(self.description, self.done, self.total)
-            while self._next_log <= self.done / self.total + 1e-9:
-                self._next_log += 0.1
 
     def __exit__(self, *_: object) -> None:
         if self._bar is not None:

@@ -2,7 +2,8 @@
 
 A background thread samples every `interval` seconds; the summary is what health checks against the 80 %
 threshold: mean and peak CPU, peak memory, mean and peak GPU utilisation and peak GPU memory, as percentages.
-- CPU is the machine's (or container's visible CPUs') utilisation, all cores, as psutil reports it.
+- CPU is the whole machine's utilisation, all cores, as psutil reports it (a container's CPU quota is not
+  read: inside one this is the host's load).
 - Memory is the cgroup's use against its limit where the process runs under a memory limit (a container with
   `mem_limit`), else the machine's used memory; the process tree's RSS is reported beside it.
 - GPU figures are over the devices NVML sees (all of them: the worker owns its GPUs).
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -75,12 +75,10 @@ class ResourceSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._process = psutil.Process()
-        self._started = 0.0
 
     def __enter__(self) -> ResourceSampler:
         self._gpus = _Gpus()
         psutil.cpu_percent(None)  # the first call only sets the reference point
-        self._started = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
         self._thread.start()
         return self
@@ -114,18 +112,21 @@ class ResourceSampler:
         self._gpus.close()
 
     def summary(self) -> dict[str, float | None]:
-        def rounded(value: float | None) -> float | None:
-            return None if value is None else round(value, 1)
+        def mean_of(values: list[float]) -> float | None:
+            return round(mean(values), 1) if values else None
+
+        def max_of(values: list[float]) -> float | None:
+            return round(max(values), 1) if values else None
 
         return {
             "samples": len(self.cpu),
-            "cpu_mean_pct": rounded(mean(self.cpu)) if self.cpu else None,
-            "cpu_max_pct": rounded(max(self.cpu)) if self.cpu else None,
-            "memory_max_pct": rounded(max(self.memory)) if self.memory else None,
-            "rss_max_mb": rounded(max(self.rss_mb)) if self.rss_mb else None,
-            "gpu_util_mean_pct": rounded(mean(self.gpu_util)) if self.gpu_util else None,
-            "gpu_util_max_pct": rounded(max(self.gpu_util)) if self.gpu_util else None,
-            "gpu_memory_max_pct": rounded(max(self.gpu_memory)) if self.gpu_memory else None,
+            "cpu_mean_pct": mean_of(self.cpu),
+            "cpu_max_pct": max_of(self.cpu),
+            "memory_max_pct": max_of(self.memory),
+            "rss_max_mb": max_of(self.rss_mb),
+            "gpu_util_mean_pct": mean_of(self.gpu_util),
+            "gpu_util_max_pct": max_of(self.gpu_util),
+            "gpu_memory_max_pct": max_of(self.gpu_memory),
         }
 
 
