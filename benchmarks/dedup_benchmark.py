@@ -48,7 +48,7 @@ def run_method(method: str, corpus: Path, clusters_out: Path, backend: str) -> d
     documents = load_documents(DataConfig(path=corpus)).documents
     config = DedupConfig(method="minhash" if method == "naive" else method, embedding_backend=backend)
     if method in ("semantic", "hybrid"):  # model loading (and a one-time distillation or export) is not timed
-        from llm_pipeline.embeddings import load_embedder
+        from llm_pipeline.models.embeddings import load_embedder
 
         load_embedder(config.embedding_model, config.device, backend, config.max_seq_length).encode(["warm"], 1)
     started = time.perf_counter()
@@ -62,7 +62,8 @@ def naive_minhash(documents, config):  # type: ignore[no-untyped-def]
     from datasketch import MinHash, MinHashLSH
 
     from llm_pipeline.dedup.clusters import clusters_from_pairs
-    from llm_pipeline.dedup.minhash import lsh_params, words_of
+    from llm_pipeline.dedup.minhash import lsh_params
+    from llm_pipeline.text import words_of
 
     threshold, size = config.jaccard_threshold, config.shingle_size
     bands, rows = lsh_params(threshold, config.num_perm)

@@ -7,7 +7,7 @@ a warm-up at its own batch shape (the first call at a new shape costs seconds, c
 
   (a) naive: one `generate` per question (on a sample of `--naive-sample` questions: the rate is what counts);
   (b) plain batched `generate` at `--batch` (default 512), dynamic cache, no compilation;
-  (c) the project's evaluation path (llm_pipeline.generation.BatchedGenerator): length-sorted
+  (c) the project's evaluation path (llm_pipeline.models.generation.BatchedGenerator): length-sorted
       batches of `--project-batch`, prompt widths bucketed, static KV cache + torch.compile "reduce-overhead"
       (CUDA graphs) on CUDA.
 
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
-from llm_pipeline.generation import BatchedGenerator, GenerationSettings  # noqa: E402
+from llm_pipeline.models.generation import BatchedGenerator, GenerationSettings  # noqa: E402
 
 FULL = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
         "intermediate_size": 8192, "vocab_size": 128256}  # fmt: skip

@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llm_pipeline.config import QAConfig, QARetryConfig  # noqa: E402
+from llm_pipeline.config import QAConfig, RetryDelays  # noqa: E402
 from llm_pipeline.errors import TransientError  # noqa: E402
 from llm_pipeline.logging import configure_logging  # noqa: E402
 from llm_pipeline.qa import generate_qa  # noqa: E402
@@ -124,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("LLM_PIPELINE_PROGRESS", "0")
     configure_logging("WARNING", structured=False)
-    retry = QARetryConfig(rate_limit_initial_s=0.2, rate_limit_max_s=5, timeout_step_s=0.5)
+    retry = RetryDelays(rate_limit_initial_s=0.2, rate_limit_max_s=5, timeout_step_s=0.5)
 
     def config(concurrency: int, rpm: float | None, server: Server) -> QAConfig:
         return QAConfig(

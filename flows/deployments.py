@@ -12,7 +12,7 @@ overlaps the previous one: the next waits in the queue instead.
 | test-pipeline                          | llm-pipeline   | CPU       | low    | none (manual)             |
 | ev-charging-pipeline                   | llm-pipeline   | CPU       | high   | 0 3 * * * (daily 03:00)   |
 | general-pipeline                       | llm-pipeline   | CPU       | normal | 0 2 * * 0 (Sunday 02:00)  |
-| evaluate-models                        | evaluate-models| GPU       | high   | none (called by the above)|
+| evaluate-models (each GPU-pool stage)  | run-stage      | GPU       | high   | none (called by the above)|
 | health-check                           | health-check   | CPU       | normal | 0 * * * * (hourly)        |
 | test-pipeline-docker                   | llm-pipeline   | docker    | low    | none (the docker variant) |
 
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llm_pipeline.stages import PIPELINE
 from workers.pools import CPU_POOL, DOCKER_POOL, GPU_POOL, IMAGE
 
 SOURCE = Path(os.environ.get("LLM_PIPELINE_SOURCE", Path(__file__).resolve().parents[1]))
@@ -81,15 +82,19 @@ def specs(cpu_pool: str = CPU_POOL, gpu_pool: str = GPU_POOL) -> list[Deployment
             "General domain, weekly on Sunday at 02:00.",
             ("production",),
         ),
-        DeploymentSpec(
-            "evaluate-models",
-            "flows/pipeline.py:evaluate_models_flow",
-            gpu_pool,
-            "high",
-            None,
-            {},
-            "The evaluation stage on the GPU pool; called by the pipelines with run_deployment.",
-            ("gpu",),
+        *(
+            DeploymentSpec(
+                stage.name,
+                "flows/pipeline.py:stage_flow",
+                gpu_pool,
+                "high",
+                None,
+                {},
+                f"The {stage.name} stage on the GPU pool; called by the pipelines with run_deployment.",
+                ("gpu",),
+            )
+            for stage in PIPELINE
+            if stage.pool == "gpu"
         ),
         DeploymentSpec(
             "health-check",

@@ -1,9 +1,11 @@
-"""The llm-pipeline flow: seven Prefect tasks, each wrapping one library stage (llm_pipeline.stages).
+"""The llm-pipeline flow: one Prefect task per declared stage (llm_pipeline.stages.PIPELINE), in order.
 
-What Prefect adds here, and nothing more: retries by error class (flows/retries.py), caching, run logs,
-and the run's identity. Caching: a stage's key is its own config section, the fingerprint of the files it
-reads, the library's code version and the task's source; the run folder is left out, so a rerun on unchanged
-input reuses the earlier result and links its files into the new run folder (the manifest says from where).
+What Prefect adds here, and nothing more: retries by error class (flows/retries.py), caching, run logs, the
+run's identity, artifacts, and the hand-off of GPU-pool stages to their own deployment. Everything else comes
+from the stage declarations: task names, which stages are cached and on what key (the stage's config sections,
+the fingerprints of the stages it reads from, the library's code version; the run folder is left out, so a rerun
+on unchanged input reuses the earlier result and links its files into the new run folder, and the manifest says
+from where), which are retried, which report progress, and which prefer the GPU pool.
 """
 
 from __future__ import annotations
@@ -11,142 +13,131 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 # Importing this module runs flows/__init__.py first, which points Prefect's run logs at the library's logger.
-from prefect import flow, task
+from prefect import Task, flow, task
 from prefect.cache_policies import TASK_SOURCE, Inputs
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment, flow_run
 
 from flows import artifacts
-from flows.retries import retry_condition
-from llm_pipeline import stages
+from flows.retries import task_retry_options
 from llm_pipeline.config import PipelineConfig, load_config
 from llm_pipeline.errors import PipelineError
-from llm_pipeline.io import file_fingerprint, write_json
-from llm_pipeline.logging import bind, bound, configure_logging, get_logger
+from llm_pipeline.io import write_json
+from llm_pipeline.logging import bind, configure_logging, get_logger
 from llm_pipeline.manifest import Manifest
-from llm_pipeline.stages import StageResult, materialize, outputs_exist
+from llm_pipeline.stages import (
+    MANIFEST_FILE,
+    PIPELINE,
+    Stage,
+    StageResult,
+    cache_key,
+    code_version,
+    materialize,
+    outputs_exist,
+    read_manifest,
+    resolve_inputs,
+    run_stage,
+    stage_named,
+)
 
 log = get_logger("flow")
 
-# Where set (the compose stack sets it on CPU workers), the evaluation stage runs as this deployment on the GPU
-# pool; unset (embedded mode, tests), it runs inline in the pipeline's own process.
-EVALUATION_DEPLOYMENT_ENV = "LLM_PIPELINE_EVALUATION_DEPLOYMENT"
+# Where set (the compose stack sets it on CPU workers), a stage declared for the GPU pool runs as the deployment
+# `<this flow>/<stage name>` on that pool; unset (embedded mode, tests), it runs inline in the pipeline's process.
+STAGE_FLOW_ENV = "LLM_PIPELINE_STAGE_FLOW"
+STAGE_FLOW = "run-stage"
 GPU_SLOTS = "gpu-slots"
-STAGE_RESULT_FILE = "evaluate-models.stage.json"
 
-# The key leaves out the whole config (each stage passes the sections it depends on in `key`), the run folder,
-# and upstream results (their fingerprints are in `key`).
-STAGE_CACHE = Inputs(exclude=["config", "run_dir", "upstream"]) + TASK_SOURCE
-CACHED = {"cache_policy": STAGE_CACHE, "persist_result": True, "result_serializer": "json"}
-RETRYING = {
-    "retries": 2,
-    "retry_delay_seconds": [5, 30],
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": retry_condition,
-}
+# The key is `key` (the stage's name, the config sections it reads, its inputs' fingerprints, the code version)
+# and the task's source: the declaration object, the whole config, the run folder and run id are left out.
+STAGE_CACHE = Inputs(exclude=["stage", "config", "run_dir", "run_id", "group"]) + TASK_SOURCE
 
 
-@task(name="initialize-pipeline")
-def initialize_pipeline(config: PipelineConfig, run_dir: str, run_id: str) -> StageResult:
-    with bound(stage="initialize-pipeline"):
-        return stages.initialize_pipeline(config, Path(run_dir), run_id)
-
-
-@task(name="load-and-deduplicate-data", **CACHED, **RETRYING)
-def load_and_deduplicate_data(config: PipelineConfig, run_dir: str, key: dict[str, Any]) -> StageResult:
-    with bound(stage="load-and-deduplicate-data"):
-        return stages.load_and_deduplicate_data(config, Path(run_dir))
-
-
-@task(name="generate-qa-pairs", **CACHED, **RETRYING)
-def generate_qa_pairs(config: PipelineConfig, run_dir: str, upstream: StageResult, key: dict[str, Any]) -> StageResult:
-    with bound(stage="generate-qa-pairs"):
-        return stages.generate_qa_pairs(config, upstream.path("documents"), Path(run_dir))
-
-
-@task(name="setup-experiment-tracking")
-def setup_experiment_tracking(
-    config: PipelineConfig, run_dir: str, run_id: str, upstream: dict[str, StageResult]
+def _run_declared_stage(
+    stage: Stage, config: PipelineConfig, run_dir: str, run_id: str, group: str, key: dict[str, Any]
 ) -> StageResult:
-    with bound(stage="setup-experiment-tracking"):
-        counts = {name: r.counts for name, r in upstream.items()}
-        return stages.setup_experiment_tracking(
-            config,
-            Path(run_dir),
-            run_id,
-            deployment.get_name() or "local",
-            counts,
-            upstream["generate-qa-pairs"].path("qa_pairs"),
-        )
+    return run_stage(stage, config, Path(run_dir), run_id, group)
 
 
-@task(name="generate-benchmark", **CACHED, **RETRYING)
-def generate_benchmark(
-    config: PipelineConfig, run_dir: str, upstream: dict[str, StageResult], key: dict[str, Any]
+def stage_task(stage: Stage, config: PipelineConfig) -> Task[..., StageResult]:
+    """The Prefect task for one declared stage. Built per flow run: its retry options hold per-run state."""
+    options: dict[str, Any] = {"name": stage.name}
+    if stage.cached:
+        options.update(cache_policy=STAGE_CACHE, persist_result=True, result_serializer="json")
+    if stage.retry == "table":
+        options.update(task_retry_options(config.stage_retry))
+    return task(**options)(_run_declared_stage)
+
+
+def run_inline(
+    stage: Stage, config: PipelineConfig, run_dir: Path, run_id: str, group: str, manifest: dict[str, Any], code: str
 ) -> StageResult:
-    with bound(stage="generate-benchmark"):
-        return stages.generate_benchmark(
-            config, upstream["qa"].path("qa_pairs"), upstream["documents"].path("documents"), Path(run_dir)
-        )
-
-
-@task(name="evaluate-models", **CACHED, **RETRYING)
-def evaluate_models(config: PipelineConfig, run_dir: str, upstream: StageResult, key: dict[str, Any]) -> StageResult:
-    with bound(stage="evaluate-models"):
-        return stages.evaluate_models(config, upstream.path("benchmark"), Path(run_dir))
-
-
-@task(name="evaluate-models")
-def evaluate_models_elsewhere(deployment_name: str, parameters: dict[str, Any], run_dir: str) -> StageResult:
-    """Hand the stage to the evaluation deployment (GPU pool); results come back as files on the shared volume."""
-    from prefect.deployments import run_deployment
-
-    with bound(stage="evaluate-models"):
-        log.info("evaluation_handed_off", deployment=deployment_name)
-        child = run_deployment(deployment_name, parameters=parameters, timeout=None, poll_interval=2)
-        state = child.state
-        if state is None or not state.is_completed():
-            name = state.name if state else "unknown"
-            raise PipelineError(
-                f"evaluation deployment {deployment_name} ended {name}: "
-                f"{state.message if state else ''} (flow run {child.id})"
-            )
-        return StageResult.model_validate_json((Path(run_dir) / STAGE_RESULT_FILE).read_text())
-
-
-@task(name="finalize-pipeline")
-def finalize_pipeline(
-    config: PipelineConfig, run_dir: str, manifest: dict[str, Any], results: dict[str, StageResult]
-) -> StageResult:
-    with bound(stage="finalize-pipeline"):
-        return stages.finalize_pipeline(config, Path(run_dir), manifest, results)
-
-
-def _cached_call(task_fn: Any, run_dir: Path, **kwargs: Any) -> StageResult:
-    """Run a cached task; if its cached files were deleted since, run it again for real."""
-    result = task_fn(run_dir=str(run_dir), **kwargs)
+    """Run a stage as a task of the current flow; a cached stage whose cached files were deleted runs again."""
+    run = stage_task(stage, config)
+    kwargs = {
+        "stage": stage,
+        "config": config,
+        "run_dir": str(run_dir),
+        "run_id": run_id,
+        "group": group,
+        "key": cache_key(stage, config, manifest, code) if stage.cached else {},
+    }
+    result = run(**kwargs)
+    if not stage.cached:
+        return result
     if not outputs_exist(result):
-        log.warning("cached_outputs_missing", stage=result.stage, rerun=True)
-        result = task_fn.with_options(refresh_cache=True)(run_dir=str(run_dir), **kwargs)
+        log.warning("cached_outputs_missing", stage=stage.name, rerun=True)
+        result = run.with_options(refresh_cache=True)(**kwargs)
     return materialize(result, run_dir)
 
 
-def _evaluate(config: PipelineConfig, run_dir: Path, bench: StageResult, code: str) -> StageResult:
-    return _cached_call(
-        evaluate_models,
-        run_dir,
-        config=config,
-        upstream=bench,
-        key={**_section(config, "evaluation"), "input": bench.fingerprint, "code": code},
-    )
+def _stage_result_file(run_dir: Path, stage: Stage) -> Path:
+    return run_dir / f"{stage.name}.stage.json"
 
 
-def _section(config: PipelineConfig, *names: str) -> dict[str, Any]:
-    return {name: config.model_dump(mode="json")[name] for name in names}
+def _hand_off(deployment_name: str, parameters: dict[str, Any], result_file: str) -> StageResult:
+    """Run the stage as its deployment on its pool; its result comes back as a file on the shared volume."""
+    from prefect.deployments import run_deployment
+
+    log.info("stage_handed_off", deployment=deployment_name)
+    child = run_deployment(deployment_name, parameters=parameters, timeout=None, poll_interval=2)
+    state = child.state
+    if state is None or not state.is_completed():
+        name = state.name if state else "unknown"
+        raise PipelineError(
+            f"deployment {deployment_name} ended {name}: {state.message if state else ''} (flow run {child.id})"
+        )
+    return StageResult.model_validate_json(Path(result_file).read_text())
+
+
+def run_elsewhere(
+    stage: Stage,
+    flow_name: str,
+    config_path: str,
+    overrides: dict[str, Any] | None,
+    run_dir: Path,
+    run_id: str,
+    group: str,
+) -> StageResult:
+    parameters = {
+        "stage": stage.name,
+        "config_path": config_path,
+        "overrides": overrides,
+        "run_dir": str(run_dir),
+        "run_id": run_id,
+        "group": group,
+    }
+    hand_off = task(name=stage.name)(_hand_off)
+    return hand_off(f"{flow_name}/{stage.name}", parameters, str(_stage_result_file(run_dir, stage)))
+
+
+def _progress(prefix: str, stage: Stage) -> AbstractContextManager[None]:
+    return artifacts.progress_artifacts(prefix, stage.name) if stage.progress else nullcontext()
 
 
 @flow(name="llm-pipeline", log_prints=True)
@@ -157,72 +148,24 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + (flow_run.get_id() or "local")[:8]
     run_dir = (config.output_path / config.name / run_id).resolve()
     bind(run_id=run_id, pipeline=config.name)
-    code = stages.code_version()
+    code = code_version()
+    group = deployment.get_name() or "local"
     prefix = artifacts.artifact_key(deployment.get_name() or config.name)
-    manifest = Manifest(run_dir / "manifest.json", config.name, run_id, config.fingerprint(), code)
+    manifest = Manifest(run_dir / MANIFEST_FILE, config.name, run_id, config.fingerprint(), code)
+    stage_flow_name = os.environ.get(STAGE_FLOW_ENV)
     results: dict[str, StageResult] = {}
-
-    def record(result: StageResult) -> StageResult:
-        results[result.stage] = result
-        manifest.record(result.stage, "cached" if result.cached else "completed", result)
-        artifacts.stage_summary(prefix, result)
-        return result
-
-    current = stages.STAGES[0]
+    current = PIPELINE[0].name
     try:
-        record(initialize_pipeline(config, str(run_dir), run_id))
-        current = stages.STAGES[1]
-        data = record(
-            _cached_call(
-                load_and_deduplicate_data,
-                run_dir,
-                config=config,
-                key={**_section(config, "data", "dedup"), "input": file_fingerprint(config.data.path), "code": code},
-            )
-        )
-        current = stages.STAGES[2]
-        with artifacts.progress_artifacts(prefix, current):
-            qa = record(
-                _cached_call(
-                    generate_qa_pairs,
-                    run_dir,
-                    config=config,
-                    upstream=data,
-                    key={**_section(config, "qa"), "input": data.fingerprint, "code": code},
-                )
-            )
-        current = stages.STAGES[3]
-        record(setup_experiment_tracking(config, str(run_dir), run_id, {s: results[s] for s in stages.STAGES[1:3]}))
-        current = stages.STAGES[4]
-        bench = record(
-            _cached_call(
-                generate_benchmark,
-                run_dir,
-                config=config,
-                upstream={"qa": qa, "documents": data},
-                key={
-                    **_section(config, "benchmark"),
-                    "domain": config.domain,
-                    "input": [qa.fingerprint, data.fingerprint],
-                    "code": code,
-                },
-            )
-        )
-        current = stages.STAGES[5]
-        elsewhere = os.environ.get(EVALUATION_DEPLOYMENT_ENV)
-        if elsewhere:
-            parameters = {
-                "config_path": config_path,
-                "overrides": overrides,
-                "run_dir": str(run_dir),
-                "benchmark_stage": bench.model_dump(mode="json"),
-            }
-            record(evaluate_models_elsewhere(elsewhere, parameters, str(run_dir)))
-        else:
-            with artifacts.progress_artifacts(prefix, current):
-                record(_evaluate(config, run_dir, bench, code))
-        current = stages.STAGES[6]
-        final = record(finalize_pipeline(config, str(run_dir), manifest.data, results))
+        for stage in PIPELINE:
+            current = stage.name
+            if stage.pool == "gpu" and stage_flow_name:
+                result = run_elsewhere(stage, stage_flow_name, config_path, overrides, run_dir, run_id, group)
+            else:
+                with _progress(prefix, stage):
+                    result = run_inline(stage, config, run_dir, run_id, group, manifest.data, code)
+            results[stage.name] = result
+            manifest.record(stage.name, "cached" if result.cached else "completed", result)
+            artifacts.stage_summary(prefix, result)
     except Exception as exc:
         manifest.record(current, "failed", error=f"{type(exc).__name__}: {exc}")
         manifest.finish("failed")
@@ -230,9 +173,11 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
         log.error("pipeline_failed", stage=current, error=f"{type(exc).__name__}: {exc}")
         raise
     manifest.finish("completed")
+    last = PIPELINE[-1]
+    final = results[last.name]
     artifacts.resources_table(prefix, results)
     artifacts.metrics_table(prefix, Path(final.outputs["summary"]))
-    tracking = json.loads(results[stages.STAGES[3]].path("tracking").read_text())
+    tracking = json.loads(resolve_inputs(last, manifest.data, run_dir)["tracking"].read_text())
     artifacts.report_artifact(prefix, run_id, final, tracking)
     log.info("pipeline_completed", run_dir=str(run_dir), report=final.outputs["report"])
     return {
@@ -246,23 +191,30 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
     }
 
 
-@flow(name="evaluate-models")
-def evaluate_models_flow(
-    config_path: str, run_dir: str, benchmark_stage: dict[str, Any], overrides: dict[str, Any] | None = None
+@flow(name=STAGE_FLOW)
+def stage_flow(
+    stage: str,
+    config_path: str,
+    run_dir: str,
+    run_id: str,
+    overrides: dict[str, Any] | None = None,
+    group: str = "local",
 ) -> str:
-    """The evaluation stage as its own flow, deployed on the GPU pool and called by the pipeline with
-    run_deployment. It holds a `gpu-slots` global concurrency slot while it runs (a no-op where that limit does
-    not exist) and writes its StageResult beside its outputs, so the hand-off back is a file, not a pickle."""
+    """One stage of a pipeline run as its own flow run: deployed once per GPU-pool stage (named after it) and
+    called by the pipeline with run_deployment. It reads the stage's inputs through the run's manifest on the
+    shared volume, holds a `gpu-slots` global concurrency slot while a GPU stage runs (a no-op where that limit
+    does not exist), and writes its StageResult beside its outputs: the hand-off back is a file, not a pickle."""
     config = load_config(config_path, overrides)
     configure_logging(config.monitoring.log_level, config.monitoring.structured_logging)
+    declared = stage_named(stage)
     folder = Path(run_dir)
-    bind(run_id=folder.name, pipeline=config.name)
-    bench = StageResult.model_validate(benchmark_stage)
-    prefix = artifacts.artifact_key(deployment.get_name() or "evaluate-models", config.name)
-    with concurrency(GPU_SLOTS, occupy=1), artifacts.progress_artifacts(prefix, "evaluate-models"):
-        result = _evaluate(config, folder, bench, stages.code_version())
+    bind(run_id=run_id, pipeline=config.name)
+    prefix = artifacts.artifact_key(deployment.get_name() or stage, config.name)
+    slot = concurrency(GPU_SLOTS, occupy=1) if declared.pool == "gpu" else nullcontext()
+    with slot, _progress(prefix, declared):
+        result = run_inline(declared, config, folder, run_id, group, read_manifest(folder), code_version())
     artifacts.stage_summary(prefix, result)
-    path = folder / STAGE_RESULT_FILE
+    path = _stage_result_file(folder, declared)
     write_json(path, result.model_dump(mode="json"))
     _release_accelerator_memory()
     return str(path)

@@ -14,8 +14,10 @@ def sleeper(seconds: float = 3.0, label: str = "") -> str:
 
 
 @flow(name="always-fails")
-def always_fails(config_path: str, run_dir: str, benchmark_stage: dict, overrides: dict | None = None) -> None:
-    """Takes the evaluation flow's parameters, and fails: the pipeline that handed off to it must fail too."""
+def always_fails(
+    stage: str, config_path: str, run_dir: str, run_id: str, overrides: dict | None = None, group: str = "local"
+) -> None:
+    """Takes the stage flow's parameters, and fails: the pipeline that handed off to it must fail too."""
     raise RuntimeError("this evaluation deployment fails on purpose")
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from llm_pipeline.benchmark import REFUSAL, build_benchmark, classify_documents, contaminated, difficulty_of
+from llm_pipeline.benchmark import build_benchmark, classify_documents, contaminated, difficulty_of
 from llm_pipeline.config import BenchmarkConfig, DataConfig, QAConfig
 from llm_pipeline.ingest import load_documents
 from llm_pipeline.qa import generate_qa
 from llm_pipeline.records import Document, QAPair
+from llm_pipeline.text import REFUSAL
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ["pricing", "technical", "compatibility", "environmental"]

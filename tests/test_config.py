@@ -113,7 +113,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
     return subprocess.run(
-        [sys.executable, "-m", "llm_pipeline.cli", *args],
+        [sys.executable, "-m", "flows.cli", *args],  # the app the `llm-pipeline` command runs
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from llm_pipeline.config import DataConfig, DedupConfig
 from llm_pipeline.dedup import deduplicate
-from llm_pipeline.dedup.clusters import remove_duplicates
 from llm_pipeline.dedup.exact import exact_duplicate_clusters
 from llm_pipeline.dedup.minhash import near_duplicate_clusters
+from llm_pipeline.dedup.remove import remove_duplicates
 from llm_pipeline.dedup.semantic import semantic_duplicate_clusters
 from llm_pipeline.ingest import load_documents
 from llm_pipeline.records import Document

@@ -14,7 +14,7 @@ import pytest
 from llm_pipeline.config import DedupConfig
 from llm_pipeline.dedup import deduplicate
 from llm_pipeline.dedup import minhash as mh
-from llm_pipeline.embeddings import embed
+from llm_pipeline.models.embeddings import embed
 from llm_pipeline.records import Document
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_embedding_cache_never_embeds_a_text_twice(tmp_path: Path) -> None:
 def test_onnx_backends_agree_with_torch(
     backend: str, agreement: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import llm_pipeline.embeddings as embeddings
+    import llm_pipeline.models.embeddings as embeddings
 
     monkeypatch.setattr(embeddings, "ONNX_CACHE", tmp_path)
     embeddings.load_embedder.cache_clear()
@@ -141,7 +141,7 @@ def test_onnx_backends_agree_with_torch(
 def test_static_backend_separates_copies_from_unrelated_documents(
     corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import llm_pipeline.embeddings as embeddings
+    import llm_pipeline.models.embeddings as embeddings
 
     monkeypatch.setattr(embeddings, "ONNX_CACHE", tmp_path / "onnx")  # the distilled table lands beside it
     embeddings.load_embedder.cache_clear()

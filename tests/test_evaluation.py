@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llm_pipeline.benchmark import REFUSAL
 from llm_pipeline.config import CandidateConfig, EvaluationConfig
 from llm_pipeline.evaluation import evaluate_candidates, robustness
-from llm_pipeline.evaluation.candidates import answer_span
+from llm_pipeline.evaluation.baselines import answer_span
 from llm_pipeline.records import BenchmarkItem
+from llm_pipeline.text import REFUSAL
 
 CONTEXT = (
     "DC fast charging on VoltWay costs $0.45 per kWh in Denver. Level 2 chargers deliver between 7 and 11 kW "

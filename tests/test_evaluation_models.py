@@ -11,8 +11,8 @@ import pytest
 from llm_pipeline.config import CandidateConfig, EvaluationConfig
 from llm_pipeline.evaluation import evaluate_candidates
 from llm_pipeline.evaluation.candidates import answer_messages
-from llm_pipeline.generation import BatchedGenerator, GenerationSettings
-from llm_pipeline.models import load_causal_lm, render_prompt
+from llm_pipeline.models.generation import BatchedGenerator, GenerationSettings
+from llm_pipeline.models.loading import load_causal_lm, render_prompt
 from llm_pipeline.records import BenchmarkItem
 from tests.fakes.openai_server import FakeOpenAI
 from tests.tiny_models import memorize, out_of_memory_above, save, tiny_llama, train_tokenizer

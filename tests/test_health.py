@@ -60,7 +60,7 @@ async def _seed() -> None:
 def test_health_per_deployment_against_thresholds(prefect_server, tmp_path: Path) -> None:
     asyncio.run(_seed())
     env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url}
-    command = [sys.executable, "-m", "llm_pipeline.cli", "health", "--window", "1h", "--max-queue", "10m", "--json"]
+    command = [sys.executable, "-m", "flows.cli", "health", "--window", "1h", "--max-queue", "10m", "--json"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr  # a threshold is crossed
     report = {d["deployment"]: d for d in json.loads(done.stdout)["deployments"]}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llm_pipeline.embeddings import resolve_model_path
 from llm_pipeline.evaluation import metrics as m
+from llm_pipeline.models.embeddings import resolve_model_path
 from llm_pipeline.records import BenchmarkItem
 
 

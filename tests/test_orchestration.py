@@ -88,7 +88,7 @@ def test_deployments_have_their_schedules_queues_and_limits(deployed) -> None:
     }
     with client() as c:
         for name, (queue, cron, pool) in expected.items():
-            flow_name = name if name in ("evaluate-models", "health-check") else "llm-pipeline"
+            flow_name = {"evaluate-models": "run-stage", "health-check": "health-check"}.get(name, "llm-pipeline")
             deployment = c.read_deployment_by_name(f"{flow_name}/{name}")
             assert deployment.work_queue_name == queue and deployment.work_pool_name == pool, name
             crons = [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules]
@@ -112,7 +112,7 @@ def workers(deployed, tmp_path_factory):
         pytest_api_url(),
         pools.CPU_POOL,
         home,
-        env={**env, "LLM_PIPELINE_EVALUATION_DEPLOYMENT": "evaluate-models/evaluate-models"},
+        env={**env, "LLM_PIPELINE_STAGE_FLOW": "run-stage"},  # GPU-pool stages run as run-stage/<stage>
     )
     gpu = Worker(pytest_api_url(), pools.GPU_POOL, home, env=env)
     yield out
@@ -151,17 +151,17 @@ def test_a_failed_evaluation_child_fails_the_pipeline(workers) -> None:
     from prefect.deployments import run_deployment
 
     flow.from_source(source=str(ROOT), entrypoint="tests/orchestration_flows.py:always_fails").deploy(
-        name="failing-eval", work_pool_name=pools.GPU_POOL, work_queue_name="high", print_next_steps=False
+        name="evaluate-models", work_pool_name=pools.GPU_POOL, work_queue_name="high", print_next_steps=False
     )
     run = run_deployment(
         "llm-pipeline/test-pipeline",
         parameters={"overrides": SMALL},
         timeout=0,
-        job_variables={"env": {"LLM_PIPELINE_EVALUATION_DEPLOYMENT": "always-fails/failing-eval"}},
+        job_variables={"env": {"LLM_PIPELINE_STAGE_FLOW": "always-fails"}},  # its evaluate-models deployment
     )
     [final] = wait_final([run.id], timeout=600)
     assert final.state.is_failed(), final.state
-    assert "always-fails/failing-eval" in (final.state.message or "") or _task_failed(run.id, "evaluate-models")
+    assert "always-fails/evaluate-models" in (final.state.message or "") or _task_failed(run.id, "evaluate-models")
 
 
 def _task_failed(flow_run_id: Any, name: str) -> bool:

@@ -7,18 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from llm_pipeline.config import DataConfig, QAConfig, QARetryConfig
+from llm_pipeline.config import DataConfig, QAConfig, RetryDelays
 from llm_pipeline.errors import ModelLoadError, RateLimitedError, ResourceExhaustedError, ServiceUnavailableError
 from llm_pipeline.ingest import load_documents
 from llm_pipeline.qa import generate_qa, resolve_backend
 from llm_pipeline.qa.chunking import chunk_text
-from llm_pipeline.qa.extractive import question_for, split_sentences
+from llm_pipeline.qa.extractive import question_for
 from llm_pipeline.qa.filters import filter_pairs
 from llm_pipeline.qa.grounding import grounding_score
-from llm_pipeline.qa.policy import policy_table
 from llm_pipeline.qa.prompts import PACKAGED_DIR, load_prompts
 from llm_pipeline.qa.schema import OutputFormatError, parse_pairs
 from llm_pipeline.records import Document, QAPair
+from llm_pipeline.retries import RETRY_TABLE, rule_for
+from llm_pipeline.text import split_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,23 +174,27 @@ def test_filters_count_each_reason() -> None:
     assert next(d for d in result.dropped if d["id"] == "p1")["duplicate_of"] == "p0"
 
 
-def test_policy_table_matches_the_spec() -> None:
-    table = policy_table(QARetryConfig(timeout_step_s=2.0, oom_delay_s=30.0))
+def test_retry_table_matches_the_spec() -> None:
+    table = RETRY_TABLE
     tries = {cls.__name__: rule.tries for cls, rule in table.items()}
     assert tries == {
         "RateLimitedError": 5,
         "ServiceUnavailableError": 3,
+        "TransientError": 3,
         "ModelLoadError": 2,
         "ResourceExhaustedError": 2,
         "DataValidationError": 1,
+        "ConfigError": 1,
     }
+    delays = RetryDelays(timeout_step_s=2.0, oom_delay_s=30.0)
     rate = table[RateLimitedError]
-    assert rate.wait(1, RateLimitedError("429", retry_after=7.0)) >= 7.0  # Retry-After is a floor
-    assert rate.wait(4, RateLimitedError("429")) > rate.wait(1, RateLimitedError("429")) - 1  # grows
-    assert [table[ServiceUnavailableError].wait(k, Exception()) for k in (1, 2)] == [2.0, 4.0]  # linear
-    assert (
-        table[ModelLoadError].wait(1, Exception()) == 0.0 and table[ResourceExhaustedError].wait(1, Exception()) == 30
-    )
+    assert rate.delay(1, RateLimitedError("429", retry_after=7.0), delays) >= 7.0  # Retry-After is a floor
+    assert rate.delay(4, RateLimitedError("429"), delays) > rate.delay(1, RateLimitedError("429"), delays) - 1
+    assert [table[ServiceUnavailableError].delay(k, Exception(), delays) for k in (1, 2)] == [2.0, 4.0]  # linear
+    assert table[ModelLoadError].delay(1, Exception(), delays) == 0.0
+    assert table[ResourceExhaustedError].delay(1, Exception(), delays) == 30
+    assert rule_for(ValueError("a bug")) is None  # outside the hierarchy: never retried
+    assert rule_for(OutputFormatError("bad JSON")).label == "data_validation"  # inside it now
 
 
 def test_prompt_override_gets_its_own_version(tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from llm_pipeline.config import QAConfig, QARetryConfig
+from llm_pipeline.config import QAConfig, RetryDelays
 from llm_pipeline.errors import ModelLoadError, ResourceExhaustedError
 from llm_pipeline.logging import configure_logging
-from llm_pipeline.models import render_prompt
+from llm_pipeline.models.loading import render_prompt
 from llm_pipeline.qa import build_jobs, generate_qa
 from llm_pipeline.qa.local_backend import LocalBackend
 from llm_pipeline.qa.prompts import load_prompts
@@ -35,7 +35,7 @@ TARGET = {
         {"question": "How much does DC fast charging cost in Denver?", "answer": "$0.45 per kWh in Denver"},
     ]
 }
-FAST = QARetryConfig(oom_delay_s=0.01)
+FAST = RetryDelays(oom_delay_s=0.01)
 
 
 def local_config(path: Path, **overrides: Any) -> QAConfig:

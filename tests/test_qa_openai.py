@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_pipeline.config import DataConfig, QAConfig, QARetryConfig
+from llm_pipeline.config import DataConfig, QAConfig, RetryDelays
 from llm_pipeline.errors import TransientError
 from llm_pipeline.ingest import load_documents
 from llm_pipeline.qa import JOURNAL_FILE, QAResult, generate_qa
@@ -26,7 +26,7 @@ from llm_pipeline.records import Document
 from tests.fakes.openai_server import FakeOpenAI, document_key
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST_RETRIES = QARetryConfig(rate_limit_initial_s=0.01, rate_limit_max_s=0.5, timeout_step_s=0.01, oom_delay_s=0.01)
+FAST_RETRIES = RetryDelays(rate_limit_initial_s=0.01, rate_limit_max_s=0.5, timeout_step_s=0.01, oom_delay_s=0.01)
 PRICE = {"fake-model": {"input_per_million": 0.15, "output_per_million": 0.60}}
 
 

@@ -222,7 +222,7 @@ def test_postgres_keeps_its_data_across_down_and_up(stack, deployed) -> None:
     assert make("down", stack["env"], timeout=600).returncode == 0
     up = make("up", stack["env"], timeout=1200)
     assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
-    for name in ("llm-pipeline/ev-charging-pipeline", "llm-pipeline/test-pipeline", "evaluate-models/evaluate-models"):
+    for name in ("llm-pipeline/ev-charging-pipeline", "llm-pipeline/test-pipeline", "run-stage/evaluate-models"):
         inspected = compose(stack["env"], "run", "--rm", "deployer", "prefect", "deployment", "inspect", name)
         assert inspected.returncode == 0, (name, inspected.stderr[-1000:])
         if name.endswith("ev-charging-pipeline"):

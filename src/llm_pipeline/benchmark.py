@@ -33,12 +33,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from llm_pipeline.config import BenchmarkConfig
-from llm_pipeline.dedup.minhash import words_of
-from llm_pipeline.qa.extractive import split_sentences
 from llm_pipeline.records import BENCHMARK_VERSION, BenchmarkItem, Difficulty, Document, QAPair
+from llm_pipeline.text import DECIMAL, REFUSAL, split_sentences, words_of
 
-__all__ = ["BENCHMARK_VERSION", "REFUSAL", "build_benchmark", "difficulty_of"]
-REFUSAL = "The context does not answer this question."
+__all__ = ["BENCHMARK_VERSION", "build_benchmark", "difficulty_of"]
 ADVERSARIAL_TYPES = ("unanswerable", "distractor", "typo", "numeric", "negated", "paraphrase")
 _AUX = re.compile(
     r"^(What|How much|How many|Which|Who|Where|When) (does|do|did|can|will|should|may|must) (.+) (\w+)\?$"
@@ -53,19 +51,17 @@ _PARAPHRASES = [
     (re.compile(r"^What is (.+)\?$"), r"Can you say what \1 is?"),
 ]
 _FRAMES = ("According to the context, {q}", "Based on the text, {q}", "From what the passage says, {q}")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_WORD = re.compile(r"\w+")
 
 
 def difficulty_of(question: str, answer: str, context: str) -> Difficulty:
     points = 0
     answer_words = answer.split()
     points += len(answer_words) > 8
-    points += bool(_NUMBER.search(answer))
+    points += bool(DECIMAL.search(answer))
     points += ("," in answer) or (" and " in answer)
     sentence = next((s for s in split_sentences(context) if answer in s), context)
-    q_words = set(_WORD.findall(question.lower()))
-    s_words = set(_WORD.findall(sentence.lower())) - set(_WORD.findall(answer.lower()))
+    q_words = set(words_of(question))
+    s_words = set(words_of(sentence)) - set(words_of(answer))
     overlap = len(q_words & s_words) / max(1, len(s_words))
     points += overlap < 0.5
     return "easy" if points == 0 else "medium" if points == 1 else "hard"
@@ -92,7 +88,7 @@ def classify_documents(documents: list[Document], config: BenchmarkConfig) -> di
         else:
             undecided.append(document)
     if undecided and config.category_descriptions:
-        from llm_pipeline.embeddings import embed
+        from llm_pipeline.models.embeddings import embed
 
         names = list(config.category_descriptions)
         vectors = embed([config.category_descriptions[n] for n in names] + [d.text[:2000] for d in undecided])
@@ -188,7 +184,7 @@ def _paraphrase(question: str, rng: random.Random) -> str:
 
 
 def _perturb_numbers(text: str, mapping: dict[str, str]) -> str:
-    return _NUMBER.sub(lambda m: mapping.get(m.group(0), m.group(0)), text)
+    return DECIMAL.sub(lambda m: mapping.get(m.group(0), m.group(0)), text)
 
 
 def adversarial_variants(item: BenchmarkItem, documents: list[Document], rng: random.Random) -> list[BenchmarkItem]:
@@ -213,7 +209,7 @@ def adversarial_variants(item: BenchmarkItem, documents: list[Document], rng: ra
     if negated:
         variants.append(variant("negated", question=negated, answer=REFUSAL, answerable=False))
     variants.append(variant("paraphrase", question=_paraphrase(item.question, rng)))
-    numbers = _NUMBER.findall(item.answer)
+    numbers = DECIMAL.findall(item.answer)
     if numbers:
         mapping = {}
         for n in numbers:

@@ -85,7 +85,8 @@ def pipeline_charts(manifest: dict[str, Any], evaluation: dict[str, Any], folder
         axes.set(xlabel="seconds (light: reused from cache)", title="stage timings")
         files["stage_timings"] = _save(figure, folder, "chart_stage_timings.png")
 
-    counts = stages.get("load-and-deduplicate-data", {}).get("counts", {})
+    # the stage that deduplicated: the one whose counts say what dedup kept
+    counts = next((s["counts"] for s in stages.values() if "dedup.kept" in s.get("counts", {})), {})
     if counts:
         parts = {"kept": counts.get("dedup.kept", 0)}
         parts.update({k.split(".")[-1]: v for k, v in counts.items() if k.startswith("dedup.removed.")})

@@ -1,12 +1,12 @@
-"""The `llm-pipeline` command: validate a config, run the pipeline in Prefect's embedded mode.
+"""The library's side of the `llm-pipeline` command: what needs no Prefect (`validate`, `version`) and the
+helpers every command shares. The orchestration side (flows/cli.py) adds `run`, `trigger` and `health` to
+this app; the installed `llm-pipeline` command is that whole app.
 
 Exit codes: 0 success, 1 the run failed, 2 bad configuration (nothing was started).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,12 +14,11 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
-from rich.table import Table
 
 import llm_pipeline
 from llm_pipeline.config import PipelineConfig, Secrets, load_config
-from llm_pipeline.errors import ConfigError, PipelineError
-from llm_pipeline.qa import resolve_backend
+from llm_pipeline.errors import ConfigError
+from llm_pipeline.qa.backends import resolve_backend
 
 app = typer.Typer(
     add_completion=False,
@@ -33,7 +32,7 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Pipeline con
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a key: section.field=value (repeatable).")]
 
 
-def _parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """`qa.questions_per_doc=3` -> {"qa": {"questions_per_doc": 3}}; values are parsed as YAML scalars."""
     overrides: dict[str, Any] = {}
     for pair in pairs or []:
@@ -48,7 +47,7 @@ def _parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return overrides
 
 
-def _load_or_exit(config: Path, overrides: dict[str, Any]) -> PipelineConfig:
+def load_or_exit(config: Path, overrides: dict[str, Any]) -> PipelineConfig:
     try:
         return load_config(config, overrides)
     except ConfigError as exc:
@@ -62,11 +61,11 @@ def _load_or_exit(config: Path, overrides: dict[str, Any]) -> PipelineConfig:
 def validate(config: Annotated[Path, typer.Argument(help="Pipeline config YAML.")], set_: SetOption = None) -> None:
     """Resolve a config (file, PIPELINE_ENV overlay, PIPELINE__* variables) and print it, secrets masked."""
     try:
-        overrides = _parse_overrides(set_)
+        overrides = parse_overrides(set_)
     except ConfigError as exc:
         err.print(f"[bold red]config error[/]: {exc}")
         raise typer.Exit(2) from None
-    resolved = _load_or_exit(config, overrides)
+    resolved = load_or_exit(config, overrides)
     payload = {
         "config": resolved.model_dump(mode="json"),
         "secrets": Secrets().masked(),
@@ -81,172 +80,6 @@ def validate(config: Annotated[Path, typer.Argument(help="Pipeline config YAML."
     }
     out.print(yaml.safe_dump(payload, sort_keys=False), end="", markup=False, highlight=False)
     err.print(f"[green]valid[/]: {config}")
-
-
-@app.command()
-def run(config: ConfigOption = Path("configs/test.yaml"), set_: SetOption = None) -> None:
-    """Run all seven stages in Prefect's embedded mode (no server needed) and print where the report is."""
-    try:
-        overrides = _parse_overrides(set_)
-    except ConfigError as exc:
-        err.print(f"[bold red]config error[/]: {exc}")
-        raise typer.Exit(2) from None
-    _load_or_exit(config, overrides)  # fail before Prefect starts anything
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from flows.pipeline import llm_pipeline as pipeline_flow
-
-    try:
-        result = pipeline_flow(config_path=str(config), overrides=overrides or None)
-    except PipelineError as exc:
-        err.print(f"[bold red]pipeline failed[/]: {exc}")
-        raise typer.Exit(1) from None
-    except Exception as exc:  # noqa: BLE001 - any failure ends the run with its message, not a traceback wall
-        err.print(f"[bold red]pipeline failed[/]: {type(exc).__name__}: {exc}")
-        raise typer.Exit(1) from None
-    _print_summary(result)
-
-
-def _api_url() -> str:
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value() or "the embedded server"
-
-
-def _print_summary(result: dict[str, Any]) -> None:
-    table = Table(title=f"run {result['run_id']}", show_lines=False)
-    table.add_column("stage")
-    table.add_column("cached")
-    table.add_column("counts")
-    for stage, counts in result["stages"].items():
-        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if "." not in k)
-        table.add_row(stage, "yes" if stage in result["cached"] else "", shown)
-    out.print(table)
-    summary = json.loads(Path(result["summary"]).read_text())
-    for candidate, scores in summary["evaluation"].items():
-        if "error" in scores:
-            out.print(f"  {candidate}: [red]failed[/] {scores['error']}")
-        else:
-            shown = ", ".join(f"{k}={v:.3f}" for k, v in scores.items() if isinstance(v, float))
-            out.print(f"  {candidate}: {shown}")
-    out.print(f"report:  {result['report']}")
-    out.print(f"summary: {result['summary']}")
-
-
-@app.command()
-def trigger(
-    deployment: Annotated[str, typer.Argument(help="FLOW/DEPLOYMENT, e.g. llm-pipeline/test-pipeline.")],
-    wait: Annotated[bool, typer.Option(help="Follow the run to a final state.")] = True,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for a final state.")] = 1800,
-    param: Annotated[list[str] | None, typer.Option("--param", help="A parameter: key=value (YAML).")] = None,
-) -> None:
-    """Start a run of a deployment on the server at PREFECT_API_URL; with --wait, exit 0 only if it Completed."""
-    import time
-
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
-
-    parameters = _parse_overrides(param) if param else None
-    try:
-        flow_run = run_deployment(deployment, parameters=parameters, timeout=0)
-    except ObjectNotFound:
-        err.print(f"[bold red]no deployment named {deployment}[/] on {_api_url()}: run `make deploy` first")
-        raise typer.Exit(2) from None
-    except ValueError as exc:
-        err.print(f"[bold red]{exc}[/]")
-        raise typer.Exit(2) from None
-    out.print(f"started flow run {flow_run.name} ({flow_run.id}) of {deployment}")
-    if not wait:
-        return
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + timeout
-    last = None
-    with get_client(sync_client=True) as client:
-        while True:
-            flow_run = client.read_flow_run(flow_run.id)
-            state = flow_run.state
-            if state and state.name != last:
-                message = f": {state.message}" if state.message else ""
-                out.print(f"  {time.strftime('%H:%M:%S')} {state.name}{message}")
-                last = state.name
-            if state and state.is_final():
-                break
-            if time.monotonic() > deadline:
-                err.print(f"[red]timed out[/] after {timeout:.0f}s in state {last}")
-                raise typer.Exit(1)
-            time.sleep(2)
-    if not state.is_completed():
-        raise typer.Exit(1)
-
-
-@app.command()
-def health(
-    window: Annotated[str, typer.Option(help="How far back: 7d, 24h, 90m.")] = "7d",
-    min_success: Annotated[float, typer.Option(help="Lowest healthy success rate.")] = 0.95,
-    max_error: Annotated[float, typer.Option(help="Highest healthy error rate.")] = 0.05,
-    max_duration: Annotated[str, typer.Option(help="Longest healthy run.")] = "2h",
-    max_queue: Annotated[str, typer.Option(help="Longest healthy wait from expected to actual start.")] = "30m",
-    max_resource: Annotated[float, typer.Option(help="Highest healthy CPU, memory or GPU use, %.")] = 80.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
-    """Success and error rates, run durations, queue times and resource use (CPU mean, memory peak, GPU
-    utilisation mean, GPU memory peak, sampled during stages) per deployment over a window, against thresholds
-    (the spec's by default) from the Prefect API (PREFECT_API_URL). Exit 1 when one is crossed."""
-    from flows.health import pipeline_health
-    from llm_pipeline.health import Thresholds, parse_window
-
-    try:
-        thresholds = Thresholds(
-            min_success, max_error, parse_window(max_duration), parse_window(max_queue), max_resource
-        )
-        span = parse_window(window)
-    except ValueError as exc:
-        err.print(f"[bold red]error[/]: {exc}")
-        raise typer.Exit(2) from None
-    report = pipeline_health(span, thresholds)
-    unhealthy = [h for h in report if h.breaches]
-    if as_json:
-        out.print_json(json.dumps({"window": window, "deployments": [h.as_dict() for h in report]}))
-    else:
-        table = Table(title=f"pipeline health, last {window}")
-        for column in (
-            "deployment",
-            "runs",
-            "success",
-            "errors",
-            "duration mean/max s",
-            "queue mean/max s",
-            "CPU/mem/GPU/GPU mem %",
-            "breaches",
-        ):
-            table.add_column(column)
-
-        def pct(value: float | None) -> str:
-            return "-" if value is None else f"{value:.0%}"
-
-        def pair(a: float | None, b: float | None) -> str:
-            return "-" if a is None else f"{a:.1f} / {b:.1f}"
-
-        for h in report:
-            table.add_row(
-                h.deployment,
-                str(h.runs),
-                pct(h.success_rate),
-                pct(h.error_rate),
-                pair(h.mean_duration_s, h.max_duration_s),
-                pair(h.mean_queue_s, h.max_queue_s),
-                " / ".join(
-                    "-" if v is None else f"{v:.0f}"
-                    for v in (h.cpu_mean_pct, h.memory_max_pct, h.gpu_util_mean_pct, h.gpu_memory_max_pct)
-                ),
-                "; ".join(h.breaches) or "ok",
-            )
-        out.print(table)
-        if not report:
-            out.print(f"no flow runs in the last {window}")
-    raise typer.Exit(1 if unhealthy else 0)
 
 
 @app.command()

@@ -11,6 +11,7 @@ Secrets (OPENAI_API_KEY, WANDB_API_KEY) live in `Secrets`, never in the config, 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 from pathlib import Path
@@ -29,9 +30,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from llm_pipeline.errors import ConfigError
+from llm_pipeline.plugins import import_plugins
 from llm_pipeline.records import Difficulty
 
-DedupMethod = Literal["exact", "minhash", "semantic", "hybrid"]
 Metric = Literal["rouge", "bleu", "exact_match", "bertscore"]
 DomainMetric = Literal["numeric_accuracy", "price_accuracy", "refusal_accuracy", "robustness"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -78,8 +79,19 @@ class DataConfig(Section):
         return path
 
 
+def _registered(registry_path: str, value: str, also: tuple[str, ...] = ()) -> str:
+    """A name that must be registered (built in, a plug-in's decorator, or an entry point). The registries live
+    with their extensions, which import this module, so they are looked up only when a value is checked."""
+    module, _, name = registry_path.partition(":")
+    registry = getattr(importlib.import_module(module), name)
+    if value not in also and value not in registry:
+        known = ", ".join([*also, *registry.names()])
+        raise ValueError(f"unknown {registry.kind} {value!r} (known: {known}; a plug-in registers more)")
+    return value
+
+
 class DedupConfig(Section):
-    method: DedupMethod = "hybrid"
+    method: str = Field("hybrid", description="exact, minhash, semantic, hybrid, or a registered plug-in method.")
     similarity_threshold: float = Field(0.85, ge=0.0, le=1.0, description="The spec's single threshold.")
     minhash_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Jaccard; default derived.")
     semantic_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Cosine; default derived.")
@@ -101,6 +113,11 @@ class DedupConfig(Section):
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     batch_size: int = Field(64, ge=1)
     device: str = "cpu"
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        return _registered("llm_pipeline.dedup.methods:DEDUP_METHODS", method, also=("hybrid",))
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> DedupConfig:
@@ -137,8 +154,9 @@ class ModelPrice(Section):
     output_per_million: float = Field(ge=0.0)
 
 
-class QARetryConfig(Section):
-    """Delays of the request-level error policy (llm_pipeline.qa.policy); the try counts are the spec's."""
+class RetryDelays(Section):
+    """The delays of the retry table (llm_pipeline.retries), whose tries and back-off shapes are the spec's. QA's
+    and the endpoint client's requests use `qa.retry`; whole stages (Prefect task retries) use `stage_retry`."""
 
     rate_limit_initial_s: float = Field(1.0, ge=0.0, description="First backoff after a 429 (doubles, jittered).")
     rate_limit_max_s: float = Field(60.0, ge=0.0)
@@ -149,8 +167,10 @@ class QARetryConfig(Section):
 class QAConfig(Section):
     questions_per_doc: int = Field(3, ge=1, le=50)
     include_metadata: bool = True
-    backend: Literal["auto", "openai", "local", "extractive"] = Field(
-        "auto", description="auto: openai with OPENAI_API_KEY or base_url, local with model_name, else extractive."
+    backend: str = Field(
+        "auto",
+        description="openai, local, extractive, a registered plug-in backend, or auto: openai with OPENAI_API_KEY "
+        "or base_url, local with model_name, else extractive.",
     )
     model_name: str | None = Field(None, description="OpenAI model, or a local model path / hub name.")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint (vLLM, Ollama...); None = OpenAI.")
@@ -166,7 +186,7 @@ class QAConfig(Section):
         "auto", description="auto: json_schema, falling back when the server rejects it."
     )
     max_format_retries: int = Field(2, ge=0, le=5, description="Re-asks with the validation error, then quarantine.")
-    retry: QARetryConfig = Field(default_factory=QARetryConfig)
+    retry: RetryDelays = Field(default_factory=RetryDelays, description="Delays between a request's tries.")
     # Local backend
     device: str = Field("auto", description="local backend: auto (cuda when available), cpu, cuda, cuda:1...")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -187,6 +207,11 @@ class QAConfig(Section):
     question_similarity_threshold: float = Field(
         0.85, ge=0.0, le=1.0, description="Questions this similar (token Jaccard) across the corpus are near copies."
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, backend: str) -> str:
+        return _registered("llm_pipeline.qa.backends:QA_BACKENDS", backend, also=("auto", "extractive"))
 
     @model_validator(mode="after")
     def _consistent(self) -> QAConfig:
@@ -242,7 +267,7 @@ class BenchmarkConfig(Section):
 
 class CandidateConfig(Section):
     name: str
-    kind: Literal["retrieval", "lexical", "hf", "endpoint"] = "retrieval"
+    kind: str = Field("retrieval", description="retrieval, lexical, hf, endpoint, or a registered plug-in kind.")
     model: str | None = Field(
         None, description="retrieval: embedding model; hf: hub name or local path; endpoint: the served model."
     )
@@ -255,6 +280,12 @@ class CandidateConfig(Section):
     compile: bool = Field(False, description="hf on CUDA: static KV cache + torch.compile (CUDA graphs).")
     concurrency: int = Field(16, ge=1, description="endpoint: requests in flight.")
     requests_per_minute: float | None = Field(500, gt=0, description="endpoint: client-side rate limit.")
+    options: dict[str, Any] = Field(default_factory=dict, description="A plug-in kind's own settings.")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        return _registered("llm_pipeline.evaluation.candidates:CANDIDATE_KINDS", kind)
 
     @model_validator(mode="after")
     def _model_named(self) -> CandidateConfig:
@@ -286,6 +317,16 @@ class EvaluationConfig(Section):
         return candidates
 
 
+class StageRetryDelays(RetryDelays):
+    """The retry table's delays for whole stages (Prefect task retries): a stage retry follows the requests' own
+    tries, so it waits longer."""
+
+    rate_limit_initial_s: float = Field(30.0, ge=0.0, description="First backoff after a 429 (doubles, jittered).")
+    rate_limit_max_s: float = Field(600.0, ge=0.0)
+    timeout_step_s: float = Field(30.0, ge=0.0, description="Linear backoff step after a timeout or 5xx.")
+    oom_delay_s: float = Field(120.0, ge=0.0, description="Wait before the one retry after running out of memory.")
+
+
 class MonitoringConfig(Section):
     enable_monitoring: bool = True
     log_level: LogLevel = "INFO"
@@ -314,6 +355,9 @@ class PipelineConfig(BaseSettings):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Names the output folder and deployments.")
     domain: str = "general"
     output_path: Path = Path("outputs")
+    plugins: list[str] = Field(
+        default_factory=list, description="Modules imported before validation, whose decorators register extensions."
+    )
     data: DataConfig
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     qa: QAConfig = Field(default_factory=QAConfig)
@@ -321,6 +365,7 @@ class PipelineConfig(BaseSettings):
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    stage_retry: StageRetryDelays = Field(default_factory=StageRetryDelays)
 
     @classmethod
     def settings_customise_sources(
@@ -333,6 +378,17 @@ class PipelineConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The process environment beats .env, which beats the YAML file (passed as init kwargs).
         return env_settings, dotenv_settings, init_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data: Any) -> Any:
+        """Before the sections are validated: the names that plug-ins register are valid values."""
+        plugins = data.get("plugins") if isinstance(data, dict) else None
+        if plugins:
+            if not isinstance(plugins, list) or not all(isinstance(m, str) for m in plugins):
+                raise ConfigError([("plugins", "must be a list of module names")])
+            import_plugins(plugins)
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PipelineConfig:

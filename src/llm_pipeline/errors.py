@@ -46,3 +46,8 @@ class ServiceUnavailableError(TransientError):
 
 class RequestRejectedError(DataValidationError):
     """The service refused this request for what it contains (400, 413, 422): sending it again cannot help."""
+
+
+class OutputFormatError(DataValidationError):
+    """A model's text is not the pairs asked for; the message is fit to send back to the model (QA generation
+    re-asks with it, then quarantines the request)."""

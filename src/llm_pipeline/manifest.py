@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,14 @@ class Manifest:
             "status": "running",
             "stages": {},
         }
+
+    @classmethod
+    def open(cls, path: Path, pipeline: str, run_id: str, config_hash: str, code_version: str) -> Manifest:
+        """The manifest at `path` as written so far (a stage run in another process adds to it), or a new one."""
+        manifest = cls(path, pipeline, run_id, config_hash, code_version)
+        if path.is_file():
+            manifest.data = json.loads(path.read_text())
+        return manifest
 
     def record(self, stage: str, status: str, result: Any = None, error: str | None = None) -> None:
         entry: dict[str, Any] = {"status": status}

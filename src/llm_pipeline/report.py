@@ -62,9 +62,10 @@ def render_report(
     qa: dict[str, Any] | None = None,
     comparison: dict[str, Any] | None = None,
     charts: dict[str, str] | None = None,
+    qa_cached: bool = False,
 ) -> str:
     """`examples`: a few duplicate clusters with their first members' texts (the dedup stage writes them);
-    `qa`: the QA stage's accounting (requests, tokens, cost)."""
+    `qa`: the QA stage's accounting (requests, tokens, cost); `qa_cached`: whether that stage was reused."""
     lines = [
         f"# {manifest['pipeline']}: run {manifest['run_id']}",
         "",
@@ -89,8 +90,7 @@ def render_report(
     if "stage_timings" in charts:
         lines += ["", f"![stage timings]({charts['stage_timings']})"]
     if qa:
-        cached = bool(manifest.get("stages", {}).get("generate-qa-pairs", {}).get("cached"))
-        lines += ["", "## QA generation: requests, tokens, cost", ""] + qa_cost_lines(qa, cached)
+        lines += ["", "## QA generation: requests, tokens, cost", ""] + qa_cost_lines(qa, qa_cached)
 
     ok = scored_candidates(evaluation)
     lines += ["", "## Model comparison", "", "Means with 95 % bootstrap confidence intervals.", ""]

@@ -1,8 +1,10 @@
 """Experiment tracking with Weights & Biases: online, offline or disabled; an outage never fails the pipeline.
 
 `online` without WANDB_API_KEY, or with W&B unreachable, degrades to `offline` with a warning; offline runs
-land under the run folder's `wandb/` and can be uploaded later with `wandb sync <dir>`.
-One tracker is open per process at a time (`active_tracker`), so later stages can log to the same W&B run.
+land under the run folder's `wandb/` and can be uploaded later with `wandb sync`.
+The hand-off between stages is a file: the tracking stage writes `Tracker.info()` (run id, project, mode,
+folder) to tracking.json, and a later stage, in any process, continues the same W&B run with
+`Tracker.resume(info)`. `finish()` returns only once the run's data is on disk.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from typing import Any
 from llm_pipeline.logging import get_logger
 
 log = get_logger("tracking")
-
-_active: Tracker | None = None
 
 
 class Tracker:
@@ -29,13 +29,37 @@ class Tracker:
         config: dict[str, Any],
         entity: str | None = None,
         init_timeout_s: float = 60.0,
+        run_id: str | None = None,
     ):
         self.requested_mode = mode
         self.mode = mode
         self.project, self.directory, self.name, self.group = project, directory, name, group
         self.config, self.entity, self.init_timeout_s = config, entity, init_timeout_s
+        self.run_id = run_id  # given: continue that W&B run (a later stage); else set once a new one starts
+        self.run_dir: Path | None = None
+        self.url: str | None = None
         self.run: Any = None
         self.error: str | None = None
+
+    @classmethod
+    def resume(cls, info: dict[str, Any], init_timeout_s: float = 60.0) -> Tracker | None:
+        """Continue the W&B run that `info` (a tracking stage's `info()`, from tracking.json) describes, in the
+        mode it ended in; None when that run was disabled."""
+        if info.get("mode") == "disabled" or not info.get("run_id"):
+            return None
+        tracker = cls(
+            mode=info["mode"],
+            project=info["project"],
+            directory=Path(info["directory"]),
+            name=info.get("name") or "",
+            group=info.get("group") or "",
+            config={},
+            entity=info.get("entity"),
+            init_timeout_s=init_timeout_s,
+            run_id=info["run_id"],
+        )
+        tracker.start()
+        return tracker
 
     def start(self) -> dict[str, Any]:
         if self.mode == "online" and not os.environ.get("WANDB_API_KEY"):
@@ -50,6 +74,9 @@ class Tracker:
             if self.run is None:
                 log.warning("wandb_unavailable", reason=self.error, mode="disabled")
                 self.mode = "disabled"
+            else:
+                self.run_id, self.run_dir = self.run.id, Path(self.run.dir).parent
+                self.url = getattr(self.run, "url", None) if self.mode == "online" else None
         return self.info()
 
     def _init(self, mode: str) -> Any:
@@ -59,12 +86,14 @@ class Tracker:
             import wandb
 
             return wandb.init(
+                id=self.run_id,
+                resume="allow" if self.run_id else None,
                 project=self.project,
                 entity=self.entity,
                 name=self.name,
                 group=self.group,
                 job_type="pipeline",
-                config=self.config,
+                config=self.config or None,
                 dir=str(self.directory),
                 mode=mode,
                 reinit="finish_previous",
@@ -81,15 +110,20 @@ class Tracker:
             return None
 
     def info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"mode": self.mode, "requested_mode": self.requested_mode, "project": self.project}
-        if self.run is not None:
-            info.update(
-                run_id=self.run.id,
-                run_dir=str(Path(self.run.dir).parent),
-                url=getattr(self.run, "url", None) if self.mode == "online" else None,
-            )
+        info: dict[str, Any] = {
+            "mode": self.mode,
+            "requested_mode": self.requested_mode,
+            "project": self.project,
+            "entity": self.entity,
+            "name": self.name,
+            "group": self.group,
+            "directory": str(self.directory),
+        }
+        if self.run_dir is not None:
+            info.update(run_id=self.run_id, run_dir=str(self.run_dir), url=self.url)
             if self.mode == "offline":
-                info["sync_command"] = f"wandb sync {Path(self.run.dir).parent}"
+                # every process that continued the run wrote a folder of its own: sync them all, in order
+                info["sync_command"] = f"wandb sync {self.directory / 'wandb'}/offline-run-*-{self.run_id}"
         if self.error:
             info["error"] = self.error
         return info
@@ -144,25 +178,17 @@ class Tracker:
             self.run.summary[key] = value
 
     def finish(self) -> None:
-        global _active
-        if self.run is not None:
-            try:
-                self.run.finish()
-            except Exception as exc:
-                log.warning("wandb_finish_failed", error=str(exc))
-            self.run = None
-        if _active is self:
-            _active = None
+        """Close the run with its data on disk. `run.finish()` returns once the W&B service has the last record,
+        but the service closes the run's file (flushing what it buffers) only after an unanswered `inform_finish`:
+        a reader right after could find a bare header. `wandb.teardown()` waits for the service to exit, which
+        closes every run's file first."""
+        if self.run is None:
+            return
+        try:
+            import wandb
 
-
-def start_tracker(**kwargs: Any) -> Tracker:
-    global _active
-    if _active is not None:
-        _active.finish()
-    _active = Tracker(**kwargs)
-    _active.start()
-    return _active
-
-
-def active_tracker() -> Tracker | None:
-    return _active
+            self.run.finish()
+            wandb.teardown()
+        except Exception as exc:
+            log.warning("wandb_finish_failed", error=str(exc))
+        self.run = None

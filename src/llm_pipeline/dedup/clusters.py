@@ -1,4 +1,4 @@
-"""Turn similar pairs into duplicate clusters, choose the member to keep, and remove the rest."""
+"""Turn similar pairs into duplicate clusters and choose the member to keep (remove.py acts on them)."""
 
 from __future__ import annotations
 
@@ -67,9 +67,3 @@ def clusters_from_pairs(
             )
         )
     return clusters
-
-
-def remove_duplicates(documents: list[Document], clusters: list[DuplicateCluster]) -> list[Document]:
-    """Acting on identified clusters: drop every member but the kept one. Order is preserved."""
-    dropped = {m for c in clusters for m in c.members if m != c.kept}
-    return [d for d in documents if d.id not in dropped]

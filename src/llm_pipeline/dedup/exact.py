@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 from llm_pipeline.dedup.clusters import KeepPolicy, clusters_from_pairs
+from llm_pipeline.dedup.methods import DEDUP_METHODS
 from llm_pipeline.records import Document, DuplicateCluster
+
+if TYPE_CHECKING:
+    from llm_pipeline.config import DedupConfig
 
 
 def hashing_key(text: str) -> str:
@@ -22,3 +27,8 @@ def exact_duplicate_clusters(documents: list[Document], keep: KeepPolicy = "firs
         else:
             first_by_hash[key] = index
     return clusters_from_pairs(documents, pairs, "exact", keep)
+
+
+@DEDUP_METHODS.register("exact")
+def exact_method(documents: list[Document], config: DedupConfig) -> list[DuplicateCluster]:
+    return exact_duplicate_clusters(documents, config.keep)

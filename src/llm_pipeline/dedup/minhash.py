@@ -16,24 +16,24 @@ parts of a corpus share one index; signatures are the same in every process (no 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xxhash
 
 from llm_pipeline.dedup.clusters import KeepPolicy, clusters_from_pairs
+from llm_pipeline.dedup.methods import DEDUP_METHODS
 from llm_pipeline.records import Document, DuplicateCluster
+from llm_pipeline.text import words_of
 
-_WORD = re.compile(r"\w+")
+if TYPE_CHECKING:
+    from llm_pipeline.config import DedupConfig
+
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for the rolling shingle mix
 BATCH_SHINGLES = 1 << 16  # shingles per vectorized batch: num_perm x this many uint32 values at a time
 MAX_BUCKET_PAIRS = 500  # a bucket larger than this links each member to its neighbours only (boilerplate)
-
-
-def words_of(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
 
 
 def shingles(text: str, size: int) -> set[bytes]:
@@ -314,3 +314,18 @@ def near_duplicate_clusters(
     fresh = [k for k, doc_id in enumerate(ids) if doc_id not in removed and doc_id not in earlier]
     index.insert([ids[k] for k in fresh], sigs[fresh])
     return external + clusters
+
+
+@DEDUP_METHODS.register("minhash")
+def minhash_method(documents: list[Document], config: DedupConfig) -> list[DuplicateCluster]:
+    return near_duplicate_clusters(
+        documents,
+        config.jaccard_threshold,
+        config.shingle_size,
+        config.num_perm,
+        config.keep,
+        bands=config.bands,
+        verify=config.verify,
+        redis_url=config.redis_url if config.index == "redis" else None,
+        redis_basename=config.redis_basename,
+    )

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from llm_pipeline.dedup.clusters import KeepPolicy, clusters_from_pairs
-from llm_pipeline.embeddings import Backend, embed
+from llm_pipeline.dedup.methods import DEDUP_METHODS
+from llm_pipeline.models.embeddings import Backend, embed
 from llm_pipeline.records import Document, DuplicateCluster
+
+if TYPE_CHECKING:
+    from llm_pipeline.config import DedupConfig
 
 BLOCK_ROWS = 1024  # a block's similarity matrix holds BLOCK_ROWS x N float32 values
 
@@ -44,3 +49,18 @@ def semantic_duplicate_clusters(
         vectors = vectors - vectors.mean(axis=0)
         vectors /= np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9, None)
     return clusters_from_pairs(documents, similar_pairs(vectors, threshold), "semantic", keep)
+
+
+@DEDUP_METHODS.register("semantic")
+def semantic_method(documents: list[Document], config: DedupConfig) -> list[DuplicateCluster]:
+    return semantic_duplicate_clusters(
+        documents,
+        config.cosine_threshold,
+        config.embedding_model,
+        config.device,
+        config.batch_size,
+        config.keep,
+        backend=config.embedding_backend,
+        max_seq_length=config.max_seq_length,
+        cache=config.embedding_cache,
+    )

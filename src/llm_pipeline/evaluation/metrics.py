@@ -21,19 +21,9 @@ from functools import lru_cache
 import numpy as np
 
 from llm_pipeline.records import BenchmarkItem
+from llm_pipeline.text import DECIMAL, is_refusal
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-REFUSAL_MARKERS = (
-    "does not answer",
-    "cannot answer",
-    "can't answer",
-    "not enough information",
-    "unanswerable",
-    "no answer",
-    "not mentioned",
-    "i don't know",
-)
 
 
 def normalize_answer(text: str) -> str:
@@ -79,17 +69,12 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     return round(BLEU().corpus_score(list(predictions), [list(references)]).score / 100.0, 6)
 
 
-def is_refusal(text: str) -> bool:
-    lowered = text.lower()
-    return any(marker in lowered for marker in REFUSAL_MARKERS)
-
-
 def numeric_match(prediction: str, reference: str, tolerance: float = 0.01) -> float | None:
     """None when the reference has no number (the item does not count for this metric)."""
-    wanted = [float(n) for n in _NUMBER.findall(reference)]
+    wanted = [float(n) for n in DECIMAL.findall(reference)]
     if not wanted:
         return None
-    got = [float(n) for n in _NUMBER.findall(prediction)]
+    got = [float(n) for n in DECIMAL.findall(prediction)]
     ok = all(any(abs(g - w) <= tolerance * max(abs(w), 1e-9) for g in got) for w in wanted)
     return float(ok)
 

@@ -1,19 +1,28 @@
 """What every model-backed QA backend offers the generator: many conversations in, completions out as they finish.
 
 `complete_many` yields `(job, Completion)` or `(job, error)` in completion order; the error is what remained
-after the backend applied the request-level policy (llm_pipeline.qa.policy). Backends register by name in
-`CHAT_BACKENDS`, one module each (openai_backend, local_backend); the extractive backend needs no model.
+after the backend applied the request-level policy (llm_pipeline.qa.policy). Backends register themselves in
+`QA_BACKENDS` by name, one module each (openai_backend, local_backend), or from a user's package (see
+llm_pipeline.plugins); a registered backend is a class or factory called as `backend(config, api_key)`. The
+extractive backend needs no model and no requests: it is built in (`extractive.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from llm_pipeline.plugins import Registry
 from llm_pipeline.qa.checkpoint import Usage
 from llm_pipeline.qa.chunking import Chunk
 from llm_pipeline.records import Document
+
+if TYPE_CHECKING:
+    from llm_pipeline.config import QAConfig
+
+EXTRACTIVE = "extractive"  # the offline backend: spans of the document, no model, no requests
+AUTO = "auto"
 
 
 @dataclass
@@ -56,3 +65,26 @@ class ChatBackend(Protocol):
 def estimate_tokens(text: str) -> int:
     """About four characters a token for English: used only where a server reports no usage, and for limits."""
     return max(1, len(text) // 4)
+
+
+QA_BACKENDS: Registry[Any] = Registry(
+    "QA backend",
+    "llm_pipeline.qa_backends",
+    builtins=("llm_pipeline.qa.openai_backend", "llm_pipeline.qa.local_backend"),
+)
+
+
+def resolve_backend(config: QAConfig, api_key: str | None) -> str:
+    """The backend a run uses: the configured one, or for `auto` openai with a key or base_url, local with a
+    model_name, else extractive."""
+    if config.backend != AUTO:
+        return config.backend
+    if api_key or config.base_url:
+        return "openai"
+    if config.model_name:
+        return "local"
+    return EXTRACTIVE
+
+
+def open_backend(name: str, config: QAConfig, api_key: str | None) -> ChatBackend:
+    return QA_BACKENDS.get(name)(config, api_key)

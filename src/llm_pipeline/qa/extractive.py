@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 
 from llm_pipeline.records import Document
+from llm_pipeline.text import split_sentences
 
 PROMPT_VERSION = "extractive-v1"
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9$])")
 _NUMBER = re.compile(r"\d")
 
 # Third-person singular verb -> its base form; plural forms map to themselves.
@@ -88,10 +88,6 @@ _NOT_SUBJECT_START = {
     "without",
 }
 _MIN_SUBJECT, _MAX_SUBJECT = 2, 12
-
-
-def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 
 def question_for(sentence: str) -> tuple[str, str] | None:

@@ -8,7 +8,6 @@ verified on the true Jaccard; the first asked is kept).
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,16 +15,10 @@ from typing import Any
 from llm_pipeline.config import QAConfig
 from llm_pipeline.dedup.clusters import clusters_from_pairs
 from llm_pipeline.dedup.minhash import candidate_pairs, lsh_params, signatures, verified_pairs
-from llm_pipeline.qa.grounding import NUMBER, grounding_score
+from llm_pipeline.qa.grounding import grounding_score
 from llm_pipeline.records import Document, QAPair
+from llm_pipeline.text import NUMBER, UNANSWERABLE
 
-_UNANSWERABLE = re.compile(
-    r"^\W*(n/?a|none|unknown|no answer|not applicable)\W*$"
-    r"|\b(not (stated|mentioned|specified|provided|given|included|available) in the (document|text|passage|source)"
-    r"|(the )?(document|text|passage|source) does not (say|state|mention|specify|provide|contain)"
-    r"|cannot be determined|i (do not|don't) know|insufficient information)\b",
-    re.IGNORECASE,
-)
 QUESTION_SHINGLE = 1  # questions are short: compare their word sets
 
 
@@ -50,7 +43,7 @@ def filter_pairs(pairs: list[QAPair], sources: dict[str, str], config: QAConfig)
     for pair in pairs:
         if len(pair.question.split()) < config.min_question_words or len(pair.answer.split()) < config.min_answer_words:
             _drop(result, pair, "too_short")
-        elif _UNANSWERABLE.search(pair.answer):
+        elif UNANSWERABLE.search(pair.answer):
             _drop(result, pair, "unanswerable")
         else:
             score = grounding_score(pair.answer, sources[pair.id])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from llm_pipeline.text import NUMBER
+
 _WORD = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
-NUMBER = re.compile(r"\d+(?:[.,]\d+)*")  # 0.45, 1,200: also used by the question filter
 _STOPWORDS = frozenset(
     "a an the of to in on at for by with and or but is are was were be been it its this that these those as "
     "from than then so such can may will would should could do does did has have had not no".split()

@@ -14,20 +14,21 @@ from collections.abc import AsyncIterator
 
 from llm_pipeline.config import QAConfig
 from llm_pipeline.errors import ResourceExhaustedError
-from llm_pipeline.generation import BatchedGenerator, GenerationSettings
 from llm_pipeline.logging import get_logger
-from llm_pipeline.models import load_causal_lm, render_prompt
-from llm_pipeline.qa.backends import Completion, Job
+from llm_pipeline.models.generation import BatchedGenerator, GenerationSettings
+from llm_pipeline.models.loading import load_causal_lm, render_prompt
+from llm_pipeline.qa.backends import QA_BACKENDS, Completion, Job
 from llm_pipeline.qa.checkpoint import Usage
 from llm_pipeline.qa.policy import RequestPolicy
 
 log = get_logger("qa.local")
 
 
+@QA_BACKENDS.register("local")
 class LocalBackend:
     name = "local"
 
-    def __init__(self, config: QAConfig):
+    def __init__(self, config: QAConfig, api_key: str | None = None):  # no key: the model is local
         assert config.model_name  # the config validator insists
         self.config = config
         self.model_name = config.model_name

@@ -29,7 +29,7 @@ from llm_pipeline.errors import (
     ServiceUnavailableError,
 )
 from llm_pipeline.logging import get_logger
-from llm_pipeline.qa.backends import Completion, Job, estimate_tokens
+from llm_pipeline.qa.backends import QA_BACKENDS, Completion, Job, estimate_tokens
 from llm_pipeline.qa.checkpoint import Usage
 from llm_pipeline.qa.policy import RequestPolicy
 from llm_pipeline.qa.schema import response_format
@@ -82,6 +82,7 @@ def classify(error: BaseException) -> BaseException:
     return error
 
 
+@QA_BACKENDS.register("openai")
 class OpenAIBackend:
     name = "openai"
 

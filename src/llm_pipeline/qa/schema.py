@@ -15,6 +15,8 @@ from typing import Any
 import json_repair
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llm_pipeline.errors import OutputFormatError
+
 SCHEMA_NAME = "qa_pairs"
 
 
@@ -29,10 +31,6 @@ class GeneratedPairs(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     pairs: list[GeneratedPair]
-
-
-class OutputFormatError(ValueError):
-    """The model's text is not the pairs we asked for; the message is fit to send back to the model."""
 
 
 def response_format(kind: str) -> dict[str, Any] | None:

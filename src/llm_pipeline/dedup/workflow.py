@@ -1,0 +1,50 @@
+"""The load-and-deduplicate stage's dedup half: identify duplicate clusters with the configured method (or the
+hybrid sequence), then remove them, method by method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llm_pipeline.config import DedupConfig
+from llm_pipeline.dedup.methods import DEDUP_METHODS, method_sequence
+from llm_pipeline.dedup.remove import remove_duplicates
+from llm_pipeline.logging import get_logger
+from llm_pipeline.records import Document, DuplicateCluster
+
+log = get_logger("dedup")
+
+
+@dataclass
+class DedupResult:
+    kept: list[Document]
+    clusters: list[DuplicateCluster] = field(default_factory=list)
+    removed_by_method: dict[str, int] = field(default_factory=dict)
+
+    def counts(self, total: int) -> dict[str, float]:
+        removed = total - len(self.kept)
+        return {
+            "input": total,
+            "kept": len(self.kept),
+            "removed": removed,
+            "clusters": len(self.clusters),
+            "dedup_rate": round(removed / total, 4) if total else 0.0,
+            **{f"removed.{m}": n for m, n in self.removed_by_method.items()},
+        }
+
+
+def deduplicate(documents: list[Document], config: DedupConfig) -> DedupResult:
+    result = DedupResult(kept=list(documents))
+    for method in method_sequence(config.method):
+        clusters = DEDUP_METHODS.get(method)(result.kept, config)
+        before = len(result.kept)
+        result.kept = remove_duplicates(result.kept, clusters)
+        result.clusters.extend(clusters)
+        result.removed_by_method[method] = before - len(result.kept)
+        log.info(
+            "dedup_method_done",
+            method=method,
+            clusters=len(clusters),
+            removed=before - len(result.kept),
+            remaining=len(result.kept),
+        )
+    return result

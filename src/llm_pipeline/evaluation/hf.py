@@ -1,0 +1,48 @@
+"""The `hf` candidate kind: a transformers causal LM by hub name or local path."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llm_pipeline.config import CandidateConfig
+from llm_pipeline.evaluation.candidates import CANDIDATE_KINDS, answer_messages, first_line
+
+
+@CANDIDATE_KINDS.register("hf")
+class HFCandidate:
+    """A transformers causal LM by hub name or local path, through the shared loader and the batched generator."""
+
+    def __init__(self, config: CandidateConfig):
+        from llm_pipeline.models.generation import BatchedGenerator, GenerationSettings
+        from llm_pipeline.models.loading import load_causal_lm
+
+        assert config.model  # the config validator insists
+        self.name = config.name
+        model, self.tokenizer, device = load_causal_lm(config.model, config.device, config.dtype)
+        self.settings = GenerationSettings(
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+            max_batch_size=config.max_batch_size,
+            compile=config.compile,
+        )
+        self.generator = BatchedGenerator(model, self.tokenizer, device, self.settings)
+
+    def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> list[str]:
+        from llm_pipeline.models.loading import render_prompt
+
+        prompts = [
+            render_prompt(self.tokenizer, answer_messages(q, c)) for q, c in zip(questions, contexts, strict=True)
+        ]
+        return [first_line(text) for text in self.generator.generate(prompts)]
+
+    def close(self) -> None:
+        """Free the model's memory before the next candidate loads (GPU memory above all)."""
+        self.stats = self.generator.stats  # kept for the report; the model goes
+        del self.generator
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,111 @@
+"""The evaluate-models stage's algorithm: every configured candidate answers every benchmark item; each answer is
+scored (scoring.py). A candidate that fails is reported as failed; the others go on."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_pipeline.config import CandidateConfig, EvaluationConfig
+from llm_pipeline.evaluation.candidates import build_candidate
+from llm_pipeline.evaluation.scoring import aggregate, score_predictions, scored_candidates
+from llm_pipeline.logging import get_logger
+from llm_pipeline.progress import ProgressCounter
+from llm_pipeline.records import BenchmarkItem, Prediction
+
+log = get_logger("evaluation")
+
+
+@dataclass
+class EvaluationResult:
+    predictions: list[Prediction] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)  # candidate -> aggregates, or error
+
+    def counts(self) -> dict[str, float]:
+        ok = list(scored_candidates(self.summary))
+        counts: dict[str, float] = {
+            "candidates": len(self.summary),
+            "candidates_failed": len(self.summary) - len(ok),
+            "predictions": len(self.predictions),
+        }
+        for candidate in ok:
+            for metric, value in self.summary[candidate]["overall"].items():
+                counts[f"{candidate}.{metric}"] = value["mean"]
+        return counts
+
+
+def _generation_record(candidate: Any) -> dict[str, Any]:
+    """Generation settings and speed, for candidates that generate (recorded so a score can be reproduced)."""
+    settings = getattr(candidate, "settings", None)
+    if settings is None:
+        return {}
+    record: dict[str, Any] = {"generation": settings.recorded()}
+    stats = getattr(candidate, "stats", None)
+    if stats is not None:
+        record["generation"].update(
+            batch_size_used=stats.batch_size,
+            oom_backoffs=stats.oom_backoffs,
+            new_tokens=stats.new_tokens,
+            tokens_per_s=round(stats.tokens_per_s, 1),
+        )
+    return record
+
+
+def evaluate_candidates(items: list[BenchmarkItem], config: EvaluationConfig) -> EvaluationResult:
+    result = EvaluationResult()
+    questions, contexts = [i.question for i in items], [i.context for i in items]
+    with ProgressCounter(len(config.candidates), "evaluating candidates") as bar:
+        for candidate_config in config.candidates:
+            _evaluate_one(candidate_config, items, questions, contexts, config, result)
+            bar.advance()
+    return result
+
+
+def _evaluate_one(
+    candidate_config: CandidateConfig,
+    items: list[BenchmarkItem],
+    questions: list[str],
+    contexts: list[str],
+    config: EvaluationConfig,
+    result: EvaluationResult,
+) -> None:
+    name = candidate_config.name
+    started = time.perf_counter()
+    try:
+        candidate = build_candidate(candidate_config)
+        try:
+            answers = candidate.answer(questions, contexts)
+        finally:
+            if hasattr(candidate, "close"):
+                candidate.close()  # free GPU memory before the next model loads
+        scores = score_predictions(items, answers, config)
+    except Exception as exc:  # one broken candidate must not sink the comparison
+        log.error("candidate_failed", candidate=name, error=f"{type(exc).__name__}: {exc}")
+        result.summary[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        return
+    elapsed = time.perf_counter() - started
+    for item, answer, sample in zip(items, answers, scores, strict=True):
+        result.predictions.append(
+            Prediction(
+                item_id=item.id,
+                candidate=name,
+                prediction=answer,
+                reference=item.answer,
+                scores=sample,
+                latency_s=round(elapsed / max(1, len(items)), 6),
+            )
+        )
+    result.summary[name] = {
+        "kind": candidate_config.kind,
+        "model": candidate_config.model,
+        "seconds": round(elapsed, 3),
+        **_generation_record(candidate),
+        **aggregate(items, scores, config),
+    }
+    log.info(
+        "candidate_evaluated",
+        candidate=name,
+        seconds=round(elapsed, 2),
+        **{k: v["mean"] for k, v in result.summary[name]["overall"].items()},
+    )

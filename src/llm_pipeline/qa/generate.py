@@ -1,0 +1,211 @@
+"""The generate-qa-pairs stage's algorithm: questions_per_doc pairs per document through the backend chosen in
+config, then the quality filters.
+
+Backends: `openai` (the async SDK, any OpenAI-compatible base_url), `local` (transformers), `extractive`
+(offline, no model), or one registered by a plug-in (qa/backends.py). `auto` picks openai when an API key or
+base_url is configured, local when a model_name is, else extractive.
+
+For the model-backed backends each document is split into chunks; each chunk is one request (qa/requests.py),
+journaled so it is never paid twice. Pairs then pass the quality filters (qa/filters.py). Nothing is lost: every
+document ends with pairs, or with its reasons in `rejects`, or, when the service stayed down past its tries, the
+stage fails with TransientError after journaling everything else, so the retry sends only the remainder.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_pipeline.aio import run_sync
+from llm_pipeline.config import QAConfig
+from llm_pipeline.errors import TransientError
+from llm_pipeline.logging import get_logger
+from llm_pipeline.progress import ProgressCounter
+from llm_pipeline.qa import extractive
+from llm_pipeline.qa.backends import EXTRACTIVE, open_backend, resolve_backend
+from llm_pipeline.qa.checkpoint import Journal, Usage
+from llm_pipeline.qa.filters import filter_pairs
+from llm_pipeline.qa.prompts import load_prompts
+from llm_pipeline.qa.requests import Outcomes, build_jobs, journaled_pairs, send_all
+from llm_pipeline.records import Document, QAPair, utc_now
+
+log = get_logger("qa")
+
+JOURNAL_FILE = "qa-journal.jsonl"
+EXTRACTIVE_CANDIDATES = 4  # candidates proposed per question wanted
+
+
+@dataclass
+class QAResult:
+    pairs: list[QAPair] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)  # quarantined requests and filtered pairs
+    documents_without_pairs: list[str] = field(default_factory=list)
+    backend: str = ""
+    model: str | None = None
+    prompt_version: str = ""
+    requests: dict[str, int] = field(default_factory=dict)  # total, sent, reused, quarantined
+    filtered: dict[str, int] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)  # every request behind this dataset
+    usage_sent: Usage = field(default_factory=Usage)  # only what this run sent
+    cost_usd: float | None = None
+    cost_sent_usd: float | None = None
+    seconds: float = 0.0
+
+    def counts(self, documents: int) -> dict[str, Any]:
+        return {
+            "documents": documents,
+            "pairs": len(self.pairs),
+            "documents_without_pairs": len(self.documents_without_pairs),
+            "pairs_per_document": round(len(self.pairs) / documents, 3) if documents else 0.0,
+            **{f"requests.{k}": v for k, v in self.requests.items()},
+            **{f"filtered.{k}": v for k, v in sorted(self.filtered.items())},
+        }
+
+    def accounting(self) -> dict[str, Any]:
+        """Tokens and cost, for the manifest and the report."""
+        return {
+            "backend": self.backend,
+            "model": self.model,
+            "prompt_version": self.prompt_version,
+            "requests": self.requests,
+            "tokens": self.usage.model_dump(),
+            "tokens_sent_this_run": self.usage_sent.model_dump(),
+            "cost_usd": self.cost_usd,
+            "cost_sent_this_run_usd": self.cost_sent_usd,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def cost(usage: Usage, model: str | None, config: QAConfig) -> float | None:
+    price = config.prices.get(model or "")
+    if price is None:
+        return None
+    dollars = usage.prompt_tokens * price.input_per_million + usage.completion_tokens * price.output_per_million
+    return round(dollars / 1_000_000, 6)
+
+
+def generate_qa(
+    documents: list[Document],
+    config: QAConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    api_key: str | None = None,
+    domain: str = "general",
+) -> QAResult:
+    backend = resolve_backend(config, api_key)
+    log.info("qa_backend_selected", backend=backend, model=config.model_name, base_url=config.base_url)
+    started = time.perf_counter()
+    if backend == EXTRACTIVE:
+        result = _extractive(documents, config)
+    else:
+        folder = config.checkpoint_dir or checkpoint_dir or Path(".qa-cache")
+        result = run_sync(
+            _generate_with_model(documents, config, backend, api_key, Journal(folder / JOURNAL_FILE), domain)
+        )
+    result.seconds = time.perf_counter() - started
+    log.info("qa_generated", backend=backend, cost_usd=result.cost_sent_usd, **result.counts(len(documents)))
+    return result
+
+
+# Extractive ---------------------------------------------------------------------------------------------------
+def _extractive(documents: list[Document], config: QAConfig) -> QAResult:
+    result = QAResult(backend="extractive", prompt_version=extractive.PROMPT_VERSION)
+    candidates: list[QAPair] = []
+    sources: dict[str, str] = {}
+    with ProgressCounter(len(documents), "generating QA pairs") as bar:
+        for document in documents:
+            started = time.perf_counter()
+            # Spare candidates: a question the filters drop (the same question in many documents of a templated
+            # corpus) is replaced by the document's next one, up to questions_per_doc kept.
+            found = extractive.extractive_pairs(
+                document, config.questions_per_doc * EXTRACTIVE_CANDIDATES, config.min_answer_words
+            )
+            latency = round(time.perf_counter() - started, 6)
+            for k, (question, answer, sentence) in enumerate(found):
+                metadata: dict[str, Any] = {}
+                if config.include_metadata:
+                    metadata = {
+                        "document_id": document.id,
+                        "chunk": sentence,
+                        "category": document.category,
+                        "backend": "extractive",
+                        "model": None,
+                        "prompt_version": extractive.PROMPT_VERSION,
+                        "prompt_tokens": 0,
+                        "completion_tokens": 0,
+                        "answer_start": document.text.find(answer),
+                        "latency_s": latency,
+                        "timestamp": utc_now(),
+                    }
+                pair = QAPair(
+                    id=f"{document.id}-q{k}",
+                    question=question,
+                    answer=answer,
+                    document_id=document.id,
+                    metadata=metadata,
+                )
+                candidates.append(pair)
+                sources[pair.id] = document.text
+            bar.advance()
+    result.requests = {"total": 0, "sent": 0, "reused": 0, "quarantined": 0}
+    _finish(result, documents, candidates, sources, config)
+    result.cost_usd = result.cost_sent_usd = 0.0
+    return result
+
+
+def _finish(
+    result: QAResult, documents: list[Document], candidates: list[QAPair], sources: dict[str, str], config: QAConfig
+) -> None:
+    filtered = filter_pairs(candidates, sources, config)
+    kept: dict[str, int] = {}
+    for pair in filtered.kept:  # at most questions_per_doc per document, the first that passed
+        kept[pair.document_id] = kept.get(pair.document_id, 0) + 1
+        if kept[pair.document_id] <= config.questions_per_doc:
+            result.pairs.append(pair)
+    result.rejects.extend(filtered.dropped)
+    result.filtered = filtered.reasons
+    with_pairs = {p.document_id for p in result.pairs}
+    result.documents_without_pairs = [d.id for d in documents if d.id not in with_pairs]
+
+
+# Model-backed -------------------------------------------------------------------------------------------------
+async def _generate_with_model(
+    documents: list[Document], config: QAConfig, backend_name: str, api_key: str | None, journal: Journal, domain: str
+) -> QAResult:
+    prompts = load_prompts(config.prompt_dir)
+    model = config.model_name or ("gpt-4o-mini" if backend_name == "openai" else "")
+    jobs = build_jobs(documents, config, prompts, backend_name, model, domain)
+    todo = [job for job in jobs if job.key not in journal]
+    outcomes = Outcomes(journal, backend_name, model, prompts, config.max_format_retries)
+    log.info("qa_requests_planned", total=len(jobs), reused=len(jobs) - len(todo), to_send=len(todo))
+    if todo:
+        backend = open_backend(backend_name, config, api_key)
+        try:
+            await send_all(backend, todo, outcomes, config.max_format_retries)
+        finally:
+            await backend.aclose()
+    result = QAResult(backend=backend_name, model=model, prompt_version=prompts.version)
+    result.usage_sent = sum((job.usage for job in todo), Usage())
+    found = journaled_pairs(jobs, journal, config)
+    result.usage = found.usage
+    result.rejects.extend(found.rejects)
+    _finish(result, documents, found.candidates, found.sources, config)
+    failed = outcomes.failed
+    result.requests = {
+        "total": len(jobs),
+        "sent": len(todo),
+        "reused": len(jobs) - len(todo),
+        "quarantined": sum(1 for j in jobs if (e := journal.get(j.key)) and e.status == "quarantined"),
+        "failed": len(failed),
+    }
+    result.cost_usd, result.cost_sent_usd = cost(result.usage, model, config), cost(result.usage_sent, model, config)
+    if failed:
+        job, error = failed[0]
+        raise TransientError(
+            f"{len(failed)} of {len(jobs)} QA requests still failing after their retries (first: document "
+            f"{job.document.id} chunk {job.chunk.index}: {type(error).__name__}: {error}); the other "
+            f"{len(jobs) - len(failed)} are journaled in {journal.path} and will not be sent again"
+        )
+    return result

@@ -1,0 +1,49 @@
+"""Text helpers shared by QA generation, deduplication, the benchmark and evaluation: words, sentences,
+numbers and the phrases that mean "the context does not say"."""
+
+from __future__ import annotations
+
+import re
+
+_WORD = re.compile(r"\w+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9$])")
+
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*")  # 0.45, 1,200: numbers as a text writes them (grounding, question filter)
+DECIMAL = re.compile(r"\d+(?:\.\d+)?")  # 0.45, 12: numbers to compare or perturb (metrics, adversarial variants)
+
+# The benchmark's reference answer for an unanswerable item, and what every candidate is told to reply.
+REFUSAL = "The context does not answer this question."
+# Phrases that make a prediction count as a refusal (evaluation's refusal accuracy).
+REFUSAL_MARKERS = (
+    "does not answer",
+    "cannot answer",
+    "can't answer",
+    "not enough information",
+    "unanswerable",
+    "no answer",
+    "not mentioned",
+    "i don't know",
+)
+# An answer that is a refusal or a placeholder rather than an answer (QA generation's filter).
+UNANSWERABLE = re.compile(
+    r"^\W*(n/?a|none|unknown|no answer|not applicable)\W*$"
+    r"|\b(not (stated|mentioned|specified|provided|given|included|available) in the (document|text|passage|source)"
+    r"|(the )?(document|text|passage|source) does not (say|state|mention|specify|provide|contain)"
+    r"|cannot be determined|i (do not|don't) know|insufficient information)\b",
+    re.IGNORECASE,
+)
+
+
+def words_of(text: str) -> list[str]:
+    """Lowercased word tokens (`\\w+`)."""
+    return _WORD.findall(text.lower())
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences, split after . ! ? where the next one starts with a capital, a digit or $."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def is_refusal(text: str) -> bool:
+    lowered = text.lower()
+    return any(marker in lowered for marker in REFUSAL_MARKERS)
