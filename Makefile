@@ -10,7 +10,8 @@ export TRANSFORMERS_VERBOSITY ?= error
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 
 .PHONY: help install run validate test test-fast lint format lock clean-outputs bench-dedup bench-qa \
-        secrets check-env up down deploy logs ps run-test clean compose-check images engine
+        secrets check-env up down deploy logs ps run-test clean compose-check images engine test-tools open \
+        screenshots proxy-check
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -33,7 +34,7 @@ run: install  ## run all seven stages on CONFIG (default configs/test.yaml) in P
 validate: install  ## print the resolved CONFIG with secrets masked (exit 2 on a bad config)
 	$(BIN)/llm-pipeline validate $(CONFIG)
 
-test: install engine  ## run the whole test suite (the same command CI runs)
+test: install engine test-tools  ## run the whole test suite (the same command CI runs)
 	TESTCONTAINERS_RYUK_DISABLED=true $(BIN)/python -m pytest
 
 # The Postgres, orchestration and stack tests need a Docker engine. On machines that ship
@@ -43,6 +44,17 @@ engine:  ## make sure a Docker engine answers (starts the container-engine stand
 	@if docker info >/dev/null 2>&1; then echo "docker engine: running"; \
 	elif [ -f $(CONTAINER_ENGINE) ]; then bash $(CONTAINER_ENGINE); \
 	else echo "warning: no Docker engine; tests that need one are skipped (and fail under CI=true)"; fi
+
+# The browser tests drive Debian's Chromium (Playwright's own browser download needs the internet), and the
+# proxy example is checked by Caddy. Installed with apt where this runs as root (CI does); elsewhere, install them
+# yourself or the tests that need them are skipped (and fail under CI=true).
+TEST_PACKAGES := chromium caddy
+test-tools:  ## install Chromium (browser tests) and Caddy (proxy config check) from Debian's packages if missing
+	@missing=""; for p in $(TEST_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "test tools: $(TEST_PACKAGES) present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing$$missing (apt)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "warning:$$missing not installed; the tests that need them are skipped (apt-get install$$missing)"; fi
 
 test-fast: install  ## the suite without the slow end-to-end tests
 	$(BIN)/python -m pytest -m "not slow"
@@ -55,12 +67,12 @@ bench-qa: install  ## QA throughput vs a 300 ms, 6,000 req/min OpenAI-compatible
 	  --output docs/qa-benchmark.json
 
 lint: install  ## ruff check and format check
-	$(BIN)/ruff check src flows tests benchmarks scripts
-	$(BIN)/ruff format --check src flows tests benchmarks scripts
+	$(BIN)/ruff check src flows services tests benchmarks scripts
+	$(BIN)/ruff format --check src flows services tests benchmarks scripts
 
 format: install  ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src flows tests benchmarks scripts
-	$(BIN)/ruff format src flows tests benchmarks scripts
+	$(BIN)/ruff check --fix src flows services tests benchmarks scripts
+	$(BIN)/ruff format src flows services tests benchmarks scripts
 
 lock: $(BIN)/python  ## re-resolve pyproject.toml into requirements.lock in a scratch venv
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
@@ -106,7 +118,13 @@ images: check-env  ## build the project image(s)
 
 up: check-env  ## build and start the stack, and wait until every service is healthy
 	$(DC) up -d --build --wait
-	@echo "Prefect UI: http://127.0.0.1:$${PREFECT_PORT:-4200} (log in with PREFECT_SERVER_API_AUTH_STRING from .env)"
+	@$(MAKE) --no-print-directory open
+
+open:  ## print the addresses of the UI and of the run outputs, and how to log in
+	@port=$$(sed -n 's/^PREFECT_PORT=//p' $(ENV_FILE) 2>/dev/null); outputs=$$(sed -n 's/^OUTPUTS_PORT=//p' $(ENV_FILE) 2>/dev/null); \
+	echo "Prefect UI:   http://127.0.0.1:$${port:-4200}   (log in with the whole PREFECT_SERVER_API_AUTH_STRING from $(ENV_FILE), user:password)"; \
+	echo "Run outputs:  http://127.0.0.1:$${outputs:-4201}   (reports, charts, manifests; the browser asks for the same user and password)"; \
+	echo "From another machine: ssh -L $${port:-4200}:127.0.0.1:$${port:-4200} -L $${outputs:-4201}:127.0.0.1:$${outputs:-4201} <this host> (README: Reaching the UI)"
 
 down:  ## stop the stack; the database and shared volumes stay
 	$(DC) down
@@ -130,6 +148,12 @@ clean:  ## stop the stack and delete its volumes (database, run outputs), after 
 # Values for validation only (compose refuses to interpolate the required variables while they are unset).
 CHECK_ENV := POSTGRES_PASSWORD=$${POSTGRES_PASSWORD:-validation-only} \
              PREFECT_SERVER_API_AUTH_STRING=$${PREFECT_SERVER_API_AUTH_STRING:-validation:only}
+screenshots: install engine test-tools  ## retake the README's UI screenshots (docs/images/) with the browser test
+	UI_SCREENSHOT_DIR=docs/images TESTCONTAINERS_RYUK_DISABLED=true $(BIN)/python -m pytest tests/test_ui.py
+
+proxy-check:  ## validate the example reverse-proxy config (docs/proxy/Caddyfile) with Caddy
+	caddy validate --config docs/proxy/Caddyfile --adapter caddyfile
+
 compose-check:  ## docker compose config -q for every profile and override
 	@export $(CHECK_ENV); set -e; \
 	docker compose -f docker-compose.yml config -q; \

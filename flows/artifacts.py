@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import contextvars
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from llm_pipeline import progress
+from llm_pipeline.html_report import embed_markdown_images
 from llm_pipeline.logging import get_logger
 from llm_pipeline.resources import combine_usage
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:  # the stages module imports every stage's dependencies; healt
 
 log = get_logger("artifacts")
 
+OUTPUTS_URL_ENV = "LLM_PIPELINE_OUTPUTS_URL"  # the outputs service's address, as the browser sees it
 RESOURCES_SUFFIX = "-resources"
 RESOURCE_COLUMNS = ("cpu_mean_pct", "cpu_max_pct", "memory_max_pct", "rss_max_mb", "gpu_util_mean_pct",
                     "gpu_memory_max_pct")  # fmt: skip
@@ -48,7 +52,18 @@ def _safely(what: str, create: Callable[[], Any]) -> Any:
         return None
 
 
-def stage_summary(prefix: str, result: StageResult) -> None:
+def output_link(path: Path | str, output_root: Path | None = None) -> str:
+    """Where a browser finds a run's file: on the outputs service when LLM_PIPELINE_OUTPUTS_URL is set (the
+    compose stack), else the local path as a file:// URL (an embedded run, on the user's own machine)."""
+    path = Path(path).resolve()
+    base = os.environ.get(OUTPUTS_URL_ENV, "").rstrip("/")
+    root = (output_root or Path.cwd()).resolve()
+    if base and root in path.parents:
+        return f"{base}/{quote(path.relative_to(root).as_posix())}"
+    return path.as_uri()
+
+
+def stage_summary(prefix: str, result: StageResult, output_root: Path | None = None) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     lines = [f"### {result.stage}", ""]
@@ -64,7 +79,9 @@ def stage_summary(prefix: str, result: StageResult) -> None:
         lines += [f"| {k} | {_cell(v)} |" for k, v in result.resources.items() if v is not None]
         lines.append("")
     if result.outputs:
-        lines += ["Outputs: " + ", ".join(f"`{Path(p).name}`" for p in result.outputs.values()), ""]
+        links = [f"[{Path(p).name}]({output_link(p, output_root)})" for p in result.outputs.values()]
+        folder = Path(next(iter(result.outputs.values()))).parent
+        lines += ["Outputs: " + ", ".join(links) + f" (in [the run folder]({output_link(folder, output_root)}/))", ""]
     key = artifact_key(prefix, result.stage)
     _safely(key, lambda: create_markdown_artifact(markdown="\n".join(lines), key=key, description=result.stage))
 
@@ -105,15 +122,19 @@ def metrics_table(prefix: str, summary_path: Path) -> None:
         _safely(key, lambda: create_table_artifact(table=rows, key=key, description="evaluation, per candidate"))
 
 
-def report_artifact(prefix: str, run_id: str, final: StageResult, tracking: dict[str, Any]) -> None:
-    """Links first (report.html, report.md, the W&B run or how to sync it), then the report itself."""
+def report_artifact(
+    prefix: str, run_id: str, final: StageResult, tracking: dict[str, Any], output_root: Path | None = None
+) -> None:
+    """Links first (report.html, report.md, the run folder, the W&B run or how to sync it), then the report
+    itself with its charts embedded."""
     from prefect.artifacts import create_markdown_artifact
 
     report = Path(final.outputs["report"])
     links = [
         f"**{prefix}**, run `{run_id}`",
-        f"- [report.html](file://{final.outputs['report_html']}) (self-contained, charts embedded)",
-        f"- [report.md](file://{report})",
+        f"- [report.html]({output_link(final.outputs['report_html'], output_root)}) (self-contained, charts embedded)",
+        f"- [report.md]({output_link(report, output_root)})",
+        f"- [all of the run's files]({output_link(report.parent, output_root)}/)",
     ]
     if tracking.get("url"):
         links.append(f"- [W&B run]({tracking['url']})")
@@ -121,7 +142,7 @@ def report_artifact(prefix: str, run_id: str, final: StageResult, tracking: dict
         links.append(f"- W&B run offline: upload with `{tracking['sync_command']}`")
     else:
         links.append(f"- W&B: {tracking.get('mode', 'disabled')}")
-    markdown = "\n".join(links) + "\n\n" + report.read_text(encoding="utf-8")
+    markdown = "\n".join(links) + "\n\n" + embed_markdown_images(report.read_text(encoding="utf-8"), report.parent)
     key = artifact_key(prefix, "report")
     _safely(key, lambda: create_markdown_artifact(markdown=markdown, key=key, description=f"report, run {run_id}"))
 

@@ -165,7 +165,7 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
                     result = run_inline(stage, config, run_dir, run_id, group, manifest.data, code)
             results[stage.name] = result
             manifest.record(stage.name, "cached" if result.cached else "completed", result)
-            artifacts.stage_summary(prefix, result)
+            artifacts.stage_summary(prefix, result, config.output_path)
     except Exception as exc:
         manifest.record(current, "failed", error=f"{type(exc).__name__}: {exc}")
         manifest.finish("failed")
@@ -178,7 +178,7 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
     artifacts.resources_table(prefix, results)
     artifacts.metrics_table(prefix, Path(final.outputs["summary"]))
     tracking = json.loads(resolve_inputs(last, manifest.data, run_dir)["tracking"].read_text())
-    artifacts.report_artifact(prefix, run_id, final, tracking)
+    artifacts.report_artifact(prefix, run_id, final, tracking, config.output_path)
     log.info("pipeline_completed", run_dir=str(run_dir), report=final.outputs["report"])
     return {
         "run_id": run_id,
@@ -213,7 +213,7 @@ def stage_flow(
     slot = concurrency(GPU_SLOTS, occupy=1) if declared.pool == "gpu" else nullcontext()
     with slot, _progress(prefix, declared):
         result = run_inline(declared, config, folder, run_id, group, read_manifest(folder), code_version())
-    artifacts.stage_summary(prefix, result)
+    artifacts.stage_summary(prefix, result, config.output_path)
     path = _stage_result_file(folder, declared)
     write_json(path, result.model_dump(mode="json"))
     _release_accelerator_memory()

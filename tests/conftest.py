@@ -36,6 +36,8 @@ from pathlib import Path  # noqa: E402
 import httpx  # noqa: E402
 import pytest  # noqa: E402
 
+pytest_plugins = ["tests.stack"]  # the compose stack, shared by test_stack.py and test_ui.py
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "ev_charging" / "documents.jsonl"
 

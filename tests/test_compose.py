@@ -75,3 +75,19 @@ def test_gpu_worker_reserves_nvidia_devices_and_the_cpu_override_drops_them(comp
     for service in cpu["services"].values():  # 127.0.0.1 only, nowhere else
         for port in service.get("ports", []):
             assert port.get("host_ip") == "127.0.0.1", port
+
+
+def test_the_reverse_proxy_example_is_valid() -> None:
+    """docs/proxy/Caddyfile, which the README offers for TLS in front of the UI and the outputs, parses."""
+    if shutil.which("caddy") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI checks the proxy example: `make test` installs Debian's caddy")
+        pytest.skip(reason="no caddy here: apt-get install caddy (make test-tools)")
+    done = subprocess.run(
+        ["caddy", "validate", "--config", str(ROOT / "docs" / "proxy" / "Caddyfile"), "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Valid configuration" in done.stdout + done.stderr

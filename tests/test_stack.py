@@ -1,92 +1,19 @@
-"""The production stack for real: build the images, bring the compose stack up with the CPU override, deploy,
-run the test deployment on the workers, check the shared volume and the logs, the docker-pool variant, and that
-Postgres keeps its data across `make down && make up`. Uses its own compose project and env file, so a
-developer's own stack and .env are left alone."""
+"""The production stack for real (tests/stack.py brings it up once per session): the UI and the outputs service
+served, deploy, the test deployment on the workers, the shared volume and the logs, the docker-pool variant,
+and that Postgres keeps its data across `make down && make up`."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import subprocess
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import free_port, require_docker
+from tests.stack import PROJECT, compose, make, shared
 
-ROOT = Path(__file__).resolve().parents[1]
-PROJECT = "llm-pipeline-e2e"
 pytestmark = pytest.mark.slow
-
-
-def make(target: str, env: dict[str, str], timeout: float = 900, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        ["make", target, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    return result
-
-
-def compose(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    command = [
-        "docker",
-        "compose",
-        "--env-file",
-        env["ENV_FILE"],
-        "-f",
-        "docker-compose.yml",
-        "-f",
-        "docker-compose.cpu.yml",
-        *args,
-    ]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def shared(env: dict[str, str], script: str) -> str:
-    result = compose(env, "run", "--rm", "--no-deps", "--entrypoint", "sh", "deployer", "-c", script)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    require_docker()
-    port = free_port()
-    env_file = tmp_path_factory.mktemp("stack") / "stack.env"
-    auth = f"admin:{secrets.token_urlsafe(16)}"
-    env_file.write_text(
-        (ROOT / ".env.example")
-        .read_text()
-        .replace("POSTGRES_PASSWORD=\n", f"POSTGRES_PASSWORD={secrets.token_urlsafe(16)}\n")
-        .replace("PREFECT_SERVER_API_AUTH_STRING=\n", f"PREFECT_SERVER_API_AUTH_STRING={auth}\n")
-        .replace("PREFECT_PORT=4200", f"PREFECT_PORT={port}")
-    )
-    env = {
-        **os.environ,
-        "ENV_FILE": str(env_file),
-        "COMPOSE_PROJECT_NAME": PROJECT,
-        "GPU": "0",
-        "COMPOSE_BAKE": "false",
-    }
-    up = make("up", env, timeout=2400)
-    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-    yield {"env": env, "port": port, "auth": auth}
-    compose(env, "--profile", "tools", "--profile", "docker-pool", "down", "-v", "--remove-orphans", timeout=300)
-
-
-@pytest.fixture(scope="module")
-def deployed(stack) -> subprocess.CompletedProcess:
-    first = make("deploy", stack["env"], timeout=600)
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    return first
 
 
 def test_stack_is_healthy_and_the_api_needs_its_password(stack) -> None:
@@ -98,9 +25,35 @@ def test_stack_is_healthy_and_the_api_needs_its_password(stack) -> None:
     ps = compose(stack["env"], "ps", "--format", "json")
     states = [json.loads(line) for line in ps.stdout.splitlines() if line.strip()]
     services = {s["Service"]: s["Health"] or s["State"] for s in states}
-    for service in ("postgres", "redis", "prefect-server", "cpu-worker", "gpu-worker"):
+    for service in ("postgres", "redis", "prefect-server", "outputs", "cpu-worker", "gpu-worker"):
         assert services.get(service) == "healthy", services
     assert services.get("prefect-services") == "running", services
+
+
+def test_both_uis_are_served_by_the_non_root_server(stack) -> None:
+    """Prefect copies its UI bundles at start-up: to PREFECT_UI_STATIC_DIRECTORY, as the image's own user."""
+    base = f"http://127.0.0.1:{stack['port']}"
+    for path in ("/", "/v2/"):
+        page = httpx.get(base + path, timeout=10, follow_redirects=True)
+        assert page.status_code == 200 and "<title>Prefect Server</title>" in page.text, (path, page.text[:300])
+    server_logs = compose(stack["env"], "logs", "prefect-server")
+    logs = server_logs.stdout + server_logs.stderr
+    assert "Permission denied" not in logs and "UI will not be available" not in logs
+    owner = compose(stack["env"], "exec", "-T", "prefect-server", "sh", "-c", "id -un; ls /tmp/prefect-ui").stdout
+    assert owner.split() == ["pipeline", "v1", "v2"]
+
+
+def test_outputs_are_served_behind_the_uis_login(stack, test_run) -> None:
+    base = f"http://127.0.0.1:{stack['outputs_port']}"
+    user, password = stack["auth"].split(":", 1)
+    assert httpx.get(f"{base}/test-pipeline/", timeout=10).status_code == 401
+    assert httpx.get(f"{base}/test-pipeline/", auth=(user, "wrong"), timeout=10).status_code == 401
+    listing = httpx.get(f"{base}/test-pipeline/", auth=(user, password), timeout=10)
+    assert listing.status_code == 200 and test_run[:8] in listing.text
+    folder = re.search(r'href="(/test-pipeline/[^"]*' + test_run[:8] + '/)"', listing.text).group(1)
+    report = httpx.get(f"{base}{folder}report.html", auth=(user, password), timeout=10)
+    assert report.status_code == 200 and "data:image/png;base64," in report.text
+    assert httpx.get(f"{base}/.qa-cache/", auth=(user, password), timeout=10).status_code == 404
 
 
 def test_deploy_twice_changes_nothing_the_second_time(stack, deployed) -> None:
@@ -120,11 +73,7 @@ def test_deploy_twice_changes_nothing_the_second_time(stack, deployed) -> None:
     assert loaded.returncode == 0 and "SMTPEmail" in loaded.stdout, loaded.stderr[-2000:]
 
 
-def test_run_test_completes_on_the_workers_with_outputs_on_the_shared_volume(stack, deployed) -> None:
-    result = make("run-test", stack["env"], timeout=1200)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Completed" in result.stdout
-    stack["test_run_id"] = re.search(r"started flow run \S+ \(([0-9a-f-]{36})\)", result.stdout).group(1)
+def test_run_test_completes_on_the_workers_with_outputs_on_the_shared_volume(stack, test_run) -> None:
     latest = 'cat "$(ls -d /shared/outputs/test-pipeline/*/ | tail -1)manifest.json"'
     manifest = json.loads(shared(stack["env"], latest))
     assert manifest["status"] == "completed"
@@ -137,9 +86,7 @@ def test_run_test_completes_on_the_workers_with_outputs_on_the_shared_volume(sta
     assert '"stage": "evaluate-models"' in gpu_logs
 
 
-def test_worker_logs_are_one_json_event_a_line_with_run_and_stage(stack, deployed) -> None:
-    if "test_run_id" not in stack:
-        test_run_test_completes_on_the_workers_with_outputs_on_the_shared_volume(stack, deployed)
+def test_worker_logs_are_one_json_event_a_line_with_run_and_stage(stack, test_run) -> None:
     logs = compose(stack["env"], "logs", "--no-log-prefix", "cpu-worker").stdout
     events = []
     for line in logs.splitlines():
@@ -216,9 +163,7 @@ def test_docker_pool_variant_runs_a_container_per_flow_run(stack, deployed) -> N
     assert "Creating Docker container" in logs or "Docker container" in logs
 
 
-def test_postgres_keeps_its_data_across_down_and_up(stack, deployed) -> None:
-    if "test_run_id" not in stack:
-        test_run_test_completes_on_the_workers_with_outputs_on_the_shared_volume(stack, deployed)
+def test_postgres_keeps_its_data_across_down_and_up(stack, test_run) -> None:
     assert make("down", stack["env"], timeout=600).returncode == 0
     up = make("up", stack["env"], timeout=1200)
     assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
@@ -228,6 +173,6 @@ def test_postgres_keeps_its_data_across_down_and_up(stack, deployed) -> None:
         if name.endswith("ev-charging-pipeline"):
             assert "0 3 * * *" in inspected.stdout
     # the run from before the restart is still there, still Completed
-    inspected = compose(stack["env"], "run", "--rm", "deployer", "prefect", "flow-run", "inspect", stack["test_run_id"])
+    inspected = compose(stack["env"], "run", "--rm", "deployer", "prefect", "flow-run", "inspect", test_run)
     assert inspected.returncode == 0, inspected.stderr[-2000:]
     assert "COMPLETED" in inspected.stdout

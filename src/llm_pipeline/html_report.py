@@ -10,6 +10,7 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 _IMAGE = re.compile(r'src="([\w.-]+\.png)"')
+_MARKDOWN_IMAGE = re.compile(r"!\[([^\]]*)\]\(([\w.-]+\.png)\)")
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Roboto, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
        color: #222; line-height: 1.45; }
@@ -22,15 +23,17 @@ h1 { border-bottom: 2px solid #37a; }
 """
 
 
+def data_uri(path: Path) -> str:
+    return f"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
 def render_html(markdown: str, folder: Path, title: str) -> str:
     """HTML for `markdown`, with every `name.png` it links read from `folder` and embedded."""
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
 
     def embed(match: re.Match[str]) -> str:
         path = folder / match.group(1)
-        if not path.is_file():
-            return match.group(0)
-        return f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"'
+        return f'src="{data_uri(path)}"' if path.is_file() else match.group(0)
 
     body = _IMAGE.sub(embed, body)
     safe_title = title.replace("<", "&lt;").replace(">", "&gt;")
@@ -38,3 +41,14 @@ def render_html(markdown: str, folder: Path, title: str) -> str:
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{safe_title}</title>'
         f"<style>{STYLE}</style></head>\n<body>\n{body}</body></html>\n"
     )
+
+
+def embed_markdown_images(markdown: str, folder: Path) -> str:
+    """`markdown` with every `![alt](name.png)` read from `folder` and embedded: it renders anywhere (a Prefect
+    artifact), with no link back to the run folder and no second login."""
+
+    def embed(match: re.Match[str]) -> str:
+        path = folder / match.group(2)
+        return f"![{match.group(1)}]({data_uri(path)})" if path.is_file() else match.group(0)
+
+    return _MARKDOWN_IMAGE.sub(embed, markdown)

@@ -1,0 +1,108 @@
+"""The compose stack for the tests that need it (test_stack.py, test_ui.py): built, brought up with the CPU
+override and deployed once per test session, under its own compose project and env file, so a developer's own
+stack and .env are left alone. Registered as a plugin in conftest.py."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, require_docker
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = "llm-pipeline-e2e"
+
+
+def make(target: str, env: dict[str, str], timeout: float = 900, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["make", target, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    return result
+
+
+def compose(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    command = [
+        "docker",
+        "compose",
+        "--env-file",
+        env["ENV_FILE"],
+        "-f",
+        "docker-compose.yml",
+        "-f",
+        "docker-compose.cpu.yml",
+        *args,
+    ]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def shared(env: dict[str, str], script: str) -> str:
+    result = compose(env, "run", "--rm", "--no-deps", "--entrypoint", "sh", "deployer", "-c", script)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    require_docker()
+    port, outputs_port = free_port(), free_port()
+    env_file = tmp_path_factory.mktemp("stack") / "stack.env"
+    auth = f"admin:{secrets.token_urlsafe(16)}"
+    env_file.write_text(
+        (ROOT / ".env.example")
+        .read_text()
+        .replace("POSTGRES_PASSWORD=\n", f"POSTGRES_PASSWORD={secrets.token_urlsafe(16)}\n")
+        .replace("PREFECT_SERVER_API_AUTH_STRING=\n", f"PREFECT_SERVER_API_AUTH_STRING={auth}\n")
+        .replace("PREFECT_PORT=4200", f"PREFECT_PORT={port}")
+        .replace("OUTPUTS_PORT=4201", f"OUTPUTS_PORT={outputs_port}")
+        .replace("OUTPUTS_PUBLIC_URL=http://127.0.0.1:4201", f"OUTPUTS_PUBLIC_URL=http://127.0.0.1:{outputs_port}")
+        .replace("PREFECT_UI_API_URL=http://127.0.0.1:4200/api", f"PREFECT_UI_API_URL=http://127.0.0.1:{port}/api")
+    )
+    env = {
+        **os.environ,
+        "ENV_FILE": str(env_file),
+        "COMPOSE_PROJECT_NAME": PROJECT,
+        "GPU": "0",
+        "COMPOSE_BAKE": "false",
+    }
+    up = make("up", env, timeout=2400)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    yield {"env": env, "port": port, "outputs_port": outputs_port, "auth": auth}
+    compose(env, "--profile", "tools", "--profile", "docker-pool", "down", "-v", "--remove-orphans", timeout=300)
+
+
+@pytest.fixture(scope="session")
+def deployed(stack) -> subprocess.CompletedProcess:
+    first = make("deploy", stack["env"], timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    return first
+
+
+@pytest.fixture(scope="session")
+def test_run(stack, deployed) -> str:
+    """The flow run id of one `make run-test` on the stack (run once per session, shared by the tests)."""
+    import re
+
+    if "test_run_id" not in stack:
+        result = make("run-test", stack["env"], timeout=1200)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "Completed" in result.stdout
+        stack["run_test_stdout"] = result.stdout
+        stack["test_run_id"] = re.search(r"started flow run \S+ \(([0-9a-f-]{36})\)", result.stdout).group(1)
+    return stack["test_run_id"]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: ARG001 - keeps each phase's report on the test (test_ui's shots)
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
