@@ -25,12 +25,15 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llm_pipeline.health import parse_window
+
+if TYPE_CHECKING:
+    from flows.recovery import RecoverySettings
 
 PREFIX = "llm-pipeline: "
 SLACK_BLOCK = "llm-pipeline-alerts-slack"
@@ -278,25 +281,35 @@ def _actions(kind: str, blocks: dict[str, Any]) -> list[Any]:
     return actions or [DoNothing()]
 
 
-async def apply_alerts(settings: AlertSettings | None = None) -> dict[str, str]:
+async def apply_alerts(
+    settings: AlertSettings | None = None, recovery: RecoverySettings | None = None
+) -> dict[str, str]:
     """Create or update every automation; returns {name: "created" | "updated" | "unchanged" | "deleted"}."""
     from prefect.client.orchestration import get_client
     from prefect.events.schemas.automations import AutomationCore, EventTrigger
 
+    from flows.recovery import RecoverySettings, recovery_actions
+    from flows.recovery import automation_specs as recovery_specs
+
     settings = settings or AlertSettings()
+    recovery = recovery or RecoverySettings()
     blocks = await _apply_blocks(settings)
     outcome: dict[str, str] = {}
-    specs = automation_specs(settings)
+    specs = automation_specs(settings) + recovery_specs(recovery)
     async with get_client() as client:
         existing = {a.name: a for a in await client.read_automations() if a.name.startswith(PREFIX)}
         for spec in specs:
+            recovering = spec["kind"] in ("zombie", "resubmit")  # flows/recovery.py's: they act, not page
             trigger = EventTrigger(**spec["trigger"])
             automation = AutomationCore(
                 name=spec["name"],
-                description=f"llm-pipeline alert ({spec['kind']}); applied by `make deploy` (flows/alerts.py)",
+                description=f"llm-pipeline {'recovery' if recovering else 'alert'} ({spec['kind']}); applied by "
+                "`make deploy` (flows/alerts.py)",
                 enabled=True,
                 trigger=trigger,
-                actions=_actions(spec["kind"], blocks),
+                actions=await recovery_actions(spec["kind"], recovery)
+                if recovering
+                else _actions(spec["kind"], blocks),
             )
             current = existing.pop(spec["name"], None)
             if current is None:

@@ -14,6 +14,7 @@ overlaps the previous one: the next waits in the queue instead.
 | general-pipeline                       | llm-pipeline   | CPU       | normal | 0 2 * * 0 (Sunday 02:00)  |
 | evaluate-models (each GPU-pool stage)  | run-stage      | GPU       | high   | none (called by the above)|
 | health-check                           | health-check   | CPU       | normal | 0 * * * * (hourly)        |
+| resubmit-crashed                       | resubmit-crashed| CPU      | high   | none (the recovery automation)|
 | test-pipeline-docker                   | llm-pipeline   | docker    | low    | none (the docker variant) |
 
 The docker variant runs from the project image (code baked in at /app), one container per flow run.
@@ -95,6 +96,17 @@ def specs(cpu_pool: str = CPU_POOL, gpu_pool: str = GPU_POOL) -> list[Deployment
             )
             for stage in PIPELINE
             if stage.pool == "gpu"
+        ),
+        DeploymentSpec(
+            "resubmit-crashed",
+            "flows/recovery.py:resubmit_crashed",
+            cpu_pool,
+            "high",
+            None,
+            {"flow_run_id": ""},
+            "Resubmits a Crashed run with its parameters (RECOVERY_MAX_RESUBMITS per original run); started by the "
+            "`llm-pipeline: resubmit crashed flow runs` automation.",
+            ("recovery",),
         ),
         DeploymentSpec(
             "health-check",

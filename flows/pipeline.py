@@ -26,7 +26,7 @@ from prefect.runtime import deployment, flow_run
 from flows import artifacts
 from flows.retries import task_retry_options
 from llm_pipeline.config import PipelineConfig, load_config
-from llm_pipeline.errors import PipelineError
+from llm_pipeline.errors import PipelineError, TransientError
 from llm_pipeline.io import write_json
 from llm_pipeline.logging import bind, configure_logging, get_logger
 from llm_pipeline.manifest import Manifest
@@ -107,6 +107,9 @@ def _hand_off(deployment_name: str, parameters: dict[str, Any], result_file: str
     log.info("stage_handed_off", deployment=deployment_name)
     child = run_deployment(deployment_name, parameters=parameters, timeout=None, poll_interval=2)
     state = child.state
+    if state is not None and state.is_crashed():
+        # its worker died (or its heartbeats stopped): the stage's retry (TransientError's row) submits it again
+        raise TransientError(f"deployment {deployment_name} crashed: {state.message or ''} (flow run {child.id})")
     if state is None or not state.is_completed():
         name = state.name if state else "unknown"
         raise PipelineError(
@@ -117,6 +120,7 @@ def _hand_off(deployment_name: str, parameters: dict[str, Any], result_file: str
 
 def run_elsewhere(
     stage: Stage,
+    config: PipelineConfig,
     flow_name: str,
     config_path: str,
     overrides: dict[str, Any] | None,
@@ -132,7 +136,8 @@ def run_elsewhere(
         "run_id": run_id,
         "group": group,
     }
-    hand_off = task(name=stage.name)(_hand_off)
+    retries = task_retry_options(config.stage_retry) if stage.retry == "table" else {}
+    hand_off = task(name=stage.name, **retries)(_hand_off)  # a crashed child is submitted again
     return hand_off(f"{flow_name}/{stage.name}", parameters, str(_stage_result_file(run_dir, stage)))
 
 
@@ -158,8 +163,9 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
     try:
         for stage in PIPELINE:
             current = stage.name
+            manifest.record(stage.name, "running")  # a crash from here on leaves the stage it was in
             if stage.pool == "gpu" and stage_flow_name:
-                result = run_elsewhere(stage, stage_flow_name, config_path, overrides, run_dir, run_id, group)
+                result = run_elsewhere(stage, config, stage_flow_name, config_path, overrides, run_dir, run_id, group)
             else:
                 with _progress(prefix, stage):
                     result = run_inline(stage, config, run_dir, run_id, group, manifest.data, code)

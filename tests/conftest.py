@@ -32,6 +32,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
 import pytest  # noqa: E402
@@ -60,6 +61,17 @@ def wait_for_http(url: str, timeout: float = 90.0, process: subprocess.Popen | N
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> Any:
+    """Poll `condition` until it returns something truthy (returned), or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 class PrefectServer:
@@ -189,6 +201,8 @@ class Worker:
                 "PREFECT_API_URL": api_url,
                 "PREFECT_WORKER_QUERY_SECONDS": "1",
                 "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+                # as the stack's workers: the zombie automation expects a heartbeat at least every 30 s
+                "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
                 **(env or {}),
             },
         )

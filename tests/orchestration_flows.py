@@ -25,3 +25,17 @@ def always_fails(
 def fails_on_purpose() -> None:
     """A deployment that always fails: what the alert tests page someone about."""
     raise RuntimeError("this deployment fails on purpose")
+
+
+@flow(name="sleep-once")
+def sleep_once(marker: str, seconds: float = 120.0) -> str:
+    """The first run writes its process id to `marker` and sleeps (a victim for a kill); later runs return at once."""
+    import os
+    from pathlib import Path
+
+    path = Path(marker)
+    if path.exists():
+        return "second"
+    path.write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return "first"

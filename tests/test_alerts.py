@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from flows.alerts import PREFIX, AlertSettings, apply_alerts
-from tests.conftest import ROOT, PrefectServer, Worker, free_port
+from tests.conftest import ROOT, PrefectServer, Worker, free_port, wait_until
 from tests.fakes.receivers import MailReceiver, WebhookReceiver
 
 pytestmark = pytest.mark.slow
@@ -65,16 +65,6 @@ def settings_for(hooks: WebhookReceiver, mail: MailReceiver, **windows: str) -> 
     )
 
 
-def wait_until(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 def hooks_about(hooks: WebhookReceiver, path: str, alert: str, flow_run_id: Any) -> list[Any]:
     """Generic-webhook bodies (JSON) or Slack texts about one flow run and alert kind."""
     if path == "/hook":
@@ -120,10 +110,10 @@ def test_alerts_install_idempotently_and_page_on_real_failures(server, receivers
     hooks, mail = receivers
     settings = settings_for(hooks, mail)
     first = asyncio.run(apply_alerts(settings))
-    assert sorted(first.values()) == ["created"] * 4
+    assert sorted(first.values()) == ["created"] * 6  # the four alerts and the two recovery automations
     assert set(asyncio.run(apply_alerts(settings)).values()) == {"unchanged"}  # idempotent
     with _client() as c:
-        ours = [a for a in c.read_automations() if a.name.startswith(PREFIX)]
+        ours = [a for a in c.read_automations() if a.name.startswith(PREFIX) and "alert (" in a.description]
         assert len(ours) == 4 and all(len(a.actions) == 3 for a in ours)  # slack, webhook, email each
     # A changed setting updates in place: same automations, new window.
     changed = asyncio.run(apply_alerts(settings_for(hooks, mail, cooldown="3m")))

@@ -125,6 +125,8 @@ def test_the_run_is_told_in_prefect_artifacts(first_run) -> None:
         assert f"### {stage}" in mine[f"test-pipeline-{stage}"].data
     report = mine["test-pipeline-report"]
     assert report.type == "markdown" and "report.html" in report.data and "wandb sync" in report.data
+    # embedded (no outputs service): local links; the charts are embedded, so the UI shows them anyway
+    assert "](file://" in report.data and report.data.count("](data:image/png;base64,") >= 5
     resources = json.loads(mine["test-pipeline-resources"].data)
     assert [r["stage"] for r in resources] == [*STAGES, "(run)"]
     assert all(r["cpu_mean_pct"] is not None and 0 < r["memory_max_pct"] <= 100 for r in resources)
@@ -222,9 +224,16 @@ def test_unreadable_data_fails_the_run_without_retry(prefect_server, tmp_path: P
     failed = manifest["stages"]["load-and-deduplicate-data"]
     assert failed["status"] == "failed" and "not a readable Parquet file" in failed["error"]
     flow_run_prefix = manifest["run_id"].rsplit("-", 1)[1]
-    runs = asyncio.run(_failed_task_runs("load-and-deduplicate-data"))
-    mine = [r for r in runs if str(r.flow_run_id).startswith(flow_run_prefix)]
-    assert len(mine) == 1 and mine[0].run_count == 1  # a data error is never retried
+
+    def mine() -> list[Any]:
+        runs = asyncio.run(_failed_task_runs("load-and-deduplicate-data"))
+        return [r for r in runs if str(r.flow_run_id).startswith(flow_run_prefix) and r.state and r.state.is_final()]
+
+    deadline = time.monotonic() + 30  # task-run rows reach the server's database asynchronously
+    while not mine() and time.monotonic() < deadline:
+        time.sleep(1)
+    found = mine()
+    assert len(found) == 1 and found[0].run_count == 1  # a data error is never retried
 
 
 async def _failed_task_runs(name: str) -> list[Any]:

@@ -27,6 +27,7 @@ DOCKER_POOL = "llm-pipeline-docker-pool"
 GPU_SLOTS = "gpu-slots"
 IMAGE = os.environ.get("LLM_PIPELINE_IMAGE", "llm-pipeline:cpu")
 COMPOSE_PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "llm-pipeline")
+HEARTBEAT_SECONDS = os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ def docker_job_template() -> dict[str, Any]:
     variables["container_create_kwargs"]["default"] = {
         "device_requests": [{"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]
     }
+    # A flow-run container's heartbeats must come as often as the workers' do: the zombie automation crashes a
+    # deployment run whose heartbeats stop for RECOVERY_HEARTBEAT_WINDOW (Prefect's default is every 180 s).
+    variables["env"]["default"] = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": HEARTBEAT_SECONDS}
     return template
 
 

@@ -57,3 +57,19 @@ class Manifest:
 
     def save(self) -> None:
         write_json(self.path, self.data)
+
+
+def mark_crashed(output_root: Path, run_suffix: str, reason: str) -> Path | None:
+    """The manifest of the run whose folder ends with `run_suffix` (its flow run id's first 8 characters), if it
+    still says "running": now "crashed", and the stage it was in too. Returns its path, or None."""
+    for path in sorted(output_root.glob(f"*/*-{run_suffix}/manifest.json")):
+        data = json.loads(path.read_text())
+        if data.get("status") != "running":
+            continue
+        running = [name for name, entry in data.get("stages", {}).items() if entry.get("status") == "running"]
+        for name in running:
+            data["stages"][name] = {**data["stages"][name], "status": "crashed", "error": reason}
+        data.update(status="crashed", crashed_in=running[-1] if running else None, finished_at=utc_now(), error=reason)
+        write_json(path, data)
+        return path
+    return None

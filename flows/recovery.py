@@ -1,0 +1,181 @@
+"""Recovery from a crashed worker: a flow run whose heartbeats stop is marked Crashed, and a Crashed run is
+resubmitted with the same parameters, at most RECOVERY_MAX_RESUBMITS times per original run.
+
+Two automations, installed by `make deploy` beside the alerts (flows/alerts.py applies them):
+- "llm-pipeline: crash zombie flow runs": proactive; after a heartbeat, neither another heartbeat nor an end state
+  within RECOVERY_HEARTBEAT_WINDOW (90 s): the run is set Crashed.
+- "llm-pipeline: resubmit crashed flow runs": reactive on Crashed: runs the resubmit-crashed deployment with the
+  crashed run's id.
+
+Workers send a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (the compose stack sets 30, Prefect's
+minimum), so the default window is three missed beats. A run marked Crashed frees its deployment's concurrency
+slot, and the crash alert (flows/alerts.py) pages as for any Crashed run. A Failed run is never resubmitted: a
+failure is the code's own verdict. The resubmitted run carries tags naming the crashed one; it resumes from the
+stage cache and the QA journal, so completed stages are not recomputed and completed requests not paid again.
+The crashed run's manifest ends "crashed", naming the stage it was in.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llm_pipeline.health import parse_window
+from llm_pipeline.logging import get_logger
+from llm_pipeline.manifest import mark_crashed
+
+log = get_logger("recovery")
+
+RECOVERY_FLOW = "resubmit-crashed"
+RECOVERY_DEPLOYMENT = f"{RECOVERY_FLOW}/{RECOVERY_FLOW}"
+RESUBMITTED_EVENT = "llm-pipeline.run.resubmitted"
+ORIGIN_TAG, ATTEMPT_TAG, FROM_TAG = "recovery-origin:", "recovery-attempt:", "resubmitted-from:"
+TERMINAL = ["Completed", "Failed", "Crashed", "Cancelled"]
+
+
+class RecoverySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECOVERY_", extra="ignore", env_ignore_empty=True)
+
+    heartbeat_window: timedelta = Field(timedelta(seconds=90), description="no heartbeat this long: Crashed")
+    max_resubmits: int = Field(1, ge=0, description="resubmissions per original run (0: never)")
+
+    @field_validator("heartbeat_window", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> Any:
+        return parse_window(value) if isinstance(value, str) else value
+
+    @field_validator("heartbeat_window")
+    @classmethod
+    def _at_least_ten_seconds(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=10):
+            raise ValueError("RECOVERY_HEARTBEAT_WINDOW must be at least 10s (Prefect's proactive minimum)")
+        return value
+
+
+def automation_specs(settings: RecoverySettings) -> list[dict[str, Any]]:
+    """The two automations as plain dicts (name, trigger, action kind), as flows/alerts.py installs them."""
+    flow_run = {"prefect.resource.id": "prefect.flow-run.*"}
+    return [
+        {
+            "name": "llm-pipeline: crash zombie flow runs",
+            "kind": "zombie",
+            "trigger": {
+                "posture": "Proactive",
+                "match": flow_run,
+                # deployment runs only: the workers' (and docker-pool containers') heartbeat setting reaches those;
+                # a run started by hand against the server beats at Prefect's default, every 180 s
+                "match_related": {"prefect.resource.role": "deployment"},
+                "after": ["prefect.flow-run.heartbeat"],
+                "expect": ["prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in TERMINAL)],
+                "for_each": ["prefect.resource.id"],
+                "threshold": 1,
+                "within": settings.heartbeat_window,
+            },
+        },
+        {
+            "name": "llm-pipeline: resubmit crashed flow runs",
+            "kind": "resubmit",
+            "trigger": {
+                "posture": "Reactive",
+                "match": flow_run,
+                "expect": ["prefect.flow-run.Crashed"],
+                "for_each": ["prefect.resource.id"],
+                "threshold": 1,
+                "within": timedelta(0),
+            },
+        },
+    ]
+
+
+async def recovery_actions(kind: str, settings: RecoverySettings) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState, DoNothing, RunDeployment
+
+    if kind == "zombie":
+        seconds = int(settings.heartbeat_window.total_seconds())
+        return [
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                name="Crashed",
+                message=f"no heartbeat for {seconds} s: its worker or process died (marked by llm-pipeline recovery)",
+            )
+        ]
+    if settings.max_resubmits == 0:
+        return [DoNothing()]
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            deployment = await client.read_deployment_by_name(RECOVERY_DEPLOYMENT)
+        except ObjectNotFound:
+            log.warning("recovery_not_installed", reason=f"no deployment {RECOVERY_DEPLOYMENT}: run `make deploy`")
+            return [DoNothing()]
+    return [
+        RunDeployment(
+            source="selected",
+            deployment_id=deployment.id,
+            # an explicit jinja value renders as a string: Prefect wraps a bare "{{ flow_run.id }}" in `tojson`,
+            # which cannot encode a UUID ("Unable to create flow run from deployment: InvalidJinja()")
+            parameters={
+                "flow_run_id": {"__prefect_kind": "jinja", "template": "{{ flow_run.id }}"},
+                "max_resubmits": settings.max_resubmits,
+            },
+        )
+    ]
+
+
+def _tag_value(tags: list[str], prefix: str) -> str | None:
+    return next((t[len(prefix) :] for t in tags if t.startswith(prefix)), None)
+
+
+@flow(name=RECOVERY_FLOW)
+def resubmit_crashed(flow_run_id: str, max_resubmits: int = 1) -> str | None:
+    """Resubmit a Crashed deployment run with its parameters, tagged with the run it replaces, unless its
+    original has been resubmitted `max_resubmits` times; mark the crashed run's manifest. Returns the new id."""
+    from prefect.client.orchestration import get_client
+    from prefect.events import emit_event
+
+    with get_client(sync_client=True) as client:
+        crashed = client.read_flow_run(flow_run_id)
+        if crashed.state is None or not crashed.state.is_crashed() or crashed.deployment_id is None:
+            log.info("not_resubmitted", flow_run=flow_run_id, reason="not a Crashed deployment run")
+            return None
+        marked = mark_crashed(_output_root(), str(crashed.id)[:8], crashed.state.message or "crashed")
+        origin = _tag_value(crashed.tags, ORIGIN_TAG) or str(crashed.id)
+        attempt = int(_tag_value(crashed.tags, ATTEMPT_TAG) or 0)
+        if attempt >= max_resubmits:
+            log.warning("not_resubmitted", flow_run=crashed.name, origin=origin, reason=f"{attempt} resubmits done")
+            return None
+        kept = [t for t in crashed.tags if not t.startswith((ORIGIN_TAG, ATTEMPT_TAG, FROM_TAG))]
+        resubmitted = client.create_flow_run_from_deployment(
+            crashed.deployment_id,
+            parameters=crashed.parameters,
+            tags=[*kept, f"{ORIGIN_TAG}{origin}", f"{ATTEMPT_TAG}{attempt + 1}", f"{FROM_TAG}{crashed.id}"],
+        )
+    emit_event(
+        RESUBMITTED_EVENT,
+        resource={"prefect.resource.id": f"prefect.flow-run.{crashed.id}", "prefect.resource.name": crashed.name},
+        related=[
+            {"prefect.resource.id": f"prefect.flow-run.{resubmitted.id}", "prefect.resource.role": "resubmission"}
+        ],
+        payload={"crashed": crashed.name, "resubmitted_as": resubmitted.name, "resubmitted_id": str(resubmitted.id)},
+    )
+    log.warning(
+        "resubmitted",
+        crashed=crashed.name,
+        resubmitted_as=resubmitted.name,
+        attempt=attempt + 1,
+        manifest=str(marked) if marked else None,
+    )
+    return str(resubmitted.id)
+
+
+def _output_root() -> Path:
+    return Path(os.environ.get("PIPELINE__OUTPUT_PATH", "outputs"))

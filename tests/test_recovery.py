@@ -1,0 +1,167 @@
+"""A crashed worker never blocks the schedule: on a real Prefect server with real process workers, a worker and its
+flow run are SIGKILLed (as the OOM killer does a container); the zombie automation marks the run Crashed, which
+frees the deployment's slot, and the recovery automation resubmits it, once. The figures are printed (-s) and
+recorded in docs/chaos.md."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import PrefectServer, Worker, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL = "recovery-test-pool"
+WINDOW_S = 55  # the zombie window in this test; heartbeats every 30 s (Prefect's minimum)
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Any:
+    """Its own server: the automations here must not act on the other tests' runs."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("recovery-server")
+    started = PrefectServer(home)
+    with temporary_settings(updates={PREFECT_API_URL: started.api_url}):
+        yield started
+    started.stop()
+
+
+def _client() -> Any:
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+@pytest.fixture(scope="module")
+def deployed(server) -> dict[str, Any]:
+    from prefect import flow
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    from flows.alerts import AlertSettings, apply_alerts
+    from flows.recovery import RECOVERY_FLOW, RecoverySettings
+    from workers.pools import process_job_template
+
+    with _client() as client:
+        client.create_work_pool(WorkPoolCreate(name=POOL, type="process", base_job_template=process_job_template()))
+    limit = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)  # as in production
+    flow.from_source(source=str(ROOT), entrypoint="tests/orchestration_flows.py:sleep_once").deploy(
+        name="victim", work_pool_name=POOL, concurrency_limit=limit, print_next_steps=False
+    )
+    flow.from_source(source=str(ROOT), entrypoint="flows/recovery.py:resubmit_crashed").deploy(
+        name=RECOVERY_FLOW, work_pool_name=POOL, print_next_steps=False
+    )
+    settings = RecoverySettings(heartbeat_window=timedelta(seconds=WINDOW_S), max_resubmits=1)
+    outcome = asyncio.run(apply_alerts(AlertSettings(), settings))
+    assert outcome["llm-pipeline: crash zombie flow runs"] == "created"
+    return {"settings": settings}
+
+
+def _state(run_id: Any) -> Any:
+    with _client() as client:
+        return client.read_flow_run(run_id)
+
+
+def _kill_tree(process: psutil.Process) -> None:
+    """SIGKILL a worker and every process under it at once: what a container's OOM kill does."""
+    family = [process, *process.children(recursive=True)]
+    for member in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member.pid, signal.SIGKILL)
+
+
+def _resubmissions(crashed_id: Any) -> list[Any]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    with _client() as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"resubmitted-from:{crashed_id}"]))
+        )
+
+
+def test_a_killed_worker_leaves_no_zombie_and_its_run_is_resubmitted(server, deployed, tmp_path: Path) -> None:
+    from prefect.deployments import run_deployment
+
+    marker = tmp_path / "victim.pid"
+    env = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+    first = Worker(server.api_url, POOL, tmp_path, env=env)
+    victim = run_deployment("sleep-once/victim", parameters={"marker": str(marker), "seconds": 600}, timeout=0)
+    wait_until(lambda: marker.exists() and _state(victim.id).state.is_running(), 120, "the victim to run")
+    queued = run_deployment("sleep-once/victim", parameters={"marker": str(marker), "seconds": 600}, timeout=0)
+    time.sleep(3)  # the heartbeat at start has reached the server
+    assert _state(queued.id).state.name == "AwaitingConcurrencySlot"  # the slot is the victim's
+    killed_at = time.monotonic()
+    _kill_tree(psutil.Process(first.process.pid))
+    first.process.wait(timeout=30)
+    first.log.close()
+    with Worker(server.api_url, POOL, tmp_path, env=env):  # Docker restarts the worker
+        crashed = wait_until(lambda: (r := _state(victim.id)).state.is_crashed() and r, WINDOW_S + 60, "Crashed")
+        detected_s = time.monotonic() - killed_at
+        assert "no heartbeat" in (crashed.state.message or "")
+        [again] = wait_until(lambda: _resubmissions(victim.id), 120, "the resubmitted run")
+        assert again.parameters == crashed.parameters and "recovery-attempt:1" in again.tags
+        done = wait_until(lambda: (r := _state(again.id)).state.is_final() and r, 180, "the resubmission to end")
+        recovered_s = time.monotonic() - killed_at
+        assert done.state.is_completed(), done.state
+        queued_done = wait_until(lambda: (r := _state(queued.id)).state.is_final() and r, 180, "the queued run")
+        assert queued_done.state.is_completed()  # not blocked past recovery
+    print(f"\nworker SIGKILLed: Crashed after {detected_s:.0f} s, resubmission Completed {recovered_s:.0f} s after")
+    assert detected_s <= WINDOW_S + 30 + 20  # the window after the last heartbeat, plus the event pipeline
+
+
+def test_a_resubmission_that_crashes_again_is_not_resubmitted_twice(server, deployed, tmp_path: Path) -> None:
+    """RECOVERY_MAX_RESUBMITS=1 per original run: the resubmitted run's crash is the end (the alert still pages)."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import State
+
+    from flows.recovery import resubmit_crashed
+
+    with _client() as client:
+        deployment = client.read_deployment_by_name("sleep-once/victim")
+        run = client.create_flow_run_from_deployment(
+            deployment.id, parameters={"marker": str(tmp_path / "m"), "seconds": 1}, tags=["recovery-attempt:1"]
+        )
+        client.set_flow_run_state(run.id, State(type=StateType.RUNNING), force=True)
+        client.set_flow_run_state(run.id, State(type=StateType.CRASHED, message="killed"), force=True)
+    assert resubmit_crashed(str(run.id), max_resubmits=1) is None
+    failed_on_purpose = _failed_run(deployment.id, tmp_path)
+    assert resubmit_crashed(str(failed_on_purpose), max_resubmits=1) is None  # Failed is the code's own verdict
+
+
+def _failed_run(deployment_id: Any, tmp_path: Path) -> Any:
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import State
+
+    with _client() as client:
+        run = client.create_flow_run_from_deployment(deployment_id, parameters={"marker": str(tmp_path / "f")})
+        client.set_flow_run_state(run.id, State(type=StateType.RUNNING), force=True)
+        client.set_flow_run_state(run.id, State(type=StateType.FAILED, message="a bug"), force=True)
+    return run.id
+
+
+def test_the_crashed_runs_manifest_says_crashed_and_where(tmp_path: Path) -> None:
+    from llm_pipeline.manifest import Manifest, mark_crashed
+
+    manifest = Manifest(tmp_path / "p" / "20261202T030000Z-abcdef12" / "manifest.json", "p", "r", "h", "c")
+    manifest.path.parent.mkdir(parents=True)
+    manifest.record("load-and-deduplicate-data", "completed")
+    manifest.record("generate-qa-pairs", "running")
+    path = mark_crashed(tmp_path, "abcdef12", "no heartbeat for 90 s")
+    import json
+
+    data = json.loads(path.read_text())
+    assert data["status"] == "crashed" and data["crashed_in"] == "generate-qa-pairs"
+    assert data["stages"]["generate-qa-pairs"]["status"] == "crashed"
+    assert data["stages"]["load-and-deduplicate-data"]["status"] == "completed"
+    assert mark_crashed(tmp_path, "abcdef12", "again") is None  # only a manifest still "running"
