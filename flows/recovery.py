@@ -10,7 +10,8 @@ Two automations, installed by `make deploy` beside the alerts (flows/alerts.py a
 Workers send a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (the compose stack sets 30, Prefect's
 minimum), so the default window is three missed beats. A run marked Crashed frees its deployment's concurrency
 slot, and the crash alert (flows/alerts.py) pages as for any Crashed run. A Failed run is never resubmitted: a
-failure is the code's own verdict. The resubmitted run carries tags naming the crashed one; it resumes from the
+failure is the code's own verdict; nor is a child run (a GPU-pool stage), which its parent's stage retry submits
+again. The resubmitted run carries tags naming the crashed one; it resumes from the
 stage cache and the QA journal, so completed stages are not recomputed and completed requests not paid again.
 The crashed run's manifest ends "crashed", naming the stage it was in.
 """
@@ -146,6 +147,9 @@ def resubmit_crashed(flow_run_id: str, max_resubmits: int = 1) -> str | None:
         crashed = client.read_flow_run(flow_run_id)
         if crashed.state is None or not crashed.state.is_crashed() or crashed.deployment_id is None:
             log.info("not_resubmitted", flow_run=flow_run_id, reason="not a Crashed deployment run")
+            return None
+        if crashed.parent_task_run_id is not None:  # a GPU-pool stage's child: its parent's hand-off retries it
+            log.info("not_resubmitted", flow_run=crashed.name, reason="a child run: its parent's stage retries it")
             return None
         marked = mark_crashed(_output_root(), str(crashed.id)[:8], crashed.state.message or "crashed")
         origin = _tag_value(crashed.tags, ORIGIN_TAG) or str(crashed.id)

@@ -135,6 +135,7 @@ def test_a_resubmission_that_crashes_again_is_not_resubmitted_twice(server, depl
         client.set_flow_run_state(run.id, State(type=StateType.RUNNING), force=True)
         client.set_flow_run_state(run.id, State(type=StateType.CRASHED, message="killed"), force=True)
     assert resubmit_crashed(str(run.id), max_resubmits=1) is None
+    assert resubmit_crashed(str(_crashed_child(deployment.id, tmp_path)), max_resubmits=1) is None
     failed_on_purpose = _failed_run(deployment.id, tmp_path)
     assert resubmit_crashed(str(failed_on_purpose), max_resubmits=1) is None  # Failed is the code's own verdict
 
@@ -165,3 +166,33 @@ def test_the_crashed_runs_manifest_says_crashed_and_where(tmp_path: Path) -> Non
     assert data["stages"]["generate-qa-pairs"]["status"] == "crashed"
     assert data["stages"]["load-and-deduplicate-data"]["status"] == "completed"
     assert mark_crashed(tmp_path, "abcdef12", "again") is None  # only a manifest still "running"
+
+
+def _crashed_child(deployment_id: Any, tmp_path: Path) -> Any:
+    """A Crashed run started by a parent flow's task (as a GPU-pool stage's is): its parent retries it."""
+    from prefect import flow, task
+
+    @task
+    def hand_off() -> str:
+        from prefect.context import TaskRunContext
+
+        with _client() as client:
+            child = client.create_flow_run_from_deployment(
+                deployment_id,
+                parameters={"marker": str(tmp_path / "c")},
+                parent_task_run_id=TaskRunContext.get().task_run.id,
+            )
+        return str(child.id)
+
+    @flow(name="parent-of-a-child")
+    def parent() -> str:
+        return hand_off()
+
+    child_id = parent()
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import State
+
+    with _client() as client:
+        client.set_flow_run_state(child_id, State(type=StateType.RUNNING), force=True)
+        client.set_flow_run_state(child_id, State(type=StateType.CRASHED, message="killed"), force=True)
+    return child_id
