@@ -169,30 +169,21 @@ def test_the_crashed_runs_manifest_says_crashed_and_where(tmp_path: Path) -> Non
 
 
 def _crashed_child(deployment_id: Any, tmp_path: Path) -> Any:
-    """A Crashed run started by a parent flow's task (as a GPU-pool stage's is): its parent retries it."""
-    from prefect import flow, task
-
-    @task
-    def hand_off() -> str:
-        from prefect.context import TaskRunContext
-
-        with _client() as client:
-            child = client.create_flow_run_from_deployment(
-                deployment_id,
-                parameters={"marker": str(tmp_path / "c")},
-                parent_task_run_id=TaskRunContext.get().task_run.id,
-            )
-        return str(child.id)
-
-    @flow(name="parent-of-a-child")
-    def parent() -> str:
-        return hand_off()
-
-    child_id = parent()
+    """A Crashed run started from a parent run's task (as a GPU-pool stage's is): its parent retries it. The
+    parent's task run is written through the API first (a task's own row reaches the server asynchronously)."""
+    from prefect import task
     from prefect.client.schemas.objects import StateType
     from prefect.states import State
 
+    @task(name="hand-off")
+    def hand_off() -> None: ...
+
     with _client() as client:
-        client.set_flow_run_state(child_id, State(type=StateType.RUNNING), force=True)
-        client.set_flow_run_state(child_id, State(type=StateType.CRASHED, message="killed"), force=True)
-    return child_id
+        parent = client.create_flow_run_from_deployment(deployment_id, parameters={"marker": str(tmp_path / "p")})
+        task_run = client.create_task_run(task=hand_off, flow_run_id=parent.id, dynamic_key="0")
+        child = client.create_flow_run_from_deployment(
+            deployment_id, parameters={"marker": str(tmp_path / "c")}, parent_task_run_id=task_run.id
+        )
+        client.set_flow_run_state(child.id, State(type=StateType.RUNNING), force=True)
+        client.set_flow_run_state(child.id, State(type=StateType.CRASHED, message="killed"), force=True)
+    return child.id
