@@ -163,6 +163,65 @@ def test_docker_pool_variant_runs_a_container_per_flow_run(stack, deployed) -> N
     assert "Creating Docker container" in logs or "Docker container" in logs
 
 
+def test_a_cpu_worker_killed_mid_run_leaves_no_zombie(stack, test_run) -> None:
+    """The OOM killer's case: the cpu-worker's main process SIGKILLed from the host 8 s into a fresh run. Docker
+    restarts the worker; the run's heartbeats stop, the zombie automation marks it Crashed, the recovery
+    automation resubmits it once, and a run queued behind it is not blocked past recovery."""
+    import os
+    import signal
+    import time
+
+    api = f"http://127.0.0.1:{stack['port']}/api"
+    auth = tuple(stack["auth"].split(":", 1))
+    client = httpx.Client(base_url=api, auth=auth, timeout=20)
+
+    def run(run_id: str) -> dict:
+        return client.get(f"/flow_runs/{run_id}").json()
+
+    def wait(what: str, timeout: float, found):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = found()
+            if value:
+                return value
+            time.sleep(2)
+        raise AssertionError(f"not within {timeout:.0f} s: {what}")
+
+    deployment = client.get("/deployments/name/llm-pipeline/test-pipeline").json()
+    fresh = {"overrides": {"benchmark": {"size": 17}, "dedup": {"similarity_threshold": 0.87}}}  # no cache hit
+    victim = client.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": fresh}).json()
+    wait("the victim to run", 300, lambda: run(victim["id"])["state_type"] == "RUNNING")
+    time.sleep(8)
+    queued = client.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": fresh}).json()
+    container = compose(stack["env"], "ps", "-q", "cpu-worker").stdout.strip()
+    pid = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.Pid}}", container], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    killed_at = time.monotonic()
+    os.kill(int(pid), signal.SIGKILL)
+    crashed = wait("Crashed", 240, lambda: (r := run(victim["id"]))["state_type"] == "CRASHED" and r)
+    detected_s = time.monotonic() - killed_at
+    assert "no heartbeat" in crashed["state"]["message"]
+
+    def resubmitted() -> list:
+        body = {"flow_runs": {"tags": {"all_": [f"resubmitted-from:{victim['id']}"]}}}
+        return client.post("/flow_runs/filter", json=body).json()
+
+    [again] = wait("the resubmission", 240, resubmitted)
+    done = wait("the resubmission to end", 600, lambda: (r := run(again["id"]))["state"]["type"] in FINAL and r)
+    recovered_s = time.monotonic() - killed_at
+    assert done["state_type"] == "COMPLETED" and again["parameters"] == victim["parameters"]
+    queued_done = wait("the queued run", 600, lambda: (r := run(queued["id"]))["state"]["type"] in FINAL and r)
+    assert queued_done["state_type"] == "COMPLETED"
+    manifest = json.loads(shared(stack["env"], f"cat /shared/outputs/test-pipeline/*-{victim['id'][:8]}/manifest.json"))
+    assert manifest["status"] == "crashed" and manifest["crashed_in"], manifest
+    print(f"\ncpu-worker SIGKILLed: Crashed after {detected_s:.0f} s, resubmission Completed after {recovered_s:.0f} s")
+    assert detected_s <= 90 + 30 + 30  # the window after the last heartbeat, plus the event pipeline
+
+
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
 def test_postgres_keeps_its_data_across_down_and_up(stack, test_run) -> None:
     assert make("down", stack["env"], timeout=600).returncode == 0
     up = make("up", stack["env"], timeout=1200)
