@@ -11,6 +11,7 @@ import subprocess
 import httpx
 import pytest
 
+from tests.conftest import wait_until
 from tests.stack import PROJECT, compose, make, shared
 
 pytestmark = pytest.mark.slow
@@ -178,19 +179,10 @@ def test_a_cpu_worker_killed_mid_run_leaves_no_zombie(stack, test_run) -> None:
     def run(run_id: str) -> dict:
         return client.get(f"/flow_runs/{run_id}").json()
 
-    def wait(what: str, timeout: float, found):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = found()
-            if value:
-                return value
-            time.sleep(2)
-        raise AssertionError(f"not within {timeout:.0f} s: {what}")
-
     deployment = client.get("/deployments/name/llm-pipeline/test-pipeline").json()
     fresh = {"overrides": {"benchmark": {"size": 17}, "dedup": {"similarity_threshold": 0.87}}}  # no cache hit
     victim = client.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": fresh}).json()
-    wait("the victim to run", 300, lambda: run(victim["id"])["state_type"] == "RUNNING")
+    wait_until(lambda: run(victim["id"])["state_type"] == "RUNNING", 300, "the victim to run")
     time.sleep(8)
     queued = client.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": fresh}).json()
     container = compose(stack["env"], "ps", "-q", "cpu-worker").stdout.strip()
@@ -199,7 +191,7 @@ def test_a_cpu_worker_killed_mid_run_leaves_no_zombie(stack, test_run) -> None:
     ).stdout.strip()
     killed_at = time.monotonic()
     os.kill(int(pid), signal.SIGKILL)
-    crashed = wait("Crashed", 240, lambda: (r := run(victim["id"]))["state_type"] == "CRASHED" and r)
+    crashed = wait_until(lambda: (r := run(victim["id"]))["state_type"] == "CRASHED" and r, 240, "Crashed")
     detected_s = time.monotonic() - killed_at
     assert "no heartbeat" in crashed["state"]["message"]
 
@@ -207,11 +199,11 @@ def test_a_cpu_worker_killed_mid_run_leaves_no_zombie(stack, test_run) -> None:
         body = {"flow_runs": {"tags": {"all_": [f"resubmitted-from:{victim['id']}"]}}}
         return client.post("/flow_runs/filter", json=body).json()
 
-    [again] = wait("the resubmission", 240, resubmitted)
-    done = wait("the resubmission to end", 600, lambda: (r := run(again["id"]))["state"]["type"] in FINAL and r)
+    [again] = wait_until(resubmitted, 240, "the resubmission")
+    done = wait_until(lambda: (r := run(again["id"]))["state"]["type"] in FINAL and r, 600, "the resubmission to end")
     recovered_s = time.monotonic() - killed_at
     assert done["state_type"] == "COMPLETED" and again["parameters"] == victim["parameters"]
-    queued_done = wait("the queued run", 600, lambda: (r := run(queued["id"]))["state"]["type"] in FINAL and r)
+    queued_done = wait_until(lambda: (r := run(queued["id"]))["state"]["type"] in FINAL and r, 600, "the queued run")
     assert queued_done["state_type"] == "COMPLETED"
     manifest = json.loads(shared(stack["env"], f"cat /shared/outputs/test-pipeline/*-{victim['id'][:8]}/manifest.json"))
     assert manifest["status"] == "crashed" and manifest["crashed_in"], manifest
