@@ -9,6 +9,8 @@ and updated in place; ours that the spec no longer lists are deleted).
 | llm-pipeline: flow run running too long     | proactive: Running and no end state within ALERT_MAX_RUNNING (2 h) |
 | llm-pipeline: flow run waiting too long     | proactive: Late or Pending, not Running in ALERT_MAX_QUEUE (30 min) |
 | llm-pipeline: health threshold crossed      | reactive: the health-check flow's `llm-pipeline.health.breached` event |
+| llm-pipeline: crashed run resubmitted       | reactive: flows/recovery.py's "crashed, resubmitted as ..." or    |
+|                                             | "crashed again ... not resubmitted" (a person's turn); no cooldown  |
 
 Targets, each optional (ALERT_* in .env): a Slack incoming webhook, a generic JSON webhook, email over SMTP.
 Each automation sends to every configured target; with none configured they are installed with no action (the
@@ -40,6 +42,8 @@ SLACK_BLOCK = "llm-pipeline-alerts-slack"
 WEBHOOK_BLOCK = "llm-pipeline-alerts-webhook"
 EMAIL_BLOCK = "llm-pipeline-alerts-email"
 HEALTH_EVENT = "llm-pipeline.health.breached"
+RESUBMITTED_EVENT = "llm-pipeline.run.resubmitted"  # flows/recovery.py emits these two (it imports them from here)
+GAVE_UP_EVENT = "llm-pipeline.run.not-resubmitted"
 
 END_STATES = ["Completed", "Failed", "Crashed", "Cancelled", "Cancelling", "Paused", "Suspended", "AwaitingRetry"]
 
@@ -157,10 +161,30 @@ _HEALTH_JSON = (
 )
 
 
+# The recovery events carry their facts (flows/recovery.py): one crash, one message, with no cooldown, so a run that
+# crashes again within the failure alert's cooldown still says so.
+_RECOVERY_SUBJECT = "[llm-pipeline] {{ event.payload.crashed }} {{ event.payload.summary }}"
+_RECOVERY_BODY = (
+    "flow run {{ event.payload.crashed }} ({{ event.payload.crashed_id }}) {{ event.payload.summary }}\n"
+    "deployment: {{ event.payload.deployment }}\n"
+    "why: {{ event.payload.reason }}\n"
+    "original run: {{ event.payload.original_id }}, resubmission {{ event.payload.attempt }}\n"
+)
+_RECOVERY_JSON = (
+    '{"alert": "recovery", "event": {{ event.event|tojson }}, "deployment": {{ event.payload.deployment|tojson }}, '
+    '"flow_run": {{ event.payload.crashed|tojson }}, "flow_run_id": {{ event.payload.crashed_id|tojson }}, '
+    '"message": {{ event.payload.summary|tojson }}, "reason": {{ event.payload.reason|tojson }}, '
+    '"resubmitted_id": {{ (event.payload.resubmitted_id or none)|tojson }}, '
+    '"original_id": {{ event.payload.original_id|tojson }}}'
+)
+
+
 def _messages(kind: str) -> dict[str, str]:
     """The templates one alert kind sends: email subject and body, Slack's payload, the generic webhook's."""
     if kind == "health":
         subject, body, webhook = _HEALTH_SUBJECT, _HEALTH_BODY, _HEALTH_JSON
+    elif kind == "recovery":
+        subject, body, webhook = _RECOVERY_SUBJECT, _RECOVERY_BODY, _RECOVERY_JSON
     else:
         (subject, body), webhook = _run_text(kind), _run_json(kind)
     return {"subject": subject, "body": body, "slack": _slack(subject, body), "webhook": webhook}
@@ -218,6 +242,18 @@ def automation_specs(settings: AlertSettings) -> list[dict[str, Any]]:
                 "for_each": ["prefect.resource.id"],
                 "threshold": 1,
                 "within": settings.cooldown,
+            },
+        },
+        {
+            "name": PREFIX + "crashed run resubmitted",
+            "kind": "recovery",
+            "trigger": {
+                "posture": "Reactive",
+                "match": {"prefect.resource.id": "prefect.flow-run.*"},
+                "expect": [RESUBMITTED_EVENT, GAVE_UP_EVENT],
+                "for_each": ["prefect.resource.id"],
+                "threshold": 1,
+                "within": timedelta(0),
             },
         },
     ]

@@ -52,6 +52,7 @@ log = get_logger("flow")
 STAGE_FLOW_ENV = "LLM_PIPELINE_STAGE_FLOW"
 STAGE_FLOW = "run-stage"
 GPU_SLOTS = "gpu-slots"
+GPU_SLOT_LEASE_S = 60
 
 # The key is `key` (the stage's name, the config sections it reads, its inputs' fingerprints, the code version)
 # and the task's source: the declaration object, the whole config, the run folder and run id are left out.
@@ -173,8 +174,13 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
             manifest.record(stage.name, "cached" if result.cached else "completed", result)
             artifacts.stage_summary(prefix, result, config.output_path)
     except Exception as exc:
-        manifest.record(current, "failed", error=f"{type(exc).__name__}: {exc}")
-        manifest.finish("failed")
+        try:
+            manifest.record(current, "failed", error=f"{type(exc).__name__}: {exc}")
+            manifest.finish("failed")
+        except OSError as unwritable:  # the folder itself is the trouble: the stage's error is the one to report
+            log.error(
+                "manifest_unwritable", path=str(manifest.path), error=f"{type(unwritable).__name__}: {unwritable}"
+            )
         artifacts.resources_table(prefix, results)  # a failed run's resource use counts in health too
         log.error("pipeline_failed", stage=current, error=f"{type(exc).__name__}: {exc}")
         raise
@@ -216,7 +222,11 @@ def stage_flow(
     folder = Path(run_dir)
     bind(run_id=run_id, pipeline=config.name)
     prefix = artifacts.artifact_key(deployment.get_name() or stage, config.name)
-    slot = concurrency(GPU_SLOTS, occupy=1) if declared.pool == "gpu" else nullcontext()
+    # a 60 s lease (the API's minimum), renewed while the stage runs: a killed gpu-worker's slot is repossessed a
+    # minute after its last renewal, before the zombie automation has crashed the run, so the retry is not blocked
+    slot = (
+        concurrency(GPU_SLOTS, occupy=1, lease_duration=GPU_SLOT_LEASE_S) if declared.pool == "gpu" else nullcontext()
+    )
     with slot, _progress(prefix, declared):
         result = run_inline(declared, config, folder, run_id, group, read_manifest(folder), code_version())
     artifacts.stage_summary(prefix, result, config.output_path)

@@ -2,7 +2,7 @@
 resubmitted with the same parameters, at most RECOVERY_MAX_RESUBMITS times per original run.
 
 Two automations, installed by `make deploy` beside the alerts (flows/alerts.py applies them):
-- "llm-pipeline: crash zombie flow runs": proactive; after a heartbeat, neither another heartbeat nor an end state
+- "llm-pipeline: crash zombie flow runs": proactive; after Running or a heartbeat, neither a heartbeat nor an end state
   within RECOVERY_HEARTBEAT_WINDOW (90 s): the run is set Crashed.
 - "llm-pipeline: resubmit crashed flow runs": reactive on Crashed: runs the resubmit-crashed deployment with the
   crashed run's id.
@@ -27,6 +27,7 @@ from prefect import flow
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flows.alerts import GAVE_UP_EVENT, RESUBMITTED_EVENT
 from llm_pipeline.health import parse_window
 from llm_pipeline.logging import get_logger
 from llm_pipeline.manifest import mark_crashed
@@ -35,7 +36,6 @@ log = get_logger("recovery")
 
 RECOVERY_FLOW = "resubmit-crashed"
 RECOVERY_DEPLOYMENT = f"{RECOVERY_FLOW}/{RECOVERY_FLOW}"
-RESUBMITTED_EVENT = "llm-pipeline.run.resubmitted"
 ORIGIN_TAG, ATTEMPT_TAG, FROM_TAG = "recovery-origin:", "recovery-attempt:", "resubmitted-from:"
 TERMINAL = ["Completed", "Failed", "Crashed", "Cancelled"]
 
@@ -72,7 +72,8 @@ def automation_specs(settings: RecoverySettings) -> list[dict[str, Any]]:
                 # deployment runs only: the workers' (and docker-pool containers') heartbeat setting reaches those;
                 # a run started by hand against the server beats at Prefect's default, every 180 s
                 "match_related": {"prefect.resource.role": "deployment"},
-                "after": ["prefect.flow-run.heartbeat"],
+                # from Running too: a run killed before its first heartbeat reached the server is caught as well
+                "after": ["prefect.flow-run.Running", "prefect.flow-run.heartbeat"],
                 "expect": ["prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in TERMINAL)],
                 "for_each": ["prefect.resource.id"],
                 "threshold": 1,
@@ -141,7 +142,6 @@ def resubmit_crashed(flow_run_id: str, max_resubmits: int = 1) -> str | None:
     """Resubmit a Crashed deployment run with its parameters, tagged with the run it replaces, unless its
     original has been resubmitted `max_resubmits` times; mark the crashed run's manifest. Returns the new id."""
     from prefect.client.orchestration import get_client
-    from prefect.events import emit_event
 
     with get_client(sync_client=True) as client:
         crashed = client.read_flow_run(flow_run_id)
@@ -154,8 +154,23 @@ def resubmit_crashed(flow_run_id: str, max_resubmits: int = 1) -> str | None:
         marked = mark_crashed(_output_root(), str(crashed.id)[:8], crashed.state.message or "crashed")
         origin = _tag_value(crashed.tags, ORIGIN_TAG) or str(crashed.id)
         attempt = int(_tag_value(crashed.tags, ATTEMPT_TAG) or 0)
+        deployment = client.read_deployment(crashed.deployment_id)
+        flow_name = client.read_flow(crashed.flow_id).name
+        facts = {
+            "crashed": crashed.name,
+            "crashed_id": str(crashed.id),
+            "deployment": f"{flow_name}/{deployment.name}",
+            "reason": crashed.state.message or "",
+            "original_id": origin,
+            "attempt": attempt + 1,
+        }
         if attempt >= max_resubmits:
             log.warning("not_resubmitted", flow_run=crashed.name, origin=origin, reason=f"{attempt} resubmits done")
+            summary = (
+                f"crashed again after {attempt} resubmission(s) of {origin}; not resubmitted "
+                f"(RECOVERY_MAX_RESUBMITS={max_resubmits}): a person's turn"
+            )
+            _emit(GAVE_UP_EVENT, crashed.id, None, {**facts, "summary": summary})
             return None
         kept = [t for t in crashed.tags if not t.startswith((ORIGIN_TAG, ATTEMPT_TAG, FROM_TAG))]
         resubmitted = client.create_flow_run_from_deployment(
@@ -163,13 +178,12 @@ def resubmit_crashed(flow_run_id: str, max_resubmits: int = 1) -> str | None:
             parameters=crashed.parameters,
             tags=[*kept, f"{ORIGIN_TAG}{origin}", f"{ATTEMPT_TAG}{attempt + 1}", f"{FROM_TAG}{crashed.id}"],
         )
-    emit_event(
+    summary = f"crashed, resubmitted as {resubmitted.name} ({resubmitted.id})"
+    _emit(
         RESUBMITTED_EVENT,
-        resource={"prefect.resource.id": f"prefect.flow-run.{crashed.id}", "prefect.resource.name": crashed.name},
-        related=[
-            {"prefect.resource.id": f"prefect.flow-run.{resubmitted.id}", "prefect.resource.role": "resubmission"}
-        ],
-        payload={"crashed": crashed.name, "resubmitted_as": resubmitted.name, "resubmitted_id": str(resubmitted.id)},
+        crashed.id,
+        resubmitted.id,
+        {**facts, "resubmitted_as": resubmitted.name, "resubmitted_id": str(resubmitted.id), "summary": summary},
     )
     log.warning(
         "resubmitted",
@@ -179,6 +193,19 @@ def resubmit_crashed(flow_run_id: str, max_resubmits: int = 1) -> str | None:
         manifest=str(marked) if marked else None,
     )
     return str(resubmitted.id)
+
+
+def _emit(event: str, crashed_id: Any, resubmitted_id: Any, payload: dict[str, Any]) -> None:
+    """The event the recovery alert (flows/alerts.py) pages on: about the crashed run, naming its replacement."""
+    from prefect.events import emit_event
+
+    related = [{"prefect.resource.id": f"prefect.flow-run.{resubmitted_id}", "prefect.resource.role": "resubmission"}]
+    emit_event(
+        event,
+        resource={"prefect.resource.id": f"prefect.flow-run.{crashed_id}", "prefect.resource.name": payload["crashed"]},
+        related=related if resubmitted_id else [],
+        payload=payload,
+    )
 
 
 def _output_root() -> Path:

@@ -63,6 +63,7 @@ def stack(tmp_path_factory):
         .replace("POSTGRES_PASSWORD=\n", f"POSTGRES_PASSWORD={secrets.token_urlsafe(16)}\n")
         .replace("PREFECT_SERVER_API_AUTH_STRING=\n", f"PREFECT_SERVER_API_AUTH_STRING={auth}\n")
         .replace("PREFECT_PORT=4200", f"PREFECT_PORT={port}")
+        .replace("ALERT_COOLDOWN=15m", "ALERT_COOLDOWN=10s")  # one test's page must not swallow the next's
         .replace("OUTPUTS_PORT=4201", f"OUTPUTS_PORT={outputs_port}")
         .replace("OUTPUTS_PUBLIC_URL=http://127.0.0.1:4201", f"OUTPUTS_PUBLIC_URL=http://127.0.0.1:{outputs_port}")
         .replace("PREFECT_UI_API_URL=http://127.0.0.1:4200/api", f"PREFECT_UI_API_URL=http://127.0.0.1:{port}/api")

@@ -36,7 +36,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
         "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "1",
     }
     server = PrefectServer(tmp_path_factory.mktemp("alerts-home"), extra_env=extra)
-    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+    # the runs here are driven by hand and send no heartbeats: the zombie automation (installed with the alerts)
+    # must not crash the one left Running while the alerts are measured (tests/test_recovery.py tests it)
+    with pytest.MonkeyPatch.context() as env, temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        env.setenv("RECOVERY_HEARTBEAT_WINDOW", "1h")
         yield server
         from prefect.logging.handlers import APILogWorker
 
@@ -110,11 +113,11 @@ def test_alerts_install_idempotently_and_page_on_real_failures(server, receivers
     hooks, mail = receivers
     settings = settings_for(hooks, mail)
     first = asyncio.run(apply_alerts(settings))
-    assert sorted(first.values()) == ["created"] * 6  # the four alerts and the two recovery automations
+    assert sorted(first.values()) == ["created"] * 7  # the five alerts and the two recovery automations
     assert set(asyncio.run(apply_alerts(settings)).values()) == {"unchanged"}  # idempotent
     with _client() as c:
         ours = [a for a in c.read_automations() if a.name.startswith(PREFIX) and "alert (" in a.description]
-        assert len(ours) == 4 and all(len(a.actions) == 3 for a in ours)  # slack, webhook, email each
+        assert len(ours) == 5 and all(len(a.actions) == 3 for a in ours)  # slack, webhook, email each
     # A changed setting updates in place: same automations, new window.
     changed = asyncio.run(apply_alerts(settings_for(hooks, mail, cooldown="3m")))
     assert changed[PREFIX + "flow run failed or crashed"] == "updated"

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import PrefectServer, Worker, wait_until
+from tests.fakes.receivers import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "recovery-test-pool"
@@ -44,7 +45,22 @@ def _client() -> Any:
 
 
 @pytest.fixture(scope="module")
-def deployed(server) -> dict[str, Any]:
+def hooks() -> Any:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.stop()
+
+
+def _pages(hooks: WebhookReceiver, crashed_id: Any, alert: str) -> list[dict[str, Any]]:
+    return [
+        r.body
+        for r in hooks.at("/hook")
+        if r.body.get("alert") == alert and r.body.get("flow_run_id") == str(crashed_id)
+    ]
+
+
+@pytest.fixture(scope="module")
+def deployed(server, hooks) -> dict[str, Any]:
     from prefect import flow
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -63,7 +79,7 @@ def deployed(server) -> dict[str, Any]:
         name=RECOVERY_FLOW, work_pool_name=POOL, print_next_steps=False
     )
     settings = RecoverySettings(heartbeat_window=timedelta(seconds=WINDOW_S), max_resubmits=1)
-    outcome = asyncio.run(apply_alerts(AlertSettings(), settings))
+    outcome = asyncio.run(apply_alerts(AlertSettings(webhook_url=f"{hooks.url}/hook"), settings))
     assert outcome["llm-pipeline: crash zombie flow runs"] == "created"
     return {"settings": settings}
 
@@ -90,7 +106,7 @@ def _resubmissions(crashed_id: Any) -> list[Any]:
         )
 
 
-def test_a_killed_worker_leaves_no_zombie_and_its_run_is_resubmitted(server, deployed, tmp_path: Path) -> None:
+def test_a_killed_worker_leaves_no_zombie_and_its_run_is_resubmitted(server, deployed, hooks, tmp_path: Path) -> None:
     from prefect.deployments import run_deployment
 
     marker = tmp_path / "victim.pid"
@@ -116,12 +132,18 @@ def test_a_killed_worker_leaves_no_zombie_and_its_run_is_resubmitted(server, dep
         assert done.state.is_completed(), done.state
         queued_done = wait_until(lambda: (r := _state(queued.id)).state.is_final() and r, 180, "the queued run")
         assert queued_done.state.is_completed()  # not blocked past recovery
+    [crash] = wait_until(lambda: _pages(hooks, victim.id, "failed"), 60, "the crash alert")
+    assert crash["state"] == "Crashed" and "no heartbeat" in crash["message"]
+    [page] = wait_until(lambda: _pages(hooks, victim.id, "recovery"), 60, "the recovery alert")
+    assert page["message"].startswith(f"crashed, resubmitted as {again.name} ({again.id})"), page
+    assert page["deployment"] == "sleep-once/victim" and page["resubmitted_id"] == str(again.id)
     print(f"\nworker SIGKILLed: Crashed after {detected_s:.0f} s, resubmission Completed {recovered_s:.0f} s after")
     assert detected_s <= WINDOW_S + 30 + 20  # the window after the last heartbeat, plus the event pipeline
 
 
-def test_a_resubmission_that_crashes_again_is_not_resubmitted_twice(server, deployed, tmp_path: Path) -> None:
-    """RECOVERY_MAX_RESUBMITS=1 per original run: the resubmitted run's crash is the end (the alert still pages)."""
+def test_a_resubmission_that_crashes_again_is_not_resubmitted_twice(server, deployed, hooks, tmp_path: Path) -> None:
+    """RECOVERY_MAX_RESUBMITS=1 per original run: the resubmitted run's crash is the end, and a page says a person
+    must look (the failure alert's cooldown may swallow a second crash of one deployment; this one has none)."""
     from prefect.client.schemas.objects import StateType
     from prefect.states import State
 
@@ -135,6 +157,8 @@ def test_a_resubmission_that_crashes_again_is_not_resubmitted_twice(server, depl
         client.set_flow_run_state(run.id, State(type=StateType.RUNNING), force=True)
         client.set_flow_run_state(run.id, State(type=StateType.CRASHED, message="killed"), force=True)
     assert resubmit_crashed(str(run.id), max_resubmits=1) is None
+    [page] = wait_until(lambda: _pages(hooks, run.id, "recovery"), 60, "the gave-up alert")
+    assert "not resubmitted" in page["message"] and page["resubmitted_id"] is None, page
     assert resubmit_crashed(str(_crashed_child(deployment.id, tmp_path)), max_resubmits=1) is None
     failed_on_purpose = _failed_run(deployment.id, tmp_path)
     assert resubmit_crashed(str(failed_on_purpose), max_resubmits=1) is None  # Failed is the code's own verdict

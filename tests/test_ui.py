@@ -37,6 +37,9 @@ AUTOMATIONS = (
     "llm-pipeline: flow run running too long",
     "llm-pipeline: flow run waiting too long",
     "llm-pipeline: health threshold crossed",
+    "llm-pipeline: crashed run resubmitted",
+    "llm-pipeline: crash zombie flow runs",
+    "llm-pipeline: resubmit crashed flow runs",
 )
 SCHEDULE_TIMEZONE = "UTC"  # the stack's PIPELINE_SCHEDULE_TIMEZONE (the .env.example default the tests use)
 pytestmark = pytest.mark.slow

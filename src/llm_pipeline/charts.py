@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_pipeline.evaluation import HEADLINE_METRICS, scored_candidates
+from llm_pipeline.io import atomic_open
 
 
 def _pyplot() -> Any:
@@ -21,7 +22,8 @@ def _pyplot() -> Any:
 
 def _save(figure: Any, folder: Path, name: str) -> str:
     figure.tight_layout()
-    figure.savefig(folder / name, dpi=100)
+    with atomic_open(folder / name, "wb") as handle:  # a killed run leaves no half-drawn chart
+        figure.savefig(handle, dpi=100, format=Path(name).suffix[1:])
     _pyplot().close(figure)
     return name
 

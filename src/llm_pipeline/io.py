@@ -53,6 +53,11 @@ def write_json(path: Path, payload: Any) -> None:
         handle.write("\n")
 
 
+def write_text(path: Path, text: str) -> None:
+    with atomic_open(path) as handle:
+        handle.write(text)
+
+
 def write_parquet(path: Path, records: list[BaseModel]) -> None:
     """Parquet copy of a record list; nested fields (metadata, scores) are stored as JSON strings."""
     import pyarrow as pa

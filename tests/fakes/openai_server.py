@@ -65,6 +65,7 @@ class FakeOpenAI:
         supports_json_schema: bool = True,
         usage: bool = True,
         port: int = 0,
+        host: str = "127.0.0.1",  # 0.0.0.0: containers reach it at their network's gateway (the stack's tests)
     ):
         self.latency_s, self.hang_s = latency_s, hang_s
         self.rate_limit_rpm = rate_limit_rpm
@@ -80,13 +81,17 @@ class FakeOpenAI:
         self.authorizations: set[str] = set()  # Authorization headers seen (to prove a key was sent)
         self._tokens = (rate_limit_rpm or 0) / 60
         self._filled = time.monotonic()
-        self.server = _Server(("127.0.0.1", port), self._handler())
+        self.server = _Server((host, port), self._handler())
         self.server.daemon_threads = True
         self.thread: threading.Thread | None = None
 
     @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> FakeOpenAI:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -10,7 +10,7 @@ from typing import Any
 from llm_pipeline.charts import pipeline_charts
 from llm_pipeline.comparison import compare_runs
 from llm_pipeline.html_report import render_html
-from llm_pipeline.io import atomic_open, read_jsonl, write_json
+from llm_pipeline.io import atomic_open, read_jsonl, write_json, write_text
 from llm_pipeline.records import BenchmarkItem, Prediction
 from llm_pipeline.report import build_summary, render_report
 from llm_pipeline.stages.contract import MANIFEST_FILE, StageContext
@@ -49,7 +49,7 @@ def finalize_pipeline(ctx: StageContext) -> dict[str, Any]:
     markdown = render_report(
         manifest, evaluation, examples, tracking, qa, comparison, charts, qa_cached=ctx.was_cached("qa_accounting")
     )
-    ctx.output("report").write_text(markdown, encoding="utf-8")
+    write_text(ctx.output("report"), markdown)
     with atomic_open(ctx.output("report_html")) as handle:
         handle.write(render_html(markdown, ctx.run_dir, f"{manifest['pipeline']}: run {manifest['run_id']}"))
     tracker = Tracker.resume(tracking)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from llm_pipeline.benchmark import BENCHMARK_VERSION, build_benchmark
-from llm_pipeline.io import read_jsonl, write_jsonl, write_parquet
+from llm_pipeline.io import read_jsonl, write_jsonl, write_parquet, write_text
 from llm_pipeline.records import Document, QAPair
 from llm_pipeline.stages.contract import StageContext
 
@@ -23,5 +23,5 @@ def generate_benchmark(ctx: StageContext) -> dict[str, Any]:
     write_jsonl(ctx.output("benchmark"), built.items)
     write_parquet(ctx.output("benchmark_parquet"), built.items)
     write_jsonl(ctx.output("train_pairs"), built.train_pairs)
-    ctx.output("benchmark_card").write_text(built.card, encoding="utf-8")
+    write_text(ctx.output("benchmark_card"), built.card)
     return {"version": BENCHMARK_VERSION, **built.counts()}
