@@ -74,7 +74,14 @@ def test_pairs_metadata_tokens_and_cost(fake: FakeOpenAI, documents: list[Docume
     docs = documents[:12]
     result = run(docs, qa_config(fake), tmp_path)
     texts = {d.id: d.text for d in docs}
-    assert result.pairs and result.requests == {"total": 12, "sent": 12, "reused": 0, "quarantined": 0, "failed": 0}
+    assert result.pairs and result.requests == {
+        "total": 12,
+        "sent": 12,
+        "http_requests": 12,
+        "reused": 0,
+        "quarantined": 0,
+        "failed": 0,
+    }
     for pair in result.pairs:
         assert pair.answer in texts[pair.document_id]  # grounded
         meta = pair.metadata

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PipelineError(Exception):
     """Base of every error the pipeline raises on purpose."""
@@ -41,7 +43,14 @@ class RateLimitedError(TransientError):
 
 
 class ServiceUnavailableError(TransientError):
-    """A timeout, a dropped connection, a 5xx or an unreadable response body: linear backoff."""
+    """A timeout, a dropped connection, a 5xx or an unreadable response body: linear backoff. `cause` names what
+    happened (connection_dropped, connect_failed, connect_timeout, read_timeout, server_error, malformed_reply,
+    unexpected) for the logs, the counts and the report."""
+
+    def __init__(self, message: str, cause: str = "server_error", usage: Any = None):
+        super().__init__(message)
+        self.cause = cause
+        self.usage = usage  # what a reply that arrived but could not be used was billed, when it said
 
 
 class RequestRejectedError(DataValidationError):

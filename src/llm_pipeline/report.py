@@ -155,9 +155,10 @@ def qa_cost_lines(qa: dict[str, Any], cached: bool = False) -> list[str]:
         return "no price configured (qa.prices)" if value is None else f"${value:,.4f}"
 
     requests, tokens, sent = qa.get("requests", {}), qa.get("tokens", {}), qa.get("tokens_sent_this_run", {})
+    outcomes = qa.get("outcomes_this_run", {})
     if cached:
-        requests = {**requests, "sent": 0, "reused": requests.get("total", 0)}
-        sent = {"prompt_tokens": 0, "completion_tokens": 0}
+        requests = {**requests, "sent": 0, "http_requests": 0, "reused": requests.get("total", 0)}
+        sent, outcomes = {"prompt_tokens": 0, "completion_tokens": 0}, {}
         qa = {**qa, "cost_sent_this_run_usd": 0.0 if qa.get("cost_usd") is not None else None}
     estimated = " (estimated from characters: the server reported no usage)" if tokens.get("estimated") else ""
     return [
@@ -172,6 +173,17 @@ def qa_cost_lines(qa: dict[str, Any], cached: bool = False) -> list[str]:
         "",
         f"Reused from the journal: {requests.get('reused', 0)} requests; quarantined: "
         f"{requests.get('quarantined', 0)}{estimated}.",
+        *(
+            [
+                "",
+                f"HTTP requests sent by this run, every try of every stage attempt: "
+                f"{requests.get('http_requests', 0)} ("
+                + ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in sorted(outcomes.items()))
+                + ").",
+            ]
+            if outcomes
+            else []
+        ),
     ]
 
 

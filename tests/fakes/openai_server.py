@@ -9,6 +9,13 @@ requests) or drawn at random (`failure_rate`, seeded):
   badjson (a reply that is not the schema), truncated (cut off, finish_reason "length"), slow (the body trickles
   out a byte at a time), obey (follows instructions found in the document, as a gullible model would)
 
+and the reply shapes that proxies, gateways and half-compatible servers send, all with status 200:
+
+  html (a proxy's error page, text/html), text (plain text), wrongtype (the right JSON as text/plain), bytes
+  (random bytes), huge (a 9 MiB body), cut (the connection closes half-way through the body), sse (an event
+  stream that stops without [DONE]), empty (no body), drop (the connection closes before any reply),
+  choices_null, message_null, content_list (content as a list of text parts), no_usage, negative_usage
+
 A token bucket enforces `rate_limit_rpm` (one second of burst) and answers 429 with Retry-After when empty.
 Run it in a thread (`FakeOpenAI(...).start()`) or as a process: `python -m tests.fakes.openai_server --port N`.
 `GET /stats` (or `.stats()`) says what it received: requests per document, actions, timing.
@@ -31,7 +38,12 @@ _DOCUMENT = re.compile(r"<document>\n(.*)\n</document>", re.DOTALL)
 _N = re.compile(r"exactly (\d+)")
 _CONTEXT = re.compile(r"Context: (.*?)\n\nQuestion:", re.DOTALL)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
-RANDOM_ACTIONS = ("429", "500", "503", "timeout", "malformed", "badjson", "truncated", "slow")
+# 200 replies whose JSON is reshaped (the others of the shapes replace the body altogether)
+RESHAPED = ("wrongtype", "choices_null", "message_null", "content_list", "no_usage", "negative_usage")
+RANDOM_ACTIONS = ("429", "500", "503", "timeout", "malformed", "badjson", "truncated", "slow",
+    "html", "text", "bytes", "empty", "sse", "cut", "drop", "wrongtype", "choices_null", "message_null",
+    "content_list", "no_usage", "negative_usage",
+)  # fmt: skip
 
 
 def document_key(text: str) -> str:
@@ -77,6 +89,8 @@ class FakeOpenAI:
         self.actions: Counter[str] = Counter()
         self.log: list[dict[str, Any]] = []  # one entry per request: key, action, time, messages
         self.completed: Counter[str] = Counter()  # document key -> successful answers
+        self.posts = 0  # every POST received, whatever came of it
+        self.billed = {"prompt_tokens": 0, "completion_tokens": 0}  # usage of every 200 reply sent whole
         self.in_flight = self.max_in_flight = 0
         self.authorizations: set[str] = set()  # Authorization headers seen (to prove a key was sent)
         self._tokens = (rate_limit_rpm or 0) / 60
@@ -115,6 +129,8 @@ class FakeOpenAI:
                 "completed": dict(self.completed),
                 "actions": dict(self.actions),
                 "total": sum(self.requests.values()),
+                "posts": self.posts,
+                "billed": dict(self.billed),
                 "times": [entry["time"] for entry in self.log if entry["action"] == "ok"],
                 "max_in_flight": self.max_in_flight,
             }
@@ -181,6 +197,7 @@ class FakeOpenAI:
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length) or b"{}")
                 with fake.lock:
+                    fake.posts += 1
                     fake.authorizations.add(self.headers.get("Authorization", ""))
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
@@ -265,7 +282,16 @@ class FakeOpenAI:
                         "completion_tokens": completion_tokens,
                         "total_tokens": prompt_tokens + completion_tokens,
                     }
+                if action == "drop":
+                    self.close_connection = True  # no status line, no body: the client sees the connection close
+                    return
+                if self._shape(action, body, content):
+                    return
                 raw = json.dumps(body).encode()
+                if action not in ("timeout", "slow", "malformed") and "usage" in body:
+                    with fake.lock:  # a whole reply with its usage: what a provider bills
+                        for name in fake.billed:
+                            fake.billed[name] += body["usage"][name]
                 if action == "malformed":
                     raw = b'{"id": "chatcmpl-broken", "choices": [{"message": '  # cut mid-object: not JSON
                 if action == "slow":
@@ -282,6 +308,62 @@ class FakeOpenAI:
                 if action == "ok":
                     with fake.lock:
                         fake.completed[key] += 1
+
+            def _raw(self, body: bytes, content_type: str, length: int | None = None) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body) if length is None else length))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _shape(self, action: str, body: dict[str, Any], content: str) -> bool:
+                """The reply shapes a strict client chokes on; True when one was sent."""
+                if action == "html":
+                    page = (
+                        b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+                    )
+                    self._raw(page, "text/html; charset=utf-8")
+                elif action == "text":
+                    self._raw(b"upstream connect error or disconnect/reset before headers", "text/plain")
+                elif action == "bytes":
+                    self._raw(fake.random.randbytes(512), "application/octet-stream")
+                elif action == "empty":
+                    self._raw(b"", "application/json")
+                elif action == "huge":
+                    self._raw(b'{"pad": "' + b"x" * (9 * 2**20) + b'"}', "application/json")
+                elif action == "cut":
+                    whole = json.dumps(body).encode()
+                    self._raw(whole[: len(whole) // 2], "application/json", length=len(whole))
+                    self.close_connection = True
+                elif action == "sse":
+                    chunk = {
+                        "id": body["id"],
+                        "object": "chat.completion.chunk",
+                        "choices": [{"delta": {"content": content[:20]}}],
+                    }
+                    self._raw(f"data: {json.dumps(chunk)}\n\n".encode(), "text/event-stream")
+                elif action in RESHAPED:
+                    if action == "choices_null":
+                        body["choices"] = None
+                    elif action == "message_null":
+                        body["choices"][0]["message"] = None
+                    elif action == "content_list":
+                        body["choices"][0]["message"]["content"] = [{"type": "text", "text": content}]
+                    elif action == "no_usage":
+                        body.pop("usage", None)
+                    elif action == "negative_usage" and "usage" in body:
+                        body["usage"] = {"prompt_tokens": -5, "completion_tokens": -1, "total_tokens": -6}
+                    if "usage" in body and action != "negative_usage":
+                        with fake.lock:
+                            for name in fake.billed:
+                                fake.billed[name] += body["usage"][name]
+                    self._raw(json.dumps(body).encode(), "text/plain" if action == "wrongtype" else "application/json")
+                    if action in ("wrongtype", "content_list", "no_usage", "negative_usage"):  # usable answers
+                        with fake.lock:
+                            fake.completed[body["id"].removeprefix("chatcmpl-")] += 1
+                else:
+                    return False
+                return True
 
         return Handler
 

@@ -47,6 +47,12 @@ class Job:
     latency_s: float = 0.0
     attempts: int = 0
     raw: str | None = None
+    ledger: Any = None  # llm_pipeline.qa.checkpoint.Ledger: where each HTTP request is written as it returns
+
+    def sent(self, outcome: str, usage: Usage | None = None) -> None:
+        """One HTTP request of this job went out: its outcome and the tokens it was billed, into the ledger."""
+        if self.ledger is not None:
+            self.ledger.record(self.key, outcome, usage)
 
     @property
     def label(self) -> dict[str, Any]:

@@ -102,3 +102,55 @@ class Journal:
         finally:
             os.close(fd)
         self.entries[entry.key] = entry
+
+
+class Sent(BaseModel):
+    """What one run sent: every HTTP request of every stage attempt, by outcome, and the tokens billed for them."""
+
+    http_requests: int = 0
+    requests: int = 0  # distinct QA requests (a request retried three times counts once here, three times above)
+    outcomes: dict[str, int] = Field(default_factory=dict)  # ok, rate_limited, connection_dropped, ...
+    usage: Usage = Field(default_factory=Usage)
+    keys: set[str] = Field(default_factory=set, exclude=True)
+
+
+class Ledger:
+    """Every request a run sends, one line per HTTP request as it returns (or fails), in `<folder>/ledger/<run>.jsonl`.
+
+    The journal says what is done; the ledger says what was paid. It is per run, so "sent by this run" counts
+    every attempt of every Prefect retry of the stage (the same run id), and a crash loses nothing already
+    written (a plain `write` on an O_APPEND file survives the process; no fsync: a host crash may lose the last
+    lines, never the journal's)."""
+
+    def __init__(self, folder: Path, run: str):
+        self.path = folder / "ledger" / f"{run}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(self, key: str, outcome: str, usage: Usage | None) -> None:
+        line = {"key": key, "outcome": outcome}
+        if usage is not None:
+            line |= usage.model_dump()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(line) + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def sent(self) -> Sent:
+        total = Sent()
+        if not self.path.exists():
+            return total
+        keys: set[str] = set()
+        usage = Usage()
+        for raw in self.path.read_bytes().split(b"\n"):
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue  # empty, or torn by a crash
+            total.http_requests += 1
+            keys.add(line["key"])
+            total.outcomes[line["outcome"]] = total.outcomes.get(line["outcome"], 0) + 1
+            if "prompt_tokens" in line:
+                usage += Usage.model_validate(line)
+        total.requests, total.usage, total.keys = len(keys), usage, keys
+        return total

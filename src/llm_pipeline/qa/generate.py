@@ -14,6 +14,7 @@ stage fails with TransientError after journaling everything else, so the retry s
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from llm_pipeline.logging import get_logger
 from llm_pipeline.progress import ProgressCounter
 from llm_pipeline.qa import extractive
 from llm_pipeline.qa.backends import EXTRACTIVE, open_backend, resolve_backend
-from llm_pipeline.qa.checkpoint import Journal, Usage
+from llm_pipeline.qa.checkpoint import Journal, Ledger, Usage
 from llm_pipeline.qa.filters import filter_pairs
 from llm_pipeline.qa.prompts import load_prompts
 from llm_pipeline.qa.requests import Outcomes, build_jobs, journaled_pairs, send_all
@@ -45,7 +46,8 @@ class QAResult:
     backend: str = ""
     model: str | None = None
     prompt_version: str = ""
-    requests: dict[str, int] = field(default_factory=dict)  # total, sent, reused, quarantined
+    requests: dict[str, int] = field(default_factory=dict)  # total, sent, http_requests, reused, quarantined, failed
+    outcomes: dict[str, int] = field(default_factory=dict)  # this run's HTTP requests by outcome: ok, rate_limited...
     filtered: dict[str, int] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)  # every request behind this dataset
     usage_sent: Usage = field(default_factory=Usage)  # only what this run sent
@@ -70,6 +72,7 @@ class QAResult:
             "model": self.model,
             "prompt_version": self.prompt_version,
             "requests": self.requests,
+            "outcomes_this_run": self.outcomes,
             "tokens": self.usage.model_dump(),
             "tokens_sent_this_run": self.usage_sent.model_dump(),
             "cost_usd": self.cost_usd,
@@ -93,7 +96,10 @@ def generate_qa(
     checkpoint_dir: Path | None = None,
     api_key: str | None = None,
     domain: str = "general",
+    run_id: str | None = None,
 ) -> QAResult:
+    """`run_id` names the ledger of what this run sends (every stage attempt with the same id adds to it); None: a
+    fresh id, so "sent by this run" is this call's."""
     backend = resolve_backend(config, api_key)
     log.info("qa_backend_selected", backend=backend, model=config.model_name, base_url=config.base_url)
     started = time.perf_counter()
@@ -102,7 +108,15 @@ def generate_qa(
     else:
         folder = config.checkpoint_dir or checkpoint_dir or Path(".qa-cache")
         result = run_sync(
-            _generate_with_model(documents, config, backend, api_key, Journal(folder / JOURNAL_FILE), domain)
+            _generate_with_model(
+                documents,
+                config,
+                backend,
+                api_key,
+                Journal(folder / JOURNAL_FILE),
+                Ledger(folder, run_id or uuid.uuid4().hex),
+                domain,
+            )
         )
     result.seconds = time.perf_counter() - started
     log.info("qa_generated", backend=backend, cost_usd=result.cost_sent_usd, **result.counts(len(documents)))
@@ -172,22 +186,33 @@ def _finish(
 
 # Model-backed -------------------------------------------------------------------------------------------------
 async def _generate_with_model(
-    documents: list[Document], config: QAConfig, backend_name: str, api_key: str | None, journal: Journal, domain: str
+    documents: list[Document],
+    config: QAConfig,
+    backend_name: str,
+    api_key: str | None,
+    journal: Journal,
+    ledger: Ledger,
+    domain: str,
 ) -> QAResult:
     prompts = load_prompts(config.prompt_dir)
     model = config.model_name or ("gpt-4o-mini" if backend_name == "openai" else "")
     jobs = build_jobs(documents, config, prompts, backend_name, model, domain)
     todo = [job for job in jobs if job.key not in journal]
-    outcomes = Outcomes(journal, backend_name, model, prompts, config.max_format_retries)
+    for job in todo:
+        job.ledger = ledger
     log.info("qa_requests_planned", total=len(jobs), reused=len(jobs) - len(todo), to_send=len(todo))
+    outcomes = Outcomes(journal, backend_name, model, prompts, config.max_format_retries)
     if todo:
         backend = open_backend(backend_name, config, api_key)
+        outcomes.backend_records = getattr(backend, "records_sends", False)
         try:
             await send_all(backend, todo, outcomes, config.max_format_retries)
         finally:
             await backend.aclose()
     result = QAResult(backend=backend_name, model=model, prompt_version=prompts.version)
-    result.usage_sent = sum((job.usage for job in todo), Usage())
+    sent = ledger.sent()  # every attempt of every stage retry of this run, and every billed reply
+    result.usage_sent = sent.usage
+    result.outcomes = sent.outcomes
     found = journaled_pairs(jobs, journal, config)
     result.usage = found.usage
     result.rejects.extend(found.rejects)
@@ -195,8 +220,9 @@ async def _generate_with_model(
     failed = outcomes.failed
     result.requests = {
         "total": len(jobs),
-        "sent": len(todo),
-        "reused": len(jobs) - len(todo),
+        "sent": sent.requests,
+        "http_requests": sent.http_requests,
+        "reused": sum(1 for j in jobs if j.key in journal and j.key not in sent.keys),  # paid by an earlier run
         "quarantined": sum(1 for j in jobs if (e := journal.get(j.key)) and e.status == "quarantined"),
         "failed": len(failed),
     }

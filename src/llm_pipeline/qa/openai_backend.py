@@ -37,6 +37,7 @@ from llm_pipeline.qa.schema import response_format
 log = get_logger("qa.openai")
 
 DEFAULT_MODEL = "gpt-4o-mini"
+MAX_REPLY_BYTES = 8 * 2**20  # a chat completion is kilobytes; past this the body is not read further
 _FORMATS = ("json_schema", "json_object", "text")
 
 
@@ -63,28 +64,125 @@ def _retry_after(headers: httpx.Headers) -> float | None:
             return None
 
 
+_DROPPED = {
+    "ServerDisconnectedError",
+    "RemoteProtocolError",
+    "ClientPayloadError",
+    "ContentLengthError",
+    "TransferEncodingError",
+    "ConnectionResetError",
+    "BrokenPipeError",
+    "ReadError",
+}
+_REFUSED = {"ClientConnectorError", "ConnectError", "ConnectionRefusedError", "ClientConnectorDNSError"}
+
+
+def _causes(error: BaseException) -> list[str]:
+    """The names of the exception and of what caused it, outermost first (the SDK wraps httpx and aiohttp)."""
+    names, seen = [], set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        names.append(type(current).__name__)
+        current = current.__cause__ or current.__context__
+    return names
+
+
 def classify(error: BaseException) -> BaseException:
-    """The SDK's exceptions mapped onto the project's classes, which the policy table knows."""
+    """The SDK's exceptions (and anything else a client can raise) mapped onto the project's classes, which the
+    policy table knows, each transient one with its cause. Nothing leaves here unclassified: an exception no one
+    foresaw is logged with its type and retried as transient."""
+    if isinstance(error, RateLimitedError | ServiceUnavailableError | RequestRejectedError | ConfigError):
+        return error
     if isinstance(error, openai.RateLimitError):
         return RateLimitedError(f"429 rate limited: {error.message}", _retry_after(error.response.headers))
     if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
         return ConfigError([("OPENAI_API_KEY", f"rejected by the server ({error.status_code})")])
     if isinstance(error, openai.APIStatusError):
         if error.status_code in (408, 409) or error.status_code >= 500:
-            return ServiceUnavailableError(f"{error.status_code} from the server: {error.message}")
+            return ServiceUnavailableError(f"{error.status_code} from the server: {error.message}", "server_error")
         return RequestRejectedError(f"{error.status_code} request rejected: {error.message}")
-    if isinstance(error, openai.APITimeoutError | TimeoutError):
-        return ServiceUnavailableError("timed out")
-    if isinstance(error, openai.APIConnectionError | httpx.TransportError):
-        return ServiceUnavailableError(f"connection failed: {error}")
-    if isinstance(error, openai.APIResponseValidationError | json.JSONDecodeError | UnicodeDecodeError):
-        return ServiceUnavailableError(f"unreadable response body: {type(error).__name__}")
-    return error
+    causes = _causes(error)
+    # by the innermost cause: httpx-aiohttp reports a server that hung up as a ConnectTimeout
+    if any(name in _DROPPED for name in causes):
+        return ServiceUnavailableError(f"connection dropped: {' <- '.join(causes)}", "connection_dropped")
+    if any(name in _REFUSED for name in causes):
+        return ServiceUnavailableError(f"connection failed: {' <- '.join(causes)}", "connect_failed")
+    if causes[-1] in ("ConnectTimeout", "ConnectionTimeoutError", "ServerTimeoutError") and "Read" not in causes[-1]:
+        return ServiceUnavailableError("connect timed out", "connect_timeout")
+    if isinstance(error, openai.APITimeoutError | TimeoutError) or any("Timeout" in name for name in causes):
+        return ServiceUnavailableError("no complete reply within the deadline", "read_timeout")
+    if isinstance(error, openai.APIConnectionError | httpx.TransportError | OSError):
+        return ServiceUnavailableError(f"connection dropped: {' <- '.join(causes)}", "connection_dropped")
+    if isinstance(error, openai.APIResponseValidationError | ValueError | UnicodeDecodeError):
+        return ServiceUnavailableError(f"unreadable reply: {type(error).__name__}: {error}"[:300], "malformed_reply")
+    log.warning("qa_unexpected_client_error", error_type=" <- ".join(causes), error=str(error)[:300])
+    return ServiceUnavailableError(f"unexpected {type(error).__name__}: {error}"[:300], "unexpected")
+
+
+def outcome_label(error: BaseException) -> str:
+    if isinstance(error, RateLimitedError):
+        return "rate_limited"
+    if isinstance(error, ServiceUnavailableError):
+        return error.cause
+    if isinstance(error, RequestRejectedError):
+        return "rejected"
+    return type(error).__name__
+
+
+def _usage(raw: Any) -> Usage | None:
+    """The reply's usage when it is whole and sane; None when missing or nonsense (negative, not numbers)."""
+    if not isinstance(raw, dict):
+        return None
+    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (prompt, completion)):
+        return None
+    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+
+
+def _text(content: Any) -> str:
+    """A message's content: a string, or a list of parts (`{"type": "text", "text": ...}`), or nothing."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content if part is not None
+        )
+    return str(content)
+
+
+def read_reply(body: bytes, content_type: str) -> tuple[str, str | None, Usage | None]:
+    """A chat-completions reply read by hand, any shape it comes in: (text, finish_reason, usage). A body that is
+    not a JSON object with a choice raises ServiceUnavailableError("malformed_reply"), carrying its usage if it
+    had any; a choice whose content is missing reads as empty text (the format check then sends it back)."""
+    preview = body[:160].decode("utf-8", "replace")
+    try:
+        data = json.loads(body)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both
+        raise ServiceUnavailableError(
+            f"the reply is not JSON ({content_type or 'no content type'}, {len(body)} bytes): {preview!r}",
+            "malformed_reply",
+        ) from None
+    if not isinstance(data, dict):
+        raise ServiceUnavailableError(f"the reply is JSON but not an object: {preview!r}", "malformed_reply")
+    usage = _usage(data.get("usage"))
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        why = data.get("error") or f"choices: {str(choices)[:80]}"
+        raise ServiceUnavailableError(f"the reply has no choices ({why})"[:300], "malformed_reply", usage)
+    choice = choices[0]
+    message = choice.get("message")
+    text = _text(message.get("content") if isinstance(message, dict) else None)
+    finish = choice.get("finish_reason")
+    return text, finish if isinstance(finish, str) else None, usage
 
 
 @QA_BACKENDS.register("openai")
 class OpenAIBackend:
     name = "openai"
+    records_sends = True  # writes each HTTP request to the job's ledger itself (retries and failures included)
 
     def __init__(self, config: QAConfig, api_key: str | None):
         self.config = config
@@ -110,7 +208,8 @@ class OpenAIBackend:
         await self.client.close()
 
     async def _send(self, job: Job) -> Completion:
-        """One HTTP request, within the limits and the deadline; errors come back classified."""
+        """One HTTP request, within the limits and the deadline; its outcome goes into the ledger as it returns,
+        and errors come back classified."""
         prompt = "".join(m["content"] for m in job.messages)
         async with self.semaphore:
             if self.requests:
@@ -122,36 +221,51 @@ class OpenAIBackend:
                 started = time.perf_counter()
                 try:
                     async with asyncio.timeout(self.config.request_timeout_s):
-                        response = await self.client.chat.completions.create(
-                            model=self.model,
-                            messages=job.messages,  # type: ignore[arg-type]
-                            temperature=self.config.temperature,
-                            max_tokens=self.config.max_tokens,
-                            **self._extra(kind),
-                        )
+                        body, content_type = await self._post(job, kind)
+                    text, finish, usage = read_reply(body, content_type)
                     break
                 except openai.BadRequestError as exc:
+                    job.sent("rejected")
                     if "response_format" not in str(exc.message) or kind == "text":
                         raise classify(exc) from exc
                     if _FORMATS[self.format_index] == kind:  # another request may have stepped down already
                         self.format_index += 1
                         log.warning("response_format_unsupported", rejected=kind, now=_FORMATS[self.format_index])
-                except Exception as exc:  # classified for the policy; anything unknown propagates as itself
-                    raise classify(exc) from exc
+                except Exception as exc:  # every failure is classified for the policy: none crashes the stage
+                    error = classify(exc)
+                    job.sent(outcome_label(error), getattr(error, "usage", None))
+                    if getattr(error, "usage", None) is not None:
+                        job.usage += error.usage  # billed although unusable: it counts in the request's cost
+                    if error is exc:
+                        raise
+                    raise error from exc
         latency = time.perf_counter() - started
-        if not response.choices:
-            raise ServiceUnavailableError("response had no choices")
-        choice = response.choices[0]
-        text = choice.message.content or ""
-        if response.usage is not None:
-            usage = Usage(
-                prompt_tokens=response.usage.prompt_tokens or 0, completion_tokens=response.usage.completion_tokens or 0
-            )
-        else:
+        if usage is None:
             usage = Usage(
                 prompt_tokens=estimate_tokens(prompt), completion_tokens=estimate_tokens(text), estimated=True
             )
-        return Completion(text=text, finish_reason=choice.finish_reason, usage=usage, latency_s=latency)
+        job.sent("ok", usage)
+        return Completion(text=text, finish_reason=finish, usage=usage, latency_s=latency)
+
+    async def _post(self, job: Job, kind: str) -> tuple[bytes, str]:
+        """The request, its body read by hand up to MAX_REPLY_BYTES: the SDK would hand back a `str` for a page
+        that is not JSON (a proxy's HTML), and read a body of any size."""
+        async with self.client.chat.completions.with_streaming_response.create(
+            model=self.model,
+            messages=job.messages,  # type: ignore[arg-type]
+            temperature=self.config.temperature,
+            max_tokens=self.config.max_tokens,
+            **self._extra(kind),
+        ) as response:
+            content_type = response.headers.get("content-type", "")
+            body = bytearray()
+            async for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_REPLY_BYTES:
+                    raise ServiceUnavailableError(
+                        f"the reply is larger than {MAX_REPLY_BYTES // 2**20} MiB: not read further", "malformed_reply"
+                    )
+        return bytes(body), content_type
 
     def _extra(self, kind: str) -> dict[str, Any]:
         extra: dict[str, Any] = {}

@@ -73,10 +73,14 @@ class Outcomes:
     model: str
     prompts: PromptSet
     max_format_retries: int
+    backend_records: bool = False  # the backend writes each request to the ledger itself (openai's HTTP requests)
     failed: list[tuple[Job, BaseException]] = field(default_factory=list)
 
     def settle(self, job: Job, outcome: Completion | BaseException, round_: int) -> bool:
         """Record one outcome; True when the job goes to the next round with the problem sent back."""
+        if not self.backend_records:
+            completion = not isinstance(outcome, BaseException)
+            job.sent("ok" if completion else type(outcome).__name__, outcome.usage if completion else None)
         if isinstance(outcome, TransientError):
             self.failed.append((job, outcome))  # not journaled: the next run sends it again
             return False

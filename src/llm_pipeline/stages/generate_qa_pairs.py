@@ -27,6 +27,7 @@ def generate_qa_pairs(ctx: StageContext) -> dict[str, Any]:
         checkpoint_dir=ctx.config.output_path / ".qa-cache",
         api_key=api_key(),
         domain=ctx.config.domain,
+        run_id=ctx.run_id,  # every Prefect retry of this stage adds to the same ledger: "sent by this run"
     )
     write_jsonl(ctx.output("qa_pairs"), qa.pairs)
     write_parquet(ctx.output("qa_pairs_parquet"), qa.pairs)

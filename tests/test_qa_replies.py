@@ -1,0 +1,150 @@
+"""Any reply a server, a proxy or a gateway can send: the openai backend against the suite's OpenAI-compatible
+server answering in every shape a strict client chokes on. The stage finishes, nothing is lost, each shape is
+classified as the policy table says (the ledger records its cause), and what the run sent reconciles with the
+server's own counts: requests exactly, billed tokens exactly, across a retry of the stage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llm_pipeline.config import DataConfig, QAConfig, RetryDelays
+from llm_pipeline.errors import TransientError
+from llm_pipeline.ingest import load_documents
+from llm_pipeline.qa import QAResult, generate_qa
+from llm_pipeline.records import Document
+from tests.fakes.openai_server import FakeOpenAI, document_key
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = RetryDelays(rate_limit_initial_s=0.01, rate_limit_max_s=0.2, timeout_step_s=0.01, oom_delay_s=0.01)
+
+
+@pytest.fixture(scope="module")
+def documents() -> list[Document]:
+    return load_documents(DataConfig(path=ROOT / "data" / "ev_charging" / "documents.jsonl", limit=40)).documents
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(hang_s=3.0) as server:
+        yield server
+
+
+def config(server: FakeOpenAI, **overrides: object) -> QAConfig:
+    settings: dict[str, object] = {
+        "backend": "openai",
+        "base_url": server.base_url,
+        "model_name": "fake-model",
+        "questions_per_doc": 2,
+        "request_timeout_s": 2.0,
+        "requests_per_minute": None,
+        "concurrency": 4,
+        "retry": FAST,
+        "prices": {"fake-model": {"input_per_million": 0.15, "output_per_million": 0.60}},
+    }
+    settings.update(overrides)
+    return QAConfig.model_validate(settings)
+
+
+def ledger(folder: Path, run: str) -> list[dict]:
+    return [json.loads(line) for line in (folder / "ledger" / f"{run}.jsonl").read_text().splitlines()]
+
+
+def accounted(result: QAResult, docs: list[Document]) -> None:
+    ids = [p.id for p in result.pairs]
+    assert len(ids) == len(set(ids))
+    assert {p.document_id for p in result.pairs} | {r["document_id"] for r in result.rejects} == {d.id for d in docs}
+
+
+@pytest.mark.parametrize(
+    ("shape", "requests", "cause"),
+    [
+        ("html", 2, "malformed_reply"),  # a proxy's error page with status 200: retried, not a crash
+        ("text", 2, "malformed_reply"),
+        ("bytes", 2, "malformed_reply"),
+        ("empty", 2, "malformed_reply"),
+        ("sse", 2, "malformed_reply"),  # an event stream that stops without [DONE]
+        ("huge", 2, "malformed_reply"),  # 9 MiB: not read past 8
+        ("choices_null", 2, "malformed_reply"),
+        ("cut", 2, "connection_dropped"),  # closed half-way through the body
+        ("drop", 2, "connection_dropped"),  # closed before any reply
+        ("timeout", 2, "read_timeout"),
+        ("500", 2, "server_error"),
+        ("429:0.01", 2, "rate_limited"),
+        ("wrongtype", 1, None),  # the right JSON as text/plain: used
+        ("content_list", 1, None),  # content as a list of text parts: used
+        ("no_usage", 1, None),  # used, its tokens estimated
+        ("negative_usage", 1, None),  # nonsense usage: estimated instead
+        ("message_null", 2, None),  # an empty answer: sent back with the whole conversation, then used
+    ],
+)
+def test_every_reply_shape_is_classified_and_the_stage_finishes(
+    fake: FakeOpenAI, documents: list[Document], tmp_path: Path, shape: str, requests: int, cause: str | None
+) -> None:
+    target, others = documents[0], documents[1:5]
+    fake.faults = {target.text[:60]: [shape]}
+    result = generate_qa([target, *others], config(fake), checkpoint_dir=tmp_path, run_id="r1")
+    accounted(result, [target, *others])
+    assert any(p.document_id == target.id for p in result.pairs), "the shape's document lost its pairs"
+    assert fake.requests[document_key(target.text)] == requests
+    outcomes = [line["outcome"] for line in ledger(tmp_path, "r1")]
+    assert outcomes.count("ok") == len(others) + requests - (1 if cause else 0)
+    if cause:
+        assert outcomes.count(cause) == 1, outcomes
+        assert result.outcomes[cause] == 1
+    if shape in ("no_usage", "negative_usage"):
+        assert result.usage.estimated
+    if shape == "message_null":  # the repair carries the document: a stateless server needs all of it
+        repair = fake.log[-1]["messages"]
+        assert len(repair) == 4 and target.text[:60] in repair[1]["content"]
+
+
+def test_a_random_storm_of_bad_replies_loses_nothing(
+    fake: FakeOpenAI, documents: list[Document], tmp_path: Path
+) -> None:
+    fake.failure_rate = 0.2  # every shape but the 9 MiB one, drawn at random
+    try:
+        result = generate_qa(documents, config(fake), checkpoint_dir=tmp_path, run_id="storm")
+    except TransientError:  # a request unlucky three times: the stage's retry (same run) sends only those
+        result = generate_qa(documents, config(fake), checkpoint_dir=tmp_path, run_id="storm")
+    accounted(result, documents)
+    assert fake.stats()["posts"] == result.requests["http_requests"]
+
+
+def test_what_the_run_sent_reconciles_with_the_server_across_a_stage_retry(
+    fake: FakeOpenAI, documents: list[Document], tmp_path: Path
+) -> None:
+    """The first attempt of the stage fails (one document's request keeps failing), Prefect retries it in the same
+    run; the second attempt's report counts both: every HTTP request the server received, every token it billed."""
+    docs = documents[:20]
+    marked = [d for d in docs if sum(d.text[:60] in other.text for other in docs) == 1]  # a templated corpus
+    fake.faults = {
+        marked[0].text[:60]: ["503", "503", "503"],  # fails the first attempt, then answers
+        marked[1].text[:60]: ["429:0.01", "choices_null"],  # billed, yet unusable: its tokens count
+        marked[2].text[:60]: ["html", "badjson"],  # sent back once with the problem
+        marked[3].text[:60]: ["drop"],
+    }
+    with pytest.raises(TransientError):
+        generate_qa(docs, config(fake), checkpoint_dir=tmp_path, run_id="run-1")
+    result = generate_qa(docs, config(fake), checkpoint_dir=tmp_path, run_id="run-1")
+    accounted(result, docs)
+    server = fake.stats()
+    assert result.requests["http_requests"] == server["posts"]  # exactly
+    sent = result.accounting()["tokens_sent_this_run"]
+    assert (sent["prompt_tokens"], sent["completion_tokens"]) == (
+        server["billed"]["prompt_tokens"],
+        server["billed"]["completion_tokens"],
+    )
+    assert result.requests["sent"] == len(docs) and result.requests["reused"] == 0  # all paid by this run
+    assert result.cost_sent_usd == round(
+        (server["billed"]["prompt_tokens"] * 0.15 + server["billed"]["completion_tokens"] * 0.60) / 1e6, 6
+    )
+    assert result.outcomes == {"ok": 21, "server_error": 3, "rate_limited": 1, "malformed_reply": 2,
+                               "connection_dropped": 1}  # fmt: skip
+    # a new run reuses everything and sends nothing: its own ledger is empty
+    again = generate_qa(docs, config(fake), checkpoint_dir=tmp_path, run_id="run-2")
+    assert again.requests["sent"] == 0 and again.requests["reused"] == len(docs)
+    assert fake.stats()["posts"] == server["posts"]
