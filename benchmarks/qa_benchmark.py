@@ -50,9 +50,10 @@ def corpus(count: int) -> list[Document]:
 
 
 class Server:
-    def __init__(self, latency: float, rpm: float, failure_rate: float):
+    def __init__(self, latency: float, rpm: float, failure_rate: float, limit_headers: bool = True):
         command = [sys.executable, "-m", "tests.fakes.openai_server", "--latency", str(latency), "--rpm", str(rpm)]
         command += ["--failure-rate", str(failure_rate), "--hang", "10"]
+        command += [] if limit_headers else ["--no-limit-headers"]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         self.base_url = self.process.stdout.readline().strip()
@@ -102,6 +103,8 @@ def measure(name: str, docs: list[Document], config: QAConfig, server: Server, r
         "rate_limit_per_s": round(rpm / 60, 2),
         "sent_to_server": stats["total"],
         "non_ok_responses": sum(v for k, v in stats["actions"].items() if k != "ok"),  # injected, and 429s
+        "rate_limited": stats["actions"].get("429", 0),
+        "rate_limited_share": round(stats["actions"].get("429", 0) / max(1, stats["total"]), 3),
         "stage_runs": runs,
         "lost_documents": len({d.id for d in docs} - accounted),
         "duplicated_pairs": (len(ids) - len(set(ids))) + (len(contents) - len(set(contents))),
@@ -120,6 +123,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.3)
     parser.add_argument("--rpm", type=float, default=6000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--over-docs", type=int, default=160, help="documents for the over-the-limit runs")
+    parser.add_argument("--over-client-rpm", type=float, default=500, help="the client's setting, over the limit")
+    parser.add_argument("--over-server-rpm", type=float, default=120, help="what the server allows")
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     os.environ.setdefault("LLM_PIPELINE_PROGRESS", "0")
@@ -151,6 +157,15 @@ def main() -> None:
             rows.append(measure(name, corpus(args.docs), config(args.concurrency, args.rpm, server), server, args.rpm))
         finally:
             server.stop()
+    # The client set above what the server allows: the adaptive controller (qa/rate.py) must find the real limit,
+    # from the x-ratelimit-* headers when the server sends them, from its 429s alone when it does not.
+    for name, headers in (("over the limit, headers", True), ("over the limit, 429s only", False)):
+        server = Server(args.latency, args.over_server_rpm, 0.0, limit_headers=headers)
+        try:
+            over = config(16, args.over_client_rpm, server)
+            rows.append(measure(name, corpus(args.over_docs), over, server, args.over_server_rpm))
+        finally:
+            server.stop()
     # Conservative: the lower of the end-to-end ratio and the sustained (server-side) ratio.
     speedup = min(
         rows[1]["requests_per_s"] / rows[0]["requests_per_s"], rows[1]["sustained_per_s"] / rows[0]["sustained_per_s"]
@@ -161,6 +176,8 @@ def main() -> None:
             "share_of_limit >= 0.9": rows[1]["share_of_limit"] >= 0.9,
             "speedup >= 20": speedup >= 20,
             "lost == 0 and duplicated == 0": all(r["lost_documents"] == 0 and r["duplicated_pairs"] == 0 for r in rows),
+            "over the limit, headers: 429s <= 5 %": rows[3]["rate_limited_share"] <= 0.05,
+            "over the limit, headers: share_of_limit >= 0.95": rows[3]["share_of_limit"] >= 0.95,
         },
     }
     print(json.dumps(summary), flush=True)

@@ -81,6 +81,7 @@ def test_pairs_metadata_tokens_and_cost(fake: FakeOpenAI, documents: list[Docume
         "reused": 0,
         "quarantined": 0,
         "failed": 0,
+        "refused_budget": 0,
     }
     for pair in result.pairs:
         assert pair.answer in texts[pair.document_id]  # grounded

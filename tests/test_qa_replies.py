@@ -148,3 +148,63 @@ def test_what_the_run_sent_reconciles_with_the_server_across_a_stage_retry(
     again = generate_qa(docs, config(fake), checkpoint_dir=tmp_path, run_id="run-2")
     assert again.requests["sent"] == 0 and again.requests["reused"] == len(docs)
     assert fake.stats()["posts"] == server["posts"]
+
+
+@pytest.mark.parametrize("advertised", [True, False])
+def test_a_client_set_over_the_servers_limit_slows_as_a_whole(
+    documents: list[Document], tmp_path: Path, advertised: bool
+) -> None:
+    """qa.requests_per_minute at 5x what the server allows: the one controller for all requests in flight finds
+    the limit, from the x-ratelimit-* headers when the server sends them, from its 429s when it does not."""
+    docs = documents[:36]
+    with FakeOpenAI(latency_s=0.05, rate_limit_rpm=600, advertise_limits=advertised) as server:
+        result = generate_qa(docs, config(server, requests_per_minute=3000, concurrency=8), checkpoint_dir=tmp_path)
+        accounted(result, docs)
+        limited = server.stats()["actions"].get("429", 0)
+    if advertised:
+        assert limited <= 0.05 * len(docs)  # the first reply's headers said the limit before any burst
+    else:
+        assert 0 < limited <= 0.35 * len(docs)  # each burst of 429s cut the rate once, not once per request
+    assert result.outcomes.get("rate_limited", 0) == limited
+
+
+PRICE = {"input_per_million": 0.15, "output_per_million": 0.60}
+
+
+def test_a_spending_cap_is_never_crossed_and_a_higher_cap_continues(documents: list[Document], tmp_path: Path) -> None:
+    docs = documents[:30]
+    with FakeOpenAI(latency_s=0.02) as server:
+        capped = config(server, max_cost_usd=0.002, max_tokens=400)
+        result = generate_qa(docs, capped, checkpoint_dir=tmp_path, run_id="cap-1")
+        billed = server.stats()["billed"]
+        spent = (
+            billed["prompt_tokens"] * PRICE["input_per_million"]
+            + billed["completion_tokens"] * PRICE["output_per_million"]
+        ) / 1e6
+        assert 0 < spent <= 0.002  # the server's own bill stays under the cap
+        assert result.status.startswith("partial: budget reached") and "qa.max_cost_usd" in result.status
+        assert 0 < result.requests["refused_budget"] < len(docs)
+        assert result.budget["requests_not_sent"] == result.requests["refused_budget"]
+        assert (
+            server.stats()["posts"] == result.requests["http_requests"] == len(docs) - result.requests["refused_budget"]
+        )
+        # a new run with a higher cap sends only what the first did not
+        more = generate_qa(
+            docs, config(server, max_cost_usd=1.0, max_tokens=400), checkpoint_dir=tmp_path, run_id="cap-2"
+        )
+        assert more.status == "complete" and more.requests["sent"] == result.requests["refused_budget"]
+        accounted(more, docs)
+        assert server.stats()["posts"] == len(docs)  # nothing paid twice
+
+
+def test_a_cap_below_the_first_request_sends_nothing_and_says_so(documents: list[Document], tmp_path: Path) -> None:
+    with FakeOpenAI() as server:
+        result = generate_qa(documents[:5], config(server, max_total_tokens=50), checkpoint_dir=tmp_path, run_id="r")
+        assert server.stats()["posts"] == 0
+    assert result.requests["refused_budget"] == 5 and "qa.max_total_tokens 50 reached" in result.status
+    assert not result.pairs
+
+
+def test_a_cap_needs_a_price() -> None:
+    with pytest.raises(ValueError, match="max_cost_usd needs the price of model gpt-4o-mini"):
+        QAConfig(backend="openai", base_url="http://x", max_cost_usd=1.0)

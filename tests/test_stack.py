@@ -60,11 +60,11 @@ def test_deploy_twice_changes_nothing_the_second_time(stack, deployed) -> None:
     first = deployed
     assert "deployed ev-charging-pipeline" in first.stdout and "cron '0 3 * * *' UTC" in first.stdout
     assert "deployed health-check" in first.stdout
-    assert first.stdout.count("alert created") == 6 and "no alert target configured" in first.stdout
+    assert first.stdout.count("alert created") == 7 and "no alert target configured" in first.stdout
     second = make("deploy", stack["env"], timeout=600)
     assert second.returncode == 0
     assert "pools, queues and limits already up to date" in second.stdout
-    assert second.stdout.count("alert unchanged") == 6  # four alerts, two recovery automations
+    assert second.stdout.count("alert unchanged") == 7  # five alerts, two recovery automations
     # The email action runs inside prefect-services: its block class must load there from the entry point.
     probe = "from prefect.blocks.core import Block; print(Block.get_block_class_from_key('llm-pipeline-smtp-email'))"
     loaded = compose(

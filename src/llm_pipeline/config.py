@@ -198,6 +198,12 @@ class QAConfig(Section):
     # Checkpoints and accounting
     checkpoint_dir: Path | None = Field(None, description="Completed requests journal; None = <output_path>/.qa-cache.")
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="Per model; cost is reported when set.")
+    max_cost_usd: float | None = Field(
+        None, gt=0, description="Spending cap per run (needs the model's price): no request that could cross it goes."
+    )
+    max_total_tokens: int | None = Field(
+        None, gt=0, description="Token cap per run, prompt and completion (`max_tokens` is the per-reply limit)."
+    )
     # Quality filters
     min_answer_words: int = Field(2, ge=1)
     min_question_words: int = Field(3, ge=1)
@@ -219,6 +225,11 @@ class QAConfig(Section):
             raise ValueError(f"chunk_overlap_words ({self.chunk_overlap_words}) must be below chunk_words")
         if self.backend == "local" and not self.model_name:
             raise ValueError("backend: local needs model_name (a local path or a hub name)")
+        if self.max_cost_usd is not None and (self.model_name or "gpt-4o-mini") not in self.prices:
+            raise ValueError(
+                f"max_cost_usd needs the price of model {self.model_name or 'gpt-4o-mini'} in prices "
+                "(input_per_million, output_per_million): a cap cannot be kept on tokens it cannot price"
+            )
         if self.prompt_dir is not None:
             missing = [n for n in ("system.j2", "user.j2") if not (self.prompt_dir / n).is_file()]
             if missing:

@@ -60,3 +60,8 @@ class RequestRejectedError(DataValidationError):
 class OutputFormatError(DataValidationError):
     """A model's text is not the pairs asked for; the message is fit to send back to the model (QA generation
     re-asks with it, then quarantines the request)."""
+
+
+class BudgetReachedError(PipelineError):
+    """The run's spending cap (qa.max_cost_usd, qa.max_total_tokens) would be crossed by this request: it is not
+    sent, not retried, and the stage ends partial, saying so."""

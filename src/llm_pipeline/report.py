@@ -176,6 +176,16 @@ def qa_cost_lines(qa: dict[str, Any], cached: bool = False) -> list[str]:
         *(
             [
                 "",
+                f"**QA {qa['status']}**: {qa['budget'].get('requests_not_sent', 0)} requests not sent; this run "
+                f"spent {dollars(qa['budget'].get('spent_usd'))}, {qa['budget'].get('spent_tokens', 0):,} tokens. "
+                "A rerun with a higher cap sends only those (the journal keeps the rest).",
+            ]
+            if str(qa.get("status", "complete")).startswith("partial") and not cached
+            else []
+        ),
+        *(
+            [
+                "",
                 f"HTTP requests sent by this run, every try of every stage attempt: "
                 f"{requests.get('http_requests', 0)} ("
                 + ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in sorted(outcomes.items()))

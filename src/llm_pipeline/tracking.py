@@ -58,6 +58,7 @@ class Tracker:
             init_timeout_s=init_timeout_s,
             run_id=info["run_id"],
         )
+        _next_second_if_taken(Path(info["directory"]), info["run_id"])
         tracker.start()
         return tracker
 
@@ -192,3 +193,13 @@ class Tracker:
         except Exception as exc:
             log.warning("wandb_finish_failed", error=str(exc))
         self.run = None
+
+
+def _next_second_if_taken(directory: Path, run_id: str) -> None:
+    """W&B names a run's offline folder by the second it starts and the run id: a resume within the same second
+    as the run's start (every stage between them cached) would share, and overwrite, the first folder."""
+    import time
+
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    if any((directory / "wandb").glob(f"*-run-{stamp}-{run_id}")):
+        time.sleep(1.05 - time.time() % 1)

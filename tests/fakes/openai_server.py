@@ -77,10 +77,11 @@ class FakeOpenAI:
         supports_json_schema: bool = True,
         usage: bool = True,
         port: int = 0,
+        advertise_limits: bool = True,
         host: str = "127.0.0.1",  # 0.0.0.0: containers reach it at their network's gateway (the stack's tests)
     ):
         self.latency_s, self.hang_s = latency_s, hang_s
-        self.rate_limit_rpm = rate_limit_rpm
+        self.rate_limit_rpm, self.advertise_limits = rate_limit_rpm, advertise_limits
         self.faults = {marker: list(actions) for marker, actions in (faults or {}).items()}
         self.failure_rate, self.random = failure_rate, random.Random(seed)
         self.supports_json_schema, self.usage = supports_json_schema, usage
@@ -149,6 +150,19 @@ class FakeOpenAI:
             return None
         return (1 - self._tokens) / rate
 
+    def limit_headers(self) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* request headers for the bucket as it stands (sent with every reply when
+        `advertise_limits`): the limit per minute, the tokens left, the time until the bucket is full."""
+        if not (self.rate_limit_rpm and self.advertise_limits):
+            return {}
+        rate = self.rate_limit_rpm / 60
+        capacity = max(1.0, rate)
+        return {
+            "x-ratelimit-limit-requests": str(int(self.rate_limit_rpm)),
+            "x-ratelimit-remaining-requests": str(int(self._tokens)),
+            "x-ratelimit-reset-requests": f"{(capacity - self._tokens) / rate:.3f}s",
+        }
+
     def _action(self, document: str, messages: list[dict[str, Any]]) -> str:
         with self.lock:
             for marker, actions in self.faults.items():
@@ -174,7 +188,9 @@ class FakeOpenAI:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
-                for name, value in (headers or {}).items():
+                with fake.lock:
+                    limits = fake.limit_headers()
+                for name, value in {**limits, **(headers or {})}.items():
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
@@ -375,6 +391,7 @@ def main() -> None:
     parser.add_argument("--rpm", type=float, default=None)
     parser.add_argument("--failure-rate", type=float, default=0.0)
     parser.add_argument("--hang", type=float, default=30.0)
+    parser.add_argument("--no-limit-headers", action="store_true", help="send no x-ratelimit-* headers")
     args = parser.parse_args()
     server = FakeOpenAI(
         latency_s=args.latency,
@@ -382,6 +399,7 @@ def main() -> None:
         failure_rate=args.failure_rate,
         hang_s=args.hang,
         port=args.port,
+        advertise_limits=not args.no_limit_headers,
     )
     print(server.base_url, flush=True)
     server.server.serve_forever()

@@ -48,6 +48,7 @@ class Job:
     attempts: int = 0
     raw: str | None = None
     ledger: Any = None  # llm_pipeline.qa.checkpoint.Ledger: where each HTTP request is written as it returns
+    budget: Any = None  # llm_pipeline.qa.budget.Budget: the run's spending cap, reserved before each request
 
     def sent(self, outcome: str, usage: Usage | None = None) -> None:
         """One HTTP request of this job went out: its outcome and the tokens it was billed, into the ledger."""

@@ -26,6 +26,7 @@ from llm_pipeline.logging import get_logger
 from llm_pipeline.progress import ProgressCounter
 from llm_pipeline.qa import extractive
 from llm_pipeline.qa.backends import EXTRACTIVE, open_backend, resolve_backend
+from llm_pipeline.qa.budget import Budget
 from llm_pipeline.qa.checkpoint import Journal, Ledger, Usage
 from llm_pipeline.qa.filters import filter_pairs
 from llm_pipeline.qa.prompts import load_prompts
@@ -48,6 +49,8 @@ class QAResult:
     prompt_version: str = ""
     requests: dict[str, int] = field(default_factory=dict)  # total, sent, http_requests, reused, quarantined, failed
     outcomes: dict[str, int] = field(default_factory=dict)  # this run's HTTP requests by outcome: ok, rate_limited...
+    status: str = "complete"  # or "partial: budget reached (...)": the run's cap stopped it (qa.max_cost_usd...)
+    budget: dict[str, Any] = field(default_factory=dict)
     filtered: dict[str, int] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)  # every request behind this dataset
     usage_sent: Usage = field(default_factory=Usage)  # only what this run sent
@@ -58,6 +61,7 @@ class QAResult:
     def counts(self, documents: int) -> dict[str, Any]:
         return {
             "documents": documents,
+            "status": self.status,
             "pairs": len(self.pairs),
             "documents_without_pairs": len(self.documents_without_pairs),
             "pairs_per_document": round(len(self.pairs) / documents, 3) if documents else 0.0,
@@ -73,6 +77,8 @@ class QAResult:
             "prompt_version": self.prompt_version,
             "requests": self.requests,
             "outcomes_this_run": self.outcomes,
+            "status": self.status,
+            "budget": self.budget,
             "tokens": self.usage.model_dump(),
             "tokens_sent_this_run": self.usage_sent.model_dump(),
             "cost_usd": self.cost_usd,
@@ -198,8 +204,9 @@ async def _generate_with_model(
     model = config.model_name or ("gpt-4o-mini" if backend_name == "openai" else "")
     jobs = build_jobs(documents, config, prompts, backend_name, model, domain)
     todo = [job for job in jobs if job.key not in journal]
+    budget = Budget(config.max_cost_usd, config.max_total_tokens, config.prices.get(model), ledger.sent().usage)
     for job in todo:
-        job.ledger = ledger
+        job.ledger, job.budget = ledger, budget
     log.info("qa_requests_planned", total=len(jobs), reused=len(jobs) - len(todo), to_send=len(todo))
     outcomes = Outcomes(journal, backend_name, model, prompts, config.max_format_retries)
     if todo:
@@ -225,7 +232,18 @@ async def _generate_with_model(
         "reused": sum(1 for j in jobs if j.key in journal and j.key not in sent.keys),  # paid by an earlier run
         "quarantined": sum(1 for j in jobs if (e := journal.get(j.key)) and e.status == "quarantined"),
         "failed": len(failed),
+        "refused_budget": len(outcomes.refused),
     }
+    if outcomes.refused:
+        result.status = f"partial: budget reached ({outcomes.refused[0][1]})"
+        result.budget = {
+            "max_cost_usd": config.max_cost_usd,
+            "max_total_tokens": config.max_total_tokens,
+            "spent_usd": round(budget.cost(budget.spent), 6),
+            "spent_tokens": budget.spent.prompt_tokens + budget.spent.completion_tokens,
+            "requests_not_sent": len(outcomes.refused),
+        }
+        log.warning("qa_budget_reached", not_sent=len(outcomes.refused), **result.budget)
     result.cost_usd, result.cost_sent_usd = cost(result.usage, model, config), cost(result.usage_sent, model, config)
     if failed:
         job, error = failed[0]

@@ -1,7 +1,8 @@
 """The `openai` QA backend: the official async SDK against OpenAI or any OpenAI-compatible server.
 
-Concurrency is a semaphore; request and token rates go through aiolimiter's leaky buckets (one second of
-burst for requests, one minute for tokens, as providers meter them). The SDK's own retries are off
+Concurrency is a semaphore; the request rate is one adaptive controller shared by every request in flight
+(qa/rate.py: the server's rate-limit headers and 429s slow it, successes speed it up again); tokens go through
+aiolimiter's leaky bucket (one minute, as providers meter them). The SDK's own retries are off
 (max_retries=0): the project's policy table is the only retry layer, so tries can be counted and logged by
 class. A whole request, body included, has a deadline, which catches servers that stream a reply too slowly.
 The response format starts at what config asks for and steps down (json_schema -> json_object -> text) the
@@ -30,8 +31,10 @@ from llm_pipeline.errors import (
 )
 from llm_pipeline.logging import get_logger
 from llm_pipeline.qa.backends import QA_BACKENDS, Completion, Job, estimate_tokens
+from llm_pipeline.qa.budget import worst_case
 from llm_pipeline.qa.checkpoint import Usage
 from llm_pipeline.qa.policy import RequestPolicy
+from llm_pipeline.qa.rate import RateController
 from llm_pipeline.qa.schema import response_format
 
 log = get_logger("qa.openai")
@@ -39,11 +42,6 @@ log = get_logger("qa.openai")
 DEFAULT_MODEL = "gpt-4o-mini"
 MAX_REPLY_BYTES = 8 * 2**20  # a chat completion is kilobytes; past this the body is not read further
 _FORMATS = ("json_schema", "json_object", "text")
-
-
-def request_limiter(requests_per_minute: float) -> AsyncLimiter:
-    burst = max(1.0, requests_per_minute / 60)  # one second's worth
-    return AsyncLimiter(burst, burst * 60 / requests_per_minute)
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
@@ -200,7 +198,7 @@ class OpenAIBackend:
             ),
         )
         self.semaphore = asyncio.Semaphore(config.concurrency)
-        self.requests = request_limiter(config.requests_per_minute) if config.requests_per_minute else None
+        self.rate = RateController(config.requests_per_minute)  # one for all requests in flight (qa/rate.py)
         self.tokens = AsyncLimiter(config.tokens_per_minute, 60) if config.tokens_per_minute else None
         self.format_index = 0 if config.response_format == "auto" else _FORMATS.index(config.response_format)
 
@@ -212,42 +210,64 @@ class OpenAIBackend:
         and errors come back classified."""
         prompt = "".join(m["content"] for m in job.messages)
         async with self.semaphore:
-            if self.requests:
-                await self.requests.acquire()
-            if self.tokens:
-                await self.tokens.acquire(min(self.tokens.max_rate, estimate_tokens(prompt) + self.config.max_tokens))
-            while True:  # steps down the response format when the server rejects it; not a retry
-                kind = _FORMATS[self.format_index]
-                started = time.perf_counter()
+            # the run's cap: this request's worst case is held while it is in flight (BudgetReachedError: not sent)
+            held = job.budget.reserve(worst_case(job.messages, self.config.max_tokens)) if job.budget else None
+            billed: Usage | None = None
+            try:
+                completion = await self._request(job, prompt)
+                billed = completion.usage
+                return completion
+            except ServiceUnavailableError as error:
+                billed = error.usage
+                raise
+            finally:
+                if held is not None:
+                    job.budget.settle(held, billed)
+
+    async def _request(self, job: Job, prompt: str) -> Completion:
+        """One HTTP request within the rate and the deadline; its outcome goes into the ledger as it returns."""
+        await self.rate.acquire()
+        if self.tokens:
+            await self.tokens.acquire(min(self.tokens.max_rate, estimate_tokens(prompt) + self.config.max_tokens))
+        while True:  # steps down the response format when the server rejects it; not a retry
+            kind = _FORMATS[self.format_index]
+            started = time.perf_counter()
+            try:
                 try:
                     async with asyncio.timeout(self.config.request_timeout_s):
-                        body, content_type = await self._post(job, kind)
-                    text, finish, usage = read_reply(body, content_type)
-                    break
-                except openai.BadRequestError as exc:
-                    job.sent("rejected")
-                    if "response_format" not in str(exc.message) or kind == "text":
-                        raise classify(exc) from exc
-                    if _FORMATS[self.format_index] == kind:  # another request may have stepped down already
-                        self.format_index += 1
-                        log.warning("response_format_unsupported", rejected=kind, now=_FORMATS[self.format_index])
-                except Exception as exc:  # every failure is classified for the policy: none crashes the stage
-                    error = classify(exc)
-                    job.sent(outcome_label(error), getattr(error, "usage", None))
-                    if getattr(error, "usage", None) is not None:
-                        job.usage += error.usage  # billed although unusable: it counts in the request's cost
-                    if error is exc:
-                        raise
-                    raise error from exc
+                        body, content_type, headers = await self._post(job, kind)
+                finally:
+                    self.rate.returned()
+                self.rate.observe(headers)
+                text, finish, usage = read_reply(body, content_type)
+                break
+            except openai.BadRequestError as exc:
+                job.sent("rejected")
+                if "response_format" not in str(exc.message) or kind == "text":
+                    raise classify(exc) from exc
+                if _FORMATS[self.format_index] == kind:  # another request may have stepped down already
+                    self.format_index += 1
+                    log.warning("response_format_unsupported", rejected=kind, now=_FORMATS[self.format_index])
+            except Exception as exc:  # every failure is classified for the policy: none crashes the stage
+                error = classify(exc)
+                if isinstance(error, RateLimitedError):
+                    self.rate.rate_limited(error.retry_after, getattr(getattr(exc, "response", None), "headers", None))
+                job.sent(outcome_label(error), getattr(error, "usage", None))
+                if getattr(error, "usage", None) is not None:
+                    job.usage += error.usage  # billed although unusable: it counts in the request's cost
+                if error is exc:
+                    raise
+                raise error from exc
         latency = time.perf_counter() - started
         if usage is None:
             usage = Usage(
                 prompt_tokens=estimate_tokens(prompt), completion_tokens=estimate_tokens(text), estimated=True
             )
         job.sent("ok", usage)
+        self.rate.succeeded()
         return Completion(text=text, finish_reason=finish, usage=usage, latency_s=latency)
 
-    async def _post(self, job: Job, kind: str) -> tuple[bytes, str]:
+    async def _post(self, job: Job, kind: str) -> tuple[bytes, str, httpx.Headers]:
         """The request, its body read by hand up to MAX_REPLY_BYTES: the SDK would hand back a `str` for a page
         that is not JSON (a proxy's HTML), and read a body of any size."""
         async with self.client.chat.completions.with_streaming_response.create(
@@ -265,7 +285,7 @@ class OpenAIBackend:
                     raise ServiceUnavailableError(
                         f"the reply is larger than {MAX_REPLY_BYTES // 2**20} MiB: not read further", "malformed_reply"
                     )
-        return bytes(body), content_type
+        return bytes(body), content_type, response.headers
 
     def _extra(self, kind: str) -> dict[str, Any]:
         extra: dict[str, Any] = {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_pipeline.config import QAConfig
-from llm_pipeline.errors import DataValidationError, OutputFormatError, TransientError
+from llm_pipeline.errors import BudgetReachedError, DataValidationError, OutputFormatError, TransientError
 from llm_pipeline.io import text_hash
 from llm_pipeline.logging import get_logger
 from llm_pipeline.progress import ProgressCounter
@@ -75,6 +75,7 @@ class Outcomes:
     max_format_retries: int
     backend_records: bool = False  # the backend writes each request to the ledger itself (openai's HTTP requests)
     failed: list[tuple[Job, BaseException]] = field(default_factory=list)
+    refused: list[tuple[Job, BaseException]] = field(default_factory=list)  # not sent: the run's cap
 
     def settle(self, job: Job, outcome: Completion | BaseException, round_: int) -> bool:
         """Record one outcome; True when the job goes to the next round with the problem sent back."""
@@ -83,6 +84,9 @@ class Outcomes:
             job.sent("ok" if completion else type(outcome).__name__, outcome.usage if completion else None)
         if isinstance(outcome, TransientError):
             self.failed.append((job, outcome))  # not journaled: the next run sends it again
+            return False
+        if isinstance(outcome, BudgetReachedError):
+            self.refused.append((job, outcome))  # not sent, not journaled: a run with a higher cap sends it
             return False
         if isinstance(outcome, DataValidationError):
             self._quarantine(job, f"rejected: {outcome}")

@@ -1,0 +1,145 @@
+"""One adaptive rate for every request a backend has in flight: the client slows as a whole when the server says
+so, and speeds up again when it allows.
+
+- Requests start no closer than 1/rate apart (rate starts at `qa.requests_per_minute`, its ceiling; with no limit
+  configured the concurrency alone bounds it until a server objects).
+- The server's `x-ratelimit-limit-requests` (per minute, as OpenAI and most gateways send it) caps the rate at
+  98 % of what it allows; `x-ratelimit-remaining-requests` at 0 pauses every request for one request's
+  spacing, at most until `x-ratelimit-reset-requests` ("1s", "6m0s", "250ms": when the bucket is full again).
+- A 429 that says requests remain (`x-ratelimit-remaining-requests` >= 1) is about something else (tokens, an
+  overloaded shard): only its own request waits, by the policy table. Any other 429 pauses every request for
+  its Retry-After and cuts the rate: halved, or a tenth off where the server advertised its limit; once per
+  burst (two requests' spacing, a second at most), not once per request in flight that drew it.
+- Each success adds back 2 % of the ceiling (additive increase), up to the ceiling, the server's limit and 95 %
+  of the rate at the last 429 (which itself creeps up 0.1 % a success, to find a limit that was raised).
+- The first request goes alone: its reply's headers usually tell the limit before a burst can draw 429s.
+
+The request that drew the 429 is retried by the policy table (llm_pipeline.qa.policy) as before; this only
+decides when any request may start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Mapping
+
+from llm_pipeline.logging import get_logger
+
+log = get_logger("qa.rate")
+
+HEADROOM = 0.98  # of the server's advertised limit: at 100 % its bucket sits empty and every reply says so
+MIN_RATE = 0.05  # requests/s: one every 20 s at worst
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_reset(value: str | None) -> float | None:
+    """OpenAI's reset format ("1s", "6m0s", "20ms", "1h2m3.5s") or plain seconds, in seconds."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if not parts:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def _number(headers: Mapping[str, str], name: str) -> float | None:
+    try:
+        return float(headers[name])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class RateController:
+    def __init__(self, requests_per_minute: float | None):
+        self.ceiling = requests_per_minute / 60 if requests_per_minute else None  # requests/s; None: unbounded
+        self.rate: float | None = self.ceiling
+        self.server_limit: float | None = None
+        self._next = 0.0  # monotonic time the next request may start
+        self._paused_until = 0.0
+        self._last_decrease = -1e9
+        self._recent: list[float] = []  # start times in the last few seconds: the rate actually achieved
+        self._lock = asyncio.Lock()
+        self.decreases = 0
+        self.learned: float | None = None  # just under the rate of the last 429: not exceeded, then probed slowly
+        self._answered = asyncio.Event()  # a first reply (or failure) has come back: its headers may say the limit
+        self._probing = False
+
+    async def acquire(self) -> None:
+        """Wait until this request may start. The very first request goes alone (a slow start): its reply's
+        headers usually say the server's limit before a burst at the configured rate can draw 429s."""
+        if not self._answered.is_set():
+            if self._probing:
+                await self._answered.wait()
+            else:
+                self._probing = True
+        while True:
+            async with self._lock:
+                now = time.monotonic()
+                start = max(now, self._next, self._paused_until)
+                if self.rate:
+                    self._next = start + 1 / self.rate
+                self._recent = [t for t in self._recent if t > now - 5] + [start]
+            if start > now:
+                await asyncio.sleep(start - now)
+            if time.monotonic() >= self._paused_until:
+                return  # else a 429 paused everyone while this one slept: take a new place after the pause
+
+    def _achieved(self) -> float:
+        if len(self._recent) < 2:
+            return 1.0
+        return max(MIN_RATE, len(self._recent) / max(1e-3, self._recent[-1] - self._recent[0]))
+
+    def returned(self) -> None:
+        """A request came back, however (a reply, an error, a timeout): the slow start is over."""
+        self._answered.set()
+
+    def observe(self, headers: Mapping[str, str] | None) -> None:
+        """A reply's rate-limit headers, whatever its status."""
+        if not headers:
+            return
+        limit = _number(headers, "x-ratelimit-limit-requests")
+        if limit:
+            self.server_limit = limit / 60 * HEADROOM
+            if self.rate is None or self.rate > self.server_limit:
+                self.rate = self.server_limit
+        remaining = _number(headers, "x-ratelimit-remaining-requests")
+        reset = parse_reset(headers.get("x-ratelimit-reset-requests"))
+        if remaining is not None and remaining < 1 and reset:
+            # the reset is when the whole bucket is full again: one request's worth of it is enough to go on
+            wait = min(reset, 1 / self.rate) if self.rate else reset
+            self._paused_until = max(self._paused_until, time.monotonic() + wait)
+
+    def succeeded(self, headers: Mapping[str, str] | None = None) -> None:
+        self.observe(headers)
+        if self.rate is None:
+            return
+        top = min(x for x in (self.ceiling, self.server_limit, self.learned, float("inf")) if x is not None)
+        step = (self.ceiling or self.server_limit or self.rate) * 0.02
+        self.rate = min(top, self.rate + step)
+        if self.learned is not None:
+            self.learned *= 1.001  # probe upwards slowly: the server may allow more later
+
+    def rate_limited(self, retry_after: float | None, headers: Mapping[str, str] | None = None) -> None:
+        self.observe(headers)
+        remaining = _number(headers or {}, "x-ratelimit-remaining-requests")
+        if self.server_limit is not None and remaining is not None and remaining >= 1:
+            return  # requests to spare: this 429 is about something else (tokens, one overloaded shard), not our pace
+        now = time.monotonic()
+        if retry_after:
+            self._paused_until = max(self._paused_until, now + retry_after)
+        current = self.rate if self.rate is not None else self._achieved()
+        if now - self._last_decrease < min(1.0, max(0.1, 2 / current)):
+            return  # the same burst (about two requests' spacing): its other 429s do not cut the rate again
+        self._last_decrease = now
+        self.learned = min(self.learned or float("inf"), current * 0.95)
+        # halved when the server's limit is unknown; a tenth off when it advertised one (the 429 is jitter then)
+        self.rate = max(MIN_RATE, current * (0.9 if self.server_limit else 0.5))
+        self.decreases += 1
+        log.warning("qa_rate_decreased", requests_per_minute=round(self.rate * 60, 1), retry_after_s=retry_after)
