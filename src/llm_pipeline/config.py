@@ -186,6 +186,12 @@ class QAConfig(Section):
         "auto", description="auto: json_schema, falling back when the server rejects it."
     )
     max_format_retries: int = Field(2, ge=0, le=5, description="Re-asks with the validation error, then quarantine.")
+    mode: Literal["online", "batch"] = Field(
+        "online", description="batch: the openai backend sends the stage's requests through the Batch API."
+    )
+    batch_poll_s: float = Field(30.0, gt=0, description="First wait between polls of a batch (grows 1.5x).")
+    batch_poll_max_s: float = Field(300.0, gt=0, description="Longest wait between polls of a batch.")
+    batch_price_factor: float = Field(0.5, gt=0, le=1, description="Batch price as a share of `prices` (OpenAI: half).")
     retry: RetryDelays = Field(default_factory=RetryDelays, description="Delays between a request's tries.")
     # Local backend
     device: str = Field("auto", description="local backend: auto (cuda when available), cpu, cuda, cuda:1...")
@@ -225,6 +231,8 @@ class QAConfig(Section):
             raise ValueError(f"chunk_overlap_words ({self.chunk_overlap_words}) must be below chunk_words")
         if self.backend == "local" and not self.model_name:
             raise ValueError("backend: local needs model_name (a local path or a hub name)")
+        if self.mode == "batch" and self.backend not in ("openai", "auto"):
+            raise ValueError(f"mode: batch needs the openai backend (backend is {self.backend})")
         if self.max_cost_usd is not None and (self.model_name or "gpt-4o-mini") not in self.prices:
             raise ValueError(
                 f"max_cost_usd needs the price of model {self.model_name or 'gpt-4o-mini'} in prices "

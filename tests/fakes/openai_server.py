@@ -34,6 +34,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.fakes.batch_api import BatchAPI
+
 _DOCUMENT = re.compile(r"<document>\n(.*)\n</document>", re.DOTALL)
 _N = re.compile(r"exactly (\d+)")
 _CONTEXT = re.compile(r"Context: (.*?)\n\nQuestion:", re.DOTALL)
@@ -96,6 +98,7 @@ class FakeOpenAI:
         self.authorizations: set[str] = set()  # Authorization headers seen (to prove a key was sent)
         self._tokens = (rate_limit_rpm or 0) / 60
         self._filled = time.monotonic()
+        self.batch = BatchAPI(self._batch_answer)  # /v1/files and /v1/batches (tests/fakes/batch_api.py)
         self.server = _Server((host, port), self._handler())
         self.server.daemon_threads = True
         self.thread: threading.Thread | None = None
@@ -150,6 +153,30 @@ class FakeOpenAI:
             return None
         return (1 - self._tokens) / rate
 
+    def _batch_answer(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """A batch line's answer: the same model as the online endpoint's, always well-behaved."""
+        messages = request.get("messages", [])
+        user = next((m["content"] for m in messages if m["role"] == "user"), "")
+        found = _DOCUMENT.search(user)
+        document = found.group(1) if found else ""
+        n = int(m.group(1)) if (m := _N.search(user)) else 3
+        content = json.dumps({"pairs": answer_pairs(document, n)})
+        prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages) // 4
+        completion_tokens = max(1, len(content) // 4)
+        key = document_key(document)
+        return key, {
+            "id": f"chatcmpl-{key}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.get("model", "fake-model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
     def limit_headers(self) -> dict[str, str]:
         """OpenAI's x-ratelimit-* request headers for the bucket as it stands (sent with every reply when
         `advertise_limits`): the limit per minute, the tokens left, the time until the bucket is full."""
@@ -199,8 +226,17 @@ class FakeOpenAI:
                 body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
                 self._send(status, json.dumps(body).encode(), headers)
 
+            def _reply(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
-                if self.path.rstrip("/").endswith("/stats"):
+                if (batch := fake.batch.get(self.path)) is not None:
+                    self._reply(*batch)
+                elif self.path.rstrip("/").endswith("/stats"):
                     self._send(200, json.dumps(fake.stats()).encode())
                 elif self.path.rstrip("/").endswith("/models"):
                     self._send(
@@ -211,7 +247,12 @@ class FakeOpenAI:
 
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length", 0))
-                request = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
+                batch = fake.batch.post(self.path, self.headers.get("Content-Type", ""), raw)
+                if batch is not None:
+                    self._reply(*batch)
+                    return
+                request = json.loads(raw or b"{}")
                 with fake.lock:
                     fake.posts += 1
                     fake.authorizations.add(self.headers.get("Authorization", ""))

@@ -50,10 +50,13 @@ class Job:
     ledger: Any = None  # llm_pipeline.qa.checkpoint.Ledger: where each HTTP request is written as it returns
     budget: Any = None  # llm_pipeline.qa.budget.Budget: the run's spending cap, reserved before each request
 
-    def sent(self, outcome: str, usage: Usage | None = None) -> None:
-        """One HTTP request of this job went out: its outcome and the tokens it was billed, into the ledger."""
+    batch: bool = False  # answered through the Batch API
+
+    def sent(self, outcome: str, usage: Usage | None = None, batch: bool = False) -> None:
+        """One HTTP request (or one line of a batch) of this job went out: its outcome and the tokens it was
+        billed, into the ledger."""
         if self.ledger is not None:
-            self.ledger.record(self.key, outcome, usage)
+            self.ledger.record(self.key, outcome, usage, batch)
 
     @property
     def label(self) -> dict[str, Any]:

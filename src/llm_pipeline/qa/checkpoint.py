@@ -53,6 +53,7 @@ class Entry(BaseModel):
     model: str | None
     prompt_version: str
     timestamp: str
+    batch: bool = False  # answered through the Batch API: priced at qa.batch_price_factor
 
 
 def request_key(**parts: Any) -> str:
@@ -111,6 +112,7 @@ class Sent(BaseModel):
     requests: int = 0  # distinct QA requests (a request retried three times counts once here, three times above)
     outcomes: dict[str, int] = Field(default_factory=dict)  # ok, rate_limited, connection_dropped, ...
     usage: Usage = Field(default_factory=Usage)
+    usage_batch: Usage = Field(default_factory=Usage)  # the part of `usage` sent through the Batch API
     keys: set[str] = Field(default_factory=set, exclude=True)
 
 
@@ -126,8 +128,8 @@ class Ledger:
         self.path = folder / "ledger" / f"{run}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def record(self, key: str, outcome: str, usage: Usage | None) -> None:
-        line = {"key": key, "outcome": outcome}
+    def record(self, key: str, outcome: str, usage: Usage | None, batch: bool = False) -> None:
+        line: dict[str, Any] = {"key": key, "outcome": outcome} | ({"batch": True} if batch else {})
         if usage is not None:
             line |= usage.model_dump()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -152,5 +154,7 @@ class Ledger:
             total.outcomes[line["outcome"]] = total.outcomes.get(line["outcome"], 0) + 1
             if "prompt_tokens" in line:
                 usage += Usage.model_validate(line)
+                if line.get("batch"):
+                    total.usage_batch += Usage.model_validate(line)
         total.requests, total.usage, total.keys = len(keys), usage, keys
         return total

@@ -26,6 +26,7 @@ from llm_pipeline.logging import get_logger
 from llm_pipeline.progress import ProgressCounter
 from llm_pipeline.qa import extractive
 from llm_pipeline.qa.backends import EXTRACTIVE, open_backend, resolve_backend
+from llm_pipeline.qa.batch import BatchLog, send_batch
 from llm_pipeline.qa.budget import Budget
 from llm_pipeline.qa.checkpoint import Journal, Ledger, Usage
 from llm_pipeline.qa.filters import filter_pairs
@@ -87,12 +88,17 @@ class QAResult:
         }
 
 
-def cost(usage: Usage, model: str | None, config: QAConfig) -> float | None:
+def cost(usage: Usage, model: str | None, config: QAConfig, batch: Usage | None = None) -> float | None:
+    """Dollars for `usage`, of which `batch` went through the Batch API (priced at qa.batch_price_factor)."""
     price = config.prices.get(model or "")
     if price is None:
         return None
-    dollars = usage.prompt_tokens * price.input_per_million + usage.completion_tokens * price.output_per_million
-    return round(dollars / 1_000_000, 6)
+
+    def dollars(u: Usage) -> float:
+        return u.prompt_tokens * price.input_per_million + u.completion_tokens * price.output_per_million
+
+    discounted = dollars(batch) * (1 - config.batch_price_factor) if batch is not None else 0.0
+    return round((dollars(usage) - discounted) / 1_000_000, 6)
 
 
 def generate_qa(
@@ -213,7 +219,12 @@ async def _generate_with_model(
         backend = open_backend(backend_name, config, api_key)
         outcomes.backend_records = getattr(backend, "records_sends", False)
         try:
-            await send_all(backend, todo, outcomes, config.max_format_retries)
+            if config.mode == "batch" and backend_name == "openai":
+                left, again = await send_batch(backend, todo, outcomes, BatchLog(journal.path.parent))  # type: ignore[arg-type]
+                await send_all(backend, left, outcomes, config.max_format_retries)
+                await send_all(backend, again, outcomes, config.max_format_retries, first_round=1)
+            else:
+                await send_all(backend, todo, outcomes, config.max_format_retries)
         finally:
             await backend.aclose()
     result = QAResult(backend=backend_name, model=model, prompt_version=prompts.version)
@@ -244,7 +255,8 @@ async def _generate_with_model(
             "requests_not_sent": len(outcomes.refused),
         }
         log.warning("qa_budget_reached", not_sent=len(outcomes.refused), **result.budget)
-    result.cost_usd, result.cost_sent_usd = cost(result.usage, model, config), cost(result.usage_sent, model, config)
+    result.cost_usd = cost(result.usage, model, config, batch=found.usage_batch)
+    result.cost_sent_usd = cost(result.usage_sent, model, config, batch=sent.usage_batch)
     if failed:
         job, error = failed[0]
         raise TransientError(

@@ -136,15 +136,18 @@ class Outcomes:
             model=self.model,
             prompt_version=self.prompts.version,
             timestamp=utc_now(),
+            batch=job.batch,
         )
 
 
-async def send_all(backend: ChatBackend, todo: list[Job], outcomes: Outcomes, max_format_retries: int) -> None:
+async def send_all(
+    backend: ChatBackend, todo: list[Job], outcomes: Outcomes, max_format_retries: int, first_round: int = 0
+) -> None:
     """Send every job; a reply that fails validation goes round again with the problem, up to
     max_format_retries times. Each outcome is settled (journaled, quarantined or failed) as it arrives."""
     with ProgressCounter(len(todo), "generating QA pairs") as bar:
         pending = todo
-        for round_ in range(max_format_retries + 1):
+        for round_ in range(first_round, max_format_retries + 1):
             again = []
             async for job, outcome in backend.complete_many(pending):
                 if outcomes.settle(job, outcome, round_):
@@ -165,6 +168,7 @@ class Journaled:
     sources: dict[str, str] = field(default_factory=dict)  # pair id -> the chunk it was generated from
     rejects: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    usage_batch: Usage = field(default_factory=Usage)  # the part answered through the Batch API
 
 
 def journaled_pairs(jobs: list[Job], journal: Journal, config: QAConfig) -> Journaled:
@@ -179,6 +183,8 @@ def journaled_pairs(jobs: list[Job], journal: Journal, config: QAConfig) -> Jour
         if entry is None:
             continue  # failed this run: reported by the caller
         total += entry.usage
+        if entry.batch:
+            found.usage_batch += entry.usage
         if entry.status == "quarantined":
             found.rejects.append(
                 {"document_id": job.document.id, "chunk": job.chunk.index, "reason": entry.reason, "raw": entry.raw}
