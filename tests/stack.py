@@ -51,6 +51,26 @@ def shared(env: dict[str, str], script: str) -> str:
     return result.stdout
 
 
+FAIL_A_RUN = """
+import sys
+from prefect.client.orchestration import get_client
+from prefect.states import Failed, Running
+with get_client(sync_client=True) as client:
+    deployment = client.read_deployment_by_name(sys.argv[1])
+    run = client.create_flow_run_from_deployment(deployment.id)
+    client.set_flow_run_state(run.id, Running(), force=True)
+    client.set_flow_run_state(run.id, Failed(message=sys.argv[2]), force=True)
+    print(run.id)
+"""
+
+
+def fail_a_run(env: dict[str, str], deployment: str, message: str) -> str:
+    """A run of `deployment` failed through the stack's API, as the deployer container sees it; its id."""
+    failed = compose(env, "run", "--rm", "deployer", "python", "-c", FAIL_A_RUN, deployment, message)
+    assert failed.returncode == 0, failed.stderr[-2000:]
+    return failed.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     require_docker()

@@ -32,7 +32,7 @@ import pytest
 from tests.conftest import wait_until
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.receivers import WebhookReceiver
-from tests.stack import PROJECT, compose
+from tests.stack import PROJECT, compose, fail_a_run
 
 pytestmark = pytest.mark.slow
 
@@ -329,27 +329,13 @@ def test_a_restart_mid_run_loses_no_run_and_runs_none_twice(stack, api, service)
     )
 
 
-FAIL_A_RUN = """
-from prefect.client.orchestration import get_client
-from prefect.states import Failed, Running
-with get_client(sync_client=True) as client:
-    deployment = client.read_deployment_by_name("llm-pipeline/general-pipeline")
-    run = client.create_flow_run_from_deployment(deployment.id)
-    client.set_flow_run_state(run.id, Running(), force=True)
-    client.set_flow_run_state(run.id, Failed(message="failed on purpose after a Redis restart"), force=True)
-    print(run.id)
-"""
-
-
 def test_after_a_redis_restart_a_failed_run_still_pages(stack, api, pages) -> None:
     env = stack["env"]
     started = time.monotonic()
     restarted = compose(env, "restart", "redis", timeout=300)
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     healthy(env)
-    failed = compose(env, "run", "--rm", "deployer", "python", "-c", FAIL_A_RUN)
-    assert failed.returncode == 0, failed.stderr[-2000:]
-    run_id = failed.stdout.strip().splitlines()[-1]
+    run_id = fail_a_run(env, "llm-pipeline/general-pipeline", "failed on purpose after a Redis restart")
     [page] = wait_until(lambda: paged(pages, run_id, "failed"), 180, "the page after the restart")
     assert page["state"] == "Failed" and page["deployment"] == "llm-pipeline/general-pipeline"
     figures("redis restarted", paged_after_s=round(time.monotonic() - started))

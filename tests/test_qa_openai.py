@@ -17,44 +17,26 @@ from pathlib import Path
 
 import pytest
 
-from llm_pipeline.config import DataConfig, QAConfig, RetryDelays
+from llm_pipeline.config import QAConfig
 from llm_pipeline.errors import TransientError
-from llm_pipeline.ingest import load_documents
 from llm_pipeline.qa import JOURNAL_FILE, QAResult, generate_qa
 from llm_pipeline.qa.checkpoint import Journal
 from llm_pipeline.records import Document
 from tests.fakes.openai_server import FakeOpenAI, document_key
+from tests.qa_support import qa_config, sample
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST_RETRIES = RetryDelays(rate_limit_initial_s=0.01, rate_limit_max_s=0.5, timeout_step_s=0.01, oom_delay_s=0.01)
-PRICE = {"fake-model": {"input_per_million": 0.15, "output_per_million": 0.60}}
 
 
 @pytest.fixture(scope="module")
 def documents() -> list[Document]:
-    return load_documents(DataConfig(path=ROOT / "data" / "ev_charging" / "documents.jsonl", limit=80)).documents
+    return sample(80)
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(hang_s=4.0) as server:
         yield server
-
-
-def qa_config(server: FakeOpenAI, **overrides: object) -> QAConfig:
-    settings: dict[str, object] = {
-        "backend": "openai",
-        "base_url": server.base_url,
-        "model_name": "fake-model",
-        "questions_per_doc": 2,
-        "request_timeout_s": 2.0,  # generous: the SDK's first request in a process takes a while on 2 cores
-        "requests_per_minute": None,
-        "concurrency": 8,
-        "retry": FAST_RETRIES,
-        "prices": PRICE,
-    }
-    settings.update(overrides)
-    return QAConfig.model_validate(settings)
 
 
 def run(docs: list[Document], config: QAConfig, folder: Path) -> QAResult:

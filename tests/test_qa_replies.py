@@ -11,20 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from llm_pipeline.config import DataConfig, QAConfig, RetryDelays
+from llm_pipeline.config import QAConfig
 from llm_pipeline.errors import TransientError
-from llm_pipeline.ingest import load_documents
 from llm_pipeline.qa import QAResult, generate_qa
 from llm_pipeline.records import Document
 from tests.fakes.openai_server import FakeOpenAI, document_key
-
-ROOT = Path(__file__).resolve().parents[1]
-FAST = RetryDelays(rate_limit_initial_s=0.01, rate_limit_max_s=0.2, timeout_step_s=0.01, oom_delay_s=0.01)
+from tests.qa_support import qa_config, sample
 
 
 @pytest.fixture(scope="module")
 def documents() -> list[Document]:
-    return load_documents(DataConfig(path=ROOT / "data" / "ev_charging" / "documents.jsonl", limit=40)).documents
+    return sample(40)
 
 
 @pytest.fixture
@@ -34,19 +31,7 @@ def fake() -> Iterator[FakeOpenAI]:
 
 
 def config(server: FakeOpenAI, **overrides: object) -> QAConfig:
-    settings: dict[str, object] = {
-        "backend": "openai",
-        "base_url": server.base_url,
-        "model_name": "fake-model",
-        "questions_per_doc": 2,
-        "request_timeout_s": 2.0,
-        "requests_per_minute": None,
-        "concurrency": 4,
-        "retry": FAST,
-        "prices": {"fake-model": {"input_per_million": 0.15, "output_per_million": 0.60}},
-    }
-    settings.update(overrides)
-    return QAConfig.model_validate(settings)
+    return qa_config(server, **{"concurrency": 4, **overrides})
 
 
 def ledger(folder: Path, run: str) -> list[dict]:

@@ -11,7 +11,7 @@ import subprocess
 import httpx
 import pytest
 
-from tests.stack import PROJECT, compose, make, shared
+from tests.stack import PROJECT, compose, fail_a_run, make, shared
 
 pytestmark = pytest.mark.slow
 
@@ -96,18 +96,6 @@ def test_worker_logs_are_one_json_event_a_line_with_run_and_stage(stack, test_ru
     assert staged and all("run_id" in e and "stage" in e for e in staged)
 
 
-FAIL_A_RUN = """
-from prefect.client.orchestration import get_client
-from prefect.states import Failed, Running
-with get_client(sync_client=True) as client:
-    deployment = client.read_deployment_by_name("llm-pipeline/test-pipeline")
-    run = client.create_flow_run_from_deployment(deployment.id)
-    client.set_flow_run_state(run.id, Running(), force=True)
-    client.set_flow_run_state(run.id, Failed(message="failed on purpose by the stack test"), force=True)
-    print(run.id)
-"""
-
-
 def test_a_failed_run_pages_through_the_stacks_own_services(stack, deployed) -> None:
     """The production path: the API publishes the Failed event to Redis, prefect-services' trigger and action
     services pick it up and call the webhook that `flows.alerts` installed (here, a server in this test)."""
@@ -128,9 +116,7 @@ def test_a_failed_run_pages_through_the_stacks_own_services(stack, deployed) -> 
         installed = compose(stack["env"], "run", "--rm", "-e", f"ALERT_WEBHOOK_URL={target}", "deployer",
                             "python", "-m", "flows.alerts")  # fmt: skip
         assert installed.returncode == 0 and "alert targets: webhook" in installed.stdout, installed.stderr[-2000:]
-        failed = compose(stack["env"], "run", "--rm", "deployer", "python", "-c", FAIL_A_RUN)
-        assert failed.returncode == 0, failed.stderr[-2000:]
-        run_id = failed.stdout.strip().splitlines()[-1]
+        run_id = fail_a_run(stack["env"], "llm-pipeline/test-pipeline", "failed on purpose by the stack test")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not [
             r for r in receiver.at("/hook") if r.body.get("flow_run_id") == run_id
