@@ -70,6 +70,9 @@ def stage_summary(prefix: str, result: StageResult, output_root: Path | None = N
     if result.cached:
         lines += [f"Reused from an earlier run (cache hit): `{result.reused_from or 'this run folder'}`.", ""]
     lines += [f"Duration: **{result.duration_s:.1f} s**, started {result.started_at}.", ""]
+    status = str(result.counts.get("status", ""))
+    if status.startswith("partial"):  # e.g. the QA spending cap reached: say it before anything else
+        lines += [f"**{status}**", ""]
     if result.counts:
         lines += ["| count | value |", "|---|---|"]
         lines += [f"| {k} | {_cell(v)} |" for k, v in result.counts.items()]
