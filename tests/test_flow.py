@@ -285,3 +285,40 @@ def test_no_secret_reaches_any_output_or_log(
     for value in secrets.values():
         assert value not in printed.out + printed.err
         assert all(value not in log.message for log in logs)
+
+
+def test_a_qa_spending_cap_ends_the_stage_partial_and_says_so_everywhere(prefect_server, tmp_path: Path) -> None:
+    """The cap reached mid-stage: the pipeline goes on with what was answered, and the report, the manifest and
+    the stage's Prefect artifact all say QA is partial, with the numbers."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
+
+    from flows.pipeline import llm_pipeline
+
+    with FakeOpenAI() as server:
+        qa = {
+            "backend": "openai",
+            "base_url": server.base_url,
+            "model_name": "fake-model",
+            "requests_per_minute": None,
+            "prices": {"fake-model": {"input_per_million": 0.15, "output_per_million": 0.6}},
+            "max_cost_usd": 0.004,
+        }
+        overrides = {"output_path": str(tmp_path), "data": {"limit": 60}, "qa": qa, "benchmark": {"size": 10}}
+        result = llm_pipeline(config_path=CONFIG, overrides={**overrides, "evaluation": {"metrics": ["exact_match"]}})
+        billed = server.stats()["billed"]
+    assert (billed["prompt_tokens"] * 0.15 + billed["completion_tokens"] * 0.6) / 1e6 <= 0.004
+    run_dir = Path(result["run_dir"])
+    counts = json.loads((run_dir / "manifest.json").read_text())["stages"]["generate-qa-pairs"]["counts"]
+    assert counts["status"].startswith("partial: budget reached") and 0 < counts["requests.refused_budget"] < 60
+    assert "**QA partial: budget reached" in (run_dir / "report.md").read_text()
+
+    async def artifact() -> Any:
+        async with get_client() as client:
+            [found] = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["test-pipeline-generate-qa-pairs"])),
+                flow_run_filter=FlowRunFilter(id={"any_": [result["flow_run_id"]]}),
+            )
+            return found
+
+    assert "**partial: budget reached" in asyncio.run(artifact()).data
