@@ -16,7 +16,7 @@ from llm_pipeline.errors import TransientError
 from llm_pipeline.qa import QAResult, generate_qa
 from llm_pipeline.records import Document
 from tests.fakes.openai_server import FakeOpenAI, document_key
-from tests.qa_support import qa_config, sample
+from tests.qa_support import FAST_RETRIES, qa_config, sample
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +193,30 @@ def test_a_cap_below_the_first_request_sends_nothing_and_says_so(documents: list
 def test_a_cap_needs_a_price() -> None:
     with pytest.raises(ValueError, match="max_cost_usd needs the price of model gpt-4o-mini"):
         QAConfig(backend="openai", base_url="http://x", max_cost_usd=1.0)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_server_nobody_here_scripted_never_crashes_the_stage(
+    documents: list[Document], tmp_path: Path, seed: int
+) -> None:
+    """tests/fakes/hostile_server.py draws every reply at random (statuses, content types, JSON trees in place of
+    any field, cut bodies, bytes, nonsense Retry-After). The stage only ever finishes or fails transiently for
+    Prefect's retry (the same run id); within a few such retries every document is accounted for."""
+    from tests.fakes.hostile_server import HostileServer
+
+    docs = documents[:20]
+    with HostileServer(seed) as server:
+        settings = config(server, retry=FAST_RETRIES.model_copy(update={"rate_limit_max_s": 0.1}))  # type: ignore[arg-type]
+        for _ in range(6):
+            try:
+                result = generate_qa(docs, settings, checkpoint_dir=tmp_path, run_id="hostile")
+                break
+            except TransientError:
+                continue  # what Prefect's stage retry does
+        else:
+            pytest.fail("still failing transiently after 6 stage attempts")
+    accounted(result, docs)
+    assert (
+        result.requests["http_requests"] >= len(docs)
+        and sum(result.outcomes.values()) == result.requests["http_requests"]
+    )
