@@ -28,6 +28,7 @@ GPU_SLOTS = "gpu-slots"
 IMAGE = os.environ.get("LLM_PIPELINE_IMAGE", "llm-pipeline:cpu")
 COMPOSE_PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "llm-pipeline")
 HEARTBEAT_SECONDS = os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
+CLIENT_RETRY_EXTRA_CODES = os.environ.get("PREFECT_CLIENT_RETRY_EXTRA_CODES", "500")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,11 @@ def docker_job_template() -> dict[str, Any]:
     }
     # A flow-run container's heartbeats must come as often as the workers' do: the zombie automation crashes a
     # deployment run whose heartbeats stop for RECOVERY_HEARTBEAT_WINDOW (Prefect's default is every 180 s).
-    variables["env"]["default"] = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": HEARTBEAT_SECONDS}
+    # And it rides out a database restart as they do: a 500 from the API is retried (docker-compose.yml says why).
+    variables["env"]["default"] = {
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": HEARTBEAT_SECONDS,
+        "PREFECT_CLIENT_RETRY_EXTRA_CODES": CLIENT_RETRY_EXTRA_CODES,
+    }
     return template
 
 
