@@ -212,7 +212,7 @@ async def _generate_with_model(
     todo = [job for job in jobs if job.key not in journal]
     budget = Budget(config.max_cost_usd, config.max_total_tokens, config.prices.get(model), ledger.sent().usage)
     for job in todo:
-        job.ledger, job.budget = ledger, budget
+        job.ledger, job.budget = ledger, budget if budget.capped else None  # no cap: nothing to hold per request
     log.info("qa_requests_planned", total=len(jobs), reused=len(jobs) - len(todo), to_send=len(todo))
     outcomes = Outcomes(journal, backend_name, model, prompts, config.max_format_retries)
     if todo:

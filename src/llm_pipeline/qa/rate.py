@@ -66,7 +66,6 @@ class RateController:
         self._last_decrease = -1e9
         self._recent: list[float] = []  # start times in the last few seconds: the rate actually achieved
         self._lock = asyncio.Lock()
-        self.decreases = 0
         self.learned: float | None = None  # just under the rate of the last 429: not exceeded, then probed slowly
         self._answered = asyncio.Event()  # a first reply (or failure) has come back: its headers may say the limit
         self._probing = False
@@ -116,8 +115,8 @@ class RateController:
             wait = min(reset, 1 / self.rate) if self.rate else reset
             self._paused_until = max(self._paused_until, time.monotonic() + wait)
 
-    def succeeded(self, headers: Mapping[str, str] | None = None) -> None:
-        self.observe(headers)
+    def succeeded(self) -> None:
+        """A reply came back whole (its headers were observed already): add a little of the rate back."""
         if self.rate is None:
             return
         top = min(x for x in (self.ceiling, self.server_limit, self.learned, float("inf")) if x is not None)
@@ -141,5 +140,4 @@ class RateController:
         self.learned = min(self.learned or float("inf"), current * 0.95)
         # halved when the server's limit is unknown; a tenth off when it advertised one (the 429 is jitter then)
         self.rate = max(MIN_RATE, current * (0.9 if self.server_limit else 0.5))
-        self.decreases += 1
         log.warning("qa_rate_decreased", requests_per_minute=round(self.rate * 60, 1), retry_after_s=retry_after)
