@@ -220,3 +220,19 @@ def test_a_server_nobody_here_scripted_never_crashes_the_stage(
         result.requests["http_requests"] >= len(docs)
         and sum(result.outcomes.values()) == result.requests["http_requests"]
     )
+
+
+def test_the_rate_controller_pauses_on_an_empty_bucket_only_when_it_is_faster_than_the_limit() -> None:
+    """Paced at the advertised limit, each spacing refills the token the next request takes: "0 remaining" on
+    every reply is the bucket working as meant, and pausing on it too cost 30 % of a 120/min limit (measured).
+    A server that says nothing of its limit but reports an empty bucket is obeyed."""
+    from llm_pipeline.qa.rate import RateController
+
+    paced = RateController(requests_per_minute=500)
+    paced.observe({"x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "0",
+                   "x-ratelimit-reset-requests": "1s"})  # fmt: skip
+    assert paced.rate == pytest.approx(2.0) and paced._paused_until == 0.0
+
+    unknown = RateController(requests_per_minute=500)
+    unknown.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s"})
+    assert unknown._paused_until > 0.0
