@@ -75,7 +75,17 @@ def stage_summary(prefix: str, result: StageResult, output_root: Path | None = N
         lines += [f"**{status}**", ""]
     if result.counts:
         lines += ["| count | value |", "|---|---|"]
-        lines += [f"| {k} | {_cell(v)} |" for k, v in result.counts.items()]
+        lines += [f"| {k} | {_cell(v)} |" for k, v in result.counts.items() if k != "sources.files"]
+        lines.append("")
+    files = result.counts.get("sources.files") or []
+    if files:  # the loader's per-file summary: a file that gave nothing must be seen where the run is looked at
+        lines += ["| input file | status | format | records | documents | quarantined | why |", "|---" * 7 + "|"]
+        for f in files[:50]:
+            reason = str(f.get("reason") or "").replace("|", "/")[:120]
+            lines.append(
+                f"| {f['path']} | {f['status']} | {f.get('format') or ''} | {f['records']} | {f['documents']} | "
+                f"{f['quarantined']} | {reason} |"
+            )
         lines.append("")
     if result.resources:
         lines += ["| resource | value |", "|---|---|"]

@@ -322,3 +322,52 @@ def test_a_qa_spending_cap_ends_the_stage_partial_and_says_so_everywhere(prefect
             return found
 
     assert "**partial: budget reached" in asyncio.run(artifact()).data
+
+
+def test_a_folder_of_jsonl_files_loads_like_the_one_file_and_a_folder_of_nothing_fails(
+    prefect_server, tmp_path: Path
+) -> None:
+    """The sample corpus split over a folder (JSONL, gzipped JSONL, CSV) gives the same documents as the file; a
+    folder that yields none fails the run naming data.min_documents, never "completed" with nothing."""
+    import csv
+    import gzip
+
+    from flows.pipeline import llm_pipeline
+
+    lines = (ROOT / "data/ev_charging/documents.jsonl").read_bytes().splitlines(keepends=True)  # bad ones too
+    folder = tmp_path / "corpus"
+    (folder / "part-2").mkdir(parents=True)
+    third = len(lines) // 3
+    (folder / "part-1.jsonl").write_bytes(b"".join(lines[:third]))
+    (folder / "part-2" / "more.jsonl.gz").write_bytes(gzip.compress(b"".join(lines[third : 2 * third])))
+    with (folder / "part-3.csv").open("w", newline="") as handle:  # the records a CSV can hold: id, text, metadata
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text", "metadata"])
+        for line in lines[2 * third :]:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(r, dict) and isinstance(r.get("text"), str):
+                writer.writerow([r.get("id", ""), r["text"], json.dumps(r.get("metadata") or {})])
+    (folder / "notes.odt").write_bytes(b"PK\x03\x04 an office file this loader does not read")
+    out = tmp_path / "out"
+    llm_pipeline(config_path=CONFIG, overrides={"output_path": str(out), "data": {"path": str(folder)}})
+    run_dir = next(out.rglob("manifest.json")).parent
+    counts = json.loads((run_dir / "manifest.json").read_text())["stages"]["load-and-deduplicate-data"]["counts"]
+    assert counts["files.loaded"] == 3 and counts["files.skipped"] == 1 and counts["documents"] >= 300
+    report = (run_dir / "report.md").read_text()
+    assert "## Inputs" in report and "| `notes.odt` | skipped |" in report
+    assert "| `part-2/more.jsonl.gz` | loaded | jsonl (gzip) |" in report
+
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    (empty / "slides.pptx").write_bytes(b"PK\x03\x04")
+    (empty / "README").write_text("no documents here")
+    from tests.test_config import run_cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text((ROOT / "configs/test.yaml").read_text())
+    cli = run_cli("run", "--config", str(config), "--set", f"data.path={empty}", "--set", f"output_path={out}")
+    assert cli.returncode != 0, cli.stdout[-2000:]
+    assert "data.min_documents: 0 documents loaded" in cli.stdout + cli.stderr

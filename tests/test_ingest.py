@@ -12,7 +12,7 @@ import pytest
 
 from llm_pipeline.config import DataConfig
 from llm_pipeline.errors import DataValidationError
-from llm_pipeline.ingest import load_documents, normalize_text
+from llm_pipeline.ingest import load_documents, normalize_text, require_documents
 
 GOOD = [
     {"id": "a", "text": "Level 2 chargers deliver 7 kW.", "metadata": {"category": "technical"}},
@@ -111,14 +111,17 @@ def test_every_kind_of_bad_record_is_quarantined_and_good_ones_go_on(tmp_path: P
 
 
 def test_unreadable_file_fails_clearly(tmp_path: Path) -> None:
+    """Skipped with its reason by default (then too few documents fails the stage, naming it); `fail` at once."""
     path = tmp_path / "d.parquet"
     path.write_bytes(b"this is not parquet")
-    with pytest.raises(DataValidationError, match="not a readable Parquet file"):
-        load(path)
+    with pytest.raises(DataValidationError, match="data.min_documents: 0 documents.*not a readable Parquet file"):
+        require_documents(load(path), DataConfig(path=path))
+    with pytest.raises(DataValidationError, match="not a readable Parquet file.*on_bad_file: fail"):
+        load(path, on_bad_file="fail")
     bad_json = tmp_path / "d.json"
     bad_json.write_text("{not json")
-    with pytest.raises(DataValidationError, match="not valid UTF-8 JSON"):
-        load(bad_json)
+    with pytest.raises(DataValidationError, match="d.json: not valid JSON"):
+        load(bad_json, on_bad_file="fail")
 
 
 def test_sample_corpus_quarantines_its_planted_bad_records() -> None:

@@ -66,10 +66,21 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    path: Path = Field(description="A file (json, jsonl, csv, parquet) or a folder of .txt/.md files.")
-    format: Literal["auto", "json", "jsonl", "csv", "parquet", "folder"] = "auto"
+    path: Path = Field(
+        description="A file or a folder (read recursively): JSONL, JSON, CSV/TSV, Parquet, .txt, .md, HTML, PDF, "
+        "DOCX; the text formats also .gz, .bz2, .xz, .zst."
+    )
+    format: Literal[
+        "auto", "folder", "jsonl", "json", "csv", "tsv", "parquet", "text", "markdown", "html", "pdf", "docx"
+    ] = Field("auto", description="auto: by each file's name and first bytes. A single file's format otherwise.")
     max_chars: int = Field(50_000, gt=0, description="Longer records are quarantined.")
     limit: int | None = Field(None, gt=0, description="Read at most this many good records (quick runs).")
+    min_documents: int = Field(1, ge=0, description="Fewer documents loaded fails the stage (0: never).")
+    on_bad_file: Literal["skip", "fail"] = Field(
+        "skip", description="A file that cannot be read: skip it with a counted warning, or fail the stage."
+    )
+    include: list[str] = Field(default_factory=list, description="Globs (relative paths) a folder's files must match.")
+    exclude: list[str] = Field(default_factory=list, description="Globs (relative paths) of a folder's files to leave.")
 
     @field_validator("path")
     @classmethod
@@ -77,6 +88,14 @@ class DataConfig(Section):
         if not path.exists():
             raise ValueError(f"no such file or folder: {path}")
         return path
+
+    @model_validator(mode="after")
+    def _format_fits_path(self) -> DataConfig:
+        if self.path.is_dir() and self.format not in ("auto", "folder"):
+            raise ValueError(f"format: {self.format!r} is for a single file; a folder's files are told by their names")
+        if self.path.is_file() and self.format == "folder":
+            raise ValueError(f"format: 'folder' but {self.path} is a file")
+        return self
 
 
 def _registered(registry_path: str, value: str, also: tuple[str, ...] = ()) -> str:

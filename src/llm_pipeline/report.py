@@ -86,6 +86,7 @@ def render_report(
             f"{'yes' if stage.get('cached') else 'no'} | {counts} |"
         )
 
+    lines += input_lines(manifest)
     charts = charts or {}
     if "stage_timings" in charts:
         lines += ["", f"![stage timings]({charts['stage_timings']})"]
@@ -146,6 +147,52 @@ def render_report(
     )
     lines += ["", "## Files", ""] + [f"- `{f}`" for f in sorted(manifest.get("files", []))]
     return "\n".join(lines) + "\n"
+
+
+INPUT_ROWS = 30  # files shown in the report; every one is in the manifest (up to 1,000)
+
+
+def input_lines(manifest: dict[str, Any]) -> list[str]:
+    """The inputs, file by file: what each gave, and every file skipped or failed with its reason (those first)."""
+    stages = manifest.get("stages", {}).values()
+    counts = next((s["counts"] for s in stages if "sources.files" in s.get("counts", {})), {})  # the loader's
+    files = counts.get("sources.files")
+    if not files:
+        return []
+    lines = [
+        "",
+        "## Inputs",
+        "",
+        f"{counts.get('files', len(files))} files: {counts.get('files.loaded', 0)} read, "
+        f"{counts.get('files.skipped', 0)} skipped, {counts.get('files.failed', 0)} failed; "
+        f"{counts.get('documents', 0)} documents from {counts.get('records_seen', 0)} records, "
+        f"{counts.get('rejected', 0)} quarantined (`rejects.jsonl`).",
+    ]
+    repaired = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("repaired.")}
+    if repaired:
+        lines.append("Repaired in place: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in repaired.items()) + ".")
+    if counts.get("files.failed") or counts.get("files.skipped"):
+        lines.append("")
+        lines.append(
+            f"**Warning: {counts.get('files.failed', 0) + counts.get('files.skipped', 0)} files gave nothing.**"
+        )
+    lines += [
+        "",
+        "| file | status | format | records | documents | quarantined | why |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in files[:INPUT_ROWS]:
+        fmt = f.get("format") or ""
+        if f.get("compression"):
+            fmt += f" ({f['compression']})"
+        reason = (f.get("reason") or "").replace("|", "/")[:160]
+        lines.append(
+            f"| `{f['path']}` | {f['status']} | {fmt} | {f['records']} | {f['documents']} | {f['quarantined']} | "
+            f"{reason} |"
+        )
+    if len(files) > INPUT_ROWS:
+        lines.append(f"\n{len(files) - INPUT_ROWS} more files in the manifest's `sources.files`.")
+    return lines
 
 
 def qa_cost_lines(qa: dict[str, Any], cached: bool = False) -> list[str]:

@@ -1,0 +1,239 @@
+"""Load every record under `data.path`, a file or a folder (walked recursively): good records become Documents,
+bad ones Rejects with their file, place and reason, and each file gets a line in the summary (records, documents,
+quarantined; or skipped, or failed, and why). Unknown files are listed as skipped, never read as documents."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_pipeline.config import DataConfig
+from llm_pipeline.errors import DataValidationError
+from llm_pipeline.ingest.documents import WHOLE_FILE
+from llm_pipeline.ingest.records import BadRecord, to_document
+from llm_pipeline.ingest.sources import Kind, UnreadableFile, _compression_of, _head, classify, stem
+from llm_pipeline.ingest.tables import RawItem, read_csv, read_json, read_jsonl, read_parquet
+from llm_pipeline.logging import get_logger
+from llm_pipeline.records import Document, Reject
+
+log = get_logger("ingest")
+
+TABLES = {"jsonl": read_jsonl, "json": read_json, "csv": read_csv, "tsv": read_csv, "parquet": read_parquet}
+SUMMARY_FILES = 1000  # files listed one by one in the summary; the totals count every file
+
+
+@dataclass
+class FileSummary:
+    path: str  # relative to data.path (the file's name when data.path is a file)
+    status: str  # loaded | skipped | failed
+    format: str | None = None
+    compression: str | None = None
+    records: int = 0
+    documents: int = 0
+    quarantined: int = 0
+    reason: str | None = None  # why skipped or failed
+
+
+@dataclass
+class IngestResult:
+    documents: list[Document] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    records_seen: int = 0
+    files: list[FileSummary] = field(default_factory=list)
+    repairs: Counter[str] = field(default_factory=Counter)
+
+    def counts(self) -> dict[str, Any]:
+        reasons = Counter(reject.reason.split(":")[0] for reject in self.rejects)
+        statuses = Counter(f.status for f in self.files)
+        return {
+            "records_seen": self.records_seen,
+            "documents": len(self.documents),
+            "rejected": len(self.rejects),
+            "files": len(self.files),
+            **{f"files.{k}": statuses.get(k, 0) for k in ("loaded", "skipped", "failed")},
+            **{f"rejected.{k}": v for k, v in sorted(reasons.items())},
+            **{f"repaired.{k}": v for k, v in sorted(self.repairs.items())},
+        }
+
+    def file_summary(self) -> list[dict[str, Any]]:
+        """Every file that failed or was skipped, then the loaded ones, up to SUMMARY_FILES lines."""
+        order = {"failed": 0, "skipped": 1, "loaded": 2}
+        return [asdict(f) for f in sorted(self.files, key=lambda f: order[f.status])[:SUMMARY_FILES]]
+
+
+def detect_format(path: Path) -> str:
+    """`folder`, or a single file's format (as `data.format: auto` would read it)."""
+    if path.is_dir():
+        return "folder"
+    try:
+        kind = classify(path)
+    except UnreadableFile as exc:
+        raise DataValidationError(f"data.path: {path}: {exc}") from exc
+    if kind is None:
+        raise DataValidationError(f"data.path: cannot tell the format of {path} (use data.format)")
+    return kind.format
+
+
+def line_bound(max_chars: int) -> int:
+    """Bytes a line (or a text file) may hold: UTF-8's 4 bytes a character, JSON's escapes and some metadata.
+    Anything longer is quarantined as too long without being parsed, so memory stays near this bound."""
+    return 6 * max_chars + 65_536
+
+
+def _walk(root: Path, config: DataConfig) -> Iterator[Path]:
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue  # hidden files and folders (.git, .DS_Store, editors' swap files): never a team's data
+        if not path.is_file():
+            continue
+        if config.include and not any(fnmatch.fnmatch(relative, p) for p in config.include):
+            continue
+        if any(fnmatch.fnmatch(relative, p) for p in config.exclude):
+            continue
+        yield path
+
+
+def _kind(path: Path, config: DataConfig) -> Kind | None:
+    if config.format in ("auto", "folder"):
+        return classify(path)
+    return Kind(config.format, _compression_of(_head(path)))
+
+
+def _raw_items(path: Path, kind: Kind, relative: str, max_bytes: int, nested: bool) -> Iterator[RawItem]:
+    if kind.format in TABLES:
+        for location, item, raw in TABLES[kind.format](path, kind, max_bytes):
+            if nested and isinstance(item, dict) and isinstance(item.get("metadata") or {}, dict):
+                metadata = dict(item.get("metadata") or {})
+                metadata.setdefault("source_file", relative)
+                if "/" in relative:
+                    metadata.setdefault("category", relative.split("/")[0])
+                item = {**item, "metadata": metadata}
+            yield location, item, raw
+        return
+    try:
+        record = WHOLE_FILE[kind.format](path, kind, max_bytes)
+    except BadRecord as bad:
+        yield "file", bad, None
+        return
+    metadata = {"source_file": relative, **record["metadata"]}
+    if "/" in relative:
+        metadata["category"] = relative.split("/")[0]
+    yield "file", {"id": stem(Path(relative)).as_posix(), "text": record["text"], "metadata": metadata}, None
+
+
+def load_documents(config: DataConfig) -> IngestResult:
+    """Read every record under `config.path`; good ones become Documents, bad ones Rejects. Order is kept (files
+    in sorted order). A file that cannot be read is skipped with a warning (`data.on_bad_file: skip`) or fails
+    the load (`fail`). Call `require_documents` to enforce `data.min_documents`."""
+    if not config.path.exists():
+        raise DataValidationError(f"data.path: no such file or folder: {config.path}")
+    folder = config.path.is_dir()
+    files = _walk(config.path, config) if folder else iter([config.path])
+    result = IngestResult()
+    seen_ids: set[str] = set()
+    max_bytes = line_bound(config.max_chars)
+    for path in files:
+        relative = path.relative_to(config.path).as_posix() if folder else path.name
+        summary = FileSummary(path=relative, status="loaded")
+        result.files.append(summary)
+        try:
+            kind = _kind(path, config)
+            if kind is None:
+                summary.status, summary.reason = "skipped", f"not a supported format ({path.suffix or 'no suffix'})"
+                log.warning("file_skipped", file=relative, reason=summary.reason)
+                continue
+            summary.format, summary.compression = kind.format, kind.compression
+            for location, item, raw in _raw_items(path, kind, relative, max_bytes, nested=folder):
+                summary.records += 1
+                result.records_seen += 1
+                document = _accept(item, raw, location, str(path), config, seen_ids, result)
+                if document is None:
+                    summary.quarantined += 1
+                    continue
+                summary.documents += 1
+                if config.limit is not None and len(result.documents) >= config.limit:
+                    break
+        except Exception as exc:  # whatever a damaged file raises, it is this file's failure, not the stage's
+            reason = str(exc) if isinstance(exc, UnreadableFile) else f"{type(exc).__name__}: {exc}"
+            summary.status, summary.reason = "failed", reason[:500]
+            if config.on_bad_file == "fail":
+                raise DataValidationError(f"data.path: cannot read {path}: {reason} (data.on_bad_file: fail)") from exc
+            log.warning("file_failed", file=relative, reason=summary.reason, records_kept=summary.documents)
+        if config.limit is not None and len(result.documents) >= config.limit:
+            break
+    log.info("documents_loaded", **{k: v for k, v in result.counts().items() if v})
+    return result
+
+
+def _accept(
+    item: dict[str, Any] | BadRecord,
+    raw: str | None,
+    location: str,
+    source: str,
+    config: DataConfig,
+    seen_ids: set[str],
+    result: IngestResult,
+) -> Document | None:
+    """The record as a Document, kept in `result`; or None, its Reject kept instead."""
+    try:
+        if isinstance(item, BadRecord):
+            raise item
+        document = to_document(item, config.max_chars, result.repairs)
+        if document.id in seen_ids:
+            raise BadRecord(f"duplicate_id: {document.id} appeared earlier")
+    except BadRecord as bad:
+        record_id = item.get("id") if isinstance(item, dict) else None
+        result.rejects.append(
+            Reject(
+                source=source,
+                location=location,
+                reason=str(bad),
+                record_id=None if record_id is None else _safe(str(record_id)),
+                raw=_safe(raw) if raw is not None else _preview(item),
+            )
+        )
+        log.warning("record_quarantined", file=source, location=location, reason=str(bad))
+        return None
+    seen_ids.add(document.id)
+    result.documents.append(document)
+    return document
+
+
+def require_documents(result: IngestResult, config: DataConfig) -> None:
+    """Fail, naming the field and what the files held, when fewer than `data.min_documents` documents loaded: a
+    run over inputs that yield nothing must not end "completed"."""
+    if len(result.documents) >= config.min_documents:
+        return
+    counts = result.counts()
+    problems = [f"{f.path}: {f.reason}" for f in result.files if f.status != "loaded"][:5]
+    reasons = Counter(r.reason.split(":")[0] for r in result.rejects).most_common(3)
+    detail = f"{counts['files']} files ({counts['files.loaded']} read, {counts['files.failed']} failed, "
+    detail += f"{counts['files.skipped']} skipped), {counts['records_seen']} records, {counts['rejected']} quarantined"
+    if reasons:
+        detail += " (" + ", ".join(f"{reason}: {n}" for reason, n in reasons) + ")"
+    if problems:
+        detail += "; " + "; ".join(problems)
+    raise DataValidationError(
+        f"data.min_documents: {len(result.documents)} documents loaded from {config.path}, at least "
+        f"{config.min_documents} needed: {detail}"
+    )
+
+
+def _safe(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:200]
+
+
+def _preview(item: Any) -> str | None:
+    import json
+
+    if isinstance(item, dict):
+        try:
+            return _safe(json.dumps(item, ensure_ascii=False, default=str)[:200])
+        except (RecursionError, ValueError):
+            return "<a record too deeply nested to show>"
+    return None

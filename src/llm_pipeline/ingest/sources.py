@@ -1,0 +1,193 @@
+"""What a file is and how to read it: its format (by extension, confirmed or found by its first bytes), its
+compression (gzip, bzip2, xz, zstd; streamed), its encoding (UTF-8, or UTF-16/32 by their byte-order marks), and
+its lines, each bounded in size so that no record, however long, costs more memory than a few times the bound.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import gzip
+import io
+import lzma
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+CHUNK = 1 << 16
+
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd"}
+_COMPRESSION_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+)
+FORMATS_BY_SUFFIX = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".text": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".pdf": "pdf",
+    ".docx": "docx",
+}
+BINARY_FORMATS = {"parquet", "pdf", "docx"}  # need the whole file, seekable: never compressed here
+# Byte-order marks, longest first: UTF-32-LE's starts with UTF-16-LE's.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+class UnreadableFile(Exception):
+    """The file as a whole cannot be read (wrong magic, damaged archive, undecodable): its reason is the skip's."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    format: str  # jsonl, json, csv, tsv, parquet, text, markdown, html, pdf, docx
+    compression: str | None = None
+
+
+def stem(path: Path) -> Path:
+    """The path without its compression suffix and format suffix: `guides/a.md.gz` -> `guides/a`."""
+    if path.suffix.lower() in COMPRESSIONS:
+        path = path.with_suffix("")
+    return path.with_suffix("") if path.suffix.lower() in FORMATS_BY_SUFFIX else path
+
+
+def _head(path: Path, size: int = 8) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(size)
+
+
+def _compression_of(head: bytes) -> str | None:
+    return next((name for magic, name in _COMPRESSION_MAGIC if head.startswith(magic)), None)
+
+
+def _sniff_format(path: Path, head: bytes) -> str | None:
+    """A format told by the first bytes alone, for files whose name does not say it."""
+    if head.startswith(b"%PDF-"):
+        return "pdf"
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return "docx" if "word/document.xml" in archive.namelist() else None
+        except zipfile.BadZipFile:
+            return None
+    text = head.lstrip(codecs.BOM_UTF8).lstrip().lower()
+    if text.startswith((b"<!doctype h", b"<html")):
+        return "html"
+    return None
+
+
+def classify(path: Path) -> Kind | None:
+    """The file's kind, or None when it is of no format this loader reads. The name decides the format when it
+    has a known suffix (a `.pdf` that is not a PDF then fails to read, loudly); the first bytes decide otherwise.
+    Compression is read from the first bytes always, so a `.jsonl.gz` and a gzipped `.jsonl` read alike."""
+    head = _head(path, 512)
+    compression = _compression_of(head)
+    suffix = path.suffix.lower()
+    inner = path.with_suffix("") if suffix in COMPRESSIONS else path
+    fmt = FORMATS_BY_SUFFIX.get(inner.suffix.lower())
+    if fmt is None and compression is None:
+        fmt = _sniff_format(path, head)
+    if fmt is None:
+        return None
+    if compression is None and suffix in COMPRESSIONS:
+        raise UnreadableFile(f"named {suffix} but not {COMPRESSIONS[suffix]}-compressed")
+    if compression and fmt in BINARY_FORMATS:
+        raise UnreadableFile(f"a compressed {fmt} is not supported: decompress it first")
+    return Kind(fmt, compression)
+
+
+@contextmanager
+def open_binary(path: Path, compression: str | None) -> Iterator[BinaryIO]:
+    """The file's bytes, decompressed as they are read (never whole in memory)."""
+    if compression is None:
+        with path.open("rb") as handle:
+            yield handle
+        return
+    if compression == "zstd":
+        import zstandard
+
+        with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as reader:
+            yield io.BufferedReader(reader, CHUNK)  # type: ignore[arg-type]
+        return
+    opener = {"gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open}[compression]
+    with opener(path, "rb") as handle:
+        yield io.BufferedReader(handle, CHUNK)  # type: ignore[arg-type]
+
+
+def sniff_encoding(stream: io.BufferedReader) -> str:
+    """UTF-16 or UTF-32 when the stream starts with their byte-order mark, else UTF-8. A UTF-8 mark is consumed
+    (so it never reaches a record, a CSV header or a document's text); UTF-16/32 codecs consume their own."""
+    head = stream.peek(4)[:4]
+    for bom, encoding in _BOMS:
+        if head.startswith(bom):
+            if encoding == "utf-8":
+                stream.read(len(bom))
+            return encoding
+    return "utf-8"
+
+
+def bounded_lines(stream: io.BufferedReader, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, the line's UTF-8 bytes) for each line; None for a line over `max_bytes`, which is read
+    through in chunks and dropped, so memory stays near `max_bytes` whatever the line's length. UTF-16/32 streams
+    are decoded (strictly: a bad code unit fails the file) and re-encoded to UTF-8, surrogates passed through."""
+    encoding = sniff_encoding(stream)
+    if encoding == "utf-8":
+        read_line = stream.readline
+        encode = None
+    else:
+        text = io.TextIOWrapper(stream, encoding=encoding, newline="")
+        read_line = text.readline  # type: ignore[assignment]
+
+        def encode(line: str) -> bytes:
+            return line.encode("utf-8", "surrogatepass")
+
+    number = 0
+    while True:
+        try:
+            line = read_line(max_bytes + 1)
+        except UnicodeDecodeError as exc:
+            raise UnreadableFile(f"not valid {encoding.upper()} after line {number}: {exc.reason}") from exc
+        if not line:
+            return
+        number += 1
+        ending = "\n" if isinstance(line, str) else b"\n"
+        if len(line) > max_bytes and not line.endswith(ending):  # type: ignore[arg-type]
+            while True:  # read the rest of this line through, keeping nothing
+                rest = read_line(CHUNK)
+                if not rest or rest.endswith(ending):  # type: ignore[arg-type]
+                    break
+            yield number, None
+            continue
+        yield number, (encode(line) if encode else line)  # type: ignore[arg-type,misc]
+
+
+def read_bounded(stream: io.BufferedReader, max_bytes: int) -> tuple[str, int] | None:
+    """A whole small file as text (BOM handled as in `sniff_encoding`), or None when it holds over `max_bytes`.
+    Raises UnicodeDecodeError (for UTF-8: the record's quarantine gives the position)."""
+    encoding = sniff_encoding(stream)
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        return None
+    return data.decode(encoding), len(data)

@@ -1,0 +1,180 @@
+"""Files of many records: JSON Lines, JSON, CSV/TSV and Parquet. Each reader is a generator of
+(location, raw record or the reason it is bad, raw text) and never holds more than one record (or one Parquet
+batch) at a time; a record that cannot be parsed is yielded as a `BadRecord` and the file goes on."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from llm_pipeline.ingest.records import BadRecord
+from llm_pipeline.ingest.sources import Kind, UnreadableFile, bounded_lines, open_binary, sniff_encoding
+
+RawItem = tuple[str, dict[str, Any] | BadRecord, str | None]  # location, record or why not, raw text
+_ESCAPED = range(0xDC80, 0xDD00)  # where surrogateescape puts bytes that are not UTF-8
+
+
+def _parse_json_record(line: str) -> dict[str, Any] | BadRecord:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return BadRecord(f"invalid_json: {exc.msg} (column {exc.colno})")
+    except RecursionError:
+        return BadRecord("too_deep: nested too deeply to parse")
+    if not isinstance(record, dict):
+        return BadRecord(f"wrong_type: expected an object, got {type(record).__name__}")
+    return record
+
+
+def read_jsonl(path: Path, kind: Kind, max_bytes: int) -> Iterator[RawItem]:
+    with open_binary(path, kind.compression) as stream:
+        for number, raw_line in bounded_lines(stream, max_bytes):  # type: ignore[arg-type]
+            location = f"line {number}"
+            if raw_line is None:
+                yield location, BadRecord(f"too_long: the line is over {max_bytes} bytes"), None
+                continue
+            if not raw_line.strip():
+                continue
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield location, BadRecord(f"not_utf8: {exc.reason} at byte {exc.start}"), repr(raw_line[:200])
+                continue
+            record = _parse_json_record(line)
+            yield location, record, line[:200] if isinstance(record, BadRecord) else None
+
+
+def read_json(path: Path, kind: Kind, max_bytes: int) -> Iterator[RawItem]:
+    """A JSON array of records, or an object with a `documents` array, streamed item by item (ijson): memory
+    follows the largest record, not the file."""
+    import ijson
+
+    with open_binary(path, kind.compression) as stream:
+        encoding = sniff_encoding(stream)  # type: ignore[arg-type]
+        source: Any = stream if encoding == "utf-8" else io.TextIOWrapper(stream, encoding=encoding)
+        head = stream.peek(64)[:64].lstrip() if encoding == "utf-8" else b""  # type: ignore[attr-defined]
+        prefix = "documents.item" if head.startswith(b"{") else "item"
+        if encoding != "utf-8":
+            text = source.read(max_bytes * 8)  # UTF-16/32 JSON arrays are rare and small; decoded whole
+            prefix = "documents.item" if text.lstrip().startswith("{") else "item"
+            source = io.BytesIO(text.encode("utf-8", "surrogatepass"))
+        index = -1
+        try:
+            for index, record in enumerate(ijson.items(source, prefix, use_float=True)):
+                if isinstance(record, dict):
+                    yield f"item {index}", record, None
+                else:
+                    preview = str(record)[:200]
+                    yield (
+                        f"item {index}",
+                        BadRecord(f"wrong_type: expected an object, got {type(record).__name__}"),
+                        preview,
+                    )
+        except ijson.common.IncompleteJSONError as exc:
+            raise UnreadableFile(f"not valid JSON after item {index + 1}: {str(exc)[:200]}") from exc
+        except RecursionError as exc:
+            raise UnreadableFile(f"nested too deeply to parse after item {index + 1}") from exc
+        if index < 0:
+            raise UnreadableFile("holds no records: expected a list of records or {'documents': [...]}")
+
+
+class _Lines:
+    """CSV's lines from bounded UTF-8 lines: bytes that are not UTF-8 kept as escapes (their row is quarantined
+    with its line), lines over the bound replaced by an empty line and remembered (their row is quarantined)."""
+
+    def __init__(self, lines: Iterator[tuple[int, bytes | None]]):
+        self._lines = lines
+        self.number = 0
+        self.too_long: list[int] = []
+
+    def __iter__(self) -> Iterator[str]:
+        for number, line in self._lines:
+            self.number = number
+            if line is None:
+                self.too_long.append(number)
+                yield "\n"
+            else:
+                yield line.decode("utf-8", "surrogateescape")
+
+
+def read_csv(path: Path, kind: Kind, max_bytes: int) -> Iterator[RawItem]:
+    """CSV (or TSV) with a header that names a `text` column; an `id` column and a `metadata` column of JSON are
+    read when present, other columns become metadata. A row with more or fewer fields than the header is
+    quarantined with its line (an unquoted comma in the text would otherwise cut it silently)."""
+    delimiter = "\t" if kind.format == "tsv" else ","
+    csv.field_size_limit(max(131_072, max_bytes))
+    with open_binary(path, kind.compression) as stream:
+        lines = _Lines(bounded_lines(stream, max_bytes))  # type: ignore[arg-type]
+        reader = csv.reader(lines, delimiter=delimiter, strict=False)
+        try:
+            header = next(reader)
+        except StopIteration as exc:
+            raise UnreadableFile("is empty: no header row") from exc
+        header = [h.strip() for h in header]
+        if "text" not in header:
+            raise UnreadableFile(f"needs a 'text' column, has {header}")
+        reported = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                yield f"line {lines.number}", BadRecord(f"invalid_csv: {exc}"), None
+                continue
+            while reported < len(lines.too_long):
+                yield (
+                    f"line {lines.too_long[reported]}",
+                    BadRecord(f"too_long: the line is over {max_bytes} bytes"),
+                    None,
+                )
+                reported += 1
+            if not row or row == [""]:
+                continue
+            yield _csv_record(header, row, lines.number)
+
+
+def _csv_record(header: list[str], row: list[str], line: int) -> RawItem:
+    location = f"line {line}"
+    preview = ",".join(row)[:200]
+    if len(row) != len(header):
+        return location, BadRecord(f"ragged_row: {len(row)} fields, the header has {len(header)}"), preview
+    for value in row:
+        bad = next((i for i, ch in enumerate(value) if ord(ch) in _ESCAPED), None)
+        if bad is not None:
+            return location, BadRecord(f"not_utf8: invalid byte at character {bad} of a field"), ascii(preview)
+    fields = dict(zip(header, row, strict=True))
+    record: dict[str, Any] = {"id": fields.pop("id", None) or None, "text": fields.pop("text")}
+    metadata = fields.pop("metadata", None)
+    if metadata:
+        try:
+            record["metadata"] = json.loads(metadata)
+        except (json.JSONDecodeError, RecursionError):
+            return location, BadRecord("invalid_json: metadata column"), metadata[:200]
+    else:
+        record["metadata"] = {k: v for k, v in fields.items() if k and v != ""}
+    return location, record, None
+
+
+def read_parquet(path: Path, kind: Kind, max_bytes: int) -> Iterator[RawItem]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise UnreadableFile(f"not a readable Parquet file: {exc}") from exc
+    number = 0
+    for batch in parquet.iter_batches(batch_size=64):  # a few records at a time: rows can be large
+        for record in batch.to_pylist():
+            number += 1
+            if isinstance(record.get("metadata"), str):
+                try:
+                    record["metadata"] = json.loads(record["metadata"])
+                except (json.JSONDecodeError, RecursionError):
+                    yield f"row {number}", BadRecord("invalid_json: metadata column"), record["metadata"][:200]
+                    continue
+            yield f"row {number}", record, None

@@ -1,0 +1,295 @@
+"""Loading what teams really have: a folder of every format (PDF and DOCX written here by their own libraries),
+compressed files, byte-order marks and UTF-16/32, ragged and huge CSV, records built to crash a parser, and
+files that are not data at all. Each case names the exact ids loaded and the exact records quarantined."""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import csv
+import gzip
+import json
+import lzma
+import tracemalloc
+from pathlib import Path
+
+import docx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+from fpdf import FPDF
+
+from llm_pipeline.config import DataConfig
+from llm_pipeline.errors import DataValidationError
+from llm_pipeline.ingest import IngestResult, load_documents, require_documents
+from llm_pipeline.io import write_jsonl
+
+ARTICLE = (
+    "Level 2 chargers deliver up to 19 kW from a 240 volt circuit. Most drivers charge overnight at home, and a "
+    "full battery takes six to ten hours depending on the car's onboard charger and the size of its pack."
+)
+
+
+def load(path: Path, **kwargs: object) -> IngestResult:
+    return load_documents(DataConfig(path=path, **kwargs))
+
+
+def jsonl(*records: dict) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def rejected(result: IngestResult) -> dict[str, str]:
+    """{location or id: reason prefix} of the quarantined records."""
+    return {(r.record_id or f"{Path(r.source).name}:{r.location}"): r.reason.split(":")[0] for r in result.rejects}
+
+
+def write_pdf(path: Path, pages: list[str], title: str | None = None) -> None:
+    pdf = FPDF()
+    if title:
+        pdf.set_title(title)
+    pdf.set_font("Helvetica", size=11)
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 6, text)
+    pdf.output(str(path))
+
+
+def write_docx(path: Path, heading: str, paragraphs: list[str], cells: list[str]) -> None:
+    document = docx.Document()
+    document.add_heading(heading, level=1)
+    for text in paragraphs:
+        document.add_paragraph(text)
+    table = document.add_table(rows=1, cols=len(cells))
+    for cell, text in zip(table.rows[0].cells, cells, strict=True):
+        cell.text = text
+    document.save(str(path))
+
+
+HTML = f"""<!DOCTYPE html><html><head><title>Home charging guide</title>
+<script>var tracking = "SCRIPT-TEXT-MUST-NOT-LOAD";</script><style>.nav {{ color: red }}</style></head>
+<body><nav><ul><li><a href="/">Home</a></li><li><a href="/shop">Shop NAVIGATION-LINK</a></li></ul></nav>
+<header>Subscribe to our newsletter HEADER-BANNER</header>
+<main><article><h1>Home charging guide</h1><p>{ARTICLE}</p>
+<p>Installing a wallbox needs a licensed electrician and, in most places, a permit from the local authority.</p>
+</article></main><footer>Copyright 2026 FOOTER-TEXT. All rights reserved. Privacy. Cookies.</footer></body></html>"""
+
+
+def test_a_folder_of_every_format_loads_each_and_lists_what_it_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    (root / "pricing").mkdir(parents=True)
+    (root / "manuals").mkdir()
+    (root / ".git").mkdir()
+    (root / "pricing" / "tariffs.jsonl").write_bytes(
+        jsonl({"id": "t1", "text": "Fast charging costs $0.45 per kWh."}, {"id": "t2", "text": "Night rate: $0.12."})
+    )
+    (root / "faq.json").write_text(json.dumps({"documents": [{"id": "q1", "text": "Can I charge in the rain? Yes."}]}))
+    with (root / "sites.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "text", "city"], ["s1", "Station one, by the lake.", "Oslo"]])
+    pq.write_table(pa.Table.from_pylist([{"id": "p1", "text": "Parquet row about plugs."}]), root / "plugs.parquet")
+    (root / "notes.txt").write_text("Plain notes about cables.")
+    (root / "manuals" / "guide.md").write_text("# Wallbox guide\n\nMount it 1.2 m above the floor.")
+    (root / "manuals" / "home.html").write_text(HTML)
+    write_pdf(root / "manuals" / "spec.pdf", ["Page one: the connector.", "Page two: the cable rating."], "Spec")
+    write_docx(root / "manuals" / "install.docx", "Installing", ["Turn the power off first."], ["Cable", "6 mm2"])
+    (root / "more.jsonl.gz").write_bytes(gzip.compress(jsonl({"id": "g1", "text": "From a gzip file."})))
+    (root / "more.csv.bz2").write_bytes(bz2.compress(b"id,text\nb1,From a bzip2 file.\n"))
+    (root / "more.txt.xz").write_bytes(lzma.compress(b"From an xz file."))
+    (root / "more.md.zst").write_bytes(zstandard.ZstdCompressor().compress(b"# Zstd\n\nFrom a zstd file."))
+    (root / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    (root / "LICENSE").write_text("Permission is hereby granted, free of charge...")
+    (root / ".git" / "config.jsonl").write_bytes(jsonl({"id": "hidden", "text": "never read"}))
+
+    result = load(root)
+
+    assert {d.id for d in result.documents} == {
+        "t1", "t2", "q1", "s1", "p1", "notes", "manuals/guide", "manuals/home", "manuals/spec", "manuals/install",
+        "g1", "b1", "more",
+    }  # fmt: skip
+    assert rejected(result) == {"more": "duplicate_id"}  # more.md.zst and more.txt.xz (read second) share an id
+    docs = {d.id: d for d in result.documents}
+    assert docs["t1"].metadata == {"source_file": "pricing/tariffs.jsonl", "category": "pricing"}
+    assert docs["s1"].metadata["city"] == "Oslo"
+    assert docs["manuals/guide"].metadata["title"] == "Wallbox guide"
+    home = docs["manuals/home"]
+    assert "19 kW" in home.text and "licensed electrician" in home.text
+    for boilerplate in ("SCRIPT-TEXT", "NAVIGATION-LINK", "FOOTER-TEXT", "color: red"):
+        assert boilerplate not in home.text
+    assert home.metadata["title"] == "Home charging guide"
+    spec = docs["manuals/spec"]
+    assert spec.metadata["pages"] == 2 and spec.metadata["title"] == "Spec"
+    second = spec.metadata["page_starts"][1]
+    assert spec.text[second:].startswith("Page two") and spec.text.startswith("Page one")
+    install = docs["manuals/install"]
+    assert install.metadata["title"] == "Installing" and "Turn the power off first." in install.text
+    assert "6 mm2" in install.text
+    assert docs["g1"].text == "From a gzip file." and docs["b1"].text == "From a bzip2 file."
+    assert docs["more"].text == "# Zstd From a zstd file."
+
+    by_file = {f.path: f for f in result.files}
+    assert by_file["photo.png"].status == "skipped" and by_file["LICENSE"].status == "skipped"
+    assert ".git/config.jsonl" not in by_file
+    assert by_file["more.jsonl.gz"].compression == "gzip" and by_file["more.jsonl.gz"].documents == 1
+    assert by_file["pricing/tariffs.jsonl"].documents == 2
+    counts = result.counts()
+    assert counts["files"] == 15 and counts["files.skipped"] == 2 and counts["files.failed"] == 0
+    assert counts["documents"] == 13
+
+
+def test_byte_order_marks_and_utf16_utf32_are_decoded_other_encodings_quarantined_by_position(tmp_path: Path) -> None:
+    bom = codecs.BOM_UTF8
+    (tmp_path / "bom.jsonl").write_bytes(bom + jsonl({"id": "j1", "text": "first"}, {"id": "j2", "text": "second"}))
+    (tmp_path / "bom.csv").write_bytes(bom + b"id,text\nc1,with a header that must stay 'id'\n")
+    (tmp_path / "bom.md").write_bytes(bom + b"# Title\n\nMarkdown body.")
+    records = jsonl({"id": "u16", "text": "UTF-16 text: caf\u00e9 \u26a1"}).decode()
+    (tmp_path / "wide.jsonl").write_bytes(records.encode("utf-16"))  # with its BOM, little-endian here
+    (tmp_path / "wider.txt").write_bytes(codecs.BOM_UTF32_BE + "UTF-32 text, caf\u00e9.".encode("utf-32-be"))
+    (tmp_path / "mixed.jsonl").write_bytes(
+        jsonl({"id": "m1", "text": "fine"}) + b'{"id": "m2", "text": "caf\xe9"}\n' + jsonl({"id": "m3", "text": "ok"})
+    )
+    result = load(tmp_path)
+    docs = {d.id: d for d in result.documents}
+    assert set(docs) == {"j1", "j2", "c1", "bom", "u16", "wider", "m1", "m3"}
+    assert docs["bom"].text == "# Title Markdown body." and docs["bom"].metadata["title"] == "Title"
+    assert docs["u16"].text == "UTF-16 text: caf\u00e9 \u26a1"
+    assert docs["wider"].text == "UTF-32 text, caf\u00e9."
+    reject = result.rejects[0]
+    assert len(result.rejects) == 1 and reject.location == "line 2"
+    assert reject.reason == "not_utf8: invalid continuation byte at byte 25"  # 0-based, in the line
+
+
+def test_csv_ragged_rows_huge_fields_and_bad_bytes_are_quarantined_by_line(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    huge = "long field " * 20_000  # 220,000 characters: over csv's default limit of 131,072
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text", "source"])
+        writer.writerow(["r1", "A quoted field, with a comma\nand a line break.", "manual"])
+        writer.writerow(["r2", huge, "manual"])
+    with path.open("ab") as handle:
+        handle.write(b"r3,Unquoted text, with a comma that cuts it,manual\n")  # 4 fields: ragged
+        handle.write(b"r4,too few\n")  # 2 fields: ragged
+        handle.write(b"r5,caf\xe9 in Latin-1,manual\n")
+        handle.write(b"r6,The last good row.,manual\n")
+    result = load(path, max_chars=250_000)
+    assert [d.id for d in result.documents] == ["r1", "r2", "r6"]
+    assert result.documents[0].text == "A quoted field, with a comma and a line break."
+    assert len(result.documents[1].text) == len(huge.strip())
+    assert [(r.location, r.reason.split(":")[0]) for r in result.rejects] == [
+        ("line 5", "ragged_row"), ("line 6", "ragged_row"), ("line 7", "not_utf8")
+    ]  # fmt: skip
+    assert result.rejects[0].reason == "ragged_row: 4 fields, the header has 3"
+    # the same file with the default max_chars: the huge row is quarantined as too long, the rest go on
+    default = load(path)
+    assert [d.id for d in default.documents] == ["r1", "r6"]
+    assert rejected(default)["r2"] == "too_long"
+
+
+def test_records_built_to_crash_a_parser_are_quarantined_or_repaired_and_then_written(tmp_path: Path) -> None:
+    deep = '{"id": "deep", "text": "nested", "metadata": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}"
+    nest = {"a": 1}
+    for _ in range(40):
+        nest = {"a": nest}
+    lines = [
+        deep.encode(),
+        json.dumps({"id": "deepish", "text": "within the parser's reach", "metadata": nest}).encode(),
+        b'{"id": "surrogate", "text": "emoji half: \\ud83d and a whole one: \\ud83d\\ude00"}',
+        json.dumps({"id": "nul", "text": "NUL\u0000 bytes\u0000 and a bell\u0007 inside"}).encode(),
+        b'{"id": "nan", "text": "a float that JSON cannot hold", "metadata": {"score": NaN}}',
+        b'{"id": true, "text": "a boolean id"}',
+        json.dumps({"id": "good", "text": "an ordinary record"}).encode(),
+    ]
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = load(path)
+    docs = {d.id: d for d in result.documents}
+    assert set(docs) == {"surrogate", "nul", "nan", "good"}
+    assert rejected(result) == {"hostile.jsonl:line 1": "too_deep", "deepish": "too_deep", "True": "wrong_type"}
+    assert docs["surrogate"].text == "emoji half: \ufffd and a whole one: \U0001f600"
+    assert docs["nul"].text == "NUL bytes and a bell inside"
+    assert docs["nan"].metadata == {"score": None}
+    assert result.counts()["repaired.lone_surrogates"] == 1 and result.counts()["repaired.control_characters"] == 3
+    out = tmp_path / "documents.jsonl"
+    write_jsonl(out, result.documents)  # the stage's next step: must not fail on anything that loaded
+    write_jsonl(tmp_path / "rejects.jsonl", result.rejects)
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 4
+
+
+def test_a_huge_record_is_rejected_in_bounded_memory(tmp_path: Path) -> None:
+    """A 20 MiB record (a JSONL line and a text file) costs about the line bound, not its size, to reject."""
+    big = "word " * (4 << 20)  # 20 MiB
+    (tmp_path / "big.jsonl").write_bytes(jsonl({"id": "big", "text": big}, {"id": "small", "text": "fits"}))
+    (tmp_path / "big.txt").write_text(big)
+    tracemalloc.start()
+    try:
+        result = load(tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [d.id for d in result.documents] == ["small"]
+    assert {(Path(r.source).name, r.reason.split(":")[0]) for r in result.rejects} == {
+        ("big.jsonl", "too_long"), ("big.txt", "too_long")
+    }  # fmt: skip
+    assert peak < 8 * (6 * 50_000 + 65_536), f"peak {peak / 1e6:.1f} MB to reject a 20 MiB record"
+
+
+def test_compressed_files_are_told_by_their_bytes_and_a_damaged_one_keeps_what_was_read(tmp_path: Path) -> None:
+    records = [{"id": f"r{i}", "text": f"record number {i} " * 20} for i in range(400)]
+    (tmp_path / "named.jsonl.gz").write_bytes(gzip.compress(jsonl(*records[:2])))
+    (tmp_path / "unnamed.jsonl").write_bytes(gzip.compress(jsonl(*records[2:4])))  # gzip without the suffix
+    (tmp_path / "liar.jsonl.gz").write_bytes(jsonl(records[4]))  # says gzip, is not
+    damaged = gzip.compress(jsonl(*records[5:]))
+    (tmp_path / "damaged.jsonl.gz").write_bytes(damaged[: len(damaged) // 2])
+    result = load(tmp_path)
+    by_file = {f.path: f for f in result.files}
+    assert by_file["named.jsonl.gz"].documents == 2 and by_file["unnamed.jsonl"].documents == 2
+    assert by_file["liar.jsonl.gz"].status == "failed"
+    assert "not gzip-compressed" in (by_file["liar.jsonl.gz"].reason or "")
+    cut = by_file["damaged.jsonl.gz"]
+    assert cut.status == "failed" and 0 < cut.documents < 395
+    assert {d.id for d in result.documents} >= {"r0", "r1", "r2", "r3", "r5"}
+    with pytest.raises(
+        DataValidationError, match=r"damaged\.jsonl\.gz: EOFError.*data.on_bad_file: fail"
+    ):
+        load(tmp_path, on_bad_file="fail")
+
+
+def test_inputs_that_yield_nothing_fail_naming_the_field_and_the_files(tmp_path: Path) -> None:
+    (tmp_path / "data.xlsx").write_bytes(b"PK\x03\x04not really")
+    (tmp_path / "broken.parquet").write_bytes(b"this is not parquet")
+    (tmp_path / "empty.jsonl").write_bytes(jsonl({"id": "x", "text": "   "}))
+    config = DataConfig(path=tmp_path)
+    result = load_documents(config)
+    assert result.documents == [] and rejected(result) == {"x": "empty_text"}
+    with pytest.raises(DataValidationError) as error:
+        require_documents(result, config)
+    message = str(error.value)
+    assert message.startswith("data.min_documents: 0 documents loaded")
+    assert "broken.parquet: not a readable Parquet file" in message and "data.xlsx: not a supported format" in message
+    assert "empty_text: 1" in message
+    require_documents(result, DataConfig(path=tmp_path, min_documents=0))  # a user who wants an empty run
+
+
+def test_include_and_exclude_globs_and_a_folder_format_mismatch(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A\n\nalpha")
+    (tmp_path / "docs" / "README.md").write_text("# Readme\n\nhow this folder is laid out")
+    (tmp_path / "b.jsonl").write_bytes(jsonl({"id": "b", "text": "beta"}))
+    assert {d.id for d in load(tmp_path, exclude=["*README*"]).documents} == {"docs/a", "b"}
+    assert {d.id for d in load(tmp_path, include=["*.jsonl"]).documents} == {"b"}
+    with pytest.raises(ValueError, match="format: 'jsonl' is for a single file"):
+        DataConfig(path=tmp_path, format="jsonl")
+
+
+def test_a_pdf_with_no_text_layer_and_a_pdf_that_is_not_one(tmp_path: Path) -> None:
+    pdf = FPDF()
+    pdf.add_page()  # a page with no text: what a scan without OCR gives
+    pdf.output(str(tmp_path / "scan.pdf"))
+    (tmp_path / "fake.pdf").write_text("not a pdf at all")
+    (tmp_path / "fake.docx").write_bytes(b"PK\x03\x04 not a zip")
+    write_pdf(tmp_path / "real.pdf", ["Some text."])
+    result = load(tmp_path)
+    assert [d.id for d in result.documents] == ["real"]
+    assert rejected(result) == {"scan": "empty_text"}
+    status = {f.path: f.status for f in result.files}
+    assert status == {"fake.docx": "failed", "fake.pdf": "failed", "real.pdf": "loaded", "scan.pdf": "loaded"}
