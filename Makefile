@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_VERBOSITY ?= error
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 
-.PHONY: help install run validate test test-fast lint format lock clean-outputs bench-dedup bench-qa \
+.PHONY: help install run validate test test-fast lint format lock clean-outputs bench-dedup bench-dedup-real bench-qa \
         secrets check-env up down deploy logs ps run-test clean compose-check images engine test-tools open \
         screenshots proxy-check
 
@@ -61,6 +61,9 @@ test-fast: install  ## the suite without the slow end-to-end tests
 
 bench-dedup: install  ## dedup quality and speed on 10k and 100k synthetic documents (docs/benchmarks.md)
 	$(BIN)/python benchmarks/dedup_benchmark.py --docs 10000 100000 --backend static --semantic-max-docs 100000
+
+bench-dedup-real: install  ## dedup on 72k real docstrings against exact all-pairs truth (docs/benchmarks.md)
+	$(BIN)/python benchmarks/dedup_real_benchmark.py --source docstrings --json docs/dedup-real-benchmark.json
 
 bench-qa: install  ## QA throughput vs a 300 ms, 6,000 req/min OpenAI-compatible server (docs/benchmarks.md)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/qa_benchmark.py --docs 2000 --latency 0.3 --rpm 6000 --concurrency 64 \

@@ -61,16 +61,16 @@ def run_method(method: str, corpus: Path, clusters_out: Path, backend: str) -> d
 def naive_minhash(documents, config):  # type: ignore[no-untyped-def]
     from datasketch import MinHash, MinHashLSH
 
-    from llm_pipeline.dedup.clusters import clusters_from_pairs
+    from llm_pipeline.dedup.clusters import clusters_by_kept
     from llm_pipeline.dedup.minhash import lsh_params
-    from llm_pipeline.text import words_of
+    from llm_pipeline.text import dedup_tokens
 
     threshold, size = config.jaccard_threshold, config.shingle_size
     bands, rows = lsh_params(threshold, config.num_perm)
     lsh = MinHashLSH(threshold=threshold, num_perm=config.num_perm, params=(bands, rows))
     signatures, pairs = [], []
     for index, document in enumerate(documents):
-        words = words_of(document.text)
+        words = dedup_tokens(document.text)
         signature = MinHash(num_perm=config.num_perm)
         for i in range(max(1, len(words) - size + 1)):
             signature.update(" ".join(words[i : i + size]).encode())
@@ -80,7 +80,7 @@ def naive_minhash(documents, config):  # type: ignore[no-untyped-def]
                 pairs.append((other, index, similarity))
         lsh.insert(index, signature)
         signatures.append(signature)
-    return clusters_from_pairs(documents, pairs, "minhash", config.keep)
+    return clusters_by_kept(documents, pairs, "minhash", config.keep)
 
 
 def score(corpus: Path, clusters_path: Path, skip_kinds: tuple[str, ...] = ()) -> dict[str, object]:

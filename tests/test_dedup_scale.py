@@ -42,11 +42,14 @@ def test_signature_estimates_track_true_jaccard() -> None:
         edited = edit_words(base, rate, rng)
         sigs = mh.signatures([base, edited], num_perm=256, processes=1)
         estimate = float((sigs[0] == sigs[1]).mean())
-        true = mh.jaccard(mh.shingles(base, 3), mh.shingles(edited, 3))
+        true = mh.jaccard(mh.shingles(base, 5), mh.shingles(edited, 5))
         assert abs(estimate - true) < 0.1, (rate, estimate, true)
 
 
 def test_minhash_finds_copies_up_to_five_percent_edits_and_nothing_else(corpus) -> None:
+    """Word 5-shingles at 0.6 (the defaults, chosen on real text): every exact copy, nearly every copy with 1-3 %
+    of its words edited, most at 5 %; a short document with one word in twenty changed falls under 0.6 by design
+    (10 % edits are semantic's, in hybrid). And nothing that is not a copy."""
     result = deduplicate(corpus, DedupConfig(method="minhash"))
     removed = {d.id for d in corpus} - {d.id for d in result.kept}
     truth = {d.id: d.metadata.get("truth") for d in corpus}
@@ -55,19 +58,22 @@ def test_minhash_finds_copies_up_to_five_percent_edits_and_nothing_else(corpus) 
     for cluster in result.clusters:  # precision: every cluster is one true group
         assert len({truth[m] or m for m in cluster.members}) == 1, cluster
     assert not removed - set(truth) - originals_with_copies
-    for kind in ("exact", "edit-1", "edit-3", "edit-5"):
+    for kind, share in (("exact", 1.0), ("edit-1", 0.95), ("edit-3", 0.95), ("edit-5", 0.85)):
         copies = [i for i, k in kinds.items() if k == kind]
         found = [c for c in copies if any(c in cl.members and truth[c] in cl.members for cl in result.clusters)]
-        assert len(found) == len(copies), kind
+        assert len(found) >= share * len(copies), (kind, len(found), len(copies))
 
 
 def test_exact_verification_uses_true_jaccard(corpus) -> None:
     estimated = deduplicate(corpus[:400], DedupConfig(method="minhash", verify="estimated")).clusters
     exact = deduplicate(corpus[:400], DedupConfig(method="minhash", verify="exact")).clusters
     by_id = {d.id: d for d in corpus}
-    for cluster in exact:
-        a, b = (by_id[m].text for m in cluster.members[:2])
-        assert mh.jaccard(mh.shingles(a, 3), mh.shingles(b, 3)) >= DedupConfig().jaccard_threshold
+    size, threshold = DedupConfig().shingle_size, DedupConfig().jaccard_threshold
+    for cluster in exact:  # every removed member reaches the threshold with the kept one, by its own shingles
+        kept = mh.shingles(by_id[cluster.kept].text, size)
+        for member in cluster.members[1:]:
+            true = mh.jaccard(kept, mh.shingles(by_id[member].text, size))
+            assert true >= threshold and true == pytest.approx(cluster.to_kept[member], abs=1e-4)
     assert exact and len(exact) >= len(estimated) // 2  # exact verification still finds the copies
 
 

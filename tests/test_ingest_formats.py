@@ -248,9 +248,7 @@ def test_compressed_files_are_told_by_their_bytes_and_a_damaged_one_keeps_what_w
     cut = by_file["damaged.jsonl.gz"]
     assert cut.status == "failed" and 0 < cut.documents < 395
     assert {d.id for d in result.documents} >= {"r0", "r1", "r2", "r3", "r5"}
-    with pytest.raises(
-        DataValidationError, match=r"damaged\.jsonl\.gz: EOFError.*data.on_bad_file: fail"
-    ):
+    with pytest.raises(DataValidationError, match=r"damaged\.jsonl\.gz: EOFError.*data.on_bad_file: fail"):
         load(tmp_path, on_bad_file="fail")
 
 

@@ -114,10 +114,12 @@ class DedupConfig(Section):
     similarity_threshold: float = Field(0.85, ge=0.0, le=1.0, description="The spec's single threshold.")
     minhash_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Jaccard; default derived.")
     semantic_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Cosine; default derived.")
-    shingle_size: int = Field(3, ge=1, le=20, description="Words per shingle for MinHash.")
+    shingle_size: int = Field(5, ge=1, le=20, description="Words per shingle for MinHash (dedup_tokens).")
     num_perm: int = Field(128, ge=16, le=1024)
     bands: int | None = Field(None, ge=1, description="LSH bands (rows = num_perm // bands); None = optimum.")
-    verify: Literal["estimated", "exact"] = Field("estimated", description="Jaccard used to confirm candidates.")
+    verify: Literal["estimated", "exact"] = Field(
+        "exact", description="Jaccard that confirms a candidate: exact (of the shingle sets) or the estimate."
+    )
     index: Literal["memory", "redis"] = Field("memory", description="Where the MinHash LSH index lives.")
     redis_url: str | None = Field(None, description="redis://host:port/db for index: redis.")
     redis_basename: str = Field(

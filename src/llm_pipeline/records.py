@@ -43,7 +43,8 @@ class DuplicateCluster(Record):
     method: str  # exact | minhash | semantic
     kept: str
     members: list[str]
-    similarity: float  # lowest pairwise similarity that joined the cluster (1.0 for exact)
+    similarity: float  # lowest similarity of a removed member to the kept one (1.0 for exact)
+    to_kept: dict[str, float] = Field(default_factory=dict)  # each removed member's similarity to the kept one
 
 
 class QAPair(Record):

@@ -57,14 +57,15 @@ def build_summary(
 def render_report(
     manifest: dict[str, Any],
     evaluation: dict[str, Any],
-    examples: list[dict[str, Any]],
+    examples: dict[str, Any] | list[dict[str, Any]],
     tracking: dict[str, Any],
     qa: dict[str, Any] | None = None,
     comparison: dict[str, Any] | None = None,
     charts: dict[str, str] | None = None,
     qa_cached: bool = False,
 ) -> str:
-    """`examples`: a few duplicate clusters with their first members' texts (the dedup stage writes them);
+    """`examples`: a few duplicate clusters with their first members' texts, and every semantic removal with its
+    pair and both similarities (the dedup stage writes them; a list of clusters in runs before that);
     `qa`: the QA stage's accounting (requests, tokens, cost); `qa_cached`: whether that stage was reused."""
     lines = [
         f"# {manifest['pipeline']}: run {manifest['run_id']}",
@@ -132,12 +133,29 @@ def render_report(
     ]
     if "dedup" in charts:
         lines += [f"![deduplication]({charts['dedup']})", ""]
-    for cluster in examples:
+    if isinstance(examples, list):  # a cached stage output from before semantic removals were listed
+        examples = {"clusters": examples, "semantic_removals": []}
+    for cluster in examples["clusters"]:
         lines.append(f"- **{cluster['method']}** (similarity {cluster['similarity']}), kept `{cluster['kept']}`:")
         for member, text in cluster["texts"].items():
             lines.append(f"  - `{member}`: {text[:160]}")
-    if not examples:
+    if not examples["clusters"]:
         lines.append("No duplicates found.")
+    semantic = examples.get("semantic_removals") or []
+    if semantic:
+        lines += [
+            "",
+            f"### Semantic removals ({len(semantic)}; every one, with both texts, in `cluster_examples.json`)",
+            "",
+            "A low lexical Jaccard next to a high cosine is the case to judge: same topic, or the same text?",
+            "",
+            "| removed | as a copy of | cosine | lexical Jaccard |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{r['removed']}` | `{r['kept']}` | {r['cosine']} | {r['jaccard']} |"
+            for r in sorted(semantic, key=lambda r: r["jaccard"])[:SEMANTIC_ROWS]
+        ]
 
     lines += ["", "## Tracking", ""]
     lines.append(
@@ -149,6 +167,7 @@ def render_report(
     return "\n".join(lines) + "\n"
 
 
+SEMANTIC_ROWS = 20  # semantic removals in the report, lowest lexical Jaccard first
 INPUT_ROWS = 30  # files shown in the report; every one is in the manifest (up to 1,000)
 
 

@@ -1,4 +1,10 @@
-"""Turn similar pairs into duplicate clusters and choose the member to keep (remove.py acts on them)."""
+"""Turn similar pairs into duplicate clusters and choose the member to keep (remove.py acts on them).
+
+`clusters_by_kept` (near-duplicate methods): documents are taken in keep order (`dedup.keep`); one is removed only
+as the duplicate of a document already kept with which it reaches the threshold, and is attributed to the most
+similar such one. No chaining: when A~B and B~C but not A~C, B goes as A's copy and C stays, because the only
+document C resembles was removed. `clusters_from_pairs` (connected components) is for exact copies, where
+similarity is transitive, and for callers that want groups."""
 
 from __future__ import annotations
 
@@ -34,6 +40,48 @@ def _keep_key(policy: KeepPolicy, index: int, document: Document) -> tuple[float
     if policy == "richest_metadata":
         return (-sum(1 for v in document.metadata.values() if v not in (None, "", [], {})), index)
     return (index,)
+
+
+def keep_ranks(documents: list[Document], keep: KeepPolicy) -> list[int]:
+    """Each document's place in keep order (0: kept before any other)."""
+    order = sorted(range(len(documents)), key=lambda i: _keep_key(keep, i, documents[i]))
+    ranks = [0] * len(documents)
+    for rank, index in enumerate(order):
+        ranks[index] = rank
+    return ranks
+
+
+def clusters_by_kept(
+    documents: list[Document], pairs: Iterable[tuple[int, int, float]], method: str, keep: KeepPolicy = "first"
+) -> list[DuplicateCluster]:
+    """One cluster per kept document that has copies: its members are the kept one and the documents removed as
+    its copies, each with its own similarity to the kept one (`to_kept`); `similarity` is the lowest of those."""
+    neighbours: dict[int, list[tuple[int, float]]] = {}
+    for a, b, similarity in pairs:
+        neighbours.setdefault(a, []).append((b, similarity))
+        neighbours.setdefault(b, []).append((a, similarity))
+    kept: set[int] = set()
+    copies: dict[int, list[tuple[int, float]]] = {}
+    for node in sorted(neighbours, key=lambda i: _keep_key(keep, i, documents[i])):
+        best = max(((s, -k) for k, s in neighbours[node] if k in kept), default=None)
+        if best is None:
+            kept.add(node)
+        else:
+            copies.setdefault(-best[1], []).append((node, best[0]))
+    clusters = []
+    for original in sorted(copies):
+        removed = sorted(copies[original])
+        clusters.append(
+            DuplicateCluster(
+                cluster_id=f"{method}-{documents[original].id}",
+                method=method,
+                kept=documents[original].id,
+                members=[documents[original].id] + [documents[i].id for i, _ in removed],
+                similarity=round(min(s for _, s in removed), 4),
+                to_kept={documents[i].id: round(s, 4) for i, s in removed},
+            )
+        )
+    return clusters
 
 
 def clusters_from_pairs(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from llm_pipeline.dedup.clusters import KeepPolicy, clusters_from_pairs
+from llm_pipeline.dedup.clusters import KeepPolicy, clusters_by_kept
 from llm_pipeline.dedup.methods import DEDUP_METHODS
 from llm_pipeline.models.embeddings import Backend, embed
 from llm_pipeline.records import Document, DuplicateCluster
@@ -48,7 +48,7 @@ def semantic_duplicate_clusters(
     if backend == "static":  # bag-of-token vectors share a corpus direction: compare what is left of it
         vectors = vectors - vectors.mean(axis=0)
         vectors /= np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9, None)
-    return clusters_from_pairs(documents, similar_pairs(vectors, threshold), "semantic", keep)
+    return clusters_by_kept(documents, similar_pairs(vectors, threshold), "semantic", keep)
 
 
 @DEDUP_METHODS.register("semantic")

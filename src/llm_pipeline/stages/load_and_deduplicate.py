@@ -5,17 +5,50 @@ from __future__ import annotations
 
 from typing import Any
 
+from llm_pipeline.config import DedupConfig
 from llm_pipeline.dedup import deduplicate
+from llm_pipeline.dedup.minhash import jaccard, shingles
 from llm_pipeline.ingest import load_documents, require_documents
 from llm_pipeline.io import write_json, write_jsonl
+from llm_pipeline.records import Document, DuplicateCluster
 from llm_pipeline.stages.contract import StageContext
 
 EXAMPLE_CLUSTERS = 5  # clusters shown, with their texts, in report.md
+EXAMPLE_CHARS = 300
+
+
+def cluster_examples(documents: list[Document], clusters: list[DuplicateCluster], config: DedupConfig) -> dict:
+    """A few clusters with their texts, and every semantic removal with its pair and both similarities (the
+    cosine that removed it and the lexical Jaccard of MinHash's shingles), so a reviewer can judge each one.
+    Removed documents exist nowhere else after this stage."""
+    texts = {d.id: d.text for d in documents}
+    examples = [
+        {**c.model_dump(), "texts": {m: texts.get(m, "")[:EXAMPLE_CHARS] for m in c.members[:3]}}
+        for c in clusters[:EXAMPLE_CLUSTERS]
+    ]
+    removals = []
+    for cluster in (c for c in clusters if c.method == "semantic"):
+        kept = shingles(texts.get(cluster.kept, ""), config.shingle_size)
+        for member, cosine in cluster.to_kept.items():
+            removals.append(
+                {
+                    "removed": member,
+                    "kept": cluster.kept,
+                    "cosine": cosine,
+                    "jaccard": round(jaccard(kept, shingles(texts.get(member, ""), config.shingle_size)), 4),
+                    "texts": {
+                        cluster.kept: texts.get(cluster.kept, "")[:EXAMPLE_CHARS],
+                        member: texts.get(member, "")[:EXAMPLE_CHARS],
+                    },  # fmt: skip
+                }
+            )
+    return {"clusters": examples, "semantic_removals": removals}
 
 
 def load_and_deduplicate_data(ctx: StageContext) -> dict[str, Any]:
     """Reads: the files at `data.path`. Writes: `documents` (kept documents), `rejects` (quarantined records and
-    why), `clusters` (duplicate clusters), `examples` (a few clusters with their texts, for the report).
+    why), `clusters` (duplicate clusters), `examples` (a few clusters with their texts, and every semantic
+    removal with its pair and both similarities, for the report).
     Config: `data`, `dedup`. Counts: records, documents, quarantined by reason, files read/skipped/failed, and
     `sources.files`, the per-file summary (the report's "Inputs" table)."""
     ingested = load_documents(ctx.config.data)
@@ -24,13 +57,7 @@ def load_and_deduplicate_data(ctx: StageContext) -> dict[str, Any]:
     deduped = deduplicate(ingested.documents, ctx.config.dedup)
     write_jsonl(ctx.output("documents"), deduped.kept)
     write_jsonl(ctx.output("clusters"), deduped.clusters)
-    # The report shows a few clusters with their texts; removed members exist nowhere else after this stage.
-    texts = {d.id: d.text for d in ingested.documents}
-    examples = [
-        {**c.model_dump(), "texts": {m: texts.get(m, "")[:300] for m in c.members[:3]}}
-        for c in deduped.clusters[:EXAMPLE_CLUSTERS]
-    ]
-    write_json(ctx.output("examples"), examples)
+    write_json(ctx.output("examples"), cluster_examples(ingested.documents, deduped.clusters, ctx.config.dedup))
     return {
         **ingested.counts(),
         "sources.files": ingested.file_summary(),
