@@ -171,6 +171,10 @@ SEMANTIC_ROWS = 20  # semantic removals in the report, lowest lexical Jaccard fi
 INPUT_ROWS = 30  # files shown in the report; every one is in the manifest (up to 1,000)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def input_lines(manifest: dict[str, Any]) -> list[str]:
     """The inputs, file by file: what each gave, and every file skipped or failed with its reason (those first)."""
     stages = manifest.get("stages", {}).values()
@@ -182,7 +186,7 @@ def input_lines(manifest: dict[str, Any]) -> list[str]:
         "",
         "## Inputs",
         "",
-        f"{counts.get('files', len(files))} files: {counts.get('files.loaded', 0)} read, "
+        f"{_count(counts.get('files', len(files)), 'file')}: {counts.get('files.loaded', 0)} read, "
         f"{counts.get('files.skipped', 0)} skipped, {counts.get('files.failed', 0)} failed; "
         f"{counts.get('documents', 0)} documents from {counts.get('records_seen', 0)} records, "
         f"{counts.get('rejected', 0)} quarantined (`rejects.jsonl`).",
