@@ -137,3 +137,27 @@ def test_exact_dedup_never_removes_a_document_without_a_copy(documents: list[Doc
     kept_texts = {d.text.lower() for d in result.kept}
     assert kept_texts == {d.text.lower() for d in documents}  # every distinct text survives exactly once
     assert len(result.kept) == len(kept_texts)
+
+
+def test_semantic_review_lists_the_pairs_and_removes_nothing() -> None:
+    """`dedup.semantic_action: review`: semantic near-pairs are found and shown with both similarities, the
+    documents all stay (for templated corpora, where embeddings cannot tell a copy from a sibling)."""
+    from llm_pipeline.report import render_report
+    from llm_pipeline.stages.load_and_deduplicate import cluster_examples
+
+    a = "The charging station is broken and cannot be used today."
+    b = "The charger at the station is broken and cannot be used today."
+    c = "Solar panels on the roof can power a home for most of the year."
+    docs = [doc("a", a), doc("b", b), doc("c", c)]
+    config = DedupConfig(method="hybrid", semantic_threshold=0.85, semantic_action="review")
+    result = deduplicate(docs, config)
+    assert [d.id for d in result.kept] == ["a", "b", "c"] and result.clusters == []
+    assert [(r.kept, list(r.to_kept)) for r in result.review] == [("a", ["b"])]
+    assert result.counts(3)["review.semantic"] == 1
+    examples = cluster_examples(docs, result.clusters + result.review, config)
+    (pair,) = examples["semantic_removals"]
+    assert pair["removed"] == "b" and pair["removed_from_output"] is False and pair["cosine"] >= 0.85
+    assert 0 < pair["jaccard"] < 0.6 and set(pair["texts"]) == {"a", "b"}
+    manifest = {"pipeline": "p", "run_id": "r", "config_hash": "h", "code_version": "v", "started_at": "t"}
+    report = render_report(manifest, {}, examples, {})
+    assert "### Semantic near-pairs to review (kept) (1;" in report and "| `b` | `a` |" in report

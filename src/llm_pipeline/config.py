@@ -131,6 +131,10 @@ class DedupConfig(Section):
     embedding_backend: Literal["torch", "onnx", "onnx-int8", "static"] = "torch"
     max_seq_length: int = Field(128, ge=16, le=512, description="Tokens embedded per document (semantic).")
     keep: Literal["first", "longest", "richest_metadata"] = "first"
+    semantic_action: Literal["remove", "review"] = Field(
+        "remove",
+        description="remove semantic duplicates, or only list them for review (templated corpora: see README).",
+    )
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     batch_size: int = Field(64, ge=1)
     device: str = "cpu"

@@ -142,10 +142,11 @@ def render_report(
     if not examples["clusters"]:
         lines.append("No duplicates found.")
     semantic = examples.get("semantic_removals") or []
+    what = "removals" if all(r.get("removed_from_output", True) for r in semantic) else "near-pairs to review (kept)"
     if semantic:
         lines += [
             "",
-            f"### Semantic removals ({len(semantic)}; every one, with both texts, in `cluster_examples.json`)",
+            f"### Semantic {what} ({len(semantic)}; every one, with both texts, in `cluster_examples.json`)",
             "",
             "A low lexical Jaccard next to a high cosine is the case to judge: same topic, or the same text?",
             "",

@@ -19,6 +19,7 @@ class DedupResult:
     kept: list[Document]
     clusters: list[DuplicateCluster] = field(default_factory=list)
     removed_by_method: dict[str, int] = field(default_factory=dict)
+    review: list[DuplicateCluster] = field(default_factory=list)  # found, not removed (`semantic_action: review`)
 
     def counts(self, total: int) -> dict[str, float]:
         removed = total - len(self.kept)
@@ -29,6 +30,7 @@ class DedupResult:
             "clusters": len(self.clusters),
             "dedup_rate": round(removed / total, 4) if total else 0.0,
             **{f"removed.{m}": n for m, n in self.removed_by_method.items()},
+            **({"review.semantic": sum(len(c.members) - 1 for c in self.review)} if self.review else {}),
         }
 
 
@@ -36,6 +38,11 @@ def deduplicate(documents: list[Document], config: DedupConfig) -> DedupResult:
     result = DedupResult(kept=list(documents))
     for method in method_sequence(config.method):
         clusters = DEDUP_METHODS.get(method)(result.kept, config)
+        if method == "semantic" and config.semantic_action == "review":
+            result.review.extend(clusters)  # listed with both similarities for a person to judge; all kept
+            log.info("dedup_method_done", method=method, review=sum(len(c.members) - 1 for c in clusters),
+                     removed=0, remaining=len(result.kept))  # fmt: skip
+            continue
         before = len(result.kept)
         result.kept = remove_duplicates(result.kept, clusters)
         result.clusters.extend(clusters)

@@ -22,9 +22,10 @@ def cluster_examples(documents: list[Document], clusters: list[DuplicateCluster]
     cosine that removed it and the lexical Jaccard of MinHash's shingles), so a reviewer can judge each one.
     Removed documents exist nowhere else after this stage."""
     texts = {d.id: d.text for d in documents}
+    removing = config.semantic_action == "remove"  # else semantic clusters are only listed, for review
     examples = [
         {**c.model_dump(), "texts": {m: texts.get(m, "")[:EXAMPLE_CHARS] for m in c.members[:3]}}
-        for c in clusters[:EXAMPLE_CLUSTERS]
+        for c in [c for c in clusters if c.method != "semantic" or removing][:EXAMPLE_CLUSTERS]
     ]
     removals = []
     for cluster in (c for c in clusters if c.method == "semantic"):
@@ -36,6 +37,7 @@ def cluster_examples(documents: list[Document], clusters: list[DuplicateCluster]
                     "kept": cluster.kept,
                     "cosine": cosine,
                     "jaccard": round(jaccard(kept, shingles(texts.get(member, ""), config.shingle_size)), 4),
+                    "removed_from_output": removing,
                     "texts": {
                         cluster.kept: texts.get(cluster.kept, "")[:EXAMPLE_CHARS],
                         member: texts.get(member, "")[:EXAMPLE_CHARS],
@@ -57,7 +59,8 @@ def load_and_deduplicate_data(ctx: StageContext) -> dict[str, Any]:
     deduped = deduplicate(ingested.documents, ctx.config.dedup)
     write_jsonl(ctx.output("documents"), deduped.kept)
     write_jsonl(ctx.output("clusters"), deduped.clusters)
-    write_json(ctx.output("examples"), cluster_examples(ingested.documents, deduped.clusters, ctx.config.dedup))
+    examples = cluster_examples(ingested.documents, deduped.clusters + deduped.review, ctx.config.dedup)
+    write_json(ctx.output("examples"), examples)
     return {
         **ingested.counts(),
         "sources.files": ingested.file_summary(),
