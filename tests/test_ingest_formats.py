@@ -291,3 +291,13 @@ def test_a_pdf_with_no_text_layer_and_a_pdf_that_is_not_one(tmp_path: Path) -> N
     assert rejected(result) == {"scan": "empty_text"}
     status = {f.path: f.status for f in result.files}
     assert status == {"fake.docx": "failed", "fake.pdf": "failed", "real.pdf": "loaded", "scan.pdf": "loaded"}
+
+
+def test_a_utf16_json_array_streams_like_utf8(tmp_path: Path) -> None:
+    """A JSON array in UTF-16 (what Windows tools write) is decoded as it streams, not cut at a size."""
+    records = [{"id": f"r{i}", "text": f"caf\u00e9 \u26a1 record {i} " * 40} for i in range(3000)]
+    (tmp_path / "wide.json").write_bytes(json.dumps({"documents": records}, ensure_ascii=False).encode("utf-16"))
+    (tmp_path / "wider.json").write_bytes(json.dumps([{"id": "w", "text": "UTF-32 too"}]).encode("utf-32"))
+    result = load(tmp_path)
+    assert len(result.documents) == 3001 and not result.rejects
+    assert result.documents[2999].text == ("caf\u00e9 \u26a1 record 2999 " * 40).strip()

@@ -24,7 +24,7 @@ def _read_text(path: Path, kind: Kind, max_bytes: int) -> str:
             raise BadRecord(f"not_utf8: {exc.reason} at byte {exc.start}") from exc
     if read is None:
         raise BadRecord(f"too_long: the file holds over {max_bytes} bytes of text")
-    return read[0]
+    return read
 
 
 def text_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:

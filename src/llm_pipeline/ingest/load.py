@@ -15,7 +15,7 @@ from llm_pipeline.config import DataConfig
 from llm_pipeline.errors import DataValidationError
 from llm_pipeline.ingest.documents import WHOLE_FILE
 from llm_pipeline.ingest.records import BadRecord, to_document
-from llm_pipeline.ingest.sources import Kind, UnreadableFile, _compression_of, _head, classify, stem
+from llm_pipeline.ingest.sources import Kind, UnreadableFile, classify, compression_of, head_bytes, stem
 from llm_pipeline.ingest.tables import RawItem, read_csv, read_json, read_jsonl, read_parquet
 from llm_pipeline.logging import get_logger
 from llm_pipeline.records import Document, Reject
@@ -101,7 +101,7 @@ def _walk(root: Path, config: DataConfig) -> Iterator[Path]:
 def _kind(path: Path, config: DataConfig) -> Kind | None:
     if config.format in ("auto", "folder"):
         return classify(path)
-    return Kind(config.format, _compression_of(_head(path)))
+    return Kind(config.format, compression_of(head_bytes(path)))
 
 
 def _raw_items(path: Path, kind: Kind, relative: str, max_bytes: int, nested: bool) -> Iterator[RawItem]:

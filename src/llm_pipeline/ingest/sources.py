@@ -71,12 +71,12 @@ def stem(path: Path) -> Path:
     return path.with_suffix("") if path.suffix.lower() in FORMATS_BY_SUFFIX else path
 
 
-def _head(path: Path, size: int = 8) -> bytes:
+def head_bytes(path: Path, size: int = 8) -> bytes:
     with path.open("rb") as handle:
         return handle.read(size)
 
 
-def _compression_of(head: bytes) -> str | None:
+def compression_of(head: bytes) -> str | None:
     return next((name for magic, name in _COMPRESSION_MAGIC if head.startswith(magic)), None)
 
 
@@ -102,8 +102,8 @@ def classify(path: Path) -> Kind | None:
     """The file's kind, or None when it is of no format this loader reads. The name decides the format when it
     has a known suffix (a `.pdf` that is not a PDF then fails to read, loudly); the first bytes decide otherwise.
     Compression is read from the first bytes always, so a `.jsonl.gz` and a gzipped `.jsonl` read alike."""
-    head = _head(path, 512)
-    compression = _compression_of(head)
+    head = head_bytes(path, 512)
+    compression = compression_of(head)
     suffix = path.suffix.lower()
     inner = path.with_suffix("") if suffix in COMPRESSIONS else path
     fmt = FORMATS_BY_SUFFIX.get(inner.suffix.lower())
@@ -183,11 +183,11 @@ def bounded_lines(stream: io.BufferedReader, max_bytes: int) -> Iterator[tuple[i
         yield number, (encode(line) if encode else line)  # type: ignore[arg-type,misc]
 
 
-def read_bounded(stream: io.BufferedReader, max_bytes: int) -> tuple[str, int] | None:
+def read_bounded(stream: io.BufferedReader, max_bytes: int) -> str | None:
     """A whole small file as text (BOM handled as in `sniff_encoding`), or None when it holds over `max_bytes`.
     Raises UnicodeDecodeError (for UTF-8: the record's quarantine gives the position)."""
     encoding = sniff_encoding(stream)
     data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         return None
-    return data.decode(encoding), len(data)
+    return data.decode(encoding)

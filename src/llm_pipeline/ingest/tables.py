@@ -15,7 +15,8 @@ from llm_pipeline.ingest.records import BadRecord
 from llm_pipeline.ingest.sources import Kind, UnreadableFile, bounded_lines, open_binary, sniff_encoding
 
 RawItem = tuple[str, dict[str, Any] | BadRecord, str | None]  # location, record or why not, raw text
-_ESCAPED = range(0xDC80, 0xDD00)  # where surrogateescape puts bytes that are not UTF-8
+_ESCAPED = range(0xDC80, 0xDD00)
+CHUNK_CHARS = 1 << 16  # where surrogateescape puts bytes that are not UTF-8
 
 
 def _parse_json_record(line: str) -> dict[str, Any] | BadRecord:
@@ -55,13 +56,9 @@ def read_json(path: Path, kind: Kind, max_bytes: int) -> Iterator[RawItem]:
 
     with open_binary(path, kind.compression) as stream:
         encoding = sniff_encoding(stream)  # type: ignore[arg-type]
-        source: Any = stream if encoding == "utf-8" else io.TextIOWrapper(stream, encoding=encoding)
-        head = stream.peek(64)[:64].lstrip() if encoding == "utf-8" else b""  # type: ignore[attr-defined]
+        source: Any = stream if encoding == "utf-8" else _AsUtf8(io.TextIOWrapper(stream, encoding=encoding))
+        head = source.peek(64)[:64].lstrip()
         prefix = "documents.item" if head.startswith(b"{") else "item"
-        if encoding != "utf-8":
-            text = source.read(max_bytes * 8)  # UTF-16/32 JSON arrays are rare and small; decoded whole
-            prefix = "documents.item" if text.lstrip().startswith("{") else "item"
-            source = io.BytesIO(text.encode("utf-8", "surrogatepass"))
         index = -1
         try:
             for index, record in enumerate(ijson.items(source, prefix, use_float=True)):
@@ -80,6 +77,29 @@ def read_json(path: Path, kind: Kind, max_bytes: int) -> Iterator[RawItem]:
             raise UnreadableFile(f"nested too deeply to parse after item {index + 1}") from exc
         if index < 0:
             raise UnreadableFile("holds no records: expected a list of records or {'documents': [...]}")
+
+
+class _AsUtf8:
+    """A UTF-16/32 text stream read back as UTF-8 bytes, a chunk at a time (ijson parses bytes): streamed like a
+    UTF-8 file, never decoded whole."""
+
+    def __init__(self, text: io.TextIOWrapper):
+        self._text = text
+        self._pending = b""
+
+    def peek(self, size: int) -> bytes:
+        while len(self._pending) < size:
+            chunk = self._text.read(CHUNK_CHARS)
+            if not chunk:
+                break
+            self._pending += chunk.encode("utf-8", "surrogatepass")
+        return self._pending
+
+    def read(self, size: int = -1) -> bytes:
+        wanted = CHUNK_CHARS if size is None or size < 0 else size
+        self.peek(wanted)
+        out, self._pending = self._pending[:wanted], self._pending[wanted:]
+        return out
 
 
 class _Lines:
