@@ -66,6 +66,8 @@ def output_link(path: Path | str, output_root: Path | None = None) -> str:
 def stage_summary(prefix: str, result: StageResult, output_root: Path | None = None) -> None:
     from prefect.artifacts import create_markdown_artifact
 
+    from llm_pipeline.report import file_table
+
     lines = [f"### {result.stage}", ""]
     if result.cached:
         lines += [f"Reused from an earlier run (cache hit): `{result.reused_from or 'this run folder'}`.", ""]
@@ -79,14 +81,7 @@ def stage_summary(prefix: str, result: StageResult, output_root: Path | None = N
         lines.append("")
     files = result.counts.get("sources.files") or []
     if files:  # the loader's per-file summary: a file that gave nothing must be seen where the run is looked at
-        lines += ["| input file | status | format | records | documents | quarantined | why |", "|---" * 7 + "|"]
-        for f in files[:50]:
-            reason = str(f.get("reason") or "").replace("|", "/")[:120]
-            lines.append(
-                f"| {f['path']} | {f['status']} | {f.get('format') or ''} | {f['records']} | {f['documents']} | "
-                f"{f['quarantined']} | {reason} |"
-            )
-        lines.append("")
+        lines += file_table(files, 50) + [""]
     if result.resources:
         lines += ["| resource | value |", "|---|---|"]
         lines += [f"| {k} | {_cell(v)} |" for k, v in result.resources.items() if v is not None]

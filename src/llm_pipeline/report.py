@@ -176,6 +176,19 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+def file_table(files: list[dict[str, Any]], rows: int) -> list[str]:
+    """The loader's per-file summary as a markdown table (report.md and the load stage's Prefect artifact)."""
+    lines = ["| file | status | format | records | documents | quarantined | why |", "|---" * 7 + "|"]
+    for f in files[:rows]:
+        fmt = (f.get("format") or "") + (f" ({f['compression']})" if f.get("compression") else "")
+        reason = (f.get("reason") or "").replace("|", "/")[:160]
+        lines.append(
+            f"| `{f['path']}` | {f['status']} | {fmt} | {f['records']} | {f['documents']} | {f['quarantined']} | "
+            f"{reason} |"
+        )
+    return lines
+
+
 def input_lines(manifest: dict[str, Any]) -> list[str]:
     """The inputs, file by file: what each gave, and every file skipped or failed with its reason (those first)."""
     stages = manifest.get("stages", {}).values()
@@ -200,20 +213,7 @@ def input_lines(manifest: dict[str, Any]) -> list[str]:
         lines.append(
             f"**Warning: {counts.get('files.failed', 0) + counts.get('files.skipped', 0)} files gave nothing.**"
         )
-    lines += [
-        "",
-        "| file | status | format | records | documents | quarantined | why |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for f in files[:INPUT_ROWS]:
-        fmt = f.get("format") or ""
-        if f.get("compression"):
-            fmt += f" ({f['compression']})"
-        reason = (f.get("reason") or "").replace("|", "/")[:160]
-        lines.append(
-            f"| `{f['path']}` | {f['status']} | {fmt} | {f['records']} | {f['documents']} | {f['quarantined']} | "
-            f"{reason} |"
-        )
+    lines += [""] + file_table(files, INPUT_ROWS)
     if len(files) > INPUT_ROWS:
         lines.append(f"\n{len(files) - INPUT_ROWS} more files in the manifest's `sources.files`.")
     return lines

@@ -96,26 +96,20 @@ class ShingleHasher:
         mixed = np.zeros(max(full, 0), dtype=np.uint64)
         for j in range(k):
             mixed = (mixed * _MIX) ^ words[j : j + len(mixed)]
-        # window starts inside each long-enough text: starts[t] .. starts[t] + windows[t] - 1
-        first = np.repeat(starts, windows)
-        position = first + (np.arange(int(windows.sum())) - np.repeat(np.cumsum(windows) - windows, windows))
+        # window w of text t starts at word starts[t] + w and lands in slot offsets[t] + w; a text shorter than
+        # k words has no window and one slot (filled below)
         per_text = np.where(windows > 0, windows, 1)
-        hashes = np.empty(int(per_text.sum()), dtype=np.uint64)
         offsets = np.concatenate(([0], np.cumsum(per_text))).astype(np.int64)
+        within = np.arange(int(windows.sum())) - np.repeat(np.cumsum(windows) - windows, windows)
+        hashes = np.empty(int(per_text.sum()), dtype=np.uint64)
+        hashes[np.repeat(offsets[:-1], windows) + within] = mixed[np.repeat(starts, windows) + within]
         long_enough = windows > 0
-        slots = np.repeat(offsets[:-1][long_enough], windows[long_enough])
-        slots = slots + (np.arange(len(slots)) - np.repeat(np.cumsum(windows[long_enough]) - windows[long_enough],
-                                                             windows[long_enough]))  # fmt: skip
-        hashes[slots] = mixed[position]
         for t in np.flatnonzero(~long_enough).tolist():  # shorter than k words: all of it is one shingle
             value = 0  # the same mix as above, in Python ints wrapped to 64 bits (numpy scalars warn on overflow)
             for word in words[starts[t] : starts[t] + counts[t]].tolist():
                 value = ((value * _MIX_INT) & _MASK64) ^ word
             hashes[offsets[t]] = value
         return hashes, offsets
-
-    def __call__(self, text: str) -> np.ndarray:
-        return self.batch([text])[0]
 
 
 class ShingleSets:
