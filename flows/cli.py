@@ -131,7 +131,7 @@ def health(
     """Success and error rates, run durations, queue times and resource use (CPU mean, memory peak, GPU
     utilisation mean, GPU memory peak, sampled during stages) per deployment over a window, against thresholds
     (the spec's by default) from the Prefect API (PREFECT_API_URL). Exit 1 when one is crossed."""
-    from flows.health import pipeline_health
+    from flows.health import pipeline_health, pool_status
     from llm_pipeline.health import Thresholds, parse_window
 
     try:
@@ -143,10 +143,12 @@ def health(
         err.print(f"[bold red]error[/]: {exc}")
         raise typer.Exit(2) from None
     report = pipeline_health(span, thresholds)
+    pools = pool_status()
     unhealthy = [h for h in report if h.breaches]
     if as_json:
-        out.print_json(json.dumps({"window": window, "deployments": [h.as_dict() for h in report]}))
+        out.print_json(json.dumps({"window": window, "deployments": [h.as_dict() for h in report], "pools": pools}))
     else:
+        _print_pools(pools)
         table = Table(title=f"pipeline health, last {window}")
         for column in (
             "deployment",
@@ -184,6 +186,26 @@ def health(
         if not report:
             out.print(f"no flow runs in the last {window}")
     raise typer.Exit(1 if unhealthy else 0)
+
+
+def _print_pools(pools: list[dict[str, Any]]) -> None:
+    """Workers per pool: online as Prefect sees them, and the autoscaler's replicas and last decision."""
+    table = Table(title="workers per pool")
+    for column in ("pool", "online", "replicas (draining)", "demand / capacity", "utilization", "min..max", "last"):
+        table.add_column(column)
+    for pool in pools:
+        scaled = pool.get("autoscaler") or {}
+        level = scaled.get("utilization")
+        table.add_row(
+            pool["pool"],
+            str(pool["workers_online"]),
+            f"{scaled['replicas']} ({scaled.get('draining', 0)})" if "replicas" in scaled else "not scaled",
+            f"{scaled['demand']} / {scaled['capacity']}" if "demand" in scaled else "-",
+            "-" if level is None else f"{level:.0%}",
+            f"{scaled['min']}..{scaled['max']}" if "min" in scaled else "-",
+            (scaled.get("last_decision") or {}).get("message") or scaled.get("error") or scaled.get("note") or "-",
+        )
+    out.print(table)
 
 
 def main() -> None:

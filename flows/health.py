@@ -78,6 +78,31 @@ async def fetch_runs(window: timedelta, now: datetime) -> list[RunRecord]:
     ]
 
 
+AUTOSCALER_VARIABLE = "llm-pipeline-autoscaler"  # written by services/autoscaling every tick
+
+
+async def fetch_pools() -> list[dict[str, Any]]:
+    """Each work pool's workers as Prefect sees them (online: heartbeat within its window) and, for the pools the
+    autoscaler scales, its last reading: replicas, draining, demand, capacity, utilization, last decision."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
+
+    async with get_client() as client:
+        scaled = await client.read_variable_by_name(AUTOSCALER_VARIABLE)
+        scaled = scaled.value if scaled is not None and isinstance(scaled.value, dict) else {}
+        pools = []
+        for pool in await client.read_work_pools():
+            online = await client.read_workers_for_work_pool(
+                pool.name, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"]))
+            )
+            pools.append({"pool": pool.name, "workers_online": len(online), "autoscaler": scaled.get(pool.name)})
+    return pools
+
+
+def pool_status() -> list[dict[str, Any]]:
+    return asyncio.run(fetch_pools())
+
+
 def pipeline_health(window: timedelta, thresholds: Thresholds) -> list[DeploymentHealth]:
     now = datetime.now(UTC)
     return deployment_health(asyncio.run(fetch_runs(window, now)), now, thresholds)

@@ -84,6 +84,9 @@ def stack(tmp_path_factory):
         .replace("PREFECT_SERVER_API_AUTH_STRING=\n", f"PREFECT_SERVER_API_AUTH_STRING={auth}\n")
         .replace("PREFECT_PORT=4200", f"PREFECT_PORT={port}")
         .replace("ALERT_COOLDOWN=15m", "ALERT_COOLDOWN=10s")  # one test's page must not swallow the next's
+        # the autoscaler runs but scales nothing, so each test keeps the workers it starts; test_autoscaling_stack
+        # turns it on for its own span
+        .replace("SCALING_POOLS=llm-pipeline-pool=cpu-worker,llm-pipeline-gpu-pool=gpu-worker", "SCALING_POOLS=")
         .replace("OUTPUTS_PORT=4201", f"OUTPUTS_PORT={outputs_port}")
         .replace("OUTPUTS_PUBLIC_URL=http://127.0.0.1:4201", f"OUTPUTS_PUBLIC_URL=http://127.0.0.1:{outputs_port}")
         .replace("PREFECT_UI_API_URL=http://127.0.0.1:4200/api", f"PREFECT_UI_API_URL=http://127.0.0.1:{port}/api")

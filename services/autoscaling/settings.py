@@ -48,8 +48,13 @@ class AutoscalerSettings(BaseSettings):
     scale_down_cooldown: float = 600.0
     sustain: float = 10.0
     worker_limit: int = Field(4, ge=1, validation_alias="WORKER_LIMIT")
+    interval: float = 5.0  # seconds between ticks
+    drain_timeout: float = 7200.0  # how long a worker picked for removal may finish its runs before it is killed
+    # pool=compose service, comma-separated; empty: the autoscaler watches nothing (it runs, and scales no pool)
+    pools: str = "llm-pipeline-pool=cpu-worker,llm-pipeline-gpu-pool=gpu-worker"
+    gpu_devices: str = ""  # the host's GPU ids ("0,1,2,3"); empty: asked of the NVIDIA runtime (nvidia-smi)
 
-    @field_validator("scale_up_cooldown", "scale_down_cooldown", "sustain", mode="before")
+    @field_validator("scale_up_cooldown", "scale_down_cooldown", "sustain", "interval", "drain_timeout", mode="before")
     @classmethod
     def _duration(cls, value: object) -> float:
         return parse_duration(value)  # type: ignore[arg-type]
@@ -64,6 +69,19 @@ class AutoscalerSettings(BaseSettings):
                 f"{self.scale_up_threshold}"
             )
         return self
+
+    @field_validator("pools")
+    @classmethod
+    def _pools(cls, value: str) -> str:
+        for part in filter(None, (piece.strip() for piece in value.split(","))):
+            pool, _, service = part.partition("=")
+            if not pool.strip() or not service.strip():
+                raise ValueError(f"{part!r} is not pool=service (e.g. llm-pipeline-pool=cpu-worker)")
+        return value
+
+    def pool_services(self) -> dict[str, str]:
+        pairs = (part.strip().partition("=") for part in self.pools.split(",") if part.strip())
+        return {pool.strip(): service.strip() for pool, _, service in pairs}
 
     def policy(self) -> ScalingPolicy:
         return ScalingPolicy(

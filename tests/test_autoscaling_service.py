@@ -1,0 +1,218 @@
+"""The autoscaler's parts below the stack (issue 17): demand as a pool's limits allow it, counted by hand and read
+from a real Prefect server; a replica's create body copied from a container's inspect output (labels, its own
+host name, a GPU of its own); and the draining worker, stopped by a real SIGTERM while it holds a run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from services.autoscaling.demand import PoolLimits, QueuedRun, effective_demand
+from services.autoscaling.replicas import (
+    DEVICES,
+    MANAGED,
+    NUMBER,
+    claimed_devices,
+    replica_config,
+    uses_gpus,
+    worker_limit_of,
+)
+from services.autoscaling.settings import AutoscalerSettings
+from tests.conftest import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- demand, by hand ---------------------------------------------------------------------------------------------
+def runs(active: int = 0, ready: int = 0, queue: str = "low", deployment: str | None = None) -> list[QueuedRun]:
+    return [QueuedRun(True, queue, deployment)] * active + [QueuedRun(False, queue, deployment)] * ready
+
+
+def test_demand_counts_running_and_ready_runs() -> None:
+    assert effective_demand(runs(active=1, ready=2), PoolLimits()) == 3
+    assert effective_demand([], PoolLimits()) == 0
+
+
+def test_a_deployments_own_limit_holds_its_runs_back_from_demand() -> None:
+    # each of our deployments runs one at a time: two more of it queued need no worker
+    limits = PoolLimits(deployments={"ev": 1})
+    assert effective_demand(runs(active=1, ready=2, deployment="ev"), limits) == 1
+    assert effective_demand(runs(ready=3, deployment="ev"), limits) == 1
+    assert effective_demand(runs(ready=3, deployment="ev") + runs(ready=2, deployment="other"), limits) == 3
+
+
+def test_queue_and_pool_limits_and_pauses_cap_demand() -> None:
+    assert effective_demand(runs(ready=5, queue="high"), PoolLimits(queues={"high": 2})) == 2
+    assert effective_demand(runs(active=2, ready=5, queue="high"), PoolLimits(queues={"high": 2})) == 2
+    assert effective_demand(runs(active=7, ready=5), PoolLimits(pool=8)) == 8
+    assert effective_demand(runs(active=1, ready=4), PoolLimits(paused=True)) == 1
+    paused_low = PoolLimits(paused_queues=frozenset({"low"}))
+    assert effective_demand(runs(ready=4) + runs(ready=1, queue="normal"), paused_low) == 1
+
+
+# --- replicas, from an inspect output -------------------------------------------------------------------------------
+def inspected(device_requests: list | None = None, command: list[str] | None = None) -> dict:
+    """The parts of `docker inspect` of a compose-made worker that a replica is made from."""
+    return {
+        "Config": {
+            "Hostname": "0123456789ab",
+            "Image": "llm-pipeline:cpu",
+            "Cmd": command or ["python", "-m", "workers.serve", "--pool", "p", "--with-healthcheck", "--limit", "4"],
+            "Env": ["PREFECT_API_URL=http://prefect-server:4200/api", "NVIDIA_VISIBLE_DEVICES=all"],
+            "Labels": {
+                "com.docker.compose.project": "stack",
+                "com.docker.compose.service": "gpu-worker",
+                NUMBER: "1",
+                "com.docker.compose.oneoff": "False",
+            },
+            "Healthcheck": {"Test": ["CMD", "true"]},
+        },
+        "HostConfig": {
+            "RestartPolicy": {"Name": "unless-stopped"},
+            "Mounts": [{"Type": "volume", "Source": "stack_shared", "Target": "/shared"}],
+            "DeviceRequests": device_requests,
+        },
+        "NetworkSettings": {"Networks": {"stack_default": {"Aliases": ["stack-gpu-worker-1", "gpu-worker"]}}},
+    }
+
+
+def test_a_replica_is_one_of_the_services_own_with_a_host_name_of_its_own() -> None:
+    body = replica_config(inspected(), "stack-gpu-worker-3", 3)
+    assert "Hostname" not in body  # the worker's name (pool@host) tells replicas apart
+    assert body["Labels"]["com.docker.compose.project"] == "stack"
+    assert body["Labels"]["com.docker.compose.service"] == "gpu-worker"
+    assert body["Labels"][NUMBER] == "3" and body["Labels"][MANAGED] == "true"
+    assert body["HostConfig"]["Mounts"][0]["Target"] == "/shared"
+    assert body["HostConfig"]["RestartPolicy"] == {"Name": "unless-stopped"}
+    assert body["NetworkingConfig"]["EndpointsConfig"]["stack_default"]["Aliases"] == [
+        "gpu-worker",
+        "stack-gpu-worker-3",
+    ]
+    assert worker_limit_of(inspected()) == 4
+    assert worker_limit_of(inspected(command=["prefect", "worker", "start"])) is None
+
+
+def test_a_gpu_replica_is_pinned_to_a_device_of_its_own() -> None:
+    by_count = [{"Driver": "nvidia", "Count": 1, "Capabilities": [["gpu"]]}]
+    template = inspected(device_requests=by_count)
+    assert uses_gpus(template) and not uses_gpus(inspected())
+    devices = ["0", "1", "2", "3"]
+    assert claimed_devices(template, devices) == {"0"}
+    assert claimed_devices(inspected([{"Driver": "nvidia", "Count": -1}]), devices) == set(devices)
+    body = replica_config(template, "stack-gpu-worker-2", 2, devices=["2"])
+    [request] = body["HostConfig"]["DeviceRequests"]
+    assert request["DeviceIDs"] == ["2"] and request["Count"] == 0
+    assert "NVIDIA_VISIBLE_DEVICES=2" in body["Env"] and "NVIDIA_VISIBLE_DEVICES=all" not in body["Env"]
+    assert body["Labels"][DEVICES] == "2"
+    assert claimed_devices(body, devices) == {"2"}
+
+
+def test_the_pools_it_scales_are_pool_equals_service_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert AutoscalerSettings().pool_services() == {
+        "llm-pipeline-pool": "cpu-worker",
+        "llm-pipeline-gpu-pool": "gpu-worker",
+    }
+    monkeypatch.setenv("SCALING_POOLS", "")
+    assert AutoscalerSettings().pool_services() == {}
+    monkeypatch.setenv("SCALING_POOLS", "llm-pipeline-pool")
+    with pytest.raises(ValueError, match="pool=service"):
+        AutoscalerSettings()
+
+
+# --- against a real Prefect server ---------------------------------------------------------------------------------
+def _pool(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from workers import pools
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(
+            WorkPoolCreate(name=name, type="process", base_job_template=pools.process_job_template())
+        )
+        client.create_work_queue(name="low", work_pool_name=name, priority=1, concurrency_limit=10)
+
+
+def _deploy(pool: str, name: str, limit: int | None = None) -> str:
+    from prefect import flow
+
+    return str(
+        flow.from_source(source=str(ROOT), entrypoint="tests/orchestration_flows.py:sleeper").deploy(
+            name=name, work_pool_name=pool, work_queue_name="low", concurrency_limit=limit, print_next_steps=False
+        )
+    )
+
+
+def test_demand_read_from_the_api_leaves_out_what_a_limit_holds_back(prefect_server) -> None:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from services.autoscaling.demand import read_demand
+
+    pool = f"demand-{uuid.uuid4().hex[:6]}"
+    _pool(pool)
+    _deploy(pool, f"{pool}-one-at-a-time", limit=1)
+    _deploy(pool, f"{pool}-free")
+    for _ in range(3):
+        run_deployment(f"sleeper/{pool}-one-at-a-time", timeout=0)
+    for _ in range(2):
+        run_deployment(f"sleeper/{pool}-free", timeout=0)
+
+    async def read() -> int:
+        async with get_client() as client:
+            return await read_demand(client, pool)
+
+    # no worker: nothing runs; 1 of the limited deployment's 3 could start, and both free runs
+    assert asyncio.run(read()) == 3
+
+
+def test_a_draining_worker_finishes_its_run_takes_no_new_one_then_exits(prefect_server, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    pool = f"drain-{uuid.uuid4().hex[:6]}"
+    _pool(pool)
+    _deploy(pool, pool)
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "workers.serve", "--pool", pool, "--limit", "2"],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={
+            **os.environ,
+            "PREFECT_API_URL": prefect_server.api_url,
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_WEBSERVER_PORT": str(free_port()),
+        },
+    )
+    try:
+        held = run_deployment(f"sleeper/{pool}", parameters={"seconds": 12}, timeout=0)
+        with get_client(sync_client=True) as client:
+
+            def state(run_id: object) -> str:
+                return client.read_flow_run(run_id).state.name
+
+            wait_until(lambda: state(held.id) == "Running", 120, "the worker to start the run")
+            worker.send_signal(signal.SIGTERM)  # what `docker stop` sends: the autoscaler's scale-down
+            later = run_deployment(f"sleeper/{pool}", parameters={"seconds": 1}, timeout=0)
+            wait_until(lambda: state(held.id) in ("Completed", "Failed", "Crashed"), 120, "the held run to end")
+            assert state(held.id) == "Completed"
+            worker.wait(timeout=60)
+            assert worker.returncode == 0
+            assert state(later.id) in ("Scheduled", "Late")  # never taken by the draining worker
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        log.close()
+    output = (tmp_path / "worker.log").read_text()
+    assert "draining: takes no more flow runs, 1 still running" in output, output[-2000:]
+    assert "drained, stopping" in output
