@@ -11,6 +11,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 
 .PHONY: help install run validate test test-fast lint format lock clean-outputs bench-dedup bench-dedup-real bench-qa \
         secrets check-env up down deploy logs ps run-test clean compose-check images engine test-tools open \
+        swarm-up swarm-deploy swarm-down \
         screenshots proxy-check
 
 help:  ## list the targets
@@ -70,12 +71,12 @@ bench-qa: install  ## QA throughput vs a 300 ms, 6,000 req/min OpenAI-compatible
 	  --output docs/qa-benchmark.json
 
 lint: install  ## ruff check and format check
-	$(BIN)/ruff check src flows services tests benchmarks scripts
-	$(BIN)/ruff format --check src flows services tests benchmarks scripts
+	$(BIN)/ruff check src flows services workers tests benchmarks scripts
+	$(BIN)/ruff format --check src flows services workers tests benchmarks scripts
 
 format: install  ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src flows services tests benchmarks scripts
-	$(BIN)/ruff format src flows services tests benchmarks scripts
+	$(BIN)/ruff check --fix src flows services workers tests benchmarks scripts
+	$(BIN)/ruff format src flows services workers tests benchmarks scripts
 
 lock: $(BIN)/python  ## re-resolve pyproject.toml into requirements.lock in a scratch venv
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
@@ -143,6 +144,17 @@ ps:  ## list the stack's containers and their health
 
 run-test: check-env  ## trigger the test deployment and follow it; non-zero exit unless it Completed
 	$(DC) run --rm deployer llm-pipeline trigger llm-pipeline/test-pipeline --wait
+
+# --- the same stack on Docker Swarm (README "Past one host"): `docker swarm init` first, images on every node --
+STACK ?= llm-pipeline
+swarm-up: check-env  ## deploy the stack to a Docker Swarm as stack STACK (the workers a replicated service)
+	$(DC) config --format json | $(BIN)/python scripts/swarm_stack.py | docker stack deploy --detach=true -c - $(STACK)
+
+swarm-deploy: check-env  ## make deploy, against the swarm stack (the deployer on the stack's network)
+	$(DC) --profile tools config --format json | $(BIN)/python scripts/swarm_stack.py run deployer $(STACK)
+
+swarm-down:  ## remove the swarm stack STACK (its volumes stay)
+	docker stack rm $(STACK)
 
 clean:  ## stop the stack and delete its volumes (database, run outputs), after asking
 	@read -p "Delete the stack's volumes (Prefect database and all run outputs)? [y/N] " answer; \

@@ -201,3 +201,69 @@ class ComposeService:
                 except Exception:
                     continue
         return gone
+
+
+class SwarmService:
+    """A Docker Swarm service's replicas (a stack deployed with `make swarm-up`), scaled by its replica count.
+    Swarm picks which task a scale-down stops; the worker takes the SIGTERM as drain and swarm waits the
+    service's stop grace period (SCALING_DRAIN_TIMEOUT) before a SIGKILL, so the choice costs no run."""
+
+    def __init__(self, client: Any, stack: str, service: str):
+        self.client = client
+        self.project = stack
+        self.service = service
+        self.name = f"{stack}_{service}"
+
+    def _spec(self) -> Any:
+        return self.client.services.get(self.name)
+
+    def _replica(self, task: dict[str, Any], spec: dict[str, Any]) -> Replica:
+        container = spec["TaskTemplate"]["ContainerSpec"]
+        attrs = {  # what the autoscaler reads of a replica: the worker's command line and its devices
+            "Config": {"Cmd": container.get("Args") or container.get("Command") or [], "Image": container["Image"]},
+            "HostConfig": {"DeviceRequests": None},
+        }
+        slot = int(task.get("Slot") or 0)
+        return Replica(task["ID"], f"{self.name}.{slot}", slot, slot > 1, task["Status"]["State"], attrs)
+
+    def replicas(self, everything: bool = False) -> list[Replica]:
+        service = self._spec()
+        tasks = service.tasks() if everything else service.tasks(filters={"desired-state": "running"})
+        return sorted((self._replica(t, service.attrs["Spec"]) for t in tasks), key=lambda r: r.number)
+
+    def serving(self) -> list[Replica]:
+        """Tasks swarm keeps running (starting ones included: they are the replicas asked for)."""
+        return self.replicas()
+
+    @property
+    def draining(self) -> int:
+        tasks = self._spec().tasks(filters={"desired-state": "shutdown"})
+        return sum(task["Status"]["State"] == "running" for task in tasks)
+
+    def _scale(self, replicas: int) -> None:
+        service = self._spec()
+        service.scale(max(0, replicas))
+
+    def add(self, template: Replica, devices: list[list[str]] | None = None, count: int = 1) -> list[str]:
+        desired = self._spec().attrs["Spec"]["Mode"]["Replicated"]["Replicas"]
+        self._scale(desired + count)
+        return [f"{self.name}.{slot}" for slot in range(desired + 1, desired + count + 1)]
+
+    def busy(self, replica: Replica) -> bool:  # swarm chooses; nothing to rank
+        return False
+
+    def choose_for_removal(self, count: int) -> list[Replica]:
+        return sorted(self.serving(), key=lambda r: -r.number)[:count]
+
+    def drain(self, replica: Replica, timeout_s: float, done: Any = None) -> None:
+        desired = self._spec().attrs["Spec"]["Mode"]["Replicated"]["Replicas"]
+        error = None
+        try:
+            self._scale(desired - 1)
+        except Exception as exc:
+            error = exc
+        if done is not None:
+            done(replica, error)
+
+    def remove_exited(self) -> list[str]:
+        return []  # swarm removes its own tasks

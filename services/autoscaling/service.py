@@ -21,7 +21,14 @@ from typing import Any
 
 from services.autoscaling.demand import read_demand
 from services.autoscaling.policy import Decision, Observation, ScalingPolicy, ScalingState, decide, utilization
-from services.autoscaling.replicas import PROJECT, ComposeService, claimed_devices, uses_gpus, worker_limit_of
+from services.autoscaling.replicas import (
+    PROJECT,
+    ComposeService,
+    SwarmService,
+    claimed_devices,
+    uses_gpus,
+    worker_limit_of,
+)
 from services.autoscaling.settings import AutoscalerSettings, load_settings
 
 VARIABLE = "llm-pipeline-autoscaler"  # what `llm-pipeline health` reads
@@ -32,7 +39,7 @@ TICK_FILE = Path("/tmp/autoscaler.tick")  # its mtime is the container's healthc
 @dataclass
 class ManagedPool:
     pool: str
-    service: ComposeService
+    service: ComposeService | SwarmService
     policy: ScalingPolicy
     state: ScalingState = field(default_factory=ScalingState)
     devices: list[str] | None = None  # a GPU pool's devices; None: not pinned
@@ -73,8 +80,9 @@ class Autoscaler:
         self.docker = docker_client
         self.project = project
         self.pools: list[ManagedPool] = []
+        kind = SwarmService if settings.backend == "swarm" else ComposeService
         for pool, service in settings.pool_services().items():
-            self.pools.append(ManagedPool(pool, ComposeService(docker_client, project, service), settings.policy()))
+            self.pools.append(ManagedPool(pool, kind(docker_client, project, service), settings.policy()))
         self.log = _log()
         self._gpu_checked: set[str] = set()
         self._errors: dict[str, str] = {}
@@ -256,6 +264,7 @@ class Autoscaler:
         self.log.info(
             "autoscaler.started",
             project=self.project,
+            backend=self.settings.backend,
             pools={m.pool: m.service.service for m in self.pools},
             interval_s=self.settings.interval,
             policy=str(self.settings.policy()),
@@ -268,12 +277,17 @@ class Autoscaler:
         self.log.info("autoscaler.stopped", draining=sum(m.service.draining for m in self.pools))
 
 
+STACK = "com.docker.stack.namespace"  # what `docker stack deploy` labels a stack's containers with
+
+
 def own_project(docker_client: Any, fallback: str) -> str:
-    """The compose project this container belongs to (its own label), so replicas join the right one."""
+    """The compose project (or swarm stack) this container belongs to, from its own labels, so replicas join
+    the right one."""
     try:
-        return docker_client.containers.get(socket.gethostname()).labels.get(PROJECT) or fallback
+        labels = docker_client.containers.get(socket.gethostname()).labels
     except Exception:
         return fallback
+    return labels.get(PROJECT) or labels.get(STACK) or fallback
 
 
 def main() -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +54,8 @@ class AutoscalerSettings(BaseSettings):
     # pool=compose service, comma-separated; empty: the autoscaler watches nothing (it runs, and scales no pool)
     pools: str = "llm-pipeline-pool=cpu-worker,llm-pipeline-gpu-pool=gpu-worker"
     gpu_devices: str = ""  # the host's GPU ids ("0,1,2,3"); empty: asked of the NVIDIA runtime (nvidia-smi)
+    # compose: containers of a compose project; swarm: a swarm stack's services (scripts/swarm_stack.py sets it)
+    backend: Literal["compose", "swarm"] = "compose"
 
     @field_validator("scale_up_cooldown", "scale_down_cooldown", "sustain", "interval", "drain_timeout", mode="before")
     @classmethod
