@@ -40,6 +40,9 @@ def swarm_stack(config: dict[str, Any], drain_timeout: str = "2h") -> dict[str, 
             for key, value in service.items()
             if key not in DROPPED and not key.startswith("x-") and value is not None  # entrypoint: null
         }
+        labels = {k: v for k, v in (swarm.pop("labels", None) or {}).items() if not k.startswith("com.docker.compose.")}
+        if labels:  # Compose's own labels name a compose project: in a stack, the stack's namespace label does
+            swarm["labels"] = labels
         for mount in swarm.get("volumes") or []:
             (mount.get("bind") or {}).pop("create_host_path", None)  # Compose's own key; swarm's schema refuses it
             for empty in ("bind", "volume"):

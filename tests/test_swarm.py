@@ -42,6 +42,11 @@ def running_tasks(service: str) -> int:
     return len(listed.split())
 
 
+def autoscaler_logs() -> str:
+    logs = docker("service", "logs", "--raw", f"{STACK}_autoscaler")
+    return logs.stdout + logs.stderr
+
+
 @pytest.fixture(scope="module")
 def swarm(stack, tmp_path_factory) -> Iterator[dict[str, Any]]:
     state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
@@ -94,8 +99,7 @@ def swarm(stack, tmp_path_factory) -> Iterator[dict[str, Any]]:
 def test_the_swarm_stacks_workers_are_a_replicated_service_the_autoscaler_scales(swarm) -> None:
     api = swarm["api"]
     assert replicas_of("cpu-worker") == 1
-    logs = docker("service", "logs", "--raw", f"{STACK}_autoscaler").stdout
-    assert '"backend": "swarm"' in logs
+    wait_until(lambda: '"backend": "swarm"' in autoscaler_logs(), 120, "the autoscaler started on its swarm backend")
 
     queued = subprocess.run(
         [sys.executable, "-c", QUEUE_PIPELINES],
@@ -124,7 +128,6 @@ def test_the_swarm_stacks_workers_are_a_replicated_service_the_autoscaler_scales
     finals = {run: wait_until(lambda run=run: (s := state(run)) in FINAL and s, 900, f"run {run}") for run in run_ids}
     assert finals == dict.fromkeys(run_ids, "COMPLETED")
     wait_until(lambda: replicas_of("cpu-worker") == 1, 180, "the service back to one replica")
-    logs = docker("service", "logs", "--raw", f"{STACK}_autoscaler").stdout
-    scaled = [json.loads(line) for line in logs.splitlines() if '"autoscaler.scaled"' in line]
+    scaled = [json.loads(line) for line in autoscaler_logs().splitlines() if '"autoscaler.scaled"' in line]
     assert any(re.fullmatch(r"scaled llm-pipeline-pool 1 -> [23]: .*", s["message"]) for s in scaled), scaled
     assert any(s["direction"] == "down" and s["workers_to"] == 1 for s in scaled), scaled

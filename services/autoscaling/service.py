@@ -287,7 +287,7 @@ def own_project(docker_client: Any, fallback: str) -> str:
         labels = docker_client.containers.get(socket.gethostname()).labels
     except Exception:
         return fallback
-    return labels.get(PROJECT) or labels.get(STACK) or fallback
+    return labels.get(STACK) or labels.get(PROJECT) or fallback
 
 
 def main() -> None:
