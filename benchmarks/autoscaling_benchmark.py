@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import secrets
 import socket
 import subprocess
@@ -31,6 +30,9 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.stack import set_env  # noqa: E402 - the stack tests' own env-file editing
+
 PROJECT = "llm-pipeline-bench"
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
@@ -55,15 +57,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def set_env(path: Path, values: dict[str, str]) -> None:
-    text = path.read_text()
-    for key, value in values.items():
-        text, found = re.subn(rf"(?m)^{key}=.*$", f"{key}={value}", text)
-        if not found:
-            text += f"{key}={value}\n"
-    path.write_text(text)
 
 
 class Stack:

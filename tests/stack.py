@@ -5,6 +5,7 @@ stack and .env are left alone. Registered as a plugin in conftest.py."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 from pathlib import Path
@@ -15,6 +16,16 @@ from tests.conftest import free_port, require_docker
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "llm-pipeline-e2e"
+
+
+def set_env(path: Path, values: dict[str, str]) -> None:
+    """Set KEY=value lines in an env file (added at the end when missing)."""
+    text = path.read_text()
+    for key, value in values.items():
+        text, found = re.subn(rf"(?m)^{key}=.*$", f"{key}={value}", text)
+        if not found:
+            text += f"\n{key}={value}\n"
+    path.write_text(text)
 
 
 def make(target: str, env: dict[str, str], timeout: float = 900, *args: str) -> subprocess.CompletedProcess:

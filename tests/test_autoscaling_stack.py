@@ -2,7 +2,7 @@
 WORKER_LIMIT=1 and cooldowns of seconds, three pipelines queued at once raise the cpu-workers above one (replicas
 that `docker compose ps` lists), a worker picked for removal while it holds a run drains and its run completes,
 all three complete, the workers fall back to one after the down cooldown, each decision is a Prefect event and a
-line of `llm-pipeline health`, and `make down` removes every replica.
+line of `llm-pipeline health`, the UI's Event Feed shows them in Chromium, and `make down` removes every replica.
 
 The session's stack runs the autoscaler with no pool to scale (SCALING_POOLS empty, tests/stack.py) so that the
 other stack and chaos tests keep the workers they start; this test turns it on for its own span and back off.
@@ -16,12 +16,13 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 
 from tests.conftest import wait_until
-from tests.stack import PROJECT, compose, make
+from tests.stack import PROJECT, compose, make, set_env
 
 pytestmark = pytest.mark.slow
 
@@ -57,15 +58,6 @@ with get_client(sync_client=True) as client:
         runs.append(str(client.create_flow_run_from_deployment(deployment_id, parameters=parameters).id))
     print(json.dumps(runs))
 """
-
-
-def set_env(path: Path, values: dict[str, str]) -> None:
-    text = path.read_text()
-    for key, value in values.items():
-        text, found = re.subn(rf"(?m)^{key}=.*$", f"{key}={value}", text)
-        if not found:
-            text += f"\n{key}={value}\n"
-    path.write_text(text)
 
 
 def replicas(everything: bool = False) -> list[dict[str, Any]]:
@@ -108,6 +100,26 @@ class Api:
     def events(self, prefix: str) -> list[dict[str, Any]]:
         body = {"filter": {"event": {"prefix": [prefix]}}, "limit": 50}  # the last day's (the API's default)
         return self.client.post("/events/filter", json=body).json()["events"]
+
+
+def event_feed(stack: dict[str, Any]) -> str:
+    """The text of the UI's Event Feed page once the autoscaler's events show, in Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_ui import chromium_path, log_in, visit
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        try:
+            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            log_in(page, stack)
+            # the feed filtered to the autoscaler's two event types, as its "Events" picker writes the address
+            # (the runs' own events would push them off the first page)
+            names = quote(json.dumps(["llm-pipeline.autoscaler.scaled-up", "llm-pipeline.autoscaler.scaled-down"]))
+            url = f"http://127.0.0.1:{stack['port']}/v2/events?events={names}"
+            return visit(page, url, "Llm Pipeline Autoscaler Scaled", 60_000)
+        finally:
+            browser.close()
 
 
 def test_three_queued_pipelines_scale_the_workers_up_then_back_to_one(autoscaling) -> None:
@@ -154,6 +166,9 @@ def test_three_queued_pipelines_scale_the_workers_up_then_back_to_one(autoscalin
         return messages if seen else []
 
     wait_until(both_events, 60, "the scale-up and scale-down events in the API")
+    feed = event_feed(autoscaling)  # as the on-call person sees them: the UI's Event Feed, in a real browser
+    assert "llm-pipeline.autoscaler.scaled-up" in feed and "llm-pipeline.autoscaler.scaled-down" in feed, feed[:3000]
+    assert "Work pool\nllm-pipeline-pool" in feed, feed[:3000]
     logged = compose(env, "logs", "--no-color", "autoscaler").stdout
     assert '"event": "autoscaler.scaled"' in logged and '"direction": "up"' in logged
 

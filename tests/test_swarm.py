@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, wait_until
-from tests.stack import ROOT, make
-from tests.test_autoscaling_stack import AUTOSCALING, FINAL, QUEUE_PIPELINES, set_env
+from tests.stack import ROOT, make, set_env
+from tests.test_autoscaling_stack import AUTOSCALING, FINAL, QUEUE_PIPELINES
 
 pytestmark = pytest.mark.slow
 STACK = "llmswarm"

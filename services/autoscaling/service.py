@@ -14,7 +14,7 @@ import math
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,8 +84,9 @@ class Autoscaler:
         for pool, service in settings.pool_services().items():
             self.pools.append(ManagedPool(pool, kind(docker_client, project, service), settings.policy()))
         self.log = _log()
-        self._gpu_checked: set[str] = set()
+        self._configured: set[str] = set()
         self._errors: dict[str, str] = {}
+        self._published: dict[str, Any] | None = None
 
     # --- one tick ------------------------------------------------------------------------------------------------
     async def tick(self, client: Any) -> list[Decision]:
@@ -134,7 +135,6 @@ class Autoscaler:
             "utilization": None if math.isinf(level) else round(level, 3),
             "min": policy.min_workers,
             "max": policy.max_workers,
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "last_decision": managed.last.get("last_decision"),
         }
         if decision is None:
@@ -144,20 +144,16 @@ class Autoscaler:
 
     def _configure(self, managed: ManagedPool, template: Any) -> None:
         """Once per pool: its worker limit from the worker's own command line, and for a GPU pool its devices."""
-        if managed.pool in self._gpu_checked:
+        if managed.pool in self._configured:
             return
-        self._gpu_checked.add(managed.pool)
+        self._configured.add(managed.pool)
         limit = worker_limit_of(template.attrs)
         if limit is not None and limit != managed.policy.worker_limit:
-            from dataclasses import replace
-
             managed.policy = replace(managed.policy, worker_limit=limit)
         if uses_gpus(template.attrs):
             managed.devices = gpu_devices(self.settings, self.docker, template.attrs["Config"]["Image"])
             most = min(managed.policy.max_workers, max(1, len(managed.devices)))
             if most < managed.policy.max_workers:
-                from dataclasses import replace
-
                 managed.policy = replace(
                     managed.policy, max_workers=most, min_workers=min(managed.policy.min_workers, most)
                 )
@@ -188,6 +184,9 @@ class Autoscaler:
             for replica in service.choose_for_removal(-change):
                 service.drain(replica, self.settings.drain_timeout, done=self._drained(managed))
                 names.append(replica.name)
+        if not names:  # a GPU pool with every GPU held: nothing was started
+            self.log.warning("autoscaler.no_free_gpu", pool=managed.pool, wanted=decision.workers_to)
+            return
         shown = "inf" if math.isinf(decision.utilization) else f"{decision.utilization:.2f}"
         reached = decision.workers_from + (len(names) if change > 0 else -len(names))
         message = f"scaled {managed.pool} {decision.workers_from} -> {reached}: {decision.reason}"
@@ -203,7 +202,8 @@ class Autoscaler:
             containers=names,
             message=message,
         )
-        managed.last["last_decision"] = {"message": message, "at": managed.last.get("at"), "containers": names}
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        managed.last["last_decision"] = {"message": message, "at": at, "containers": names}
         await self._event(client, managed, decision, message, names)
 
     def _drained(self, managed: ManagedPool) -> Any:
@@ -244,16 +244,20 @@ class Autoscaler:
         )
 
     async def _publish(self, client: Any) -> None:
-        """The pools' state as the `llm-pipeline-autoscaler` variable, for `llm-pipeline health`."""
+        """The pools' state as the `llm-pipeline-autoscaler` variable, for `llm-pipeline health`: written when it
+        changes, not every tick (each write is a `prefect.variable.updated` event in the UI's feed)."""
         from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 
         value = {managed.pool: {"service": managed.service.service, **managed.last} for managed in self.pools}
+        if value == self._published:
+            return
         try:
             existing = await client.read_variable_by_name(VARIABLE)
             if existing is None:
                 await client.create_variable(VariableCreate(name=VARIABLE, value=value))
             else:
                 await client.update_variable(VariableUpdate(name=VARIABLE, value=value))
+            self._published = value
         except Exception as exc:
             self.log.warning("autoscaler.publish_failed", error=str(exc)[:300])
 
