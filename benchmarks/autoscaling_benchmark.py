@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.stack import set_env  # noqa: E402 - the stack tests' own env-file editing
+from tests.conftest import free_port  # noqa: E402 - the stack tests' own helpers
+from tests.stack import compose, make, set_env  # noqa: E402
 
 PROJECT = "llm-pipeline-bench"
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -53,29 +53,20 @@ with get_client(sync_client=True) as client:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Stack:
     def __init__(self, env_file: Path, port: int, auth: str):
         self.env = {**os.environ, "ENV_FILE": str(env_file), "COMPOSE_PROJECT_NAME": PROJECT, "GPU": "0"}
-        self.env_file = env_file
         user, password = auth.split(":", 1)
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", auth=(user, password), timeout=30)
 
-    def compose(self, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
-        command = ["docker", "compose", "--env-file", str(self.env_file), "-f", "docker-compose.yml"]
-        command += ["-f", "docker-compose.cpu.yml", *args]
-        done = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+    def compose(self, *args: str) -> subprocess.CompletedProcess:
+        done = compose(self.env, *args, timeout=1200)
         if done.returncode != 0:
             raise RuntimeError(f"docker compose {' '.join(args)}: {done.stderr[-2000:]}")
         return done
 
     def make(self, target: str) -> None:
-        done = subprocess.run(["make", target], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=2400)
+        done = make(target, self.env, timeout=2400)
         if done.returncode != 0:
             raise RuntimeError(f"make {target}: {done.stdout[-1500:]} {done.stderr[-1500:]}")
 
@@ -156,11 +147,7 @@ def main() -> None:
         results.append({"mode": f"autoscaled, max {args.max_workers}", **scaled})
         print(json.dumps(results[-1]), flush=True)
     finally:
-        subprocess.run(
-            ["docker", "compose", "--env-file", str(env_file), "-f", "docker-compose.yml", "-f",
-             "docker-compose.cpu.yml", "--profile", "tools", "down", "-v", "--remove-orphans"],
-            cwd=ROOT, env=stack.env, capture_output=True, timeout=600,
-        )  # fmt: skip
+        compose(stack.env, "--profile", "tools", "down", "-v", "--remove-orphans", timeout=600)
     ratio = round(results[0]["drain_s"] / results[1]["drain_s"], 2)
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}",

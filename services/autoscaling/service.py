@@ -139,7 +139,7 @@ class Autoscaler:
         }
         if decision is None:
             return None
-        await self._apply(client, managed, template, serving, decision)
+        await self._apply(client, managed, template, decision)
         return decision
 
     def _configure(self, managed: ManagedPool, template: Any) -> None:
@@ -167,7 +167,7 @@ class Autoscaler:
             gpus=managed.devices,
         )
 
-    async def _apply(self, client: Any, managed: ManagedPool, template: Any, serving: list, decision: Decision) -> None:
+    async def _apply(self, client: Any, managed: ManagedPool, template: Any, decision: Decision) -> None:
         service = managed.service
         change = decision.workers_to - decision.workers_from
         names: list[str] = []
