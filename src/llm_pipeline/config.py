@@ -371,6 +371,33 @@ class StageRetryDelays(RetryDelays):
     oom_delay_s: float = Field(120.0, ge=0.0, description="Wait before the one retry after running out of memory.")
 
 
+class ExecutionConfig(Section):
+    """Where the heavy work of a stage runs. Not part of any cache key: both engines give the same outputs."""
+
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local: in the stage's own process. ray: loading and dedup as Ray tasks over shards."
+    )
+    ray_address: str = Field(
+        "",
+        description="Empty: start a Ray on this machine for the run. host:6379 or `auto`: join that cluster as a "
+        "driver; ray://host:10001: Ray Client.",
+    )
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the Ray started for the run (None: all).")
+    shard_documents: int = Field(20_000, ge=100, description="Documents per MinHash shard (one Ray task each).")
+    shuffle_partitions: int | None = Field(
+        None, ge=1, description="Reducers of the LSH band shuffle; None: one per CPU of the cluster."
+    )
+    task_retries: int = Field(3, ge=0, le=20, description="Ray's retries of a task whose worker died.")
+
+    @field_validator("ray_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        value = value.strip()
+        if value and value != "auto" and not value.startswith("ray://") and ":" not in value:
+            raise ValueError(f"{value!r}: give host:port (the head's GCS, 6379), ray://host:10001, auto, or empty")
+        return value
+
+
 class MonitoringConfig(Section):
     enable_monitoring: bool = True
     log_level: LogLevel = "INFO"
@@ -409,6 +436,7 @@ class PipelineConfig(BaseSettings):
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     stage_retry: StageRetryDelays = Field(default_factory=StageRetryDelays)
 
     @classmethod

@@ -8,7 +8,8 @@ similarity is transitive, and for callers that want groups."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from llm_pipeline.records import Document, DuplicateCluster
@@ -33,16 +34,34 @@ class UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def _keep_key(policy: KeepPolicy, index: int, document: Document) -> tuple[float, ...]:
+@dataclass(frozen=True)
+class DocumentKey:
+    """What the keep rule and a cluster need of a document, where its text is elsewhere (the ray engine)."""
+
+    id: str
+    length: int
+    richness: int
+
+    @classmethod
+    def of(cls, document: Document) -> DocumentKey:
+        return cls(document.id, len(document.text), richness(document))
+
+
+def richness(document: Document) -> int:
+    return sum(1 for v in document.metadata.values() if v not in (None, "", [], {}))
+
+
+def _keep_key(policy: KeepPolicy, index: int, document: Document | DocumentKey) -> tuple[float, ...]:
     """Smaller is better; input order breaks every tie, so the choice is deterministic."""
+    key = isinstance(document, DocumentKey)
     if policy == "longest":
-        return (-len(document.text), index)
+        return (-(document.length if key else len(document.text)), index)  # type: ignore[union-attr]
     if policy == "richest_metadata":
-        return (-sum(1 for v in document.metadata.values() if v not in (None, "", [], {})), index)
+        return (-(document.richness if key else richness(document)), index)  # type: ignore[union-attr,arg-type]
     return (index,)
 
 
-def keep_ranks(documents: list[Document], keep: KeepPolicy) -> list[int]:
+def keep_ranks(documents: Sequence[Document | DocumentKey], keep: KeepPolicy) -> list[int]:
     """Each document's place in keep order (0: kept before any other)."""
     order = sorted(range(len(documents)), key=lambda i: _keep_key(keep, i, documents[i]))
     ranks = [0] * len(documents)
@@ -52,7 +71,10 @@ def keep_ranks(documents: list[Document], keep: KeepPolicy) -> list[int]:
 
 
 def clusters_by_kept(
-    documents: list[Document], pairs: Iterable[tuple[int, int, float]], method: str, keep: KeepPolicy = "first"
+    documents: Sequence[Document | DocumentKey],
+    pairs: Iterable[tuple[int, int, float]],
+    method: str,
+    keep: KeepPolicy = "first",
 ) -> list[DuplicateCluster]:
     """One cluster per kept document that has copies: its members are the kept one and the documents removed as
     its copies, each with its own similarity to the kept one (`to_kept`); `similarity` is the lowest of those."""
@@ -85,7 +107,10 @@ def clusters_by_kept(
 
 
 def clusters_from_pairs(
-    documents: list[Document], pairs: Iterable[tuple[int, int, float]], method: str, keep: KeepPolicy = "first"
+    documents: Sequence[Document | DocumentKey],
+    pairs: Iterable[tuple[int, int, float]],
+    method: str,
+    keep: KeepPolicy = "first",
 ) -> list[DuplicateCluster]:
     """Connected components of the similarity graph; each one's lowest joining similarity is recorded."""
     union = UnionFind()

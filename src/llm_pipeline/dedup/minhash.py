@@ -132,9 +132,7 @@ class ShingleSets:
             i, j = self.alias[i], self.alias[j]
         if i == j:
             return 1.0
-        a, b = self.of(i), self.of(j)
-        common = len(np.intersect1d(a, b, assume_unique=True))
-        return common / (len(a) + len(b) - common)
+        return set_jaccard(self.of(i), self.of(j))
 
 
 def fold32(hashes: np.ndarray) -> np.ndarray:
@@ -257,33 +255,84 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, ranks: np.ndarray |
     n = len(sigs)
     if ranks is None:
         ranks = np.arange(n)
+    docs = np.arange(n)
+    found = [part for band in range(bands) for part in bucket_pairs(band_keys(sigs, band, rows), docs, ranks)]
+    return unique_pairs(found, n)
+
+
+def bucket_pairs(keys: np.ndarray, docs: np.ndarray, ranks: np.ndarray) -> list[np.ndarray]:
+    """The pairs of documents (`docs[k]` has band key `keys[k]`, one band) that share a key, as (m, 2) arrays in
+    no order; a bucket larger than MAX_BUCKET_PAIRS allows pairs its members with its anchors only (`ranks`:
+    keep order, indexed by document). The same pairs whatever the order of the rows: a shard's rows can arrive
+    at a reducer in any order."""
+    n = len(keys)
+    if n < 2:
+        return []
+    order = np.argsort(keys, kind="stable")
+    sorted_keys, sorted_docs = keys[order], docs[order]
+    boundaries = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    starts = np.concatenate(([0], boundaries))
+    ends = np.concatenate((boundaries, [n]))
+    sizes = ends - starts
+    small_limit = int((1 + np.sqrt(1 + 8 * MAX_BUCKET_PAIRS)) // 2)  # all pairs of up to this many members
     found: list[np.ndarray] = []
-    for band in range(bands):
-        keys = band_keys(sigs, band, rows)
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        boundaries = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
-        starts = np.concatenate(([0], boundaries))
-        ends = np.concatenate((boundaries, [n]))
-        sizes = ends - starts
-        small_limit = int((1 + np.sqrt(1 + 8 * MAX_BUCKET_PAIRS)) // 2)  # all pairs of up to this many members
-        for size in np.unique(sizes[(sizes >= 2) & (sizes <= small_limit)]).tolist():
-            members = order[starts[sizes == size][:, None] + np.arange(size)[None, :]]  # one row per bucket
-            i, j = np.triu_indices(size, k=1)
-            found.append(np.stack([members[:, i].ravel(), members[:, j].ravel()], axis=1))
-        for start, end in zip(starts[sizes > small_limit].tolist(), ends[sizes > small_limit].tolist(), strict=True):
-            # a huge bucket: anchors x the rest, no quadratic blow-up
-            group = order[start:end]
-            group = group[np.lexsort((group, ranks[group]))]
-            anchors, rest = group[:BUCKET_ANCHORS], group[BUCKET_ANCHORS:]
-            i, j = np.triu_indices(len(anchors), k=1)
-            found.append(np.stack([anchors[i], anchors[j]], axis=1))
-            found.append(np.stack([np.repeat(anchors, len(rest)), np.tile(rest, len(anchors))], axis=1))
+    for size in np.unique(sizes[(sizes >= 2) & (sizes <= small_limit)]).tolist():
+        members = sorted_docs[starts[sizes == size][:, None] + np.arange(size)[None, :]]  # one row per bucket
+        i, j = np.triu_indices(size, k=1)
+        found.append(np.stack([members[:, i].ravel(), members[:, j].ravel()], axis=1))
+    for start, end in zip(starts[sizes > small_limit].tolist(), ends[sizes > small_limit].tolist(), strict=True):
+        # a huge bucket: anchors x the rest, no quadratic blow-up
+        group = sorted_docs[start:end]
+        group = group[np.lexsort((group, ranks[group]))]
+        anchors, rest = group[:BUCKET_ANCHORS], group[BUCKET_ANCHORS:]
+        i, j = np.triu_indices(len(anchors), k=1)
+        found.append(np.stack([anchors[i], anchors[j]], axis=1))
+        found.append(np.stack([np.repeat(anchors, len(rest)), np.tile(rest, len(anchors))], axis=1))
+    return found
+
+
+def unique_pairs(found: list[np.ndarray], n: int) -> np.ndarray:
+    """Pair arrays (documents < n) as one sorted array of unique (i, j), i < j."""
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
     pairs = np.sort(np.concatenate(found).astype(np.int64), axis=1)
     codes = np.unique(pairs[:, 0] * n + pairs[:, 1])
     return np.stack([codes // n, codes % n], axis=1)
+
+
+BAND_ROW = np.dtype([("band", np.uint16), ("key", np.uint64), ("doc", np.int64)])
+
+
+def band_rows(sigs: np.ndarray, docs: np.ndarray, bands: int, rows: int, partitions: int) -> list[np.ndarray]:
+    """The map side of a distributed LSH: every (band, band key, document) row of these signatures, split into
+    `partitions` arrays by its (band, key), so that each bucket lands whole in one partition."""
+    n = len(sigs)
+    out = np.empty(n * bands, dtype=BAND_ROW)
+    for band in range(bands):
+        block = out[band * n : (band + 1) * n]
+        block["band"], block["key"], block["doc"] = band, band_keys(sigs, band, rows), docs
+    spread = (out["key"] >> np.uint64(32)) ^ (out["band"].astype(np.uint64) * np.uint64(0x9E3779B1))
+    target = (spread % np.uint64(partitions)).astype(np.int64)
+    order = np.argsort(target, kind="stable")
+    cuts = np.searchsorted(target[order], np.arange(1, partitions))
+    return np.split(out[order], cuts)
+
+
+def partition_pairs(parts: list[np.ndarray], ranks: np.ndarray, n: int) -> np.ndarray:
+    """The reduce side: the candidate pairs of every bucket in one partition's rows (from every shard)."""
+    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=BAND_ROW)
+    found: list[np.ndarray] = []
+    for band in np.unique(rows["band"]).tolist():
+        mine = rows[rows["band"] == band]
+        found.extend(bucket_pairs(mine["key"], mine["doc"], ranks))
+    return unique_pairs(found, n)
+
+
+def set_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard of two sorted arrays of unique shingle hashes."""
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    union = len(a) + len(b) - common
+    return common / union if union else 1.0
 
 
 def verified_pairs(

@@ -21,11 +21,13 @@ class DedupResult:
     removed_by_method: dict[str, int] = field(default_factory=dict)
     review: list[DuplicateCluster] = field(default_factory=list)  # found, not removed (`semantic_action: review`)
 
-    def counts(self, total: int) -> dict[str, float]:
-        removed = total - len(self.kept)
+    def counts(self, total: int, kept: int | None = None) -> dict[str, float]:
+        """`kept`: how many were kept, where `self.kept` does not hold them (the ray engine streams them)."""
+        kept = len(self.kept) if kept is None else kept
+        removed = total - kept
         return {
             "input": total,
-            "kept": len(self.kept),
+            "kept": kept,
             "removed": removed,
             "clusters": len(self.clusters),
             "dedup_rate": round(removed / total, 4) if total else 0.0,
@@ -35,8 +37,12 @@ class DedupResult:
 
 
 def deduplicate(documents: list[Document], config: DedupConfig) -> DedupResult:
-    result = DedupResult(kept=list(documents))
-    for method in method_sequence(config.method):
+    return run_methods(DedupResult(kept=list(documents)), method_sequence(config.method), config)
+
+
+def run_methods(result: DedupResult, methods: tuple[str, ...], config: DedupConfig) -> DedupResult:
+    """Each method in turn on what the ones before kept (`result.kept`), recording what it removed."""
+    for method in methods:
         clusters = DEDUP_METHODS.get(method)(result.kept, config)
         if method == "semantic" and config.semantic_action == "review":
             result.review.extend(clusters)  # listed with both similarities for a person to judge; all kept

@@ -45,13 +45,21 @@ class IngestResult:
     records_seen: int = 0
     files: list[FileSummary] = field(default_factory=list)
     repairs: Counter[str] = field(default_factory=Counter)
+    # (location, raw) of each document, when an engine keeps them: a document that a later file's loader finds
+    # to repeat an id is quarantined with them, as the one-process loader would have
+    origins: list[tuple[str, str | None]] | None = None
+    loaded: int | None = None  # documents loaded, where `documents` is not held in this process (ray engine)
+
+    @property
+    def document_count(self) -> int:
+        return len(self.documents) if self.loaded is None else self.loaded
 
     def counts(self) -> dict[str, Any]:
         reasons = Counter(reject.reason.split(":")[0] for reject in self.rejects)
         statuses = Counter(f.status for f in self.files)
         return {
             "records_seen": self.records_seen,
-            "documents": len(self.documents),
+            "documents": self.document_count,
             "rejected": len(self.rejects),
             "files": len(self.files),
             **{f"files.{k}": statuses.get(k, 0) for k in ("loaded", "skipped", "failed")},
@@ -130,44 +138,55 @@ def load_documents(config: DataConfig) -> IngestResult:
     """Read every record under `config.path`; good ones become Documents, bad ones Rejects. Order is kept (files
     in sorted order). A file that cannot be read is skipped with a warning (`data.on_bad_file: skip`) or fails
     the load (`fail`). Call `require_documents` to enforce `data.min_documents`."""
-    if not config.path.exists():
-        raise DataValidationError(f"data.path: no such file or folder: {config.path}")
-    folder = config.path.is_dir()
-    files = _walk(config.path, config) if folder else iter([config.path])
     result = IngestResult()
     seen_ids: set[str] = set()
-    max_bytes = line_bound(config.max_chars)
-    for path in files:
-        relative = path.relative_to(config.path).as_posix() if folder else path.name
-        summary = FileSummary(path=relative, status="loaded")
-        result.files.append(summary)
-        try:
-            kind = _kind(path, config)
-            if kind is None:
-                summary.status, summary.reason = "skipped", f"not a supported format ({path.suffix or 'no suffix'})"
-                log.warning("file_skipped", file=relative, reason=summary.reason)
-                continue
-            summary.format, summary.compression = kind.format, kind.compression
-            for location, item, raw in _raw_items(path, kind, relative, max_bytes, nested=folder):
-                summary.records += 1
-                result.records_seen += 1
-                document = _accept(item, raw, location, str(path), config, seen_ids, result)
-                if document is None:
-                    summary.quarantined += 1
-                    continue
-                summary.documents += 1
-                if config.limit is not None and len(result.documents) >= config.limit:
-                    break
-        except Exception as exc:  # whatever a damaged file raises, it is this file's failure, not the stage's
-            reason = str(exc) if isinstance(exc, UnreadableFile) else f"{type(exc).__name__}: {exc}"
-            summary.status, summary.reason = "failed", reason[:500]
-            if config.on_bad_file == "fail":
-                raise DataValidationError(f"data.path: cannot read {path}: {reason} (data.on_bad_file: fail)") from exc
-            log.warning("file_failed", file=relative, reason=summary.reason, records_kept=summary.documents)
+    for path, relative in input_files(config):
+        load_file(path, relative, config, result, seen_ids)
         if config.limit is not None and len(result.documents) >= config.limit:
             break
     log.info("documents_loaded", **{k: v for k, v in result.counts().items() if v})
     return result
+
+
+def input_files(config: DataConfig) -> list[tuple[Path, str]]:
+    """(path, path relative to data.path) of every file to read, in the order they are read."""
+    if not config.path.exists():
+        raise DataValidationError(f"data.path: no such file or folder: {config.path}")
+    if not config.path.is_dir():
+        return [(config.path, config.path.name)]
+    return [(path, path.relative_to(config.path).as_posix()) for path in _walk(config.path, config)]
+
+
+def load_file(path: Path, relative: str, config: DataConfig, result: IngestResult, seen_ids: set[str]) -> None:
+    """One file's records into `result` (its documents, rejects, summary line, repairs), stopping at
+    `data.limit`. `seen_ids`: ids taken earlier; a record repeating one is quarantined. A file is read whole by
+    one call: the unit of work an engine hands out."""
+    folder = config.path.is_dir()
+    summary = FileSummary(path=relative, status="loaded")
+    result.files.append(summary)
+    try:
+        kind = _kind(path, config)
+        if kind is None:
+            summary.status, summary.reason = "skipped", f"not a supported format ({path.suffix or 'no suffix'})"
+            log.warning("file_skipped", file=relative, reason=summary.reason)
+            return
+        summary.format, summary.compression = kind.format, kind.compression
+        for location, item, raw in _raw_items(path, kind, relative, line_bound(config.max_chars), nested=folder):
+            summary.records += 1
+            result.records_seen += 1
+            document = _accept(item, raw, location, str(path), config, seen_ids, result)
+            if document is None:
+                summary.quarantined += 1
+                continue
+            summary.documents += 1
+            if config.limit is not None and len(result.documents) >= config.limit:
+                break
+    except Exception as exc:  # whatever a damaged file raises, it is this file's failure, not the stage's
+        reason = str(exc) if isinstance(exc, UnreadableFile) else f"{type(exc).__name__}: {exc}"
+        summary.status, summary.reason = "failed", reason[:500]
+        if config.on_bad_file == "fail":
+            raise DataValidationError(f"data.path: cannot read {path}: {reason} (data.on_bad_file: fail)") from exc
+        log.warning("file_failed", file=relative, reason=summary.reason, records_kept=summary.documents)
 
 
 def _accept(
@@ -201,13 +220,15 @@ def _accept(
         return None
     seen_ids.add(document.id)
     result.documents.append(document)
+    if result.origins is not None:
+        result.origins.append((location, _safe(raw) if raw is not None else _preview(item)))
     return document
 
 
 def require_documents(result: IngestResult, config: DataConfig) -> None:
     """Fail, naming the field and what the files held, when fewer than `data.min_documents` documents loaded: a
     run over inputs that yield nothing must not end "completed"."""
-    if len(result.documents) >= config.min_documents:
+    if result.document_count >= config.min_documents:
         return
     counts = result.counts()
     problems = [f"{f.path}: {f.reason}" for f in result.files if f.status != "loaded"][:5]
@@ -219,7 +240,7 @@ def require_documents(result: IngestResult, config: DataConfig) -> None:
     if problems:
         detail += "; " + "; ".join(problems)
     raise DataValidationError(
-        f"data.min_documents: {len(result.documents)} documents loaded from {config.path}, at least "
+        f"data.min_documents: {result.document_count} documents loaded from {config.path}, at least "
         f"{config.min_documents} needed: {detail}"
     )
 

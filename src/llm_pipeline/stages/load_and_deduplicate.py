@@ -51,18 +51,27 @@ def load_and_deduplicate_data(ctx: StageContext) -> dict[str, Any]:
     """Reads: the files at `data.path`. Writes: `documents` (kept documents), `rejects` (quarantined records and
     why), `clusters` (duplicate clusters), `examples` (a few clusters with their texts, and every semantic
     removal with its pair and both similarities, for the report).
-    Config: `data`, `dedup`. Counts: records, documents, quarantined by reason, files read/skipped/failed, and
+    Config: `data`, `dedup`, `execution` (where the work runs: `ray` spreads it over a Ray cluster, the same
+    outputs). Counts: records, documents, quarantined by reason, files read/skipped/failed, and
     `sources.files`, the per-file summary (the report's "Inputs" table)."""
-    ingested = load_documents(ctx.config.data)
-    write_jsonl(ctx.output("rejects"), ingested.rejects)  # kept even when the run fails for want of documents
-    require_documents(ingested, ctx.config.data)
-    deduped = deduplicate(ingested.documents, ctx.config.dedup)
-    write_jsonl(ctx.output("documents"), deduped.kept)
-    write_jsonl(ctx.output("clusters"), deduped.clusters)
-    examples = cluster_examples(ingested.documents, deduped.clusters + deduped.review, ctx.config.dedup)
-    write_json(ctx.output("examples"), examples)
+    if ctx.config.execution.engine == "ray":
+        from llm_pipeline.engine.ray_dedup import load_and_deduplicate
+
+        outputs = {name: ctx.output(name) for name in ("documents", "rejects", "clusters", "examples")}
+        ingested, deduped, kept = load_and_deduplicate(ctx.config, outputs)
+        total = ingested.document_count
+    else:
+        ingested = load_documents(ctx.config.data)
+        write_jsonl(ctx.output("rejects"), ingested.rejects)  # kept even when the run fails for want of documents
+        require_documents(ingested, ctx.config.data)
+        deduped = deduplicate(ingested.documents, ctx.config.dedup)
+        write_jsonl(ctx.output("documents"), deduped.kept)
+        write_jsonl(ctx.output("clusters"), deduped.clusters)
+        examples = cluster_examples(ingested.documents, deduped.clusters + deduped.review, ctx.config.dedup)
+        write_json(ctx.output("examples"), examples)
+        kept, total = len(deduped.kept), len(ingested.documents)
     return {
         **ingested.counts(),
         "sources.files": ingested.file_summary(),
-        **{f"dedup.{k}": v for k, v in deduped.counts(len(ingested.documents)).items()},
+        **{f"dedup.{k}": v for k, v in deduped.counts(total, kept).items()},
     }

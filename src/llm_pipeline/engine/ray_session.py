@@ -1,0 +1,112 @@
+"""A Ray cluster for the length of a stage: joined at `execution.ray_address`, or started on this machine.
+
+Failures are told in the configuration's words: a head that does not answer, or a cluster that dies under a
+stage, raises `RayUnavailableError` (a TransientError: the stage retry table backs off and tries again) naming
+`execution.ray_address`. A task that fails in the library's own code re-raises that error as it is (a bad input
+is not made retryable by having run on Ray).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from llm_pipeline.errors import PipelineError, TransientError
+from llm_pipeline.logging import get_logger
+
+if TYPE_CHECKING:
+    from llm_pipeline.config import ExecutionConfig
+
+log = get_logger("engine")
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+class RayUnavailableError(TransientError):
+    """The Ray cluster cannot be reached, or failed under a stage."""
+
+
+def describe(address: str) -> str:
+    return address or "a Ray started on this machine for the run"
+
+
+def _check_reachable(address: str) -> None:
+    """A head's GCS address (host:port) must accept a connection: ray.init itself waits a minute and more on one
+    that does not, then prints a C++ stack."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as exc:
+        raise RayUnavailableError(
+            f"execution.ray_address: no Ray head answers at {address} ({exc}). Start the cluster "
+            "(`make up` with COMPOSE_PROFILES=ray, `ray start --head`), or set execution.ray_address to "
+            "an address that answers, or empty to start a Ray on this machine."
+        ) from exc
+
+
+@contextmanager
+def ray_session(execution: ExecutionConfig) -> Iterator[str]:
+    """Connected to Ray inside the block; yields the address in words. A Ray this process already joined (a
+    test's cluster, a driver script's `ray.init`) is used as it is and left running."""
+    import ray
+
+    address = execution.ray_address
+    if ray.is_initialized():
+        yield describe(address)
+        return
+    if address and address != "auto" and not address.startswith("ray://"):
+        _check_reachable(address)
+    options: dict[str, Any] = {"log_to_driver": False, "namespace": "llm-pipeline"}
+    if not address:
+        # a Ray of our own: this machine's CPUs (or execution.ray_num_cpus), no dashboard, nothing left behind
+        options.update(num_cpus=execution.ray_num_cpus, include_dashboard=False)
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        ray.init(address=address or None, **options)
+    except Exception as exc:
+        raise RayUnavailableError(
+            f"execution.ray_address: cannot join the Ray cluster at {describe(address)}: {type(exc).__name__}: {exc}"
+        ) from exc
+    log.info("ray_connected", address=describe(address), cpus=ray.cluster_resources().get("CPU", 0))
+    try:
+        yield describe(address)
+    finally:
+        ray.shutdown()
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def fetch(refs: Any, address: str) -> Any:
+    """`ray.get`, with the library's own errors raised as themselves and the cluster's failures (a node gone
+    after Ray's retries, the head gone, an object lost with its lineage) as RayUnavailableError."""
+    import ray
+    from ray import exceptions as rex
+
+    try:
+        return ray.get(refs)
+    except rex.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, PipelineError):
+            raise cause from exc
+        if isinstance(cause, BaseException) and not isinstance(cause, rex.RayError):
+            raise cause from exc
+        raise RayUnavailableError(f"execution.ray_address: a task failed on {describe(address)}: {exc}") from exc
+    except rex.RayError as exc:
+        raise RayUnavailableError(
+            f"execution.ray_address: the Ray cluster at {describe(address)} failed under the stage: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
+
+
+def fetch_each(refs: Sequence[Any], address: str) -> Iterator[Any]:
+    """One object at a time, in order: a driver that streams shards holds one at once."""
+    for ref in refs:
+        yield fetch(ref, address)

@@ -1,0 +1,239 @@
+"""`execution.engine: ray` against the local engine, on a real Ray cluster of two worker nodes started here (a head
+with no CPU, two nodes of one CPU each: every task runs on a worker node, as on a cluster).
+
+The same inputs through both engines give the same files (compared as sets of lines, order aside), on a folder of
+every kind of file with cross-file copies and repeated ids, and on real text (the docstrings the installed
+packages ship, which copy each other a lot); the whole pipeline gives the same documents, QA pairs, benchmark and
+scores; a worker process killed by SIGKILL in the middle of the MinHash map leaves the result unchanged (Ray
+retries the task); a head that does not answer fails the stage at once with the address in the message, as an
+error the stage retry table retries.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="ray is a locked dependency: `make install` installs it")
+
+from llm_pipeline.config import load_config  # noqa: E402
+from llm_pipeline.stages import run_stage, stage_named  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "test.yaml"
+STAGE = "load-and-deduplicate-data"
+FILES = ("documents.jsonl", "duplicate_clusters.jsonl", "rejects.jsonl")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Any:
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+def _stage(tmp: Path, overrides: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    config = load_config(CONFIG, overrides)
+    result = run_stage(stage_named(STAGE), config, tmp, tmp.name)
+    return tmp, {k: v for k, v in result.counts.items() if k != "seconds"}
+
+
+def _same_outputs(local: Path, distributed: Path) -> None:
+    for name in FILES:
+        a = sorted((local / name).read_text().splitlines())
+        b = sorted((distributed / name).read_text().splitlines())
+        assert a == b, f"{name} differs: {len(a)} lines local, {len(b)} on ray"
+    assert json.loads((local / "cluster_examples.json").read_text()) == json.loads(
+        (distributed / "cluster_examples.json").read_text()
+    )
+
+
+def _mixed_folder(root: Path) -> Path:
+    """The sample corpus over JSONL, gzipped JSONL, CSV, Markdown and text files, with copies across files
+    (exact and edited), an id repeated in another file, and the sample's own bad records."""
+    lines = (ROOT / "data/ev_charging/documents.jsonl").read_bytes().splitlines(keepends=True)
+    folder = root / "corpus"
+    (folder / "pricing").mkdir(parents=True)
+    third = len(lines) // 3
+    (folder / "a.jsonl").write_bytes(b"".join(lines[:third]))
+    (folder / "pricing" / "b.jsonl.gz").write_bytes(gzip.compress(b"".join(lines[third : 2 * third])))
+    good = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("text"), str) and record.get("id"):
+            good.append(record)
+    with (folder / "c.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text", "metadata"])
+        for r in good[2 * third :]:
+            writer.writerow([r["id"], r["text"], json.dumps(r.get("metadata") or {})])
+        writer.writerow([good[0]["id"], "An id that a.jsonl already used, with other text in it.", "{}"])
+        for r in good[:15]:  # copies of a.jsonl's documents under new ids: exact, and with a word changed
+            writer.writerow([f"{r['id']}-copy", r["text"], "{}"])
+            words = r["text"].split()
+            words[len(words) // 2] = "altered"
+            writer.writerow([f"{r['id']}-edit", " ".join(words), json.dumps({"source": "edited"})])
+    (folder / "notes.md").write_text("# Charging at home\n\n" + good[3]["text"] + "\n")
+    (folder / "pricing" / "readme.txt").write_text(good[4]["text"].upper() + "\n")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("method", "keep", "extra"),
+    [
+        ("minhash", "first", {}),
+        ("hybrid", "longest", {"embedding_backend": "static"}),
+        ("exact", "richest_metadata", {}),
+    ],
+)
+def test_ray_gives_the_local_outputs_on_a_folder_of_every_kind(
+    ray_cluster, tmp_path: Path, method: str, keep: str, extra: dict[str, Any]
+) -> None:
+    folder = _mixed_folder(tmp_path)
+    base = {"data": {"path": str(folder)}, "dedup": {"method": method, "keep": keep, **extra}}
+    local, local_counts = _stage(tmp_path / "local", base)
+    on_ray = {**base, "execution": {"engine": "ray", "ray_address": ray_cluster.address, "shard_documents": 100,
+                                    "shuffle_partitions": 3}}  # fmt: skip
+    distributed, ray_counts = _stage(tmp_path / "ray", on_ray)
+    _same_outputs(local, distributed)
+    assert local_counts == ray_counts
+    assert local_counts["rejected.duplicate_id"] >= 1 and local_counts["files.loaded"] == 5
+    assert local_counts["dedup.removed"] >= 15, local_counts  # the copies were found, not just nothing twice
+
+
+@pytest.fixture(scope="module")
+def real_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from real_text_corpus import python_docstrings
+
+    records = python_docstrings(("transformers/models",))
+    assert len(records) > 5_000, "the locked environment ships transformers"
+    path = tmp_path_factory.mktemp("real") / "docstrings.jsonl"
+    path.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in records))
+    return path
+
+
+def test_ray_gives_the_local_outputs_on_real_text(ray_cluster, real_text: Path, tmp_path: Path) -> None:
+    base = {"data": {"path": str(real_text)}, "dedup": {"method": "minhash"}}
+    local, local_counts = _stage(tmp_path / "local", base)
+    execution = {"engine": "ray", "ray_address": ray_cluster.address, "shard_documents": 1000}
+    distributed, ray_counts = _stage(tmp_path / "ray", {**base, "execution": execution})
+    _same_outputs(local, distributed)
+    assert local_counts == ray_counts and local_counts["dedup.removed.minhash"] > 500
+
+
+def _ray_task_processes(name: str) -> list[Any]:
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info.get("cmdline") or []
+        if cmdline and cmdline[0].startswith(f"ray::{name}"):
+            found.append(process)
+    return found
+
+
+def test_a_worker_killed_mid_stage_changes_nothing(ray_cluster, real_text: Path, tmp_path: Path) -> None:
+    """SIGKILL to the worker process running a MinHash map task, while the stage runs: Ray retries the task on a
+    worker that lives, and the stage's files are the local engine's."""
+    base = {"data": {"path": str(real_text)}, "dedup": {"method": "minhash"}}
+    local, _ = _stage(tmp_path / "local", base)
+    execution = {"engine": "ray", "ray_address": ray_cluster.address, "shard_documents": 300}
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["counts"] = _stage(tmp_path / "ray", {**base, "execution": execution})[1]
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    stage = threading.Thread(target=run)
+    stage.start()
+    killed = None
+    deadline = time.monotonic() + 120
+    while stage.is_alive() and killed is None and time.monotonic() < deadline:
+        for process in _ray_task_processes("_minhash_map"):
+            os.kill(process.pid, signal.SIGKILL)
+            killed = process.pid
+            break
+        time.sleep(0.005)
+    stage.join(timeout=300)
+    assert killed is not None, "no MinHash map task was seen running: nothing was killed"
+    assert "error" not in outcome, outcome.get("error")
+    _same_outputs(local, tmp_path / "ray")
+
+
+def test_an_unreachable_head_fails_at_once_naming_the_address(tmp_path: Path) -> None:
+    from llm_pipeline.engine.ray_session import RayUnavailableError
+    from llm_pipeline.errors import TransientError
+    from llm_pipeline.retries import rule_for
+    from tests.conftest import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(RayUnavailableError) as raised:
+        _stage(tmp_path, {"execution": {"engine": "ray", "ray_address": address}})
+    assert time.monotonic() - started < 30  # ray.init alone waits minutes on a silent address
+    assert address in str(raised.value) and "execution.ray_address" in str(raised.value)
+    assert isinstance(raised.value, TransientError) and rule_for(raised.value) is not None
+    assert not (tmp_path / "documents.jsonl").exists()
+
+
+def test_the_whole_pipeline_gives_the_same_results_on_ray(ray_cluster, prefect_server, tmp_path: Path) -> None:
+    """Every stage of the flow with `execution.engine: ray`: the same documents, clusters, QA pairs, benchmark and
+    scores as the local engine (times aside)."""
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
+    from flows.pipeline import llm_pipeline
+
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        execution = {"engine": engine, "ray_address": ray_cluster.address if engine == "ray" else ""}
+        # the engine is not in any cache key (both give the same files): the second run must not reuse the first
+        with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):
+            llm_pipeline(config_path=str(CONFIG), overrides={"output_path": str(out), "execution": execution})
+        runs[engine] = next(out.rglob("manifest.json")).parent
+        stage = json.loads((runs[engine] / "manifest.json").read_text())["stages"][STAGE]
+        assert stage["status"] == "completed" and not stage.get("cached"), stage
+    for name in (*FILES, "qa_pairs.jsonl", "benchmark.jsonl", "train_pairs.jsonl", "predictions.jsonl"):
+        local, distributed = (_records(runs[e] / name) for e in ("local", "ray"))
+        assert local, f"{name} is empty: nothing was compared"
+        assert local == distributed, name
+    scores = [_untimed(json.loads((runs[e] / "evaluation.json").read_text())) for e in ("local", "ray")]
+    assert scores[0] == scores[1]
+
+
+def _records(path: Path) -> list[str]:
+    return sorted(json.dumps(_untimed(json.loads(line)), sort_keys=True) for line in path.read_text().splitlines())
+
+
+def _untimed(value: Any) -> Any:
+    """The value without its timings (seconds, rates, timestamps): what may differ between two equal runs."""
+    timing = ("second", "time", "per_s", "_at", "duration", "latency")
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if not any(t in k for t in timing)}
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    return value
