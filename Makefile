@@ -114,6 +114,7 @@ secrets:  ## create .env from .env.example if needed and fill empty required sec
 	@python3 -c "import re, secrets, pathlib; p = pathlib.Path('$(ENV_FILE)'); t = p.read_text(); \
 	t = re.sub(r'(?m)^POSTGRES_PASSWORD=$$', 'POSTGRES_PASSWORD=' + secrets.token_urlsafe(24), t); \
 	t = re.sub(r'(?m)^PREFECT_SERVER_API_AUTH_STRING=$$', 'PREFECT_SERVER_API_AUTH_STRING=admin:' + secrets.token_urlsafe(24), t); \
+	t = re.sub(r'(?m)^RAY_AUTH_TOKEN=$$', 'RAY_AUTH_TOKEN=' + secrets.token_hex(32), t); \
 	p.write_text(t)"
 	@echo "secrets set in $(ENV_FILE) (git-ignored); the UI's login is PREFECT_SERVER_API_AUTH_STRING"
 
@@ -173,6 +174,9 @@ compose-check:  ## docker compose config -q for every profile and override
 	@export $(CHECK_ENV); set -e; \
 	docker compose -f docker-compose.yml config -q; \
 	docker compose -f docker-compose.yml --profile gpu config -q; \
+	docker compose -f docker-compose.yml --profile ray config -q; \
+	docker compose -f docker-compose.yml --profile ray --profile gpu --profile ray-gpu config -q; \
+	docker compose -f docker-compose.yml -f docker-compose.cpu.yml --profile ray config -q; \
 	docker compose -f docker-compose.yml --profile docker-pool --profile tools config -q; \
 	docker compose -f docker-compose.yml -f docker-compose.cpu.yml config -q; \
 	docker compose -f docker-compose.yml -f docker-compose.cpu.yml --profile docker-pool --profile tools config -q

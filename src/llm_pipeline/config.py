@@ -222,6 +222,9 @@ class QAConfig(Section):
     device: str = Field("auto", description="local backend: auto (cuda when available), cpu, cuda, cuda:1...")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     batch_size: int = Field(8, ge=1, description="local backend: prompts generated together.")
+    device_map: str | None = Field(None, description="local backend: split the model over GPUs/CPU/disk (auto...).")
+    max_memory: dict[str, str] | None = Field(None, description="local backend with device_map: memory per device.")
+    offload_folder: Path | None = Field(None, description="local backend with device_map: where offloaded layers go.")
     # Prompts and chunks
     prompt_dir: Path | None = Field(None, description="Folder with system.j2 and user.j2 replacing the packaged ones.")
     chunk_words: int = Field(350, ge=20, description="Longer documents are split into chunks of this many words.")
@@ -322,6 +325,13 @@ class CandidateConfig(Section):
     batch_size: int | None = Field(None, ge=1, description="hf: None = auto (halves on out of memory).")
     max_batch_size: int = Field(64, ge=1, description="hf: where auto batch size starts.")
     compile: bool = Field(False, description="hf on CUDA: static KV cache + torch.compile (CUDA graphs).")
+    device_map: str | None = Field(
+        None, description="hf: split the model over this host's GPUs, CPU and disk (accelerate): auto, balanced..."
+    )
+    max_memory: dict[str, str] | None = Field(
+        None, description='hf with device_map: memory per device, e.g. {"0": "70GiB", "1": "70GiB", "cpu": "100GiB"}.'
+    )
+    offload_folder: Path | None = Field(None, description="hf with device_map: where layers beyond max_memory go.")
     concurrency: int = Field(16, ge=1, description="endpoint: requests in flight.")
     requests_per_minute: float | None = Field(500, gt=0, description="endpoint: client-side rate limit.")
     options: dict[str, Any] = Field(default_factory=dict, description="A plug-in kind's own settings.")
@@ -379,8 +389,9 @@ class ExecutionConfig(Section):
     )
     ray_address: str = Field(
         "",
-        description="Empty: start a Ray on this machine for the run. host:6379 or `auto`: join that cluster as a "
-        "driver; ray://host:10001: Ray Client.",
+        description="Empty: RAY_ADDRESS from the environment (the stack's head), else a Ray started on this machine "
+        "for the run. ray://host:10001: Ray Client (from outside the cluster); host:6379 or `auto`: join as a driver "
+        "on a node of the cluster.",
     )
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the Ray started for the run (None: all).")
     shard_documents: int = Field(20_000, ge=100, description="Documents per MinHash shard (one Ray task each).")

@@ -89,9 +89,9 @@ def _exact_digest(text: str) -> bytes:
 
 
 @ray.remote(num_returns=3)
-def _load_file(path: str, relative: str, data: DataConfig) -> tuple[Any, list[Document], list]:
+def _load_file(path: str, source: str, relative: str, data: DataConfig) -> tuple[Any, list[Document], list]:
     result = IngestResult(origins=[])
-    load_file(Path(path), relative, data, result, set())
+    load_file(Path(path), relative, data, result, set(), source)
     documents, origins = result.documents, result.origins or []
     meta = {
         "result": IngestResult(
@@ -156,7 +156,8 @@ def _verify(pairs: np.ndarray, threshold: float, verify: str, *slices: tuple) ->
 def _load(config: PipelineConfig, address: str) -> tuple[IngestResult, Plan]:
     data = config.data
     files = input_files(data)
-    refs = [_load_file.remote(str(path), relative, data) for path, relative in files]
+    # absolute: a Ray worker runs in a folder of its own (and on another node, where data.path must be the same path)
+    refs = [_load_file.remote(str(path.resolve()), str(path), relative, data) for path, relative in files]
     merged = IngestResult()
     plan = Plan()
     seen: set[str] = set()
@@ -281,11 +282,17 @@ def _remove(plan: Plan, clusters: list[DuplicateCluster]) -> int:
 def _documents(plan: Plan, address: str, wanted: np.ndarray | None = None) -> list[Document]:
     """The alive documents (or those of `wanted`, a mask), in input order, fetched file by file."""
     mask = plan.alive if wanted is None else wanted
-    out: list[Document] = []
-    needed = [load for load in plan.files if mask[load.base : load.base + len(load.ids)].any()]
-    for load, documents in zip(needed, fetch_each([load.documents for load in needed], address), strict=True):
-        out.extend(d for k, d in enumerate(documents) if mask[load.base + k])
-    return out
+    parts = []
+    for load in plan.files:
+        mine = mask[load.base : load.base + len(load.ids)]
+        if mine.any():
+            parts.append(_select.remote(load.documents, mine))  # filtered where the documents are
+    return [d for chunk in fetch_each(parts, address) for d in chunk]
+
+
+@ray.remote
+def _select(documents: list[Document], mask: np.ndarray) -> list[Document]:
+    return [d for d, keep in zip(documents, mask.tolist(), strict=True) if keep]
 
 
 def load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> tuple[IngestResult, DedupResult, int]:
@@ -326,15 +333,21 @@ def load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> tu
         return ingested, result, kept
 
 
+@ray.remote
+def _jsonl(documents: list[Document], mask: np.ndarray) -> bytes:
+    """The kept documents of one file as documents.jsonl's lines: serialized on the cluster, written by the
+    driver as they come, in input order."""
+    return "".join(
+        d.model_dump_json() + "\n" for d, keep in zip(documents, mask.tolist(), strict=True) if keep
+    ).encode()
+
+
 def _write_alive(plan: Plan, path: Path, address: str) -> int:
-    count = 0
-    with atomic_open(path) as handle:
-        for load, documents in zip(plan.files, fetch_each([f.documents for f in plan.files], address), strict=True):
-            for k, document in enumerate(documents):
-                if plan.alive[load.base + k]:
-                    handle.write(document.model_dump_json() + "\n")
-                    count += 1
-    return count
+    parts = [_jsonl.remote(f.documents, plan.alive[f.base : f.base + len(f.ids)]) for f in plan.files]
+    with atomic_open(path, "wb") as handle:
+        for chunk in fetch_each(parts, address):
+            handle.write(chunk)
+    return int(plan.alive.sum())
 
 
 def _write_examples(plan: Plan, result: DedupResult, config: PipelineConfig, path: Path, address: str) -> None:

@@ -33,10 +33,16 @@ def describe(address: str) -> str:
     return address or "a Ray started on this machine for the run"
 
 
+def resolve_address(execution: ExecutionConfig) -> str:
+    """execution.ray_address, else RAY_ADDRESS from the environment (the compose stack sets it to its own head),
+    else empty: a Ray of its own."""
+    return execution.ray_address or os.environ.get("RAY_ADDRESS", "").strip()
+
+
 def _check_reachable(address: str) -> None:
-    """A head's GCS address (host:port) must accept a connection: ray.init itself waits a minute and more on one
-    that does not, then prints a C++ stack."""
-    host, _, port = address.rpartition(":")
+    """The head (its GCS, host:port, or its Ray Client server, ray://host:port) must accept a connection: ray.init
+    itself waits 13 minutes on one that does not answer (measured here), then prints a C++ stack."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
@@ -54,11 +60,11 @@ def ray_session(execution: ExecutionConfig) -> Iterator[str]:
     test's cluster, a driver script's `ray.init`) is used as it is and left running."""
     import ray
 
-    address = execution.ray_address
+    address = resolve_address(execution)
     if ray.is_initialized():
         yield describe(address)
         return
-    if address and address != "auto" and not address.startswith("ray://"):
+    if address and address != "auto":
         _check_reachable(address)
     options: dict[str, Any] = {"log_to_driver": False, "namespace": "llm-pipeline"}
     if not address:

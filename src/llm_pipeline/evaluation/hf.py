@@ -18,7 +18,14 @@ class HFCandidate:
 
         assert config.model  # the config validator insists
         self.name = config.name
-        model, self.tokenizer, device = load_causal_lm(config.model, config.device, config.dtype)
+        model, self.tokenizer, device = load_causal_lm(
+            config.model,
+            config.device,
+            config.dtype,
+            device_map=config.device_map,
+            max_memory=config.max_memory,
+            offload_folder=str(config.offload_folder) if config.offload_folder else None,
+        )
         self.settings = GenerationSettings(
             max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size,

@@ -157,10 +157,12 @@ def input_files(config: DataConfig) -> list[tuple[Path, str]]:
     return [(path, path.relative_to(config.path).as_posix()) for path in _walk(config.path, config)]
 
 
-def load_file(path: Path, relative: str, config: DataConfig, result: IngestResult, seen_ids: set[str]) -> None:
+def load_file(
+    path: Path, relative: str, config: DataConfig, result: IngestResult, seen_ids: set[str], source: str | None = None
+) -> None:
     """One file's records into `result` (its documents, rejects, summary line, repairs), stopping at
-    `data.limit`. `seen_ids`: ids taken earlier; a record repeating one is quarantined. A file is read whole by
-    one call: the unit of work an engine hands out."""
+    `data.limit`. `seen_ids`: ids taken earlier; a record repeating one is quarantined. `source`: the file as
+    rejects name it (default: `path`). A file is read whole by one call: the unit of work an engine hands out."""
     folder = config.path.is_dir()
     summary = FileSummary(path=relative, status="loaded")
     result.files.append(summary)
@@ -174,7 +176,7 @@ def load_file(path: Path, relative: str, config: DataConfig, result: IngestResul
         for location, item, raw in _raw_items(path, kind, relative, line_bound(config.max_chars), nested=folder):
             summary.records += 1
             result.records_seen += 1
-            document = _accept(item, raw, location, str(path), config, seen_ids, result)
+            document = _accept(item, raw, location, source or str(path), config, seen_ids, result)
             if document is None:
                 summary.quarantined += 1
                 continue

@@ -34,21 +34,49 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return torch.float32
 
 
-def load_causal_lm(name: str, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any, str]:
-    """(model, tokenizer, device) for a hub name or a local folder; ModelLoadError when it cannot be loaded."""
+def load_causal_lm(
+    name: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[str, str] | None = None,
+    offload_folder: str | None = None,
+) -> tuple[Any, Any, str]:
+    """(model, tokenizer, device) for a hub name or a local folder; ModelLoadError when it cannot be loaded.
+
+    `device_map` (`auto`, `balanced`, `sequential`, or a module -> device mapping), with `max_memory` per device
+    ({0: "70GiB", 1: "70GiB", "cpu": "200GiB"}): a model larger than one GPU is split over the host's GPUs, then
+    CPU memory, then disk (`offload_folder`), by accelerate; the returned device is where inputs go (the input
+    embeddings' device)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_device(device)
+    split: dict[str, Any] = {}
+    if device_map is not None:
+        split = {"device_map": device_map, "max_memory": _memory_keys(max_memory), "offload_folder": offload_folder}
+        split = {k: v for k, v in split.items() if v is not None}
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, resolved))
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, resolved), **split)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc
-    model.to(resolved).eval()
+    if device_map is None:
+        model.to(resolved)
+    else:
+        first = model.get_input_embeddings().weight.device
+        resolved = "cpu" if first.type == "meta" else str(first)  # offloaded embeddings: inputs stay on CPU
+    model.eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return model, tokenizer, resolved
+
+
+def _memory_keys(max_memory: dict[str, str] | None) -> dict[Any, str] | None:
+    """YAML keys are strings: GPU indices ("0") back to ints, as accelerate wants them."""
+    if max_memory is None:
+        return None
+    return {int(k) if str(k).isdigit() else k: v for k, v in max_memory.items()}
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:

@@ -35,7 +35,14 @@ class LocalBackend:
         self.model = config.model_name
         policy = RequestPolicy(config.retry, "load_model", model=self.model_name)
         self.lm, self.tokenizer, self.device = policy.call(
-            lambda: load_causal_lm(self.model_name, config.device, config.dtype)
+            lambda: load_causal_lm(
+                self.model_name,
+                config.device,
+                config.dtype,
+                device_map=config.device_map,
+                max_memory=config.max_memory,
+                offload_folder=str(config.offload_folder) if config.offload_folder else None,
+            )
         )
         self.generator = BatchedGenerator(
             self.lm,

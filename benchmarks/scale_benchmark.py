@@ -1,0 +1,211 @@
+"""Load + MinHash dedup at scale: the local engine against Ray at 1 and 2 workers, in the same sitting.
+
+The corpus is synthetic, written as JSONL files of --file-docs documents: each document's length in words is drawn
+from the lengths of real docstrings (the installed packages'), its words from their vocabulary by their
+frequencies, and --dup-rate of the documents are copies of an earlier one with 5 % of the words replaced (planted
+near-duplicates). Synthetic text: these figures are about the engines' cost per document and their scaling, not
+a claim about any real corpus's duplicate structure.
+
+Each configuration runs in a fresh process (the stage through `run_stage`, as a flow runs it); Ray's are a head
+with no CPU plus N worker nodes of one CPU each (`ray.cluster_utils.Cluster`: real raylets and worker processes).
+Reported: wall seconds of the stage, documents per second, peak RSS of the driver and of the largest Ray process
+(sampled every 0.2 s; Ray's object store is shared memory, counted where a process maps it), the shuffle volume
+(band rows: documents x bands x 18 bytes), and documents removed (the same for every engine, or the run fails).
+
+  python benchmarks/scale_benchmark.py --docs 100000 --configs local ray1 ray2
+  python benchmarks/scale_benchmark.py --docs 1000000 --configs ray2 --output docs/scale-1m.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+THREADS = {v: "1" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM")}
+
+
+def build_corpus(folder: Path, docs: int, file_docs: int, dup_rate: float, seed: int = 7) -> dict[str, Any]:
+    from collections import Counter
+
+    from real_text_corpus import python_docstrings
+
+    real = python_docstrings(("transformers/models", "scipy"))
+    lengths = np.array([len(r["text"].split()) for r in real])
+    counts = Counter(word for r in real for word in r["text"].split())
+    vocab = np.array(list(counts))
+    weights = np.array(list(counts.values()), dtype=np.float64)
+    weights /= weights.sum()
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    planted = 0
+    recent: list[list[str]] = []  # documents a copy may be drawn from (the last few thousand)
+    total_bytes = 0
+    for start in range(0, docs, file_docs):
+        n = min(file_docs, docs - start)
+        sizes = np.clip(rng.choice(lengths, size=n), 20, 3000)
+        words = vocab[rng.choice(len(vocab), size=int(sizes.sum()), p=weights)]
+        cuts = np.concatenate(([0], np.cumsum(sizes)))
+        lines = []
+        for k in range(n):
+            if recent and rng.random() < dup_rate:
+                text = list(recent[int(rng.integers(len(recent)))])
+                for position in rng.choice(len(text), size=max(1, len(text) // 20), replace=False):
+                    text[int(position)] = str(vocab[int(rng.integers(len(vocab)))])
+                planted += 1
+            else:
+                text = words[cuts[k] : cuts[k + 1]].tolist()
+            if len(recent) < 5000:
+                recent.append(text)
+            else:
+                recent[int(rng.integers(5000))] = text
+            lines.append(json.dumps({"id": f"d{start + k}", "text": " ".join(text)}))
+        data = "\n".join(lines) + "\n"
+        total_bytes += len(data)
+        (folder / f"part-{start // file_docs:05d}.jsonl").write_text(data)
+    return {"documents": docs, "files": -(-docs // file_docs), "planted_copies": planted, "bytes": total_bytes}
+
+
+def child(config: str, corpus: Path, out: Path, shard: int) -> None:
+    """One configuration, in this fresh process; prints one JSON line."""
+    from llm_pipeline.config import load_config
+    from llm_pipeline.stages import run_stage, stage_named
+
+    overrides: dict[str, Any] = {
+        "data": {"path": str(corpus)},
+        "dedup": {"method": "minhash"},
+        "execution": {"engine": "local" if config == "local" else "ray", "shard_documents": shard},
+    }
+    cluster = None
+    if config != "local":
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        for _ in range(int(config.removeprefix("ray"))):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        overrides["execution"]["ray_address"] = cluster.address
+    cfg = load_config(ROOT / "configs" / "test.yaml", overrides)
+    started = time.perf_counter()
+    result = run_stage(stage_named("load-and-deduplicate-data"), cfg, out, "bench")
+    seconds = time.perf_counter() - started
+    from llm_pipeline.dedup.minhash import BAND_ROW, lsh_params
+
+    bands, _ = lsh_params(cfg.dedup.jaccard_threshold, cfg.dedup.num_perm, cfg.dedup.bands)
+    print(json.dumps({
+        "seconds": round(seconds, 2),
+        "documents": result.counts["documents"],
+        "removed": result.counts["dedup.removed"],
+        "shuffle_bytes": result.counts["documents"] * bands * BAND_ROW.itemsize if config != "local" else 0,
+    }), flush=True)  # fmt: skip
+    if cluster is not None:
+        cluster.shutdown()
+
+
+def measure(config: str, corpus: Path, shard: int) -> dict[str, Any]:
+    env = {**os.environ, **THREADS, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, __file__, "--child", config, "--corpus", str(corpus), "--out", out]
+        process = subprocess.Popen([*command, "--shard", str(shard)], stdout=subprocess.PIPE, text=True, env=env)
+        peaks: dict[int, tuple[str, int]] = {}
+        done = threading.Event()
+
+        def sample() -> None:
+            root = psutil.Process(process.pid)
+            while not done.is_set():
+                procs = [root]
+                with contextlib.suppress(psutil.Error):
+                    procs += root.children(recursive=True)
+                for p in procs:
+                    try:
+                        rss, name = p.memory_info().rss, (p.cmdline() or ["?"])[0]
+                    except psutil.Error:
+                        continue
+                    if rss > peaks.get(p.pid, ("", 0))[1]:
+                        peaks[p.pid] = (name, rss)
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        stdout, _ = process.communicate()
+        done.set()
+        sampler.join()
+        if process.returncode != 0:
+            raise SystemExit(f"{config} failed (exit {process.returncode})")
+        line = json.loads(stdout.strip().splitlines()[-1])
+        driver = peaks.get(process.pid, ("", 0))[1]
+        ray_peaks = [rss for pid, (name, rss) in peaks.items() if pid != process.pid and name.startswith("ray::")]
+        others = [(name, rss) for pid, (name, rss) in peaks.items() if pid != process.pid]
+        largest_other = max(others, key=lambda x: x[1], default=("", 0))
+        return {
+            "config": config,
+            **line,
+            "docs_per_s": round(line["documents"] / line["seconds"]),
+            "driver_peak_mb": round(driver / 2**20),
+            "ray_worker_peak_mb": round(max(ray_peaks, default=0) / 2**20),
+            "largest_other_process": [largest_other[0][:40], round(largest_other[1] / 2**20)],
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--file-docs", type=int, default=20_000)
+    parser.add_argument("--shard", type=int, default=20_000, help="execution.shard_documents")
+    parser.add_argument("--dup-rate", type=float, default=0.05)
+    parser.add_argument("--configs", nargs="+", default=["local", "ray1", "ray2"])
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--keep-corpus", type=Path, help="build the corpus here (or reuse the one already there)")
+    parser.add_argument("--child")
+    parser.add_argument("--corpus", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.corpus, args.out, args.shard)
+        return
+    with tempfile.TemporaryDirectory(prefix="scale-corpus-") as tmp:
+        if args.keep_corpus:
+            tmp = str(args.keep_corpus)
+        started = time.perf_counter()
+        if args.keep_corpus and args.keep_corpus.with_suffix(".json").exists():
+            corpus = json.loads(args.keep_corpus.with_suffix(".json").read_text())
+        else:
+            corpus = build_corpus(Path(tmp), args.docs, args.file_docs, args.dup_rate)
+            corpus["build_seconds"] = round(time.perf_counter() - started, 1)
+            Path(tmp).with_suffix(".json").write_text(json.dumps(corpus))
+        print(json.dumps({"corpus": corpus}), flush=True)
+        results = []
+        for config in args.configs:
+            results.append(measure(config, Path(tmp), args.shard))
+            print(json.dumps(results[-1]), flush=True)
+    removed = {r["removed"] for r in results}
+    if len(removed) > 1:
+        raise SystemExit(f"the engines disagree on what to remove: {removed}")
+    by = {r["config"]: r for r in results}
+    summary: dict[str, Any] = {"corpus": corpus, "results": results, "cpus": os.cpu_count(),
+                               "load_avg_at_end": os.getloadavg()}  # fmt: skip
+    if "ray1" in by and "ray2" in by:
+        summary["ray2_over_ray1"] = round(by["ray1"]["seconds"] / by["ray2"]["seconds"], 2)
+    if "local" in by and "ray2" in by:
+        summary["ray2_over_local"] = round(by["local"]["seconds"] / by["ray2"]["seconds"], 2)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("results", "corpus")}))
+    if args.output:
+        args.output.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
