@@ -80,7 +80,7 @@ def build_corpus(folder: Path, docs: int, file_docs: int, dup_rate: float, seed:
     return {"documents": docs, "files": -(-docs // file_docs), "planted_copies": planted, "bytes": total_bytes}
 
 
-def child(config: str, corpus: Path, out: Path, shard: int) -> None:
+def child(config: str, corpus: Path, out: Path) -> None:
     """One configuration, in this fresh process; prints one JSON line."""
     from llm_pipeline.config import load_config
     from llm_pipeline.stages import run_stage, stage_named
@@ -88,7 +88,7 @@ def child(config: str, corpus: Path, out: Path, shard: int) -> None:
     overrides: dict[str, Any] = {
         "data": {"path": str(corpus)},
         "dedup": {"method": "minhash"},
-        "execution": {"engine": "local" if config == "local" else "ray", "shard_documents": shard},
+        "execution": {"engine": "local" if config == "local" else "ray"},
     }
     cluster = None
     if config != "local":
@@ -116,11 +116,11 @@ def child(config: str, corpus: Path, out: Path, shard: int) -> None:
         cluster.shutdown()
 
 
-def measure(config: str, corpus: Path, shard: int) -> dict[str, Any]:
+def measure(config: str, corpus: Path) -> dict[str, Any]:
     env = {**os.environ, **THREADS, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, __file__, "--child", config, "--corpus", str(corpus), "--out", out]
-        process = subprocess.Popen([*command, "--shard", str(shard)], stdout=subprocess.PIPE, text=True, env=env)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
         peaks: dict[int, tuple[str, int]] = {}
         done = threading.Event()
 
@@ -165,9 +165,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--file-docs", type=int, default=20_000)
-    parser.add_argument("--shard", type=int, default=20_000, help="execution.shard_documents")
     parser.add_argument("--dup-rate", type=float, default=0.05)
-    parser.add_argument("--configs", nargs="+", default=["local", "ray1", "ray2"])
+    parser.add_argument("--configs", nargs="*", default=["local", "ray1", "ray2"])
     parser.add_argument("--output", type=Path)
     parser.add_argument("--keep-corpus", type=Path, help="build the corpus here (or reuse the one already there)")
     parser.add_argument("--child")
@@ -175,7 +174,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.corpus, args.out, args.shard)
+        child(args.child, args.corpus, args.out)
         return
     with tempfile.TemporaryDirectory(prefix="scale-corpus-") as tmp:
         if args.keep_corpus:
@@ -190,7 +189,7 @@ def main() -> None:
         print(json.dumps({"corpus": corpus}), flush=True)
         results = []
         for config in args.configs:
-            results.append(measure(config, Path(tmp), args.shard))
+            results.append(measure(config, Path(tmp)))
             print(json.dumps(results[-1]), flush=True)
     removed = {r["removed"] for r in results}
     if len(removed) > 1:

@@ -97,3 +97,40 @@ def test_batches_are_sorted_by_length_and_left_padded(models: dict[str, Path]) -
     alone = [generator.generate([p])[0] for p in prompts]
     together = generator.generate(prompts)
     assert together == alone == [i.answer for i in ITEMS]  # padding changes nothing: left padding, masked
+
+
+def test_a_model_split_over_cpu_and_disk_answers_as_the_whole_one(models: dict[str, Path], tmp_path: Path) -> None:
+    """`device_map` with a `max_memory` smaller than the model: accelerate puts the first layers in memory and the
+    rest on disk (what happens between GPUs and CPU on a big host); the answers are the unsplit model's."""
+    import torch
+
+    whole, _, _ = load_causal_lm(str(models["trained"]), "cpu", "float32")
+    size = sum(p.numel() * p.element_size() for p in whole.parameters())
+    budget = {"cpu": f"{size * 3 // 4 // 1000}KB"}  # three quarters of the model
+    split, _, device = load_causal_lm(
+        str(models["trained"]), "cpu", "float32", device_map="auto", max_memory=budget, offload_folder=str(tmp_path)
+    )
+    placed = set(split.hf_device_map.values())
+    assert placed == {"cpu", "disk"}, split.hf_device_map
+    assert device == "cpu" and any(p.device == torch.device("meta") for p in split.parameters())  # really offloaded
+
+    config = EvaluationConfig(
+        metrics=["exact_match"],
+        candidates=[
+            CandidateConfig(name="whole", kind="hf", model=str(models["trained"]), device="cpu", max_new_tokens=16),
+            CandidateConfig(
+                name="split",
+                kind="hf",
+                model=str(models["trained"]),
+                device="cpu",
+                max_new_tokens=16,
+                device_map="auto",
+                max_memory=budget,
+                offload_folder=tmp_path / "offload",
+            ),
+        ],  # fmt: skip
+    )
+    result = evaluate_candidates(ITEMS, config)
+    answers = {c: {p.item_id: p.prediction for p in result.predictions if p.candidate == c} for c in ("whole", "split")}
+    assert answers["whole"] == answers["split"] and len(answers["whole"]) == len(ITEMS)
+    assert result.summary["split"]["overall"]["exact_match"]["mean"] == 1.0

@@ -114,8 +114,7 @@ def test_ray_gives_the_local_outputs_on_a_folder_of_every_kind(
     folder = _mixed_folder(tmp_path)
     base = {"data": {"path": str(folder)}, "dedup": {"method": method, "keep": keep, **extra}}
     local, local_counts = _stage(tmp_path / "local", base)
-    on_ray = {**base, "execution": {"engine": "ray", "ray_address": ray_cluster.address, "shard_documents": 100,
-                                    "shuffle_partitions": 3}}  # fmt: skip
+    on_ray = {**base, "execution": {"engine": "ray", "ray_address": ray_cluster.address, "shuffle_partitions": 3}}
     distributed, ray_counts = _stage(tmp_path / "ray", on_ray)
     _same_outputs(local, distributed)
     assert local_counts == ray_counts
@@ -129,15 +128,18 @@ def real_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     records = python_docstrings(("transformers/models",))
     assert len(records) > 5_000, "the locked environment ships transformers"
-    path = tmp_path_factory.mktemp("real") / "docstrings.jsonl"
-    path.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in records))
-    return path
+    folder = tmp_path_factory.mktemp("real")
+    lines = [json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in records]
+    step = -(-len(lines) // 8)  # eight files: eight load tasks, copies across them
+    for k in range(8):
+        (folder / f"docstrings-{k}.jsonl").write_text("".join(lines[k * step : (k + 1) * step]))
+    return folder
 
 
 def test_ray_gives_the_local_outputs_on_real_text(ray_cluster, real_text: Path, tmp_path: Path) -> None:
     base = {"data": {"path": str(real_text)}, "dedup": {"method": "minhash"}}
     local, local_counts = _stage(tmp_path / "local", base)
-    execution = {"engine": "ray", "ray_address": ray_cluster.address, "shard_documents": 1000}
+    execution = {"engine": "ray", "ray_address": ray_cluster.address}
     distributed, ray_counts = _stage(tmp_path / "ray", {**base, "execution": execution})
     _same_outputs(local, distributed)
     assert local_counts == ray_counts and local_counts["dedup.removed.minhash"] > 500
@@ -155,11 +157,11 @@ def _ray_task_processes(name: str) -> list[Any]:
 
 
 def test_a_worker_killed_mid_stage_changes_nothing(ray_cluster, real_text: Path, tmp_path: Path) -> None:
-    """SIGKILL to the worker process running a MinHash map task, while the stage runs: Ray retries the task on a
-    worker that lives, and the stage's files are the local engine's."""
+    """SIGKILL to the worker process running a load task (which also signs the file for MinHash), while the stage
+    runs: Ray retries the task on a worker that lives, and the stage's files are the local engine's."""
     base = {"data": {"path": str(real_text)}, "dedup": {"method": "minhash"}}
     local, _ = _stage(tmp_path / "local", base)
-    execution = {"engine": "ray", "ray_address": ray_cluster.address, "shard_documents": 300}
+    execution = {"engine": "ray", "ray_address": ray_cluster.address}
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -173,13 +175,13 @@ def test_a_worker_killed_mid_stage_changes_nothing(ray_cluster, real_text: Path,
     killed = None
     deadline = time.monotonic() + 120
     while stage.is_alive() and killed is None and time.monotonic() < deadline:
-        for process in _ray_task_processes("_minhash_map"):
+        for process in _ray_task_processes("_load_file"):
             os.kill(process.pid, signal.SIGKILL)
             killed = process.pid
             break
         time.sleep(0.005)
     stage.join(timeout=300)
-    assert killed is not None, "no MinHash map task was seen running: nothing was killed"
+    assert killed is not None, "no load task was seen running: nothing was killed"
     assert "error" not in outcome, outcome.get("error")
     _same_outputs(local, tmp_path / "ray")
 

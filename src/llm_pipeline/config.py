@@ -385,7 +385,7 @@ class ExecutionConfig(Section):
     """Where the heavy work of a stage runs. Not part of any cache key: both engines give the same outputs."""
 
     engine: Literal["local", "ray"] = Field(
-        "local", description="local: in the stage's own process. ray: loading and dedup as Ray tasks over shards."
+        "local", description="local: in the stage's own process. ray: loading and dedup as Ray tasks, one per file."
     )
     ray_address: str = Field(
         "",
@@ -394,7 +394,6 @@ class ExecutionConfig(Section):
         "on a node of the cluster.",
     )
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the Ray started for the run (None: all).")
-    shard_documents: int = Field(20_000, ge=100, description="Documents per MinHash shard (one Ray task each).")
     shuffle_partitions: int | None = Field(
         None, ge=1, description="Reducers of the LSH band shuffle; None: one per CPU of the cluster."
     )

@@ -63,6 +63,8 @@ def _keep_key(policy: KeepPolicy, index: int, document: Document | DocumentKey) 
 
 def keep_ranks(documents: Sequence[Document | DocumentKey], keep: KeepPolicy) -> list[int]:
     """Each document's place in keep order (0: kept before any other)."""
+    if keep == "first":
+        return list(range(len(documents)))  # input order itself
     order = sorted(range(len(documents)), key=lambda i: _keep_key(keep, i, documents[i]))
     ranks = [0] * len(documents)
     for rank, index in enumerate(order):

@@ -1,18 +1,19 @@
 """The load-and-deduplicate stage on Ray: the same outputs as the local engine, the work spread over a cluster.
 
-  load      one task per input file (`ingest.load.load_file`); its documents stay in Ray's object store, the
-            driver gets their ids and the few numbers the keep rule and exact dedup need (length, metadata
-            richness, a text hash). Ids repeated across files are quarantined by the driver, as the one-process
-            loader would (first file wins).
+  load      one task per input file (`ingest.load.load_file`); its documents stay in Ray's object store as
+            their documents.jsonl lines (serialized once, where they were read); the driver gets their ids and
+            the few numbers the keep rule and exact dedup need (length, metadata richness, a text hash). When
+            MinHash runs here, the same task signs the file's texts while it holds them: signatures and shingle
+            sets stay in the store, and every (band, key, document) row goes to one of P partitions by its key
+            (`minhash.band_rows`): the map side of the shuffle. Ids repeated across files are quarantined by the
+            driver, as the one-process loader would (first file wins).
   exact     by those hashes in the driver (one dict of 32-byte digests).
-  minhash   map: one task per slice of `execution.shard_documents` documents: signatures and shingle sets, and
-            every (band, key, document) row sent to one of P partitions by its key (`minhash.band_rows`);
-            reduce: one task per partition groups its buckets into candidate pairs (`minhash.partition_pairs`);
-            verify: one task per slice checks its pairs on the exact Jaccard of the shingle sets (or the
-            estimate), fetching only the slices its partners live in. The kept-document rule then runs in the
-            driver over the verified pairs (a pass over pairs, not documents).
+  minhash   reduce: one task per partition groups its buckets into candidate pairs among the documents still
+            alive (`minhash.partition_pairs`); verify: one task per file with pairs checks them on the exact
+            Jaccard of the shingle sets (or the estimate), fetching only the files its partners live in. The
+            kept-document rule then runs in the driver over the verified pairs (a pass over pairs, not documents).
   others    semantic and plug-in methods run in the driver on the documents still kept (fetched then).
-  write     documents.jsonl streamed shard by shard in input order: the driver holds one shard at a time.
+  write     documents.jsonl: the kept lines, file by file in input order (the driver holds one file at a time).
 
 Identical results: signatures, band keys and the exact Jaccard do not depend on where or in what order they are
 computed; global indices keep input order, so the keep rule sees the documents in the order the local engine
@@ -55,17 +56,18 @@ log = get_logger("engine.ray")
 @dataclass
 class FileLoad:
     """What the driver keeps of one loaded file: a few numbers per document, the documents themselves stay in
-    the object store (`documents`, `origins`)."""
+    the object store (`lines`, `origins`)."""
 
     result: IngestResult  # summary, rejects, counts of this file; its `documents` list is empty
     ids: list[str]
     lengths: np.ndarray
     richness: np.ndarray
     digests: list[bytes]
-    documents: Any = None  # ObjectRef -> list[Document]
+    lines: Any = None  # ObjectRef -> list[bytes]: each document as its documents.jsonl line (no newline)
     origins: Any = None  # ObjectRef -> list[(location, raw)]
     base: int = 0  # global index of its first document
     path: str = ""
+    signed: list[Any] = field(default_factory=list)  # ObjectRefs: [signatures and shingle sets, band rows by partition]
 
 
 @dataclass
@@ -88,8 +90,38 @@ def _exact_digest(text: str) -> bytes:
     return hashlib.sha256(text.lower().encode("utf-8")).digest()  # dedup.exact's key, as bytes
 
 
-@ray.remote(num_returns=3)
-def _load_file(path: str, source: str, relative: str, data: DataConfig) -> tuple[Any, list[Document], list]:
+@dataclass(frozen=True)
+class Signing:
+    """What a load task needs to sign its documents for MinHash right away (one pass over the file's texts)."""
+
+    shingle_size: int
+    num_perm: int
+    bands: int
+    rows: int
+    partitions: int
+
+
+def _sign(documents: list[Document], file_index: int, signing: Signing) -> list[Any]:
+    """[(positions, signatures, shingle hashes, offsets), partition 0 rows, ..., partition P-1 rows] of one file's
+    documents. A row's document is (file_index << 32 | position): the driver knows the global index only once
+    the files before this one are counted."""
+    sigs, hashes, offsets = _signatures([d.text for d in documents], signing.shingle_size, signing.num_perm, 1)
+    positions = np.arange(len(documents), dtype=np.int64)
+    parts = band_rows(sigs, positions | (file_index << 32), signing.bands, signing.rows, signing.partitions)
+    return [(positions, sigs, hashes, offsets), *parts]
+
+
+@ray.remote
+def _sign_task(documents: list[Document], file_index: int, signing: Signing) -> list[Any]:
+    return _sign(documents, file_index, signing)
+
+
+@ray.remote
+def _load_file(
+    path: str, source: str, relative: str, data: DataConfig, file_index: int, signing: Signing | None
+) -> list[Any]:
+    """One file: [meta (ids and the keep rule's numbers, rejects, summary), lines, origins] and, with
+    `signing`, its MinHash signatures and band rows (the _sign list), computed while the texts are at hand."""
     result = IngestResult(origins=[])
     load_file(Path(path), relative, data, result, set(), source)
     documents, origins = result.documents, result.origins or []
@@ -102,32 +134,25 @@ def _load_file(path: str, source: str, relative: str, data: DataConfig) -> tuple
         "richness": np.fromiter((richness(d) for d in documents), dtype=np.int64, count=len(documents)),
         "digests": [_exact_digest(d.text) for d in documents],
     }
-    return meta, documents, origins
+    signed = _sign(documents, file_index, signing) if signing is not None else []
+    lines = [d.model_dump_json().encode() for d in documents]
+    return [meta, lines, origins, *signed]
 
 
 @ray.remote
-def _minhash_map(
-    documents: list[Document], positions: np.ndarray, base: int, shingle_size: int, num_perm: int,
-    bands: int, rows: int, partitions: int,
-) -> list[Any]:  # fmt: skip
-    """Signatures of documents[positions] (their global indices: base + positions), their band rows split by
-    partition, and (last) their signatures and shingle sets for the verification."""
-    texts = [documents[int(k)].text for k in positions]
-    sigs, hashes, offsets = _signatures(texts, shingle_size, num_perm, 1)
-    docs = positions.astype(np.int64) + base
-    parts = band_rows(sigs, docs, bands, rows, partitions)
-    return [*parts, (docs, sigs, hashes, offsets)]
+def _minhash_reduce(ranks: np.ndarray, alive: np.ndarray, bases: np.ndarray, *parts: np.ndarray) -> np.ndarray:
+    """One partition's candidate pairs, by global index, among the documents still alive."""
+    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=BAND_ROW)
+    rows["doc"] = bases[rows["doc"] >> 32] + (rows["doc"] & 0xFFFFFFFF)
+    rows = rows[alive[rows["doc"]]]
+    return partition_pairs([rows], ranks, len(alive))
 
 
 @ray.remote
-def _minhash_reduce(ranks: np.ndarray, n: int, *parts: np.ndarray) -> np.ndarray:
-    return partition_pairs(list(parts), ranks, n)
-
-
-@ray.remote
-def _verify(pairs: np.ndarray, threshold: float, verify: str, *slices: tuple) -> np.ndarray:
-    """(i, j, similarity) rows of the pairs that reach the threshold; `slices` hold every document named."""
-    docs = np.concatenate([s[0] for s in slices])
+def _verify(pairs: np.ndarray, threshold: float, verify: str, bases: list[int], *slices: tuple) -> np.ndarray:
+    """(i, j, similarity) rows of the pairs that reach the threshold; `slices` (files starting at `bases`) hold
+    every document named."""
+    docs = np.concatenate([s[0] + base for s, base in zip(slices, bases, strict=True)])
     order = np.argsort(docs)
     docs = docs[order]
     where = np.concatenate([np.full(len(s[0]), k) for k, s in enumerate(slices)])[order]
@@ -153,17 +178,32 @@ def _verify(pairs: np.ndarray, threshold: float, verify: str, *slices: tuple) ->
     return np.asarray(out, dtype=np.float64).reshape(-1, 3)
 
 
-def _load(config: PipelineConfig, address: str) -> tuple[IngestResult, Plan]:
+def _signing(config: PipelineConfig) -> Signing | None:
+    """How to sign documents as they load, when MinHash runs on the cluster in this stage; else None."""
+    dedup = config.dedup
+    if "minhash" not in method_sequence(dedup.method) or dedup.index == "redis":
+        return None
+    bands, rows = lsh_params(dedup.jaccard_threshold, dedup.num_perm, dedup.bands)
+    partitions = config.execution.shuffle_partitions or cluster_cpus()
+    return Signing(dedup.shingle_size, dedup.num_perm, bands, rows, partitions)
+
+
+def _load(config: PipelineConfig, address: str, signing: Signing | None) -> tuple[IngestResult, Plan]:
     data = config.data
     files = input_files(data)
+    returns = 3 + (1 + signing.partitions if signing else 0)
+    task = _load_file.options(num_returns=returns, max_retries=config.execution.task_retries)
     # absolute: a Ray worker runs in a folder of its own (and on another node, where data.path must be the same path)
-    refs = [_load_file.remote(str(path.resolve()), str(path), relative, data) for path, relative in files]
+    refs = [
+        task.remote(str(path.resolve()), str(path), relative, data, index, signing)
+        for index, (path, relative) in enumerate(files)
+    ]
     merged = IngestResult()
     plan = Plan()
     seen: set[str] = set()
     alive: list[np.ndarray] = []
     base = 0
-    for (path, _), (meta_ref, documents_ref, origins_ref) in zip(files, refs, strict=True):
+    for (path, _), (meta_ref, lines_ref, origins_ref, *signed) in zip(files, refs, strict=True):
         meta = fetch(meta_ref, address)
         part: IngestResult = meta["result"]
         merged.files.extend(part.files)
@@ -171,7 +211,7 @@ def _load(config: PipelineConfig, address: str) -> tuple[IngestResult, Plan]:
         merged.records_seen += part.records_seen
         merged.repairs.update(part.repairs)
         load = FileLoad(part, meta["ids"], meta["lengths"], meta["richness"], meta["digests"],
-                        documents_ref, origins_ref, base, str(path))  # fmt: skip
+                        lines_ref, origins_ref, base, str(path), signed)  # fmt: skip
         mask = np.ones(len(load.ids), dtype=bool)
         repeated = []
         for k, doc_id in enumerate(load.ids):
@@ -200,12 +240,16 @@ def _load(config: PipelineConfig, address: str) -> tuple[IngestResult, Plan]:
     return merged, plan
 
 
-def _held(ingested: IngestResult) -> tuple[IngestResult, Plan]:
-    """Documents read in this process, put in the object store as one shard."""
+def _held(ingested: IngestResult, signing: Signing | None) -> tuple[IngestResult, Plan]:
+    """Documents read in this process, put in the object store as one shard (and signed there)."""
     documents = ingested.documents
+    lines = ray.put([d.model_dump_json().encode() for d in documents])
+    signed = []
+    if signing is not None:
+        signed = _sign_task.options(num_returns=1 + signing.partitions).remote(ray.put(documents), 0, signing)
     load = FileLoad(
         IngestResult(), [d.id for d in documents], np.zeros(0), np.zeros(0),
-        [_exact_digest(d.text) for d in documents], ray.put(documents),
+        [_exact_digest(d.text) for d in documents], lines, None, 0, "", list(signed),
     )  # fmt: skip
     alive = np.ones(len(documents), dtype=bool)
     plan = Plan(files=[load], alive=alive, loaded=alive.copy(), keys=[DocumentKey.of(d) for d in documents])
@@ -227,43 +271,42 @@ def _exact(plan: Plan, config: PipelineConfig) -> list[DuplicateCluster]:
     return clusters_from_pairs(plan.keys, pairs, "exact", config.dedup.keep)
 
 
-def _minhash(plan: Plan, config: PipelineConfig, address: str) -> list[DuplicateCluster]:
+def _minhash(plan: Plan, config: PipelineConfig, address: str, signing: Signing) -> list[DuplicateCluster]:
+    """Candidates from the band rows the load tasks sent to each partition (the shuffle), among the documents
+    still alive; verified by one task per file that has pairs; the kept-document rule over the verified pairs."""
     dedup, execution = config.dedup, config.execution
     threshold = dedup.jaccard_threshold
     if plan.alive.sum() < 2:
         return []
-    bands, rows = lsh_params(threshold, dedup.num_perm, dedup.bands)
-    partitions = execution.shuffle_partitions or cluster_cpus()
-    ranks = np.asarray(keep_ranks(plan.keys, dedup.keep), dtype=np.int64)
-    ranks_ref = ray.put(ranks)
+    ranks_ref = ray.put(np.asarray(keep_ranks(plan.keys, dedup.keep), dtype=np.int64))
+    alive_ref = ray.put(plan.alive)
+    bases = np.asarray([f.base for f in plan.files], dtype=np.int64)
+    bases_ref = ray.put(bases)
     retries = {"max_retries": execution.task_retries}
-    maps: list[list[Any]] = []
-    slice_of = np.full(plan.n, -1, dtype=np.int64)
-    for load in plan.files:
-        positions = np.flatnonzero(plan.alive[load.base : load.base + len(load.ids)])
-        for start in range(0, len(positions), execution.shard_documents):
-            chosen = positions[start : start + execution.shard_documents]
-            slice_of[chosen + load.base] = len(maps)
-            maps.append(
-                _minhash_map.options(num_returns=partitions + 1, **retries).remote(
-                    load.documents, chosen, load.base, dedup.shingle_size, dedup.num_perm, bands, rows, partitions
-                )
-            )
+    reduce = _minhash_reduce.options(**retries)
     reducers = [
-        _minhash_reduce.options(**retries).remote(ranks_ref, plan.n, *[m[p] for m in maps]) for p in range(partitions)
+        reduce.remote(ranks_ref, alive_ref, bases_ref, *[f.signed[1 + p] for f in plan.files])
+        for p in range(signing.partitions)
     ]
     pairs = unique_pairs(list(fetch(reducers, address)), plan.n)
-    shuffle_bytes = int(plan.alive.sum()) * bands * BAND_ROW.itemsize
+    file_of = np.repeat(np.arange(len(plan.files)), [len(f.ids) for f in plan.files])
     verifying = []
-    owner = slice_of[pairs[:, 0]] if len(pairs) else np.zeros(0, dtype=np.int64)
-    for s in np.unique(owner).tolist():
-        mine = pairs[owner == s]
-        needed = [s, *sorted(set(slice_of[mine[:, 1]].tolist()) - {s})]
+    owner = file_of[pairs[:, 0]] if len(pairs) else np.zeros(0, dtype=np.int64)
+    for k in np.unique(owner).tolist():
+        mine = pairs[owner == k]
+        needed = [k, *sorted(set(file_of[mine[:, 1]].tolist()) - {k})]
         verifying.append(
-            _verify.options(**retries).remote(mine, threshold, dedup.verify, *[maps[k][partitions] for k in needed])
+            _verify.options(**retries).remote(
+                mine,
+                threshold,
+                dedup.verify,
+                [int(bases[n]) for n in needed],
+                *[plan.files[n].signed[0] for n in needed],
+            )
         )
     verified = [(int(i), int(j), float(sim)) for block in fetch(verifying, address) for i, j, sim in block.tolist()]
-    log.info("minhash_distributed", slices=len(maps), partitions=partitions, candidates=len(pairs),
+    shuffle_bytes = plan.n * signing.bands * BAND_ROW.itemsize
+    log.info("minhash_distributed", files=len(plan.files), partitions=signing.partitions, candidates=len(pairs),
              verified=len(verified), shuffle_bytes=shuffle_bytes)  # fmt: skip
     return clusters_by_kept(plan.keys, sorted(verified), "minhash", dedup.keep)
 
@@ -286,33 +329,34 @@ def _documents(plan: Plan, address: str, wanted: np.ndarray | None = None) -> li
     for load in plan.files:
         mine = mask[load.base : load.base + len(load.ids)]
         if mine.any():
-            parts.append(_select.remote(load.documents, mine))  # filtered where the documents are
+            parts.append(_select.remote(load.lines, mine))  # filtered where the documents are
     return [d for chunk in fetch_each(parts, address) for d in chunk]
 
 
 @ray.remote
-def _select(documents: list[Document], mask: np.ndarray) -> list[Document]:
-    return [d for d, keep in zip(documents, mask.tolist(), strict=True) if keep]
+def _select(lines: list[bytes], mask: np.ndarray) -> list[Document]:
+    return [Document.model_validate_json(line) for line, keep in zip(lines, mask.tolist(), strict=True) if keep]
 
 
 def load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> tuple[IngestResult, DedupResult, int]:
     """The stage's work on Ray; writes the stage's outputs. Returns what was loaded (its `documents` empty),
     the dedup result (its `kept` empty unless a driver-side method needed the documents) and the count kept."""
     with ray_session(config.execution) as address:
+        signing = _signing(config)
         if config.data.limit is not None:
             # a quick run: read in order up to the limit here (a file-parallel read would read past it)
-            ingested, plan = _held(load_documents(config.data))
+            ingested, plan = _held(load_documents(config.data), signing)
         else:
-            ingested, plan = _load(config, address)
+            ingested, plan = _load(config, address, signing)
         write_jsonl(outputs["rejects"], ingested.rejects)
         require_documents(ingested, config.data)
         total = int(plan.alive.sum())
         dedup = config.dedup
         result = DedupResult(kept=[])
         methods = list(method_sequence(dedup.method))
-        distributed = {"exact": lambda: _exact(plan, config), "minhash": lambda: _minhash(plan, config, address)}
-        if dedup.index == "redis":
-            distributed.pop("minhash")  # the shared Redis index is the cross-worker mechanism: run it as it is
+        distributed = {"exact": lambda: _exact(plan, config)}
+        if signing is not None:  # (with the shared Redis index, MinHash runs as it is, in the driver)
+            distributed["minhash"] = lambda: _minhash(plan, config, address, signing)
         while methods and methods[0] in distributed:
             method = methods.pop(0)
             clusters = distributed[method]()
@@ -333,20 +377,11 @@ def load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> tu
         return ingested, result, kept
 
 
-@ray.remote
-def _jsonl(documents: list[Document], mask: np.ndarray) -> bytes:
-    """The kept documents of one file as documents.jsonl's lines: serialized on the cluster, written by the
-    driver as they come, in input order."""
-    return "".join(
-        d.model_dump_json() + "\n" for d, keep in zip(documents, mask.tolist(), strict=True) if keep
-    ).encode()
-
-
 def _write_alive(plan: Plan, path: Path, address: str) -> int:
-    parts = [_jsonl.remote(f.documents, plan.alive[f.base : f.base + len(f.ids)]) for f in plan.files]
     with atomic_open(path, "wb") as handle:
-        for chunk in fetch_each(parts, address):
-            handle.write(chunk)
+        for load, lines in zip(plan.files, fetch_each([f.lines for f in plan.files], address), strict=True):
+            mask = plan.alive[load.base : load.base + len(load.ids)].tolist()
+            handle.write(b"".join(line + b"\n" for line, keep in zip(lines, mask, strict=True) if keep))
     return int(plan.alive.sum())
 
 
