@@ -11,14 +11,17 @@ error the stage retry table retries.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +41,45 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Any:
-    from ray.cluster_utils import Cluster
+# The cluster lives in a process of its own: a Ray node object in the test process would leave its SIGTERM handler
+# in every process the local engine forks (its signature pool), and a pool worker terminated at the end then
+# waits forever for the node to drain (seen: a hung test session).
+CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+for _ in range(int(sys.argv[1])):
+    cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+print(cluster.address, flush=True)
+sys.stdin.read()  # until the test closes it
+cluster.shutdown()
+"""
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster
-    cluster.shutdown()
+
+@contextlib.contextmanager
+def cluster_process(workers: int = 2) -> Iterator[str]:
+    """A head with no CPU and `workers` nodes of one CPU (real raylets and worker processes); yields its address."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", CLUSTER, str(workers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        address = process.stdout.readline().strip()
+        assert address, "the Ray cluster did not start"
+        yield address
+    finally:
+        with contextlib.suppress(Exception):
+            process.stdin.close()
+            process.wait(timeout=30)
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    with cluster_process() as address:
+        yield address
 
 
 def _stage(tmp: Path, overrides: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
@@ -114,7 +145,7 @@ def test_ray_gives_the_local_outputs_on_a_folder_of_every_kind(
     folder = _mixed_folder(tmp_path)
     base = {"data": {"path": str(folder)}, "dedup": {"method": method, "keep": keep, **extra}}
     local, local_counts = _stage(tmp_path / "local", base)
-    on_ray = {**base, "execution": {"engine": "ray", "ray_address": ray_cluster.address, "shuffle_partitions": 3}}
+    on_ray = {**base, "execution": {"engine": "ray", "ray_address": ray_cluster, "shuffle_partitions": 3}}
     distributed, ray_counts = _stage(tmp_path / "ray", on_ray)
     _same_outputs(local, distributed)
     assert local_counts == ray_counts
@@ -139,7 +170,7 @@ def real_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_ray_gives_the_local_outputs_on_real_text(ray_cluster, real_text: Path, tmp_path: Path) -> None:
     base = {"data": {"path": str(real_text)}, "dedup": {"method": "minhash"}}
     local, local_counts = _stage(tmp_path / "local", base)
-    execution = {"engine": "ray", "ray_address": ray_cluster.address}
+    execution = {"engine": "ray", "ray_address": ray_cluster}
     distributed, ray_counts = _stage(tmp_path / "ray", {**base, "execution": execution})
     _same_outputs(local, distributed)
     assert local_counts == ray_counts and local_counts["dedup.removed.minhash"] > 500
@@ -161,7 +192,7 @@ def test_a_worker_killed_mid_stage_changes_nothing(ray_cluster, real_text: Path,
     runs: Ray retries the task on a worker that lives, and the stage's files are the local engine's."""
     base = {"data": {"path": str(real_text)}, "dedup": {"method": "minhash"}}
     local, _ = _stage(tmp_path / "local", base)
-    execution = {"engine": "ray", "ray_address": ray_cluster.address}
+    execution = {"engine": "ray", "ray_address": ray_cluster}
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -212,7 +243,7 @@ def test_the_whole_pipeline_gives_the_same_results_on_ray(ray_cluster, prefect_s
     runs = {}
     for engine in ("local", "ray"):
         out = tmp_path / engine
-        execution = {"engine": engine, "ray_address": ray_cluster.address if engine == "ray" else ""}
+        execution = {"engine": engine, "ray_address": ray_cluster if engine == "ray" else ""}
         # the engine is not in any cache key (both give the same files): the second run must not reuse the first
         with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):
             llm_pipeline(config_path=str(CONFIG), overrides={"output_path": str(out), "execution": execution})
@@ -239,3 +270,44 @@ def _untimed(value: Any) -> Any:
     if isinstance(value, list):
         return [_untimed(v) for v in value]
     return value
+
+
+def test_a_head_that_dies_mid_stage_fails_the_stage_naming_the_address(
+    real_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GCS of a cluster of its own killed while load tasks run: Ray ends the driver from C++ once it gives up
+    on the head (60 s by default, 10 here); the stage, whose driver runs in a child process, fails with an error
+    naming the address that the stage retry table retries, instead of the flow run's process dying with it."""
+    import psutil
+
+    from llm_pipeline.engine.ray_session import RayUnavailableError
+    from llm_pipeline.retries import rule_for
+
+    monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", "10")
+    with cluster_process() as address:
+        port = address.rpartition(":")[2]
+        overrides = {"data": {"path": str(real_text)}, "dedup": {"method": "minhash"},
+                     "execution": {"engine": "ray", "ray_address": address}}  # fmt: skip
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                _stage(tmp_path / "run", overrides)
+            except BaseException as exc:  # noqa: BLE001 - examined below
+                outcome["error"] = exc
+
+        stage = threading.Thread(target=run)
+        started = time.monotonic()
+        stage.start()
+        while stage.is_alive() and not _ray_task_processes("_load_file") and time.monotonic() - started < 120:
+            time.sleep(0.05)
+        gcs = [p for p in psutil.process_iter(["cmdline"]) if "gcs_server" in " ".join(p.info["cmdline"] or [])
+               and any(c.laddr.port == int(port) for c in p.net_connections("tcp"))]  # fmt: skip
+        assert stage.is_alive() and len(gcs) == 1, "the stage ended before its head could be killed"
+        gcs[0].kill()
+        stage.join(timeout=240)
+        assert not stage.is_alive(), "the stage hangs on a dead head"
+        error = outcome.get("error")
+        assert isinstance(error, RayUnavailableError), repr(error)
+        assert address in str(error) and "execution.ray_address" in str(error)
+        assert rule_for(error) is not None

@@ -72,7 +72,7 @@ def ray_session(execution: ExecutionConfig) -> Iterator[str]:
         options.update(num_cpus=execution.ray_num_cpus, include_dashboard=False)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
-        ray.init(address=address or None, **options)
+        ray.init(address=address or "local", **options)  # "local": a new Ray, never one found running
     except Exception as exc:
         raise RayUnavailableError(
             f"execution.ray_address: cannot join the Ray cluster at {describe(address)}: {type(exc).__name__}: {exc}"
