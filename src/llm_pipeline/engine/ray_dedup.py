@@ -363,7 +363,8 @@ def load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> tu
 
     with tempfile.TemporaryDirectory(prefix="llm-pipeline-ray-") as folder:
         job, answer = Path(folder) / "job.pickle", Path(folder) / "answer.pickle"
-        job.write_bytes(pickle.dumps((config, outputs, structlog.contextvars.get_contextvars())))
+        with atomic_open(job, "wb") as handle:
+            handle.write(pickle.dumps((config, outputs, structlog.contextvars.get_contextvars())))
         child = subprocess.run([sys.executable, "-m", "llm_pipeline.engine.ray_driver", str(job), str(answer)])
         if not answer.exists():
             address = describe(resolve_address(config.execution))
@@ -397,7 +398,8 @@ def drive(job: Path, answer: Path) -> None:
             result = (False, exc)
         except Exception:  # noqa: BLE001 - an error that cannot travel travels as its text
             result = (False, RuntimeError(f"{type(exc).__name__}: {exc}"))
-    answer.write_bytes(pickle.dumps(result))
+    with atomic_open(answer, "wb") as handle:  # a driver killed mid-write leaves no answer, not half of one
+        handle.write(pickle.dumps(result))
 
 
 def _load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> tuple[IngestResult, DedupResult, int]:
