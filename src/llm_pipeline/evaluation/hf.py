@@ -14,18 +14,11 @@ class HFCandidate:
 
     def __init__(self, config: CandidateConfig):
         from llm_pipeline.models.generation import BatchedGenerator, GenerationSettings
-        from llm_pipeline.models.loading import load_causal_lm
+        from llm_pipeline.models.loading import load_configured
 
         assert config.model  # the config validator insists
         self.name = config.name
-        model, self.tokenizer, device = load_causal_lm(
-            config.model,
-            config.device,
-            config.dtype,
-            device_map=config.device_map,
-            max_memory=config.max_memory,
-            offload_folder=str(config.offload_folder) if config.offload_folder else None,
-        )
+        model, self.tokenizer, device = load_configured(config.model, config)
         self.settings = GenerationSettings(
             max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size,

@@ -72,6 +72,20 @@ def load_causal_lm(
     return model, tokenizer, resolved
 
 
+def load_configured(name: str, settings: Any) -> tuple[Any, Any, str]:
+    """`load_causal_lm` with the placement settings an `hf` candidate and the local QA backend share (device,
+    dtype, device_map, max_memory, offload_folder)."""
+    offload = settings.offload_folder
+    return load_causal_lm(
+        name,
+        settings.device,
+        settings.dtype,
+        device_map=settings.device_map,
+        max_memory=settings.max_memory,
+        offload_folder=str(offload) if offload else None,
+    )
+
+
 def _memory_keys(max_memory: dict[str, str] | None) -> dict[Any, str] | None:
     """YAML keys are strings: GPU indices ("0") back to ints, as accelerate wants them."""
     if max_memory is None:

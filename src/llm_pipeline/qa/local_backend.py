@@ -16,7 +16,7 @@ from llm_pipeline.config import QAConfig
 from llm_pipeline.errors import ResourceExhaustedError
 from llm_pipeline.logging import get_logger
 from llm_pipeline.models.generation import BatchedGenerator, GenerationSettings
-from llm_pipeline.models.loading import load_causal_lm, render_prompt
+from llm_pipeline.models.loading import load_configured, render_prompt
 from llm_pipeline.qa.backends import QA_BACKENDS, Completion, Job
 from llm_pipeline.qa.checkpoint import Usage
 from llm_pipeline.qa.policy import RequestPolicy
@@ -34,16 +34,7 @@ class LocalBackend:
         self.model_name = config.model_name
         self.model = config.model_name
         policy = RequestPolicy(config.retry, "load_model", model=self.model_name)
-        self.lm, self.tokenizer, self.device = policy.call(
-            lambda: load_causal_lm(
-                self.model_name,
-                config.device,
-                config.dtype,
-                device_map=config.device_map,
-                max_memory=config.max_memory,
-                offload_folder=str(config.offload_folder) if config.offload_folder else None,
-            )
-        )
+        self.lm, self.tokenizer, self.device = policy.call(lambda: load_configured(self.model_name, config))
         self.generator = BatchedGenerator(
             self.lm,
             self.tokenizer,
