@@ -176,8 +176,8 @@ class ComposeService:
                 container = self.client.containers.get(replica.id)
                 container.stop(timeout=int(timeout_s))
                 container.remove()
-            except Exception as exc:  # already gone (make down), engine restarted: say so, never crash the loop
-                error = exc
+            except Exception as exc:  # engine restarted, or other trouble: say so, never crash the loop
+                error = None if _gone_or_going(exc) else exc
             if done is not None:
                 done(replica, error)
 
@@ -267,3 +267,13 @@ class SwarmService:
 
     def remove_exited(self) -> list[str]:
         return []  # swarm removes its own tasks
+
+
+def _gone_or_going(error: Exception) -> bool:
+    """The container is already removed, or another remover (make down, a test, a second autoscaler) is removing
+    it (409 Conflict): the drain's end is reached all the same."""
+    from docker.errors import APIError, NotFound
+
+    if isinstance(error, NotFound):
+        return True
+    return isinstance(error, APIError) and error.status_code == 409
