@@ -10,7 +10,7 @@ export TRANSFORMERS_VERBOSITY ?= error
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 
 .PHONY: help install run validate test test-fast lint format lock clean-outputs bench-dedup bench-dedup-real bench-qa \
-        secrets check-env up down deploy logs ps run-test clean compose-check images engine test-tools open \
+        secrets check-env up down deploy logs ps run-test models clean compose-check images engine test-tools open \
         swarm-up swarm-deploy swarm-down \
         screenshots proxy-check
 
@@ -29,7 +29,7 @@ $(VENV)/.installed: $(BIN)/python requirements.lock pyproject.toml
 
 install: $(VENV)/.installed  ## create .venv and install the locked dependencies and the package
 
-run: install  ## run all seven stages on CONFIG (default configs/test.yaml) in Prefect's embedded mode
+run: install  ## run every stage on CONFIG (default configs/test.yaml) in Prefect's embedded mode
 	$(BIN)/llm-pipeline run --config $(CONFIG)
 
 validate: install  ## print the resolved CONFIG with secrets masked (exit 2 on a bad config)
@@ -142,6 +142,9 @@ logs:  ## follow the logs of SERVICE (default: all), e.g. make logs SERVICE=cpu-
 
 ps:  ## list the stack's containers and their health
 	$(DC) ps
+
+models: check-env  ## download the models CONFIG names by hub id into the stack's hf-cache volume (HF_TOKEN from .env)
+	$(DC) run --rm --no-deps -e HF_HUB_OFFLINE=0 cpu-worker llm-pipeline models --config $(CONFIG)
 
 run-test: check-env  ## trigger the test deployment and follow it; non-zero exit unless it Completed
 	$(DC) run --rm deployer llm-pipeline trigger llm-pipeline/test-pipeline --wait

@@ -23,7 +23,7 @@ from llm_pipeline.errors import ConfigError, PipelineError
 
 @app.command()
 def run(config: ConfigOption = Path("configs/test.yaml"), set_: SetOption = None) -> None:
-    """Run all seven stages in Prefect's embedded mode (no server needed) and print where the report is."""
+    """Run every stage in Prefect's embedded mode (no server needed) and print where the report is."""
     try:
         overrides = parse_overrides(set_)
     except ConfigError as exc:

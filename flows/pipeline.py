@@ -198,7 +198,7 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
         for stage in PIPELINE:
             current = stage.name
             manifest.record(stage.name, "running")  # a crash from here on leaves the stage it was in
-            if stage.pool == "gpu" and stage_flow_name:
+            if stage.runs_on_pool(config) and stage_flow_name:
                 result = run_elsewhere(stage, config, stage_flow_name, config_path, overrides, run_dir, run_id, group)
             else:
                 with _progress(prefix, stage):

@@ -82,6 +82,9 @@ def fail_a_run(env: dict[str, str], deployment: str, message: str) -> str:
     return failed.stdout.strip().splitlines()[-1]
 
 
+HF_TOKEN = "hf_" + secrets.token_hex(17)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     require_docker()
@@ -94,6 +97,7 @@ def stack(tmp_path_factory):
         .replace("POSTGRES_PASSWORD=\n", f"POSTGRES_PASSWORD={secrets.token_urlsafe(16)}\n")
         .replace("PREFECT_SERVER_API_AUTH_STRING=\n", f"PREFECT_SERVER_API_AUTH_STRING={auth}\n")
         .replace("RAY_AUTH_TOKEN=\n", f"RAY_AUTH_TOKEN={secrets.token_hex(32)}\n")
+        .replace("HF_TOKEN=\n", f"HF_TOKEN={HF_TOKEN}\n")  # never used (the hub is off): checked never to leak
         .replace("PREFECT_PORT=4200", f"PREFECT_PORT={port}")
         .replace("ALERT_COOLDOWN=15m", "ALERT_COOLDOWN=10s")  # one test's page must not swallow the next's
         # the autoscaler runs but scales nothing, so each test keeps the workers it starts; test_autoscaling_stack

@@ -91,3 +91,14 @@ def test_the_reverse_proxy_example_is_valid() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Valid configuration" in done.stdout + done.stderr
+
+
+def test_every_model_loading_service_has_the_hub_settings_and_the_model_cache(compose: list[str]) -> None:
+    config = config_of(compose, "-f", "docker-compose.yml", "--profile", "gpu", "--profile", "ray")
+    assert "hf-cache" in config["volumes"]
+    for name in ("cpu-worker", "gpu-worker", "ray-head", "ray-worker"):
+        service = config["services"][name]
+        assert any(v["source"] == "hf-cache" and v["target"] == "/hf-cache" for v in service["volumes"]), name
+    for name in ("cpu-worker", "gpu-worker"):  # the flow runs: they load the models
+        environment = config["services"][name]["environment"]
+        assert environment["HF_HUB_OFFLINE"] == "1" and "HF_TOKEN" in environment, name

@@ -27,11 +27,26 @@ def minimal(tmp_path: Path, **extra: object) -> dict:
     return {"name": "t", "data": {"path": str(data)}, **extra}
 
 
-@pytest.mark.parametrize("name", ["test", "ev_charging", "general"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     config = load_config(ROOT / "configs" / f"{name}.yaml")
     assert config.name.endswith("pipeline")
+
+
+def test_finetune_settings_are_checked_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, minimal(tmp_path, finetune={"enabled": True})))
+    assert any(field == "finetune" and "base_model" in message for field, message in raised.value.problems)
+    clash = minimal(
+        tmp_path,
+        finetune={"enabled": True, "base_model": "some/model"},
+        evaluation={"candidates": [{"name": "tuned", "kind": "lexical"}]},
+    )
+    with pytest.raises(ConfigError, match="tuned"):
+        load_config(write(tmp_path, clash))
+    off = load_config(write(tmp_path, minimal(tmp_path)))
+    assert off.finetune.enabled is False and off.finetune.base_model is None
 
 
 def test_every_spec_key_is_accepted_flat_and_lands_in_its_section(tmp_path: Path) -> None:

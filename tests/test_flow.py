@@ -88,6 +88,9 @@ def test_every_stage_writes_its_outputs(first_run) -> None:
     for stage in STAGES:
         assert f"| {stage} | completed |" in report
     assert "## Model comparison" in report and "bertscore_f1" in report
+    # fine-tuning off (the default): the stage says so, adds no candidate, and the report has no tuned section
+    assert json.loads((run_dir / "finetune.json").read_text()) == {"enabled": False}
+    assert "Tuned vs base" not in report and not (run_dir / "model_card.md").exists()
     # One W&B run, continued by finalize from tracking.json: a folder per stage that wrote to it, one run id.
     run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 2
@@ -160,6 +163,7 @@ def test_rerun_reuses_completed_stages(first_run) -> None:
         "load-and-deduplicate-data",
         "generate-qa-pairs",
         "generate-benchmark",
+        "finetune-model",
         "evaluate-models",
     }
     first_dir, second_dir = Path(first_run["result"]["run_dir"]), Path(second["run_dir"])
@@ -371,3 +375,57 @@ def test_a_folder_of_jsonl_files_loads_like_the_one_file_and_a_folder_of_nothing
     cli = run_cli("run", "--config", str(config), "--set", f"data.path={empty}", "--set", f"output_path={out}")
     assert cli.returncode != 0, cli.stdout[-2000:]
     assert "data.min_documents: 0 documents loaded" in cli.stdout + cli.stderr
+
+
+def test_with_finetuning_on_the_report_leads_with_tuned_vs_base(prefect_server, tmp_path: Path) -> None:
+    """finetune.enabled with a tiny Llama built here as the base: the stage trains a LoRA adapter on the run's
+    training pairs, evaluation adds base and tuned with the same settings, the report opens with the paired
+    comparison, the model card carries lineage and scores; a rerun reuses the adapter (cached, linked)."""
+    from flows.pipeline import llm_pipeline
+    from llm_pipeline.evaluation.candidates import answer_messages
+    from tests.tiny_models import save, tiny_llama, train_tokenizer
+
+    corpus = (ROOT / "data/ev_charging/documents.jsonl").read_text(errors="replace")  # with the sample's bad records
+    tokenizer = train_tokenizer([corpus, *[m["content"] for m in answer_messages("question", "context")]])
+    base = save(tiny_llama(tokenizer), tokenizer, tmp_path / "base")
+    overrides = {
+        "output_path": str(tmp_path / "out"),
+        "benchmark": {"size": 20},
+        "evaluation": {"metrics": ["exact_match", "rouge"], "domain_metrics": []},
+        "finetune": {
+            "enabled": True,
+            "base_model": str(base),
+            "max_steps": 12,
+            "batch_size": 4,
+            "learning_rate": 5e-3,
+            "save_steps": 5,
+            "device": "cpu",
+            "eval_max_new_tokens": 6,
+        },
+    }
+    result = llm_pipeline(config_path=CONFIG, overrides=overrides)
+    run_dir = Path(result["run_dir"])
+    finetuned = json.loads((run_dir / "finetune.json").read_text())
+    assert finetuned["enabled"] and finetuned["steps"] == 12 and finetuned["data"]["train_examples"] > 50
+    assert finetuned["lineage"]["run_id"] == result["run_id"] and finetuned["losses"]["last_eval_loss"] is not None
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    assert set(evaluation) == {"retrieval-minilm", "lexical-overlap", "base", "tuned"}
+    same = ("decoding", "max_new_tokens", "batch_size", "seed", "compile")
+    assert [evaluation["tuned"]["generation"][k] for k in same] == [evaluation["base"]["generation"][k] for k in same]
+    assert evaluation["tuned"]["generation"]["max_new_tokens"] == 6
+    report = (run_dir / "report.md").read_text()
+    assert report.index("## Tuned vs base (20 benchmark items)") < report.index("## Stages")
+    assert "Delta by category" in report and "Delta by difficulty" in report
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["tuned_vs_base"]["overall"]) >= {"exact_match", "rougeL"}
+    card = (run_dir / "model_card.md").read_text()
+    assert f"base_model: {base}" in card and "## Evaluation: tuned vs base" in card and result["run_id"] in card
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["finetune-model"]["status"] == "completed"
+
+    again = llm_pipeline(config_path=CONFIG, overrides=overrides)
+    rerun = json.loads((Path(again["run_dir"]) / "manifest.json").read_text())
+    assert rerun["stages"]["finetune-model"]["status"] == "cached"
+    assert rerun["stages"]["evaluate-models"]["status"] == "cached"
+    assert (Path(again["run_dir"]) / "adapter" / "adapter_model.safetensors").is_file()

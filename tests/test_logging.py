@@ -51,3 +51,17 @@ def test_secrets_are_masked(capsys: pytest.CaptureFixture[str], monkeypatch: pyt
     err = capsys.readouterr().err
     assert "sk-live" not in err and "sk-proj" not in err and "0123456789abcdef" not in err
     assert err.count("********") == 3
+
+
+def test_a_hugging_face_token_is_masked_by_value_and_by_shape(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_SetInTheEnvironment0123456789ab")
+    configure_logging("INFO", structured=True)
+    get_logger().info(
+        "downloading",
+        error="401 for token hf_SetInTheEnvironment0123456789ab",  # the variable's value, under any key
+        header="Authorization: Bearer hf_AnotherTokenSeenOnlyByShape0123",  # a token not in the environment
+    )
+    err = capsys.readouterr().err
+    assert "hf_SetIn" not in err and "hf_Another" not in err and err.count("********") == 2

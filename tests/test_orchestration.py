@@ -84,11 +84,16 @@ def test_deployments_have_their_schedules_queues_and_limits(deployed) -> None:
         "ev-charging-pipeline": ("high", "0 3 * * *", pools.CPU_POOL),
         "general-pipeline": ("normal", "0 2 * * 0", pools.CPU_POOL),
         "evaluate-models": ("high", None, pools.GPU_POOL),
+        "finetune-model": ("high", None, pools.GPU_POOL),
         "health-check": ("normal", "0 * * * *", pools.CPU_POOL),
     }
     with client() as c:
         for name, (queue, cron, pool) in expected.items():
-            flow_name = {"evaluate-models": "run-stage", "health-check": "health-check"}.get(name, "llm-pipeline")
+            flow_name = {
+                "evaluate-models": "run-stage",
+                "finetune-model": "run-stage",
+                "health-check": "health-check",
+            }.get(name, "llm-pipeline")
             deployment = c.read_deployment_by_name(f"{flow_name}/{name}")
             assert deployment.work_queue_name == queue and deployment.work_pool_name == pool, name
             crons = [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules]

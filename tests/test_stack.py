@@ -1,6 +1,7 @@
 """The production stack for real (tests/stack.py brings it up once per session): the UI and the outputs service
 served, deploy, the test deployment on the workers, the shared volume and the logs, the docker-pool variant,
-and that Postgres keeps its data across `make down && make up`."""
+the Hugging Face settings on the workers, and that Postgres and the model cache keep their data across
+`make down && make up`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import subprocess
 import httpx
 import pytest
 
-from tests.stack import PROJECT, compose, fail_a_run, make, shared
+from tests.stack import HF_TOKEN, PROJECT, compose, fail_a_run, make, shared
 
 pytestmark = pytest.mark.slow
 
@@ -149,7 +150,44 @@ def test_docker_pool_variant_runs_a_container_per_flow_run(stack, deployed) -> N
     assert "Creating Docker container" in logs or "Docker container" in logs
 
 
-def test_postgres_keeps_its_data_across_down_and_up(stack, test_run) -> None:
+def test_hub_settings_reach_the_workers_and_a_missing_model_fails_naming_the_setting(stack, deployed) -> None:
+    """.env's HF_HUB_OFFLINE and HF_TOKEN reach every worker, whose HF_HOME is the hf-cache volume; with the hub
+    off, a run whose finetune base is a hub id not in the cache fails at once naming the model and the setting;
+    the token appears in no log."""
+    env = stack["env"]
+    seen = {}
+    for service in ("cpu-worker", "gpu-worker"):
+        probe = "import os; print(os.environ['HF_HUB_OFFLINE'], os.environ['HF_HOME'], os.environ['HF_TOKEN'])"
+        done = compose(env, "exec", "-T", service, "python", "-c", probe)
+        assert done.returncode == 0, done.stderr[-1000:]
+        seen[service] = done.stdout.split()
+    assert seen["cpu-worker"] == seen["gpu-worker"] == ["1", "/hf-cache", HF_TOKEN]
+    mounts = compose(env, "exec", "-T", "gpu-worker", "sh", "-c", "grep ' /hf-cache ' /proc/mounts").stdout
+    assert "/hf-cache" in mounts  # a volume, not the image's folder
+    missing = "llm-pipeline-test/not-in-the-cache"
+    started = compose(
+        env,
+        "run",
+        "--rm",
+        "deployer",
+        "llm-pipeline",
+        "trigger",
+        "llm-pipeline/test-pipeline",
+        "--timeout",
+        "900",
+        "--param",
+        f"overrides={json.dumps({'finetune': {'enabled': True, 'base_model': missing}})}",
+        timeout=1200,
+    )
+    assert started.returncode == 1, started.stdout[-2000:] + started.stderr[-2000:]
+    assert "Failed" in started.stdout and missing in started.stdout and "HF_HUB_OFFLINE" in started.stdout
+    logs = compose(env, "logs").stdout
+    assert missing in logs and HF_TOKEN not in logs
+
+
+def test_postgres_and_the_model_cache_keep_their_data_across_down_and_up(stack, test_run) -> None:
+    marker = "printf kept > /hf-cache/llm-pipeline-test-marker"
+    assert compose(stack["env"], "exec", "-T", "cpu-worker", "sh", "-c", marker).returncode == 0
     assert make("down", stack["env"], timeout=600).returncode == 0
     up = make("up", stack["env"], timeout=1200)
     assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
@@ -162,3 +200,5 @@ def test_postgres_keeps_its_data_across_down_and_up(stack, test_run) -> None:
     inspected = compose(stack["env"], "run", "--rm", "deployer", "prefect", "flow-run", "inspect", test_run)
     assert inspected.returncode == 0, inspected.stderr[-2000:]
     assert "COMPLETED" in inspected.stdout
+    kept = compose(stack["env"], "exec", "-T", "gpu-worker", "cat", "/hf-cache/llm-pipeline-test-marker")
+    assert kept.stdout == "kept", kept.stderr[-500:]  # the volume, shared by the workers, survived

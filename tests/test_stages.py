@@ -21,11 +21,17 @@ CONFIG = ROOT / "configs" / "test.yaml"
 
 def test_the_declarations_hold_together() -> None:
     check_contracts(PIPELINE)  # what import did already; here for the record
-    assert STAGES[0] == "initialize-pipeline" and STAGES[-1] == "finalize-pipeline" and len(STAGES) == 7
+    assert STAGES[0] == "initialize-pipeline" and STAGES[-1] == "finalize-pipeline" and len(STAGES) == 8
     cached = [s.name for s in PIPELINE if s.cached]
-    assert cached == ["load-and-deduplicate-data", "generate-qa-pairs", "generate-benchmark", "evaluate-models"]
-    assert [s.name for s in PIPELINE if s.pool == "gpu"] == ["evaluate-models"]
-    assert [s.name for s in PIPELINE if s.progress] == ["generate-qa-pairs", "evaluate-models"]
+    assert cached == [
+        "load-and-deduplicate-data",
+        "generate-qa-pairs",
+        "generate-benchmark",
+        "finetune-model",
+        "evaluate-models",
+    ]
+    assert [s.name for s in PIPELINE if s.pool == "gpu"] == ["finetune-model", "evaluate-models"]
+    assert [s.name for s in PIPELINE if s.progress] == ["generate-qa-pairs", "finetune-model", "evaluate-models"]
 
 
 @pytest.mark.parametrize(
@@ -93,7 +99,7 @@ print(json.dumps(result.counts))
 
 @pytest.mark.slow
 def test_each_stage_in_a_process_of_its_own_makes_a_whole_run(tmp_path: Path) -> None:
-    """No stage reaches another through memory: seven processes, one stage each, hand over through the run folder
+    """No stage reaches another through memory: eight processes, one stage each, hand over through the run folder
     (finalize continues the W&B run that the tracking stage's process opened)."""
     run_dir = tmp_path / "test-pipeline" / "20261202T000000Z-isolated"
     overrides = json.dumps(

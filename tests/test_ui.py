@@ -19,9 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
+from llm_pipeline.config import load_config
 from llm_pipeline.stages import PIPELINE, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
+TEST_CONFIG = ROOT / "configs" / "test.yaml"  # what `make run-test` runs
 FAILURE_SHOTS = ROOT / "test-artifacts" / "ui"
 POOLS = ("llm-pipeline-pool", "llm-pipeline-gpu-pool", "llm-pipeline-docker-pool")
 DEPLOYMENTS = (
@@ -166,7 +168,7 @@ def test_a_finished_run_its_report_and_every_chart(page, browser, stack, test_ru
     log_in(page, stack)
     text = visit(page, f"{ui(stack)}/v2/runs/flow-run/{test_run}", "Task runs")
     # a task per stage, and one more for each stage handed to the GPU pool (its subflow run shows as a task run)
-    handed_off = sum(1 for stage in PIPELINE if stage.pool == "gpu")
+    handed_off = sum(1 for stage in PIPELINE if stage.runs_on_pool(load_config(TEST_CONFIG)))
     assert re.search(rf"\b{len(STAGES) + handed_off}\s+Task runs", text), text[:1500]
     shoot(page, "ui-flow-run")
     page.get_by_role("tab", name="Task Runs").click()

@@ -83,6 +83,31 @@ def validate(config: Annotated[Path, typer.Argument(help="Pipeline config YAML."
 
 
 @app.command()
+def models(config: ConfigOption = Path("configs/test.yaml"), set_: SetOption = None) -> None:
+    """Download the models CONFIG names by hub id (finetune base, hf candidates, a local QA model) into the Hugging
+    Face cache (HF_HOME), so a scheduled run finds them with the hub off. Needs HF_HUB_OFFLINE=0."""
+    import os
+
+    from llm_pipeline.models.prefetch import configured_models, prefetch
+
+    resolved = load_or_exit(config, parse_overrides(set_))
+    wanted = configured_models(resolved)
+    if not wanted:
+        out.print(f"{config} names no model by hub id: nothing to download")
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        names = ", ".join(name for _, name in wanted)
+        err.print(f"[bold red]HF_HUB_OFFLINE=1[/]: downloads are off; set HF_HUB_OFFLINE=0 to fetch {names}")
+        raise typer.Exit(1)
+    try:
+        for setting, name, path in prefetch(resolved):
+            out.print(f"{setting}: {name} -> {path}")
+    except RuntimeError as exc:
+        err.print(f"[bold red]download failed[/]: {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def version() -> None:
     """Print the package version."""
     out.print(llm_pipeline.__version__)

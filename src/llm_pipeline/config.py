@@ -332,6 +332,7 @@ class CandidateConfig(Section):
         None, description='hf with device_map: memory per device, e.g. {"0": "70GiB", "1": "70GiB", "cpu": "100GiB"}.'
     )
     offload_folder: Path | None = Field(None, description="hf with device_map: where layers beyond max_memory go.")
+    adapter: Path | None = Field(None, description="hf: a LoRA adapter folder (peft) applied to `model`.")
     concurrency: int = Field(16, ge=1, description="endpoint: requests in flight.")
     requests_per_minute: float | None = Field(500, gt=0, description="endpoint: client-side rate limit.")
     options: dict[str, Any] = Field(default_factory=dict, description="A plug-in kind's own settings.")
@@ -369,6 +370,49 @@ class EvaluationConfig(Section):
         if len(set(names)) != len(names):
             raise ValueError(f"candidate names must be unique, got {names}")
         return candidates
+
+
+TUNED_CANDIDATES = ("base", "tuned")  # the candidates evaluation adds when finetune is on
+
+
+class FinetuneConfig(Section):
+    """Supervised fine-tuning with LoRA on `train_pairs.jsonl` (the finetune-model stage, on the GPU pool)."""
+
+    enabled: bool = Field(False, description="Off: the stage writes finetune.json saying so and nothing else.")
+    base_model: str | None = Field(None, description="Hub name or local folder of the causal LM to tune.")
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules LoRA wraps: all-linear, or names (q_proj, v_proj...)."
+    )
+    learning_rate: float = Field(2e-4, gt=0.0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    epochs: float = Field(3.0, gt=0.0, description="Passes over the training pairs (max_steps wins when set).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; None: by epochs.")
+    batch_size: int = Field(8, ge=1, description="Sequences per device per step.")
+    gradient_accumulation: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=16, description="Tokens per sequence; a longer example is left out, counted.")
+    packing: bool = Field(False, description="Concatenate examples into max_length blocks (fewer padding tokens).")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Training pairs held out for eval loss.")
+    seed: int = 13
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="auto: on where CUDA supports it.")
+    gradient_checkpointing: bool = False
+    save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (a crash resumes from there).")
+    merge: bool = Field(False, description="Also write the base with the adapter merged in (merged/ in the run).")
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda...")
+    checkpoint_dir: Path | None = Field(
+        None, description="Checkpoints by training key; None = <output_path>/.finetune (kept across runs to resume)."
+    )
+    eval_max_new_tokens: int = Field(64, ge=1, le=4096, description="Generation for the base and tuned candidates.")
+    eval_batch_size: int | None = Field(None, ge=1, description="Generation batch; None: auto.")
+
+    @model_validator(mode="after")
+    def _base_named(self) -> FinetuneConfig:
+        if self.enabled and not self.base_model:
+            raise ValueError("enabled needs base_model (a hub name or a local folder)")
+        return self
 
 
 class StageRetryDelays(RetryDelays):
@@ -444,6 +488,7 @@ class PipelineConfig(BaseSettings):
     qa: QAConfig = Field(default_factory=QAConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
@@ -477,6 +522,10 @@ class PipelineConfig(BaseSettings):
         # Refusal accuracy is measured on unanswerable items, which only adversarial generation produces.
         if "refusal_accuracy" in self.evaluation.domain_metrics and not self.benchmark.include_adversarial:
             raise ValueError("evaluation.domain_metrics: refusal_accuracy needs benchmark.include_adversarial")
+        if self.finetune.enabled:
+            clash = {c.name for c in self.evaluation.candidates} & set(TUNED_CANDIDATES)
+            if clash:
+                raise ValueError(f"evaluation.candidates: {sorted(clash)} are the names finetune.enabled adds")
         if self.qa.backend == "openai" and not self.qa.base_url and Secrets().openai_api_key is None:
             raise ValueError("qa.backend: openai needs OPENAI_API_KEY (environment or .env) or qa.base_url")
         return self

@@ -20,10 +20,10 @@ import structlog
 
 LOGGER_NAME = "llm_pipeline"
 
-# Credentials are masked in every event: under a key that names one, by OpenAI's key shape, and by the exact
+# Credentials are masked in every event: under a key that names one, by OpenAI's and HF's key shapes, by the exact
 # values of the environment's secret variables (whatever key they arrive under).
 SECRET_NAME = re.compile(r"(api[_-]?key|token(?!s|iz)|password|secret|auth_string|webhook_url)", re.IGNORECASE)
-_OPENAI_KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_\-]{8,}")
+_OPENAI_KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_\-]{8,}|hf_[A-Za-z0-9]{20,}")  # OpenAI's and Hugging Face's
 
 
 def secret_values() -> list[str]:

@@ -63,6 +63,7 @@ def render_report(
     comparison: dict[str, Any] | None = None,
     charts: dict[str, str] | None = None,
     qa_cached: bool = False,
+    tuned_vs_base: dict[str, Any] | None = None,
 ) -> str:
     """`examples`: a few duplicate clusters with their first members' texts, and every semantic removal with its
     pair and both similarities (the dedup stage writes them; a list of clusters in runs before that);
@@ -72,6 +73,7 @@ def render_report(
         "",
         f"Config hash `{manifest['config_hash']}`, code `{manifest['code_version']}`, "
         f"started {manifest['started_at']}.",
+        *(tuned_lines(tuned_vs_base) if tuned_vs_base else []),
         "",
         "## Stages",
         "",
@@ -266,6 +268,37 @@ def qa_cost_lines(qa: dict[str, Any], cached: bool = False) -> list[str]:
             else []
         ),
     ]
+
+
+def tuned_lines(tuned: dict[str, Any]) -> list[str]:
+    """The report's lead with fine-tuning on: the tuned model against its base on every metric, overall and per
+    category and difficulty; delta = tuned - base with a 95 % paired bootstrap interval; a regression is a delta
+    whose whole interval is below 0."""
+    lines = [
+        "",
+        f"## Tuned vs base ({tuned['items']} benchmark items)",
+        "",
+        "Delta = tuned - base, mean over the same items, with a 95 % paired bootstrap interval.",
+        "",
+    ]
+    regressions = tuned.get("regressions", [])
+    lines.append(f"**Regressions**: {', '.join(regressions)}" if regressions else "No regression beyond the interval.")
+    lines += ["", "| metric | base | tuned | delta [95 % CI] |", "|---|---|---|---|"]
+
+    def delta(r: dict[str, Any]) -> str:
+        flag = " **regression**" if r["regression"] else ""
+        return f"{r['delta']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]{flag}"
+
+    lines += [f"| {m} | {_fmt(r['base'])} | {_fmt(r['tuned'])} | {delta(r)} |" for m, r in tuned["overall"].items()]
+    metrics = list(tuned["overall"])
+    for breakdown, groups in tuned.get("by", {}).items():
+        lines += ["", f"Delta by {breakdown} (items in brackets):", ""]
+        lines += ["| " + breakdown + " | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        for group, rows in groups.items():
+            n = next(iter(rows.values()))["n"]
+            cells = [delta(rows[m]) if m in rows else "n/a" for m in metrics]
+            lines.append(f"| {group} ({n}) | " + " | ".join(cells) + " |")
+    return lines
 
 
 def comparison_lines(comparison: dict[str, Any]) -> list[str]:

@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from llm_pipeline.config import CandidateConfig
+from llm_pipeline.errors import ModelLoadError
 from llm_pipeline.evaluation.candidates import CANDIDATE_KINDS, answer_messages, first_line
+
+
+def with_adapter(model: Any, adapter: Path, merge: bool) -> Any:
+    """The model with a LoRA adapter (a peft folder) applied; merged into the weights where the model is whole on
+    one device (generation then costs what the base's does), kept as a wrapper where it is split."""
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ModelLoadError(f"adapter {str(adapter)!r}: no adapter_config.json there (not a LoRA adapter folder)")
+    try:
+        tuned = PeftModel.from_pretrained(model, str(adapter))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot apply adapter {str(adapter)!r}: {exc}") from exc
+    tuned = tuned.merge_and_unload() if merge else tuned
+    tuned.eval()
+    return tuned
 
 
 @CANDIDATE_KINDS.register("hf")
@@ -19,6 +38,8 @@ class HFCandidate:
         assert config.model  # the config validator insists
         self.name = config.name
         model, self.tokenizer, device = load_configured(config.model, config)
+        if config.adapter is not None:
+            model = with_adapter(model, config.adapter, merge=config.device_map is None)
         self.settings = GenerationSettings(
             max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size,

@@ -99,6 +99,7 @@ def _evaluate_one(
     result.summary[name] = {
         "kind": candidate_config.kind,
         "model": candidate_config.model,
+        **({"adapter": str(candidate_config.adapter)} if candidate_config.adapter else {}),
         "seconds": round(elapsed, 3),
         **_generation_record(candidate),
         **aggregate(items, scores, config),

@@ -59,7 +59,7 @@ def load_causal_lm(
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, resolved), **split)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc
+        raise ModelLoadError(f"cannot load model {name!r}: {offline_hint(name) or exc}") from exc
     if device_map is None:
         model.to(resolved)
     else:
@@ -70,6 +70,20 @@ def load_causal_lm(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return model, tokenizer, resolved
+
+
+def offline_hint(name: str) -> str | None:
+    """Why a hub model cannot load where downloads are off, naming the setting; None where that is not the case."""
+    import os
+    from pathlib import Path
+
+    if Path(name).exists() or os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on"):
+        return None
+    cache = os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    return (
+        f"it is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE=1 forbids downloading it: "
+        "run `make models` (the stack) or set HF_HUB_OFFLINE=0 (.env, or the environment) to let it download"
+    )
 
 
 def load_configured(name: str, settings: Any) -> tuple[Any, Any, str]:

@@ -28,12 +28,15 @@ class Stage:
     run       the stage function: reads `ctx.input(...)`, writes `ctx.output(...)`, returns its counts
     reads     the config sections (or top-level keys) its outputs depend on: part of its cache key
     inputs    input name -> "<stage>.<output>": files written by an earlier stage, handed over by path
-    outputs   output name -> file name in the run folder; every one must exist when the stage returns
+    outputs   output name -> file (or folder) name in the run folder; every one must exist when the stage returns
     cached    a rerun with the same config sections, inputs and code reuses its files instead of running
     pool      where it prefers to run: "gpu" stages run as the GPU pool's deployment where one is configured
     retry     "table": Prefect retries it by the class of its error (llm_pipeline.retries); "never"
     progress  long-running: its progress counter feeds a progress artifact
     key       what else decides its outputs (an input file's fingerprint, a resolved backend): in its cache key
+    keyless   inputs that say where to report, not what to compute (the W&B run): left out of the cache key
+    uses_pool whether a run's config gives the stage work for its pool (None: always); a stage with nothing to do
+              (fine-tuning off) runs inline instead of waiting for a GPU worker
     """
 
     name: str
@@ -46,6 +49,12 @@ class Stage:
     retry: RetryScope = "table"
     progress: bool = False
     key: Callable[[PipelineConfig], dict[str, Any]] | None = None
+    keyless: tuple[str, ...] = ()
+    uses_pool: Callable[[PipelineConfig], bool] | None = None
+
+    def runs_on_pool(self, config: PipelineConfig) -> bool:
+        """Whether this run hands the stage to its pool's deployment (a GPU stage with work to do)."""
+        return self.pool == "gpu" and (self.uses_pool is None or self.uses_pool(config))
 
     def producer(self, input_name: str) -> tuple[str, str]:
         """(stage, output) that an input comes from."""
@@ -79,6 +88,11 @@ class StageContext:
         """The counts of the stage an input comes from."""
         stage, _ = self.stage.producer(input_name)
         return self.manifest()["stages"][stage].get("counts", {})
+
+    def fingerprint_of(self, input_name: str) -> str:
+        """The output fingerprint of the stage an input comes from (what its downstream caching keys on)."""
+        stage, _ = self.stage.producer(input_name)
+        return str(self.manifest()["stages"][stage].get("fingerprint", ""))
 
     def was_cached(self, input_name: str) -> bool:
         stage, _ = self.stage.producer(input_name)

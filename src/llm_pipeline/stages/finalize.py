@@ -1,4 +1,4 @@
-"""Stage 7, finalize-pipeline: the run's summary, report (markdown and self-contained HTML), charts and the
+"""Stage 8, finalize-pipeline: the run's summary, report (markdown and self-contained HTML), charts and the
 comparison with the previous run; and the rest of the W&B run, resumed from the tracking stage's file."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from typing import Any
 
 from llm_pipeline.charts import pipeline_charts
 from llm_pipeline.comparison import compare_runs
+from llm_pipeline.evaluation.paired import paired_comparison
+from llm_pipeline.finetune.card import model_card
 from llm_pipeline.html_report import render_html
 from llm_pipeline.io import atomic_open, read_jsonl, write_json, write_text
 from llm_pipeline.records import BenchmarkItem, Prediction
@@ -16,6 +18,8 @@ from llm_pipeline.report import build_summary, render_report
 from llm_pipeline.stages.contract import MANIFEST_FILE, StageContext
 from llm_pipeline.tracking import Tracker
 
+TUNED = ("base", "tuned")  # the candidates evaluate-models adds with fine-tuning on
+MODEL_CARD = "model_card.md"
 TRACKED_ROWS = 2000  # rows per W&B table: enough to browse, small enough to upload
 
 
@@ -29,6 +33,7 @@ def finalize_pipeline(ctx: StageContext) -> dict[str, Any]:
     examples = json.loads(ctx.input("examples").read_text())
     tracking = json.loads(ctx.input("tracking").read_text())
     qa = json.loads(ctx.input("qa_accounting").read_text())
+    tuned = _tuned_vs_base(ctx)
     comparison = compare_runs(evaluation, ctx.run_dir)
     write_json(ctx.output("comparison"), comparison)
     manifest = ctx.manifest()
@@ -44,10 +49,18 @@ def finalize_pipeline(ctx: StageContext) -> dict[str, Any]:
     files = {p.name for p in ctx.run_dir.iterdir() if p.is_file()}  # the charts are written by now
     files |= {ctx.stage.outputs[name] for name in ("summary", "report", "report_html")} | {MANIFEST_FILE}
     manifest = {**manifest, "files": sorted(files), "stages": stages}
-    summary = build_summary(manifest, evaluation, qa, comparison)
+    summary = build_summary(manifest, evaluation, qa, comparison) | ({"tuned_vs_base": tuned} if tuned else {})
     write_json(ctx.output("summary"), summary)
     markdown = render_report(
-        manifest, evaluation, examples, tracking, qa, comparison, charts, qa_cached=ctx.was_cached("qa_accounting")
+        manifest,
+        evaluation,
+        examples,
+        tracking,
+        qa,
+        comparison,
+        charts,
+        qa_cached=ctx.was_cached("qa_accounting"),
+        tuned_vs_base=tuned,
     )
     write_text(ctx.output("report"), markdown)
     with atomic_open(ctx.output("report_html")) as handle:
@@ -59,11 +72,24 @@ def finalize_pipeline(ctx: StageContext) -> dict[str, Any]:
         finally:
             tracker.finish()
     ctx.extra_outputs.update({f"chart_{k}": str(ctx.run_dir / v) for k, v in charts.items()})
+    if tuned:  # the adapter's card, completed with how it did (the adapter folder itself may be a cached run's)
+        finetune = json.loads(ctx.input("finetune").read_text())
+        write_text(ctx.run_dir / MODEL_CARD, model_card(finetune, tuned))
+        ctx.extra_outputs["model_card"] = str(ctx.run_dir / MODEL_CARD)
     return {
         "stages": len(manifest["stages"]),
         "regressions": len(comparison["regressions"]),
         "previous_run": comparison["previous_run"] or "none",
     }
+
+
+def _tuned_vs_base(ctx: StageContext) -> dict[str, Any] | None:
+    """With fine-tuning on: the tuned candidate against its base, item by item (evaluation/paired.py)."""
+    if not json.loads(ctx.input("finetune").read_text()).get("enabled"):
+        return None
+    return paired_comparison(
+        read_jsonl(ctx.input("predictions"), Prediction), read_jsonl(ctx.input("benchmark"), BenchmarkItem), *TUNED
+    )
 
 
 def _track_run(tracker: Tracker, ctx: StageContext, manifest: dict[str, Any], summary: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from llm_pipeline.stages.contract import Stage
 from llm_pipeline.stages.evaluate_models import evaluate_models
 from llm_pipeline.stages.experiment_tracking import setup_experiment_tracking
 from llm_pipeline.stages.finalize import finalize_pipeline
+from llm_pipeline.stages.finetune_model import finetune_model
 from llm_pipeline.stages.generate_benchmark import generate_benchmark
 from llm_pipeline.stages.generate_qa_pairs import generate_qa_pairs
 from llm_pipeline.stages.initialize import initialize_pipeline
@@ -89,10 +90,32 @@ PIPELINE: tuple[Stage, ...] = (
         cached=True,
     ),
     Stage(
+        name="finetune-model",
+        run=finetune_model,
+        reads=("finetune",),
+        inputs={
+            "train_pairs": "generate-benchmark.train_pairs",
+            "benchmark": "generate-benchmark.benchmark",
+            "qa_pairs": "generate-qa-pairs.qa_pairs",
+            "documents": "load-and-deduplicate-data.documents",
+            "tracking": "setup-experiment-tracking.tracking",
+        },
+        outputs={"finetune": "finetune.json", "adapter": "adapter"},
+        cached=True,
+        keyless=("tracking",),  # a new W&B run each time must not retrain the adapter
+        uses_pool=lambda config: config.finetune.enabled,
+        pool="gpu",
+        progress=True,
+    ),
+    Stage(
         name="evaluate-models",
         run=evaluate_models,
-        reads=("evaluation",),
-        inputs={"benchmark": "generate-benchmark.benchmark"},
+        reads=("evaluation", "finetune"),
+        inputs={
+            "benchmark": "generate-benchmark.benchmark",
+            "finetune": "finetune-model.finetune",
+            "adapter": "finetune-model.adapter",
+        },
         outputs={"predictions": "predictions.jsonl", "evaluation": "evaluation.json"},
         cached=True,
         pool="gpu",
@@ -112,6 +135,8 @@ PIPELINE: tuple[Stage, ...] = (
             "benchmark_parquet": "generate-benchmark.benchmark_parquet",
             "benchmark_card": "generate-benchmark.benchmark_card",
             "train_pairs": "generate-benchmark.train_pairs",
+            "finetune": "finetune-model.finetune",
+            "adapter": "finetune-model.adapter",
         },
         outputs={
             "summary": "summary.json",
@@ -143,6 +168,9 @@ def check_contracts(pipeline: tuple[Stage, ...] = PIPELINE) -> None:
         for section in stage.reads:
             if section not in PipelineConfig.model_fields:
                 raise ValueError(f"stage {stage.name!r} reads {section!r}, which is not a config key")
+        for name in stage.keyless:
+            if name not in stage.inputs:
+                raise ValueError(f"stage {stage.name!r}: keyless {name!r} is not one of its inputs")
         for name in stage.inputs:
             producer, output = stage.producer(name)
             if producer not in seen or output not in seen[producer].outputs:

@@ -74,11 +74,12 @@ def materialize(result: StageResult, run_dir: Path) -> StageResult:
         source = Path(path)
         target = run_dir / source.name
         if source.resolve() != target.resolve():
-            target.unlink(missing_ok=True)
-            try:
-                target.hardlink_to(source)
-            except OSError:
-                shutil.copy2(source, target)
+            if source.is_dir():  # a folder output (a model): its files linked one by one
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(source, target, copy_function=_link_or_copy)
+            else:
+                target.unlink(missing_ok=True)
+                _link_or_copy(source, target)
         outputs[name] = str(target)
     reused = (
         None
@@ -97,5 +98,13 @@ def materialize(result: StageResult, run_dir: Path) -> StageResult:
     )
 
 
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    try:
+        Path(target).hardlink_to(source)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def outputs_exist(result: StageResult) -> bool:
-    return all(Path(p).is_file() for p in result.outputs.values())
+    """Every output file is there (a folder output: it and the files it had are)."""
+    return all(Path(p).is_file() or Path(p).is_dir() for p in result.outputs.values())

@@ -36,7 +36,7 @@ def run_stage(stage: Stage, config: PipelineConfig, run_dir: Path, run_id: str, 
         with timed(stage.name) as result:
             run_dir.mkdir(parents=True, exist_ok=True)
             counts = stage.run(context)
-            missing = [name for name in stage.outputs if not context.output(name).is_file()]
+            missing = [name for name in stage.outputs if not context.output(name).exists()]
             if missing:
                 raise PipelineError(f"stage {stage.name} returned without writing its declared outputs {missing}")
             result.outputs = {name: str(context.output(name)) for name in stage.outputs} | context.extra_outputs
@@ -48,7 +48,7 @@ def cache_key(stage: Stage, config: PipelineConfig, manifest: dict[str, Any], co
     """What decides a cached stage's outputs: its config sections, the fingerprints of the stages its inputs come
     from (in declaration order), the library's code version, and whatever its declaration adds."""
     dumped = config.model_dump(mode="json")
-    producers = list(dict.fromkeys(stage.producer(name)[0] for name in stage.inputs))
+    producers = list(dict.fromkeys(stage.producer(name)[0] for name in stage.inputs if name not in stage.keyless))
     return {
         "stage": stage.name,
         **{section: dumped[section] for section in stage.reads},
