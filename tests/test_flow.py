@@ -90,6 +90,8 @@ def test_every_stage_writes_its_outputs(first_run) -> None:
     assert "## Model comparison" in report and "bertscore_f1" in report
     # fine-tuning off (the default): the stage says so, adds no candidate, and the report has no tuned section
     assert json.loads((run_dir / "finetune.json").read_text()) == {"enabled": False}
+    assert json.loads((run_dir / "judge.json").read_text()) == {"enabled": False}
+    assert (run_dir / "judgements.jsonl").read_text() == "" and "LLM judge" not in report
     assert "Tuned vs base" not in report and not (run_dir / "model_card.md").exists()
     # One W&B run, continued by finalize from tracking.json: a folder per stage that wrote to it, one run id.
     run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
@@ -383,6 +385,7 @@ def test_with_finetuning_on_the_report_leads_with_tuned_vs_base(prefect_server, 
     comparison, the model card carries lineage and scores; a rerun reuses the adapter (cached, linked)."""
     from flows.pipeline import llm_pipeline
     from llm_pipeline.evaluation.candidates import answer_messages
+    from tests.test_judge import fair_judge
     from tests.tiny_models import save, tiny_llama, train_tokenizer
 
     corpus = (ROOT / "data/ev_charging/documents.jsonl").read_text(errors="replace")  # with the sample's bad records
@@ -403,7 +406,11 @@ def test_with_finetuning_on_the_report_leads_with_tuned_vs_base(prefect_server, 
             "eval_max_new_tokens": 6,
         },
     }
-    result = llm_pipeline(config_path=CONFIG, overrides=overrides)
+    with FakeOpenAI(judge=fair_judge) as judge_server:
+        overrides["evaluation"]["judge"] = {"enabled": True, "model": "judge-model", "base_url": judge_server.base_url}
+        result = llm_pipeline(config_path=CONFIG, overrides=overrides)
+        again = llm_pipeline(config_path=CONFIG, overrides=overrides)
+        judged_requests = judge_server.stats()["total"]
     run_dir = Path(result["run_dir"])
     finetuned = json.loads((run_dir / "finetune.json").read_text())
     assert finetuned["enabled"] and finetuned["steps"] == 12 and finetuned["data"]["train_examples"] > 50
@@ -424,7 +431,13 @@ def test_with_finetuning_on_the_report_leads_with_tuned_vs_base(prefect_server, 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["stages"]["finetune-model"]["status"] == "completed"
 
-    again = llm_pipeline(config_path=CONFIG, overrides=overrides)
+    # the judge: every answer of the four candidates pointwise, tuned against base in both orders
+    judged = json.loads((run_dir / "judge.json").read_text())
+    assert judged["requests"] == 20 * 4 + 20 * 2 and set(judged["pointwise"]) == set(evaluation)
+    assert judged_requests <= judged["requests"]  # identical texts share a verdict; the rerun asked nothing
+    assert "tuned vs base" in judged["pairwise"] and "## LLM judge (judge-model" in report
+    assert "LLM judge, head to head over 20 items" in report
+    assert sum(1 for _ in (run_dir / "judgements.jsonl").open()) == judged["requests"]
     rerun = json.loads((Path(again["run_dir"]) / "manifest.json").read_text())
     assert rerun["stages"]["finetune-model"]["status"] == "cached"
     assert rerun["stages"]["evaluate-models"]["status"] == "cached"

@@ -349,6 +349,41 @@ class CandidateConfig(Section):
         return self
 
 
+class JudgeConfig(Section):
+    """An LLM judge over the candidates' answers (evaluation/judge.py): pointwise by rubric, pairwise in both orders."""
+
+    enabled: bool = False
+    backend: Literal["openai", "local"] = Field(
+        "openai", description="openai: any OpenAI-compatible endpoint (base_url); local: a transformers model."
+    )
+    model: str | None = Field(None, description="The judge: the served model's name, or a hub id / local folder.")
+    base_url: str | None = Field(None, description="openai backend: the server; None = OpenAI (OPENAI_API_KEY).")
+    pointwise: bool = Field(True, description="Score each answer 1-5 on correct, grounded, complete.")
+    candidates: list[str] | None = Field(None, description="Candidates judged pointwise; None: every one.")
+    pairs: list[tuple[str, str]] = Field(
+        default_factory=list, description="Candidate pairs judged head to head; with finetune on, (base, tuned) too."
+    )
+    max_items: int | None = Field(None, ge=1, description="Judge a seeded sample of at most this many items (cost).")
+    seed: int = 13
+    concurrency: int = Field(8, ge=1, le=1024)
+    requests_per_minute: float | None = Field(500, gt=0)
+    max_tokens: int = Field(256, ge=16, description="Tokens of a verdict (a short reason and the scores).")
+    max_format_retries: int = Field(2, ge=0, le=5, description="Re-asks of an unparsable verdict, then failed.")
+    request_timeout_s: float = Field(60.0, gt=0)
+    retry: RetryDelays = Field(default_factory=RetryDelays)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict, description="US$ per million tokens, per model.")
+    checkpoint_dir: Path | None = Field(None, description="Verdicts journal; None = <output_path>/.judge-cache.")
+    device: str = Field("auto", description="local backend: auto, cpu, cuda...")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    batch_size: int = Field(8, ge=1, description="local backend: prompts generated together.")
+
+    @model_validator(mode="after")
+    def _model_named(self) -> JudgeConfig:
+        if self.enabled and not self.model:
+            raise ValueError("enabled needs model (the judge)")
+        return self
+
+
 class EvaluationConfig(Section):
     metrics: list[Metric] = Field(default_factory=lambda: ["rouge", "bleu", "exact_match"], min_length=1)
     domain_metrics: list[DomainMetric] = Field(default_factory=list)
@@ -362,6 +397,7 @@ class EvaluationConfig(Section):
     numeric_tolerance: float = Field(0.01, ge=0.0, le=1.0, description="Relative, for numeric and price accuracy.")
     bertscore_model: str = DEFAULT_EMBEDDING_MODEL
     bertscore_layer: int = Field(4, ge=1, description="Of MiniLM's 6 layers; see README, Evaluation.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
     @field_validator("candidates")
     @classmethod
@@ -526,6 +562,16 @@ class PipelineConfig(BaseSettings):
             clash = {c.name for c in self.evaluation.candidates} & set(TUNED_CANDIDATES)
             if clash:
                 raise ValueError(f"evaluation.candidates: {sorted(clash)} are the names finetune.enabled adds")
+        judge = self.evaluation.judge
+        if judge.enabled:
+            named = {c.name for c in self.evaluation.candidates} | (
+                set(TUNED_CANDIDATES) if self.finetune.enabled else set()
+            )
+            unknown = sorted(({n for pair in judge.pairs for n in pair} | set(judge.candidates or ())) - named)
+            if unknown:
+                raise ValueError(f"evaluation.judge: candidates {unknown} are not evaluated (known: {sorted(named)})")
+            if judge.backend == "openai" and not judge.base_url and Secrets().openai_api_key is None:
+                raise ValueError("evaluation.judge: backend openai needs OPENAI_API_KEY or judge.base_url")
         if self.qa.backend == "openai" and not self.qa.base_url and Secrets().openai_api_key is None:
             raise ValueError("qa.backend: openai needs OPENAI_API_KEY (environment or .env) or qa.base_url")
         return self

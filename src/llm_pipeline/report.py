@@ -64,6 +64,7 @@ def render_report(
     charts: dict[str, str] | None = None,
     qa_cached: bool = False,
     tuned_vs_base: dict[str, Any] | None = None,
+    judge: dict[str, Any] | None = None,
 ) -> str:
     """`examples`: a few duplicate clusters with their first members' texts, and every semantic removal with its
     pair and both similarities (the dedup stage writes them; a list of clusters in runs before that);
@@ -73,7 +74,7 @@ def render_report(
         "",
         f"Config hash `{manifest['config_hash']}`, code `{manifest['code_version']}`, "
         f"started {manifest['started_at']}.",
-        *(tuned_lines(tuned_vs_base) if tuned_vs_base else []),
+        *(tuned_lines(tuned_vs_base, judge) if tuned_vs_base else []),
         "",
         "## Stages",
         "",
@@ -119,6 +120,8 @@ def render_report(
                     continue
                 cells = [_metric_cell(groups.get(k, {}).get(metric)) for k in keys]
                 lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
+    if judge:
+        lines += judge_lines(judge)
     if comparison:
         lines += comparison_lines(comparison)
     if any(s.get("robustness") for s in ok.values()):
@@ -270,7 +273,65 @@ def qa_cost_lines(qa: dict[str, Any], cached: bool = False) -> list[str]:
     ]
 
 
-def tuned_lines(tuned: dict[str, Any]) -> list[str]:
+def _rate_cell(rate: dict[str, float] | None) -> str:
+    if not rate:
+        return "n/a"
+    return f"{rate['rate'] * 100:.0f} % [{rate['low'] * 100:.0f}, {rate['high'] * 100:.0f}]"
+
+
+def judge_lines(judge: dict[str, Any]) -> list[str]:
+    """The LLM judge: pointwise means per candidate, pairwise rates with the order-disagreement rate, its agreement
+    with the lexical metrics, what failed and what it cost."""
+    lines = [
+        "",
+        f"## LLM judge ({judge['model']}, prompts {judge['prompt_version']})",
+        "",
+        "Pointwise: each answer scored 1-5 on correct (against the reference), grounded (in the context) and "
+        "complete; means with 95 % bootstrap intervals.",
+        "",
+        "| candidate | judged | correct | grounded | complete | score |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in judge.get("pointwise", {}).items():
+        cells = [
+            f"{s[k]['mean']:.2f} [{s[k]['low']:.2f}, {s[k]['high']:.2f}]"
+            for k in ("correct", "grounded", "complete", "score")
+        ]
+        lines.append(f"| {name} | {s['judged']} | " + " | ".join(cells) + " |")
+    if judge.get("pairwise"):
+        lines += [
+            "",
+            "Pairwise: each item asked in both orders; a preference counts only when both orders agree, otherwise "
+            "it is a tie. Order disagreement is the share of items whose two orders disagree: the judge's "
+            "position bias (a judge that always prefers the first answer disagrees on every item and yields ties).",
+            "",
+            "| comparison | items | win | tie | loss | order disagreement |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, p in judge["pairwise"].items():
+            lines.append(
+                f"| {label} | {p['items']} | {_rate_cell(p['win'])} | {_rate_cell(p['tie'])} | "
+                f"{_rate_cell(p['loss'])} | {_rate_cell(p['order_disagreement'])} |"
+            )
+    agreement = judge.get("agreement", {})
+    lines += [
+        "",
+        f"Agreement with the metrics (Spearman over {agreement.get('items', 0)} judged answers): exact match "
+        f"{_fmt(agreement.get('spearman_exact_match'))}, ROUGE-L {_fmt(agreement.get('spearman_rougeL'))}. "
+        "Low agreement is where the judge sees what the string metrics cannot (a right answer in other words).",
+    ]
+    failed = judge.get("failed") or {}
+    cost = judge.get("cost_usd_this_run")
+    lines.append(
+        f"\n{judge['requests']} judge requests; sent this run {judge['sent_this_run']} (the journal had the rest)"
+        + (f", US$ {cost:.4f}" if cost is not None else "")
+        + (f"; failed (never scored): {', '.join(f'{k} {v}' for k, v in failed.items())}" if failed else "")
+        + "."
+    )
+    return lines
+
+
+def tuned_lines(tuned: dict[str, Any], judge: dict[str, Any] | None = None) -> list[str]:
     """The report's lead with fine-tuning on: the tuned model against its base on every metric, overall and per
     category and difficulty; delta = tuned - base with a 95 % paired bootstrap interval; a regression is a delta
     whose whole interval is below 0."""
@@ -290,6 +351,14 @@ def tuned_lines(tuned: dict[str, Any]) -> list[str]:
         return f"{r['delta']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]{flag}"
 
     lines += [f"| {m} | {_fmt(r['base'])} | {_fmt(r['tuned'])} | {delta(r)} |" for m, r in tuned["overall"].items()]
+    head_to_head = (judge or {}).get("pairwise", {}).get("tuned vs base")
+    if head_to_head:
+        lines += [
+            "",
+            f"LLM judge, head to head over {head_to_head['items']} items (both orders): tuned wins "
+            f"{_rate_cell(head_to_head['win'])}, ties {_rate_cell(head_to_head['tie'])}, loses "
+            f"{_rate_cell(head_to_head['loss'])}; order disagreement {_rate_cell(head_to_head['order_disagreement'])}.",
+        ]
     metrics = list(tuned["overall"])
     for breakdown, groups in tuned.get("by", {}).items():
         lines += ["", f"Delta by {breakdown} (items in brackets):", ""]

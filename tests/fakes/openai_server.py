@@ -16,6 +16,9 @@ and the reply shapes that proxies, gateways and half-compatible servers send, al
   stream that stops without [DONE]), empty (no body), drop (the connection closes before any reply),
   choices_null, message_null, content_list (content as a list of text parts), no_usage, negative_usage
 
+`judge` (a function of the conversation) scripts the replies to an LLM judge's requests (those holding an
+<answer> or <answer_1> block): a judge biased to the first answer, one with real preferences, malformed replies.
+
 A token bucket enforces `rate_limit_rpm` (one second of burst) and answers 429 with Retry-After when empty.
 Run it in a thread (`FakeOpenAI(...).start()`) or as a process: `python -m tests.fakes.openai_server --port N`.
 `GET /stats` (or `.stats()`) says what it received: requests per document, actions, timing.
@@ -31,6 +34,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -81,12 +85,14 @@ class FakeOpenAI:
         port: int = 0,
         advertise_limits: bool = True,
         host: str = "127.0.0.1",  # 0.0.0.0: containers reach it at their network's gateway (the stack's tests)
+        judge: Callable[[list[dict[str, Any]]], str] | None = None,
     ):
         self.latency_s, self.hang_s = latency_s, hang_s
         self.rate_limit_rpm, self.advertise_limits = rate_limit_rpm, advertise_limits
         self.faults = {marker: list(actions) for marker, actions in (faults or {}).items()}
         self.failure_rate, self.random = failure_rate, random.Random(seed)
         self.supports_json_schema, self.usage = supports_json_schema, usage
+        self.judge = judge  # a judge's reply to a conversation that holds an <answer> (the test scripts it)
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # document key -> requests received
         self.actions: Counter[str] = Counter()
@@ -311,6 +317,8 @@ class FakeOpenAI:
                 content = json.dumps({"pairs": pairs})
                 if not found and (asked := _CONTEXT.search(user)):  # an evaluation prompt: answer in a sentence
                     content = _SENTENCE.split(asked.group(1).strip())[0]
+                if fake.judge is not None and ("<answer>" in user or "<answer_1>" in user):
+                    content = fake.judge(messages)
                 finish = "stop"
                 if action == "badjson":
                     content = "Here are your questions:\n1. What is charging?\n2. Why?"

@@ -10,13 +10,17 @@ from llm_pipeline.qa.backends import resolve_backend
 
 
 def configured_models(config: PipelineConfig) -> list[tuple[str, str]]:
-    """(setting, hub id) for every generative model the config loads that is not a local folder."""
+    """(setting, hub id) for every generative model the config loads that is not a local folder (a local judge's
+    too; an endpoint judge is served elsewhere)."""
     named: list[tuple[str, str]] = []
     if config.finetune.enabled and config.finetune.base_model:
         named.append(("finetune.base_model", config.finetune.base_model))
     for index, candidate in enumerate(config.evaluation.candidates):
         if candidate.kind == "hf" and candidate.model:
             named.append((f"evaluation.candidates[{index}].model", candidate.model))
+    judge = config.evaluation.judge
+    if judge.enabled and judge.backend == "local" and judge.model:
+        named.append(("evaluation.judge.model", judge.model))
     if config.qa.model_name and resolve_backend(config.qa, None) == "local":
         named.append(("qa.model_name", config.qa.model_name))
     return [(setting, name) for setting, name in named if not Path(name).exists()]

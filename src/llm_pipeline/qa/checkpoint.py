@@ -61,10 +61,13 @@ def request_key(**parts: Any) -> str:
 
 
 class Journal:
-    def __init__(self, path: Path):
+    """Finished requests by key. `entry` is the line's model: QA's `Entry` here, the judge's verdicts elsewhere."""
+
+    def __init__(self, path: Path, entry: type[Any] = Entry):
         self.path = path
+        self.entry = entry
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.entries: dict[str, Entry] = {}
+        self.entries: dict[str, Any] = {}
         self.torn = 0
         if path.exists():
             self._read()
@@ -75,7 +78,7 @@ class Journal:
             if not raw.strip():
                 continue
             try:
-                entry = Entry.model_validate_json(raw)
+                entry = self.entry.model_validate_json(raw)
             except ValueError:
                 self.torn += 1  # a line cut short by a crash: that request is simply sent again
                 continue
@@ -90,10 +93,10 @@ class Journal:
     def __contains__(self, key: str) -> bool:
         return key in self.entries
 
-    def get(self, key: str) -> Entry | None:
+    def get(self, key: str) -> Any:
         return self.entries.get(key)
 
-    def append(self, entry: Entry) -> None:
+    def append(self, entry: Any) -> None:
         line = entry.model_dump_json().encode() + b"\n"
         # O_APPEND with one write: concurrent writers (two runs sharing a cache) never interleave within a line.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

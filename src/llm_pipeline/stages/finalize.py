@@ -34,6 +34,8 @@ def finalize_pipeline(ctx: StageContext) -> dict[str, Any]:
     tracking = json.loads(ctx.input("tracking").read_text())
     qa = json.loads(ctx.input("qa_accounting").read_text())
     tuned = _tuned_vs_base(ctx)
+    judged = json.loads(ctx.input("judge").read_text())
+    judged = judged if judged.get("enabled") else None
     comparison = compare_runs(evaluation, ctx.run_dir)
     write_json(ctx.output("comparison"), comparison)
     manifest = ctx.manifest()
@@ -49,7 +51,8 @@ def finalize_pipeline(ctx: StageContext) -> dict[str, Any]:
     files = {p.name for p in ctx.run_dir.iterdir() if p.is_file()}  # the charts are written by now
     files |= {ctx.stage.outputs[name] for name in ("summary", "report", "report_html")} | {MANIFEST_FILE}
     manifest = {**manifest, "files": sorted(files), "stages": stages}
-    summary = build_summary(manifest, evaluation, qa, comparison) | ({"tuned_vs_base": tuned} if tuned else {})
+    summary = build_summary(manifest, evaluation, qa, comparison)
+    summary |= ({"tuned_vs_base": tuned} if tuned else {}) | ({"judge": judged} if judged else {})
     write_json(ctx.output("summary"), summary)
     markdown = render_report(
         manifest,
@@ -61,6 +64,7 @@ def finalize_pipeline(ctx: StageContext) -> dict[str, Any]:
         charts,
         qa_cached=ctx.was_cached("qa_accounting"),
         tuned_vs_base=tuned,
+        judge=judged,
     )
     write_text(ctx.output("report"), markdown)
     with atomic_open(ctx.output("report_html")) as handle:

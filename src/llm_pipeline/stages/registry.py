@@ -116,7 +116,12 @@ PIPELINE: tuple[Stage, ...] = (
             "finetune": "finetune-model.finetune",
             "adapter": "finetune-model.adapter",
         },
-        outputs={"predictions": "predictions.jsonl", "evaluation": "evaluation.json"},
+        outputs={
+            "predictions": "predictions.jsonl",
+            "evaluation": "evaluation.json",
+            "judge": "judge.json",
+            "judgements": "judgements.jsonl",
+        },
         cached=True,
         pool="gpu",
         progress=True,
@@ -127,6 +132,7 @@ PIPELINE: tuple[Stage, ...] = (
         inputs={
             "evaluation": "evaluate-models.evaluation",
             "predictions": "evaluate-models.predictions",
+            "judge": "evaluate-models.judge",
             "examples": "load-and-deduplicate-data.examples",
             "tracking": "setup-experiment-tracking.tracking",
             "qa_accounting": "generate-qa-pairs.qa_accounting",

@@ -1,0 +1,149 @@
+"""The LLM judge against the suite's OpenAI-compatible test server, whose judge replies each test scripts: a judge
+biased to the first answer, one with real preferences, malformed replies; and a rerun that pays nothing twice."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from llm_pipeline.config import EvaluationConfig, JudgeConfig, ModelPrice
+from llm_pipeline.evaluation.judge import judge
+from llm_pipeline.evaluation.scoring import score_predictions
+from llm_pipeline.records import BenchmarkItem, Prediction
+from tests.fakes.openai_server import FakeOpenAI
+
+FACTS = [
+    ("The Volt station charges 12 dollars per hour.", "How much does the Volt station charge?", "12 dollars per hour"),
+    ("The Arc charger delivers 50 kW of power.", "How much power does the Arc charger deliver?", "50 kW"),
+    ("The Zephyr cable is 7 meters long.", "How long is the Zephyr cable?", "7 meters"),
+    ("The Nova plug fits CCS2 sockets.", "Which sockets does the Nova plug fit?", "CCS2 sockets"),
+    ("The Tide network covers 40 cities.", "How many cities does the Tide network cover?", "40 cities"),
+    ("The Ember battery stores 80 kWh.", "How much does the Ember battery store?", "80 kWh"),
+    ("The Lumen app costs 3 dollars a month.", "What does the Lumen app cost?", "3 dollars a month"),
+    ("The Orbit hub has 12 bays.", "How many bays does the Orbit hub have?", "12 bays"),
+]
+ITEMS = [
+    BenchmarkItem(
+        id=f"b{i}",
+        question=q,
+        answer=a,
+        context=text,
+        category="pricing",
+        difficulty="easy",
+        source_document_id=f"d{i}",
+    )
+    for i, (text, q, a) in enumerate(FACTS)
+]
+GOOD = [i.answer for i in ITEMS]  # the reference, word for word
+BAD = ["I do not know"] * len(ITEMS)  # a model that has not learned the facts
+PAIR = [("bad", "good")]  # judged as "good vs bad"
+
+
+def predictions() -> list[Prediction]:
+    config = EvaluationConfig(metrics=["exact_match", "rouge"])
+    out = []
+    for name, answers in (("good", GOOD), ("bad", BAD)):
+        for item, answer, scores in zip(ITEMS, answers, score_predictions(ITEMS, answers, config), strict=True):
+            out.append(
+                Prediction(item_id=item.id, candidate=name, prediction=answer, reference=item.answer, scores=scores)
+            )
+    return out
+
+
+def block(messages: list[dict[str, Any]], tag: str) -> str:
+    user = next(m["content"] for m in messages if m["role"] == "user")
+    found = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", user, re.DOTALL)
+    return found.group(1).strip() if found else ""
+
+
+def reference(messages: list[dict[str, Any]]) -> str:
+    user = next(m["content"] for m in messages if m["role"] == "user")
+    return re.search(r"Reference answer: (.*)", user).group(1).strip()
+
+
+def fair_judge(messages: list[dict[str, Any]]) -> str:
+    """Prefers the answer that says what the reference says, whatever its position."""
+    ref = reference(messages)
+    if block(messages, "answer_1") or block(messages, "answer_2"):
+        first, second = block(messages, "answer_1") == ref, block(messages, "answer_2") == ref
+        winner = "tie" if first == second else ("1" if first else "2")
+        return json.dumps({"winner": winner, "reason": "the one matching the reference"})
+    right = block(messages, "answer") == ref
+    score = 5 if right else 1
+    return json.dumps({"correct": score, "grounded": score, "complete": score, "reason": "compared"})
+
+
+def first_biased_judge(messages: list[dict[str, Any]]) -> str:
+    """Whatever is shown first wins: pure position bias."""
+    if block(messages, "answer_1"):
+        return json.dumps({"winner": "1", "reason": "the first one reads better"})
+    return json.dumps({"correct": 3, "grounded": 3, "complete": 3, "reason": "fine"})
+
+
+def settings(server: FakeOpenAI, **extra: Any) -> JudgeConfig:
+    return JudgeConfig(enabled=True, model="judge-model", base_url=server.base_url, **extra)
+
+
+def test_a_judge_biased_to_the_first_answer_gives_ties_and_shows_its_bias_not_a_false_win(tmp_path: Path) -> None:
+    with FakeOpenAI(judge=first_biased_judge) as server:
+        result = judge(ITEMS, predictions(), settings(server, pointwise=False), PAIR, tmp_path, "run-1")
+    head = result.summary["pairwise"]["good vs bad"]
+    assert head["items"] == len(ITEMS)
+    assert head["win"]["rate"] == 0 and head["loss"]["rate"] == 0 and head["tie"]["rate"] == 1
+    assert head["order_disagreement"]["rate"] == 1  # every item: the two orders named different answers
+
+
+def test_a_judge_with_real_preferences_gives_the_win_and_agrees_with_exact_match(tmp_path: Path) -> None:
+    with FakeOpenAI(judge=fair_judge) as server:
+        result = judge(ITEMS, predictions(), settings(server), PAIR, tmp_path, "run-1")
+        sent = server.stats()["total"]
+    head = result.summary["pairwise"]["good vs bad"]
+    assert head["win"]["rate"] == 1 and head["order_disagreement"]["rate"] == 0
+    assert head["win"]["low"] == 1  # every resample: no doubt about it
+    pointwise = result.summary["pointwise"]
+    assert pointwise["good"]["score"]["mean"] == 5 and pointwise["bad"]["score"]["mean"] == 1
+    assert result.summary["agreement"]["spearman_exact_match"] > 0.9
+    assert sent == len(ITEMS) * 2 + len(ITEMS) * 2  # pointwise x 2 candidates, pairwise x 2 orders
+    rows = [r for r in result.rows if r["kind"] == "pairwise"]
+    assert len(rows) == 2 * len(ITEMS) and all(r["status"] == "ok" for r in rows)
+
+
+def test_unparsable_verdicts_are_asked_again_then_counted_as_failed_never_scored(tmp_path: Path) -> None:
+    asked: dict[str, int] = {}
+
+    def sloppy_judge(messages: list[dict[str, Any]]) -> str:
+        context = block(messages, "document")
+        asked[context] = asked.get(context, 0) + 1
+        if "Volt" in context:
+            return "I think the answer is fine, 4 out of 5."  # never JSON
+        if "Arc" in context and len(messages) == 2:
+            return '{"correct": 9, "grounded": 5, "complete": 5}'  # out of range: fixed when asked again
+        return fair_judge(messages)
+
+    config = settings(server := FakeOpenAI(judge=sloppy_judge), candidates=["good"], max_format_retries=2)
+    with server:
+        result = judge(ITEMS, predictions(), config, [], tmp_path, "run-1")
+    volt = next(k for k in asked if "Volt" in k)
+    arc = next(k for k in asked if "Arc" in k)
+    assert asked[volt] == 3 and asked[arc] == 2  # 1 + max_format_retries, and one re-ask
+    assert result.summary["failed"] == {"pointwise": 1}
+    assert result.summary["pointwise"]["good"]["judged"] == len(ITEMS) - 1  # the failed one is not a score
+    [failed] = [r for r in result.rows if r["status"] == "failed"]
+    assert failed["item_id"] == "b0" and "no JSON object" in failed["reason"]
+    re_asked = next(e for e in server.log if "Arc" in json.dumps(e["messages"]) and len(e["messages"]) > 2)
+    assert "correct must be an integer from 1 to 5" in re_asked["messages"][-1]["content"]
+
+
+def test_a_rerun_pays_nothing_twice_and_the_first_run_is_costed(tmp_path: Path) -> None:
+    price = {"judge-model": ModelPrice(input_per_million=1.0, output_per_million=2.0)}
+    with FakeOpenAI(judge=fair_judge) as server:
+        first = judge(ITEMS, predictions(), settings(server, prices=price), PAIR, tmp_path, "run-1")
+        sent = server.stats()["total"]
+        second = judge(ITEMS, predictions(), settings(server, prices=price), PAIR, tmp_path, "run-2")
+        assert server.stats()["total"] == sent  # the journal had every verdict
+    assert first.summary["sent_this_run"] == sent and second.summary["sent_this_run"] == 0
+    assert first.summary["cost_usd_this_run"] > 0 and second.summary["cost_usd_this_run"] == 0
+    assert second.summary["pointwise"] == first.summary["pointwise"]
+    assert second.summary["pairwise"] == first.summary["pairwise"]
