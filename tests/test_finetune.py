@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_pipeline.config import EvaluationConfig, FinetuneConfig
+from llm_pipeline.config import CandidateConfig, EvaluationConfig, FinetuneConfig
 from llm_pipeline.evaluation import evaluate_candidates
 from llm_pipeline.evaluation.candidates import answer_messages
 from llm_pipeline.evaluation.paired import paired_comparison
@@ -98,9 +98,16 @@ def test_the_adapter_learns_the_facts_and_beats_its_base(base: Path, tmp_path: P
 
 
 def test_a_worse_tuned_model_is_flagged_as_a_regression(base: Path, tmp_path: Path) -> None:
-    """The comparison the other way round: base against a tuned model that answers, so 'tuned' is worse."""
-    config = settings(base)
-    finetune(config, PAIRS, DOCUMENTS, tmp_path / "adapter", tmp_path / "checkpoints", "data-v1")
+    """The comparison the other way round: base against a tuned model that answers, so 'tuned' is worse. With
+    `merge`, the merged weights load as a plain model and answer as base + adapter does."""
+    config = settings(base, merge=True)
+    result = finetune(config, PAIRS, DOCUMENTS, tmp_path / "adapter", tmp_path / "checkpoints", "data-v1")
+    assert result.merged_dir == tmp_path / "adapter" / "merged"
+    merged = EvaluationConfig(
+        metrics=["exact_match"],
+        candidates=[CandidateConfig(name="merged", kind="hf", model=str(result.merged_dir), device="cpu")],
+    )
+    assert evaluate_candidates(ITEMS, merged).summary["merged"]["overall"]["exact_match"]["mean"] == 1.0
     evaluated = evaluate_candidates(
         ITEMS, EvaluationConfig(metrics=["exact_match"], candidates=tuned_candidates(config, tmp_path / "adapter"))
     )

@@ -416,6 +416,8 @@ def test_with_finetuning_on_the_report_leads_with_tuned_vs_base(prefect_server, 
     assert finetuned["enabled"] and finetuned["steps"] == 12 and finetuned["data"]["train_examples"] > 50
     assert finetuned["lineage"]["run_id"] == result["run_id"] and finetuned["losses"]["last_eval_loss"] is not None
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    logged = b"".join(p.read_bytes() for p in run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert b"finetune/loss" in logged and b"finetune/eval_loss" in logged  # the curves, in the run's W&B run
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert set(evaluation) == {"retrieval-minilm", "lexical-overlap", "base", "tuned"}
     same = ("decoding", "max_new_tokens", "batch_size", "seed", "compile")

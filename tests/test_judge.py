@@ -147,3 +147,30 @@ def test_a_rerun_pays_nothing_twice_and_the_first_run_is_costed(tmp_path: Path) 
     assert first.summary["cost_usd_this_run"] > 0 and second.summary["cost_usd_this_run"] == 0
     assert second.summary["pointwise"] == first.summary["pointwise"]
     assert second.summary["pairwise"] == first.summary["pairwise"]
+
+
+def test_a_local_model_judges_through_the_same_path(tmp_path: Path) -> None:
+    """backend: local: a tiny Llama built here, trained to give one verdict for one answer and prose for the other,
+    loaded by the local QA backend's code; the prose is asked again, then counted failed."""
+    from llm_pipeline.evaluation.judge import build_asks
+    from llm_pipeline.models.loading import render_prompt
+    from tests.tiny_models import memorize, save, tiny_llama, train_tokenizer
+
+    items = ITEMS[:1]
+    config = JudgeConfig(enabled=True, backend="local", model=str(tmp_path / "judge"), device="cpu", max_tokens=40)
+    good = [p for p in predictions() if p.item_id == items[0].id]
+    asks = build_asks(items, good, config, [])
+    verdict = json.dumps({"correct": 5, "grounded": 4, "complete": 5, "reason": "same"})
+    texts = [m["content"] for a in asks for m in a.job.messages] + [verdict, "fine I guess"]
+    tokenizer = train_tokenizer(texts)
+    model = tiny_llama(tokenizer)
+    targets = {"good": verdict, "bad": "fine I guess"}
+    examples = [(render_prompt(tokenizer, a.job.messages), targets[a.candidates[0]]) for a in asks]
+    memorize(model, tokenizer, examples)
+    save(model, tokenizer, tmp_path / "judge")
+
+    result = judge(items, good, config, [], tmp_path / "cache", "run-1")
+    assert result.summary["pointwise"]["good"]["correct"]["mean"] == 5
+    assert result.summary["pointwise"]["good"]["grounded"]["mean"] == 4
+    assert result.summary["failed"] == {"pointwise": 1} and "bad" not in result.summary["pointwise"]
+    assert result.summary["sent_this_run"] == 0  # a local model is not billed: nothing in the ledger

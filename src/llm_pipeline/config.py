@@ -436,7 +436,7 @@ class FinetuneConfig(Section):
     bf16: Literal["auto", "on", "off"] = Field("auto", description="auto: on where CUDA supports it.")
     gradient_checkpointing: bool = False
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (a crash resumes from there).")
-    merge: bool = Field(False, description="Also write the base with the adapter merged in (merged/ in the run).")
+    merge: bool = Field(False, description="Also write the base with the adapter merged in (adapter/merged/).")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda...")
     checkpoint_dir: Path | None = Field(
         None, description="Checkpoints by training key; None = <output_path>/.finetune (kept across runs to resume)."

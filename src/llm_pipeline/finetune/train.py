@@ -201,7 +201,7 @@ def finetune(
     tokenizer.save_pretrained(str(adapter_dir))
     merged_dir = None
     if config.merge:
-        merged_dir = adapter_dir.parent / "merged"
+        merged_dir = adapter_dir / "merged"  # inside the declared folder: a cached run links it too
         merged = model.merge_and_unload()
         merged.save_pretrained(str(merged_dir))
         tokenizer.save_pretrained(str(merged_dir))

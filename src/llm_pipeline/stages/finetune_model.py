@@ -52,7 +52,7 @@ def finetune_model(ctx: StageContext) -> dict[str, Any]:
         "losses": result.losses(),
         "hyperparameters": result.hyperparameters,
         "history": result.history,
-        "merged": str(result.merged_dir) if result.merged_dir else None,
+        "merged": "adapter/merged" if result.merged_dir else None,  # relative: a cached run has it too
         "lineage": {
             "run_id": ctx.run_id,
             "pipeline": ctx.config.name,
