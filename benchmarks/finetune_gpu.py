@@ -30,15 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
+from eval_gpu import FULL, TINY  # noqa: E402 - the same model shapes as the evaluation benchmark
 
 from llm_pipeline.config import FinetuneConfig  # noqa: E402
 from llm_pipeline.finetune import finetune  # noqa: E402
 from llm_pipeline.records import Document, QAPair  # noqa: E402
 
-FULL = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "intermediate_size": 8192, "vocab_size": 128256}  # fmt: skip
-TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "intermediate_size": 128, "vocab_size": 1000}  # fmt: skip
 WORDS = [f"w{i}" for i in range(400)]
 
 

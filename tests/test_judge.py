@@ -11,31 +11,11 @@ from typing import Any
 from llm_pipeline.config import EvaluationConfig, JudgeConfig, ModelPrice
 from llm_pipeline.evaluation.judge import judge
 from llm_pipeline.evaluation.scoring import score_predictions
-from llm_pipeline.records import BenchmarkItem, Prediction
+from llm_pipeline.records import Prediction
 from tests.fakes.openai_server import FakeOpenAI
+from tests.test_finetune import ITEMS as FINETUNE_ITEMS
 
-FACTS = [
-    ("The Volt station charges 12 dollars per hour.", "How much does the Volt station charge?", "12 dollars per hour"),
-    ("The Arc charger delivers 50 kW of power.", "How much power does the Arc charger deliver?", "50 kW"),
-    ("The Zephyr cable is 7 meters long.", "How long is the Zephyr cable?", "7 meters"),
-    ("The Nova plug fits CCS2 sockets.", "Which sockets does the Nova plug fit?", "CCS2 sockets"),
-    ("The Tide network covers 40 cities.", "How many cities does the Tide network cover?", "40 cities"),
-    ("The Ember battery stores 80 kWh.", "How much does the Ember battery store?", "80 kWh"),
-    ("The Lumen app costs 3 dollars a month.", "What does the Lumen app cost?", "3 dollars a month"),
-    ("The Orbit hub has 12 bays.", "How many bays does the Orbit hub have?", "12 bays"),
-]
-ITEMS = [
-    BenchmarkItem(
-        id=f"b{i}",
-        question=q,
-        answer=a,
-        context=text,
-        category="pricing",
-        difficulty="easy",
-        source_document_id=f"d{i}",
-    )
-    for i, (text, q, a) in enumerate(FACTS)
-]
+ITEMS = FINETUNE_ITEMS  # six facts, each with its context and reference answer
 GOOD = [i.answer for i in ITEMS]  # the reference, word for word
 BAD = ["I do not know"] * len(ITEMS)  # a model that has not learned the facts
 PAIR = [("bad", "good")]  # judged as "good vs bad"

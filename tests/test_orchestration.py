@@ -151,6 +151,37 @@ def test_test_deployment_completes_and_hands_evaluation_to_the_gpu_pool(workers)
     assert manifest["status"] == "completed" and manifest["stages"]["evaluate-models"]["status"] == "completed"
 
 
+def test_finetuning_is_handed_to_the_gpu_pool_and_its_adapter_evaluated(workers, tmp_path) -> None:
+    """finetune.enabled: the stage runs as run-stage/finetune-model on the GPU pool's worker (holding a gpu-slots
+    slot), its adapter comes back through the shared folder, and evaluation (on the GPU pool too) scores it."""
+    from prefect.deployments import run_deployment
+
+    from llm_pipeline.evaluation.candidates import answer_messages
+    from tests.tiny_models import save, tiny_llama, train_tokenizer
+
+    corpus = (ROOT / "data/ev_charging/documents.jsonl").read_text(errors="replace")
+    tokenizer = train_tokenizer([corpus, *[m["content"] for m in answer_messages("question", "context")]])
+    base = save(tiny_llama(tokenizer), tokenizer, tmp_path / "base")
+    finetune = {"enabled": True, "base_model": str(base), "max_steps": 4, "device": "cpu", "eval_max_new_tokens": 4}
+    run = run_deployment(
+        "llm-pipeline/test-pipeline", parameters={"overrides": {**SMALL, "finetune": finetune}}, timeout=0
+    )
+    [final] = wait_final([run.id], timeout=900)
+    assert final.state.is_completed(), final.state
+    with client() as c:
+        children = {
+            c.read_deployment(r.deployment_id).name: r
+            for r in c.read_flow_runs()
+            if r.parent_task_run_id and r.deployment_id and r.parameters.get("run_id", "").endswith(str(run.id)[:8])
+        }
+    assert {"finetune-model", "evaluate-models"} <= set(children)
+    assert all(r.state.is_completed() for r in children.values())
+    [run_dir] = [p for p in (workers / "test-pipeline").iterdir() if p.name.endswith(str(run.id)[:8])]
+    assert json.loads((run_dir / "finetune.json").read_text())["steps"] == 4
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert {"base", "tuned"} <= set(json.loads((run_dir / "evaluation.json").read_text()))
+
+
 def test_a_failed_evaluation_child_fails_the_pipeline(workers) -> None:
     from prefect import flow
     from prefect.deployments import run_deployment
