@@ -154,3 +154,22 @@ def test_a_local_model_judges_through_the_same_path(tmp_path: Path) -> None:
     assert result.summary["pointwise"]["good"]["grounded"]["mean"] == 4
     assert result.summary["failed"] == {"pointwise": 1} and "bad" not in result.summary["pointwise"]
     assert result.summary["sent_this_run"] == 0  # a local model is not billed: nothing in the ledger
+
+
+def test_edited_judge_prompts_are_a_new_version_and_reuse_no_verdict(tmp_path: Path) -> None:
+    import shutil
+
+    from llm_pipeline.evaluation.judge import PROMPT_DIR
+
+    edited = tmp_path / "prompts"
+    shutil.copytree(PROMPT_DIR, edited)
+    system = edited / "pointwise_system.j2"
+    system.write_text(system.read_text() + "\nBe especially strict about units.\n")
+    with FakeOpenAI(judge=fair_judge) as server:
+        packaged = judge(ITEMS, predictions(), settings(server, candidates=["good"]), [], tmp_path / "c", "run-1")
+        custom = settings(server, candidates=["good"], prompt_dir=edited)
+        again = judge(ITEMS, predictions(), custom, [], tmp_path / "c", "run-2")
+        seen = [e["messages"][0]["content"] for e in server.log]
+    assert packaged.summary["prompt_version"] == "judge-v1" and again.summary["prompt_version"].startswith("custom-")
+    assert again.summary["sent_this_run"] == len(ITEMS)  # every verdict asked again under the new prompt
+    assert sum("especially strict" in text for text in seen) == len(ITEMS)

@@ -369,6 +369,9 @@ class JudgeConfig(Section):
     requests_per_minute: float | None = Field(500, gt=0)
     max_tokens: int = Field(256, ge=16, description="Tokens of a verdict (a short reason and the scores).")
     max_format_retries: int = Field(2, ge=0, le=5, description="Re-asks of an unparsable verdict, then failed.")
+    prompt_dir: Path | None = Field(
+        None, description="A folder replacing the packaged judge-v1 templates (the same five file names)."
+    )
     request_timeout_s: float = Field(60.0, gt=0)
     retry: RetryDelays = Field(default_factory=RetryDelays)
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="US$ per million tokens, per model.")
@@ -381,6 +384,11 @@ class JudgeConfig(Section):
     def _model_named(self) -> JudgeConfig:
         if self.enabled and not self.model:
             raise ValueError("enabled needs model (the judge)")
+        if self.prompt_dir is not None:
+            names = ("pointwise_system", "pointwise_user", "pairwise_system", "pairwise_user", "repair")
+            missing = [f"{n}.j2" for n in names if not (self.prompt_dir / f"{n}.j2").is_file()]
+            if missing:
+                raise ValueError(f"prompt_dir {self.prompt_dir} lacks {', '.join(missing)}")
         return self
 
 

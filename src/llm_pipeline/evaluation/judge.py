@@ -72,12 +72,15 @@ class Prompts:
         return self.templates[name].render(**{k: defuse(v) for k, v in values.items()}).strip()
 
 
-def load_prompts(folder: Path = PROMPT_DIR) -> Prompts:
+def load_prompts(folder: Path | None = None) -> Prompts:
+    """The packaged templates (version judge-v1), or a folder's (version custom-<digest>: editing a prompt never
+    reuses verdicts given to the old one)."""
     names = ("pointwise_system", "pointwise_user", "pairwise_system", "pairwise_user", "repair")
-    texts = {name: (folder / f"{name}.j2").read_text(encoding="utf-8") for name in names}
+    texts = {name: ((folder or PROMPT_DIR) / f"{name}.j2").read_text(encoding="utf-8") for name in names}
     digest = hashlib.sha256("\x00".join(texts[n] for n in names).encode()).hexdigest()[:12]
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-    return Prompts(PROMPT_VERSION, digest, {name: env.from_string(text) for name, text in texts.items()})
+    version = PROMPT_VERSION if folder is None else f"custom-{digest}"
+    return Prompts(version, digest, {name: env.from_string(text) for name, text in texts.items()})
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -168,7 +171,7 @@ def _ask(
 def build_asks(
     items: list[BenchmarkItem], predictions: Iterable[Prediction], config: JudgeConfig, pairs: list[tuple[str, str]]
 ) -> list[Ask]:
-    prompts = load_prompts()
+    prompts = load_prompts(config.prompt_dir)
     answers: dict[str, dict[str, str]] = defaultdict(dict)  # candidate -> item -> answer
     for p in predictions:
         answers[p.candidate][p.item_id] = p.prediction
@@ -417,7 +420,7 @@ def judge(
 
     if not config.enabled:
         return JudgeResult()
-    prompts = load_prompts()
+    prompts = load_prompts(config.prompt_dir)
     asks = build_asks(items, predictions, config, pairs)
     journal = Journal(cache_dir / "journal.jsonl", Verdict)
     ledger = Ledger(cache_dir, run_id)

@@ -53,6 +53,7 @@ def finetune_model(ctx: StageContext) -> dict[str, Any]:
         "hyperparameters": result.hyperparameters,
         "history": result.history,
         "merged": "adapter/merged" if result.merged_dir else None,  # relative: a cached run has it too
+        "checkpoints": str(root / result.key),  # kept across runs: a crashed training resumes from here
         "lineage": {
             "run_id": ctx.run_id,
             "pipeline": ctx.config.name,
