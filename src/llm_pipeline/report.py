@@ -323,7 +323,8 @@ def judge_lines(judge: dict[str, Any]) -> list[str]:
     failed = judge.get("failed") or {}
     cost = judge.get("cost_usd_this_run")
     lines.append(
-        f"\n{judge['requests']} judge requests; sent this run {judge['sent_this_run']} (the rest were in the journal, or asked the same as another)"
+        f"\n{judge['requests']} judge requests; sent this run {judge['sent_this_run']} "
+        "(the rest were in the journal, or asked the same as another)"
         + (f", US$ {cost:.4f}" if cost is not None else "")
         + (f"; failed (never scored): {', '.join(f'{k} {v}' for k, v in failed.items())}" if failed else "")
         + "."
