@@ -187,6 +187,19 @@ def _ray_task_processes(name: str) -> list[Any]:
     return found
 
 
+def test_semantic_embeddings_on_actors_give_the_local_clusters(ray_cluster, real_text: Path, tmp_path: Path) -> None:
+    """MiniLM (the torch backend) on actors, the texts in four shards over two actors, against one local call."""
+    base = {
+        "data": {"path": str(real_text), "limit": 1200},
+        "dedup": {"method": "semantic", "semantic_threshold": 0.9},
+    }
+    local, local_counts = _stage(tmp_path / "local", base)
+    execution = {"engine": "ray", "ray_address": ray_cluster, "embed_shard_texts": 300}
+    distributed, ray_counts = _stage(tmp_path / "ray", {**base, "execution": execution})
+    _same_outputs(local, distributed)
+    assert local_counts == ray_counts and local_counts["dedup.removed"] >= 5, local_counts
+
+
 def test_a_worker_killed_mid_stage_changes_nothing(ray_cluster, real_text: Path, tmp_path: Path) -> None:
     """SIGKILL to the worker process running a load task (which also signs the file for MinHash), while the stage
     runs: Ray retries the task on a worker that lives, and the stage's files are the local engine's."""

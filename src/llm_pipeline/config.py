@@ -486,6 +486,9 @@ class ExecutionConfig(Section):
         None, ge=1, description="Reducers of the LSH band shuffle; None: one per CPU of the cluster."
     )
     task_retries: int = Field(3, ge=0, le=20, description="Ray's retries of a task whose worker died.")
+    embed_shard_texts: int = Field(
+        2048, ge=1, description="Texts per call to an embedding actor (semantic dedup on Ray)."
+    )
 
     @field_validator("ray_address")
     @classmethod

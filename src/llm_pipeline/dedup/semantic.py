@@ -45,6 +45,13 @@ def semantic_duplicate_clusters(
     if len(documents) < 2:
         return []
     vectors = embed([d.text for d in documents], model, device, batch_size, backend, max_seq_length, cache)
+    return clusters_from_vectors(documents, vectors, threshold, keep, backend)
+
+
+def clusters_from_vectors(
+    documents: list[Document], vectors: np.ndarray, threshold: float, keep: KeepPolicy, backend: Backend
+) -> list[DuplicateCluster]:
+    """The clusters, given one embedding per document (however they were computed: here, or on Ray's actors)."""
     if backend == "static":  # bag-of-token vectors share a corpus direction: compare what is left of it
         vectors = vectors - vectors.mean(axis=0)
         vectors /= np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9, None)

@@ -3,6 +3,7 @@ hybrid sequence), then remove them, method by method."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from llm_pipeline.config import DedupConfig
@@ -40,10 +41,17 @@ def deduplicate(documents: list[Document], config: DedupConfig) -> DedupResult:
     return run_methods(DedupResult(kept=list(documents)), method_sequence(config.method), config)
 
 
-def run_methods(result: DedupResult, methods: tuple[str, ...], config: DedupConfig) -> DedupResult:
-    """Each method in turn on what the ones before kept (`result.kept`), recording what it removed."""
+def run_methods(
+    result: DedupResult,
+    methods: tuple[str, ...],
+    config: DedupConfig,
+    implementations: Mapping[str, Callable[[list[Document], DedupConfig], list[DuplicateCluster]]] | None = None,
+) -> DedupResult:
+    """Each method in turn on what the ones before kept (`result.kept`), recording what it removed.
+    `implementations`: a method's other implementation with the same results (the Ray engine's semantic)."""
     for method in methods:
-        clusters = DEDUP_METHODS.get(method)(result.kept, config)
+        identify = (implementations or {}).get(method) or DEDUP_METHODS.get(method)
+        clusters = identify(result.kept, config)
         if method == "semantic" and config.semantic_action == "review":
             result.review.extend(clusters)  # listed with both similarities for a person to judge; all kept
             log.info("dedup_method_done", method=method, review=sum(len(c.members) - 1 for c in clusters),

@@ -12,7 +12,9 @@
             alive (`minhash.partition_pairs`); verify: one task per file with pairs checks them on the exact
             Jaccard of the shingle sets (or the estimate), fetching only the files its partners live in. The
             kept-document rule then runs in the driver over the verified pairs (a pass over pairs, not documents).
-  others    semantic and plug-in methods run in the driver on the documents still kept (fetched then).
+  semantic  embeddings by actors that load the model once and take shards of texts (`_Embedder`); the
+            similarity search (blocks of rows against all) and the keep rule in the driver, as locally.
+  others    plug-in methods run in the driver on the documents still kept (fetched then).
   write     documents.jsonl: the kept lines, file by file in input order (the driver holds one file at a time).
 
 Identical results: signatures, band keys and the exact Jaccard do not depend on where or in what order they are
@@ -426,9 +428,9 @@ def _load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> t
             result.removed_by_method[method] = _remove(plan, clusters)
             log.info("dedup_method_done", method=method, engine="ray", clusters=len(clusters),
                      removed=result.removed_by_method[method], remaining=int(plan.alive.sum()))  # fmt: skip
-        if methods:  # semantic and plug-in methods: in the driver, on the documents still kept
+        if methods:  # semantic (embeddings on actors) and plug-in methods, on the documents still kept
             result.kept = _documents(plan, address)
-            run_methods(result, tuple(methods), dedup)
+            run_methods(result, tuple(methods), dedup, {"semantic": _semantic_on_actors(address, config)})
             write_jsonl(outputs["documents"], result.kept)
             kept = len(result.kept)
         else:
@@ -437,6 +439,55 @@ def _load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> t
         write_jsonl(outputs["clusters"], result.clusters)
         ingested.loaded = total
         return ingested, result, kept
+
+
+@ray.remote(num_cpus=1)
+class _Embedder:
+    """Loads the embedding model once; embeds the shards it is handed. One CPU, one torch thread: actors on one
+    node do not fight over cores (two 2-thread torch processes slow each other 2-20x on 2 cores)."""
+
+    def __init__(self, name: str, device: str, backend: str, max_seq_length: int):
+        import torch
+
+        from llm_pipeline.models.embeddings import load_embedder
+
+        torch.set_num_threads(1)
+        self.model = load_embedder(name, device, backend, max_seq_length)  # type: ignore[arg-type]
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        return self.model.encode(texts, batch_size)
+
+
+def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
+    """Semantic dedup with its embeddings computed by actors that load the model once and take shards of
+    `execution.embed_shard_texts` texts, in order; the similarity search and the keep rule then run as locally
+    (`clusters_from_vectors`). With an embedding cache, the local implementation (the cache is one folder)."""
+    from llm_pipeline.dedup.semantic import clusters_from_vectors, semantic_method
+
+    def method(documents: list[Document], dedup: Any) -> list[DuplicateCluster]:
+        if dedup.embedding_cache is not None or len(documents) < 2:
+            return semantic_method(documents, dedup)
+        texts = [d.text for d in documents]
+        size = config.execution.embed_shard_texts  # texts an actor is handed at once (it batches them itself)
+        shards = [texts[i : i + size] for i in range(0, len(texts), size)]
+        restarts = config.execution.task_retries
+        actors = [
+            _Embedder.options(max_restarts=restarts, max_task_retries=restarts).remote(
+                dedup.embedding_model, dedup.device, dedup.embedding_backend, dedup.max_seq_length
+            )
+            for _ in range(max(1, min(len(shards), cluster_cpus())))
+        ]
+        # shards dealt round-robin: each actor's calls queue in order, and the answers come back in shard order
+        refs = [actors[i % len(actors)].encode.remote(shard, dedup.batch_size) for i, shard in enumerate(shards)]
+        try:
+            vectors = np.vstack(fetch(refs, address))
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+        log.info("semantic_embedded", engine="ray", actors=len(actors), shards=len(shards), texts=len(texts))
+        return clusters_from_vectors(documents, vectors, dedup.cosine_threshold, dedup.keep, dedup.embedding_backend)
+
+    return method
 
 
 def _write_alive(plan: Plan, path: Path, address: str) -> int:
