@@ -188,7 +188,8 @@ def _ray_task_processes(name: str) -> list[Any]:
 
 
 def test_semantic_embeddings_on_actors_give_the_local_clusters(ray_cluster, real_text: Path, tmp_path: Path) -> None:
-    """MiniLM (the torch backend) on actors, the texts in four shards over two actors, against one local call."""
+    """MiniLM (the torch backend) on actors, the texts in four shards over two actors, and the search in two block
+    tasks (1,200 rows), against the local stage: the same clusters, similarities included."""
     base = {
         "data": {"path": str(real_text), "limit": 1200},
         "dedup": {"method": "semantic", "semantic_threshold": 0.9},

@@ -18,17 +18,31 @@ if TYPE_CHECKING:
 BLOCK_ROWS = 1024  # a block's similarity matrix holds BLOCK_ROWS x N float32 values
 
 
+def block_pairs(vectors: np.ndarray, start: int, threshold: float) -> list[tuple[int, int, float]]:
+    """The pairs (i < j) with i in rows [start, start + BLOCK_ROWS) whose cosine reaches `threshold`: one block of
+    the search, in (i, j) order (the Ray engine runs one task per block)."""
+    pairs = []
+    block = vectors[start : start + BLOCK_ROWS] @ vectors.T
+    rows, cols = np.nonzero(block >= threshold)
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        i = start + r
+        if c > i:
+            pairs.append((i, c, float(block[r, c])))
+    return pairs
+
+
 def similar_pairs(vectors: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
     """Every pair (i < j) of rows whose cosine reaches `threshold`; rows must be L2-normalized."""
-    pairs = []
-    for start in range(0, len(vectors), BLOCK_ROWS):
-        block = vectors[start : start + BLOCK_ROWS] @ vectors.T
-        rows, cols = np.nonzero(block >= threshold)
-        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-            i = start + r
-            if c > i:
-                pairs.append((i, c, float(block[r, c])))
-    return pairs
+    return [pair for start in range(0, len(vectors), BLOCK_ROWS) for pair in block_pairs(vectors, start, threshold)]
+
+
+def comparable(vectors: np.ndarray, backend: Backend) -> np.ndarray:
+    """The vectors as the similarity search compares them: static (bag-of-token) vectors share a corpus direction,
+    so what is left of it is compared."""
+    if backend != "static":
+        return vectors
+    vectors = vectors - vectors.mean(axis=0)
+    return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9, None)
 
 
 def semantic_duplicate_clusters(
@@ -45,17 +59,7 @@ def semantic_duplicate_clusters(
     if len(documents) < 2:
         return []
     vectors = embed([d.text for d in documents], model, device, batch_size, backend, max_seq_length, cache)
-    return clusters_from_vectors(documents, vectors, threshold, keep, backend)
-
-
-def clusters_from_vectors(
-    documents: list[Document], vectors: np.ndarray, threshold: float, keep: KeepPolicy, backend: Backend
-) -> list[DuplicateCluster]:
-    """The clusters, given one embedding per document (however they were computed: here, or on Ray's actors)."""
-    if backend == "static":  # bag-of-token vectors share a corpus direction: compare what is left of it
-        vectors = vectors - vectors.mean(axis=0)
-        vectors /= np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9, None)
-    return clusters_by_kept(documents, similar_pairs(vectors, threshold), "semantic", keep)
+    return clusters_by_kept(documents, similar_pairs(comparable(vectors, backend), threshold), "semantic", keep)
 
 
 @DEDUP_METHODS.register("semantic")

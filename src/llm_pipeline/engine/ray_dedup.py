@@ -13,7 +13,8 @@
             Jaccard of the shingle sets (or the estimate), fetching only the files its partners live in. The
             kept-document rule then runs in the driver over the verified pairs (a pass over pairs, not documents).
   semantic  embeddings by actors that load the model once and take shards of texts (`_Embedder`); the
-            similarity search (blocks of rows against all) and the keep rule in the driver, as locally.
+            similarity search as one task per block of rows against all (`semantic.block_pairs`, the vectors
+            shared through the object store); the keep rule in the driver over the pairs, as locally.
   others    plug-in methods run in the driver on the documents still kept (fetched then).
   write     documents.jsonl: the kept lines, file by file in input order (the driver holds one file at a time).
 
@@ -458,11 +459,18 @@ class _Embedder:
         return self.model.encode(texts, batch_size)
 
 
+@ray.remote
+def _block_pairs(vectors: np.ndarray, start: int, threshold: float) -> list[tuple[int, int, float]]:
+    from llm_pipeline.dedup.semantic import block_pairs
+
+    return block_pairs(vectors, start, threshold)
+
+
 def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
     """Semantic dedup with its embeddings computed by actors that load the model once and take shards of
-    `execution.embed_shard_texts` texts, in order; the similarity search and the keep rule then run as locally
-    (`clusters_from_vectors`). With an embedding cache, the local implementation (the cache is one folder)."""
-    from llm_pipeline.dedup.semantic import clusters_from_vectors, semantic_method
+    `execution.embed_shard_texts` texts, in order; the similarity search as one task per block of rows; the keep
+    rule in the driver. With an embedding cache, the local implementation (the cache is one folder)."""
+    from llm_pipeline.dedup.semantic import BLOCK_ROWS, comparable, semantic_method
 
     def method(documents: list[Document], dedup: Any) -> list[DuplicateCluster]:
         if dedup.embedding_cache is not None or len(documents) < 2:
@@ -485,7 +493,12 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
             for actor in actors:
                 ray.kill(actor)
         log.info("semantic_embedded", engine="ray", actors=len(actors), shards=len(shards), texts=len(texts))
-        return clusters_from_vectors(documents, vectors, dedup.cosine_threshold, dedup.keep, dedup.embedding_backend)
+        # the search: one task per block of BLOCK_ROWS rows against all, the vectors shared through the store
+        shared = ray.put(comparable(vectors, dedup.embedding_backend))
+        search = _block_pairs.options(max_retries=config.execution.task_retries)
+        blocks = [search.remote(shared, start, dedup.cosine_threshold) for start in range(0, len(texts), BLOCK_ROWS)]
+        pairs = [pair for found in fetch(blocks, address) for pair in found]  # block order: the local (i, j) order
+        return clusters_by_kept(documents, pairs, "semantic", dedup.keep)
 
     return method
 
