@@ -489,6 +489,7 @@ class ExecutionConfig(Section):
     embed_shard_texts: int = Field(
         2048, ge=1, description="Texts per call to an embedding actor (semantic dedup on Ray)."
     )
+    score_shard_items: int = Field(512, ge=1, description="Answers per scoring task (evaluation metrics on Ray).")
 
     @field_validator("ray_address")
     @classmethod

@@ -48,13 +48,10 @@ from llm_pipeline.dedup.minhash import (
 )
 from llm_pipeline.dedup.workflow import DedupResult, run_methods
 from llm_pipeline.engine.ray_session import (
-    RayUnavailableError,
     cluster_cpus,
-    describe,
     fetch,
     fetch_each,
     ray_session,
-    resolve_address,
 )
 from llm_pipeline.ingest.load import IngestResult, _safe, input_files, load_documents, load_file, require_documents
 from llm_pipeline.io import atomic_open, write_json, write_jsonl
@@ -352,57 +349,18 @@ def _select(lines: list[bytes], mask: np.ndarray) -> list[Document]:
 def load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> tuple[IngestResult, DedupResult, int]:
     """The stage's work on Ray; writes the stage's outputs. Returns what was loaded (its `documents` empty),
     the dedup result (its `kept` empty unless a driver-side method needed the documents) and the count kept.
+    The Ray driver runs in a child process of its own (engine/driver.py)."""
+    from llm_pipeline.engine.driver import in_driver
 
-    The Ray driver runs in a child process of its own: Ray ends a driver whose cluster head went away (60 s
-    after losing it, from C++, no exception to catch), and that must cost this stage an attempt, not the flow
-    run's process. A child that dies so becomes a RayUnavailableError naming the address (the stage retry table
-    retries it); an error the child raises comes back as itself."""
-    import pickle
-    import subprocess
-    import sys
-    import tempfile
-
-    import structlog
-
-    with tempfile.TemporaryDirectory(prefix="llm-pipeline-ray-") as folder:
-        job, answer = Path(folder) / "job.pickle", Path(folder) / "answer.pickle"
-        with atomic_open(job, "wb") as handle:
-            handle.write(pickle.dumps((config, outputs, structlog.contextvars.get_contextvars())))
-        child = subprocess.run([sys.executable, "-m", "llm_pipeline.engine.ray_driver", str(job), str(answer)])
-        if not answer.exists():
-            address = describe(resolve_address(config.execution))
-            raise RayUnavailableError(
-                f"execution.ray_address: the Ray driver for {address} died mid-stage (exit {child.returncode}; Ray "
-                "ends a driver whose cluster head is gone or unreachable); the stage is retried"
-            )
-        ok, payload = pickle.loads(answer.read_bytes())
-    if not ok:
-        raise payload
-    return payload
-
-
-def drive(job: Path, answer: Path) -> None:
-    """The child process (`python -m llm_pipeline.engine.ray_driver JOB ANSWER`): the caller's logging (format,
-    level, run and stage fields), the work, and its result or its error pickled to ANSWER."""
-    import pickle
-
-    import structlog
-
-    from llm_pipeline.logging import configure_logging
-
-    config, outputs, context = pickle.loads(job.read_bytes())
-    configure_logging(config.monitoring.log_level, config.monitoring.structured_logging)
-    structlog.contextvars.bind_contextvars(**context)
-    try:
-        result: tuple[bool, Any] = (True, _load_and_deduplicate(config, outputs))
-    except Exception as exc:  # handed to the stage's process, raised there as itself
-        try:
-            pickle.dumps(exc)
-            result = (False, exc)
-        except Exception:  # noqa: BLE001 - an error that cannot travel travels as its text
-            result = (False, RuntimeError(f"{type(exc).__name__}: {exc}"))
-    with atomic_open(answer, "wb") as handle:  # a driver killed mid-write leaves no answer, not half of one
-        handle.write(pickle.dumps(result))
+    monitoring = config.monitoring
+    return in_driver(
+        config.execution,
+        "llm_pipeline.engine.ray_dedup:_load_and_deduplicate",
+        config,
+        outputs,
+        log_level=monitoring.log_level,
+        structured=monitoring.structured_logging,
+    )
 
 
 def _load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> tuple[IngestResult, DedupResult, int]:

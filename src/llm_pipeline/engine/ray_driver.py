@@ -1,10 +1,10 @@
-"""`python -m llm_pipeline.engine.ray_driver JOB ANSWER`: the Ray driver of a load-and-deduplicate stage, in a
-process of its own (see ray_dedup.load_and_deduplicate for why)."""
+"""`python -m llm_pipeline.engine.ray_driver JOB ANSWER`: a Ray driver in a process of its own (engine/driver.py
+says why)."""
 
 import sys
 from pathlib import Path
 
-from llm_pipeline.engine.ray_dedup import drive
+from llm_pipeline.engine.driver import drive
 
 if __name__ == "__main__":
     drive(Path(sys.argv[1]), Path(sys.argv[2]))

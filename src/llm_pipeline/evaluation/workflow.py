@@ -4,6 +4,7 @@ scored (scoring.py). A candidate that fails is reported as failed; the others go
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,24 +53,43 @@ def _generation_record(candidate: Any) -> dict[str, Any]:
     return record
 
 
-def evaluate_candidates(items: list[BenchmarkItem], config: EvaluationConfig) -> EvaluationResult:
+Scorer = Callable[[list[tuple[list[BenchmarkItem], list[str]]], EvaluationConfig], list[list[dict[str, float]]]]
+
+
+def evaluate_candidates(
+    items: list[BenchmarkItem], config: EvaluationConfig, scorer: Scorer | None = None
+) -> EvaluationResult:
+    """Every candidate answers (one after the other: one model in memory at a time), then every answer is scored:
+    here, candidate by candidate, or by `scorer` all at once (the Ray engine's shards)."""
     result = EvaluationResult()
     questions, contexts = [i.question for i in items], [i.context for i in items]
+    answered: list[tuple[CandidateConfig, list[str], float, dict[str, Any]]] = []
     with ProgressCounter(len(config.candidates), "evaluating candidates") as bar:
         for candidate_config in config.candidates:
-            _evaluate_one(candidate_config, items, questions, contexts, config, result)
+            found = _answer_one(candidate_config, questions, contexts, result)
+            if found is not None:
+                answered.append((candidate_config, *found))
             bar.advance()
+    if scorer is not None and answered:
+        scored: list[list[dict[str, float]] | BaseException] = list(
+            scorer([(items, answers) for _, answers, _, _ in answered], config)
+        )
+    else:
+        scored = [_score_one(items, answers, config) for _, answers, _, _ in answered]
+    for (candidate_config, answers, elapsed, generation), scores in zip(answered, scored, strict=True):
+        name = candidate_config.name
+        if isinstance(scores, BaseException):
+            log.error("candidate_failed", candidate=name, error=f"{type(scores).__name__}: {scores}")
+            result.summary[name] = {"error": f"{type(scores).__name__}: {scores}"}
+            continue
+        _record(candidate_config, items, answers, scores, elapsed, generation, config, result)
     return result
 
 
-def _evaluate_one(
-    candidate_config: CandidateConfig,
-    items: list[BenchmarkItem],
-    questions: list[str],
-    contexts: list[str],
-    config: EvaluationConfig,
-    result: EvaluationResult,
-) -> None:
+def _answer_one(
+    candidate_config: CandidateConfig, questions: list[str], contexts: list[str], result: EvaluationResult
+) -> tuple[list[str], float, dict[str, Any]] | None:
+    """(answers, seconds, generation record), or None with the failure in the summary."""
     name = candidate_config.name
     started = time.perf_counter()
     try:
@@ -79,12 +99,33 @@ def _evaluate_one(
         finally:
             if hasattr(candidate, "close"):
                 candidate.close()  # free GPU memory before the next model loads
-        scores = score_predictions(items, answers, config)
     except Exception as exc:  # one broken candidate must not sink the comparison
         log.error("candidate_failed", candidate=name, error=f"{type(exc).__name__}: {exc}")
         result.summary[name] = {"error": f"{type(exc).__name__}: {exc}"}
-        return
-    elapsed = time.perf_counter() - started
+        return None
+    return answers, time.perf_counter() - started, _generation_record(candidate)
+
+
+def _score_one(
+    items: list[BenchmarkItem], answers: list[str], config: EvaluationConfig
+) -> list[dict[str, float]] | BaseException:
+    try:
+        return score_predictions(items, answers, config)
+    except Exception as exc:  # a candidate whose answers cannot be scored is reported; the others go on
+        return exc
+
+
+def _record(
+    candidate_config: CandidateConfig,
+    items: list[BenchmarkItem],
+    answers: list[str],
+    scores: list[dict[str, float]],
+    elapsed: float,
+    generation: dict[str, Any],
+    config: EvaluationConfig,
+    result: EvaluationResult,
+) -> None:
+    name = candidate_config.name
     for item, answer, sample in zip(items, answers, scores, strict=True):
         result.predictions.append(
             Prediction(
@@ -101,7 +142,7 @@ def _evaluate_one(
         "model": candidate_config.model,
         **({"adapter": str(candidate_config.adapter)} if candidate_config.adapter else {}),
         "seconds": round(elapsed, 3),
-        **_generation_record(candidate),
+        **generation,
         **aggregate(items, scores, config),
     }
     log.info(

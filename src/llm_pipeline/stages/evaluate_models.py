@@ -37,7 +37,7 @@ def evaluate_models(ctx: StageContext) -> dict[str, Any]:
         extra = tuned_candidates(ctx.config.finetune, ctx.input("adapter"))
         config = config.model_copy(update={"candidates": [*config.candidates, *extra]})
     items = read_jsonl(ctx.input("benchmark"), BenchmarkItem)
-    evaluated = evaluate_candidates(items, config)
+    evaluated = evaluate_candidates(items, config, _scorer(ctx))
     write_jsonl(ctx.output("predictions"), evaluated.predictions)
     write_json(ctx.output("evaluation"), evaluated.summary)
     judged = _judge(ctx, items, evaluated.predictions, finetuned)
@@ -47,6 +47,16 @@ def evaluate_models(ctx: StageContext) -> dict[str, Any]:
     if judged.summary.get("enabled"):
         counts.update(judge_requests=judged.summary["requests"], judge_sent=judged.summary["sent_this_run"])
     return counts
+
+
+def _scorer(ctx: StageContext) -> Any:
+    """With `execution.engine: ray`, the metrics are computed on the cluster in shards (engine/ray_scoring.py)."""
+    if ctx.config.execution.engine != "ray":
+        return None
+    from llm_pipeline.engine.ray_scoring import ray_scorer
+
+    monitoring = ctx.config.monitoring
+    return ray_scorer(ctx.config.execution, monitoring.log_level, monitoring.structured_logging)
 
 
 def _judge(ctx: StageContext, items: list[BenchmarkItem], predictions: list[Any], finetuned: bool) -> JudgeResult:
