@@ -1,6 +1,7 @@
 """The stack's `ray` profile: ray-head and two ray-worker nodes from the project's image, the test deployment run on
-the cpu-worker with `execution.engine=ray` to Completed, its load and dedup work done as Ray tasks on the worker
-nodes (Ray's state API, asked on the head), the dashboard on 127.0.0.1 only, and nothing left after `down`."""
+the cpu-worker with `execution.engine=ray` to Completed, its load and dedup work and evaluation's scoring (from the
+gpu-worker) done as Ray tasks on the worker nodes (Ray's state API, asked on the head), the dashboard on 127.0.0.1
+only, and nothing left after `down`."""
 
 from __future__ import annotations
 
@@ -48,11 +49,18 @@ def test_the_test_deployment_completes_on_two_ray_workers(ray_profile) -> None:
     distributed = [e for e in events if e.get("event") == "minhash_distributed"]
     assert distributed and distributed[-1]["partitions"] >= 2, distributed  # one reducer per worker CPU
 
+    # evaluation, on the GPU pool's worker, scored its answers on the same cluster
+    gpu_logs = compose(env, "logs", "--no-log-prefix", "gpu-worker").stdout
+    gpu_events = [json.loads(line) for line in gpu_logs.splitlines() if line.startswith("{")]
+    assert [e for e in gpu_events if e.get("event") == "scored_on_ray"], "evaluation did not score on Ray"
+    assert [e["address"] for e in gpu_events if e.get("event") == "ray_connected"][-1] == "ray://ray-head:10001"
+
     # the tasks ran on the worker nodes (the head offers no CPU), every one finished
     tasks = compose(env, "exec", "-T", "ray-head", "ray", "list", "tasks", "--format", "json", "--limit", "10000")
     assert tasks.returncode == 0, tasks.stderr[-2000:]
-    listed = [t for t in json.loads(tasks.stdout) if t.get("name", "").startswith(("_load", "_minhash", "_verify"))]
-    assert {t["name"] for t in listed} >= {"_load_file", "_minhash_reduce", "_verify"}, listed[:5]
+    names = ("_load", "_minhash", "_verify", "_score_shard")
+    listed = [t for t in json.loads(tasks.stdout) if t.get("name", "").startswith(names)]
+    assert {t["name"] for t in listed} >= {"_load_file", "_minhash_reduce", "_verify", "_score_shard"}, listed[:5]
     assert all(t["state"] == "FINISHED" for t in listed), [t["state"] for t in listed]
 
     manifest = json.loads(shared(env, f"cat /shared/outputs/test-pipeline/*{run_id[:8]}/manifest.json"))
