@@ -173,3 +173,18 @@ def test_edited_judge_prompts_are_a_new_version_and_reuse_no_verdict(tmp_path: P
     assert packaged.summary["prompt_version"] == "judge-v1" and again.summary["prompt_version"].startswith("custom-")
     assert again.summary["sent_this_run"] == len(ITEMS)  # every verdict asked again under the new prompt
     assert sum("especially strict" in text for text in seen) == len(ITEMS)
+
+
+def test_the_judges_cost_cap_is_never_crossed_and_a_run_with_a_higher_cap_sends_the_rest(tmp_path: Path) -> None:
+    price = {"judge-model": ModelPrice(input_per_million=1000.0, output_per_million=1000.0)}
+    with FakeOpenAI(judge=fair_judge) as server:
+        capped = settings(server, prices=price, max_cost_usd=2.0, concurrency=1, candidates=["good"])
+        first = judge(ITEMS, predictions(), capped, [], tmp_path, "run-1")
+        sent = server.stats()["total"]
+        assert 0 < sent < len(ITEMS) and first.summary["refused_by_cap"] == len(ITEMS) - sent
+        assert first.summary["cost_usd_this_run"] <= 2.0
+        assert first.summary["pointwise"]["good"]["judged"] == sent  # the refused are neither scored nor failed
+        more = settings(server, prices=price, max_cost_usd=100.0, candidates=["good"])
+        second = judge(ITEMS, predictions(), more, [], tmp_path, "run-2")
+        assert server.stats()["total"] == len(ITEMS) and second.summary["sent_this_run"] == len(ITEMS) - sent
+    assert second.summary["pointwise"]["good"]["judged"] == len(ITEMS)

@@ -375,6 +375,9 @@ class JudgeConfig(Section):
     request_timeout_s: float = Field(60.0, gt=0)
     retry: RetryDelays = Field(default_factory=RetryDelays)
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="US$ per million tokens, per model.")
+    max_cost_usd: float | None = Field(
+        None, gt=0, description="The judge's spending cap per run (needs the model's price here or in qa.prices)."
+    )
     checkpoint_dir: Path | None = Field(None, description="Verdicts journal; None = <output_path>/.judge-cache.")
     device: str = Field("auto", description="local backend: auto, cpu, cuda...")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -582,6 +585,10 @@ class PipelineConfig(BaseSettings):
             unknown = sorted(({n for pair in judge.pairs for n in pair} | set(judge.candidates or ())) - named)
             if unknown:
                 raise ValueError(f"evaluation.judge: candidates {unknown} are not evaluated (known: {sorted(named)})")
+            if judge.max_cost_usd is not None and str(judge.model) not in {**self.qa.prices, **judge.prices}:
+                raise ValueError(
+                    f"evaluation.judge.max_cost_usd: no price for {judge.model!r} in judge.prices or qa.prices"
+                )
             if judge.backend == "openai" and not judge.base_url and Secrets().openai_api_key is None:
                 raise ValueError("evaluation.judge: backend openai needs OPENAI_API_KEY or judge.base_url")
         if self.qa.backend == "openai" and not self.qa.base_url and Secrets().openai_api_key is None:

@@ -326,6 +326,7 @@ def judge_lines(judge: dict[str, Any]) -> list[str]:
         f"\n{judge['requests']} judge requests; sent this run {judge['sent_this_run']} "
         "(the rest were in the journal, or asked the same as another)"
         + (f", US$ {cost:.4f}" if cost is not None else "")
+        + (f"; {judge['refused_by_cap']} not sent: the judge's cost cap" if judge.get("refused_by_cap") else "")
         + (f"; failed (never scored): {', '.join(f'{k} {v}' for k, v in failed.items())}" if failed else "")
         + "."
     )

@@ -31,6 +31,7 @@ from llm_pipeline.io import text_hash
 from llm_pipeline.logging import get_logger
 from llm_pipeline.progress import ProgressCounter
 from llm_pipeline.qa.backends import Completion, Job
+from llm_pipeline.qa.budget import Budget
 from llm_pipeline.qa.checkpoint import Journal, Ledger, Usage, request_key
 from llm_pipeline.qa.chunking import Chunk
 from llm_pipeline.qa.prompts.templates import defuse
@@ -426,8 +427,12 @@ def judge(
     ledger = Ledger(cache_dir, run_id)
     # one request per key: two asks with the same texts (two candidates giving one answer) share a verdict
     todo = list({a.job.key: a for a in asks if a.job.key not in journal}.values())
+    price = (prices or config.prices).get(str(config.model))
+    # the cap counts what this run already sent (an earlier attempt of the stage, from the ledger)
+    budget = Budget(config.max_cost_usd, None, price, ledger.sent().usage, section="evaluation.judge")
     for ask in todo:
         ask.job.ledger = ledger
+        ask.job.budget = budget if budget.capped else None
     log.info("judge_started", model=config.model, requests=len(asks), journaled=len(asks) - len(todo))
     failed = 0
     if todo:
@@ -446,8 +451,8 @@ def judge(
         http_requests_this_run=sent.http_requests,
         usage_this_run=sent.usage.model_dump(),
         still_failing=failed,
+        refused_by_cap=budget.refused,
     )
-    price = (prices or config.prices).get(str(config.model))
     if price is not None:
         result.summary["cost_usd_this_run"] = round(
             sent.usage.prompt_tokens / 1e6 * price.input_per_million

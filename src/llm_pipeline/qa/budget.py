@@ -32,6 +32,7 @@ class Budget:
     spent: Usage = field(default_factory=Usage)  # billed to this run so far
     reserved: Usage = field(default_factory=Usage)  # the worst cases of the requests in flight
     refused: int = 0  # requests not sent because of the cap
+    section: str = "qa"  # whose cap, in the messages (the judge's is evaluation.judge)
 
     @property
     def capped(self) -> bool:
@@ -52,10 +53,14 @@ class Budget:
         tokens = after.prompt_tokens + after.completion_tokens
         if self.max_total_tokens is not None and tokens > self.max_total_tokens:
             self.refused += 1
-            raise BudgetReachedError(f"qa.max_total_tokens {self.max_total_tokens:,} reached ({self.summary()})")
+            raise BudgetReachedError(
+                f"{self.section}.max_total_tokens {self.max_total_tokens:,} reached ({self.summary()})"
+            )
         if self.max_cost_usd is not None and self.cost(after) > self.max_cost_usd:
             self.refused += 1
-            raise BudgetReachedError(f"qa.max_cost_usd ${self.max_cost_usd:,.4f} reached ({self.summary()})")
+            raise BudgetReachedError(
+                f"{self.section}.max_cost_usd ${self.max_cost_usd:,.4f} reached ({self.summary()})"
+            )
         self.reserved += worst
         return worst
 
