@@ -24,6 +24,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -298,6 +299,64 @@ def test_a_gpu_worker_killed_mid_evaluation_is_retried_by_the_pipeline(stack, ap
         recover_s=round(recovered_s),
         runs_lost=0,
         stage_runs=len(ours),
+    )
+
+
+def test_a_gpu_worker_killed_mid_training_resumes_from_its_last_checkpoint(stack, deployed, api, tmp_path) -> None:
+    """finetune.enabled with a tiny Llama (built here, copied into the shared volume): the gpu-worker is SIGKILLed
+    while it trains, after a checkpoint; the crashed child is submitted again by the hand-off's retry, and the new
+    one resumes from the last checkpoint on the shared volume instead of starting over."""
+    from llm_pipeline.evaluation.candidates import answer_messages
+    from tests.tiny_models import save, tiny_llama, train_tokenizer
+
+    env = stack["env"]
+    corpus = (Path(__file__).parents[1] / "data/ev_charging/documents.jsonl").read_text(errors="replace")
+    tokenizer = train_tokenizer([corpus, *[m["content"] for m in answer_messages("question", "context")]])
+    base = save(tiny_llama(tokenizer), tokenizer, tmp_path / "base")
+    model = f"/shared/models/tiny-{uuid.uuid4().hex[:8]}"
+    [worker] = containers(env, "cpu-worker")
+    in_volume(env, "mkdir -p /shared/models")
+    copied = subprocess.run(["docker", "cp", str(base), f"{worker}:{model}"], capture_output=True, text=True)
+    assert copied.returncode == 0, copied.stderr
+    in_volume(env, f"chmod -R a+rX {model}")
+    steps = 600
+    finetune = {"enabled": True, "base_model": model, "max_steps": steps, "save_steps": 20, "batch_size": 2,
+                "eval_fraction": 0, "device": "cpu", "eval_max_new_tokens": 4}  # fmt: skip
+    parent = api.create(TEST_PIPELINE, fresh(finetune=finetune, evaluation={"metrics": ["exact_match"]}))
+
+    def training() -> dict[str, Any] | None:
+        body = {"deployments": {"name": {"any_": ["finetune-model"]}}, "sort": "EXPECTED_START_TIME_DESC"}
+        for run in api.runs(body):
+            if run["parameters"].get("run_id", "").endswith(parent["id"][:8]) and run["state_type"] == "RUNNING":
+                return run
+        return None
+
+    def saved() -> list[int]:
+        listing = in_volume(env, "ls -d /shared/outputs/.finetune/*/checkpoint-* 2>/dev/null || true")
+        return sorted(int(line.rsplit("-", 1)[1]) for line in listing.split() if "checkpoint-" in line)
+
+    first = wait_until(training, 900, "the training child run to run")
+    # the only training on this stack (its key is new: a fresh benchmark size, so fresh training pairs)
+    wait_until(lambda: [n for n in saved() if n >= 40], 600, "two checkpoints")
+    [container] = containers(env, "gpu-worker")
+    killed_at = sigkill(container)
+    at_kill = max(saved())
+    assert api.state(first["id"]) == "RUNNING" and at_kill < steps, "the training ended before the kill"
+    api.wait_state(first["id"], ("CRASHED",), 300, "the training child Crashed")
+    done = api.final(parent["id"])
+    assert done["state_type"] == "COMPLETED", done["state"]
+    folder = f"/shared/outputs/test-pipeline/*-{parent['id'][:8]}"
+    trained = json.loads(in_volume(env, f"cat {folder}/finetune.json"))
+    assert trained["steps"] == steps and trained["resumed_from_step"] >= at_kill, trained["resumed_from_step"]
+    body = {"deployments": {"name": {"any_": ["finetune-model"]}}}
+    ours = [r for r in api.runs(body) if r["parameters"].get("run_id", "").endswith(parent["id"][:8])]
+    assert sorted(r["state_type"] for r in ours) == ["COMPLETED", "CRASHED"]
+    figures(
+        "gpu-worker SIGKILLed mid-training",
+        checkpoint_at_kill=at_kill,
+        resumed_from=trained["resumed_from_step"],
+        steps=steps,
+        recover_s=round(time.monotonic() - killed_at),
     )
 
 
