@@ -188,6 +188,15 @@ def openai_qa(base_url: str, model: str) -> dict[str, Any]:
     }
 
 
+def running_child(api: Api, deployment: str, parent: dict[str, Any]) -> dict[str, Any] | None:
+    """The parent pipeline run's child run of a GPU-pool stage's deployment, once it is Running."""
+    body = {"deployments": {"name": {"any_": [deployment]}}, "sort": "EXPECTED_START_TIME_DESC"}
+    for run in api.runs(body):
+        if run["parameters"].get("run_id", "").endswith(parent["id"][:8]) and run["state_type"] == "RUNNING":
+            return run
+    return None
+
+
 def figures(case: str, **measured: Any) -> None:
     print(f"\nCHAOS {case}: " + ", ".join(f"{k}={v}" for k, v in measured.items()))
 
@@ -270,15 +279,8 @@ def test_a_gpu_worker_killed_mid_evaluation_is_retried_by_the_pipeline(stack, ap
     parameters["overrides"]["benchmark"]["size"] += 100  # an evaluation long enough to be killed in
     parent = api.create(TEST_PIPELINE, parameters)
 
-    def child() -> dict[str, Any] | None:
-        body = {"deployments": {"name": {"any_": ["evaluate-models"]}}, "sort": "EXPECTED_START_TIME_DESC"}
-        for run in api.runs(body):
-            if run["parameters"].get("run_id", "").endswith(parent["id"][:8]) and run["state_type"] == "RUNNING":
-                return run
-        return None
-
     [container] = containers(env, "gpu-worker")
-    first = wait_until(child, 900, "the evaluation's child run to run")
+    first = wait_until(lambda: running_child(api, "evaluate-models", parent), 900, "the evaluation's child to run")
     killed_at = sigkill(container)
     assert api.state(first["id"]) == "RUNNING", "the evaluation ended before the kill: nothing was tested"
     crashed = api.wait_state(first["id"], ("CRASHED",), 300, "the child Crashed")
@@ -324,18 +326,11 @@ def test_a_gpu_worker_killed_mid_training_resumes_from_its_last_checkpoint(stack
                 "eval_fraction": 0, "device": "cpu", "eval_max_new_tokens": 4}  # fmt: skip
     parent = api.create(TEST_PIPELINE, fresh(finetune=finetune, evaluation={"metrics": ["exact_match"]}))
 
-    def training() -> dict[str, Any] | None:
-        body = {"deployments": {"name": {"any_": ["finetune-model"]}}, "sort": "EXPECTED_START_TIME_DESC"}
-        for run in api.runs(body):
-            if run["parameters"].get("run_id", "").endswith(parent["id"][:8]) and run["state_type"] == "RUNNING":
-                return run
-        return None
-
     def saved() -> list[int]:
         listing = in_volume(env, "ls -d /shared/outputs/.finetune/*/checkpoint-* 2>/dev/null || true")
         return sorted(int(line.rsplit("-", 1)[1]) for line in listing.split() if "checkpoint-" in line)
 
-    first = wait_until(training, 900, "the training child run to run")
+    first = wait_until(lambda: running_child(api, "finetune-model", parent), 900, "the training child to run")
     # the only training on this stack (its key is new: a fresh benchmark size, so fresh training pairs)
     wait_until(lambda: [n for n in saved() if n >= 40], 600, "two checkpoints")
     [container] = containers(env, "gpu-worker")
