@@ -86,8 +86,7 @@ def validate(config: Annotated[Path, typer.Argument(help="Pipeline config YAML."
 def models(config: ConfigOption = Path("configs/test.yaml"), set_: SetOption = None) -> None:
     """Download the models CONFIG names by hub id (finetune base, hf candidates, a local QA model) into the Hugging
     Face cache (HF_HOME), so a scheduled run finds them with the hub off. Needs HF_HUB_OFFLINE=0."""
-    import os
-
+    from llm_pipeline.models.loading import hub_offline
     from llm_pipeline.models.prefetch import configured_models, prefetch
 
     resolved = load_or_exit(config, parse_overrides(set_))
@@ -95,7 +94,7 @@ def models(config: ConfigOption = Path("configs/test.yaml"), set_: SetOption = N
     if not wanted:
         out.print(f"{config} names no model by hub id: nothing to download")
         return
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+    if hub_offline():
         names = ", ".join(name for _, name in wanted)
         err.print(f"[bold red]HF_HUB_OFFLINE=1[/]: downloads are off; set HF_HUB_OFFLINE=0 to fetch {names}")
         raise typer.Exit(1)

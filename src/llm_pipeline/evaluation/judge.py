@@ -29,12 +29,12 @@ from llm_pipeline.errors import BudgetReachedError, DataValidationError, OutputF
 from llm_pipeline.evaluation.metrics import bootstrap_ci
 from llm_pipeline.io import text_hash
 from llm_pipeline.logging import get_logger
-from llm_pipeline.progress import ProgressCounter
 from llm_pipeline.qa.backends import Completion, Job
 from llm_pipeline.qa.budget import Budget
 from llm_pipeline.qa.checkpoint import Journal, Ledger, Usage, request_key
 from llm_pipeline.qa.chunking import Chunk
 from llm_pipeline.qa.prompts.templates import defuse
+from llm_pipeline.qa.requests import send_all
 from llm_pipeline.records import BenchmarkItem, Document, Prediction, utc_now
 
 log = get_logger("judge")
@@ -216,91 +216,72 @@ def _backend(config: JudgeConfig) -> Any:
     return OpenAIBackend(settings, key.get_secret_value() if key else None)
 
 
-async def _send(backend: Any, todo: list[Ask], journal: Journal, config: JudgeConfig, prompts: Prompts) -> int:
-    """Ask everything not yet in the journal; returns how many requests still failed (sent again next run)."""
-    by_job = {id(a.job): a for a in todo}
-    failed = 0
-    pending = todo
-    with ProgressCounter(len(todo), "judging answers") as bar:
-        for round_ in range(config.max_format_retries + 1):
-            again = []
-            async for job, outcome in backend.complete_many([a.job for a in pending]):
-                ask = by_job[id(job)]
-                if isinstance(outcome, TransientError | BudgetReachedError):
-                    failed += 1  # not journaled: asked again by the next run
-                    log.warning("judge_request_failed", error=f"{type(outcome).__name__}: {outcome}"[:300])
-                    bar.advance()
-                    continue
-                if isinstance(outcome, DataValidationError):
-                    _record(journal, ask, config, prompts, "failed", reason=f"rejected: {outcome}")
-                    bar.advance()
-                    continue
-                if isinstance(outcome, BaseException):
-                    raise outcome  # config, model load, or a bug: the stage fails
-                if _settle(journal, ask, outcome, config, prompts, round_):
-                    again.append(ask)
-                else:
-                    bar.advance()
-            pending = again
-            if not pending:
-                break
-    return failed
+@dataclass
+class _Verdicts:
+    """Settles each judge reply for QA's `send_all` loop: journaled as a verdict, sent back with the problem
+    (True: another round), or recorded failed; a request still failing after the policy's tries is counted and
+    not journaled (the next run asks it again)."""
 
+    journal: Journal
+    asks: dict[int, Ask]  # id(job) -> its ask
+    config: JudgeConfig
+    prompts: Prompts
+    failed: int = 0
 
-def _settle(
-    journal: Journal, ask: Ask, outcome: Completion, config: JudgeConfig, prompts: Prompts, round_: int
-) -> bool:
-    job = ask.job
-    job.usage += outcome.usage
-    job.attempts += outcome.attempts
-    job.raw = outcome.text
-    try:
-        if outcome.finish_reason == "length":
-            raise OutputFormatError("the reply was cut off at the token limit: keep the reason short")
-        verdict = parse_pointwise(outcome.text) if ask.kind == "pointwise" else parse_pairwise(outcome.text)
-    except OutputFormatError as problem:
-        if round_ < config.max_format_retries:
-            log.warning("judge_reply_invalid", problem=str(problem), retry=round_ + 1, item=ask.item_id)
-            shape = POINTWISE_SHAPE if ask.kind == "pointwise" else PAIRWISE_SHAPE
-            job.messages = [
-                *job.messages,
-                {"role": "assistant", "content": outcome.text},
-                {"role": "user", "content": prompts.render("repair", problem=str(problem).rstrip("."), shape=shape)},
-            ]
-            return True
-        _record(journal, ask, config, prompts, "failed", reason=f"invalid verdict: {problem}")
+    def settle(self, job: Job, outcome: Completion | BaseException, round_: int) -> bool:
+        ask = self.asks[id(job)]
+        if isinstance(outcome, TransientError | BudgetReachedError):
+            self.failed += 1
+            log.warning("judge_request_failed", error=f"{type(outcome).__name__}: {outcome}"[:300])
+            return False
+        if isinstance(outcome, DataValidationError):
+            self._record(ask, "failed", reason=f"rejected: {outcome}")
+            return False
+        if isinstance(outcome, BaseException):
+            raise outcome  # config, model load, or a bug: the stage fails
+        job.usage += outcome.usage
+        job.attempts += outcome.attempts
+        job.raw = outcome.text
+        try:
+            if outcome.finish_reason == "length":
+                raise OutputFormatError("the reply was cut off at the token limit: keep the reason short")
+            verdict = parse_pointwise(outcome.text) if ask.kind == "pointwise" else parse_pairwise(outcome.text)
+        except OutputFormatError as problem:
+            if round_ < self.config.max_format_retries:
+                log.warning("judge_reply_invalid", problem=str(problem), retry=round_ + 1, item=ask.item_id)
+                shape = POINTWISE_SHAPE if ask.kind == "pointwise" else PAIRWISE_SHAPE
+                repair = self.prompts.render("repair", problem=str(problem).rstrip("."), shape=shape)
+                job.messages = [
+                    *job.messages,
+                    {"role": "assistant", "content": outcome.text},
+                    {"role": "user", "content": repair},
+                ]
+                return True
+            self._record(ask, "failed", reason=f"invalid verdict: {problem}")
+            return False
+        self._record(ask, "ok", verdict=verdict)
         return False
-    _record(journal, ask, config, prompts, "ok", verdict=verdict)
-    return False
 
-
-def _record(
-    journal: Journal,
-    ask: Ask,
-    config: JudgeConfig,
-    prompts: Prompts,
-    status: Literal["ok", "failed"],
-    *,
-    verdict: dict[str, Any] | None = None,
-    reason: str | None = None,
-) -> None:
-    if status == "failed":
-        log.warning("judge_verdict_failed", reason=(reason or "")[:300], item=ask.item_id, kind=ask.kind)
-    journal.append(
-        Verdict(
-            key=ask.job.key,
-            kind=ask.kind,
-            status=status,
-            verdict=verdict or {},
-            reason=reason,
-            raw=ask.job.raw if status == "failed" else None,
-            usage=ask.job.usage,
-            attempts=max(1, ask.job.attempts),
-            model=str(config.model),
-            prompt_version=prompts.version,
-            timestamp=utc_now(),
+    def _record(
+        self, ask: Ask, status: Literal["ok", "failed"], *, verdict: dict[str, Any] | None = None, reason: str = ""
+    ) -> None:
+        if status == "failed":
+            log.warning("judge_verdict_failed", reason=reason[:300], item=ask.item_id, kind=ask.kind)
+        self.journal.append(
+            Verdict(
+                key=ask.job.key,
+                kind=ask.kind,
+                status=status,
+                verdict=verdict or {},
+                reason=reason or None,
+                raw=ask.job.raw if status == "failed" else None,
+                usage=ask.job.usage,
+                attempts=max(1, ask.job.attempts),
+                model=str(self.config.model),
+                prompt_version=self.prompts.version,
+                timestamp=utc_now(),
+            )
         )
-    )
 
 
 def _rate(values: list[float]) -> dict[str, float]:
@@ -438,7 +419,10 @@ def judge(
     if todo:
         backend = _backend(config)
         try:
-            failed = run_sync(_send(backend, todo, journal, config, prompts))
+            verdicts = _Verdicts(journal, {id(a.job): a for a in todo}, config, prompts)
+            jobs = [a.job for a in todo]
+            run_sync(send_all(backend, jobs, verdicts, config.max_format_retries, what="judging answers"))
+            failed = verdicts.failed
         finally:
             run_sync(backend.aclose())
     result = summarize(asks, journal, predictions, pairs)
@@ -454,10 +438,6 @@ def judge(
         refused_by_cap=budget.refused,
     )
     if price is not None:
-        result.summary["cost_usd_this_run"] = round(
-            sent.usage.prompt_tokens / 1e6 * price.input_per_million
-            + sent.usage.completion_tokens / 1e6 * price.output_per_million,
-            6,
-        )
+        result.summary["cost_usd_this_run"] = round(budget.cost(sent.usage), 6)
     log.info("judge_completed", sent=sent.requests, failed=failed, **result.summary["failed"])
     return result

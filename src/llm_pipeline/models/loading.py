@@ -72,12 +72,19 @@ def load_causal_lm(
     return model, tokenizer, resolved
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE forbids downloads now (read at call time: huggingface_hub reads it at import)."""
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
 def offline_hint(name: str) -> str | None:
     """Why a hub model cannot load where downloads are off, naming the setting; None where that is not the case."""
     import os
     from pathlib import Path
 
-    if Path(name).exists() or os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on"):
+    if Path(name).exists() or not hub_offline():
         return None
     cache = os.environ.get("HF_HOME") or "~/.cache/huggingface"
     return (

@@ -9,7 +9,7 @@ still failing after the policy's tries is not journaled: the next run sends it a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from llm_pipeline.config import QAConfig
 from llm_pipeline.errors import BudgetReachedError, DataValidationError, OutputFormatError, TransientError
@@ -140,12 +140,22 @@ class Outcomes:
         )
 
 
+class Settles(Protocol):
+    def settle(self, job: Job, outcome: Completion | BaseException, round_: int) -> bool: ...
+
+
 async def send_all(
-    backend: ChatBackend, todo: list[Job], outcomes: Outcomes, max_format_retries: int, first_round: int = 0
+    backend: ChatBackend,
+    todo: list[Job],
+    outcomes: Settles,
+    max_format_retries: int,
+    first_round: int = 0,
+    what: str = "generating QA pairs",
 ) -> None:
     """Send every job; a reply that fails validation goes round again with the problem, up to
-    max_format_retries times. Each outcome is settled (journaled, quarantined or failed) as it arrives."""
-    with ProgressCounter(len(todo), "generating QA pairs") as bar:
+    max_format_retries times. Each outcome is settled (journaled, quarantined or failed) as it arrives: by QA's
+    `Outcomes`, or by the judge's verdicts (evaluation/judge.py)."""
+    with ProgressCounter(len(todo), what) as bar:
         pending = todo
         for round_ in range(first_round, max_format_retries + 1):
             again = []
