@@ -432,6 +432,18 @@ def test_with_finetuning_on_the_report_leads_with_tuned_vs_base(prefect_server, 
     assert f"base_model: {base}" in card and "## Evaluation: tuned vs base" in card and result["run_id"] in card
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["stages"]["finetune-model"]["status"] == "completed"
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
+
+    async def progress() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["test-pipeline-finetune-model-progress"])),
+                flow_run_filter=FlowRunFilter(id={"any_": [result["flow_run_id"]]}),
+            )
+
+    [training] = asyncio.run(progress())  # the stage's progress artifact followed the training to its end
+    assert training.type == "progress" and float(training.data) == 100.0
 
     # the judge: every answer of the four candidates pointwise, tuned against base in both orders
     judged = json.loads((run_dir / "judge.json").read_text())

@@ -20,6 +20,7 @@ from typing import Any
 from llm_pipeline.config import FinetuneConfig
 from llm_pipeline.finetune.data import TrainingSet, build_examples, pack, split_held_out
 from llm_pipeline.logging import get_logger
+from llm_pipeline.progress import ProgressCounter
 from llm_pipeline.records import Document, QAPair
 
 log = get_logger("finetune")
@@ -160,7 +161,22 @@ def finetune(
         include_num_input_tokens_seen="non_padding",  # tokens/s counts real tokens, not padding
     )
 
-    class Progress(TrainerCallback):  # the run's log shows training as it goes (Prefect UI, docker compose logs)
+    class Progress(TrainerCallback):  # the run's log and progress artifact show training as it goes
+        counter: ProgressCounter | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.counter = ProgressCounter(max(0, state.max_steps - state.global_step), "training the adapter")
+            self.counter.__enter__()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if self.counter is not None:
+                self.counter.advance()
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if self.counter is not None:
+                self.counter.__exit__(None, None, None)
+                self.counter = None
+
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **_: Any) -> None:
             if logs and ("loss" in logs or "eval_loss" in logs):
                 wanted = ("loss", "eval_loss", "learning_rate")
