@@ -162,7 +162,7 @@ swarm-down:  ## remove the swarm stack STACK (its volumes stay)
 
 clean:  ## stop the stack and delete its volumes (database, run outputs), after asking
 	@read -p "Delete the stack's volumes (Prefect database and all run outputs)? [y/N] " answer; \
-	if [ "$$answer" = y ]; then $(DC) --profile tools --profile docker-pool down -v; else echo "kept"; fi
+	if [ "$$answer" = y ]; then $(DC) --profile '*' down -v --remove-orphans; else echo "kept"; fi
 
 # Values for validation only (compose refuses to interpolate the required variables while they are unset).
 CHECK_ENV := POSTGRES_PASSWORD=$${POSTGRES_PASSWORD:-validation-only} \

@@ -114,10 +114,20 @@ def stack(tmp_path_factory):
         "GPU": "0",
         "COMPOSE_BAKE": "false",
     }
+    # A test session killed before its teardown (a cancelled job, a session cut off) leaves this project's
+    # containers and volumes behind, and Postgres would keep that session's password in pgdata and refuse this
+    # one's ("password authentication failed"): the project is the tests' own, so whatever is left of it goes.
+    take_down(env)
     up = make("up", env, timeout=2400)
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
     yield {"env": env, "port": port, "outputs_port": outputs_port, "auth": auth}
-    compose(env, "--profile", "tools", "--profile", "docker-pool", "down", "-v", "--remove-orphans", timeout=300)
+    take_down(env)
+
+
+def take_down(env: dict[str, str]) -> None:
+    """The tests' compose project down, every profile's services, volumes and all."""
+    down = compose(env, "--profile", "*", "down", "-v", "--remove-orphans", timeout=300)
+    assert down.returncode == 0, down.stderr[-2000:]
 
 
 @pytest.fixture(scope="session")

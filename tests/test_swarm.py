@@ -67,6 +67,7 @@ def swarm(stack, tmp_path_factory) -> Iterator[dict[str, Any]]:
         },
     )
     env = {**os.environ, "ENV_FILE": str(env_file), "STACK": STACK, "GPU": "0", "COMPOSE_PROJECT_NAME": STACK}
+    remove_stack(env)  # what a session killed before its teardown left (its pgdata holds another password)
     try:
         up = make("swarm-up", env, timeout=600)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
@@ -83,17 +84,22 @@ def swarm(stack, tmp_path_factory) -> Iterator[dict[str, Any]]:
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
         yield {"env": env, "api": api, "port": port, "auth": stack["auth"]}
     finally:
-        make("swarm-down", env, timeout=300)
-        wait_until(
-            lambda: not docker("ps", "-aq", "--filter", f"label=com.docker.stack.namespace={STACK}").stdout.split(),
-            300,
-            "the swarm stack's containers to go",
-        )
-        volumes = docker("volume", "ls", "-q", "--filter", f"label=com.docker.stack.namespace={STACK}").stdout.split()
-        if volumes:
-            docker("volume", "rm", *volumes)
+        remove_stack(env)
         if joined_here:
             docker("swarm", "leave", "--force")
+
+
+def remove_stack(env: dict[str, str]) -> None:
+    """The swarm stack, its containers and its volumes gone (a no-op where there is none)."""
+    make("swarm-down", env, timeout=300)
+    wait_until(
+        lambda: not docker("ps", "-aq", "--filter", f"label=com.docker.stack.namespace={STACK}").stdout.split(),
+        300,
+        "the swarm stack's containers to go",
+    )
+    volumes = docker("volume", "ls", "-q", "--filter", f"label=com.docker.stack.namespace={STACK}").stdout.split()
+    if volumes:
+        docker("volume", "rm", *volumes)
 
 
 def test_the_swarm_stacks_workers_are_a_replicated_service_the_autoscaler_scales(swarm) -> None:
