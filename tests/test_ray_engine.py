@@ -249,7 +249,8 @@ def test_an_unreachable_head_fails_at_once_naming_the_address(tmp_path: Path) ->
 
 def test_the_whole_pipeline_gives_the_same_results_on_ray(ray_cluster, prefect_server, tmp_path: Path) -> None:
     """Every stage of the flow with `execution.engine: ray`: the same documents, clusters, QA pairs, benchmark and
-    scores as the local engine (times aside). On Ray the metrics (BERTScore included) are computed in shards."""
+    scores as the local engine (times aside). On Ray the QA candidates and the metrics (BERTScore included) are
+    computed in shards."""
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
     from flows.pipeline import llm_pipeline
@@ -259,6 +260,7 @@ def test_the_whole_pipeline_gives_the_same_results_on_ray(ray_cluster, prefect_s
         out = tmp_path / engine
         execution = {"engine": engine, "ray_address": ray_cluster if engine == "ray" else ""}
         execution["score_shard_items"] = 7  # evaluation's 40 answers per candidate in six scoring tasks on Ray
+        execution["qa_shard_documents"] = 9  # extractive QA's candidates by shard, filtered together
         # the engine is not in any cache key (both give the same files): the second run must not reuse the first
         with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):
             llm_pipeline(config_path=str(CONFIG), overrides={"output_path": str(out), "execution": execution})
@@ -326,3 +328,137 @@ def test_a_head_that_dies_mid_stage_fails_the_stage_naming_the_address(
         assert isinstance(error, RayUnavailableError), repr(error)
         assert address in str(error) and "execution.ray_address" in str(error)
         assert rule_for(error) is not None
+
+
+# QA generation by shard ---------------------------------------------------------------------------------------
+QA_API_KEY = "sk-ray-" + "q" * 20
+
+
+def _ev_documents() -> list[Any]:
+    """The sample corpus as the loader hands it on (its bad records quarantined)."""
+    from llm_pipeline.ingest.load import load_documents
+
+    return load_documents(load_config(CONFIG).data).documents
+
+
+def _qa_config(base_url: str, cache: Path, **extra: Any) -> Any:
+    qa = {"backend": "openai", "base_url": base_url, "checkpoint_dir": str(cache), "questions_per_doc": 2, **extra}
+    return load_config(CONFIG, {"qa": qa}).qa
+
+
+def _qa_on_ray(documents: list[Any], qa: Any, address: str, run_id: str, **execution: Any) -> Any:
+    """The QA stage's own call on Ray: a driver process of its own (engine/driver.py), shards on the cluster."""
+    from llm_pipeline.config import ExecutionConfig
+    from llm_pipeline.engine.driver import in_driver
+
+    settings = ExecutionConfig(engine="ray", ray_address=address, **execution)
+    target = "llm_pipeline.engine.ray_qa:generate_on_ray"
+    return in_driver(settings, target, documents, qa, qa.checkpoint_dir, QA_API_KEY, "ev_charging", run_id, settings)
+
+
+def _records_of(rows: list[Any]) -> list[str]:
+    return sorted(json.dumps(_untimed(r if isinstance(r, dict) else r.model_dump()), sort_keys=True) for r in rows)
+
+
+def _pairs(result: Any) -> list[str]:
+    return _records_of(result.pairs)
+
+
+def test_qa_requests_by_shard_give_the_local_pairs_and_are_sent_once(ray_cluster, tmp_path: Path) -> None:
+    """An OpenAI-compatible server (tests/fakes) that fails some documents' first requests (429, 503, a proxy's
+    HTML page): the requests of 60 documents in shards of 7 on two Ray nodes give the local engine's pairs,
+    rejects and counts, each document asked as often as locally; a second run on Ray sends nothing."""
+    from llm_pipeline.qa import generate_qa
+    from tests.fakes.openai_server import FakeOpenAI
+
+    documents = _ev_documents()[:60]
+    texts = [d.text for d in documents]
+    once = [t for t in texts if sum(t in other for other in texts) == 1]  # a marker no other document holds
+    faults = {text: ["429:0.1", "503", "ok"] for text in once[3:6]}
+    faults[once[10]] = ["html", "ok"]
+    asked = {}
+    for engine in ("local", "ray"):
+        with FakeOpenAI(latency_s=0.02, faults=faults) as fake:
+            qa = _qa_config(fake.base_url, tmp_path / f"{engine}-cache")
+            if engine == "local":
+                result = generate_qa(documents, qa, api_key=QA_API_KEY, domain="ev_charging", run_id="local")
+            else:
+                result = _qa_on_ray(documents, qa, ray_cluster, "ray", qa_shard_documents=7)
+            asked[engine] = fake.stats()["requests"]
+        if engine == "local":
+            local = result
+    assert _pairs(result) == _pairs(local) and len(local.pairs) >= 60
+    assert _records_of(result.rejects) == _records_of(local.rejects)
+    assert result.counts(60) == local.counts(60) and result.requests["sent"] == local.requests["sent"] == 60
+    assert result.requests["http_requests"] == local.requests["http_requests"] > 60  # the faults were retried
+    assert asked["ray"] == asked["local"]  # every document's requests, retries included, as often as locally
+    assert result.cost_sent_usd == local.cost_sent_usd
+
+    with FakeOpenAI() as fake:  # the journal answers everything: nothing is sent again
+        again = _qa_on_ray(documents, _qa_config(fake.base_url, tmp_path / "ray-cache"), ray_cluster, "ray-2")
+        assert fake.stats()["posts"] == 0
+    assert _pairs(again) == _pairs(local) and again.requests["reused"] == again.requests["total"]
+
+
+def test_the_runs_cap_holds_across_shards(ray_cluster, tmp_path: Path) -> None:
+    """qa.max_total_tokens over shards that send at once on two nodes: one budget (an actor) for all of them, so
+    what the server billed stays within the cap, the rest is refused and the result says partial."""
+    from tests.fakes.openai_server import FakeOpenAI
+
+    documents = _ev_documents()[:40]
+    cap = 12_000
+    with FakeOpenAI(latency_s=0.05) as fake:
+        qa = _qa_config(fake.base_url, tmp_path / "cache", max_total_tokens=cap)
+        result = _qa_on_ray(documents, qa, ray_cluster, "capped", qa_shard_documents=5)
+        billed = fake.stats()["billed"]
+    assert 0 < billed["prompt_tokens"] + billed["completion_tokens"] <= cap
+    assert result.status.startswith("partial: budget reached") and "qa.max_total_tokens" in result.status
+    assert 0 < result.requests["refused_budget"] < result.requests["total"]
+    assert result.usage_sent.prompt_tokens + result.usage_sent.completion_tokens <= cap
+
+
+def test_a_worker_killed_mid_qa_loses_nothing_and_pays_little_twice(ray_cluster, tmp_path: Path) -> None:
+    """SIGKILL to a worker while its shard's requests are in flight: Ray runs the shard again, which reads the
+    journal first and sends only what no shard journaled; the pairs are the local ones, and no more requests
+    reach the server than the killed shard's own."""
+    from llm_pipeline.qa import generate_qa
+    from tests.fakes.openai_server import FakeOpenAI
+
+    documents = _ev_documents()[:30]
+    with FakeOpenAI() as fake:
+        local = generate_qa(
+            documents,
+            _qa_config(fake.base_url, tmp_path / "local"),
+            api_key=QA_API_KEY,
+            domain="ev_charging",
+            run_id="l",
+        )
+        needed = fake.stats()["posts"]
+    outcome: dict[str, Any] = {}
+    with FakeOpenAI(latency_s=0.4) as fake:
+        qa = _qa_config(fake.base_url, tmp_path / "ray")
+
+        def run() -> None:
+            try:
+                outcome["result"] = _qa_on_ray(documents, qa, ray_cluster, "killed", qa_shard_documents=5)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                outcome["error"] = exc
+
+        stage = threading.Thread(target=run)
+        stage.start()
+        killed = None
+        deadline = time.monotonic() + 120
+        while stage.is_alive() and killed is None and time.monotonic() < deadline:
+            if fake.stats()["posts"] >= 3:  # a shard is sending
+                for process in _ray_task_processes("_send_shard"):
+                    os.kill(process.pid, signal.SIGKILL)
+                    killed = process.pid
+                    break
+            time.sleep(0.01)
+        stage.join(timeout=300)
+        posts = fake.stats()["posts"]
+    assert killed is not None, "no QA shard was seen running: nothing was killed"
+    assert "error" not in outcome, outcome.get("error")
+    assert _pairs(outcome["result"]) == _pairs(local)
+    shard_requests = 5 * max(1, needed // len(documents))  # the killed shard's requests, at most
+    assert needed <= posts <= needed + shard_requests, (needed, posts)

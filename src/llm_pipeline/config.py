@@ -476,7 +476,9 @@ class ExecutionConfig(Section):
     """Where the heavy work of a stage runs. Not part of any cache key: both engines give the same outputs."""
 
     engine: Literal["local", "ray"] = Field(
-        "local", description="local: in the stage's own process. ray: loading and dedup as Ray tasks, one per file."
+        "local",
+        description="local: in the stage's own process. ray: loading and dedup, QA generation and metric scoring "
+        "as Ray tasks over shards.",
     )
     ray_address: str = Field(
         "",
@@ -493,6 +495,9 @@ class ExecutionConfig(Section):
         2048, ge=1, description="Texts per call to an embedding actor (semantic dedup on Ray)."
     )
     score_shard_items: int = Field(512, ge=1, description="Answers per scoring task (evaluation metrics on Ray).")
+    qa_shard_documents: int = Field(
+        64, ge=1, description="Documents per QA generation task on Ray (extractive candidates, or API requests)."
+    )
 
     @field_validator("ray_address")
     @classmethod

@@ -31,7 +31,7 @@ from llm_pipeline.qa.budget import Budget
 from llm_pipeline.qa.checkpoint import Journal, Ledger, Usage
 from llm_pipeline.qa.filters import filter_pairs
 from llm_pipeline.qa.prompts import load_prompts
-from llm_pipeline.qa.requests import Outcomes, build_jobs, journaled_pairs, send_all
+from llm_pipeline.qa.requests import Job, Outcomes, build_jobs, journaled_pairs, send_all
 from llm_pipeline.records import Document, QAPair, utc_now
 
 log = get_logger("qa")
@@ -116,7 +116,7 @@ def generate_qa(
     log.info("qa_backend_selected", backend=backend, model=config.model_name, base_url=config.base_url)
     started = time.perf_counter()
     if backend == EXTRACTIVE:
-        result = _extractive(documents, config)
+        result = finish_extractive(documents, extractive_candidates(documents, config), config)
     else:
         folder = config.checkpoint_dir or checkpoint_dir or Path(".qa-cache")
         result = run_sync(
@@ -136,11 +136,11 @@ def generate_qa(
 
 
 # Extractive ---------------------------------------------------------------------------------------------------
-def _extractive(documents: list[Document], config: QAConfig) -> QAResult:
-    result = QAResult(backend="extractive", prompt_version=extractive.PROMPT_VERSION)
+def extractive_candidates(documents: list[Document], config: QAConfig, progress: bool = True) -> list[QAPair]:
+    """Every document's candidate pairs, before the filters: one shard's work (engine/ray_qa.py runs it by shard;
+    a document's candidates depend on that document alone)."""
     candidates: list[QAPair] = []
-    sources: dict[str, str] = {}
-    with ProgressCounter(len(documents), "generating QA pairs") as bar:
+    with ProgressCounter(len(documents) if progress else 0, "generating QA pairs") as bar:
         for document in documents:
             started = time.perf_counter()
             # Spare candidates: a question the filters drop (the same question in many documents of a templated
@@ -165,16 +165,24 @@ def _extractive(documents: list[Document], config: QAConfig) -> QAResult:
                         "latency_s": latency,
                         "timestamp": utc_now(),
                     }
-                pair = QAPair(
-                    id=f"{document.id}-q{k}",
-                    question=question,
-                    answer=answer,
-                    document_id=document.id,
-                    metadata=metadata,
+                candidates.append(
+                    QAPair(
+                        id=f"{document.id}-q{k}",
+                        question=question,
+                        answer=answer,
+                        document_id=document.id,
+                        metadata=metadata,
+                    )
                 )
-                candidates.append(pair)
-                sources[pair.id] = document.text
             bar.advance()
+    return candidates
+
+
+def finish_extractive(documents: list[Document], candidates: list[QAPair], config: QAConfig) -> QAResult:
+    """The filters over every document's candidates (in document order), as one result."""
+    result = QAResult(backend="extractive", prompt_version=extractive.PROMPT_VERSION)
+    texts = {document.id: document.text for document in documents}
+    sources = {pair.id: texts[pair.document_id] for pair in candidates}
     result.requests = {"total": 0, "sent": 0, "reused": 0, "quarantined": 0}
     _finish(result, documents, candidates, sources, config)
     result.cost_usd = result.cost_sent_usd = 0.0
@@ -197,7 +205,34 @@ def _finish(
 
 
 # Model-backed -------------------------------------------------------------------------------------------------
-async def _generate_with_model(
+def model_of(config: QAConfig, backend_name: str) -> str:
+    return config.model_name or ("gpt-4o-mini" if backend_name == "openai" else "")
+
+
+def plan(
+    documents: list[Document], config: QAConfig, backend_name: str, journal: Journal, domain: str
+) -> tuple[list[Job], list[Job]]:
+    """(every request the documents need, those the journal has not answered yet)."""
+    prompts = load_prompts(config.prompt_dir)
+    jobs = build_jobs(documents, config, prompts, backend_name, model_of(config, backend_name), domain)
+    return jobs, [job for job in jobs if job.key not in journal]
+
+
+@dataclass
+class Sending:
+    """What sending a set of requests left undone: failed (transient, still failing after their tries: sent again
+    by the next attempt) and refused (the run's cap), each as (document id, chunk, error in words)."""
+
+    failed: list[tuple[str, int, str]] = field(default_factory=list)
+    refused: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def __iadd__(self, other: Sending) -> Sending:
+        self.failed += other.failed
+        self.refused += other.refused
+        return self
+
+
+async def send_documents(
     documents: list[Document],
     config: QAConfig,
     backend_name: str,
@@ -205,15 +240,15 @@ async def _generate_with_model(
     journal: Journal,
     ledger: Ledger,
     domain: str,
-) -> QAResult:
+    budget: Any,
+) -> Sending:
+    """Send the requests of `documents` the journal has not answered, each outcome journaled as it comes; `budget`
+    (qa/budget.py's, or one shared by shards) is reserved from before each request when it is capped."""
     prompts = load_prompts(config.prompt_dir)
-    model = config.model_name or ("gpt-4o-mini" if backend_name == "openai" else "")
-    jobs = build_jobs(documents, config, prompts, backend_name, model, domain)
-    todo = [job for job in jobs if job.key not in journal]
-    budget = Budget(config.max_cost_usd, config.max_total_tokens, config.prices.get(model), ledger.sent().usage)
+    model = model_of(config, backend_name)
+    _, todo = plan(documents, config, backend_name, journal, domain)
     for job in todo:
         job.ledger, job.budget = ledger, budget if budget.capped else None  # no cap: nothing to hold per request
-    log.info("qa_requests_planned", total=len(jobs), reused=len(jobs) - len(todo), to_send=len(todo))
     outcomes = Outcomes(journal, backend_name, model, prompts, config.max_format_retries)
     if todo:
         backend = open_backend(backend_name, config, api_key)
@@ -227,6 +262,25 @@ async def _generate_with_model(
                 await send_all(backend, todo, outcomes, config.max_format_retries)
         finally:
             await backend.aclose()
+
+    failed = [(job.document.id, job.chunk.index, f"{type(e).__name__}: {e}") for job, e in outcomes.failed]
+    return Sending(failed=failed, refused=[(job.document.id, job.chunk.index, str(e)) for job, e in outcomes.refused])
+
+
+def assemble(
+    documents: list[Document],
+    config: QAConfig,
+    backend_name: str,
+    journal: Journal,
+    ledger: Ledger,
+    domain: str,
+    sending: Sending,
+    budget: Budget,
+) -> QAResult:
+    """The result from the journal (every request's pairs, whoever sent it) and the ledger (what this run paid)."""
+    prompts = load_prompts(config.prompt_dir)
+    model = model_of(config, backend_name)
+    jobs, _ = plan(documents, config, backend_name, journal, domain)
     result = QAResult(backend=backend_name, model=model, prompt_version=prompts.version)
     sent = ledger.sent()  # every attempt of every stage retry of this run, and every billed reply
     result.usage_sent = sent.usage
@@ -235,7 +289,7 @@ async def _generate_with_model(
     result.usage = found.usage
     result.rejects.extend(found.rejects)
     _finish(result, documents, found.candidates, found.sources, config)
-    failed = outcomes.failed
+    failed = sending.failed
     result.requests = {
         "total": len(jobs),
         "sent": sent.requests,
@@ -243,25 +297,51 @@ async def _generate_with_model(
         "reused": sum(1 for j in jobs if j.key in journal and j.key not in sent.keys),  # paid by an earlier run
         "quarantined": sum(1 for j in jobs if (e := journal.get(j.key)) and e.status == "quarantined"),
         "failed": len(failed),
-        "refused_budget": len(outcomes.refused),
+        "refused_budget": len(sending.refused),
     }
-    if outcomes.refused:
-        result.status = f"partial: budget reached ({outcomes.refused[0][1]})"
+    if sending.refused:
+        result.status = f"partial: budget reached ({sending.refused[0][2]})"
         result.budget = {
             "max_cost_usd": config.max_cost_usd,
             "max_total_tokens": config.max_total_tokens,
             "spent_usd": round(budget.cost(budget.spent), 6),
             "spent_tokens": budget.spent.prompt_tokens + budget.spent.completion_tokens,
-            "requests_not_sent": len(outcomes.refused),
+            "requests_not_sent": len(sending.refused),
         }
-        log.warning("qa_budget_reached", not_sent=len(outcomes.refused), **result.budget)
+        log.warning("qa_budget_reached", not_sent=len(sending.refused), **result.budget)
     result.cost_usd = cost(result.usage, model, config, batch=found.usage_batch)
     result.cost_sent_usd = cost(result.usage_sent, model, config, batch=sent.usage_batch)
     if failed:
-        job, error = failed[0]
+        document_id, chunk, error = failed[0]
         raise TransientError(
             f"{len(failed)} of {len(jobs)} QA requests still failing after their retries (first: document "
-            f"{job.document.id} chunk {job.chunk.index}: {type(error).__name__}: {error}); the other "
-            f"{len(jobs) - len(failed)} are journaled in {journal.path} and will not be sent again"
+            f"{document_id} chunk {chunk}: {error}); the other {len(jobs) - len(failed)} are journaled in "
+            f"{journal.path} and will not be sent again"
         )
     return result
+
+
+def run_budget(config: QAConfig, backend_name: str, ledger: Ledger) -> Budget:
+    """The run's cap, with what earlier attempts of the run already spent (from its ledger)."""
+    return Budget(
+        config.max_cost_usd,
+        config.max_total_tokens,
+        config.prices.get(model_of(config, backend_name)),
+        ledger.sent().usage,
+    )
+
+
+async def _generate_with_model(
+    documents: list[Document],
+    config: QAConfig,
+    backend_name: str,
+    api_key: str | None,
+    journal: Journal,
+    ledger: Ledger,
+    domain: str,
+) -> QAResult:
+    jobs, todo = plan(documents, config, backend_name, journal, domain)
+    log.info("qa_requests_planned", total=len(jobs), reused=len(jobs) - len(todo), to_send=len(todo))
+    budget = run_budget(config, backend_name, ledger)
+    sending = await send_documents(documents, config, backend_name, api_key, journal, ledger, domain, budget)
+    return assemble(documents, config, backend_name, journal, ledger, domain, sending, budget)

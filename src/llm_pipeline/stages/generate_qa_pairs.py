@@ -19,16 +19,24 @@ def api_key() -> str | None:
 def generate_qa_pairs(ctx: StageContext) -> dict[str, Any]:
     """Reads: `documents`. Writes: `qa_pairs` (JSONL and `qa_pairs_parquet`), `qa_rejects` (quarantined requests
     and filtered pairs), `qa_accounting` (requests, tokens, cost). Config: `qa`, `domain`; the request journal
-    lives in `qa.checkpoint_dir` (default `<output_path>/.qa-cache`)."""
+    lives in `qa.checkpoint_dir` (default `<output_path>/.qa-cache`). Config `execution`: with `ray`, the documents
+    go to the cluster in shards (engine/ray_qa.py), with the same result."""
     documents = read_jsonl(ctx.input("documents"), Document)
-    qa = generate_qa(
-        documents,
-        ctx.config.qa,
-        checkpoint_dir=ctx.config.output_path / ".qa-cache",
-        api_key=api_key(),
-        domain=ctx.config.domain,
-        run_id=ctx.run_id,  # every Prefect retry of this stage adds to the same ledger: "sent by this run"
-    )
+    config, cache = ctx.config, ctx.config.output_path / ".qa-cache"
+    # run_id: every Prefect retry of this stage adds to the same ledger ("sent by this run")
+    if config.execution.engine == "ray":  # by shard on the cluster, from a driver process (engine/ray_qa.py)
+        from llm_pipeline.engine.driver import in_driver
+
+        target = "llm_pipeline.engine.ray_qa:generate_on_ray"
+        args = (documents, config.qa, cache, api_key(), config.domain, ctx.run_id, config.execution)
+        monitoring = config.monitoring
+        qa = in_driver(
+            config.execution, target, *args, log_level=monitoring.log_level, structured=monitoring.structured_logging
+        )
+    else:
+        qa = generate_qa(
+            documents, config.qa, checkpoint_dir=cache, api_key=api_key(), domain=config.domain, run_id=ctx.run_id
+        )
     write_jsonl(ctx.output("qa_pairs"), qa.pairs)
     write_parquet(ctx.output("qa_pairs_parquet"), qa.pairs)
     write_jsonl(ctx.output("qa_rejects"), qa.rejects)

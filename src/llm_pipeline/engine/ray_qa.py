@@ -1,0 +1,187 @@
+"""QA generation on Ray: the documents in shards of `execution.qa_shard_documents`, one task per shard.
+
+- `extractive`: each task proposes its documents' candidates (`qa.generate.extractive_candidates`); the filters,
+  which look across documents (the same question in many of them), run once over all of them, in document order,
+  in the driver, as locally.
+- A model-backed backend (`openai`, a plug-in): each task sends its documents' requests that the journal has not
+  answered (`qa.generate.send_documents`) and journals every outcome as it comes, in the same journal file
+  (`qa.checkpoint_dir`, which must be a folder every Ray node sees: the stack's /shared); a task retried after
+  its node died reads the journal first and sends only what is not in it, so a request is never paid twice
+  across nodes (as across local retries, the request in flight at the kill aside). The run's client limits
+  (`qa.requests_per_minute`, `tokens_per_minute`, `concurrency`) are shared out between the tasks that run at
+  once; the run's cap (`qa.max_cost_usd`, `max_total_tokens`) is one Budget in an actor that every task reserves
+  from. The result is then read from the journal and the ledger in the driver (`qa.generate.assemble`), so it is
+  the local result.
+- Not fanned out: `qa.mode: batch` (the provider runs the batch; one process submits and polls it) and the `local`
+  backend (a model loaded per task would cost more than it saves; it runs in the stage's process).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from llm_pipeline.aio import run_sync
+from llm_pipeline.config import ExecutionConfig, QAConfig
+from llm_pipeline.engine.ray_session import cluster_cpus, fetch, ray_session
+from llm_pipeline.logging import get_logger
+from llm_pipeline.qa.backends import EXTRACTIVE, resolve_backend
+from llm_pipeline.qa.budget import Budget
+from llm_pipeline.qa.checkpoint import Journal, Ledger, Usage
+from llm_pipeline.qa.generate import (
+    JOURNAL_FILE,
+    QAResult,
+    Sending,
+    assemble,
+    extractive_candidates,
+    finish_extractive,
+    generate_qa,
+    plan,
+    run_budget,
+    send_documents,
+)
+from llm_pipeline.records import Document, QAPair
+
+log = get_logger("qa")
+
+IN_PROCESS_BACKENDS = ("local",)
+
+
+@ray.remote
+class BudgetKeeper:
+    """The run's one Budget, for every shard: `reserve` raises BudgetReachedError (to the caller, as itself) when
+    the cap would be crossed."""
+
+    def __init__(self, budget: Budget):
+        self.budget = budget
+
+    def reserve(self, worst: Usage) -> Usage:
+        return self.budget.reserve(worst)
+
+    def settle(self, held: Usage, billed: Usage | None) -> None:
+        self.budget.settle(held, billed)
+
+    def state(self) -> Budget:
+        return self.budget
+
+
+class SharedBudget:
+    """The Budget interface the backends call (`capped`, `reserve`, `settle`), answered by the BudgetKeeper."""
+
+    capped = True
+
+    def __init__(self, keeper: Any):
+        self.keeper = keeper
+
+    def _call(self, ref: Any) -> Any:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, BaseException) else exc) from None
+
+    def reserve(self, worst: Usage) -> Usage:
+        return self._call(self.keeper.reserve.remote(worst))
+
+    def settle(self, held: Usage, billed: Usage | None) -> None:
+        self._call(self.keeper.settle.remote(held, billed))
+
+
+@ray.remote
+def _extractive_shard(documents: list[Document], config: QAConfig) -> list[QAPair]:
+    return extractive_candidates(documents, config, progress=False)
+
+
+@ray.remote
+def _send_shard(
+    documents: list[Document],
+    config: QAConfig,
+    backend_name: str,
+    api_key: str | None,
+    folder: str,
+    run_id: str,
+    domain: str,
+    keeper: Any,
+) -> Sending:
+    journal = Journal(Path(folder) / JOURNAL_FILE)  # read now: what another shard's earlier attempt sent is skipped
+    budget = SharedBudget(keeper) if keeper is not None else Budget(None, None, None)
+    return run_sync(
+        send_documents(documents, config, backend_name, api_key, journal, Ledger(Path(folder), run_id), domain, budget)
+    )
+
+
+def shares(config: QAConfig, at_once: int) -> QAConfig:
+    """The run's client limits split between `at_once` tasks running together (their sum is the run's)."""
+    return config.model_copy(
+        update={
+            "requests_per_minute": config.requests_per_minute / at_once if config.requests_per_minute else None,
+            "tokens_per_minute": config.tokens_per_minute / at_once if config.tokens_per_minute else None,
+            "concurrency": max(1, math.ceil(config.concurrency / at_once)),
+        }
+    )
+
+
+def generate_on_ray(
+    documents: list[Document],
+    config: QAConfig,
+    checkpoint_dir: Path,
+    api_key: str | None,
+    domain: str,
+    run_id: str,
+    execution: ExecutionConfig,
+) -> QAResult:
+    """`qa.generate.generate_qa` with its per-document work on the Ray cluster (module docstring)."""
+    backend = resolve_backend(config, api_key)
+    if backend in IN_PROCESS_BACKENDS or (config.mode == "batch" and backend == "openai"):
+        log.info("qa_in_process", backend=backend, mode=config.mode, reason="not fanned out on Ray")
+        return generate_qa(
+            documents, config, checkpoint_dir=checkpoint_dir, api_key=api_key, domain=domain, run_id=run_id
+        )
+    size, started = execution.qa_shard_documents, time.perf_counter()
+    log.info("qa_backend_selected", backend=backend, model=config.model_name, base_url=config.base_url, engine="ray")
+    with ray_session(execution) as address:
+        if backend == EXTRACTIVE:
+            task = _extractive_shard.options(max_retries=execution.task_retries)
+            refs = [task.remote(documents[i : i + size], config) for i in range(0, len(documents), size)]
+            candidates = [pair for shard in fetch(refs, address) for pair in shard]
+            result = finish_extractive(documents, candidates, config)
+            result.seconds = time.perf_counter() - started
+            log.info("qa_generated", backend=backend, shards=len(refs), cost_usd=0.0, **result.counts(len(documents)))
+            return result
+        folder = config.checkpoint_dir or checkpoint_dir
+        journal, ledger = Journal(folder / JOURNAL_FILE), Ledger(folder, run_id)
+        jobs, todo = plan(documents, config, backend, journal, domain)
+        waiting = {job.document.id for job in todo}
+        pending = [d for d in documents if d.id in waiting]  # only documents with requests left go to the cluster
+        shards = [pending[i : i + size] for i in range(0, len(pending), size)]
+        at_once = max(1, min(len(shards), cluster_cpus()))
+        budget = run_budget(config, backend, ledger)
+        keeper = BudgetKeeper.remote(budget) if budget.capped else None
+        log.info(
+            "qa_requests_planned", total=len(jobs), reused=len(jobs) - len(todo), to_send=len(todo), shards=len(shards)
+        )
+        task = _send_shard.options(max_retries=execution.task_retries)
+        shard_config = shares(config, at_once)
+        refs = [
+            task.remote(shard, shard_config, backend, api_key, str(folder), run_id, domain, keeper) for shard in shards
+        ]
+        sending = Sending()
+        for done in fetch(refs, address):
+            sending += done
+        if keeper is not None:
+            budget = fetch(keeper.state.remote(), address)
+    journal = Journal(folder / JOURNAL_FILE)  # every shard's lines, read again
+    result = assemble(documents, config, backend, journal, ledger, domain, sending, budget)
+    result.seconds = time.perf_counter() - started
+    log.info(
+        "qa_generated",
+        backend=backend,
+        shards=len(shards),
+        cost_usd=result.cost_sent_usd,
+        **result.counts(len(documents)),
+    )
+    return result
