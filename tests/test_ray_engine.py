@@ -462,3 +462,47 @@ def test_a_worker_killed_mid_qa_loses_nothing_and_pays_little_twice(ray_cluster,
     assert _pairs(outcome["result"]) == _pairs(local)
     shard_requests = 5 * max(1, needed // len(documents))  # the killed shard's requests, at most
     assert needed <= posts <= needed + shard_requests, (needed, posts)
+
+
+# Evaluation candidates on actors ------------------------------------------------------------------------------
+def test_an_hf_candidate_answers_on_actors_as_in_the_stages_process(ray_cluster, tmp_path: Path) -> None:
+    """A tiny Llama (built here, loaded by the users' loading code) answering 13 benchmark items: on two Ray actors
+    (one per node, each with the model loaded once and half of the questions) it gives the answers and scores it
+    gives in one process; the retrieval baseline beside it stays in the stage's process."""
+    from llm_pipeline.config import CandidateConfig, EvaluationConfig, ExecutionConfig
+    from llm_pipeline.engine.ray_candidates import ray_answerer
+    from llm_pipeline.evaluation.candidates import answer_messages
+    from llm_pipeline.evaluation.workflow import evaluate_candidates
+    from llm_pipeline.records import BenchmarkItem
+    from tests.tiny_models import save, tiny_llama, train_tokenizer
+
+    documents = _ev_documents()[:13]
+    items = [
+        BenchmarkItem(
+            id=f"b{k}",
+            question=f"What does the text say about {d.text.split()[3]}?",
+            answer=" ".join(d.text.split()[:6]),
+            context=d.text,
+            category=d.category,
+            difficulty="easy",
+            source_document_id=d.id,
+        )
+        for k, d in enumerate(documents)
+    ]
+    tokenizer = train_tokenizer([m["content"] for i in items for m in answer_messages(i.question, i.context)])
+    model = save(tiny_llama(tokenizer, seed=3), tokenizer, tmp_path / "tiny")
+    config = EvaluationConfig(
+        metrics=["exact_match", "rouge", "bleu"],
+        candidates=[
+            CandidateConfig(name="tiny", kind="hf", model=str(model), device="cpu", max_new_tokens=8, batch_size=4),
+            CandidateConfig(name="retrieval", kind="retrieval"),
+        ],
+    )
+    local = evaluate_candidates(items, config)
+    execution = ExecutionConfig(engine="ray", ray_address=ray_cluster, candidate_actors=2)
+    distributed = evaluate_candidates(items, config, answerer=ray_answerer(execution, "INFO", True))
+    assert _records_of(distributed.predictions) == _records_of(local.predictions)
+    assert len({p.prediction for p in local.predictions if p.candidate == "tiny"}) > 1  # it answered, variously
+    assert _untimed(distributed.summary["tiny"]["overall"]) == _untimed(local.summary["tiny"]["overall"])
+    generation = distributed.summary["tiny"]["generation"]
+    assert generation["actors"] == 2 and generation["new_tokens"] == local.summary["tiny"]["generation"]["new_tokens"]

@@ -495,6 +495,12 @@ class ExecutionConfig(Section):
         2048, ge=1, description="Texts per call to an embedding actor (semantic dedup on Ray)."
     )
     score_shard_items: int = Field(512, ge=1, description="Answers per scoring task (evaluation metrics on Ray).")
+    candidate_actors: int | None = Field(
+        None,
+        ge=1,
+        description="Actors that answer for each `hf` candidate on Ray; None: one per GPU of the cluster (none on a "
+        "CPU-only cluster: the candidate answers in the stage's process).",
+    )
     qa_shard_documents: int = Field(
         64, ge=1, description="Documents per QA generation task on Ray (extractive candidates, or API requests)."
     )

@@ -36,7 +36,7 @@ class EvaluationResult:
         return counts
 
 
-def _generation_record(candidate: Any) -> dict[str, Any]:
+def generation_record(candidate: Any) -> dict[str, Any]:
     """Generation settings and speed, for candidates that generate (recorded so a score can be reproduced)."""
     settings = getattr(candidate, "settings", None)
     if settings is None:
@@ -53,20 +53,22 @@ def _generation_record(candidate: Any) -> dict[str, Any]:
     return record
 
 
+Answerer = Callable[[CandidateConfig, list[str], list[str]], "tuple[list[str], dict[str, Any]] | None"]
 Scorer = Callable[[list[tuple[list[BenchmarkItem], list[str]]], EvaluationConfig], list[list[dict[str, float]]]]
 
 
 def evaluate_candidates(
-    items: list[BenchmarkItem], config: EvaluationConfig, scorer: Scorer | None = None
+    items: list[BenchmarkItem], config: EvaluationConfig, scorer: Scorer | None = None, answerer: Answerer | None = None
 ) -> EvaluationResult:
     """Every candidate answers (one after the other: one model in memory at a time), then every answer is scored:
-    here, candidate by candidate, or by `scorer` all at once (the Ray engine's shards)."""
+    here, candidate by candidate, or by `scorer` all at once (the Ray engine's shards). `answerer` (the Ray
+    engine's actors) answers for a candidate it takes, and returns None for one to be answered here."""
     result = EvaluationResult()
     questions, contexts = [i.question for i in items], [i.context for i in items]
     answered: list[tuple[CandidateConfig, list[str], float, dict[str, Any]]] = []
     with ProgressCounter(len(config.candidates), "evaluating candidates") as bar:
         for candidate_config in config.candidates:
-            found = _answer_one(candidate_config, questions, contexts, result)
+            found = _answer_one(candidate_config, questions, contexts, result, answerer)
             if found is not None:
                 answered.append((candidate_config, *found))
             bar.advance()
@@ -87,23 +89,36 @@ def evaluate_candidates(
 
 
 def _answer_one(
-    candidate_config: CandidateConfig, questions: list[str], contexts: list[str], result: EvaluationResult
+    candidate_config: CandidateConfig,
+    questions: list[str],
+    contexts: list[str],
+    result: EvaluationResult,
+    answerer: Answerer | None = None,
 ) -> tuple[list[str], float, dict[str, Any]] | None:
     """(answers, seconds, generation record), or None with the failure in the summary."""
+    from llm_pipeline.engine.ray_session import RayUnavailableError
+
     name = candidate_config.name
     started = time.perf_counter()
     try:
-        candidate = build_candidate(candidate_config)
-        try:
-            answers = candidate.answer(questions, contexts)
-        finally:
-            if hasattr(candidate, "close"):
-                candidate.close()  # free GPU memory before the next model loads
+        found = answerer(candidate_config, questions, contexts) if answerer is not None else None
+        if found is not None:
+            answers, record = found
+        else:
+            candidate = build_candidate(candidate_config)
+            try:
+                answers = candidate.answer(questions, contexts)
+            finally:
+                if hasattr(candidate, "close"):
+                    candidate.close()  # free GPU memory before the next model loads
+            record = generation_record(candidate)
+    except RayUnavailableError:
+        raise  # the cluster failed, not the candidate: the stage's retry policy applies
     except Exception as exc:  # one broken candidate must not sink the comparison
         log.error("candidate_failed", candidate=name, error=f"{type(exc).__name__}: {exc}")
         result.summary[name] = {"error": f"{type(exc).__name__}: {exc}"}
         return None
-    return answers, time.perf_counter() - started, _generation_record(candidate)
+    return answers, time.perf_counter() - started, record
 
 
 def _score_one(

@@ -37,7 +37,7 @@ def evaluate_models(ctx: StageContext) -> dict[str, Any]:
         extra = tuned_candidates(ctx.config.finetune, ctx.input("adapter"))
         config = config.model_copy(update={"candidates": [*config.candidates, *extra]})
     items = read_jsonl(ctx.input("benchmark"), BenchmarkItem)
-    evaluated = evaluate_candidates(items, config, _scorer(ctx))
+    evaluated = evaluate_candidates(items, config, _scorer(ctx), _answerer(ctx))
     write_jsonl(ctx.output("predictions"), evaluated.predictions)
     write_json(ctx.output("evaluation"), evaluated.summary)
     judged = _judge(ctx, items, evaluated.predictions, finetuned)
@@ -57,6 +57,17 @@ def _scorer(ctx: StageContext) -> Any:
 
     monitoring = ctx.config.monitoring
     return ray_scorer(ctx.config.execution, monitoring.log_level, monitoring.structured_logging)
+
+
+def _answerer(ctx: StageContext) -> Any:
+    """With `execution.engine: ray`, `hf` candidates answer on actors, one per GPU of the cluster
+    (engine/ray_candidates.py)."""
+    if ctx.config.execution.engine != "ray":
+        return None
+    from llm_pipeline.engine.ray_candidates import ray_answerer
+
+    monitoring = ctx.config.monitoring
+    return ray_answerer(ctx.config.execution, monitoring.log_level, monitoring.structured_logging)
 
 
 def _judge(ctx: StageContext, items: list[BenchmarkItem], predictions: list[Any], finetuned: bool) -> JudgeResult:
