@@ -263,7 +263,7 @@ def test_the_whole_pipeline_gives_the_same_results_on_ray(ray_cluster, prefect_s
         execution["qa_shard_documents"] = 9  # extractive QA's candidates by shard, filtered together
         # the engine is not in any cache key (both give the same files): the second run must not reuse the first
         with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):
-            llm_pipeline(config_path=str(CONFIG), overrides={"output_path": str(out), "execution": execution})
+            ran = llm_pipeline(config_path=str(CONFIG), overrides={"output_path": str(out), "execution": execution})
         runs[engine] = next(out.rglob("manifest.json")).parent
         stage = json.loads((runs[engine] / "manifest.json").read_text())["stages"][STAGE]
         assert stage["status"] == "completed" and not stage.get("cached"), stage
@@ -273,6 +273,16 @@ def test_the_whole_pipeline_gives_the_same_results_on_ray(ray_cluster, prefect_s
         assert local == distributed, name
     scores = [_untimed(json.loads((runs[e] / "evaluation.json").read_text())) for e in ("local", "ray")]
     assert scores[0] == scores[1]
+
+    # the Ray drivers' events (processes of their own) reach the run's logs on the server, as the stages' do
+    from tests.test_flow import poll
+
+    driven = ('"ray_connected"', '"scored_on_ray"', '"shards": 34')
+
+    def relayed(found: list[Any]) -> bool:
+        return all(any(event in log.message for log in found) for event in driven)
+
+    assert relayed(poll("logs", ran["flow_run_id"], relayed)), "the Ray drivers' events are not in the run's logs"
 
 
 def _records(path: Path) -> list[str]:

@@ -4,11 +4,16 @@ function there and hands back its result, or raises its error.
 Ray ends a driver whose cluster head went away (60 s after losing it, from C++, no exception to catch), and that
 must cost the stage an attempt, not the flow run's process. A child that dies so becomes a RayUnavailableError
 naming the address (the stage retry table retries it); an error the function raises comes back as itself. The
-child gets the caller's logging (format, level, and the run and stage fields)."""
+child gets the caller's logging (format, level, and the run and stage fields), and its events come back to the
+caller through a pipe and are logged there, in the caller's thread: under Prefect they reach the run's logs in
+the UI like the stage's own (Ray's own output stays on the child's stderr: the worker's log)."""
 
 from __future__ import annotations
 
 import importlib
+import json
+import logging
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,7 @@ from typing import Any
 from llm_pipeline.config import ExecutionConfig
 from llm_pipeline.engine.ray_session import RayUnavailableError, describe, resolve_address
 from llm_pipeline.io import atomic_open
+from llm_pipeline.logging import LOGGER_NAME
 
 
 def in_driver(
@@ -32,7 +38,13 @@ def in_driver(
         context = structlog.contextvars.get_contextvars()
         with atomic_open(job, "wb") as handle:
             handle.write(pickle.dumps((target, args, log_level, structured, context)))
-        child = subprocess.run([sys.executable, "-m", "llm_pipeline.engine.ray_driver", str(job), str(answer)])
+        read_end, write_end = os.pipe()
+        command = [sys.executable, "-m", "llm_pipeline.engine.ray_driver", str(job), str(answer), str(write_end)]
+        try:
+            child = subprocess.Popen(command, pass_fds=(write_end,))
+        finally:
+            os.close(write_end)
+        relay_until_exit(read_end, child)
         if not answer.exists():
             address = describe(resolve_address(execution))
             raise RayUnavailableError(
@@ -45,15 +57,69 @@ def in_driver(
     return payload
 
 
-def drive(job: Path, answer: Path) -> None:
-    """The child process (`python -m llm_pipeline.engine.ray_driver JOB ANSWER`): the caller's logging, the
-    function, and its result or its error pickled to ANSWER."""
+def relay_until_exit(fd: int, child: Any) -> None:
+    """Relay the child's events until its end of the pipe closes, or it has exited (a process it started that
+    kept the pipe open must not hold the stage)."""
+    import selectors
+
+    pending = b""
+    with selectors.DefaultSelector() as selector, os.fdopen(fd, "rb", buffering=0) as events:
+        selector.register(events, selectors.EVENT_READ)
+        while True:
+            if not selector.select(timeout=1.0):
+                if child.poll() is not None:
+                    break
+                continue
+            chunk = events.read(65536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                relay(line.decode("utf-8", errors="replace"))
+    if pending:
+        relay(pending.decode("utf-8", errors="replace"))
+    child.wait()
+
+
+def relay(line: str) -> None:
+    """One event from the child, `[level number, rendered event]`, logged here as it was rendered there."""
+    try:
+        level, message = json.loads(line)
+    except (ValueError, TypeError):
+        level, message = logging.INFO, line.rstrip("\n")
+    logging.getLogger(LOGGER_NAME).log(int(level), message)
+
+
+class _PipeHandler(logging.Handler):
+    """The child's events, one JSON line each (level, rendered message), to the caller's end of the pipe."""
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self.stream = os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(json.dumps([record.levelno, record.getMessage()]) + "\n")
+        except Exception:  # noqa: BLE001 - a log line must never fail the work
+            self.handleError(record)
+
+
+def drive(job: Path, answer: Path, log_fd: int | None = None) -> None:
+    """The child process (`python -m llm_pipeline.engine.ray_driver JOB ANSWER [LOG_FD]`): the caller's logging
+    (to LOG_FD when given, the caller relays it), the function, and its result or its error pickled to ANSWER."""
     import structlog
 
     from llm_pipeline.logging import configure_logging
 
     target, args, log_level, structured, context = pickle.loads(job.read_bytes())
     configure_logging(log_level, structured)
+    if log_fd is not None:
+        os.set_inheritable(log_fd, False)  # the processes this one starts (Ray's) do not hold the pipe open
+        logger = logging.getLogger(LOGGER_NAME)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.addHandler(_PipeHandler(log_fd))
     structlog.contextvars.bind_contextvars(**context)
     module, _, name = target.partition(":")
     try:

@@ -7,4 +7,4 @@ from pathlib import Path
 from llm_pipeline.engine.driver import drive
 
 if __name__ == "__main__":
-    drive(Path(sys.argv[1]), Path(sys.argv[2]))
+    drive(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None)
