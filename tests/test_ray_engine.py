@@ -176,6 +176,39 @@ def test_ray_gives_the_local_outputs_on_real_text(ray_cluster, real_text: Path, 
     assert local_counts == ray_counts and local_counts["dedup.removed.minhash"] > 500
 
 
+def test_one_big_file_is_loaded_by_several_tasks_with_the_local_outputs(
+    ray_cluster, real_text: Path, tmp_path: Path
+) -> None:
+    """Real text as one JSON Lines file (a UTF-8 byte-order mark first, bad lines and an id repeated far down):
+    cut into five parts at line ends, five load tasks; the documents, clusters, rejects (line numbers of the
+    whole file) and the file's one summary line are the local engine's."""
+    from llm_pipeline.ingest.sources import Kind, file_parts
+
+    lines = [line for f in sorted(real_text.iterdir()) for line in f.read_text().splitlines()]
+    first_id = json.loads(lines[0])["id"]
+    lines[7] = '{"id": "broken", "text": '
+    lines[len(lines) // 2] = json.dumps({"id": first_id, "text": "An id the first line already took, far down."})
+    lines.insert(len(lines) * 3 // 4, "")
+    big = tmp_path / "corpus" / "all.jsonl"
+    big.parent.mkdir()
+    big.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
+    part_bytes = big.stat().st_size // 5 + 1
+    parts = file_parts(big, Kind("jsonl", None), part_bytes)
+    assert parts is not None and len(parts) == 5
+    data = big.read_bytes()
+    assert all(data[p.start - 1 : p.start] == b"\n" for p in parts[1:])  # cut at line ends
+    assert [p.first_line for p in parts[1:]] == [data[: p.start].count(b"\n") + 1 for p in parts[1:]]
+
+    base = {"data": {"path": str(big.parent)}, "dedup": {"method": "minhash"}}
+    local, local_counts = _stage(tmp_path / "local", base)
+    execution = {"engine": "ray", "ray_address": ray_cluster, "load_part_bytes": part_bytes}
+    distributed, ray_counts = _stage(tmp_path / "ray", {**base, "execution": execution})
+    _same_outputs(local, distributed)
+    assert local_counts == ray_counts and ray_counts["files"] == 1
+    assert ray_counts["rejected.duplicate_id"] == 1 and ray_counts["rejected.invalid_json"] == 1, ray_counts
+    assert ray_counts["dedup.removed.minhash"] > 500
+
+
 def _ray_task_processes(name: str) -> list[Any]:
     import psutil
 

@@ -495,6 +495,11 @@ class ExecutionConfig(Section):
         2048, ge=1, description="Texts per call to an embedding actor (semantic dedup on Ray)."
     )
     score_shard_items: int = Field(512, ge=1, description="Answers per scoring task (evaluation metrics on Ray).")
+    load_part_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=4096,
+        description="A JSON Lines file (uncompressed) over this size is loaded by several Ray tasks, one per part.",
+    )
     candidate_actors: int | None = Field(
         None,
         ge=1,

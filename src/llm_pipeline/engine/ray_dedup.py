@@ -1,7 +1,9 @@
 """The load-and-deduplicate stage on Ray: the same outputs as the local engine, the work spread over a cluster.
 
-  load      one task per input file (`ingest.load.load_file`); its documents stay in Ray's object store as
-            their documents.jsonl lines (serialized once, where they were read); the driver gets their ids and
+  load      one task per input file (`ingest.load.load_file`), or per part of a JSON Lines file over
+            `execution.load_part_bytes` (cut at line ends, lines numbered as in the whole file); its documents
+            stay in Ray's object store as their documents.jsonl lines (serialized once, where they were read);
+            the driver gets their ids and
             the few numbers the keep rule and exact dedup need (length, metadata richness, a text hash). When
             MinHash runs here, the same task signs the file's texts while it holds them: signatures and shingle
             sets stay in the store, and every (band, key, document) row goes to one of P partitions by its key
@@ -53,7 +55,17 @@ from llm_pipeline.engine.ray_session import (
     fetch_each,
     ray_session,
 )
-from llm_pipeline.ingest.load import IngestResult, _safe, input_files, load_documents, load_file, require_documents
+from llm_pipeline.ingest.load import (
+    FileSummary,
+    IngestResult,
+    _kind,
+    _safe,
+    input_files,
+    load_documents,
+    load_file,
+    require_documents,
+)
+from llm_pipeline.ingest.sources import Part, UnreadableFile, file_parts
 from llm_pipeline.io import atomic_open, write_json, write_jsonl
 from llm_pipeline.logging import get_logger
 from llm_pipeline.records import Document, DuplicateCluster, Reject
@@ -126,12 +138,19 @@ def _sign_task(documents: list[Document], file_index: int, signing: Signing) -> 
 
 @ray.remote
 def _load_file(
-    path: str, source: str, relative: str, data: DataConfig, file_index: int, signing: Signing | None
+    path: str,
+    source: str,
+    relative: str,
+    data: DataConfig,
+    file_index: int,
+    signing: Signing | None,
+    part: Part | None = None,
 ) -> list[Any]:
-    """One file: [meta (ids and the keep rule's numbers, rejects, summary), lines, origins] and, with
-    `signing`, its MinHash signatures and band rows (the _sign list), computed while the texts are at hand."""
+    """One file, or one `part` of a big one: [meta (ids and the keep rule's numbers, rejects, summary), lines,
+    origins] and, with `signing`, its MinHash signatures and band rows (the _sign list), computed while the texts
+    are at hand."""
     result = IngestResult(origins=[])
-    load_file(Path(path), relative, data, result, set(), source)
+    load_file(Path(path), relative, data, result, set(), source, part)
     documents, origins = result.documents, result.origins or []
     meta = {
         "result": IngestResult(
@@ -196,25 +215,55 @@ def _signing(config: PipelineConfig) -> Signing | None:
     return Signing(dedup.shingle_size, dedup.num_perm, bands, rows, partitions)
 
 
+def _units(config: PipelineConfig) -> list[tuple[Path, str, Part | None]]:
+    """(path, relative path, part or None) of every load task: a file, or each part of a big JSON Lines file
+    (`execution.load_part_bytes`), in input order."""
+    units: list[tuple[Path, str, Part | None]] = []
+    for path, relative in input_files(config.data):
+        try:
+            kind = _kind(path, config.data)
+            parts = file_parts(path, kind, config.execution.load_part_bytes) if kind is not None else None
+        except (OSError, UnreadableFile):
+            parts = None  # the load task reads it whole and reports what is wrong with it
+        units.extend((path, relative, part) for part in parts or [None])
+    return units
+
+
+def _merge_part(first: FileSummary, later: FileSummary) -> None:
+    """A later part's summary line added to its file's (the file is one line in the manifest and the report)."""
+    first.records += later.records
+    first.documents += later.documents
+    first.quarantined += later.quarantined
+    if later.status == "failed" and first.status != "failed":
+        first.status, first.reason = later.status, later.reason
+
+
 def _load(config: PipelineConfig, address: str, signing: Signing | None) -> tuple[IngestResult, Plan]:
     data = config.data
-    files = input_files(data)
+    units = _units(config)
     returns = 3 + (1 + signing.partitions if signing else 0)
     task = _load_file.options(num_returns=returns, max_retries=config.execution.task_retries)
     # absolute: a Ray worker runs in a folder of its own (and on another node, where data.path must be the same path)
     refs = [
-        task.remote(str(path.resolve()), str(path), relative, data, index, signing)
-        for index, (path, relative) in enumerate(files)
+        task.remote(str(path.resolve()), str(path), relative, data, index, signing, part)
+        for index, (path, relative, part) in enumerate(units)
     ]
+    if len(units) > len({relative for _, relative, _ in units}):
+        log.info("files_split", engine="ray", files=len({r for _, r, _ in units}), load_tasks=len(units))
     merged = IngestResult()
     plan = Plan()
     seen: set[str] = set()
     alive: list[np.ndarray] = []
+    summaries: dict[str, FileSummary] = {}
     base = 0
-    for (path, _), (meta_ref, lines_ref, origins_ref, *signed) in zip(files, refs, strict=True):
+    for (path, relative, unit), (meta_ref, lines_ref, origins_ref, *signed) in zip(units, refs, strict=True):
         meta = fetch(meta_ref, address)
         part: IngestResult = meta["result"]
-        merged.files.extend(part.files)
+        if unit is not None and unit.start > 0:
+            _merge_part(summaries[relative], part.files[0])
+        else:
+            summaries[relative] = part.files[0]
+            merged.files.extend(part.files)
         merged.rejects.extend(part.rejects)
         merged.records_seen += part.records_seen
         merged.repairs.update(part.repairs)
@@ -234,8 +283,8 @@ def _load(config: PipelineConfig, address: str, signing: Signing | None) -> tupl
                 location, raw = origins[k]
                 merged.rejects.append(Reject(source=str(path), location=location, record_id=_safe(load.ids[k]), raw=raw,
                                              reason=f"duplicate_id: {load.ids[k]} appeared earlier"))  # fmt: skip
-            part.files[0].documents -= len(repeated)
-            part.files[0].quarantined += len(repeated)
+            summaries[relative].documents -= len(repeated)
+            summaries[relative].quarantined += len(repeated)
         alive.append(mask)
         plan.files.append(load)
         plan.keys.extend(DocumentKey(i, int(length), int(rich))

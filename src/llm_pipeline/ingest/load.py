@@ -15,7 +15,7 @@ from llm_pipeline.config import DataConfig
 from llm_pipeline.errors import DataValidationError
 from llm_pipeline.ingest.documents import WHOLE_FILE
 from llm_pipeline.ingest.records import BadRecord, to_document
-from llm_pipeline.ingest.sources import Kind, UnreadableFile, classify, compression_of, head_bytes, stem
+from llm_pipeline.ingest.sources import Kind, Part, UnreadableFile, classify, compression_of, head_bytes, stem
 from llm_pipeline.ingest.tables import RawItem, read_csv, read_json, read_jsonl, read_parquet
 from llm_pipeline.logging import get_logger
 from llm_pipeline.records import Document, Reject
@@ -112,9 +112,12 @@ def _kind(path: Path, config: DataConfig) -> Kind | None:
     return Kind(config.format, compression_of(head_bytes(path)))
 
 
-def _raw_items(path: Path, kind: Kind, relative: str, max_bytes: int, nested: bool) -> Iterator[RawItem]:
+def _raw_items(
+    path: Path, kind: Kind, relative: str, max_bytes: int, nested: bool, part: Part | None = None
+) -> Iterator[RawItem]:
     if kind.format in TABLES:
-        for location, item, raw in TABLES[kind.format](path, kind, max_bytes):
+        items = TABLES[kind.format](path, kind, max_bytes) if part is None else read_jsonl(path, kind, max_bytes, part)
+        for location, item, raw in items:
             if nested and isinstance(item, dict) and isinstance(item.get("metadata") or {}, dict):
                 metadata = dict(item.get("metadata") or {})
                 metadata.setdefault("source_file", relative)
@@ -158,11 +161,18 @@ def input_files(config: DataConfig) -> list[tuple[Path, str]]:
 
 
 def load_file(
-    path: Path, relative: str, config: DataConfig, result: IngestResult, seen_ids: set[str], source: str | None = None
+    path: Path,
+    relative: str,
+    config: DataConfig,
+    result: IngestResult,
+    seen_ids: set[str],
+    source: str | None = None,
+    part: Part | None = None,
 ) -> None:
     """One file's records into `result` (its documents, rejects, summary line, repairs), stopping at
     `data.limit`. `seen_ids`: ids taken earlier; a record repeating one is quarantined. `source`: the file as
-    rejects name it (default: `path`). A file is read whole by one call: the unit of work an engine hands out."""
+    rejects name it (default: `path`). A file is read whole by one call, the unit of work an engine hands out, or
+    one `part` of it (`sources.file_parts`: a big JSON Lines file), its summary line then counting that part."""
     folder = config.path.is_dir()
     summary = FileSummary(path=relative, status="loaded")
     result.files.append(summary)
@@ -173,7 +183,8 @@ def load_file(
             log.warning("file_skipped", file=relative, reason=summary.reason)
             return
         summary.format, summary.compression = kind.format, kind.compression
-        for location, item, raw in _raw_items(path, kind, relative, line_bound(config.max_chars), nested=folder):
+        items = _raw_items(path, kind, relative, line_bound(config.max_chars), nested=folder, part=part)
+        for location, item, raw in items:
             summary.records += 1
             result.records_seen += 1
             document = _accept(item, raw, location, source or str(path), config, seen_ids, result)

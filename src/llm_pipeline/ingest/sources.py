@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 CHUNK = 1 << 16
 
@@ -148,11 +148,15 @@ def sniff_encoding(stream: io.BufferedReader) -> str:
     return "utf-8"
 
 
-def bounded_lines(stream: io.BufferedReader, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+def bounded_lines(
+    stream: io.BufferedReader, max_bytes: int, part: Part | None = None
+) -> Iterator[tuple[int, bytes | None]]:
     """(line number, the line's UTF-8 bytes) for each line; None for a line over `max_bytes`, which is read
     through in chunks and dropped, so memory stays near `max_bytes` whatever the line's length. UTF-16/32 streams
-    are decoded (strictly: a bad code unit fails the file) and re-encoded to UTF-8, surrogates passed through."""
-    encoding = sniff_encoding(stream)
+    are decoded (strictly: a bad code unit fails the file) and re-encoded to UTF-8, surrogates passed through.
+    `part`: the stream is that byte range of a UTF-8 file (`file_parts`), its lines numbered from the part's
+    first; a part after the first has no byte-order mark to look for."""
+    encoding = sniff_encoding(stream) if part is None or part.start == 0 else "utf-8"
     if encoding == "utf-8":
         read_line = stream.readline
         encode = None
@@ -163,7 +167,7 @@ def bounded_lines(stream: io.BufferedReader, max_bytes: int) -> Iterator[tuple[i
         def encode(line: str) -> bytes:
             return line.encode("utf-8", "surrogatepass")
 
-    number = 0
+    number = part.first_line - 1 if part is not None else 0
     while True:
         try:
             line = read_line(max_bytes + 1)
@@ -191,3 +195,71 @@ def read_bounded(stream: io.BufferedReader, max_bytes: int) -> str | None:
     if len(data) > max_bytes:
         return None
     return data.decode(encoding)
+
+
+@dataclass(frozen=True)
+class Part:
+    """Bytes [start, end) of a file, which begin at line `first_line` (1-based): one load task's share of a file
+    too big for one (`file_parts`)."""
+
+    start: int
+    end: int
+    first_line: int
+
+
+class _Window(io.RawIOBase):
+    """Bytes [start, end) of an open file, as a stream of their own."""
+
+    def __init__(self, handle: BinaryIO, start: int, end: int):
+        self.handle, self.left = handle, end - start
+        handle.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left <= 0:
+            return 0
+        view = memoryview(buffer)[: min(len(buffer), self.left)]
+        read = self.handle.readinto(view)  # type: ignore[attr-defined]
+        self.left -= read or 0
+        return read or 0
+
+
+@contextmanager
+def open_part(path: Path, part: Part) -> Iterator[BinaryIO]:
+    with path.open("rb") as handle:
+        yield io.BufferedReader(_Window(handle, part.start, part.end), CHUNK)  # type: ignore[arg-type]
+
+
+def file_parts(path: Path, kind: Kind, part_bytes: int) -> list[Part] | None:
+    """A JSON Lines file over `part_bytes`, uncompressed and in UTF-8, cut at line ends into parts of about
+    `part_bytes` (their first line numbers counted in one pass over the file); None for a file read whole (smaller,
+    compressed: a compressed stream cannot be entered mid-way, UTF-16/32, or another format)."""
+    size = path.stat().st_size
+    if kind.format != "jsonl" or kind.compression is not None or size <= part_bytes:
+        return None
+    head = head_bytes(path, 4)
+    if any(head.startswith(bom) for bom, encoding in _BOMS if encoding != "utf-8"):
+        return None
+    parts, start, line = [], 0, 1
+    with path.open("rb") as handle:
+        while start < size:
+            target = min(start + part_bytes, size)
+            lines, left, last = 0, target - start, b""
+            while left > 0:  # the part's bytes up to the cut it aims at, counted a megabyte at a time
+                block = handle.read(min(1 << 20, left))
+                if not block:
+                    break
+                lines, left, last = lines + block.count(b"\n"), left - len(block), block[-1:]
+            end = target
+            if target < size and last != b"\n":  # carry on to the end of the line it cut
+                while True:
+                    rest = handle.readline(CHUNK)
+                    end += len(rest)
+                    if not rest or rest.endswith(b"\n"):
+                        lines += 1 if rest.endswith(b"\n") else 0
+                        break
+            parts.append(Part(start, end, line))
+            start, line = end, line + lines
+    return parts

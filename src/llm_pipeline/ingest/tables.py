@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from llm_pipeline.ingest.records import BadRecord
-from llm_pipeline.ingest.sources import Kind, UnreadableFile, bounded_lines, open_binary, sniff_encoding
+from llm_pipeline.ingest.sources import (
+    Kind,
+    Part,
+    UnreadableFile,
+    bounded_lines,
+    open_binary,
+    open_part,
+    sniff_encoding,
+)
 
 RawItem = tuple[str, dict[str, Any] | BadRecord, str | None]  # location, record or why not, raw text
 _ESCAPED = range(0xDC80, 0xDD00)
@@ -31,9 +39,12 @@ def _parse_json_record(line: str) -> dict[str, Any] | BadRecord:
     return record
 
 
-def read_jsonl(path: Path, kind: Kind, max_bytes: int) -> Iterator[RawItem]:
-    with open_binary(path, kind.compression) as stream:
-        for number, raw_line in bounded_lines(stream, max_bytes):  # type: ignore[arg-type]
+def read_jsonl(path: Path, kind: Kind, max_bytes: int, part: Part | None = None) -> Iterator[RawItem]:
+    """`part`: only that byte range of the file (an engine's share of a big file), its lines numbered as in the
+    whole file."""
+    opened = open_part(path, part) if part is not None else open_binary(path, kind.compression)
+    with opened as stream:
+        for number, raw_line in bounded_lines(stream, max_bytes, part):  # type: ignore[arg-type]
             location = f"line {number}"
             if raw_line is None:
                 yield location, BadRecord(f"too_long: the line is over {max_bytes} bytes"), None
