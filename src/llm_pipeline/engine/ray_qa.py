@@ -9,9 +9,9 @@
   its node died reads the journal first and sends only what is not in it, so a request is never paid twice
   across nodes (as across local retries, the request in flight at the kill aside). The run's client limits
   (`qa.requests_per_minute`, `tokens_per_minute`, `concurrency`) are shared out between the tasks that run at
-  once; the run's cap (`qa.max_cost_usd`, `max_total_tokens`) is one Budget in an actor that every task reserves
-  from. The result is then read from the journal and the ledger in the driver (`qa.generate.assemble`), so it is
-  the local result.
+  once (no more of them than the cluster's CPUs or `qa.concurrency`); the run's cap (`qa.max_cost_usd`,
+  `max_total_tokens`) is one Budget in an actor that every task reserves from. The result is then read from the
+  journal and the ledger in the driver (`qa.generate.assemble`), so it is the local result.
 - Not fanned out: `qa.mode: batch` (the provider runs the batch; one process submits and polls it) and the `local`
   backend (a model loaded per task would cost more than it saves; it runs in the stage's process).
 """
@@ -158,7 +158,7 @@ def generate_on_ray(
         waiting = {job.document.id for job in todo}
         pending = [d for d in documents if d.id in waiting]  # only documents with requests left go to the cluster
         shards = [pending[i : i + size] for i in range(0, len(pending), size)]
-        at_once = max(1, min(len(shards), cluster_cpus()))
+        at_once = max(1, min(len(shards), cluster_cpus(), config.concurrency))
         budget = run_budget(config, backend, ledger)
         keeper = BudgetKeeper.remote(budget) if budget.capped else None
         log.info(
@@ -166,11 +166,13 @@ def generate_on_ray(
         )
         task = _send_shard.options(max_retries=execution.task_retries)
         shard_config = shares(config, at_once)
-        refs = [
-            task.remote(shard, shard_config, backend, api_key, str(folder), run_id, domain, keeper) for shard in shards
-        ]
-        sending = Sending()
-        for done in fetch(refs, address):
+        sending, in_flight = Sending(), []
+        for shard in shards:  # at most `at_once` shards sending at a time: their shares add up to the run's limits
+            if len(in_flight) >= at_once:
+                done, in_flight = ray.wait(in_flight, num_returns=1)
+                sending += fetch(done[0], address)
+            in_flight.append(task.remote(shard, shard_config, backend, api_key, str(folder), run_id, domain, keeper))
+        for done in fetch(in_flight, address):
             sending += done
         if keeper is not None:
             budget = fetch(keeper.state.remote(), address)
