@@ -9,7 +9,7 @@ _WORD = re.compile(r"\w+")
 # A token for near-duplicate detection keeps what changes meaning: c++, c#, g++-multilib, v2.0, x86_64, node.js,
 # don't (joined by - . / ' between word characters, trailing + and #), and operators and currency signs standing
 # alone (>= is not <=, $ is not EUR); sentence punctuation, brackets and quotes are dropped.
-_DEDUP_TOKEN = re.compile(r"\w[\w+#]*(?:[-./']\w[\w+#]*)*|[<>=!~^*/%&|+\-$\u20ac\u00a3\u00a5]+")
+DEDUP_TOKEN = re.compile(r"\w[\w+#]*(?:[-./']\w[\w+#]*)*|[<>=!~^*/%&|+\-$\u20ac\u00a3\u00a5]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9$])")
 
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")  # 0.45, 1,200: numbers as a text writes them (grounding, question filter)
@@ -46,7 +46,7 @@ def words_of(text: str) -> list[str]:
 def dedup_tokens(text: str) -> list[str]:
     """Lowercased tokens that keep symbols and digits that change meaning (`c++` is not `c`, `gcc-multilib` is
     not `g++-multilib`): the units of MinHash's shingles and of its exact verification."""
-    return _DEDUP_TOKEN.findall(text.lower())
+    return DEDUP_TOKEN.findall(text.lower())
 
 
 def split_sentences(text: str) -> list[str]:

@@ -96,13 +96,13 @@ def clusters_by_kept(
     for original in sorted(copies):
         removed = sorted(copies[original])
         clusters.append(
-            DuplicateCluster(
+            DuplicateCluster.model_construct(  # built from our own ids and floats: nothing to validate
                 cluster_id=f"{method}-{documents[original].id}",
                 method=method,
                 kept=documents[original].id,
                 members=[documents[original].id] + [documents[i].id for i, _ in removed],
-                similarity=round(min(s for _, s in removed), 4),
-                to_kept={documents[i].id: round(s, 4) for i, s in removed},
+                similarity=float(round(min(s for _, s in removed), 4)),
+                to_kept={documents[i].id: float(round(s, 4)) for i, s in removed},
             )
         )
     return clusters
@@ -133,12 +133,12 @@ def clusters_from_pairs(
         members.sort()
         kept = min(members, key=lambda i: _keep_key(keep, i, documents[i]))
         clusters.append(
-            DuplicateCluster(
+            DuplicateCluster.model_construct(
                 cluster_id=f"{method}-{documents[members[0]].id}",
                 method=method,
                 kept=documents[kept].id,
                 members=[documents[i].id for i in members],
-                similarity=round(lowest.get(root, 1.0), 4),
+                similarity=float(round(lowest.get(root, 1.0), 4)),
             )
         )
     return clusters

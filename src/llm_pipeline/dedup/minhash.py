@@ -29,7 +29,7 @@ import xxhash
 from llm_pipeline.dedup.clusters import KeepPolicy, clusters_by_kept, keep_ranks
 from llm_pipeline.dedup.methods import DEDUP_METHODS
 from llm_pipeline.records import Document, DuplicateCluster
-from llm_pipeline.text import dedup_tokens
+from llm_pipeline.text import DEDUP_TOKEN, dedup_tokens
 
 if TYPE_CHECKING:
     from llm_pipeline.config import DedupConfig
@@ -70,25 +70,37 @@ def fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
+class _ChunkHashes(dict):
+    """A whitespace-separated chunk of lowercased text -> the 64-bit hashes (xxhash64) of its `dedup_tokens`. No
+    token spans whitespace, so a text's tokens are its chunks' tokens in order; a corpus repeats its chunks, so
+    the tokenizer and the hash run once per distinct chunk."""
+
+    def __missing__(self, chunk: str) -> tuple[int, ...]:
+        # the chunk is lowercased already: dedup_tokens' regex on it directly, every step a C call
+        value = self[chunk] = tuple(map(xxhash.xxh64_intdigest, map(str.encode, DEDUP_TOKEN.findall(chunk))))
+        return value
+
+
 class ShingleHasher:
-    """Stable 64-bit hashes of word shingles, for many texts at once: each text is tokenized by one regex call
-    (`dedup_tokens`), every token of the batch is looked up in one C-level pass over a cache of word hashes
-    (xxhash64; a corpus has far fewer distinct words than tokens), and the k-word windows are mixed in numpy over
-    the whole batch, windows that cross a text's end dropped. A text shorter than k words is one shingle."""
+    """Stable 64-bit hashes of word shingles, for many texts at once: each text is split on whitespace and its
+    chunks' token hashes looked up in a cache (`_ChunkHashes`: the tokenizer's regex runs once per distinct chunk,
+    not once per text), all in C-level passes; the k-word windows are then mixed in numpy over the whole batch,
+    windows that cross a text's end dropped. A text shorter than k words is one shingle."""
+
+    MAX_CACHED_CHUNKS = 2_000_000  # the cache starts again past this (a few hundred MB at most)
 
     def __init__(self, size: int):
         self.size = size
-        self._word_hash: dict[str, int] = {}
+        self._chunks = _ChunkHashes()
 
     def batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(hashes, offsets): text t's shingle hashes are hashes[offsets[t]:offsets[t + 1]] (uint64)."""
-        tokens = [dedup_tokens(text) for text in texts]
-        counts = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
-        flat = list(chain.from_iterable(tokens))
-        cache = self._word_hash
-        for word in set(flat).difference(cache):
-            cache[word] = xxhash.xxh64_intdigest(word.encode())
-        words = np.fromiter(map(cache.__getitem__, flat), dtype=np.uint64, count=len(flat))
+        if len(self._chunks) > self.MAX_CACHED_CHUNKS:
+            self._chunks = _ChunkHashes()
+        get = self._chunks.__getitem__
+        per_text = [list(chain.from_iterable(map(get, text.lower().split()))) for text in texts]
+        counts = np.fromiter(map(len, per_text), dtype=np.int64, count=len(per_text))
+        words = np.fromiter(chain.from_iterable(per_text), dtype=np.uint64, count=int(counts.sum()))
         k = self.size
         starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
         windows = np.maximum(counts - k + 1, 0)
