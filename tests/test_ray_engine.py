@@ -209,6 +209,32 @@ def test_one_big_file_is_loaded_by_several_tasks_with_the_local_outputs(
     assert ray_counts["dedup.removed.minhash"] > 500
 
 
+def _kill_a_task_during(work: Any, task: str, ready: Any = lambda: True) -> tuple[dict[str, Any], int | None]:
+    """Run `work` in a thread and SIGKILL the first worker process seen running Ray task `task` (once `ready()`);
+    ({"result": what work returned} or {"error": what it raised}, the pid killed or None)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = work()
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller's assertions
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 120
+    while thread.is_alive() and killed is None and time.monotonic() < deadline:
+        if ready():
+            for process in _ray_task_processes(task):
+                os.kill(process.pid, signal.SIGKILL)
+                killed = process.pid
+                break
+        time.sleep(0.005)
+    thread.join(timeout=300)
+    return outcome, killed
+
+
 def _ray_task_processes(name: str) -> list[Any]:
     import psutil
 
@@ -240,25 +266,9 @@ def test_a_worker_killed_mid_stage_changes_nothing(ray_cluster, real_text: Path,
     base = {"data": {"path": str(real_text)}, "dedup": {"method": "minhash"}}
     local, _ = _stage(tmp_path / "local", base)
     execution = {"engine": "ray", "ray_address": ray_cluster}
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["counts"] = _stage(tmp_path / "ray", {**base, "execution": execution})[1]
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            outcome["error"] = exc
-
-    stage = threading.Thread(target=run)
-    stage.start()
-    killed = None
-    deadline = time.monotonic() + 120
-    while stage.is_alive() and killed is None and time.monotonic() < deadline:
-        for process in _ray_task_processes("_load_file"):
-            os.kill(process.pid, signal.SIGKILL)
-            killed = process.pid
-            break
-        time.sleep(0.005)
-    stage.join(timeout=300)
+    outcome, killed = _kill_a_task_during(
+        lambda: _stage(tmp_path / "ray", {**base, "execution": execution}), "_load_file"
+    )
     assert killed is not None, "no load task was seen running: nothing was killed"
     assert "error" not in outcome, outcome.get("error")
     _same_outputs(local, tmp_path / "ray")
@@ -443,21 +453,26 @@ def test_qa_requests_by_shard_give_the_local_pairs_and_are_sent_once(ray_cluster
     assert _pairs(again) == _pairs(local) and again.requests["reused"] == again.requests["total"]
 
 
-def test_the_runs_cap_holds_across_shards(ray_cluster, tmp_path: Path) -> None:
+def test_the_runs_cap_holds_across_shards(ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """qa.max_total_tokens over shards that send at once on two nodes: one budget (an actor) for all of them, so
-    what the server billed stays within the cap, the rest is refused and the result says partial."""
+    what the server billed stays within the cap, the rest is refused and the result says partial. The journal
+    folder is given relative to the working folder, as a config file would: the tasks (which run in folders of
+    their own) write it there all the same."""
     from tests.fakes.openai_server import FakeOpenAI
 
     documents = _ev_documents()[:40]
     cap = 12_000
     with FakeOpenAI(latency_s=0.05) as fake:
-        qa = _qa_config(fake.base_url, tmp_path / "cache", max_total_tokens=cap)
+        qa = _qa_config(fake.base_url, Path("cache"), max_total_tokens=cap)
+        monkeypatch.chdir(tmp_path)  # where the run's working folder is (the config is read by now)
         result = _qa_on_ray(documents, qa, ray_cluster, "capped", qa_shard_documents=5)
         billed = fake.stats()["billed"]
     assert 0 < billed["prompt_tokens"] + billed["completion_tokens"] <= cap
     assert result.status.startswith("partial: budget reached") and "qa.max_total_tokens" in result.status
     assert 0 < result.requests["refused_budget"] < result.requests["total"]
     assert result.usage_sent.prompt_tokens + result.usage_sent.completion_tokens <= cap
+    journaled = (tmp_path / "cache" / "qa-journal.jsonl").read_text().splitlines()
+    assert len(journaled) == result.requests["total"] - result.requests["refused_budget"] and result.pairs
 
 
 def test_a_worker_killed_mid_qa_loses_nothing_and_pays_little_twice(ray_cluster, tmp_path: Path) -> None:
@@ -477,28 +492,13 @@ def test_a_worker_killed_mid_qa_loses_nothing_and_pays_little_twice(ray_cluster,
             run_id="l",
         )
         needed = fake.stats()["posts"]
-    outcome: dict[str, Any] = {}
     with FakeOpenAI(latency_s=0.4) as fake:
         qa = _qa_config(fake.base_url, tmp_path / "ray")
-
-        def run() -> None:
-            try:
-                outcome["result"] = _qa_on_ray(documents, qa, ray_cluster, "killed", qa_shard_documents=5)
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                outcome["error"] = exc
-
-        stage = threading.Thread(target=run)
-        stage.start()
-        killed = None
-        deadline = time.monotonic() + 120
-        while stage.is_alive() and killed is None and time.monotonic() < deadline:
-            if fake.stats()["posts"] >= 3:  # a shard is sending
-                for process in _ray_task_processes("_send_shard"):
-                    os.kill(process.pid, signal.SIGKILL)
-                    killed = process.pid
-                    break
-            time.sleep(0.01)
-        stage.join(timeout=300)
+        outcome, killed = _kill_a_task_during(
+            lambda: _qa_on_ray(documents, qa, ray_cluster, "killed", qa_shard_documents=5),
+            "_send_shard",
+            ready=lambda: fake.stats()["posts"] >= 3,  # a shard is sending
+        )
         posts = fake.stats()["posts"]
     assert killed is not None, "no QA shard was seen running: nothing was killed"
     assert "error" not in outcome, outcome.get("error")

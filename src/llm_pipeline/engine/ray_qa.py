@@ -115,9 +115,11 @@ def _send_shard(
 
 
 def shares(config: QAConfig, at_once: int) -> QAConfig:
-    """The run's client limits split between `at_once` tasks running together (their sum is the run's)."""
+    """The run's client limits split between `at_once` tasks running together (their sum is the run's); the
+    prompt folder made absolute (a task runs in a folder of its own)."""
     return config.model_copy(
         update={
+            "prompt_dir": config.prompt_dir.resolve() if config.prompt_dir is not None else None,
             "requests_per_minute": config.requests_per_minute / at_once if config.requests_per_minute else None,
             "tokens_per_minute": config.tokens_per_minute / at_once if config.tokens_per_minute else None,
             "concurrency": max(1, math.ceil(config.concurrency / at_once)),
@@ -152,7 +154,8 @@ def generate_on_ray(
             result.seconds = time.perf_counter() - started
             log.info("qa_generated", backend=backend, shards=len(refs), cost_usd=0.0, **result.counts(len(documents)))
             return result
-        folder = config.checkpoint_dir or checkpoint_dir
+        # absolute: a Ray worker runs in a folder of its own (and on another node, where the path must be the same)
+        folder = Path(config.checkpoint_dir or checkpoint_dir).resolve()
         journal, ledger = Journal(folder / JOURNAL_FILE), Ledger(folder, run_id)
         jobs, todo = plan(documents, config, backend, journal, domain)
         waiting = {job.document.id for job in todo}
