@@ -28,6 +28,7 @@ does. Ray retries a task whose worker died (`execution.task_retries`), recomputi
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ class FileLoad:
     ids: list[str]
     lengths: np.ndarray
     richness: np.ndarray
-    digests: list[bytes]
+    digests: np.ndarray  # 32-byte exact-dedup keys ("V32")
     lines: Any = None  # ObjectRef -> list[bytes]: each document as its documents.jsonl line (no newline)
     origins: Any = None  # ObjectRef -> list[(location, raw)]
     base: int = 0  # global index of its first document
@@ -95,7 +96,7 @@ class Plan:
     files: list[FileLoad] = field(default_factory=list)
     alive: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # loaded and not yet removed
     loaded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # loaded (id not repeated)
-    keys: list[DocumentKey] = field(default_factory=list)
+    keys: Keys = field(default_factory=lambda: Keys())
 
     @property
     def n(self) -> int:
@@ -108,6 +109,44 @@ class Plan:
 
 def _exact_digest(text: str) -> bytes:
     return hashlib.sha256(text.lower().encode("utf-8")).digest()  # dedup.exact's key, as bytes
+
+
+def _digests(documents: list[Document]) -> np.ndarray:
+    """The documents' exact-dedup keys as one array of 32-byte items (no Python object per document)."""
+    return np.frombuffer(b"".join(_exact_digest(d.text) for d in documents), dtype="V32")
+
+
+class Keys(Sequence[DocumentKey]):
+    """What the keep rule and the clusters need of each document (`DocumentKey`), held as columns: the ids and two
+    integer arrays, a DocumentKey made only when one is asked for. A few bytes a document plus its id, where a list
+    of DocumentKey objects costs over a hundred (the driver holds one per document of the corpus)."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self._lengths: list[np.ndarray] = []
+        self._richness: list[np.ndarray] = []
+        self._joined: tuple[np.ndarray, np.ndarray] | None = None
+
+    def extend(self, ids: list[str], lengths: np.ndarray, richness: np.ndarray) -> None:
+        self.ids.extend(ids)
+        self._lengths.append(np.asarray(lengths, dtype=np.int64))
+        self._richness.append(np.asarray(richness, dtype=np.int64))
+        self._joined = None
+
+    def _columns(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._joined is None:
+            empty = np.zeros(0, dtype=np.int64)
+            lengths = np.concatenate(self._lengths) if self._lengths else empty
+            richness = np.concatenate(self._richness) if self._richness else empty
+            self._lengths, self._richness, self._joined = [lengths], [richness], (lengths, richness)
+        return self._joined
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> DocumentKey:  # type: ignore[override]
+        lengths, richness = self._columns()
+        return DocumentKey(self.ids[index], int(lengths[index]), int(richness[index]))
 
 
 @dataclass(frozen=True)
@@ -159,7 +198,7 @@ def _load_file(
         "ids": [d.id for d in documents],
         "lengths": np.fromiter((len(d.text) for d in documents), dtype=np.int64, count=len(documents)),
         "richness": np.fromiter((richness(d) for d in documents), dtype=np.int64, count=len(documents)),
-        "digests": [_exact_digest(d.text) for d in documents],
+        "digests": _digests(documents),
     }
     signed = _sign(documents, file_index, signing) if signing is not None else []
     lines = [d.model_dump_json().encode() for d in documents]
@@ -287,8 +326,7 @@ def _load(config: PipelineConfig, address: str, signing: Signing | None) -> tupl
             summaries[relative].quarantined += len(repeated)
         alive.append(mask)
         plan.files.append(load)
-        plan.keys.extend(DocumentKey(i, int(length), int(rich))
-                         for i, length, rich in zip(load.ids, load.lengths, load.richness, strict=True))  # fmt: skip
+        plan.keys.extend(load.ids, load.lengths, load.richness)
         base += len(load.ids)
     plan.alive = np.concatenate(alive) if alive else np.zeros(0, dtype=bool)
     plan.loaded = plan.alive.copy()
@@ -304,27 +342,27 @@ def _held(ingested: IngestResult, signing: Signing | None) -> tuple[IngestResult
     signed = []
     if signing is not None:
         signed = _sign_task.options(num_returns=1 + signing.partitions).remote(ray.put(documents), 0, signing)
+    lengths = np.fromiter((len(d.text) for d in documents), dtype=np.int64, count=len(documents))
+    rich = np.fromiter((richness(d) for d in documents), dtype=np.int64, count=len(documents))
     load = FileLoad(
-        IngestResult(), [d.id for d in documents], np.zeros(0), np.zeros(0),
-        [_exact_digest(d.text) for d in documents], lines, None, 0, "", list(signed),
+        IngestResult(), [d.id for d in documents], lengths, rich, _digests(documents), lines, None, 0, "", list(signed),
     )  # fmt: skip
     alive = np.ones(len(documents), dtype=bool)
-    plan = Plan(files=[load], alive=alive, loaded=alive.copy(), keys=[DocumentKey.of(d) for d in documents])
+    plan = Plan(files=[load], alive=alive, loaded=alive.copy())
+    plan.keys.extend(load.ids, lengths, rich)
     ingested.documents, ingested.loaded = [], len(documents)
     return ingested, plan
 
 
 def _exact(plan: Plan, config: PipelineConfig) -> list[DuplicateCluster]:
-    first: dict[bytes, int] = {}
-    pairs = []
-    for load in plan.files:
-        for k, digest in enumerate(load.digests):
-            index = load.base + k
-            if not plan.alive[index]:
-                continue
-            earlier = first.setdefault(digest, index)
-            if earlier != index:
-                pairs.append((earlier, index, 1.0))
+    """Each alive document whose key an earlier alive one has, paired with the first such one (input order)."""
+    empty = np.zeros(0, dtype="V32")
+    digests = np.concatenate([f.digests for f in plan.files]) if plan.files else empty
+    alive = np.flatnonzero(plan.alive)
+    _, first, inverse = np.unique(digests[alive], return_index=True, return_inverse=True)
+    earliest = alive[first[inverse.reshape(-1)]]
+    copies = earliest != alive
+    pairs = [(int(i), int(j), 1.0) for i, j in zip(earliest[copies].tolist(), alive[copies].tolist(), strict=True)]
     return clusters_from_pairs(plan.keys, pairs, "exact", config.dedup.keep)
 
 
@@ -369,7 +407,7 @@ def _minhash(plan: Plan, config: PipelineConfig, address: str, signing: Signing)
 
 
 def _remove(plan: Plan, clusters: list[DuplicateCluster]) -> int:
-    index = {key.id: i for i, key in enumerate(plan.keys) if plan.alive[i]}
+    index = {doc_id: i for i, doc_id in enumerate(plan.keys.ids) if plan.alive[i]}
     removed = 0
     for cluster in clusters:
         for member in cluster.members:
@@ -526,6 +564,6 @@ def _write_examples(plan: Plan, result: DedupResult, config: PipelineConfig, pat
     wanted_ids = {m for c in shown for m in c.members[:3]} | {
         m for c in everything if c.method == "semantic" for m in c.members
     }
-    wanted = plan.loaded & np.fromiter((key.id in wanted_ids for key in plan.keys), dtype=bool, count=plan.n)
+    wanted = plan.loaded & np.fromiter((i in wanted_ids for i in plan.keys.ids), dtype=bool, count=plan.n)
     documents = _documents(plan, address, wanted)
     write_json(path, cluster_examples(documents, everything, config.dedup))
