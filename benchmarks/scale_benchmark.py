@@ -132,9 +132,11 @@ def measure(config: str, corpus: Path) -> dict[str, Any]:
                     procs += root.children(recursive=True)
                 for p in procs:
                     try:
-                        rss, name = p.memory_info().rss, (p.cmdline() or ["?"])[0]
+                        rss, cmdline = p.memory_info().rss, p.cmdline() or ["?"]
                     except psutil.Error:
                         continue
+                    # the Ray driver runs in a process of its own (llm_pipeline.engine.driver): named so here
+                    name = "ray driver" if "llm_pipeline.engine.ray_driver" in cmdline else cmdline[0]
                     if rss > peaks.get(p.pid, ("", 0))[1]:
                         peaks[p.pid] = (name, rss)
                 time.sleep(0.2)
@@ -147,15 +149,18 @@ def measure(config: str, corpus: Path) -> dict[str, Any]:
         if process.returncode != 0:
             raise SystemExit(f"{config} failed (exit {process.returncode})")
         line = json.loads(stdout.strip().splitlines()[-1])
-        driver = peaks.get(process.pid, ("", 0))[1]
+        stage = peaks.get(process.pid, ("", 0))[1]
+        drivers = [rss for name, rss in peaks.values() if name == "ray driver"]
+        driver = max(drivers, default=stage)  # the local engine has no driver: its stage's process holds it all
         ray_peaks = [rss for pid, (name, rss) in peaks.items() if pid != process.pid and name.startswith("ray::")]
-        others = [(name, rss) for pid, (name, rss) in peaks.items() if pid != process.pid]
+        others = [(name, rss) for pid, (name, rss) in peaks.items() if pid != process.pid and name != "ray driver"]
         largest_other = max(others, key=lambda x: x[1], default=("", 0))
         return {
             "config": config,
             **line,
             "docs_per_s": round(line["documents"] / line["seconds"]),
             "driver_peak_mb": round(driver / 2**20),
+            "stage_process_peak_mb": round(stage / 2**20),
             "ray_worker_peak_mb": round(max(ray_peaks, default=0) / 2**20),
             "largest_other_process": [largest_other[0][:40], round(largest_other[1] / 2**20)],
         }

@@ -152,7 +152,7 @@ def test_alerts_install_idempotently_and_page_on_real_failures(server, receivers
         assert body["deployment"] == "fails-on-purpose/nightly" and body["state"] == "Failed"
         assert body["flow_run"] == final.name and "fails on purpose" in body["message"]
         assert body["duration_s"] >= 0 and body["url"] == f"{UI}/runs/flow-run/{failed.id}"
-        [slack] = wait_until(lambda: hooks_about(hooks, "/slack", "failed", failed.id), 30, "the Slack message")
+        [slack] = wait_until(lambda: hooks_about(hooks, "/slack", "failed", failed.id), 90, "the Slack message")
         assert (
             "fails-on-purpose/nightly" in slack.body["text"] and f"{UI}/runs/flow-run/{failed.id}" in slack.body["text"]
         )
