@@ -180,7 +180,7 @@ def generate_on_ray(
         if keeper is not None:
             budget = fetch(keeper.state.remote(), address)
     journal = Journal(folder / JOURNAL_FILE)  # every shard's lines, read again
-    result = assemble(documents, config, backend, journal, ledger, domain, sending, budget)
+    result = assemble(documents, config, backend, journal, ledger, domain, sending, budget, jobs)
     result.seconds = time.perf_counter() - started
     log.info(
         "qa_generated",

@@ -241,12 +241,15 @@ async def send_documents(
     ledger: Ledger,
     domain: str,
     budget: Any,
+    todo: list[Job] | None = None,
 ) -> Sending:
-    """Send the requests of `documents` the journal has not answered, each outcome journaled as it comes; `budget`
-    (qa/budget.py's, or one shared by shards) is reserved from before each request when it is capped."""
+    """Send the requests of `documents` the journal has not answered (`todo`, when the caller planned them already),
+    each outcome journaled as it comes; `budget` (qa/budget.py's, or one shared by shards) is reserved from before
+    each request when it is capped."""
     prompts = load_prompts(config.prompt_dir)
     model = model_of(config, backend_name)
-    _, todo = plan(documents, config, backend_name, journal, domain)
+    if todo is None:
+        _, todo = plan(documents, config, backend_name, journal, domain)
     for job in todo:
         job.ledger, job.budget = ledger, budget if budget.capped else None  # no cap: nothing to hold per request
     outcomes = Outcomes(journal, backend_name, model, prompts, config.max_format_retries)
@@ -276,11 +279,12 @@ def assemble(
     domain: str,
     sending: Sending,
     budget: Budget,
+    jobs: list[Job],
 ) -> QAResult:
-    """The result from the journal (every request's pairs, whoever sent it) and the ledger (what this run paid)."""
+    """The result from the journal (every request's pairs, whoever sent it) and the ledger (what this run paid);
+    `jobs`: every request the documents need (`plan`)."""
     prompts = load_prompts(config.prompt_dir)
     model = model_of(config, backend_name)
-    jobs, _ = plan(documents, config, backend_name, journal, domain)
     result = QAResult(backend=backend_name, model=model, prompt_version=prompts.version)
     sent = ledger.sent()  # every attempt of every stage retry of this run, and every billed reply
     result.usage_sent = sent.usage
@@ -343,5 +347,5 @@ async def _generate_with_model(
     jobs, todo = plan(documents, config, backend_name, journal, domain)
     log.info("qa_requests_planned", total=len(jobs), reused=len(jobs) - len(todo), to_send=len(todo))
     budget = run_budget(config, backend_name, ledger)
-    sending = await send_documents(documents, config, backend_name, api_key, journal, ledger, domain, budget)
-    return assemble(documents, config, backend_name, journal, ledger, domain, sending, budget)
+    sending = await send_documents(documents, config, backend_name, api_key, journal, ledger, domain, budget, todo)
+    return assemble(documents, config, backend_name, journal, ledger, domain, sending, budget, jobs)
