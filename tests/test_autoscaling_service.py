@@ -4,6 +4,7 @@ host name, a GPU of its own); and the draining worker, stopped by a real SIGTERM
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,13 +19,15 @@ from services.autoscaling.replicas import (
     DEVICES,
     MANAGED,
     NUMBER,
+    ComposeService,
     claimed_devices,
+    removal_for,
     replica_config,
     uses_gpus,
     worker_limit_of,
 )
 from services.autoscaling.settings import AutoscalerSettings
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, require_docker, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,3 +219,48 @@ def test_a_draining_worker_finishes_its_run_takes_no_new_one_then_exits(prefect_
     output = (tmp_path / "worker.log").read_text()
     assert "draining: takes no more flow runs, 1 still running" in output, output[-2000:]
     assert "drained, stopping" in output
+
+
+def test_a_scale_down_leaves_its_target_when_a_replica_left_since_the_count() -> None:
+    """Three replicas of a compose service (real containers on the Engine) counted, a scale-down to one decided on
+    that count, then one of them stopped by someone else before the autoscaler drains (seen on the stack: a worker
+    drained by hand exited between the count and the drain). Draining "as many as the decision's difference" (two)
+    would take both that are left; the autoscaler drains only what is over the target now, and one stays."""
+    import docker
+
+    require_docker()
+    client = docker.from_env()
+    project = f"scaledown-{uuid.uuid4().hex[:6]}"
+    made = [
+        client.containers.run(
+            "debian:bookworm-slim",
+            ["sleep", "infinity"],
+            name=f"{project}-cpu-worker-{number}",
+            labels={
+                "com.docker.compose.project": project,
+                "com.docker.compose.service": "cpu-worker",
+                NUMBER: str(number),
+                MANAGED: "true" if number > 1 else "false",
+            },
+            init=True,  # sleep takes the SIGTERM of `docker stop` (as the worker drains on it)
+            detach=True,
+        )  # fmt: skip
+        for number in (1, 2, 3)
+    ]
+    try:
+        service = ComposeService(client, project, "cpu-worker")
+        counted = len(service.serving())
+        assert counted == 3
+        made[2].stop(timeout=5)  # gone between the count and the drain
+        assert len(service.choose_for_removal(counted - 1)) == 2, "the old arithmetic: both that are left"
+        drained = removal_for(service, keep=1)
+        assert len(drained) == 1
+        for replica in drained:
+            service.drain(replica, timeout_s=5)
+        wait_until(lambda: service.draining == 0, 60, "the drain")
+        assert [r.status for r in service.replicas()] == ["running"]
+        assert removal_for(service, keep=1) == []  # at the target: nothing more to drain
+    finally:
+        for container in made:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)

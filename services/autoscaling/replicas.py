@@ -269,6 +269,14 @@ class SwarmService:
         return []  # swarm removes its own tasks
 
 
+def removal_for(service: ComposeService | SwarmService, keep: int) -> list[Replica]:
+    """The replicas to drain so that `keep` stay serving, counted now: a scale-down decided on a count taken a
+    moment earlier must not go below its target when a replica left meanwhile (stopped by someone else, or it
+    exited), which "remove as many as the decision's difference" would (seen: 3 -> 1 drained two of the two left)."""
+    excess = len(service.serving()) - keep
+    return service.choose_for_removal(excess) if excess > 0 else []
+
+
 def _gone_or_going(error: Exception) -> bool:
     """The container is already removed, or another remover (make down, a test, a second autoscaler) is removing
     it (409 Conflict): the drain's end is reached all the same."""

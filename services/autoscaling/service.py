@@ -26,6 +26,7 @@ from services.autoscaling.replicas import (
     ComposeService,
     SwarmService,
     claimed_devices,
+    removal_for,
     uses_gpus,
     worker_limit_of,
 )
@@ -181,14 +182,18 @@ class Autoscaler:
             if change > 0:
                 names = service.add(template, devices=pins, count=change)
         else:
-            for replica in service.choose_for_removal(-change):
+            for replica in removal_for(service, decision.workers_to):
                 service.drain(replica, self.settings.drain_timeout, done=self._drained(managed))
                 names.append(replica.name)
-        if not names:  # a GPU pool with every GPU held: nothing was started
+        if not names and change > 0:  # a GPU pool with every GPU held: nothing was started
             self.log.warning("autoscaler.no_free_gpu", pool=managed.pool, wanted=decision.workers_to)
             return
+        if not names:  # replicas left since the count: already at (or under) the target
+            self.log.info("autoscaler.nothing_to_drain", pool=managed.pool, wanted=decision.workers_to)
+            return
         shown = "inf" if math.isinf(decision.utilization) else f"{decision.utilization:.2f}"
-        reached = decision.workers_from + (len(names) if change > 0 else -len(names))
+        # down: exactly the target stays (removal_for counts the serving replicas as they are now)
+        reached = decision.workers_from + len(names) if change > 0 else decision.workers_to
         message = f"scaled {managed.pool} {decision.workers_from} -> {reached}: {decision.reason}"
         self.log.info(
             "autoscaler.scaled",
