@@ -8,7 +8,7 @@ similarity is transitive, and for callers that want groups."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,9 +77,14 @@ def clusters_by_kept(
     pairs: Iterable[tuple[int, int, float]],
     method: str,
     keep: KeepPolicy = "first",
+    confirm: Callable[[int, int], float | None] | None = None,
 ) -> list[DuplicateCluster]:
     """One cluster per kept document that has copies: its members are the kept one and the documents removed as
-    its copies, each with its own similarity to the kept one (`to_kept`); `similarity` is the lowest of those."""
+    its copies, each with its own similarity to the kept one (`to_kept`); `similarity` is the lowest of those.
+
+    `confirm(a, b)`, when given, turns `pairs` into candidates: a pair counts only with the similarity it returns
+    (None: not similar enough), and it is asked only of the pairs that can remove something, those whose document
+    earlier in keep order was kept (the same clusters as confirming every pair first, for less work)."""
     neighbours: dict[int, list[tuple[int, float]]] = {}
     for a, b, similarity in pairs:
         neighbours.setdefault(a, []).append((b, similarity))
@@ -87,7 +92,10 @@ def clusters_by_kept(
     kept: set[int] = set()
     copies: dict[int, list[tuple[int, float]]] = {}
     for node in sorted(neighbours, key=lambda i: _keep_key(keep, i, documents[i])):
-        best = max(((s, -k) for k, s in neighbours[node] if k in kept), default=None)
+        earlier = ((k, s) for k, s in neighbours[node] if k in kept)
+        if confirm is not None:
+            earlier = ((k, s) for k, _ in earlier if (s := confirm(node, k)) is not None)
+        best = max(((s, -k) for k, s in earlier), default=None)
         if best is None:
             kept.add(node)
         else:

@@ -18,7 +18,7 @@ parts of a corpus share one index; signatures are the same in every process (no 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from itertools import chain
 from typing import TYPE_CHECKING
@@ -187,13 +187,15 @@ def _unique_signatures(
 ) -> tuple[np.ndarray, ShingleSets]:
     if processes is None:
         processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if processes > 1 and len(texts) >= PARALLEL_MIN_DOCUMENTS:
+    parts = _balanced_parts(texts, processes) if processes > 1 and len(texts) >= PARALLEL_MIN_DOCUMENTS else []
+    if len(parts) > 1:
         import multiprocessing
 
-        chunk = -(-len(texts) // processes)
-        parts = [texts[i : i + chunk] for i in range(0, len(texts), chunk)]
-        with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
-            results = pool.starmap(_signatures, [(part, shingle_size, num_perm, seed) for part in parts])
+        # the children take the later parts while this process does the first: one fork fewer, and the largest
+        # result never crosses a pipe
+        with multiprocessing.get_context("fork").Pool(len(parts) - 1) as pool:
+            later = pool.starmap_async(_signatures, [(part, shingle_size, num_perm, seed) for part in parts[1:]])
+            results = [_signatures(parts[0], shingle_size, num_perm, seed), *later.get()]
     else:
         results = [_signatures(texts, shingle_size, num_perm, seed)]
     if not results:
@@ -205,6 +207,15 @@ def _unique_signatures(
     return sigs, ShingleSets(hashes, offsets.astype(np.int64))
 
 
+def _balanced_parts(texts: list[str], n: int) -> list[list[str]]:
+    """`texts` cut into n contiguous parts of about equal characters (the work is per character, and a corpus's
+    long texts cluster: equal counts left one process waiting a quarter of the time for the other)."""
+    ends = np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)))
+    cuts = np.searchsorted(ends, ends[-1] * np.arange(1, n) / n).tolist()
+    bounds = [0, *(min(max(c, 1), len(texts) - 1) for c in cuts), len(texts)]
+    return [texts[lo:hi] for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
+
+
 def _signatures(texts: list[str], shingle_size: int, num_perm: int, seed: int) -> tuple[np.ndarray, ...]:
     a, b = permutations(num_perm, seed)
     hasher = ShingleHasher(shingle_size)
@@ -212,13 +223,17 @@ def _signatures(texts: list[str], shingle_size: int, num_perm: int, seed: int) -
     all_hashes: list[np.ndarray] = []
     all_offsets: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
     done = 0
+    buffer = np.empty(0, dtype=np.uint32)
     for start in range(0, len(texts), BATCH_TEXTS):
         hashes, offsets = hasher.batch(texts[start : start + BATCH_TEXTS])
         flat = fold32(hashes)
         for lo in range(0, len(offsets) - 1, 256):  # num_perm x (shingles of 256 texts) values at a time
             hi = min(lo + 256, len(offsets) - 1)
             part = flat[offsets[lo] : offsets[hi]]
-            permuted = np.multiply.outer(a, part)  # uint32: wraps modulo 2^32
+            if len(buffer) < num_perm * len(part):  # one buffer, reused: fresh pages for every block cost more
+                buffer = np.empty(num_perm * len(part), dtype=np.uint32)  # than the multiplication itself
+            permuted = buffer[: num_perm * len(part)].reshape(num_perm, len(part))
+            np.multiply.outer(a, part, out=permuted)  # uint32: wraps modulo 2^32
             permuted += b[:, None]
             rows.append(np.ascontiguousarray(np.minimum.reduceat(permuted, offsets[lo:hi] - offsets[lo], axis=1).T))
         all_hashes.append(hashes)
@@ -360,17 +375,40 @@ def verified_pairs(
     `shingle_signatures`, else hashed here) or the signatures' estimate."""
     if len(pairs) == 0:
         return []
-    estimates = (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
     if verify == "exact":
-        if sets is None:
-            sets = ShingleSets(*ShingleHasher(shingle_size).batch([d.text for d in documents]))
-        # A pair estimated 0.2 under the threshold (4.6 standard deviations at 128 permutations) is not worth the
-        # exact count: it cannot remove anything, and it reaches the threshold with a chance of about 1 in 10^6.
-        hopeful = pairs[estimates >= threshold - 0.2]
-        scored = ((i, j, sets.jaccard(i, j)) for i, j in hopeful.tolist())
-        return [(i, j, s) for i, j, s in scored if s >= threshold]
+        confirm = exact_confirmation(documents, threshold, shingle_size, sets)
+        scored = ((i, j, confirm(i, j)) for i, j, _ in hopeful_pairs(sigs, pairs, threshold))
+        return [(i, j, s) for i, j, s in scored if s is not None]
+    estimates = (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
     keep = estimates >= threshold
     return [(int(i), int(j), float(s)) for (i, j), s in zip(pairs[keep], estimates[keep], strict=True)]
+
+
+def hopeful_pairs(sigs: np.ndarray, pairs: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+    """The candidate pairs worth an exact count, with their estimates. A pair estimated 0.2 under the threshold
+    (4.6 standard deviations at 128 permutations) is not: it cannot remove anything, and it reaches the threshold
+    with a chance of about 1 in 10^6."""
+    if len(pairs) == 0:
+        return []
+    estimates = (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
+    hopeful = estimates >= threshold - 0.2
+    return list(zip(*pairs[hopeful].T.tolist(), estimates[hopeful].tolist(), strict=True))
+
+
+def exact_confirmation(
+    documents: list[Document], threshold: float, shingle_size: int, sets: ShingleSets | None = None
+) -> Callable[[int, int], float | None]:
+    """(i, j) -> the exact Jaccard of their shingle sets where it reaches `threshold`, else None (`sets` from
+    `shingle_signatures`, else hashed here)."""
+    if sets is None:
+        sets = ShingleSets(*ShingleHasher(shingle_size).batch([d.text for d in documents]))
+    jaccard = sets.jaccard
+
+    def confirm(i: int, j: int) -> float | None:
+        similarity = jaccard(i, j)
+        return similarity if similarity >= threshold else None
+
+    return confirm
 
 
 class RedisIndex:
@@ -460,6 +498,9 @@ def near_duplicate_clusters(
     sigs, sets = shingle_signatures((d.text for d in documents), shingle_size, num_perm)
     b, r = lsh_params(threshold, num_perm, bands)
     pairs = candidate_pairs(sigs, b, r, np.asarray(keep_ranks(documents, keep)))
+    if not redis_url and verify == "exact":  # each pair counted only when it could remove something
+        confirm = exact_confirmation(documents, threshold, shingle_size, sets)
+        return clusters_by_kept(documents, hopeful_pairs(sigs, pairs, threshold), "minhash", keep, confirm)
     if not redis_url:
         verified = verified_pairs(documents, sigs, pairs, threshold, verify, shingle_size, sets)
         return clusters_by_kept(documents, verified, "minhash", keep)
