@@ -135,6 +135,13 @@ class DedupConfig(Section):
         "remove",
         description="remove semantic duplicates, or only list them for review (templated corpora: see README).",
     )
+    semantic_search: Literal["auto", "exact", "ivf"] = Field(
+        "auto",
+        description="How semantic pairs are found: exact (every pair), ivf (faiss inverted lists: near-linear, "
+        "approximate), auto (exact up to 100,000 documents, ivf above).",
+    )
+    ivf_lists: int | None = Field(None, ge=1, description="ivf: k-means cells; None = 4 * sqrt(documents).")
+    ivf_probes: int = Field(16, ge=1, description="ivf: cells searched per document (more: slower, more recall).")
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     batch_size: int = Field(64, ge=1)
     device: str = "cpu"
@@ -508,6 +515,12 @@ class ExecutionConfig(Section):
     )
     qa_shard_documents: int = Field(
         64, ge=1, description="Documents per QA generation task on Ray (extractive candidates, or API requests)."
+    )
+    qa_actors: int | None = Field(
+        None,
+        ge=1,
+        description="Actors that generate with the `local` QA backend on Ray, each with the model loaded once; None: "
+        "one per GPU of the cluster (none on a CPU-only cluster: the stage's process generates).",
     )
 
     @field_validator("ray_address")

@@ -1,9 +1,18 @@
-"""Semantic duplicates: cosine similarity of sentence embeddings, compared block by block (bounded memory)."""
+"""Semantic duplicates: cosine similarity of sentence embeddings, compared block by block (bounded memory).
+
+Two searches find the pairs that reach the threshold. `exact` compares every pair (a block of rows against all):
+n^2 dot products, fine to a few hundred thousand documents. `ivf` puts the vectors in faiss's inverted lists
+(k-means cells; each row is compared only with the rows of the `ivf_probes` cells nearest to it): about
+n^2 * probes / lists dot products, approximate (a pair whose two rows fall in cells far apart is missed; its
+recall is measured in docs/benchmarks.md). `auto` is exact up to EXACT_SEARCH_MAX documents, ivf above.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -16,6 +25,11 @@ if TYPE_CHECKING:
     from llm_pipeline.config import DedupConfig
 
 BLOCK_ROWS = 1024  # a block's similarity matrix holds BLOCK_ROWS x N float32 values
+EXACT_SEARCH_MAX = 100_000  # `auto`: all pairs up to here (83k: ~1 min on 2 cores, ivf 4.5x faster), ivf above
+TRAIN_POINTS_PER_LIST = 64  # k-means sample per cell (faiss wants >= 39; its default 256 costs 4x the training)
+DEFAULT_PROBES = 16
+
+SemanticSearch = Literal["auto", "exact", "ivf"]
 
 
 def block_pairs(vectors: np.ndarray, start: int, threshold: float) -> list[tuple[int, int, float]]:
@@ -31,9 +45,70 @@ def block_pairs(vectors: np.ndarray, start: int, threshold: float) -> list[tuple
     return pairs
 
 
-def similar_pairs(vectors: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """Every pair (i < j) of rows whose cosine reaches `threshold`; rows must be L2-normalized."""
-    return [pair for start in range(0, len(vectors), BLOCK_ROWS) for pair in block_pairs(vectors, start, threshold)]
+def uses_ivf(search: SemanticSearch, rows: int) -> bool:
+    return search == "ivf" or (search == "auto" and rows > EXACT_SEARCH_MAX)
+
+
+def ivf_lists(rows: int, lists: int | None = None) -> int:
+    """Cells of the inverted index: `lists`, or 4 * sqrt(rows) (faiss's rule of thumb), at most one per 39 rows
+    (fewer training points per cell and k-means is unreliable)."""
+    wanted = lists if lists is not None else round(4 * math.sqrt(rows))
+    return max(1, min(wanted, rows // 39))
+
+
+def ivf_index(vectors: np.ndarray, lists: int | None = None, probes: int = DEFAULT_PROBES) -> Any:
+    """A faiss inner-product IVF index over `vectors` (L2-normalized float32 rows), trained by k-means on a seeded
+    sample: the same vectors give the same index, whatever the process (the Ray driver or the stage's)."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    cells = ivf_lists(len(vectors), lists)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], cells, faiss.METRIC_INNER_PRODUCT)
+    index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
+    index.cp.seed = 1234
+    index.train(vectors)
+    index.add(vectors)
+    index.nprobe = min(probes, cells)
+    return index
+
+
+def ivf_block_pairs(index: Any, vectors: np.ndarray, start: int, threshold: float) -> list[tuple[int, int, float]]:
+    """The pairs found from rows [start, start + BLOCK_ROWS) as queries, each as (i < j): a pair can be found from
+    either of its rows (their cells differ), so blocks overlap; `merged_pairs` joins them."""
+    block = np.ascontiguousarray(vectors[start : start + BLOCK_ROWS], dtype=np.float32)
+    # faiss returns inner products strictly above the radius: the next float down keeps ">= threshold"
+    limits, similarities, ids = index.range_search(block, float(np.nextafter(np.float32(threshold), np.float32(-2))))
+    rows = np.repeat(np.arange(start, start + len(block), dtype=np.int64), np.diff(limits).astype(np.int64))
+    other = ids != rows
+    first, second = np.minimum(rows, ids)[other], np.maximum(rows, ids)[other]
+    return list(zip(first.tolist(), second.tolist(), similarities[other].tolist(), strict=True))
+
+
+def merged_pairs(blocks: Iterable[list[tuple[int, int, float]]]) -> list[tuple[int, int, float]]:
+    """Each pair once, in (i, j) order, with the highest similarity it was found with (the two directions' dot
+    products can differ in the last bit)."""
+    best: dict[tuple[int, int], float] = {}
+    for block in blocks:
+        for i, j, similarity in block:
+            if similarity > best.get((i, j), -2.0):
+                best[(i, j)] = similarity
+    return [(i, j, best[(i, j)]) for i, j in sorted(best)]
+
+
+def similar_pairs(
+    vectors: np.ndarray,
+    threshold: float,
+    search: SemanticSearch = "exact",
+    lists: int | None = None,
+    probes: int = DEFAULT_PROBES,
+) -> list[tuple[int, int, float]]:
+    """Every pair (i < j) of rows whose cosine reaches `threshold` (with `ivf`: those the index finds); rows must
+    be L2-normalized."""
+    starts = range(0, len(vectors), BLOCK_ROWS)
+    if not uses_ivf(search, len(vectors)):
+        return [pair for start in starts for pair in block_pairs(vectors, start, threshold)]
+    index = ivf_index(vectors, lists, probes)
+    return merged_pairs(ivf_block_pairs(index, vectors, start, threshold) for start in starts)
 
 
 def comparable(vectors: np.ndarray, backend: Backend) -> np.ndarray:
@@ -55,11 +130,16 @@ def semantic_duplicate_clusters(
     backend: Backend = "torch",
     max_seq_length: int = 128,
     cache: Path | None = None,
+    search: SemanticSearch = "exact",
+    lists: int | None = None,
+    probes: int = DEFAULT_PROBES,
 ) -> list[DuplicateCluster]:
     if len(documents) < 2:
         return []
-    vectors = embed([d.text for d in documents], model, device, batch_size, backend, max_seq_length, cache)
-    return clusters_by_kept(documents, similar_pairs(comparable(vectors, backend), threshold), "semantic", keep)
+    vectors = comparable(
+        embed([d.text for d in documents], model, device, batch_size, backend, max_seq_length, cache), backend
+    )
+    return clusters_by_kept(documents, similar_pairs(vectors, threshold, search, lists, probes), "semantic", keep)
 
 
 @DEDUP_METHODS.register("semantic")
@@ -74,4 +154,7 @@ def semantic_method(documents: list[Document], config: DedupConfig) -> list[Dupl
         backend=config.embedding_backend,
         max_seq_length=config.max_seq_length,
         cache=config.embedding_cache,
+        search=config.semantic_search,
+        lists=config.ivf_lists,
+        probes=config.ivf_probes,
     )

@@ -16,7 +16,9 @@
             kept-document rule then runs in the driver over the verified pairs (a pass over pairs, not documents).
   semantic  embeddings by actors that load the model once and take shards of texts (`_Embedder`); the
             similarity search as one task per block of rows against all (`semantic.block_pairs`, the vectors
-            shared through the object store); the keep rule in the driver over the pairs, as locally.
+            shared through the object store), or with `ivf` the index built in the driver (the same index as
+            locally: seeded k-means on the same vectors) and searched by tasks that each take a run of blocks;
+            the keep rule in the driver over the pairs, as locally.
   others    plug-in methods run in the driver on the documents still kept (fetched then).
   write     documents.jsonl: the kept lines, file by file in input order (the driver holds one file at a time).
 
@@ -511,11 +513,31 @@ def _block_pairs(vectors: np.ndarray, start: int, threshold: float) -> list[tupl
     return block_pairs(vectors, start, threshold)
 
 
+@ray.remote
+def _ivf_pairs(index: np.ndarray, vectors: np.ndarray, starts: list[int], threshold: float) -> list:
+    """The ivf search from a run of blocks of rows: the index (serialized by faiss) read once per task, searched on
+    one thread (the task holds one CPU)."""
+    import faiss
+
+    from llm_pipeline.dedup.semantic import ivf_block_pairs
+
+    faiss.omp_set_num_threads(1)
+    opened = faiss.deserialize_index(index)
+    return [ivf_block_pairs(opened, vectors, start, threshold) for start in starts]
+
+
 def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
     """Semantic dedup with its embeddings computed by actors that load the model once and take shards of
     `execution.embed_shard_texts` texts, in order; the similarity search as one task per block of rows; the keep
     rule in the driver. With an embedding cache, the local implementation (the cache is one folder)."""
-    from llm_pipeline.dedup.semantic import BLOCK_ROWS, comparable, semantic_method
+    from llm_pipeline.dedup.semantic import (
+        BLOCK_ROWS,
+        comparable,
+        ivf_index,
+        merged_pairs,
+        semantic_method,
+        uses_ivf,
+    )
 
     def method(documents: list[Document], dedup: Any) -> list[DuplicateCluster]:
         if dedup.embedding_cache is not None or len(documents) < 2:
@@ -538,10 +560,27 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
             for actor in actors:
                 ray.kill(actor)
         log.info("semantic_embedded", engine="ray", actors=len(actors), shards=len(shards), texts=len(texts))
-        # the search: one task per block of BLOCK_ROWS rows against all, the vectors shared through the store
-        shared = ray.put(comparable(vectors, dedup.embedding_backend))
+        vectors = comparable(vectors, dedup.embedding_backend)
+        shared = ray.put(vectors)  # the vectors shared through the store
+        starts = list(range(0, len(texts), BLOCK_ROWS))
+        threshold = dedup.cosine_threshold
+        if uses_ivf(dedup.semantic_search, len(texts)):
+            import faiss
+
+            # the index trained and filled here (the stage's own code: the same index), searched by tasks that
+            # each take a run of blocks (a task reads the whole index once)
+            index = ray.put(faiss.serialize_index(ivf_index(vectors, dedup.ivf_lists, dedup.ivf_probes)))
+            per_task = max(1, -(-len(starts) // (4 * cluster_cpus())))
+            search = _ivf_pairs.options(max_retries=config.execution.task_retries)
+            runs = [
+                search.remote(index, shared, starts[i : i + per_task], threshold)
+                for i in range(0, len(starts), per_task)
+            ]
+            pairs = merged_pairs(block for run in fetch(runs, address) for block in run)
+            return clusters_by_kept(documents, pairs, "semantic", dedup.keep)
+        # the exact search: one task per block of BLOCK_ROWS rows against all
         search = _block_pairs.options(max_retries=config.execution.task_retries)
-        blocks = [search.remote(shared, start, dedup.cosine_threshold) for start in range(0, len(texts), BLOCK_ROWS)]
+        blocks = [search.remote(shared, start, threshold) for start in starts]
         pairs = [pair for found in fetch(blocks, address) for pair in found]  # block order: the local (i, j) order
         return clusters_by_kept(documents, pairs, "semantic", dedup.keep)
 
