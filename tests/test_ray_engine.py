@@ -253,11 +253,39 @@ def test_semantic_embeddings_on_actors_give_the_local_clusters(ray_cluster, real
         "data": {"path": str(real_text), "limit": 1200},
         "dedup": {"method": "semantic", "semantic_threshold": 0.9},
     }
-    local, local_counts = _stage(tmp_path / "local", base)
-    execution = {"engine": "ray", "ray_address": ray_cluster, "embed_shard_texts": 300}
-    distributed, ray_counts = _stage(tmp_path / "ray", {**base, "execution": execution})
+    _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=300, removed_at_least=5)
+
+
+def _same_on_both_engines(address: str, tmp: Path, base: dict, shard_texts: int, removed_at_least: int) -> None:
+    """The stage locally and on Ray (`shard_texts` texts per embedding call): the same files and counts."""
+    local, local_counts = _stage(tmp / "local", base)
+    execution = {"engine": "ray", "ray_address": address, "embed_shard_texts": shard_texts}
+    distributed, ray_counts = _stage(tmp / "ray", {**base, "execution": execution})
     _same_outputs(local, distributed)
-    assert local_counts == ray_counts and local_counts["dedup.removed"] >= 5, local_counts
+    assert local_counts == ray_counts and local_counts["dedup.removed"] >= removed_at_least, local_counts
+
+
+def test_the_ivf_search_on_ray_gives_the_local_clusters(ray_cluster, real_text: Path, tmp_path: Path) -> None:
+    """`semantic_search: ivf`: the driver builds the index from the actors' vectors and tasks search runs of blocks;
+    the clusters are the local stage's (its own index over the same vectors), similarities included."""
+    dedup = {"method": "semantic", "embedding_backend": "static", "semantic_search": "ivf"}
+    base = {"data": {"path": str(real_text)}, "dedup": dedup}
+    _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=2000, removed_at_least=100)
+
+
+def test_an_embedding_actor_killed_mid_shard_changes_nothing(ray_cluster, real_text: Path, tmp_path: Path) -> None:
+    """SIGKILL to an embedding actor while it encodes a shard (seen as `ray::_Embedder.encode`): Ray restarts it
+    (the model loaded again) and the call is retried; the clusters are the local stage's, similarities included."""
+    base = {"data": {"path": str(real_text), "limit": 800}, "dedup": {"method": "semantic", "semantic_threshold": 0.9}}
+    local, local_counts = _stage(tmp_path / "local", base)
+    execution = {"engine": "ray", "ray_address": ray_cluster, "embed_shard_texts": 200}
+    outcome, killed = _kill_a_task_during(
+        lambda: _stage(tmp_path / "ray", {**base, "execution": execution}), "_Embedder.encode"
+    )
+    assert killed is not None, "no actor was seen embedding: nothing was killed"
+    assert "error" not in outcome, outcome.get("error")
+    _same_outputs(local, tmp_path / "ray")
+    assert outcome["result"][1] == local_counts
 
 
 def test_a_worker_killed_mid_stage_changes_nothing(ray_cluster, real_text: Path, tmp_path: Path) -> None:
@@ -508,18 +536,15 @@ def test_a_worker_killed_mid_qa_loses_nothing_and_pays_little_twice(ray_cluster,
 
 
 # Evaluation candidates on actors ------------------------------------------------------------------------------
-def test_an_hf_candidate_answers_on_actors_as_in_the_stages_process(ray_cluster, tmp_path: Path) -> None:
-    """A tiny Llama (built here, loaded by the users' loading code) answering 13 benchmark items: on two Ray actors
-    (one per node, each with the model loaded once and half of the questions) it gives the answers and scores it
-    gives in one process; the retrieval baseline beside it stays in the stage's process."""
-    from llm_pipeline.config import CandidateConfig, EvaluationConfig, ExecutionConfig
-    from llm_pipeline.engine.ray_candidates import ray_answerer
+def _tiny_candidate(tmp_path: Path, count: int, max_new_tokens: int, batch_size: int) -> tuple[list[Any], Any]:
+    """`count` benchmark items on the sample's documents, and an evaluation config of a tiny Llama (built here,
+    loaded by the users' loading code) beside the retrieval baseline."""
+    from llm_pipeline.config import CandidateConfig, EvaluationConfig
     from llm_pipeline.evaluation.candidates import answer_messages
-    from llm_pipeline.evaluation.workflow import evaluate_candidates
     from llm_pipeline.records import BenchmarkItem
     from tests.tiny_models import save, tiny_llama, train_tokenizer
 
-    documents = _ev_documents()[:13]
+    documents = _ev_documents()
     items = [
         BenchmarkItem(
             id=f"b{k}",
@@ -530,17 +555,28 @@ def test_an_hf_candidate_answers_on_actors_as_in_the_stages_process(ray_cluster,
             difficulty="easy",
             source_document_id=d.id,
         )
-        for k, d in enumerate(documents)
+        for k, d in enumerate(documents[k % len(documents)] for k in range(count))
     ]
     tokenizer = train_tokenizer([m["content"] for i in items for m in answer_messages(i.question, i.context)])
     model = save(tiny_llama(tokenizer, seed=3), tokenizer, tmp_path / "tiny")
-    config = EvaluationConfig(
-        metrics=["exact_match", "rouge", "bleu"],
-        candidates=[
-            CandidateConfig(name="tiny", kind="hf", model=str(model), device="cpu", max_new_tokens=8, batch_size=4),
-            CandidateConfig(name="retrieval", kind="retrieval"),
-        ],
+    tiny = CandidateConfig(
+        name="tiny", kind="hf", model=str(model), device="cpu", max_new_tokens=max_new_tokens, batch_size=batch_size
     )
+    config = EvaluationConfig(
+        metrics=["exact_match", "rouge", "bleu"], candidates=[tiny, CandidateConfig(name="retrieval", kind="retrieval")]
+    )
+    return items, config
+
+
+def test_an_hf_candidate_answers_on_actors_as_in_the_stages_process(ray_cluster, tmp_path: Path) -> None:
+    """A tiny Llama answering 13 benchmark items: on two Ray actors (one per node, each with the model loaded once
+    and half of the questions) it gives the answers and scores it gives in one process; the retrieval baseline
+    beside it stays in the stage's process."""
+    from llm_pipeline.config import ExecutionConfig
+    from llm_pipeline.engine.ray_candidates import ray_answerer
+    from llm_pipeline.evaluation.workflow import evaluate_candidates
+
+    items, config = _tiny_candidate(tmp_path, 13, max_new_tokens=8, batch_size=4)
     local = evaluate_candidates(items, config)
     execution = ExecutionConfig(engine="ray", ray_address=ray_cluster, candidate_actors=2)
     distributed = evaluate_candidates(items, config, answerer=ray_answerer(execution, "INFO", True))
@@ -549,3 +585,66 @@ def test_an_hf_candidate_answers_on_actors_as_in_the_stages_process(ray_cluster,
     assert _untimed(distributed.summary["tiny"]["overall"]) == _untimed(local.summary["tiny"]["overall"])
     generation = distributed.summary["tiny"]["generation"]
     assert generation["actors"] == 2 and generation["new_tokens"] == local.summary["tiny"]["generation"]["new_tokens"]
+
+
+def test_an_actor_killed_mid_shard_is_restarted_and_its_answers_are_the_same(ray_cluster, tmp_path: Path) -> None:
+    """SIGKILL to an actor's process while it answers its shard (seen as `ray::CandidateActor.answer`): Ray
+    restarts the actor (the model loaded again) and retries the shard; the answers, scores and new tokens are the
+    stage's process's."""
+    from llm_pipeline.config import ExecutionConfig
+    from llm_pipeline.engine.ray_candidates import ray_answerer
+    from llm_pipeline.evaluation.workflow import evaluate_candidates
+
+    items, config = _tiny_candidate(tmp_path, 48, max_new_tokens=48, batch_size=1)  # a shard lasts seconds
+    local = evaluate_candidates(items, config)
+    execution = ExecutionConfig(engine="ray", ray_address=ray_cluster, candidate_actors=2)
+    outcome, killed = _kill_a_task_during(
+        lambda: evaluate_candidates(items, config, answerer=ray_answerer(execution, "INFO", True)),
+        "CandidateActor.answer",
+    )
+    assert killed is not None, "no actor was seen answering: nothing was killed"
+    assert "error" not in outcome, outcome.get("error")
+    distributed = outcome["result"]
+    assert _records_of(distributed.predictions) == _records_of(local.predictions)
+    assert _untimed(distributed.summary["tiny"]["overall"]) == _untimed(local.summary["tiny"]["overall"])
+    assert distributed.summary["tiny"]["generation"]["new_tokens"] == local.summary["tiny"]["generation"]["new_tokens"]
+
+
+def test_the_local_qa_backend_generates_on_actors_and_a_killed_one_loses_nothing(ray_cluster, tmp_path: Path) -> None:
+    """The `local` backend (a tiny Llama built here, greedy) on two actors, each with the model loaded once and a
+    shard at a time; one actor is SIGKILLed while it generates: Ray restarts it and the shard is sent again minus
+    what the journal holds. Every document's outcome (the model's raw replies, re-asked, then quarantined) is the
+    stage's process's; a second run on Ray generates nothing."""
+    from llm_pipeline.qa import generate_qa
+    from llm_pipeline.qa.prompts import load_prompts
+    from tests.tiny_models import save, tiny_llama, train_tokenizer
+
+    documents = _ev_documents()[:16]
+    prompts = load_prompts()
+    texts = [
+        m["content"]
+        for d in documents
+        for m in prompts.messages(text=d.text, n=2, domain="ev_charging", category=None, chunk_index=0, chunk_count=1)
+    ]
+    tokenizer = train_tokenizer(texts)
+    model = save(tiny_llama(tokenizer, seed=5), tokenizer, tmp_path / "tiny")
+
+    def qa(cache: str) -> Any:
+        settings = {"backend": "local", "model_name": str(model), "temperature": 0.0, "max_tokens": 48}
+        settings |= {"batch_size": 2, "questions_per_doc": 2, "max_format_retries": 1, "device": "cpu"}
+        return load_config(CONFIG, {"qa": {**settings, "checkpoint_dir": str(tmp_path / cache)}}).qa
+
+    local = generate_qa(documents, qa("local"), domain="ev_charging", run_id="local")
+    outcome, killed = _kill_a_task_during(
+        lambda: _qa_on_ray(documents, qa("ray"), ray_cluster, "ray", qa_shard_documents=4, qa_actors=2),
+        "LocalModelActor.send",
+    )
+    assert killed is not None, "no actor was seen generating: nothing was killed"
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert _pairs(result) == _pairs(local)
+    assert _records_of(result.rejects) == _records_of(local.rejects) and len(local.rejects) == 16
+    assert result.counts(16) == local.counts(16)
+    again = _qa_on_ray(documents, qa("ray"), ray_cluster, "ray-2", qa_shard_documents=4, qa_actors=2)
+    assert again.requests["sent"] == 0 and again.requests["reused"] == again.requests["total"]
+    assert _records_of(again.rejects) == _records_of(local.rejects)

@@ -71,14 +71,16 @@ def answer_on_ray(
             for _ in range(count)
         ]
         size = math.ceil(len(questions) / count)
-        refs = [
-            actor.answer.remote(questions[k * size : (k + 1) * size], contexts[k * size : (k + 1) * size])
-            for k, actor in enumerate(actors)
-        ]
-        answers = [answer for shard in fetch(refs, address) for answer in shard]
-        records = fetch([actor.record.remote() for actor in actors], address)
-        for actor in actors:
-            ray.kill(actor)
+        try:  # the actors (and the GPUs they hold) released on an external cluster even when a shard fails
+            refs = [
+                actor.answer.remote(questions[k * size : (k + 1) * size], contexts[k * size : (k + 1) * size])
+                for k, actor in enumerate(actors)
+            ]
+            answers = [answer for shard in fetch(refs, address) for answer in shard]
+            records = fetch([actor.record.remote() for actor in actors], address)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
     log.info("candidate_on_ray", candidate=config.name, actors=count, gpus_per_actor=1 if gpus else 0)
     return answers, merge_records(records, count)
 

@@ -12,8 +12,13 @@
   once (no more of them than the cluster's CPUs or `qa.concurrency`); the run's cap (`qa.max_cost_usd`,
   `max_total_tokens`) is one Budget in an actor that every task reserves from. The result is then read from the
   journal and the ledger in the driver (`qa.generate.assemble`), so it is the local result.
-- Not fanned out: `qa.mode: batch` (the provider runs the batch; one process submits and polls it) and the `local`
-  backend (a model loaded per task would cost more than it saves; it runs in the stage's process).
+- The `local` backend: on actors that load the model once each (one per GPU of the cluster, `num_gpus=1`, or
+  `execution.qa_actors` of them; on a CPU-only cluster with `qa_actors` unset, and for a model split over the
+  GPUs of one host (`qa.device_map`), the stage's process generates, as locally). The shards go to whichever
+  actor is free and are journaled as with an API backend; an actor that dies is restarted (the model loaded
+  again) and its shard sent again, minus what the journal holds. Greedy decoding (`qa.temperature: 0`) gives the
+  local pairs; sampled decoding depends on which prompts share a batch, on Ray as locally with another batch size.
+- Not fanned out: `qa.mode: batch` (the provider runs the batch; one process submits and polls it).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from llm_pipeline.aio import run_sync
 from llm_pipeline.config import ExecutionConfig, QAConfig
 from llm_pipeline.engine.ray_session import cluster_cpus, fetch, ray_session
 from llm_pipeline.logging import get_logger
-from llm_pipeline.qa.backends import EXTRACTIVE, resolve_backend
+from llm_pipeline.qa.backends import EXTRACTIVE, open_backend, resolve_backend
 from llm_pipeline.qa.budget import Budget
 from llm_pipeline.qa.checkpoint import Journal, Ledger, Usage
 from llm_pipeline.qa.generate import (
@@ -48,7 +53,7 @@ from llm_pipeline.records import Document, QAPair
 
 log = get_logger("qa")
 
-IN_PROCESS_BACKENDS = ("local",)
+LOCAL = "local"
 
 
 @ray.remote
@@ -114,6 +119,32 @@ def _send_shard(
     )
 
 
+@ray.remote
+class LocalModelActor:
+    """The `local` backend's model, loaded once; sends each shard it is given, its outcomes journaled."""
+
+    def __init__(self, config: QAConfig, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)  # its share of the node, not every core of it
+        self.backend = open_backend(LOCAL, config, None)
+
+    def send(self, documents: list[Document], config: QAConfig, folder: str, run_id: str, domain: str, keeper: Any):
+        journal = Journal(Path(folder) / JOURNAL_FILE)  # read now: a retried shard skips what it journaled
+        budget = SharedBudget(keeper) if keeper is not None else Budget(None, None, None)
+        ledger = Ledger(Path(folder), run_id)
+        return run_sync(
+            send_documents(documents, config, LOCAL, None, journal, ledger, domain, budget, opened=self.backend)
+        )
+
+
+def local_actors(config: QAConfig, execution: ExecutionConfig) -> int:
+    """How many actors generate for the `local` backend on this cluster (0: the stage's process does)."""
+    if config.device_map is not None:
+        return 0  # split over the GPUs of one host: it needs them all in one process
+    return execution.qa_actors if execution.qa_actors is not None else int(ray.cluster_resources().get("GPU", 0))
+
+
 def shares(config: QAConfig, at_once: int) -> QAConfig:
     """The run's client limits split between `at_once` tasks running together (their sum is the run's); the
     prompt folder made absolute (a task runs in a folder of its own)."""
@@ -138,14 +169,22 @@ def generate_on_ray(
 ) -> QAResult:
     """`qa.generate.generate_qa` with its per-document work on the Ray cluster (module docstring)."""
     backend = resolve_backend(config, api_key)
-    if backend in IN_PROCESS_BACKENDS or (config.mode == "batch" and backend == "openai"):
-        log.info("qa_in_process", backend=backend, mode=config.mode, reason="not fanned out on Ray")
+
+    def in_process(reason: str) -> QAResult:
+        log.info("qa_in_process", backend=backend, mode=config.mode, reason=reason)
         return generate_qa(
             documents, config, checkpoint_dir=checkpoint_dir, api_key=api_key, domain=domain, run_id=run_id
         )
+
+    if config.mode == "batch" and backend == "openai":
+        return in_process("the provider runs the batch")
     size, started = execution.qa_shard_documents, time.perf_counter()
-    log.info("qa_backend_selected", backend=backend, model=config.model_name, base_url=config.base_url, engine="ray")
     with ray_session(execution) as address:
+        if backend == LOCAL and local_actors(config, execution) == 0:
+            return in_process("no GPU in the cluster and no execution.qa_actors, or a model split by qa.device_map")
+        log.info(
+            "qa_backend_selected", backend=backend, model=config.model_name, base_url=config.base_url, engine="ray"
+        )
         if backend == EXTRACTIVE:
             task = _extractive_shard.options(max_retries=execution.task_retries)
             refs = [task.remote(documents[i : i + size], config) for i in range(0, len(documents), size)]
@@ -167,16 +206,21 @@ def generate_on_ray(
         log.info(
             "qa_requests_planned", total=len(jobs), reused=len(jobs) - len(todo), to_send=len(todo), shards=len(shards)
         )
-        task = _send_shard.options(max_retries=execution.task_retries)
-        shard_config = shares(config, at_once)
-        sending, in_flight = Sending(), []
-        for shard in shards:  # at most `at_once` shards sending at a time: their shares add up to the run's limits
-            if len(in_flight) >= at_once:
-                done, in_flight = ray.wait(in_flight, num_returns=1)
-                sending += fetch(done[0], address)
-            in_flight.append(task.remote(shard, shard_config, backend, api_key, str(folder), run_id, domain, keeper))
-        for done in fetch(in_flight, address):
-            sending += done
+        if backend == LOCAL:
+            sending = _send_on_actors(shards, config, execution, str(folder), run_id, domain, keeper, address)
+        else:
+            task = _send_shard.options(max_retries=execution.task_retries)
+            shard_config = shares(config, at_once)
+            sending, in_flight = Sending(), []
+            for shard in shards:  # at most `at_once` shards sending at a time: their shares add up to the limits
+                if len(in_flight) >= at_once:
+                    done, in_flight = ray.wait(in_flight, num_returns=1)
+                    sending += fetch(done[0], address)
+                in_flight.append(
+                    task.remote(shard, shard_config, backend, api_key, str(folder), run_id, domain, keeper)
+                )
+            for done in fetch(in_flight, address):
+                sending += done
         if keeper is not None:
             budget = fetch(keeper.state.remote(), address)
     journal = Journal(folder / JOURNAL_FILE)  # every shard's lines, read again
@@ -190,3 +234,42 @@ def generate_on_ray(
         **result.counts(len(documents)),
     )
     return result
+
+
+def _send_on_actors(
+    shards: list[list[Document]],
+    config: QAConfig,
+    execution: ExecutionConfig,
+    folder: str,
+    run_id: str,
+    domain: str,
+    keeper: Any,
+    address: str,
+) -> Sending:
+    """The `local` backend's shards on actors that each load the model once, a shard to whichever is free."""
+    if not shards:
+        return Sending()
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    retries = execution.task_retries
+    config = shares(config, 1)  # the prompt folder absolute; the limits are an API client's
+    actors = [
+        LocalModelActor.options(max_restarts=retries, max_task_retries=retries, **resources).remote(config, 1)
+        for _ in range(min(local_actors(config, execution), len(shards)))
+    ]
+    sending, free, in_flight = Sending(), list(actors), {}
+    try:  # the actors (and the GPUs they hold) released on an external cluster even when a shard fails
+        for shard in shards:
+            if not free:
+                done, _ = ray.wait(list(in_flight), num_returns=1)
+                sending += fetch(done[0], address)
+                free.append(in_flight.pop(done[0]))
+            actor = free.pop()
+            in_flight[actor.send.remote(shard, config, folder, run_id, domain, keeper)] = actor
+        for done in fetch(list(in_flight), address):
+            sending += done
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    log.info("qa_local_on_ray", actors=len(actors), shards=len(shards), gpus_per_actor=1 if gpus else 0)
+    return sending

@@ -242,10 +242,12 @@ async def send_documents(
     domain: str,
     budget: Any,
     todo: list[Job] | None = None,
+    opened: Any = None,
 ) -> Sending:
     """Send the requests of `documents` the journal has not answered (`todo`, when the caller planned them already),
     each outcome journaled as it comes; `budget` (qa/budget.py's, or one shared by shards) is reserved from before
-    each request when it is capped."""
+    each request when it is capped. `opened`: a backend the caller opened and will close (a model loaded once for
+    many calls), instead of one opened here."""
     prompts = load_prompts(config.prompt_dir)
     model = model_of(config, backend_name)
     if todo is None:
@@ -254,7 +256,7 @@ async def send_documents(
         job.ledger, job.budget = ledger, budget if budget.capped else None  # no cap: nothing to hold per request
     outcomes = Outcomes(journal, backend_name, model, prompts, config.max_format_retries)
     if todo:
-        backend = open_backend(backend_name, config, api_key)
+        backend = opened or open_backend(backend_name, config, api_key)
         outcomes.backend_records = getattr(backend, "records_sends", False)
         try:
             if config.mode == "batch" and backend_name == "openai":
@@ -264,7 +266,8 @@ async def send_documents(
             else:
                 await send_all(backend, todo, outcomes, config.max_format_retries)
         finally:
-            await backend.aclose()
+            if opened is None:
+                await backend.aclose()
 
     failed = [(job.document.id, job.chunk.index, f"{type(e).__name__}: {e}") for job, e in outcomes.failed]
     return Sending(failed=failed, refused=[(job.document.id, job.chunk.index, str(e)) for job, e in outcomes.refused])
