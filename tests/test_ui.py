@@ -102,6 +102,14 @@ def visit(page: Any, url: str, expect: str, timeout_ms: float = 30_000) -> str:
     return page.inner_text("body")
 
 
+def text_matching(page: Any, pattern: str, timeout_ms: float = 30_000) -> str:
+    """Wait until the page's text matches `pattern` (a regex both Python and JavaScript read alike), then return it.
+    Where a word is also a tab's name, waiting for the word alone returns before the part that counts has rendered
+    (Playwright's text match ignores case: "Task runs" matched the tab "Task Runs" before the count "9 Task runs")."""
+    page.wait_for_function("p => new RegExp(p).test(document.body.innerText)", arg=pattern, timeout=timeout_ms)
+    return page.inner_text("body")
+
+
 def shoot(page: Any, name: str) -> None:
     folder = os.environ.get("UI_SCREENSHOT_DIR")
     if folder:
@@ -166,7 +174,8 @@ def test_automations(page, stack, deployed) -> None:
 
 def test_a_finished_run_its_report_and_every_chart(page, browser, stack, test_run) -> None:
     log_in(page, stack)
-    text = visit(page, f"{ui(stack)}/v2/runs/flow-run/{test_run}", "Task runs")
+    page.goto(f"{ui(stack)}/v2/runs/flow-run/{test_run}", wait_until="networkidle")
+    text = text_matching(page, r"\b\d+\s+Task runs")
     # a task per stage, and one more for each stage handed to the GPU pool (its subflow run shows as a task run)
     handed_off = sum(1 for stage in PIPELINE if stage.runs_on_pool(load_config(TEST_CONFIG)))
     assert re.search(rf"\b{len(STAGES) + handed_off}\s+Task runs", text), text[:1500]
