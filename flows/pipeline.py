@@ -32,7 +32,7 @@ from flows.retries import task_retry_options
 from llm_pipeline.config import PipelineConfig, load_config
 from llm_pipeline.errors import PipelineError, TransientError
 from llm_pipeline.io import write_json
-from llm_pipeline.logging import bind, configure_logging, get_logger
+from llm_pipeline.logging import bound, configure_logging, get_logger
 from llm_pipeline.manifest import Manifest
 from llm_pipeline.stages import (
     MANIFEST_FILE,
@@ -186,7 +186,15 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
     configure_logging(config.monitoring.log_level, config.monitoring.structured_logging)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + (flow_run.get_id() or "local")[:8]
     run_dir = (config.output_path / config.name / run_id).resolve()
-    bind(run_id=run_id, pipeline=config.name)
+    # bound for the run's body only: the next flow in this process (a served flow, embedded runs one after
+    # another) must not log its events under this run's id
+    with bound(run_id=run_id, pipeline=config.name):
+        return _run_pipeline(config, config_path, overrides, run_id, run_dir)
+
+
+def _run_pipeline(
+    config: PipelineConfig, config_path: str, overrides: dict[str, Any] | None, run_id: str, run_dir: Path
+) -> dict[str, Any]:
     code = code_version()
     group = deployment.get_name() or "local"
     prefix = artifacts.artifact_key(deployment.get_name() or config.name)
@@ -253,7 +261,11 @@ def stage_flow(
     configure_logging(config.monitoring.log_level, config.monitoring.structured_logging)
     declared = stage_named(stage)
     folder = Path(run_dir)
-    bind(run_id=run_id, pipeline=config.name)
+    with bound(run_id=run_id, pipeline=config.name):
+        return _run_stage_flow(declared, config, folder, run_id, group, stage)
+
+
+def _run_stage_flow(declared: Stage, config: PipelineConfig, folder: Path, run_id: str, group: str, stage: str) -> str:
     prefix = artifacts.artifact_key(deployment.get_name() or stage, config.name)
     # a 60 s lease (the API's minimum), renewed while the stage runs: a killed gpu-worker's slot is repossessed a
     # minute after its last renewal, before the zombie automation has crashed the run, so the retry is not blocked

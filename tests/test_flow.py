@@ -47,9 +47,31 @@ def poll(kind: str, flow_run_id: str, until, timeout: float = 30.0) -> list[Any]
 def first_run(prefect_server, tmp_path_factory) -> dict[str, Any]:
     from flows.pipeline import llm_pipeline
 
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
     out = tmp_path_factory.mktemp("outputs")
     overrides = {"output_path": str(out), "benchmark": {"size": 30}}
-    return {"result": llm_pipeline(config_path=CONFIG, overrides=overrides), "overrides": overrides}
+    # every stage runs here whatever ran before in this process (the cache keys hold no output path: another
+    # test's run of the same config would be reused), and its results are cached for the reruns below
+    with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):
+        result = llm_pipeline(config_path=CONFIG, overrides=overrides)
+    return {"result": result, "overrides": overrides}
+
+
+def test_a_runs_ids_do_not_outlive_it(first_run, capsys: pytest.CaptureFixture[str]) -> None:
+    """The next flow in the same process (a served flow, embedded runs one after another) must not log its events
+    under the finished run's id: the flow binds its ids for its own body only."""
+    import structlog
+
+    from llm_pipeline.logging import configure_logging, get_logger
+
+    assert first_run["result"]["run_id"]
+    assert not {"run_id", "pipeline"} & set(structlog.contextvars.get_contextvars())
+    configure_logging("INFO", structured=True)
+    get_logger("after").info("after_the_run")
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    after = [e for e in events if e["event"] == "after_the_run"]
+    assert after and "run_id" not in after[0] and "pipeline" not in after[0], after
 
 
 def test_every_stage_writes_its_outputs(first_run) -> None:
