@@ -45,9 +45,9 @@ def poll(kind: str, flow_run_id: str, until, timeout: float = 30.0) -> list[Any]
 
 @pytest.fixture(scope="module")
 def first_run(prefect_server, tmp_path_factory) -> dict[str, Any]:
-    from flows.pipeline import llm_pipeline
-
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
+    from flows.pipeline import llm_pipeline
 
     out = tmp_path_factory.mktemp("outputs")
     overrides = {"output_path": str(out), "benchmark": {"size": 30}}
