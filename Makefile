@@ -35,8 +35,12 @@ run: install  ## run every stage on CONFIG (default configs/test.yaml) in Prefec
 validate: install  ## print the resolved CONFIG with secrets masked (exit 2 on a bad config)
 	$(BIN)/llm-pipeline validate $(CONFIG)
 
-test: install engine test-tools  ## run the whole test suite (the same command CI runs)
-	TESTCONTAINERS_RYUK_DISABLED=true $(BIN)/python -m pytest
+# Two pytest workers: the stack's, chaos and autoscaling tests mostly wait (heartbeats, cooldowns, containers)
+# while the CPU idles; what exists once per machine (the compose stack, the Ray cluster) stays on one worker
+# (WORKER_GROUPS in tests/conftest.py). TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
+test: install engine test-tools  ## run the whole test suite (the same command CI runs; TEST_WORKERS=0: one process)
+	TESTCONTAINERS_RYUK_DISABLED=true $(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS))
 
 # The Postgres, orchestration and stack tests need a Docker engine. On machines that ship
 # ../shared/container-engine (this project's CI), it is started here; elsewhere, a running Docker is used.

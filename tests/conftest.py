@@ -24,7 +24,15 @@ for name, value in PINNED_ENVIRONMENT.items():
     os.environ.setdefault(name, value)
 for leaked in ("OPENAI_API_KEY", "WANDB_API_KEY", "PIPELINE_ENV", "LOG_LEVEL"):
     os.environ.pop(leaked, None)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker its own Prefect home: embedded runs' database, caches
+    import atexit
+    import shutil
+    import tempfile
 
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"prefect-home-{os.environ['PYTEST_XDIST_WORKER']}-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
+
+import contextlib  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -111,20 +119,43 @@ class PrefectServer:
         self.log.close()
 
 
+def _drain_prefect_senders() -> None:
+    """Send what Prefect's per-process events and API-log workers hold, and stop them. Prefect keeps one of each
+    per process, keyed without the API's address: after a switch to another server they would go on sending to
+    the first one (stopped by then: the health flow's alert event was lost so). The next use starts fresh ones on
+    the current server."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    EventsWorker.drain_all(timeout=10)
+    APILogWorker.drain_all(timeout=10)
+
+
+@contextlib.contextmanager
+def prefect_api(api_url: str, storage: Path | None = None) -> Iterator[None]:
+    """Point this process's Prefect client at `api_url` (and its result storage at `storage`) inside the block:
+    the one way tests switch servers, draining what was queued for the previous server on the way in, and for
+    this one on the way out while it still runs."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    updates: dict[Any, Any] = {PREFECT_API_URL: api_url}
+    if storage is not None:
+        updates[PREFECT_LOCAL_STORAGE_PATH] = str(storage)
+    _drain_prefect_senders()
+    with temporary_settings(updates=updates):
+        try:
+            yield
+        finally:
+            _drain_prefect_senders()
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """A real Prefect server (SQLite) for the session; the test process's Prefect client points at it."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-
     home = tmp_path_factory.mktemp("prefect-home")
     server = PrefectServer(home)
-    with temporary_settings(
-        updates={PREFECT_API_URL: server.api_url, PREFECT_LOCAL_STORAGE_PATH: str(home / "storage")}
-    ):
+    with prefect_api(server.api_url, home / "storage"):
         yield server
-        from prefect.logging.handlers import APILogWorker
-
-        APILogWorker.drain_all(timeout=5)  # send what is queued while the server is still there
     server.stop()
 
 
@@ -233,3 +264,57 @@ def redis_url() -> Iterator[str]:
 
     with RedisContainer("redis:7") as container:
         yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
+
+
+# Two pytest workers (`make test`, pytest-xdist): most of the stack's and the chaos tests' time is waiting on
+# containers, heartbeats and cooldowns, and the CPU idles through it. A few things exist once per machine and
+# their tests must run on one worker, in order: the compose stack (one project, one set of ports and volumes,
+# and the swarm beside it) and the Ray engine's cluster. These groups are a file map, read by the scheduler
+# below: xdist's own `xdist_group` mark does nothing under pytest 9.2 (pytest-dev/pytest-xdist#1386: xdist
+# rewrites `item._nodeid`, which pytest no longer reads), so it would have started the stack on both workers.
+WORKER_GROUPS: dict[str, tuple[str, ...]] = {
+    "compose-stack": (
+        "tests/test_autoscaling_stack.py",
+        "tests/test_chaos.py",
+        "tests/test_ray_stack.py",
+        "tests/test_stack.py",
+        "tests/test_swarm.py",
+        "tests/test_ui.py",
+    ),
+    "ray-cluster": ("tests/test_ray_engine.py",),
+}
+GROUP_OF_FILE = {path: group for group, paths in WORKER_GROUPS.items() for path in paths}
+# the fixtures that stand for a thing that exists once: a test that uses one must be in its group's files
+SHARED_FIXTURES = {"stack": "compose-stack", "swarm": "compose-stack", "ray_cluster": "ray-cluster"}
+
+
+def _test_file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    stray = [
+        f"{item.nodeid} (uses {fixture}: list its file under {group!r} in WORKER_GROUPS, tests/conftest.py)"
+        for item in items
+        for fixture, group in SHARED_FIXTURES.items()
+        if fixture in item.fixturenames and GROUP_OF_FILE.get(_test_file(item.nodeid)) != group
+    ]
+    if stray:
+        raise pytest.UsageError("tests outside their worker group:\n  " + "\n  ".join(stray))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the groups first (the longest units), each in collection order
+        order = list(WORKER_GROUPS)
+        items.sort(key=lambda item: order.index(g) if (g := GROUP_OF_FILE.get(_test_file(item.nodeid))) else len(order))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Work handed out by file, a group's files as one unit, in collection order (the groups come first)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = _test_file(nodeid)
+            return GROUP_OF_FILE.get(path, path)
+
+    config.option.loadscopereorder = False
+    return GroupScheduling(config, log)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from flows.alerts import PREFIX, AlertSettings, apply_alerts
-from tests.conftest import ROOT, PrefectServer, Worker, free_port, wait_until
+from tests.conftest import ROOT, PrefectServer, Worker, free_port, prefect_api, wait_until
 from tests.fakes.receivers import MailReceiver, WebhookReceiver
 
 pytestmark = pytest.mark.slow
@@ -28,8 +28,6 @@ IDLE_POOL = "alert-idle-pool"  # no worker polls it: its runs wait, or are drive
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     extra = {
         "PREFECT_UI_URL": UI,
         "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "1",
@@ -38,12 +36,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     server = PrefectServer(tmp_path_factory.mktemp("alerts-home"), extra_env=extra)
     # the runs here are driven by hand and send no heartbeats: the zombie automation (installed with the alerts)
     # must not crash the one left Running while the alerts are measured (tests/test_recovery.py tests it)
-    with pytest.MonkeyPatch.context() as env, temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+    with pytest.MonkeyPatch.context() as env, prefect_api(server.api_url):
         env.setenv("RECOVERY_HEARTBEAT_WINDOW", "1h")
         yield server
-        from prefect.logging.handlers import APILogWorker
-
-        APILogWorker.drain_all(timeout=5)  # the health flow's logs, while the server is still there
     server.stop()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Worker
+from tests.conftest import Worker, prefect_api
 from workers import pools
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,12 +23,8 @@ SMALL = {"benchmark": {"size": 16}, "evaluation": {"metrics": ["rouge", "bleu", 
 
 @pytest.fixture(scope="module")
 def api(postgres_prefect_server, tmp_path_factory):
-    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-
     storage = tmp_path_factory.mktemp("pg-results")
-    with temporary_settings(
-        updates={PREFECT_API_URL: postgres_prefect_server.api_url, PREFECT_LOCAL_STORAGE_PATH: str(storage)}
-    ):
+    with prefect_api(postgres_prefect_server.api_url, storage):
         yield postgres_prefect_server
 
 

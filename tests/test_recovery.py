@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import PrefectServer, Worker, wait_until
+from tests.conftest import PrefectServer, Worker, prefect_api, wait_until
 from tests.fakes.receivers import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,11 +31,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Any:
     """Its own server: the automations here must not act on the other tests' runs."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     home = tmp_path_factory.mktemp("recovery-server")
     started = PrefectServer(home)
-    with temporary_settings(updates={PREFECT_API_URL: started.api_url}):
+    with prefect_api(started.api_url):
         yield started
     started.stop()
 
