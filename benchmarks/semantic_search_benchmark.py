@@ -8,6 +8,10 @@ mean-centered, as the stage compares them. At each size: the exact search (every
 code) is the baseline and the truth; ivf at each number of probes, in the same run, reports seconds (training the
 index included), pairs found, the share of the exact pairs it finds (pair recall), pairs it reports that the exact
 search does not (must be 0), and the documents removed by the kept-document rule against the exact search's.
+`--codecs flat sq8` measures the index's two ways of holding the vectors (float32, or 8-bit codes whose pairs are
+re-scored on the floats), with the size of each index serialized (what a Ray search task holds in memory).
+
+    .venv/bin/python benchmarks/semantic_search_benchmark.py --sizes 20000 83065 --probes 16 --codecs flat sq8
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np  # noqa: E402
 from real_text_corpus import python_docstrings  # noqa: E402
 
 from llm_pipeline.dedup.clusters import clusters_by_kept  # noqa: E402
-from llm_pipeline.dedup.semantic import DEFAULT_PROBES, comparable, ivf_lists, similar_pairs  # noqa: E402
+from llm_pipeline.dedup.semantic import DEFAULT_PROBES, comparable, ivf_index, ivf_lists, similar_pairs  # noqa: E402
 from llm_pipeline.models.embeddings import embed  # noqa: E402
 from llm_pipeline.records import Document  # noqa: E402
 
@@ -37,7 +41,15 @@ def removed(documents: list[Document], pairs: list[tuple[int, int, float]]) -> s
     return {m for c in clusters_by_kept(documents, pairs, "semantic") for m in c.members if m != c.kept}
 
 
-def measure(vectors: np.ndarray, documents: list[Document], threshold: float, probes: list[int]) -> list[dict]:
+def index_bytes(vectors: np.ndarray, codec: str) -> int:
+    import faiss
+
+    return len(faiss.serialize_index(ivf_index(vectors, codec=codec)))
+
+
+def measure(
+    vectors: np.ndarray, documents: list[Document], threshold: float, probes: list[int], codecs: list[str]
+) -> list[dict]:
     started = time.perf_counter()
     exact = similar_pairs(vectors, threshold, "exact")
     exact_s = time.perf_counter() - started
@@ -45,9 +57,9 @@ def measure(vectors: np.ndarray, documents: list[Document], threshold: float, pr
     truth_removed = removed(documents, exact)
     rows = [{"documents": len(vectors), "search": "exact", "seconds": round(exact_s, 2), "pairs": len(exact),
              "removed": len(truth_removed)}]  # fmt: skip
-    for p in probes:
+    for codec, p in ((c, p) for c in codecs for p in probes):
         started = time.perf_counter()
-        found = similar_pairs(vectors, threshold, "ivf", probes=p)
+        found = similar_pairs(vectors, threshold, "ivf", probes=p, codec=codec)
         seconds = time.perf_counter() - started
         keys = {(i, j) for i, j, _ in found}
         gone = removed(documents, found)
@@ -55,6 +67,8 @@ def measure(vectors: np.ndarray, documents: list[Document], threshold: float, pr
             {
                 "documents": len(vectors),
                 "search": "ivf",
+                "codec": codec,
+                "index_bytes": index_bytes(vectors, codec),
                 "lists": ivf_lists(len(vectors)),
                 "probes": p,
                 "seconds": round(seconds, 2),
@@ -75,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 83_065])
     parser.add_argument("--probes", type=int, nargs="+", default=[8, DEFAULT_PROBES, 32])
+    parser.add_argument("--codecs", nargs="+", default=["flat"], choices=["flat", "sq8"])
     parser.add_argument("--threshold", type=float, default=0.85, help="cosine (the static backend's default)")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
@@ -87,7 +102,9 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         # centered on the documents searched, as the stage centers its own
-        rows += measure(comparable(vectors[:size], "static"), documents[:size], args.threshold, args.probes)
+        rows += measure(
+            comparable(vectors[:size], "static"), documents[:size], args.threshold, args.probes, args.codecs
+        )
     if args.json:
         meta = {"corpus": "python docstrings (real text)", "backend": "static", "threshold": args.threshold,
                 "cpus": os.cpu_count(), "omp_threads": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip

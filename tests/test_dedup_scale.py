@@ -197,21 +197,27 @@ def test_static_backend_separates_copies_from_unrelated_documents(
 
 def test_ivf_search_reports_only_true_pairs_and_finds_nearly_all_on_real_text() -> None:
     """faiss's inverted lists against the exact search (every pair), on real docstrings embedded by the static
-    backend and mean-centered as the stage compares them, at the static default 0.85: every pair ivf reports is an
-    exact pair with its cosine, it finds at least 99 % of them, and the same vectors give the same pairs again (the
-    Ray engine builds its own index from them and must agree). Measured on 83k docstrings: docs/benchmarks.md."""
+    backend and mean-centered as the stage compares them, at the static default 0.85, with the index's vectors as
+    floats and as 8-bit codes: every pair ivf reports is an exact pair with its cosine (sq8's approximate products
+    re-scored), it finds at least 99 % of them, and the same vectors give the same pairs again (the Ray engine
+    builds its own index from them and must agree). sq8's index is under a third of flat's size. Measured on 83k
+    docstrings: docs/benchmarks.md."""
+    import faiss
     from real_text_corpus import python_docstrings
 
-    from llm_pipeline.dedup.semantic import comparable, similar_pairs
+    from llm_pipeline.dedup.semantic import comparable, ivf_index, similar_pairs
 
     texts = [r["text"] for r in python_docstrings(("transformers/models",))[:4000]]
     vectors = comparable(embed(texts, backend="static"), "static")
     exact = {(i, j): s for i, j, s in similar_pairs(vectors, 0.85, "exact")}
-    found = similar_pairs(vectors, 0.85, "ivf")
     assert len(exact) > 500, "real docstrings copy each other: the search has pairs to find"
-    for i, j, similarity in found:
-        assert (i, j) in exact and abs(exact[(i, j)] - similarity) < 1e-5, (i, j, similarity)
-    assert len({(i, j) for i, j, _ in found}) == len(found), "a pair found from both of its rows is one pair"
-    assert len(found) >= 0.99 * len(exact), (len(found), len(exact))
-    assert similar_pairs(vectors, 0.85, "ivf") == found
+    for codec in ("flat", "sq8"):
+        found = similar_pairs(vectors, 0.85, "ivf", codec=codec)
+        for i, j, similarity in found:
+            assert (i, j) in exact and abs(exact[(i, j)] - similarity) < 1e-5, (codec, i, j, similarity)
+        assert len({(i, j) for i, j, _ in found}) == len(found), "a pair found from both of its rows is one pair"
+        assert len(found) >= 0.99 * len(exact), (codec, len(found), len(exact))
+        assert similar_pairs(vectors, 0.85, "ivf", codec=codec) == found
+    size = {codec: len(faiss.serialize_index(ivf_index(vectors, codec=codec))) for codec in ("flat", "sq8")}
+    assert size["sq8"] < size["flat"] / 3, size
     assert similar_pairs(vectors, 0.85, "auto") == sorted((i, j, s) for (i, j), s in exact.items())  # 4k: exact

@@ -142,6 +142,11 @@ class DedupConfig(Section):
     )
     ivf_lists: int | None = Field(None, ge=1, description="ivf: k-means cells; None = 4 * sqrt(documents).")
     ivf_probes: int = Field(16, ge=1, description="ivf: cells searched per document (more: slower, more recall).")
+    ivf_codec: Literal["flat", "sq8"] = Field(
+        "flat",
+        description="ivf: the index's copy of the vectors: flat (float32) or sq8 (one byte a dimension, a quarter "
+        "of the memory; found pairs re-scored on the float vectors, so only true pairs are reported).",
+    )
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     batch_size: int = Field(64, ge=1)
     device: str = "cpu"

@@ -5,6 +5,12 @@ n^2 dot products, fine to a few hundred thousand documents. `ivf` puts the vecto
 (k-means cells; each row is compared only with the rows of the `ivf_probes` cells nearest to it): about
 n^2 * probes / lists dot products, approximate (a pair whose two rows fall in cells far apart is missed; its
 recall is measured in docs/benchmarks.md). `auto` is exact up to EXACT_SEARCH_MAX documents, ivf above.
+
+The ivf index holds the vectors again: `flat` as float32 (4 bytes a dimension, 15 GB for 10M MiniLM vectors),
+`sq8` as faiss's 8-bit scalar quantizer (1 byte a dimension). A quantized inner product is off by up to ~0.002
+on real vectors (measured: docs/benchmarks.md), so with `sq8` the index is searched SQ8_MARGIN under the threshold
+and every pair it finds is re-scored on the float vectors: it reports only pairs that truly reach the threshold,
+with their exact cosine, as `flat` does.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ BLOCK_ROWS = 1024  # a block's similarity matrix holds BLOCK_ROWS x N float32 va
 EXACT_SEARCH_MAX = 100_000  # `auto`: all pairs up to here (83k: ~1 min on 2 cores, ivf 4.5x faster), ivf above
 TRAIN_POINTS_PER_LIST = 64  # k-means sample per cell (faiss wants >= 39; its default 256 costs 4x the training)
 DEFAULT_PROBES = 16
+SQ8_MARGIN = 0.01  # sq8: searched this far under the threshold (5x the largest quantization error measured)
 
 SemanticSearch = Literal["auto", "exact", "ivf"]
+IvfCodec = Literal["flat", "sq8"]
 
 
 def block_pairs(vectors: np.ndarray, start: int, threshold: float) -> list[tuple[int, int, float]]:
@@ -56,14 +64,23 @@ def ivf_lists(rows: int, lists: int | None = None) -> int:
     return max(1, min(wanted, rows // 39))
 
 
-def ivf_index(vectors: np.ndarray, lists: int | None = None, probes: int = DEFAULT_PROBES) -> Any:
+def ivf_index(
+    vectors: np.ndarray, lists: int | None = None, probes: int = DEFAULT_PROBES, codec: IvfCodec = "flat"
+) -> Any:
     """A faiss inner-product IVF index over `vectors` (L2-normalized float32 rows), trained by k-means on a seeded
-    sample: the same vectors give the same index, whatever the process (the Ray driver or the stage's)."""
+    sample: the same vectors give the same index, whatever the process (the Ray driver or the stage's). `codec`:
+    how the index stores the vectors (module docstring)."""
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    cells = ivf_lists(len(vectors), lists)
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], cells, faiss.METRIC_INNER_PRODUCT)
+    cells, dimensions = ivf_lists(len(vectors), lists), vectors.shape[1]
+    quantizer = faiss.IndexFlatIP(dimensions)
+    if codec == "sq8":
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, dimensions, cells, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
+    else:
+        index = faiss.IndexIVFFlat(quantizer, dimensions, cells, faiss.METRIC_INNER_PRODUCT)
     index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
     index.cp.seed = 1234
     index.train(vectors)
@@ -72,16 +89,24 @@ def ivf_index(vectors: np.ndarray, lists: int | None = None, probes: int = DEFAU
     return index
 
 
-def ivf_block_pairs(index: Any, vectors: np.ndarray, start: int, threshold: float) -> list[tuple[int, int, float]]:
+def ivf_block_pairs(
+    index: Any, vectors: np.ndarray, start: int, threshold: float, rescore: bool = False
+) -> list[tuple[int, int, float]]:
     """The pairs found from rows [start, start + BLOCK_ROWS) as queries, each as (i < j): a pair can be found from
-    either of its rows (their cells differ), so blocks overlap; `merged_pairs` joins them."""
+    either of its rows (their cells differ), so blocks overlap; `merged_pairs` joins them. `rescore` (a quantized
+    index): searched SQ8_MARGIN lower, each pair kept on its exact cosine from `vectors`."""
     block = np.ascontiguousarray(vectors[start : start + BLOCK_ROWS], dtype=np.float32)
+    radius = threshold - SQ8_MARGIN if rescore else threshold
     # faiss returns inner products strictly above the radius: the next float down keeps ">= threshold"
-    limits, similarities, ids = index.range_search(block, float(np.nextafter(np.float32(threshold), np.float32(-2))))
+    limits, similarities, ids = index.range_search(block, float(np.nextafter(np.float32(radius), np.float32(-2))))
     rows = np.repeat(np.arange(start, start + len(block), dtype=np.int64), np.diff(limits).astype(np.int64))
     other = ids != rows
-    first, second = np.minimum(rows, ids)[other], np.maximum(rows, ids)[other]
-    return list(zip(first.tolist(), second.tolist(), similarities[other].tolist(), strict=True))
+    first, second, similarities = np.minimum(rows, ids)[other], np.maximum(rows, ids)[other], similarities[other]
+    if rescore:
+        similarities = np.einsum("ij,ij->i", vectors[first], vectors[second], dtype=np.float32)
+        true = similarities >= threshold
+        first, second, similarities = first[true], second[true], similarities[true]
+    return list(zip(first.tolist(), second.tolist(), similarities.tolist(), strict=True))
 
 
 def merged_pairs(blocks: Iterable[list[tuple[int, int, float]]]) -> list[tuple[int, int, float]]:
@@ -101,14 +126,16 @@ def similar_pairs(
     search: SemanticSearch = "exact",
     lists: int | None = None,
     probes: int = DEFAULT_PROBES,
+    codec: IvfCodec = "flat",
 ) -> list[tuple[int, int, float]]:
     """Every pair (i < j) of rows whose cosine reaches `threshold` (with `ivf`: those the index finds); rows must
     be L2-normalized."""
     starts = range(0, len(vectors), BLOCK_ROWS)
     if not uses_ivf(search, len(vectors)):
         return [pair for start in starts for pair in block_pairs(vectors, start, threshold)]
-    index = ivf_index(vectors, lists, probes)
-    return merged_pairs(ivf_block_pairs(index, vectors, start, threshold) for start in starts)
+    index = ivf_index(vectors, lists, probes, codec)
+    rescore = codec == "sq8"
+    return merged_pairs(ivf_block_pairs(index, vectors, start, threshold, rescore) for start in starts)
 
 
 def comparable(vectors: np.ndarray, backend: Backend) -> np.ndarray:
@@ -133,13 +160,15 @@ def semantic_duplicate_clusters(
     search: SemanticSearch = "exact",
     lists: int | None = None,
     probes: int = DEFAULT_PROBES,
+    codec: IvfCodec = "flat",
 ) -> list[DuplicateCluster]:
     if len(documents) < 2:
         return []
     vectors = comparable(
         embed([d.text for d in documents], model, device, batch_size, backend, max_seq_length, cache), backend
     )
-    return clusters_by_kept(documents, similar_pairs(vectors, threshold, search, lists, probes), "semantic", keep)
+    pairs = similar_pairs(vectors, threshold, search, lists, probes, codec)
+    return clusters_by_kept(documents, pairs, "semantic", keep)
 
 
 @DEDUP_METHODS.register("semantic")
@@ -157,4 +186,5 @@ def semantic_method(documents: list[Document], config: DedupConfig) -> list[Dupl
         search=config.semantic_search,
         lists=config.ivf_lists,
         probes=config.ivf_probes,
+        codec=config.ivf_codec,
     )

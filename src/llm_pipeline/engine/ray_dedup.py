@@ -514,16 +514,16 @@ def _block_pairs(vectors: np.ndarray, start: int, threshold: float) -> list[tupl
 
 
 @ray.remote
-def _ivf_pairs(index: np.ndarray, vectors: np.ndarray, starts: list[int], threshold: float) -> list:
+def _ivf_pairs(index: np.ndarray, vectors: np.ndarray, starts: list[int], threshold: float, rescore: bool) -> list:
     """The ivf search from a run of blocks of rows: the index (serialized by faiss) read once per task, searched on
-    one thread (the task holds one CPU)."""
+    one thread (the task holds one CPU); a quantized index's pairs re-scored on the shared float vectors."""
     import faiss
 
     from llm_pipeline.dedup.semantic import ivf_block_pairs
 
     faiss.omp_set_num_threads(1)
     opened = faiss.deserialize_index(index)
-    return [ivf_block_pairs(opened, vectors, start, threshold) for start in starts]
+    return [ivf_block_pairs(opened, vectors, start, threshold, rescore) for start in starts]
 
 
 def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
@@ -569,11 +569,12 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
 
             # the index trained and filled here (the stage's own code: the same index), searched by tasks that
             # each take a run of blocks (a task reads the whole index once)
-            index = ray.put(faiss.serialize_index(ivf_index(vectors, dedup.ivf_lists, dedup.ivf_probes)))
+            built = ivf_index(vectors, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)
+            index = ray.put(faiss.serialize_index(built))
             per_task = max(1, -(-len(starts) // (4 * cluster_cpus())))
             search = _ivf_pairs.options(max_retries=config.execution.task_retries)
             runs = [
-                search.remote(index, shared, starts[i : i + per_task], threshold)
+                search.remote(index, shared, starts[i : i + per_task], threshold, dedup.ivf_codec == "sq8")
                 for i in range(0, len(starts), per_task)
             ]
             pairs = merged_pairs(block for run in fetch(runs, address) for block in run)
