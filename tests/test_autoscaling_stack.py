@@ -141,10 +141,21 @@ def test_three_queued_pipelines_scale_the_workers_up_then_back_to_one(autoscalin
 
     # a worker picked for removal while it holds a run: drained by the autoscaler's own code, its run completes
     service = ComposeService(docker.from_env(), PROJECT, "cpu-worker")
-    busy = wait_until(lambda: [r for r in service.serving() if r.managed and service.busy(r)], 240, "a busy replica")
-    victim = busy[0]
-    its_log = subprocess.run(["docker", "logs", victim.id], capture_output=True, text=True)
-    [held] = [run for run in run_ids if run in its_log.stdout + its_log.stderr]
+
+    def busy_with_a_run() -> list[tuple[Any, str]]:
+        """Busy replicas with the run they hold: the last of ours their log names, still in flight. Polled: one
+        read right after the replica turned busy once found no run id in its log (cause not traced)."""
+        found = []
+        for replica in service.serving():
+            if replica.managed and service.busy(replica):
+                logged = subprocess.run(["docker", "logs", replica.id], capture_output=True, text=True)
+                text = logged.stdout + logged.stderr
+                named = [run for run in run_ids if run in text]
+                if named and api.state(held := max(named, key=text.rfind)) in ("PENDING", "RUNNING"):
+                    found.append((replica, held))
+        return found
+
+    victim, held = wait_until(busy_with_a_run, 240, "a busy replica whose log names its run")[0]
     drained: list[Any] = []
     service.drain(victim, timeout_s=900, done=lambda replica, error: drained.append((replica.name, error)))
     assert api.state(held) in ("PENDING", "RUNNING")  # the drain began with the run in flight
