@@ -21,6 +21,7 @@ import pytest
 
 from llm_pipeline.config import load_config
 from llm_pipeline.stages import PIPELINE, STAGES
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / "configs" / "test.yaml"  # what `make run-test` runs
@@ -149,7 +150,12 @@ def test_deployments_with_their_schedules(page, stack, deployed) -> None:
     assert all(name in text for name in DEPLOYMENTS), text[:2000]
     shoot(page, "ui-deployments")
     with httpx.Client(auth=tuple(stack["auth"].split(":", 1)), timeout=10) as api:
-        found = api.post(f"{ui(stack)}/api/deployments/filter", json={}).json()
+        # read until the API answers with the list: under load it once answered an error object (status not kept)
+        def listed() -> list | None:
+            reply = api.post(f"{ui(stack)}/api/deployments/filter", json={})
+            return reply.json() if reply.status_code == 200 and isinstance(reply.json(), list) else None
+
+        found = wait_until(listed, 60, "the deployments from the API")
     ids = {d["name"]: d["id"] for d in found}
     # The schedule as the UI words it, and the next run at that hour in the configured zone (the stack's default,
     # UTC; the browser context shows times in it).
