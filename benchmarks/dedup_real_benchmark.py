@@ -139,6 +139,36 @@ def score(ids: list[str], truth: dict[tuple[int, int], float], found: list, thre
     }
 
 
+ANATOMY_COSINES = (0.85, 0.9, 0.95, 0.97, 0.99)
+
+
+def diff_kind(kept: str, removed: str) -> str:
+    """What separates two texts, by the word diff of their dedup tokens (difflib, first 3,000 characters):
+    `contained` (no word replaced: one text is the other with words added or dropped), `template` (words replaced,
+    but at least half of the shorter text is in common runs: one template, different slot values, such as
+    `nsmallest` and `nlargest`), `different` (less than half in common)."""
+    import difflib
+
+    from llm_pipeline.text import dedup_tokens
+
+    a, b = dedup_tokens(kept[:3000]), dedup_tokens(removed[:3000])
+    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    if not any(tag == "replace" for tag, *_ in ops):
+        return "contained"
+    common = sum(i2 - i1 for tag, i1, i2, _, _ in ops if tag == "equal") / max(1, min(len(a), len(b)))
+    return "template" if common >= 0.5 else "different"
+
+
+def anatomy(by_id: dict[str, str], semantic: list) -> dict[str, list[int]]:
+    """The semantic removals counted by `diff_kind`, at each cosine of ANATOMY_COSINES."""
+    counts = {kind: [0] * len(ANATOMY_COSINES) for kind in ("contained", "template", "different")}
+    for removed, kept, _, cosine in semantic:
+        kind = diff_kind(by_id[kept], by_id[removed])
+        for k, floor in enumerate(ANATOMY_COSINES):
+            counts[kind][k] += (cosine or 0.0) >= floor
+    return counts
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_run":
         print(json.dumps(run_variant(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))))
@@ -149,6 +179,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
                         help="the contextual (torch) semantic variants take 10+ minutes on 2 cores")  # fmt: skip
     parser.add_argument("--sample", type=int, default=0, help="print N random semantic removals with both texts")
+    parser.add_argument("--sample-kind", choices=["contained", "template", "different"],
+                        help="draw the --sample from semantic removals of this diff_kind only")  # fmt: skip
+    parser.add_argument("--anatomy", action="store_true",
+                        help="count the semantic removals by their word diff (`diff_kind`), by cosine")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     rows = []
@@ -182,9 +216,17 @@ def main() -> None:
             if args.sample and name.startswith(("semantic", "hybrid")):
                 by_id = dict(zip(ids, texts, strict=True))
                 semantic = [f for f in found if f[2] == "semantic"]
+                if args.sample_kind:
+                    semantic = [f for f in semantic if diff_kind(by_id[f[1]], by_id[f[0]]) == args.sample_kind]
                 for removed, kept, _, cosine in random.Random(0).sample(semantic, min(args.sample, len(semantic))):
                     print(f"\n--- {name}: {removed} as a copy of {kept} (cosine {cosine})\n"
                           f"  KEPT: {by_id[kept][:400]}\n  GONE: {by_id[removed][:400]}")  # fmt: skip
+            if args.anatomy and name.startswith(("semantic", "hybrid")):
+                row["anatomy"] = anatomy(dict(zip(ids, texts, strict=True)), [f for f in found if f[2] == "semantic"])
+                print(f"  {name}: semantic removals by word diff, counted at cosine >= "
+                      f"{' / '.join(map(str, ANATOMY_COSINES))}:")  # fmt: skip
+                for kind, counts in row["anatomy"].items():
+                    print(f"    {kind}: {' / '.join(map(str, counts))}")
         naive = next((r for r in rows if r["variant"] == "naive"), None)
         fast = next((r for r in rows if r["variant"] == "minhash"), None)
         if naive and fast:
