@@ -277,6 +277,38 @@ def test_the_ivf_search_on_ray_gives_the_local_clusters(
     _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=2000, removed_at_least=100)
 
 
+def test_the_dedup_judge_on_ray_confirms_the_pairs_the_local_stage_confirms(
+    ray_cluster, real_text: Path, tmp_path: Path
+) -> None:
+    """`semantic_action: judge` with the semantic step on Ray: the judge (the suite's OpenAI-compatible server,
+    a verdict decided by the two texts) is asked from the Ray driver about the same pairs as locally, and the
+    outputs, verdicts included, are the local stage's."""
+    from tests.fakes.openai_server import FakeOpenAI
+
+    def by_length(messages: list[dict[str, Any]]) -> str:
+        user = next(m["content"] for m in messages if m["role"] == "user")
+        same = len(user.split("</document_1>")[0]) % 2 == len(user.split("<document_2>")[1]) % 2
+        return json.dumps({"duplicate": same, "reason": "scripted by the texts' lengths"})
+
+    with FakeOpenAI(judge=by_length) as server:
+        outputs = {}
+        for engine in ("local", "ray"):
+            judge = {"model": "judge-model", "base_url": server.base_url, "checkpoint_dir": str(tmp_path / engine)}
+            overrides = {
+                "data": {"path": str(real_text), "limit": 1200},
+                "dedup": {"method": "semantic", "embedding_backend": "static", "semantic_action": "judge",
+                          "judge": judge},
+                **({"execution": {"engine": "ray", "ray_address": ray_cluster}} if engine == "ray" else {}),
+            }  # fmt: skip
+            outputs[engine] = _stage(tmp_path / f"run-{engine}", overrides)
+        asked = server.stats()["total"]
+    (local, local_counts), (distributed, ray_counts) = outputs["local"], outputs["ray"]
+    _same_outputs(local, distributed)
+    assert local_counts == ray_counts, (local_counts, ray_counts)
+    assert local_counts["dedup.judge.duplicate"] > 0 and local_counts["dedup.judge.distinct"] > 0
+    assert asked == 2 * local_counts["dedup.judge.pairs"]  # each engine asked every pair once
+
+
 def test_an_embedding_actor_killed_mid_shard_changes_nothing(ray_cluster, real_text: Path, tmp_path: Path) -> None:
     """SIGKILL to an embedding actor while it encodes a shard (seen as `ray::_Embedder.encode`): Ray restarts it
     (the model loaded again) and the call is retried; the clusters are the local stage's, similarities included."""

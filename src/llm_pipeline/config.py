@@ -131,10 +131,12 @@ class DedupConfig(Section):
     embedding_backend: Literal["torch", "onnx", "onnx-int8", "static"] = "torch"
     max_seq_length: int = Field(128, ge=16, le=512, description="Tokens embedded per document (semantic).")
     keep: Literal["first", "longest", "richest_metadata"] = "first"
-    semantic_action: Literal["remove", "review"] = Field(
+    semantic_action: Literal["remove", "review", "judge"] = Field(
         "remove",
-        description="remove semantic duplicates, or only list them for review (templated corpora: see README).",
+        description="remove semantic duplicates, only list them for review (templated corpora: see README), or "
+        "remove those an LLM judge confirms (`judge`) and list the rest.",
     )
+    judge: DedupJudgeConfig = Field(default_factory=lambda: DedupJudgeConfig(), description="semantic_action: judge.")
     semantic_search: Literal["auto", "exact", "ivf"] = Field(
         "auto",
         description="How semantic pairs are found: exact (every pair), ivf (faiss inverted lists: near-linear, "
@@ -162,6 +164,8 @@ class DedupConfig(Section):
             raise ValueError("index: redis needs redis_url (redis://host:6379/0)")
         if self.bands is not None and self.bands > self.num_perm:
             raise ValueError(f"bands ({self.bands}) cannot exceed num_perm ({self.num_perm})")
+        if self.semantic_action == "judge" and not self.judge.model:
+            raise ValueError("semantic_action: judge needs judge.model (the judge)")
         return self
 
     @property
@@ -361,15 +365,34 @@ class CandidateConfig(Section):
         return self
 
 
-class JudgeConfig(Section):
-    """An LLM judge over the candidates' answers (evaluation/judge.py): pointwise by rubric, pairwise in both orders."""
+class LLMJudgeSettings(Section):
+    """How an LLM judge is reached and paid for: the evaluation's judge (`evaluation.judge`) and the one that
+    confirms semantic duplicates (`dedup.judge`) share these."""
 
-    enabled: bool = False
     backend: Literal["openai", "local"] = Field(
         "openai", description="openai: any OpenAI-compatible endpoint (base_url); local: a transformers model."
     )
     model: str | None = Field(None, description="The judge: the served model's name, or a hub id / local folder.")
     base_url: str | None = Field(None, description="openai backend: the server; None = OpenAI (OPENAI_API_KEY).")
+    concurrency: int = Field(8, ge=1, le=1024)
+    requests_per_minute: float | None = Field(500, gt=0)
+    max_tokens: int = Field(256, ge=16, description="Tokens of a verdict (a short reason and the scores).")
+    max_format_retries: int = Field(2, ge=0, le=5, description="Re-asks of an unparsable verdict, then failed.")
+    request_timeout_s: float = Field(60.0, gt=0)
+    retry: RetryDelays = Field(default_factory=RetryDelays)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict, description="US$ per million tokens, per model.")
+    max_cost_usd: float | None = Field(
+        None, gt=0, description="The judge's spending cap per run (needs the model's price here or in qa.prices)."
+    )
+    device: str = Field("auto", description="local backend: auto, cpu, cuda...")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    batch_size: int = Field(8, ge=1, description="local backend: prompts generated together.")
+
+
+class JudgeConfig(LLMJudgeSettings):
+    """An LLM judge over the candidates' answers (evaluation/judge.py): pointwise by rubric, pairwise in both orders."""
+
+    enabled: bool = False
     pointwise: bool = Field(True, description="Score each answer 1-5 on correct, grounded, complete.")
     candidates: list[str] | None = Field(None, description="Candidates judged pointwise; None: every one.")
     pairs: list[tuple[str, str]] = Field(
@@ -377,23 +400,10 @@ class JudgeConfig(Section):
     )
     max_items: int | None = Field(None, ge=1, description="Judge a seeded sample of at most this many items (cost).")
     seed: int = 13
-    concurrency: int = Field(8, ge=1, le=1024)
-    requests_per_minute: float | None = Field(500, gt=0)
-    max_tokens: int = Field(256, ge=16, description="Tokens of a verdict (a short reason and the scores).")
-    max_format_retries: int = Field(2, ge=0, le=5, description="Re-asks of an unparsable verdict, then failed.")
     prompt_dir: Path | None = Field(
         None, description="A folder replacing the packaged judge-v1 templates (the same five file names)."
     )
-    request_timeout_s: float = Field(60.0, gt=0)
-    retry: RetryDelays = Field(default_factory=RetryDelays)
-    prices: dict[str, ModelPrice] = Field(default_factory=dict, description="US$ per million tokens, per model.")
-    max_cost_usd: float | None = Field(
-        None, gt=0, description="The judge's spending cap per run (needs the model's price here or in qa.prices)."
-    )
     checkpoint_dir: Path | None = Field(None, description="Verdicts journal; None = <output_path>/.judge-cache.")
-    device: str = Field("auto", description="local backend: auto, cpu, cuda...")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    batch_size: int = Field(8, ge=1, description="local backend: prompts generated together.")
 
     @model_validator(mode="after")
     def _model_named(self) -> JudgeConfig:
@@ -402,6 +412,28 @@ class JudgeConfig(Section):
         if self.prompt_dir is not None:
             names = ("pointwise_system", "pointwise_user", "pairwise_system", "pairwise_user", "repair")
             missing = [f"{n}.j2" for n in names if not (self.prompt_dir / f"{n}.j2").is_file()]
+            if missing:
+                raise ValueError(f"prompt_dir {self.prompt_dir} lacks {', '.join(missing)}")
+        return self
+
+
+class DedupJudgeConfig(LLMJudgeSettings):
+    """The LLM judge that confirms semantic duplicates (`dedup.semantic_action: judge`, dedup/judge.py)."""
+
+    max_tokens: int = Field(128, ge=16, description="Tokens of a verdict (a yes/no and a short reason).")
+    max_pairs: int = Field(
+        1000, ge=1, description="Pairs judged per run, highest cosine first; the rest are kept and listed for review."
+    )
+    max_chars: int = Field(4000, ge=200, description="Characters of each document shown to the judge.")
+    prompt_dir: Path | None = Field(
+        None, description="A folder replacing the packaged dedup-judge-v1 templates (system, user, repair .j2)."
+    )
+    checkpoint_dir: Path | None = Field(None, description="Verdicts journal; None = <output_path>/.dedup-judge-cache.")
+
+    @model_validator(mode="after")
+    def _prompts_complete(self) -> DedupJudgeConfig:
+        if self.prompt_dir is not None:
+            missing = [f"{n}.j2" for n in ("system", "user", "repair") if not (self.prompt_dir / f"{n}.j2").is_file()]
             if missing:
                 raise ValueError(f"prompt_dir {self.prompt_dir} lacks {', '.join(missing)}")
         return self
@@ -625,6 +657,17 @@ class PipelineConfig(BaseSettings):
                 )
             if judge.backend == "openai" and not judge.base_url and Secrets().openai_api_key is None:
                 raise ValueError("evaluation.judge: backend openai needs OPENAI_API_KEY or judge.base_url")
+        dedup_judge = self.dedup.judge
+        if self.dedup.semantic_action == "judge":
+            if dedup_judge.max_cost_usd is not None and str(dedup_judge.model) not in {
+                **self.qa.prices,
+                **dedup_judge.prices,
+            }:
+                raise ValueError(
+                    f"dedup.judge.max_cost_usd: no price for {dedup_judge.model!r} in judge.prices or qa.prices"
+                )
+            if dedup_judge.backend == "openai" and not dedup_judge.base_url and Secrets().openai_api_key is None:
+                raise ValueError("dedup.judge: backend openai needs OPENAI_API_KEY or judge.base_url")
         if self.qa.backend == "openai" and not self.qa.base_url and Secrets().openai_api_key is None:
             raise ValueError("qa.backend: openai needs OPENAI_API_KEY (environment or .env) or qa.base_url")
         return self

@@ -147,7 +147,11 @@ def render_report(
     if not examples["clusters"]:
         lines.append("No duplicates found.")
     semantic = examples.get("semantic_removals") or []
+    judged = any("judge" in r for r in semantic)
     what = "removals" if all(r.get("removed_from_output", True) for r in semantic) else "near-pairs to review (kept)"
+    if judged:
+        removed = sum(1 for r in semantic if r.get("removed_from_output"))
+        what = f"pairs judged by the LLM judge ({removed} removed as duplicates, {len(semantic) - removed} kept)"
     if semantic:
         lines += [
             "",
@@ -155,11 +159,11 @@ def render_report(
             "",
             "A low lexical Jaccard next to a high cosine is the case to judge: same topic, or the same text?",
             "",
-            "| removed | as a copy of | cosine | lexical Jaccard |",
-            "|---|---|---|---|",
+            "| removed | as a copy of | cosine | lexical Jaccard |" + (" judge |" if judged else ""),
+            "|---|---|---|---|" + ("---|" if judged else ""),
         ]
         lines += [
-            f"| `{r['removed']}` | `{r['kept']}` | {r['cosine']} | {r['jaccard']} |"
+            f"| `{r['removed']}` | `{r['kept']}` | {r['cosine']} | {r['jaccard']} |" + (_verdict(r) if judged else "")
             for r in sorted(semantic, key=lambda r: r["jaccard"])[:SEMANTIC_ROWS]
         ]
 
@@ -174,6 +178,15 @@ def render_report(
 
 
 SEMANTIC_ROWS = 20  # semantic removals in the report, lowest lexical Jaccard first
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    """The judge's cell: its verdict, and why where it kept the document."""
+    judge = row.get("judge") or {"verdict": "not judged", "reason": ""}
+    reason = " ".join(str(judge.get("reason", "")).split())[:120].replace("|", "/")
+    return f" {judge['verdict']}" + (f": {reason}" if reason and judge["verdict"] != "duplicate" else "") + " |"
+
+
 INPUT_ROWS = 30  # files shown in the report; every one is in the manifest (up to 1,000)
 
 

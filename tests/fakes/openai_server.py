@@ -17,7 +17,8 @@ and the reply shapes that proxies, gateways and half-compatible servers send, al
   choices_null, message_null, content_list (content as a list of text parts), no_usage, negative_usage
 
 `judge` (a function of the conversation) scripts the replies to an LLM judge's requests (those holding an
-<answer> or <answer_1> block): a judge biased to the first answer, one with real preferences, malformed replies.
+<answer> or <answer_1> block, or the dedup judge's <document_1>): a judge biased to the first answer, one with real
+preferences, malformed replies. The dedup judge's faults are scripted by a marker in its first document.
 
 A token bucket enforces `rate_limit_rpm` (one second of burst) and answers 429 with Retry-After when empty.
 Run it in a thread (`FakeOpenAI(...).start()`) or as a process: `python -m tests.fakes.openai_server --port N`.
@@ -41,6 +42,7 @@ from typing import Any
 from tests.fakes.batch_api import BatchAPI
 
 _DOCUMENT = re.compile(r"<document>\n(.*)\n</document>", re.DOTALL)
+_FIRST_DOCUMENT = re.compile(r"<document_1>\n(.*)\n</document_1>", re.DOTALL)  # the dedup judge's pair
 _N = re.compile(r"exactly (\d+)")
 _CONTEXT = re.compile(r"Context: (.*?)\n\nQuestion:", re.DOTALL)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -275,7 +277,7 @@ class FakeOpenAI:
             def _complete(self, request: dict[str, Any]) -> None:
                 messages = request.get("messages", [])
                 user = next((m["content"] for m in messages if m["role"] == "user"), "")
-                found = _DOCUMENT.search(user)
+                found = _DOCUMENT.search(user) or _FIRST_DOCUMENT.search(user)
                 document = found.group(1) if found else ""
                 key = document_key(document)
                 fmt = (request.get("response_format") or {}).get("type")
@@ -317,7 +319,7 @@ class FakeOpenAI:
                 content = json.dumps({"pairs": pairs})
                 if not found and (asked := _CONTEXT.search(user)):  # an evaluation prompt: answer in a sentence
                     content = _SENTENCE.split(asked.group(1).strip())[0]
-                if fake.judge is not None and ("<answer>" in user or "<answer_1>" in user):
+                if fake.judge is not None and any(tag in user for tag in ("<answer>", "<answer_1>", "<document_1>")):
                     content = fake.judge(messages)
                 finish = "stop"
                 if action == "badjson":

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from llm_pipeline.config import DedupConfig
 from llm_pipeline.dedup.methods import DEDUP_METHODS, method_sequence
 from llm_pipeline.dedup.remove import remove_duplicates
 from llm_pipeline.logging import get_logger
 from llm_pipeline.records import Document, DuplicateCluster
+
+if TYPE_CHECKING:
+    from llm_pipeline.dedup.judge import SemanticJudge
 
 log = get_logger("dedup")
 
@@ -20,7 +24,9 @@ class DedupResult:
     kept: list[Document]
     clusters: list[DuplicateCluster] = field(default_factory=list)
     removed_by_method: dict[str, int] = field(default_factory=dict)
-    review: list[DuplicateCluster] = field(default_factory=list)  # found, not removed (`semantic_action: review`)
+    review: list[DuplicateCluster] = field(default_factory=list)  # found, not removed (`review`, or not confirmed)
+    judgements: dict[str, dict[str, Any]] = field(default_factory=dict)  # `judge`: removed id -> verdict, reason
+    judge_summary: dict[str, Any] = field(default_factory=dict)
 
     def counts(self, total: int, kept: int | None = None) -> dict[str, float]:
         """`kept`: how many were kept, where `self.kept` does not hold them (the ray engine streams them)."""
@@ -34,11 +40,14 @@ class DedupResult:
             "dedup_rate": round(removed / total, 4) if total else 0.0,
             **{f"removed.{m}": n for m, n in self.removed_by_method.items()},
             **({"review.semantic": sum(len(c.members) - 1 for c in self.review)} if self.review else {}),
+            **{f"judge.{k}": v for k, v in self.judge_summary.items() if isinstance(v, int | float)},
         }
 
 
-def deduplicate(documents: list[Document], config: DedupConfig) -> DedupResult:
-    return run_methods(DedupResult(kept=list(documents)), method_sequence(config.method), config)
+def deduplicate(documents: list[Document], config: DedupConfig, judge: SemanticJudge | None = None) -> DedupResult:
+    """`judge`: where `semantic_action: judge` keeps its verdicts and whose run it bills (default: the config's
+    `judge.checkpoint_dir`, a run of its own)."""
+    return run_methods(DedupResult(kept=list(documents)), method_sequence(config.method), config, judge=judge)
 
 
 def run_methods(
@@ -46,6 +55,7 @@ def run_methods(
     methods: tuple[str, ...],
     config: DedupConfig,
     implementations: Mapping[str, Callable[[list[Document], DedupConfig], list[DuplicateCluster]]] | None = None,
+    judge: SemanticJudge | None = None,
 ) -> DedupResult:
     """Each method in turn on what the ones before kept (`result.kept`), recording what it removed.
     `implementations`: a method's other implementation with the same results (the Ray engine's semantic)."""
@@ -57,6 +67,8 @@ def run_methods(
             log.info("dedup_method_done", method=method, review=sum(len(c.members) - 1 for c in clusters),
                      removed=0, remaining=len(result.kept))  # fmt: skip
             continue
+        if method == "semantic" and config.semantic_action == "judge":
+            clusters = _judged(result, clusters, config, judge)
         before = len(result.kept)
         result.kept = remove_duplicates(result.kept, clusters)
         result.clusters.extend(clusters)
@@ -69,3 +81,16 @@ def run_methods(
             remaining=len(result.kept),
         )
     return result
+
+
+def _judged(
+    result: DedupResult, clusters: list[DuplicateCluster], config: DedupConfig, judge: SemanticJudge | None
+) -> list[DuplicateCluster]:
+    """The semantic clusters the judge confirms; the other pairs go to `result.review` with their verdicts."""
+    from llm_pipeline.dedup.judge import SemanticJudge
+
+    judged = (judge or SemanticJudge.of(config.judge)).judge(clusters, result.kept)
+    result.review.extend(judged.kept)
+    result.judgements.update(judged.verdicts)
+    result.judge_summary = judged.summary
+    return judged.confirmed

@@ -33,7 +33,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -52,6 +52,9 @@ from llm_pipeline.dedup.minhash import (
     unique_pairs,
 )
 from llm_pipeline.dedup.workflow import DedupResult, run_methods
+
+if TYPE_CHECKING:
+    from llm_pipeline.dedup.judge import SemanticJudge
 from llm_pipeline.engine.ray_session import (
     cluster_cpus,
     fetch,
@@ -435,10 +438,12 @@ def _select(lines: list[bytes], mask: np.ndarray) -> list[Document]:
     return [Document.model_validate_json(line) for line, keep in zip(lines, mask.tolist(), strict=True) if keep]
 
 
-def load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> tuple[IngestResult, DedupResult, int]:
+def load_and_deduplicate(
+    config: PipelineConfig, outputs: dict[str, Path], judge: SemanticJudge | None = None
+) -> tuple[IngestResult, DedupResult, int]:
     """The stage's work on Ray; writes the stage's outputs. Returns what was loaded (its `documents` empty),
     the dedup result (its `kept` empty unless a driver-side method needed the documents) and the count kept.
-    The Ray driver runs in a child process of its own (engine/driver.py)."""
+    The Ray driver runs in a child process of its own (engine/driver.py). `judge`: semantic_action judge's."""
     from llm_pipeline.engine.driver import in_driver
 
     monitoring = config.monitoring
@@ -447,12 +452,15 @@ def load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> tu
         "llm_pipeline.engine.ray_dedup:_load_and_deduplicate",
         config,
         outputs,
+        judge,
         log_level=monitoring.log_level,
         structured=monitoring.structured_logging,
     )
 
 
-def _load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> tuple[IngestResult, DedupResult, int]:
+def _load_and_deduplicate(
+    config: PipelineConfig, outputs: dict[str, Path], judge: SemanticJudge | None = None
+) -> tuple[IngestResult, DedupResult, int]:
     with ray_session(config.execution) as address:
         signing = _signing(config)
         if config.data.limit is not None:
@@ -478,7 +486,7 @@ def _load_and_deduplicate(config: PipelineConfig, outputs: dict[str, Path]) -> t
                      removed=result.removed_by_method[method], remaining=int(plan.alive.sum()))  # fmt: skip
         if methods:  # semantic (embeddings on actors) and plug-in methods, on the documents still kept
             result.kept = _documents(plan, address)
-            run_methods(result, tuple(methods), dedup, {"semantic": _semantic_on_actors(address, config)})
+            run_methods(result, tuple(methods), dedup, {"semantic": _semantic_on_actors(address, config)}, judge)
             write_jsonl(outputs["documents"], result.kept)
             kept = len(result.kept)
         else:
@@ -606,4 +614,4 @@ def _write_examples(plan: Plan, result: DedupResult, config: PipelineConfig, pat
     }
     wanted = plan.loaded & np.fromiter((i in wanted_ids for i in plan.keys.ids), dtype=bool, count=plan.n)
     documents = _documents(plan, address, wanted)
-    write_json(path, cluster_examples(documents, everything, config.dedup))
+    write_json(path, cluster_examples(documents, everything, config.dedup, result.judgements))

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import jinja2
 from pydantic import BaseModel, Field
 
-from llm_pipeline.config import JudgeConfig, QAConfig, Secrets
+from llm_pipeline.config import JudgeConfig, LLMJudgeSettings, ModelPrice, QAConfig, Secrets
 from llm_pipeline.errors import BudgetReachedError, DataValidationError, OutputFormatError, TransientError
 from llm_pipeline.evaluation.metrics import bootstrap_ci
 from llm_pipeline.io import text_hash
@@ -51,7 +51,7 @@ class Verdict(BaseModel):
     """One finished judge request: its verdict, or why it failed (with the judge's last raw reply)."""
 
     key: str
-    kind: Literal["pointwise", "pairwise"]
+    kind: Literal["pointwise", "pairwise", "duplicate"]  # duplicate: dedup/judge.py's semantic pairs
     status: Literal["ok", "failed"]
     verdict: dict[str, Any] = Field(default_factory=dict)
     reason: str | None = None
@@ -73,18 +73,25 @@ class Prompts:
         return self.templates[name].render(**{k: defuse(v) for k, v in values.items()}).strip()
 
 
-def load_prompts(folder: Path | None = None) -> Prompts:
-    """The packaged templates (version judge-v1), or a folder's (version custom-<digest>: editing a prompt never
-    reuses verdicts given to the old one)."""
-    names = ("pointwise_system", "pointwise_user", "pairwise_system", "pairwise_user", "repair")
-    texts = {name: ((folder or PROMPT_DIR) / f"{name}.j2").read_text(encoding="utf-8") for name in names}
+TEMPLATES = ("pointwise_system", "pointwise_user", "pairwise_system", "pairwise_user", "repair")
+
+
+def load_prompts(
+    folder: Path | None = None,
+    names: tuple[str, ...] = TEMPLATES,
+    packaged: Path = PROMPT_DIR,
+    version: str = PROMPT_VERSION,
+) -> Prompts:
+    """The packaged templates (`version`), or a folder's (version custom-<digest>: editing a prompt never reuses
+    verdicts given to the old one)."""
+    texts = {name: ((folder or packaged) / f"{name}.j2").read_text(encoding="utf-8") for name in names}
     digest = hashlib.sha256("\x00".join(texts[n] for n in names).encode()).hexdigest()[:12]
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-    version = PROMPT_VERSION if folder is None else f"custom-{digest}"
+    version = version if folder is None else f"custom-{digest}"
     return Prompts(version, digest, {name: env.from_string(text) for name, text in texts.items()})
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def json_object(text: str) -> dict[str, Any]:
     found = _OBJECT.search(text)
     if not found:
         raise OutputFormatError("no JSON object in the reply")
@@ -98,7 +105,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def parse_pointwise(text: str) -> dict[str, Any]:
-    value = _json_object(text)
+    value = json_object(text)
     scores: dict[str, Any] = {}
     for criterion in CRITERIA:
         score = value.get(criterion)
@@ -110,11 +117,24 @@ def parse_pointwise(text: str) -> dict[str, Any]:
 
 
 def parse_pairwise(text: str) -> dict[str, Any]:
-    value = _json_object(text)
+    value = json_object(text)
     winner = str(value.get("winner", "")).strip().lower()
     if winner not in ("1", "2", "tie"):
         raise OutputFormatError(f'winner must be "1", "2" or "tie", got {value.get("winner")!r}')
     return {"winner": winner, "reason": str(value.get("reason", ""))[:500]}
+
+
+def parse_duplicate(text: str) -> dict[str, Any]:
+    value = json_object(text)
+    duplicate = value.get("duplicate")
+    if not isinstance(duplicate, bool):
+        raise OutputFormatError(f"duplicate must be true or false, got {duplicate!r}")
+    return {"duplicate": duplicate, "reason": str(value.get("reason", ""))[:500]}
+
+
+DUPLICATE_SHAPE = '{"duplicate": true | false, "reason": "<one short sentence>"}'
+PARSERS = {"pointwise": parse_pointwise, "pairwise": parse_pairwise, "duplicate": parse_duplicate}
+SHAPES = {"pointwise": POINTWISE_SHAPE, "pairwise": PAIRWISE_SHAPE, "duplicate": DUPLICATE_SHAPE}
 
 
 @dataclass
@@ -122,9 +142,9 @@ class Ask:
     """One judge request: which item and answers it is about, its conversation and key."""
 
     job: Job
-    kind: Literal["pointwise", "pairwise"]
+    kind: Literal["pointwise", "pairwise", "duplicate"]
     item_id: str
-    candidates: tuple[str, ...]  # pointwise: (candidate,); pairwise: (shown first, shown second)
+    candidates: tuple[str, ...]  # pointwise: (candidate,); pairwise: (shown first, shown second); duplicate: ids
 
 
 @dataclass
@@ -190,7 +210,7 @@ def build_asks(
     return asks
 
 
-def _backend(config: JudgeConfig) -> Any:
+def judge_backend(config: LLMJudgeSettings) -> Any:
     settings = QAConfig(
         backend=config.backend,
         model_name=config.model,
@@ -224,7 +244,7 @@ class _Verdicts:
 
     journal: Journal
     asks: dict[int, Ask]  # id(job) -> its ask
-    config: JudgeConfig
+    config: LLMJudgeSettings
     prompts: Prompts
     failed: int = 0
 
@@ -245,12 +265,11 @@ class _Verdicts:
         try:
             if outcome.finish_reason == "length":
                 raise OutputFormatError("the reply was cut off at the token limit: keep the reason short")
-            verdict = parse_pointwise(outcome.text) if ask.kind == "pointwise" else parse_pairwise(outcome.text)
+            verdict = PARSERS[ask.kind](outcome.text)
         except OutputFormatError as problem:
             if round_ < self.config.max_format_retries:
                 log.warning("judge_reply_invalid", problem=str(problem), retry=round_ + 1, item=ask.item_id)
-                shape = POINTWISE_SHAPE if ask.kind == "pointwise" else PAIRWISE_SHAPE
-                repair = self.prompts.render("repair", problem=str(problem).rstrip("."), shape=shape)
+                repair = self.prompts.render("repair", problem=str(problem).rstrip("."), shape=SHAPES[ask.kind])
                 job.messages = [
                     *job.messages,
                     {"role": "assistant", "content": outcome.text},
@@ -398,46 +417,63 @@ def judge(
 ) -> JudgeResult:
     """Judge the answers; asks only what the journal in `cache_dir` does not hold; the cost of what this run sent
     comes from its ledger there."""
-    from llm_pipeline.aio import run_sync
-
     if not config.enabled:
         return JudgeResult()
     prompts = load_prompts(config.prompt_dir)
     asks = build_asks(items, predictions, config, pairs)
+    journal, sending = ask_all(asks, config, prompts, cache_dir, run_id, prices, "evaluation.judge")
+    result = summarize(asks, journal, predictions, pairs)
+    result.summary.update(sending)
+    log.info(
+        "judge_completed", sent=sending["sent_this_run"], failed=sending["still_failing"], **result.summary["failed"]
+    )
+    return result
+
+
+def ask_all(
+    asks: list[Ask],
+    config: LLMJudgeSettings,
+    prompts: Prompts,
+    cache_dir: Path,
+    run_id: str,
+    prices: dict[str, ModelPrice] | None,
+    section: str,
+) -> tuple[Journal, dict[str, Any]]:
+    """Send the asks the journal in `cache_dir` does not hold (one request per key), under the spending cap, which
+    counts what this run already sent (an earlier attempt of the stage, from the ledger); the journal, and what
+    this run sent and cost (from its ledger). `section` names the config section in a cap's message."""
+    from llm_pipeline.aio import run_sync
+
     journal = Journal(cache_dir / "journal.jsonl", Verdict)
     ledger = Ledger(cache_dir, run_id)
-    # one request per key: two asks with the same texts (two candidates giving one answer) share a verdict
     todo = list({a.job.key: a for a in asks if a.job.key not in journal}.values())
     price = (prices or config.prices).get(str(config.model))
-    # the cap counts what this run already sent (an earlier attempt of the stage, from the ledger)
-    budget = Budget(config.max_cost_usd, None, price, ledger.sent().usage, section="evaluation.judge")
+    budget = Budget(config.max_cost_usd, None, price, ledger.sent().usage, section=section)
     for ask in todo:
         ask.job.ledger = ledger
         ask.job.budget = budget if budget.capped else None
     log.info("judge_started", model=config.model, requests=len(asks), journaled=len(asks) - len(todo))
     failed = 0
     if todo:
-        backend = _backend(config)
+        backend = judge_backend(config)
         try:
             verdicts = _Verdicts(journal, {id(a.job): a for a in todo}, config, prompts)
             jobs = [a.job for a in todo]
-            run_sync(send_all(backend, jobs, verdicts, config.max_format_retries, what="judging answers"))
+            run_sync(send_all(backend, jobs, verdicts, config.max_format_retries, what=f"judging ({section})"))
             failed = verdicts.failed
         finally:
             run_sync(backend.aclose())
-    result = summarize(asks, journal, predictions, pairs)
     sent = ledger.sent()
-    result.summary.update(
-        model=config.model,
-        backend=config.backend,
-        prompt_version=prompts.version,
-        sent_this_run=sent.requests,
-        http_requests_this_run=sent.http_requests,
-        usage_this_run=sent.usage.model_dump(),
-        still_failing=failed,
-        refused_by_cap=budget.refused,
-    )
+    sending: dict[str, Any] = {
+        "model": config.model,
+        "backend": config.backend,
+        "prompt_version": prompts.version,
+        "sent_this_run": sent.requests,
+        "http_requests_this_run": sent.http_requests,
+        "usage_this_run": sent.usage.model_dump(),
+        "still_failing": failed,
+        "refused_by_cap": budget.refused,
+    }
     if price is not None:
-        result.summary["cost_usd_this_run"] = round(budget.cost(sent.usage), 6)
-    log.info("judge_completed", sent=sent.requests, failed=failed, **result.summary["failed"])
-    return result
+        sending["cost_usd_this_run"] = round(budget.cost(sent.usage), 6)
+    return journal, sending
