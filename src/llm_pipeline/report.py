@@ -159,7 +159,9 @@ def render_report(
             "",
             "A low lexical Jaccard next to a high cosine is the case to judge: same topic, or the same text?",
             "",
-            "| removed | as a copy of | cosine | lexical Jaccard |" + (" judge |" if judged else ""),
+            "| document | closest kept document | cosine | lexical Jaccard | judge |"
+            if judged
+            else "| removed | as a copy of | cosine | lexical Jaccard |",
             "|---|---|---|---|" + ("---|" if judged else ""),
         ]
         lines += [
