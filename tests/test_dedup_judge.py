@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +178,38 @@ def test_the_stage_counts_the_judge_and_a_retry_keeps_its_cost(tmp_path: Path) -
     verdicts = {r["removed"]: r["judge"]["verdict"] for r in examples["semantic_removals"]}
     assert verdicts == {"b": "duplicate", "d": "distinct"}
     assert [json.loads(line)["id"] for line in (run_dir / "documents.jsonl").open()] == ["a", "c", "d", "e", "f"]
+
+
+def scripted(verdicts: dict[tuple[str, str], bool]) -> Callable[[list[dict[str, Any]]], str]:
+    """A judge whose verdict for each (first, second) pair of texts is given."""
+
+    def judge(messages: list[dict[str, Any]]) -> str:
+        return json.dumps({"duplicate": verdicts[pair(messages)], "reason": "scripted"})
+
+    return judge
+
+
+def test_a_document_the_judge_keeps_is_asked_about_its_next_closest_and_offered_as_kept(tmp_path: Path) -> None:
+    """The judge inside the keep rule, not after it. (1) x is closest to k1 (a sibling: distinct) and a copy of k2:
+    it goes as k2's copy. (2) b is a's sibling (distinct) and c a copy of b: cosine alone removes b as a's copy and
+    keeps c (its only neighbour was removed); with the judge, b stays and c goes as b's copy."""
+    docs = [Document(id=i, text=f"text of {i}") for i in ("k1", "k2", "x", "a", "b", "c")]
+    text = {d.id: d.text for d in docs}
+    verdicts = {
+        (text["k1"], text["x"]): False,
+        (text["k2"], text["x"]): True,
+        (text["a"], text["b"]): False,
+        (text["b"], text["c"]): True,
+    }
+    pairs = [(0, 2, 0.95), (1, 2, 0.9), (3, 4, 0.95), (4, 5, 0.93)]
+    with FakeOpenAI(judge=scripted(verdicts)) as server:
+        settings = config(server)
+        judge = SemanticJudge(settings.judge, tmp_path, "run-1")
+        clusters = judge.clusters(docs, pairs, "first")
+        asked = [pair(e["messages"]) for e in server.log]
+    assert sorted((c.kept, m) for c in clusters for m in c.to_kept) == [("b", "c"), ("k2", "x")]
+    assert sorted(asked) == sorted(verdicts)  # each pair once, no other
+    assert judge.last.summary["rounds"] == 2 and judge.last.summary["asked"] == 4
+    assert judge.last.verdicts["x"] == {"kept": "k2", "verdict": "duplicate", "reason": "scripted"}
+    assert judge.last.verdicts["b"] == {"kept": "a", "verdict": "distinct", "reason": "scripted"}
+    assert [(c.kept, list(c.to_kept)) for c in judge.last.kept] == [("a", ["b"])]  # x went, so only b is listed

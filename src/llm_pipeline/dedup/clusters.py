@@ -9,12 +9,17 @@ similarity is transitive, and for callers that want groups."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from llm_pipeline.records import Document, DuplicateCluster
 
 KeepPolicy = Literal["first", "longest", "richest_metadata"]
+
+# `semantic_action: judge`: the judge (dedup/judge.py's SemanticJudge) that confirms the semantic keep rule's pairs,
+# set by the dedup workflow around the semantic method's call; None: cosine decides alone.
+PAIR_JUDGE: ContextVar[Any] = ContextVar("pair_judge", default=None)
 
 
 class UnionFind:
@@ -150,3 +155,14 @@ def clusters_from_pairs(
             )
         )
     return clusters
+
+
+def semantic_clusters(
+    documents: Sequence[Document | DocumentKey], pairs: list[tuple[int, int, float]], keep: KeepPolicy
+) -> list[DuplicateCluster]:
+    """The semantic methods' keep rule (both engines): `clusters_by_kept` on the cosine pairs, each pair confirmed
+    by the judge where one is active (`PAIR_JUDGE`)."""
+    judge = PAIR_JUDGE.get()
+    if judge is None:
+        return clusters_by_kept(documents, pairs, "semantic", keep)
+    return judge.clusters(documents, pairs, keep)

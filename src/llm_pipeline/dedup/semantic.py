@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from llm_pipeline.dedup.clusters import KeepPolicy, clusters_by_kept
+from llm_pipeline.dedup.clusters import KeepPolicy, semantic_clusters
 from llm_pipeline.dedup.methods import DEDUP_METHODS
 from llm_pipeline.models.embeddings import Backend, embed
 from llm_pipeline.records import Document, DuplicateCluster
@@ -168,7 +168,7 @@ def semantic_duplicate_clusters(
         embed([d.text for d in documents], model, device, batch_size, backend, max_seq_length, cache), backend
     )
     pairs = similar_pairs(vectors, threshold, search, lists, probes, codec)
-    return clusters_by_kept(documents, pairs, "semantic", keep)
+    return semantic_clusters(documents, pairs, keep)
 
 
 @DEDUP_METHODS.register("semantic")

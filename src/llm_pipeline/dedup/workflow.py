@@ -61,14 +61,15 @@ def run_methods(
     `implementations`: a method's other implementation with the same results (the Ray engine's semantic)."""
     for method in methods:
         identify = (implementations or {}).get(method) or DEDUP_METHODS.get(method)
-        clusters = identify(result.kept, config)
+        if method == "semantic" and config.semantic_action == "judge":
+            clusters = _judged(result, identify, config, judge)
+        else:
+            clusters = identify(result.kept, config)
         if method == "semantic" and config.semantic_action == "review":
             result.review.extend(clusters)  # listed with both similarities for a person to judge; all kept
             log.info("dedup_method_done", method=method, review=sum(len(c.members) - 1 for c in clusters),
                      removed=0, remaining=len(result.kept))  # fmt: skip
             continue
-        if method == "semantic" and config.semantic_action == "judge":
-            clusters = _judged(result, clusters, config, judge)
         before = len(result.kept)
         result.kept = remove_duplicates(result.kept, clusters)
         result.clusters.extend(clusters)
@@ -84,12 +85,25 @@ def run_methods(
 
 
 def _judged(
-    result: DedupResult, clusters: list[DuplicateCluster], config: DedupConfig, judge: SemanticJudge | None
+    result: DedupResult,
+    identify: Callable[[list[Document], DedupConfig], list[DuplicateCluster]],
+    config: DedupConfig,
+    judge: SemanticJudge | None,
 ) -> list[DuplicateCluster]:
-    """The semantic clusters the judge confirms; the other pairs go to `result.review` with their verdicts."""
+    """The semantic method run with the judge confirming its keep rule's pairs (`semantic_clusters`); the clusters
+    it confirmed. The pairs it did not confirm go to `result.review` with their verdicts. A method that does not
+    run the rule through `semantic_clusters` (a plug-in's) has its clusters' pairs judged afterwards."""
+    from llm_pipeline.dedup.clusters import PAIR_JUDGE
     from llm_pipeline.dedup.judge import SemanticJudge
 
-    judged = (judge or SemanticJudge.of(config.judge)).judge(clusters, result.kept)
+    judge = judge or SemanticJudge.of(config.judge)
+    judge.last = None
+    token = PAIR_JUDGE.set(judge)
+    try:
+        clusters = identify(result.kept, config)
+    finally:
+        PAIR_JUDGE.reset(token)
+    judged = judge.last or judge.judge(clusters, result.kept)
     result.review.extend(judged.kept)
     result.judgements.update(judged.verdicts)
     result.judge_summary = judged.summary

@@ -39,7 +39,14 @@ import numpy as np
 import ray
 
 from llm_pipeline.config import DataConfig, PipelineConfig
-from llm_pipeline.dedup.clusters import DocumentKey, clusters_by_kept, clusters_from_pairs, keep_ranks, richness
+from llm_pipeline.dedup.clusters import (
+    DocumentKey,
+    clusters_by_kept,
+    clusters_from_pairs,
+    keep_ranks,
+    richness,
+    semantic_clusters,
+)
 from llm_pipeline.dedup.methods import method_sequence
 from llm_pipeline.dedup.minhash import (
     BAND_ROW,
@@ -586,12 +593,12 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
                 for i in range(0, len(starts), per_task)
             ]
             pairs = merged_pairs(block for run in fetch(runs, address) for block in run)
-            return clusters_by_kept(documents, pairs, "semantic", dedup.keep)
+            return semantic_clusters(documents, pairs, dedup.keep)
         # the exact search: one task per block of BLOCK_ROWS rows against all
         search = _block_pairs.options(max_retries=config.execution.task_retries)
         blocks = [search.remote(shared, start, threshold) for start in starts]
         pairs = [pair for found in fetch(blocks, address) for pair in found]  # block order: the local (i, j) order
-        return clusters_by_kept(documents, pairs, "semantic", dedup.keep)
+        return semantic_clusters(documents, pairs, dedup.keep)
 
     return method
 
