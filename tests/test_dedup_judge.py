@@ -213,3 +213,12 @@ def test_a_document_the_judge_keeps_is_asked_about_its_next_closest_and_offered_
     assert judge.last.verdicts["x"] == {"kept": "k2", "verdict": "duplicate", "reason": "scripted"}
     assert judge.last.verdicts["b"] == {"kept": "a", "verdict": "distinct", "reason": "scripted"}
     assert [(c.kept, list(c.to_kept)) for c in judge.last.kept] == [("a", ["b"])]  # x went, so only b is listed
+
+
+def test_a_semantic_method_that_finds_nothing_asks_nothing(tmp_path: Path) -> None:
+    with FakeOpenAI(judge=careful_judge) as server:
+        settings = config(server)
+        result = deduplicate(documents()[:1], settings, SemanticJudge(settings.judge, tmp_path, "run-1"))
+        assert server.stats()["total"] == 0
+    assert [d.id for d in result.kept] == ["a"] and result.judgements == {}
+    assert result.counts(1)["judge.pairs"] == 0 and result.counts(1)["judge.asked"] == 0
