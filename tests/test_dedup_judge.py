@@ -132,6 +132,7 @@ def test_max_pairs_asks_the_closest_pairs_first_and_keeps_the_rest(tmp_path: Pat
     assert asked == [(TEXTS["a"], TEXTS["b"])]  # cosine 0.91 before 0.83
     assert [d.id for d in result.kept] == ["a", "c", "d", "e", "f"]
     assert result.judgements["d"] == {"kept": "c", "verdict": "not judged", "reason": "past dedup.judge.max_pairs"}
+    assert result.judge_summary["rounds"] == 1  # with nothing left to ask, no round after the budget
 
 
 def test_a_judge_config_that_cannot_work_fails_before_any_work_naming_the_field() -> None:

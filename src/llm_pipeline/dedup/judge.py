@@ -78,7 +78,7 @@ class SemanticJudge:
         document on that assumption are asked, highest cosine first, and the rule runs again, until every removal
         rests on a "duplicate" verdict. A document the judge keeps is then compared with its next closest kept
         document, and offered as a kept one to the documents after it. Past `max_pairs`, a pair is "not judged"
-        (not a duplicate)."""
+        (not a duplicate), and so is every pair not asked by then (one last pass of the rule, no more rounds)."""
         cosine = {(min(i, j), max(i, j)): s for i, j, s in pairs}
         known: dict[tuple[int, int], tuple[str, str]] = {}  # (kept, other) -> verdict, reason
         index = {d.id: i for i, d in enumerate(documents)}
@@ -86,7 +86,7 @@ class SemanticJudge:
 
         def confirm(node: int, kept: int) -> float | None:
             found = known.get((kept, node))
-            if found is None or found[0] == "duplicate":
+            if (found is None and left > 0) or (found is not None and found[0] == "duplicate"):
                 return cosine[(min(node, kept), max(node, kept))]
             return None
 
