@@ -34,9 +34,11 @@ def corpus(request: pytest.FixtureRequest) -> list[Document]:
         try:
             records = debian_descriptions()
         except SystemExit as exc:
-            pytest.skip(f"no Debian package lists on this machine: {exc}")
+            pytest.skip(reason=f"no Debian package lists on this machine: {exc}")
         if len(records) < 20_000:
-            pytest.skip(f"apt's package lists hold {len(records)} packages (Debian main has ~63,000): apt-get update")
+            pytest.skip(
+                reason=f"apt's package lists hold {len(records)} packages (Debian main has ~63,000): apt-get update"
+            )
     return [Document(id=r["id"], text=normalize_text(r["text"])) for r in records]
 
 
