@@ -388,6 +388,14 @@ class LLMJudgeSettings(Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     batch_size: int = Field(8, ge=1, description="local backend: prompts generated together.")
 
+    def check_reachable(self, section: str, qa_prices: dict[str, ModelPrice]) -> None:
+        """Before any work: a cost cap that can count (the model's price here or in qa.prices) and a way to the
+        endpoint (its base_url, or OPENAI_API_KEY for OpenAI itself)."""
+        if self.max_cost_usd is not None and str(self.model) not in {**qa_prices, **self.prices}:
+            raise ValueError(f"{section}.max_cost_usd: no price for {self.model!r} in judge.prices or qa.prices")
+        if self.backend == "openai" and not self.base_url and Secrets().openai_api_key is None:
+            raise ValueError(f"{section}: backend openai needs OPENAI_API_KEY or judge.base_url")
+
 
 class JudgeConfig(LLMJudgeSettings):
     """An LLM judge over the candidates' answers (evaluation/judge.py): pointwise by rubric, pairwise in both orders."""
@@ -651,23 +659,9 @@ class PipelineConfig(BaseSettings):
             unknown = sorted(({n for pair in judge.pairs for n in pair} | set(judge.candidates or ())) - named)
             if unknown:
                 raise ValueError(f"evaluation.judge: candidates {unknown} are not evaluated (known: {sorted(named)})")
-            if judge.max_cost_usd is not None and str(judge.model) not in {**self.qa.prices, **judge.prices}:
-                raise ValueError(
-                    f"evaluation.judge.max_cost_usd: no price for {judge.model!r} in judge.prices or qa.prices"
-                )
-            if judge.backend == "openai" and not judge.base_url and Secrets().openai_api_key is None:
-                raise ValueError("evaluation.judge: backend openai needs OPENAI_API_KEY or judge.base_url")
-        dedup_judge = self.dedup.judge
+            judge.check_reachable("evaluation.judge", self.qa.prices)
         if self.dedup.semantic_action == "judge":
-            if dedup_judge.max_cost_usd is not None and str(dedup_judge.model) not in {
-                **self.qa.prices,
-                **dedup_judge.prices,
-            }:
-                raise ValueError(
-                    f"dedup.judge.max_cost_usd: no price for {dedup_judge.model!r} in judge.prices or qa.prices"
-                )
-            if dedup_judge.backend == "openai" and not dedup_judge.base_url and Secrets().openai_api_key is None:
-                raise ValueError("dedup.judge: backend openai needs OPENAI_API_KEY or judge.base_url")
+            self.dedup.judge.check_reachable("dedup.judge", self.qa.prices)
         if self.qa.backend == "openai" and not self.qa.base_url and Secrets().openai_api_key is None:
             raise ValueError("qa.backend: openai needs OPENAI_API_KEY (environment or .env) or qa.base_url")
         return self

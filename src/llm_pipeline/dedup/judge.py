@@ -124,7 +124,7 @@ class SemanticJudge:
                 closest[other] = max(closest.get(other, candidate), candidate)
         for member, kept in removed.items():
             reason = known[(index[kept], index[member])][1]
-            judged.verdicts[member] = {"kept": documents[index[kept]].id, "verdict": "duplicate", "reason": reason}
+            judged.verdicts[member] = {"kept": kept, "verdict": "duplicate", "reason": reason}
         listed: dict[int, dict[str, float]] = {}
         for other, (_, similarity, kept) in sorted(closest.items()):
             verdict, reason = known[(kept, other)]
