@@ -111,6 +111,22 @@ def test_a_judge_that_cannot_answer_removes_nothing(tmp_path: Path) -> None:
     assert {(c.kept, tuple(c.to_kept)) for c in result.review} == {("a", ("b",)), ("c", ("d",))}
 
 
+def test_a_verdict_of_the_wrong_type_and_a_stream_cut_short_remove_nothing(tmp_path: Path) -> None:
+    """`"duplicate": "yes"` (a string, not true/false) is asked again, then failed; a connection closed half-way
+    through every reply about the other pair leaves it not judged. Both pairs stay."""
+
+    def stringly_judge(messages: list[dict[str, Any]]) -> str:
+        return json.dumps({"duplicate": "yes", "reason": "they match"})
+
+    with FakeOpenAI(judge=stringly_judge, faults={"smallest": ["cut"] * 20}) as server:
+        settings = config(server, max_format_retries=1)
+        result = deduplicate(documents(), settings, SemanticJudge(settings.judge, tmp_path, "run-1"))
+    assert [d.id for d in result.kept] == list(TEXTS) and result.clusters == []
+    assert result.judgements["b"]["verdict"] == "failed"
+    assert "duplicate must be true or false, got 'yes'" in result.judgements["b"]["reason"]
+    assert result.judgements["d"]["verdict"] == "not judged"
+
+
 def test_a_rerun_pays_for_nothing_twice_and_the_first_run_is_costed(tmp_path: Path) -> None:
     prices = {"judge-model": ModelPrice(input_per_million=1.0, output_per_million=2.0)}
     with FakeOpenAI(judge=careful_judge) as server:
