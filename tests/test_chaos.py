@@ -230,9 +230,12 @@ def test_a_cpu_worker_killed_mid_qa_resends_nothing_and_spares_the_other_worker(
             pause(spared)  # so the victim goes to the other worker
             try:
                 victim = api.create(TEST_PIPELINE, fresh(data={"limit": 120}, qa=qa))
-                api.wait_state(victim["id"], ("RUNNING",), 300, "the victim to run")
+                # unpaused as soon as the other worker has claimed it: a worker frozen past the zombie window
+                # (90 s) would rightly have its own run declared Crashed, which is not what this case is about
+                api.wait_state(victim["id"], ("PENDING", "RUNNING"), 60, "the other worker to claim the victim")
             finally:
                 subprocess.run(["docker", "unpause", spared], check=True)
+            api.wait_state(victim["id"], ("RUNNING",), 300, "the victim to run")
             doomed = wait_until(lambda: container_running(env, "cpu-worker", victim["id"]), 60, "its worker")
             assert doomed != spared
             queued = api.create(TEST_PIPELINE, victim["parameters"])
