@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 
 _WORD = re.compile(r"\w+")
-# A token for near-duplicate detection keeps what changes meaning: c++, c#, g++-multilib, v2.0, x86_64, node.js,
-# don't (joined by - . / ' between word characters, trailing + and #), and operators and currency signs standing
-# alone (>= is not <=, $ is not EUR); sentence punctuation, brackets and quotes are dropped.
-DEDUP_TOKEN = re.compile(r"\w[\w+#]*(?:[-./']\w[\w+#]*)*|[<>=!~^*/%&|+\-$\u20ac\u00a3\u00a5]+")
+# A word for near-duplicate detection, as a reader counts words: a whitespace-separated word, lowercased, with
+# sentence punctuation, brackets and quotes stripped from its two ends. What is inside a word stays, so c++, c#,
+# g++-multilib, v2.0, x86_64, node.js, don't, >= and <= are words and differ from c, gcc-multilib, v2, = and >=;
+# `(dev,32bit,meta)` is one word, not three (a regex that split it made one-word variants of short texts look
+# like near-duplicates: docs/benchmarks.md).
+DEDUP_EDGE = ".,;:!?\"'()[]{}`"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9$])")
 
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")  # 0.45, 1,200: numbers as a text writes them (grounding, question filter)
@@ -44,9 +46,11 @@ def words_of(text: str) -> list[str]:
 
 
 def dedup_tokens(text: str) -> list[str]:
-    """Lowercased tokens that keep symbols and digits that change meaning (`c++` is not `c`, `gcc-multilib` is
-    not `g++-multilib`): the units of MinHash's shingles and of its exact verification."""
-    return DEDUP_TOKEN.findall(text.lower())
+    """Lowercased whitespace words, sentence punctuation, brackets and quotes stripped from their ends (`DEDUP_EDGE`):
+    the units of MinHash's shingles and of its exact verification. Symbols and digits inside a word stay (`c++` is
+    not `c`, `gcc-multilib` is not `g++-multilib`)."""
+    stripped = (word.strip(DEDUP_EDGE) for word in text.lower().split())
+    return [word for word in stripped if word]
 
 
 def split_sentences(text: str) -> list[str]:

@@ -29,7 +29,7 @@ import xxhash
 from llm_pipeline.dedup.clusters import KeepPolicy, clusters_by_kept, keep_ranks
 from llm_pipeline.dedup.methods import DEDUP_METHODS
 from llm_pipeline.records import Document, DuplicateCluster
-from llm_pipeline.text import DEDUP_TOKEN, dedup_tokens
+from llm_pipeline.text import DEDUP_EDGE, dedup_tokens
 
 if TYPE_CHECKING:
     from llm_pipeline.config import DedupConfig
@@ -76,8 +76,9 @@ class _ChunkHashes(dict):
     the tokenizer and the hash run once per distinct chunk."""
 
     def __missing__(self, chunk: str) -> tuple[int, ...]:
-        # the chunk is lowercased already: dedup_tokens' regex on it directly, every step a C call
-        value = self[chunk] = tuple(map(xxhash.xxh64_intdigest, map(str.encode, DEDUP_TOKEN.findall(chunk))))
+        # the chunk is lowercased already: it is one dedup_tokens word once its edges are stripped, or none
+        word = chunk.strip(DEDUP_EDGE)
+        value = self[chunk] = (xxhash.xxh64_intdigest(word.encode()),) if word else ()
         return value
 
 
