@@ -146,10 +146,16 @@ def static_table(path: str) -> np.ndarray:
     table = np.vstack(rows).astype(np.float32)
     table -= table.mean(axis=0)
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".tmp.npy")
+    tmp = _private(file, ".npy")
     np.save(tmp, table)
     tmp.replace(file)
     return table
+
+
+def _private(path: Path, suffix: str = "") -> Path:
+    """A file beside `path` that no other process writes: embedding actors on a cold cache distill or export at
+    once, each writes its own file and moves it into place whole (every writer's bytes are the same)."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp{suffix}")
 
 
 def onnx_model(path: str, quantized: bool) -> Path:
@@ -175,7 +181,7 @@ def onnx_model(path: str, quantized: bool) -> Path:
             def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
                 return self.inner(**dict(zip(names, inputs, strict=True))).last_hidden_state
 
-        tmp = fp32.with_suffix(".tmp")
+        tmp = _private(fp32)
         torch.onnx.export(
             Hidden(model),
             tuple(sample[n] for n in names),
@@ -190,7 +196,7 @@ def onnx_model(path: str, quantized: bool) -> Path:
     if quantized and not int8.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        tmp = int8.with_suffix(".tmp")
+        tmp = _private(int8)
         quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
         tmp.replace(int8)
     return int8 if quantized else fp32
