@@ -89,13 +89,17 @@ def ivf_index(
     return index
 
 
-def ivf_block_pairs(
-    index: Any, vectors: np.ndarray, start: int, threshold: float, rescore: bool = False
-) -> list[tuple[int, int, float]]:
+def quantized(index: Any) -> bool:
+    """Whether the index holds the vectors in fewer bytes than float32 (sq8), so its scores are approximate."""
+    return bool(index.code_size < 4 * index.d)
+
+
+def ivf_block_pairs(index: Any, vectors: np.ndarray, start: int, threshold: float) -> list[tuple[int, int, float]]:
     """The pairs found from rows [start, start + BLOCK_ROWS) as queries, each as (i < j): a pair can be found from
-    either of its rows (their cells differ), so blocks overlap; `merged_pairs` joins them. `rescore` (a quantized
-    index): searched SQ8_MARGIN lower, each pair kept on its exact cosine from `vectors`."""
+    either of its rows (their cells differ), so blocks overlap; `merged_pairs` joins them. A `quantized` index is
+    searched SQ8_MARGIN lower and each pair kept on its exact cosine from `vectors`."""
     block = np.ascontiguousarray(vectors[start : start + BLOCK_ROWS], dtype=np.float32)
+    rescore = quantized(index)
     radius = threshold - SQ8_MARGIN if rescore else threshold
     # faiss returns inner products strictly above the radius: the next float down keeps ">= threshold"
     limits, similarities, ids = index.range_search(block, float(np.nextafter(np.float32(radius), np.float32(-2))))
@@ -134,8 +138,7 @@ def similar_pairs(
     if not uses_ivf(search, len(vectors)):
         return [pair for start in starts for pair in block_pairs(vectors, start, threshold)]
     index = ivf_index(vectors, lists, probes, codec)
-    rescore = codec == "sq8"
-    return merged_pairs(ivf_block_pairs(index, vectors, start, threshold, rescore) for start in starts)
+    return merged_pairs(ivf_block_pairs(index, vectors, start, threshold) for start in starts)
 
 
 def comparable(vectors: np.ndarray, backend: Backend) -> np.ndarray:

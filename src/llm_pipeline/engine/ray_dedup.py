@@ -529,7 +529,7 @@ def _block_pairs(vectors: np.ndarray, start: int, threshold: float) -> list[tupl
 
 
 @ray.remote
-def _ivf_pairs(index: np.ndarray, vectors: np.ndarray, starts: list[int], threshold: float, rescore: bool) -> list:
+def _ivf_pairs(index: np.ndarray, vectors: np.ndarray, starts: list[int], threshold: float) -> list:
     """The ivf search from a run of blocks of rows: the index (serialized by faiss) read once per task, searched on
     one thread (the task holds one CPU); a quantized index's pairs re-scored on the shared float vectors."""
     import faiss
@@ -538,7 +538,7 @@ def _ivf_pairs(index: np.ndarray, vectors: np.ndarray, starts: list[int], thresh
 
     faiss.omp_set_num_threads(1)
     opened = faiss.deserialize_index(index)
-    return [ivf_block_pairs(opened, vectors, start, threshold, rescore) for start in starts]
+    return [ivf_block_pairs(opened, vectors, start, threshold) for start in starts]
 
 
 def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
@@ -589,7 +589,7 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
             per_task = max(1, -(-len(starts) // (4 * cluster_cpus())))
             search = _ivf_pairs.options(max_retries=config.execution.task_retries)
             runs = [
-                search.remote(index, shared, starts[i : i + per_task], threshold, dedup.ivf_codec == "sq8")
+                search.remote(index, shared, starts[i : i + per_task], threshold)
                 for i in range(0, len(starts), per_task)
             ]
             pairs = merged_pairs(block for run in fetch(runs, address) for block in run)
