@@ -67,7 +67,7 @@ test-fast: install  ## the suite without the slow end-to-end tests
 bench-dedup: install  ## dedup quality and speed on 10k and 100k synthetic documents (docs/benchmarks.md)
 	$(BIN)/python benchmarks/dedup_benchmark.py --docs 10000 100000 --backend static --semantic-max-docs 100000
 
-bench-dedup-real: install  ## dedup on 72k real docstrings against exact all-pairs truth (docs/benchmarks.md)
+bench-dedup-real: install  ## dedup on 83k real docstrings against exact all-pairs truth (docs/benchmarks.md)
 	$(BIN)/python benchmarks/dedup_real_benchmark.py --source docstrings --json docs/dedup-real-benchmark.json
 
 bench-qa: install  ## QA throughput vs a 300 ms, 6,000 req/min OpenAI-compatible server (docs/benchmarks.md)

@@ -49,7 +49,7 @@ VARIANTS: dict[str, dict] = {
     "naive": {"method": "minhash"},
     "semantic": {"method": "semantic"},
     "semantic-static": {"method": "semantic", "embedding_backend": "static"},
-    "hybrid": {"method": "hybrid"},
+    "hybrid": {"method": "hybrid"},  # the defaults: embedding_backend auto
     "hybrid-torch": {"method": "hybrid", "embedding_backend": "torch"},
     "hybrid-static": {"method": "hybrid", "embedding_backend": "static"},
 }
@@ -75,9 +75,8 @@ def run_variant(name: str, corpus: Path, out: Path) -> dict:
     if config.method in ("semantic", "hybrid"):
         from llm_pipeline.models.embeddings import load_embedder
 
-        load_embedder(config.embedding_model, config.device, config.embedding_backend, config.max_seq_length).encode(
-            ["warm"], 1
-        )
+        backend = config.backend_for(len(documents))  # auto: what it takes for a corpus this size
+        load_embedder(config.embedding_model, config.device, backend, config.max_seq_length).encode(["warm"], 1)
     started = time.perf_counter()
     clusters = naive_minhash(documents, config) if name == "naive" else deduplicate(documents, config).clusters
     seconds = time.perf_counter() - started

@@ -159,6 +159,13 @@ def test_cli_validate_prints_resolved_config_with_secrets_masked() -> None:
     assert printed["secrets"]["OPENAI_API_KEY"] == "********"
     assert secret not in result.stdout + result.stderr
     assert "wandb-secret-value-123456" not in result.stdout + result.stderr
+    # embedding_backend auto: the threshold of each backend it may take; a named backend: its own
+    assert printed["derived"]["dedup.cosine_threshold"] == {
+        "torch (up to 5000 documents)": 0.95,
+        "static (more)": 0.85,
+    }
+    named = run_cli("validate", "configs/test.yaml", "--set", "dedup.embedding_backend=static")
+    assert yaml.safe_load(named.stdout)["derived"]["dedup.cosine_threshold"] == 0.85
 
 
 def test_cli_run_refuses_bad_config_before_any_work(tmp_path: Path) -> None:

@@ -195,6 +195,28 @@ def test_static_backend_separates_copies_from_unrelated_documents(
     embeddings.load_embedder.cache_clear()
 
 
+def test_the_default_backend_is_the_contextual_model_up_to_the_cutoff_and_static_above(
+    corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`embedding_backend: auto` (the default) gives what naming the backend gives, each side of the cutoff (here
+    moved to the sample's size; 5,000 documents in use), thresholds included; on a GPU always the model."""
+    import llm_pipeline.config as config_module
+    import llm_pipeline.models.embeddings as embeddings
+
+    monkeypatch.setattr(embeddings, "ONNX_CACHE", tmp_path / "onnx")
+    embeddings.load_embedder.cache_clear()
+    sample = corpus[:200]
+    static = deduplicate(sample, DedupConfig(method="semantic", embedding_backend="static")).clusters
+    contextual = deduplicate(sample, DedupConfig(method="semantic", embedding_backend="torch")).clusters
+    assert static and contextual and static != contextual
+    monkeypatch.setattr(config_module, "AUTO_CONTEXTUAL_MAX_DOCS", len(sample) - 1)
+    assert deduplicate(sample, DedupConfig(method="semantic")).clusters == static
+    monkeypatch.setattr(config_module, "AUTO_CONTEXTUAL_MAX_DOCS", len(sample))
+    assert deduplicate(sample, DedupConfig(method="semantic")).clusters == contextual
+    assert DedupConfig(device="cuda").backend_for(10**7) == "torch"
+    embeddings.load_embedder.cache_clear()
+
+
 def test_ivf_search_reports_only_true_pairs_and_finds_nearly_all_on_real_text() -> None:
     """faiss's inverted lists against the exact search (every pair), on real docstrings embedded by the static
     backend and mean-centered as the stage compares them, at the static default 0.85, with the index's vectors as

@@ -16,7 +16,7 @@ import yaml
 from rich.console import Console
 
 import llm_pipeline
-from llm_pipeline.config import PipelineConfig, Secrets, load_config
+from llm_pipeline.config import AUTO_CONTEXTUAL_MAX_DOCS, DedupConfig, PipelineConfig, Secrets, load_config
 from llm_pipeline.errors import ConfigError
 from llm_pipeline.qa.backends import resolve_backend
 
@@ -47,6 +47,16 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return overrides
 
 
+def cosine_thresholds(dedup: DedupConfig) -> float | dict[str, float]:
+    """The semantic threshold; with `embedding_backend: auto` on the CPU, each backend's, by corpus size."""
+    if dedup.backend_for(AUTO_CONTEXTUAL_MAX_DOCS) == dedup.backend_for(AUTO_CONTEXTUAL_MAX_DOCS + 1):
+        return dedup.for_documents(0).cosine_threshold
+    return {
+        f"torch (up to {AUTO_CONTEXTUAL_MAX_DOCS} documents)": dedup.cosine_threshold_of("torch"),
+        "static (more)": dedup.cosine_threshold_of("static"),
+    }
+
+
 def load_or_exit(config: Path, overrides: dict[str, Any]) -> PipelineConfig:
     try:
         return load_config(config, overrides)
@@ -71,7 +81,7 @@ def validate(config: Annotated[Path, typer.Argument(help="Pipeline config YAML."
         "secrets": Secrets().masked(),
         "derived": {
             "dedup.jaccard_threshold": resolved.dedup.jaccard_threshold,
-            "dedup.cosine_threshold": resolved.dedup.cosine_threshold,
+            "dedup.cosine_threshold": cosine_thresholds(resolved.dedup),
             "qa.backend": resolve_backend(
                 resolved.qa, api_key=key.get_secret_value() if (key := Secrets().openai_api_key) else None
             ),

