@@ -239,3 +239,38 @@ def test_a_semantic_method_that_finds_nothing_asks_nothing(tmp_path: Path) -> No
         assert server.stats()["total"] == 0
     assert [d.id for d in result.kept] == ["a"] and result.judgements == {}
     assert result.counts(1)["judge.pairs"] == 0 and result.counts(1)["judge.asked"] == 0
+
+
+def test_a_local_judge_model_is_loaded_once_for_all_the_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """judge.backend: local, a tiny Llama built here and loaded by the local QA backend's code. Untrained, it never
+    replies the JSON asked for, so x is kept after its closest pair and asked about against its next closest: two
+    rounds, one model load (counted on the real class), freed after them; a rerun finds every verdict journaled
+    and loads nothing."""
+    import llm_pipeline.qa.local_backend as local_backend
+    from tests.tiny_models import save, tiny_llama, train_tokenizer
+
+    docs = [Document(id=i, text=f"text of {i}") for i in ("k1", "k2", "x")]
+    tokenizer = train_tokenizer([d.text for d in docs] + ['{"duplicate": true, "reason": "the same"}'])
+    save(tiny_llama(tokenizer), tokenizer, tmp_path / "judge")
+    events: list[str] = []
+
+    class Counted(local_backend.LocalBackend):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            events.append("load")
+            super().__init__(*args, **kwargs)
+
+        async def aclose(self) -> None:
+            events.append("free")
+            await super().aclose()
+
+    monkeypatch.setattr(local_backend, "LocalBackend", Counted)
+    settings = DedupJudgeConfig(backend="local", model=str(tmp_path / "judge"), device="cpu", max_tokens=16, retry=FAST)
+    pairs = [(0, 2, 0.95), (1, 2, 0.9)]
+    judge = SemanticJudge(settings, tmp_path / "cache", "run-1")
+    assert judge.clusters(docs, pairs, "first") == []  # nothing confirmed: nothing removed
+    assert judge.last.summary["rounds"] == 2 and judge.last.summary["asked"] == 2
+    assert judge.last.verdicts["x"]["verdict"] == "failed"
+    assert events == ["load", "free"]
+    again = SemanticJudge(settings, tmp_path / "cache", "run-2")
+    assert again.clusters(docs, pairs, "first") == []
+    assert events == ["load", "free"]

@@ -19,14 +19,16 @@ only what is new and a stage retry pays nothing twice; the ledger gives what thi
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_pipeline.aio import run_sync
 from llm_pipeline.config import DedupJudgeConfig, ModelPrice
 from llm_pipeline.dedup.clusters import DocumentKey, KeepPolicy, clusters_by_kept
-from llm_pipeline.evaluation.judge import Ask, ask_all, load_prompts
+from llm_pipeline.evaluation.judge import Ask, ask_all, judge_backend, load_prompts
 from llm_pipeline.io import text_hash
 from llm_pipeline.logging import get_logger
 from llm_pipeline.qa.backends import Job
@@ -60,14 +62,39 @@ class SemanticJudge:
     prices: dict[str, ModelPrice] = field(default_factory=dict)  # qa.prices, where the judge's own has none
     # what the last `clusters` or `judge` call found (the workflow reads it)
     last: Judged | None = field(default=None, repr=False, compare=False)
+    _local: Any = field(default=None, init=False, repr=False, compare=False)  # a local judge model, while loaded
 
     @classmethod
     def of(cls, config: DedupJudgeConfig) -> SemanticJudge:
         """For a caller without a run: the journal in `checkpoint_dir` (else ./.dedup-judge-cache)."""
         return cls(config, config.checkpoint_dir or Path(".dedup-judge-cache"), f"dedup-{uuid.uuid4().hex[:12]}")
 
-    def __getstate__(self) -> dict[str, Any]:  # sent to the Ray driver: the findings stay behind
-        return {**self.__dict__, "last": None}
+    def __getstate__(self) -> dict[str, Any]:  # sent to the Ray driver: the findings and a model stay behind
+        return {**self.__dict__, "last": None, "_local": None}
+
+    @contextmanager
+    def _rounds(self) -> Iterator[None]:
+        """A local judge model is loaded once for all of a call's rounds (when one has something to ask), and
+        freed after the last."""
+        try:
+            yield
+        finally:
+            if self._local is not None:
+                local, self._local = self._local, None
+                run_sync(local.aclose())
+
+    def _backend(self) -> Callable[[], Any] | None:
+        """The local model kept open across rounds; None for an endpoint, whose client belongs to one round's
+        event loop (`run_sync` makes one per call), so `ask_all` opens and closes it each round."""
+        if self.config.backend != "local":
+            return None
+
+        def opened() -> Any:
+            if self._local is None:
+                self._local = judge_backend(self.config)
+            return self._local
+
+        return opened
 
     def clusters(
         self, documents: Sequence[Document | DocumentKey], pairs: list[tuple[int, int, float]], keep: KeepPolicy
@@ -79,6 +106,12 @@ class SemanticJudge:
         rests on a "duplicate" verdict. A document the judge keeps is then compared with its next closest kept
         document, and offered as a kept one to the documents after it. Past `max_pairs`, a pair is "not judged"
         (not a duplicate), and so is every pair not asked by then (one last pass of the rule, no more rounds)."""
+        with self._rounds():
+            return self._clusters(documents, pairs, keep)
+
+    def _clusters(
+        self, documents: Sequence[Document | DocumentKey], pairs: list[tuple[int, int, float]], keep: KeepPolicy
+    ) -> list[DuplicateCluster]:
         cosine = {(min(i, j), max(i, j)): s for i, j, s in pairs}
         known: dict[tuple[int, int], tuple[str, str]] = {}  # (kept, other) -> verdict, reason
         index = {d.id: i for i, d in enumerate(documents)}
@@ -148,6 +181,10 @@ class SemanticJudge:
     def judge(self, clusters: list[DuplicateCluster], documents: list[Document]) -> Judged:
         """For a semantic method that does not run the keep rule through `semantic_clusters` (a plug-in's): its
         clusters' pairs asked once, highest cosine first; a member goes only on a "duplicate" verdict."""
+        with self._rounds():
+            return self._judge(clusters, documents)
+
+    def _judge(self, clusters: list[DuplicateCluster], documents: list[Document]) -> Judged:
         texts = {d.id: _text(d) for d in documents}
         pairs = sorted(
             ((cosine, c.kept, removed) for c in clusters for removed, cosine in c.to_kept.items()),
@@ -179,7 +216,9 @@ class SemanticJudge:
     ) -> tuple[dict[tuple[str, str], tuple[str, str]], dict[str, Any]]:
         """(kept id, other id) -> (verdict, reason) for each pair, and what the sending cost."""
         asks = [self._one(prompts, kept, other, texts) for kept, other in pairs]
-        journal, sending = ask_all(asks, self.config, prompts, self.cache_dir, self.run_id, self.prices, "dedup.judge")
+        journal, sending = ask_all(
+            asks, self.config, prompts, self.cache_dir, self.run_id, self.prices, "dedup.judge", self._backend()
+        )
         verdicts = {}
         for ask in asks:
             entry = journal.get(ask.job.key)

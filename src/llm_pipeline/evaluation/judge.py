@@ -16,7 +16,7 @@ import json
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -438,10 +438,13 @@ def ask_all(
     run_id: str,
     prices: dict[str, ModelPrice] | None,
     section: str,
+    backend: Callable[[], Any] | None = None,
 ) -> tuple[Journal, dict[str, Any]]:
     """Send the asks the journal in `cache_dir` does not hold (one request per key), under the spending cap, which
     counts what this run already sent (an earlier attempt of the stage, from the ledger); the journal, and what
-    this run sent and cost (from its ledger). `section` names the config section in a cap's message."""
+    this run sent and cost (from its ledger). `section` names the config section in a cap's message. `backend`:
+    where the caller keeps one open across calls (called only when there is something to send; the caller closes
+    it); else one is opened and closed here."""
     from llm_pipeline.aio import run_sync
 
     journal = Journal(cache_dir / "journal.jsonl", Verdict)
@@ -455,14 +458,15 @@ def ask_all(
     log.info("judge_started", model=config.model, requests=len(asks), journaled=len(asks) - len(todo))
     failed = 0
     if todo:
-        backend = judge_backend(config)
+        opened = backend() if backend is not None else judge_backend(config)
         try:
             verdicts = _Verdicts(journal, {id(a.job): a for a in todo}, config, prompts)
             jobs = [a.job for a in todo]
-            run_sync(send_all(backend, jobs, verdicts, config.max_format_retries, what=f"judging ({section})"))
+            run_sync(send_all(opened, jobs, verdicts, config.max_format_retries, what=f"judging ({section})"))
             failed = verdicts.failed
         finally:
-            run_sync(backend.aclose())
+            if backend is None:
+                run_sync(opened.aclose())
     sent = ledger.sent()
     sending: dict[str, Any] = {
         "model": config.model,
