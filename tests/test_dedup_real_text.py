@@ -38,9 +38,8 @@ def corpus(request: pytest.FixtureRequest) -> list[Document]:
         except SystemExit as exc:
             pytest.skip(reason=f"no Debian package lists on this machine: {exc}")
         if len(records) < 20_000:
-            pytest.skip(
-                reason=f"apt's package lists hold {len(records)} packages (Debian main has ~63,000): apt-get update"
-            )
+            held = f"apt's package lists hold {len(records)} packages (Debian main has ~63,000): apt-get update"
+            pytest.skip(reason=held)
     return [Document(id=r["id"], text=normalize_text(r["text"])) for r in records]
 
 
