@@ -49,8 +49,13 @@ def dedup_tokens(text: str) -> list[str]:
     """Lowercased whitespace words, sentence punctuation, brackets and quotes stripped from their ends (`DEDUP_EDGE`):
     the units of MinHash's shingles and of its exact verification. Symbols and digits inside a word stay (`c++` is
     not `c`, `gcc-multilib` is not `g++-multilib`)."""
-    stripped = (word.strip(DEDUP_EDGE) for word in text.lower().split())
+    stripped = map(dedup_word, text.lower().split())
     return [word for word in stripped if word]
+
+
+def dedup_word(chunk: str) -> str:
+    """A whitespace-separated chunk as `dedup_tokens` counts it: its ends stripped (empty: punctuation only)."""
+    return chunk.strip(DEDUP_EDGE)
 
 
 def split_sentences(text: str) -> list[str]:

@@ -19,7 +19,7 @@ only what is new and a stage retry pays nothing twice; the ledger gives what thi
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,18 +83,13 @@ class SemanticJudge:
                 local, self._local = self._local, None
                 run_sync(local.aclose())
 
-    def _backend(self) -> Callable[[], Any] | None:
-        """The local model kept open across rounds; None for an endpoint, whose client belongs to one round's
-        event loop (`run_sync` makes one per call), so `ask_all` opens and closes it each round."""
-        if self.config.backend != "local":
-            return None
-
-        def opened() -> Any:
-            if self._local is None:
-                self._local = judge_backend(self.config)
-            return self._local
-
-        return opened
+    def _open_local(self) -> Any:
+        """The local judge model, loaded at the first round that asks something and kept for the others. (An
+        endpoint's client belongs to one round's event loop, `run_sync` making one per call: `ask_all` opens and
+        closes it each round.)"""
+        if self._local is None:
+            self._local = judge_backend(self.config)
+        return self._local
 
     def clusters(
         self, documents: Sequence[Document | DocumentKey], pairs: list[tuple[int, int, float]], keep: KeepPolicy
@@ -217,7 +212,14 @@ class SemanticJudge:
         """(kept id, other id) -> (verdict, reason) for each pair, and what the sending cost."""
         asks = [self._one(prompts, kept, other, texts) for kept, other in pairs]
         journal, sending = ask_all(
-            asks, self.config, prompts, self.cache_dir, self.run_id, self.prices, "dedup.judge", self._backend()
+            asks,
+            self.config,
+            prompts,
+            self.cache_dir,
+            self.run_id,
+            self.prices,
+            "dedup.judge",
+            self._open_local if self.config.backend == "local" else None,
         )
         verdicts = {}
         for ask in asks:

@@ -29,7 +29,7 @@ import xxhash
 from llm_pipeline.dedup.clusters import KeepPolicy, clusters_by_kept, keep_ranks
 from llm_pipeline.dedup.methods import DEDUP_METHODS
 from llm_pipeline.records import Document, DuplicateCluster
-from llm_pipeline.text import DEDUP_EDGE, dedup_tokens
+from llm_pipeline.text import dedup_tokens, dedup_word
 
 if TYPE_CHECKING:
     from llm_pipeline.config import DedupConfig
@@ -71,21 +71,20 @@ def fmix32(h: np.ndarray) -> np.ndarray:
 
 
 class _ChunkHashes(dict):
-    """A whitespace-separated chunk of lowercased text -> the 64-bit hashes (xxhash64) of its `dedup_tokens`. No
-    token spans whitespace, so a text's tokens are its chunks' tokens in order; a corpus repeats its chunks, so
-    the tokenizer and the hash run once per distinct chunk."""
+    """A whitespace-separated chunk of lowercased text -> the 64-bit hash (xxhash64) of its `dedup_word`, as a
+    tuple of one, or of none where the chunk was punctuation only. A corpus repeats its chunks, so the strip and
+    the hash run once per distinct chunk."""
 
     def __missing__(self, chunk: str) -> tuple[int, ...]:
-        # the chunk is lowercased already: it is one dedup_tokens word once its edges are stripped, or none
-        word = chunk.strip(DEDUP_EDGE)
+        word = dedup_word(chunk)
         value = self[chunk] = (xxhash.xxh64_intdigest(word.encode()),) if word else ()
         return value
 
 
 class ShingleHasher:
     """Stable 64-bit hashes of word shingles, for many texts at once: each text is split on whitespace and its
-    chunks' token hashes looked up in a cache (`_ChunkHashes`: the tokenizer's regex runs once per distinct chunk,
-    not once per text), all in C-level passes; the k-word windows are then mixed in numpy over the whole batch,
+    chunks' word hashes looked up in a cache (`_ChunkHashes`: each distinct chunk stripped and hashed once, not
+    once per text), all in C-level passes; the k-word windows are then mixed in numpy over the whole batch,
     windows that cross a text's end dropped. A text shorter than k words is one shingle."""
 
     MAX_CACHED_CHUNKS = 2_000_000  # the cache starts again past this (a few hundred MB at most)
