@@ -82,6 +82,41 @@ def fail_a_run(env: dict[str, str], deployment: str, message: str) -> str:
     return failed.stdout.strip().splitlines()[-1]
 
 
+def alert_trail(stack: dict, run_id: str, since: str) -> str:
+    """What the stack's event system did about a run since `since` (ISO time), for a test's failure message: the
+    run's events, the automations' triggered/action events, and the end of prefect-services' log."""
+    import json
+
+    import httpx
+
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{stack['port']}/api", auth=tuple(stack["auth"].split(":", 1)), timeout=20
+    )
+    lines = []
+    for what, extra in (
+        ("the run's events", {"any_resource": {"id": [f"prefect.flow-run.{run_id}"]}}),
+        ("automation events", {"event": {"prefix": ["prefect.automation"]}}),
+    ):
+        body = {"filter": {"occurred": {"since": since}, "order": "ASC", **extra}, "limit": 50}
+        try:
+            events = api.post("/events/filter", json=body).json().get("events", [])
+        except (httpx.HTTPError, ValueError) as error:
+            lines.append(f"{what}: unreadable ({error!r})")
+            continue
+        lines.append(f"{what} ({len(events)}):")
+        lines += [
+            f"  {e['occurred']} {e['event']} {e['resource'].get('prefect.resource.name', '')} "
+            f"{json.dumps(e.get('payload', {}))[:300]}"
+            for e in events
+        ]
+    automations = api.post("/automations/filter", json={}).json()
+    lines += [f"automation {a['name']!r} enabled={a['enabled']} actions={[x['type'] for x in a['actions']]}"
+              for a in automations]  # fmt: skip
+    services = compose(stack["env"], "logs", "--no-color", "--since", since, "prefect-services").stdout
+    lines += ["prefect-services log since then (last 60 lines):", *services.splitlines()[-60:]]
+    return "\n".join(lines)
+
+
 HF_TOKEN = "hf_" + secrets.token_hex(17)
 
 

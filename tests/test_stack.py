@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 
-from tests.stack import HF_TOKEN, PROJECT, compose, fail_a_run, make, shared
+from tests.stack import HF_TOKEN, PROJECT, alert_trail, compose, fail_a_run, make, shared
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +114,7 @@ def test_a_failed_run_pages_through_the_stacks_own_services(stack, deployed) -> 
         check=True,
     ).stdout.strip()
     target = f"http://{gateway}:{receiver.port}/hook"
+    since = datetime.now(UTC).isoformat()
     try:
         installed = compose(stack["env"], "run", "--rm", "-e", f"ALERT_WEBHOOK_URL={target}", "deployer",
                             "python", "-m", "flows.alerts")  # fmt: skip
@@ -123,7 +125,9 @@ def test_a_failed_run_pages_through_the_stacks_own_services(stack, deployed) -> 
             r for r in receiver.at("/hook") if r.body.get("flow_run_id") == run_id
         ]:
             time.sleep(1)
-        [alert] = [r.body for r in receiver.at("/hook") if r.body.get("flow_run_id") == run_id]
+        pages = [r.body for r in receiver.at("/hook") if r.body.get("flow_run_id") == run_id]
+        assert len(pages) == 1, f"{len(pages)} pages in 60 s\n" + alert_trail(stack, run_id, since)
+        [alert] = pages
         assert alert["deployment"] == "llm-pipeline/test-pipeline" and alert["state"] == "Failed"
         assert alert["url"].endswith(f"/runs/flow-run/{run_id}")
     finally:
