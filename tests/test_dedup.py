@@ -154,10 +154,14 @@ def test_semantic_review_lists_the_pairs_and_removes_nothing() -> None:
     assert [d.id for d in result.kept] == ["a", "b", "c"] and result.clusters == []
     assert [(r.kept, list(r.to_kept)) for r in result.review] == [("a", ["b"])]
     assert result.counts(3)["review.semantic"] == 1
-    examples = cluster_examples(docs, result.clusters + result.review, config)
+    examples = cluster_examples(docs, result.clusters + result.review, config, semantic=result.semantic)
     (pair,) = examples["semantic_removals"]
     assert pair["removed"] == "b" and pair["removed_from_output"] is False and pair["cosine"] >= 0.85
     assert 0 < pair["jaccard"] < 0.6 and set(pair["texts"]) == {"a", "b"}
     manifest = {"pipeline": "p", "run_id": "r", "config_hash": "h", "code_version": "v", "started_at": "t"}
     report = render_report(manifest, {}, examples, {})
     assert "### Semantic near-pairs to review (kept) (1;" in report and "| `b` | `a` |" in report
+    # what compared them: `auto` resolved (3 documents: the contextual model) and the threshold it used
+    assert result.semantic["embedding_backend"] == "torch" and result.counts(3)["semantic.cosine_threshold"] == 0.85
+    assert "3 documents compared with `torch` embeddings" in report and "cosine >= 0.85" in report
+    assert "pairs found: `review`" in report

@@ -146,6 +146,13 @@ def render_report(
             lines.append(f"  - `{member}`: {text[:160]}")
     if not examples["clusters"]:
         lines.append("No duplicates found.")
+    if run := examples.get("semantic"):
+        lines += [
+            "",
+            f"Semantic pass: {run['documents']:,} documents compared with `{run['embedding_backend']}` embeddings "
+            f"of `{run['embedding_model']}` at cosine >= {run['cosine_threshold']} "
+            f"(`dedup.embedding_backend`, `dedup.semantic_threshold`); pairs found: `{run['action']}`.",
+        ]
     semantic = examples.get("semantic_removals") or []
     judged = any("judge" in r for r in semantic)
     what = "removals" if all(r.get("removed_from_output", True) for r in semantic) else "near-pairs to review (kept)"

@@ -27,6 +27,9 @@ class DedupResult:
     review: list[DuplicateCluster] = field(default_factory=list)  # found, not removed (`review`, or not confirmed)
     judgements: dict[str, dict[str, Any]] = field(default_factory=dict)  # `judge`: removed id -> verdict, reason
     judge_summary: dict[str, Any] = field(default_factory=dict)
+    # the semantic pass as it ran: the embedding backend `auto` resolved to, its cosine threshold, how many
+    # documents it compared (the report names them beside the removals)
+    semantic: dict[str, Any] = field(default_factory=dict)
 
     def counts(self, total: int, kept: int | None = None) -> dict[str, float]:
         """`kept`: how many were kept, where `self.kept` does not hold them (the ray engine streams them)."""
@@ -41,6 +44,7 @@ class DedupResult:
             **{f"removed.{m}": n for m, n in self.removed_by_method.items()},
             **({"review.semantic": sum(len(c.members) - 1 for c in self.review)} if self.review else {}),
             **{f"judge.{k}": v for k, v in self.judge_summary.items() if isinstance(v, int | float)},
+            **({"semantic.cosine_threshold": self.semantic["cosine_threshold"]} if self.semantic else {}),
         }
 
 
@@ -62,7 +66,15 @@ def run_methods(
     for method in methods:
         identify = (implementations or {}).get(method) or DEDUP_METHODS.get(method)
         if method == "semantic":
-            log.info("semantic_embeddings", backend=config.backend_for(len(result.kept)), documents=len(result.kept))
+            resolved = config.for_documents(len(result.kept))
+            result.semantic = {
+                "embedding_backend": resolved.embedding_backend,
+                "embedding_model": config.embedding_model,
+                "cosine_threshold": resolved.cosine_threshold,
+                "documents": len(result.kept),
+                "action": config.semantic_action,
+            }
+            log.info("semantic_embeddings", backend=resolved.embedding_backend, documents=len(result.kept))
         if method == "semantic" and config.semantic_action == "judge":
             clusters = _judged(result, identify, config, judge)
         else:

@@ -622,4 +622,4 @@ def _write_examples(plan: Plan, result: DedupResult, config: PipelineConfig, pat
     }
     wanted = plan.loaded & np.fromiter((i in wanted_ids for i in plan.keys.ids), dtype=bool, count=plan.n)
     documents = _documents(plan, address, wanted)
-    write_json(path, cluster_examples(documents, everything, config.dedup, result.judgements))
+    write_json(path, cluster_examples(documents, everything, config.dedup, result.judgements, result.semantic))

@@ -25,10 +25,12 @@ def cluster_examples(
     clusters: list[DuplicateCluster],
     config: DedupConfig,
     judgements: dict[str, dict[str, Any]] | None = None,
+    semantic: dict[str, Any] | None = None,
 ) -> dict:
     """A few clusters with their texts, and every semantic removal with its pair and both similarities (the
     cosine that removed it and the lexical Jaccard of MinHash's shingles), so a reviewer can judge each one;
-    with `semantic_action: judge`, the judge's verdict and reason too (`judgements`, by removed id).
+    with `semantic_action: judge`, the judge's verdict and reason too (`judgements`, by removed id); `semantic`:
+    how the semantic pass ran (DedupResult.semantic: backend, threshold, documents compared).
     Removed documents exist nowhere else after this stage."""
     texts = {d.id: d.text for d in documents}
     judgements = judgements or {}
@@ -60,7 +62,7 @@ def cluster_examples(
                     },  # fmt: skip
                 }
             )
-    return {"clusters": examples, "semantic_removals": removals}
+    return {"clusters": examples, "semantic_removals": removals, **({"semantic": semantic} if semantic else {})}
 
 
 def load_and_deduplicate_data(ctx: StageContext) -> dict[str, Any]:
@@ -84,7 +86,9 @@ def load_and_deduplicate_data(ctx: StageContext) -> dict[str, Any]:
         write_jsonl(ctx.output("documents"), deduped.kept)
         write_jsonl(ctx.output("clusters"), deduped.clusters)
         everything = deduped.clusters + deduped.review
-        examples = cluster_examples(ingested.documents, everything, ctx.config.dedup, deduped.judgements)
+        examples = cluster_examples(
+            ingested.documents, everything, ctx.config.dedup, deduped.judgements, deduped.semantic
+        )
         write_json(ctx.output("examples"), examples)
         kept, total = len(deduped.kept), len(ingested.documents)
     return {
