@@ -84,7 +84,8 @@ def fail_a_run(env: dict[str, str], deployment: str, message: str) -> str:
 
 def alert_trail(stack: dict, run_id: str, since: str) -> str:
     """What the stack's event system did about a run since `since` (ISO time), for a test's failure message: the
-    run's events, the automations' triggered/action events, and the end of prefect-services' log."""
+    run's events, the automations' triggered/action events, the Redis consumer groups' backlogs, and the end of
+    prefect-services' log."""
     import json
 
     import httpx
@@ -112,6 +113,9 @@ def alert_trail(stack: dict, run_id: str, since: str) -> str:
     automations = api.post("/automations/filter", json={}).json()
     lines += [f"automation {a['name']!r} enabled={a['enabled']} actions={[x['type'] for x in a['actions']]}"
               for a in automations]  # fmt: skip
+    for stream in ("events", "actions"):  # each consumer group's backlog: a trigger service behind shows here
+        groups = compose(stack["env"], "exec", "-T", "redis", "redis-cli", "--no-raw", "XINFO", "GROUPS", stream)
+        lines.append(f"redis XINFO GROUPS {stream}: " + " ".join((groups.stdout or groups.stderr).split()))
     services = compose(stack["env"], "logs", "--no-color", "--since", since, "prefect-services").stdout
     lines += ["prefect-services log since then (last 60 lines):", *services.splitlines()[-60:]]
     return "\n".join(lines)

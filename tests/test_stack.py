@@ -120,13 +120,16 @@ def test_a_failed_run_pages_through_the_stacks_own_services(stack, deployed) -> 
                             "python", "-m", "flows.alerts")  # fmt: skip
         assert installed.returncode == 0 and "alert targets: webhook" in installed.stdout, installed.stderr[-2000:]
         run_id = fail_a_run(stack["env"], "llm-pipeline/test-pipeline", "failed on purpose by the stack test")
-        deadline = time.monotonic() + 60
+        # about 2 s alone; in two full suites (both pytest workers busy, prefect-services behind the events of the
+        # chaos and Ray runs before) none came within 60 s, cause not found: 180 s, as the Redis-restart chaos test
+        # allows, and a miss says where the event stopped (alert_trail)
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline and not [
             r for r in receiver.at("/hook") if r.body.get("flow_run_id") == run_id
         ]:
             time.sleep(1)
         pages = [r.body for r in receiver.at("/hook") if r.body.get("flow_run_id") == run_id]
-        assert len(pages) == 1, f"{len(pages)} pages in 60 s\n" + alert_trail(stack, run_id, since)
+        assert len(pages) == 1, f"{len(pages)} pages in 180 s\n" + alert_trail(stack, run_id, since)
         [alert] = pages
         assert alert["deployment"] == "llm-pipeline/test-pipeline" and alert["state"] == "Failed"
         assert alert["url"].endswith(f"/runs/flow-run/{run_id}")
