@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,32 @@ def test_cli_validate_prints_resolved_config_with_secrets_masked() -> None:
     }
     named = run_cli("validate", "configs/test.yaml", "--set", "dedup.embedding_backend=static")
     assert yaml.safe_load(named.stdout)["derived"]["dedup.cosine_threshold"] == 0.85
+    assert "warning" not in result.stderr + named.stderr
+    # a cosine set by hand with auto: valid, but it applies to two backends that score apart: said, with the fix
+    mixed = run_cli("validate", "configs/test.yaml", "--set", "dedup.semantic_threshold=0.9")
+    assert mixed.returncode == 0 and "warning: dedup.semantic_threshold: 0.9 applies to whichever" in mixed.stderr
+    assert "set dedup.embedding_backend" in mixed.stderr
+    pinned = run_cli("validate", "configs/test.yaml", "--set", "dedup.semantic_threshold=0.9",
+                     "--set", "dedup.embedding_backend=torch")  # fmt: skip
+    assert pinned.returncode == 0 and "warning" not in pinned.stderr
+
+
+def test_a_run_keeps_and_logs_the_configs_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The warning `validate` prints is in the run's config.resolved.json and its log too (a run started without
+    validating)."""
+    from llm_pipeline.config import PipelineConfig
+    from llm_pipeline.stages.contract import StageContext
+    from llm_pipeline.stages.initialize import initialize_pipeline
+    from llm_pipeline.stages.registry import stage_named
+
+    for threshold, expected in ((None, 0), (0.9, 1)):
+        config = PipelineConfig(**minimal(tmp_path, dedup={"semantic_threshold": threshold}))
+        ctx = StageContext(stage_named("initialize-pipeline"), config, tmp_path / str(threshold), "run")
+        ctx.run_dir.mkdir()
+        initialize_pipeline(ctx)
+        warnings = json.loads(ctx.output("config").read_text())["warnings"]
+        assert len(warnings) == expected and all("dedup.semantic_threshold: 0.9" in w for w in warnings)
+    assert "config_warning" in capsys.readouterr().out
 
 
 def test_cli_run_refuses_bad_config_before_any_work(tmp_path: Path) -> None:

@@ -89,6 +89,8 @@ def validate(config: Annotated[Path, typer.Argument(help="Pipeline config YAML."
         "config_hash": resolved.fingerprint(),
     }
     out.print(yaml.safe_dump(payload, sort_keys=False), end="", markup=False, highlight=False)
+    for warning in resolved.dedup.warnings():
+        err.print(f"[yellow]warning[/]: {warning}", markup=True, highlight=False)
     err.print(f"[green]valid[/]: {config}")
 
 

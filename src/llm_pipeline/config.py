@@ -204,6 +204,21 @@ class DedupConfig(Section):
         (`for_documents` resolves it), the contextual model's."""
         return self.cosine_threshold_of(self.embedding_backend)
 
+    def warnings(self) -> list[str]:
+        """Settings that are valid but likely not what was meant (`llm-pipeline validate` prints them, the run logs
+        them): a hand-set cosine threshold with `auto` on the CPU applies to both backends, which score apart."""
+        found = []
+        mixed = self.backend_for(AUTO_CONTEXTUAL_MAX_DOCS) != self.backend_for(AUTO_CONTEXTUAL_MAX_DOCS + 1)
+        if self.semantic_threshold is not None and mixed and self.method in ("semantic", "hybrid"):
+            derived = self.model_copy(update={"semantic_threshold": None})
+            found.append(
+                f"dedup.semantic_threshold: {self.semantic_threshold} applies to whichever backend `embedding_backend: "
+                f"auto` takes (torch up to {AUTO_CONTEXTUAL_MAX_DOCS:,} documents, static above), and their cosines "
+                f"differ (defaults {derived.cosine_threshold_of('torch')} and {derived.cosine_threshold_of('static')})"
+                ": set dedup.embedding_backend to the one the threshold was chosen for"
+            )
+        return found
+
     def cosine_threshold_of(self, backend: str) -> float:
         if self.semantic_threshold is not None:
             return self.semantic_threshold
