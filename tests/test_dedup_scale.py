@@ -222,12 +222,12 @@ def test_ivf_search_reports_only_true_pairs_and_finds_nearly_all_on_real_text() 
     backend and mean-centered as the stage compares them, at the static default 0.85, with the index's vectors as
     floats and as 8-bit codes: every pair ivf reports is an exact pair with its cosine (sq8's approximate products
     re-scored), it finds at least 99 % of them, and the same vectors give the same pairs again (the Ray engine
-    builds its own index from them and must agree). sq8's index is under a third of flat's size. Measured on 83k
-    docstrings: docs/benchmarks.md."""
+    builds its own index from them and must agree), also from the index cut into parts by cells. sq8's index is
+    under a third of flat's size. Measured on 83k docstrings: docs/benchmarks.md."""
     import faiss
     from real_text_corpus import python_docstrings
 
-    from llm_pipeline.dedup.semantic import comparable, ivf_index, similar_pairs
+    from llm_pipeline.dedup.semantic import comparable, ivf_index, ivf_shards, similar_pairs
 
     texts = [r["text"] for r in python_docstrings(("transformers/models",))[:4000]]
     vectors = comparable(embed(texts, backend="static"), "static")
@@ -240,6 +240,10 @@ def test_ivf_search_reports_only_true_pairs_and_finds_nearly_all_on_real_text() 
         assert len({(i, j) for i, j, _ in found}) == len(found), "a pair found from both of its rows is one pair"
         assert len(found) >= 0.99 * len(exact), (codec, len(found), len(exact))
         assert similar_pairs(vectors, 0.85, "ivf", codec=codec) == found
+        # the index cut by cells (each Ray search task holding one part): the same pairs, cosines to the bit
+        assert similar_pairs(vectors, 0.85, "ivf", codec=codec, shards=3) == found
+        parts = ivf_shards(vectors, 3, codec=codec)
+        assert sum(p.ntotal for p in parts) == len(vectors) and max(p.ntotal for p in parts) < 0.5 * len(vectors)
     size = {codec: len(faiss.serialize_index(ivf_index(vectors, codec=codec))) for codec in ("flat", "sq8")}
     assert size["sq8"] < size["flat"] / 3, size
     assert similar_pairs(vectors, 0.85, "auto") == sorted((i, j, s) for (i, j), s in exact.items())  # 4k: exact

@@ -265,14 +265,16 @@ def _same_on_both_engines(address: str, tmp: Path, base: dict, shard_texts: int,
     assert local_counts == ray_counts and local_counts["dedup.removed"] >= removed_at_least, local_counts
 
 
-@pytest.mark.parametrize("codec", ["flat", "sq8"])
+@pytest.mark.parametrize(("codec", "parts"), [("flat", 1), ("sq8", 1), ("flat", 3)])
 def test_the_ivf_search_on_ray_gives_the_local_clusters(
-    ray_cluster, real_text: Path, tmp_path: Path, codec: str
+    ray_cluster, real_text: Path, tmp_path: Path, codec: str, parts: int
 ) -> None:
     """`semantic_search: ivf`: the driver builds the index from the actors' vectors and tasks search runs of blocks
-    (with sq8, re-scoring on the vectors shared through the object store); the clusters are the local stage's (its
-    own index over the same vectors), similarities included."""
-    dedup = {"method": "semantic", "embedding_backend": "static", "semantic_search": "ivf", "ivf_codec": codec}
+    (with sq8, re-scoring on the vectors shared through the object store; with `ivf_shards`, each task holding one
+    part of the index by cells); the clusters are the local stage's (its own whole index over the same vectors),
+    similarities included."""
+    dedup = {"method": "semantic", "embedding_backend": "static", "semantic_search": "ivf", "ivf_codec": codec,
+             "ivf_shards": parts}  # fmt: skip
     base = {"data": {"path": str(real_text)}, "dedup": dedup}
     _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=2000, removed_at_least=100)
 

@@ -157,6 +157,14 @@ class DedupConfig(Section):
         description="ivf: the index's copy of the vectors: flat (float32) or sq8 (one byte a dimension, a quarter "
         "of the memory; found pairs re-scored on the float vectors, so only true pairs are reported).",
     )
+    ivf_shards: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="ivf on Ray: the index cut by cells into this many parts, each search task holding one (its "
+        "memory divided by about this much; the same pairs). Each part repeats the coarse search of every "
+        "document, so a few, not hundreds. The local engine searches the whole index.",
+    )
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     batch_size: int = Field(64, ge=1)
     device: str = "cpu"

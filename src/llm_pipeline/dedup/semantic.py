@@ -70,9 +70,43 @@ def ivf_index(
     """A faiss inner-product IVF index over `vectors` (L2-normalized float32 rows), trained by k-means on a seeded
     sample: the same vectors give the same index, whatever the process (the Ray driver or the stage's). `codec`:
     how the index stores the vectors (module docstring)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = _trained_ivf(vectors, lists, probes, codec)
+    index.add(vectors)
+    return index
+
+
+def ivf_shards(
+    vectors: np.ndarray, shards: int, lists: int | None = None, probes: int = DEFAULT_PROBES, codec: IvfCodec = "flat"
+) -> list[Any]:
+    """`ivf_index` cut by cells into `shards` indexes (contiguous runs of cells, about as many rows each), each
+    holding only its cells' rows under their row numbers, all with the one trained quantizer. Searched with the
+    same probes, a shard scans those of a query's cells that it holds (the others are empty in it), so the shards'
+    pairs together are exactly the whole index's: a Ray search task then holds one shard, not every vector. Each
+    shard still ranks every query against all the cells (the coarse search, `lists` dot products a row)."""
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    trained = _trained_ivf(vectors, lists, probes, codec)
+    _, cell = trained.quantizer.search(vectors, 1)  # the cell `add` puts each row in (the same search)
+    rows_per_cell = np.bincount(cell.ravel(), minlength=trained.nlist)
+    # shard k takes the cells whose running row count falls in its k-th equal share of the rows
+    shard_of_cell = np.minimum(
+        (np.cumsum(rows_per_cell) - rows_per_cell) * shards // max(1, len(vectors)), shards - 1
+    ).astype(np.int64)
+    shard_of_row = shard_of_cell[cell.ravel()]
+    parts = []
+    for k in range(shards):
+        part = faiss.clone_index(trained)
+        rows = np.flatnonzero(shard_of_row == k)
+        part.add_with_ids(vectors[rows], rows.astype(np.int64))
+        parts.append(part)
+    return parts
+
+
+def _trained_ivf(vectors: np.ndarray, lists: int | None, probes: int, codec: IvfCodec) -> Any:
+    import faiss
+
     cells, dimensions = ivf_lists(len(vectors), lists), vectors.shape[1]
     quantizer = faiss.IndexFlatIP(dimensions)
     if codec == "sq8":
@@ -84,7 +118,6 @@ def ivf_index(
     index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
     index.cp.seed = 1234
     index.train(vectors)
-    index.add(vectors)
     index.nprobe = min(probes, cells)
     return index
 
@@ -131,14 +164,17 @@ def similar_pairs(
     lists: int | None = None,
     probes: int = DEFAULT_PROBES,
     codec: IvfCodec = "flat",
+    shards: int = 1,
 ) -> list[tuple[int, int, float]]:
-    """Every pair (i < j) of rows whose cosine reaches `threshold` (with `ivf`: those the index finds); rows must
-    be L2-normalized."""
+    """Every pair (i < j) of rows whose cosine reaches `threshold` (with `ivf`: those the index finds, from one
+    index or its `shards`: the same pairs); rows must be L2-normalized."""
     starts = range(0, len(vectors), BLOCK_ROWS)
     if not uses_ivf(search, len(vectors)):
         return [pair for start in starts for pair in block_pairs(vectors, start, threshold)]
-    index = ivf_index(vectors, lists, probes, codec)
-    return merged_pairs(ivf_block_pairs(index, vectors, start, threshold) for start in starts)
+    parts = (
+        [ivf_index(vectors, lists, probes, codec)] if shards == 1 else ivf_shards(vectors, shards, lists, probes, codec)
+    )
+    return merged_pairs(ivf_block_pairs(part, vectors, start, threshold) for part in parts for start in starts)
 
 
 def comparable(vectors: np.ndarray, backend: Backend) -> np.ndarray:

@@ -549,6 +549,7 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
         BLOCK_ROWS,
         comparable,
         ivf_index,
+        ivf_shards,
         merged_pairs,
         semantic_method,
         uses_ivf,
@@ -584,13 +585,21 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
             import faiss
 
             # the index trained and filled here (the stage's own code: the same index), searched by tasks that
-            # each take a run of blocks (a task reads the whole index once)
-            built = ivf_index(vectors, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)
-            index = ray.put(faiss.serialize_index(built))
-            per_task = max(1, -(-len(starts) // (4 * cluster_cpus())))
+            # each take a run of blocks (a task reads its index once): the whole index, or with `ivf_shards` one
+            # part of it by cells, every run of blocks searched in every part (the same pairs, ivf_shards)
+            if dedup.ivf_shards == 1:
+                parts = [ivf_index(vectors, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)]
+            else:
+                parts = ivf_shards(vectors, dedup.ivf_shards, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)
+            serialized = [faiss.serialize_index(part) for part in parts]
+            log.info("semantic_ivf", engine="ray", parts=len(serialized), largest_part_bytes=max(map(len, serialized)))
+            indexes = [ray.put(part) for part in serialized]
+            del parts, serialized
+            per_task = max(1, -(-len(starts) * len(indexes) // (4 * cluster_cpus())))
             search = _ivf_pairs.options(max_retries=config.execution.task_retries)
             runs = [
                 search.remote(index, shared, starts[i : i + per_task], threshold)
+                for index in indexes
                 for i in range(0, len(starts), per_task)
             ]
             pairs = merged_pairs(block for run in fetch(runs, address) for block in run)
