@@ -38,7 +38,14 @@ from real_text_corpus import python_docstrings  # noqa: E402
 
 from llm_pipeline.config import DedupConfig  # noqa: E402
 from llm_pipeline.dedup.clusters import clusters_by_kept  # noqa: E402
-from llm_pipeline.dedup.semantic import DEFAULT_PROBES, comparable, ivf_index, ivf_lists, similar_pairs  # noqa: E402
+from llm_pipeline.dedup.semantic import (  # noqa: E402
+    DEFAULT_PROBES,
+    comparable,
+    ivf_index,
+    ivf_lists,
+    ivf_shards,
+    similar_pairs,
+)
 from llm_pipeline.models.embeddings import embed  # noqa: E402
 from llm_pipeline.records import Document  # noqa: E402
 
@@ -47,14 +54,21 @@ def removed(documents: list[Document], pairs: list[tuple[int, int, float]]) -> s
     return {m for c in clusters_by_kept(documents, pairs, "semantic") for m in c.members if m != c.kept}
 
 
-def index_bytes(vectors: np.ndarray, codec: str) -> int:
+def index_bytes(vectors: np.ndarray, codec: str, parts: int = 1) -> int:
+    """The serialized index's size (what a Ray search task reads); with `parts`, the largest part's."""
     import faiss
 
-    return len(faiss.serialize_index(ivf_index(vectors, codec=codec)))
+    indexes = [ivf_index(vectors, codec=codec)] if parts == 1 else ivf_shards(vectors, parts, codec=codec)
+    return max(len(faiss.serialize_index(index)) for index in indexes)
 
 
 def measure(
-    vectors: np.ndarray, documents: list[Document], threshold: float, probes: list[int], codecs: list[str]
+    vectors: np.ndarray,
+    documents: list[Document],
+    threshold: float,
+    probes: list[int],
+    codecs: list[str],
+    shards: list[int] = (1,),
 ) -> list[dict]:
     started = time.perf_counter()
     exact = similar_pairs(vectors, threshold, "exact")
@@ -63,10 +77,12 @@ def measure(
     truth_removed = removed(documents, exact)
     rows = [{"documents": len(vectors), "search": "exact", "seconds": round(exact_s, 2), "pairs": len(exact),
              "removed": len(truth_removed)}]  # fmt: skip
-    for codec, p in ((c, p) for c in codecs for p in probes):
+    whole: dict[tuple[str, int], list] = {}
+    for codec, p, parts in ((c, p, k) for c in codecs for p in probes for k in shards):
         started = time.perf_counter()
-        found = similar_pairs(vectors, threshold, "ivf", probes=p, codec=codec)
+        found = similar_pairs(vectors, threshold, "ivf", probes=p, codec=codec, shards=parts)
         seconds = time.perf_counter() - started
+        whole.setdefault((codec, p), found)
         keys = {(i, j) for i, j, _ in found}
         gone = removed(documents, found)
         rows.append(
@@ -75,6 +91,9 @@ def measure(
                 "search": "ivf",
                 "codec": codec,
                 "index_bytes": index_bytes(vectors, codec),
+                "shards": parts,
+                "largest_part_bytes": index_bytes(vectors, codec, parts),
+                "same_pairs_as_whole_index": found == whole[(codec, p)],
                 "lists": ivf_lists(len(vectors)),
                 "probes": p,
                 "seconds": round(seconds, 2),
@@ -96,6 +115,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 83_065])
     parser.add_argument("--probes", type=int, nargs="+", default=[8, DEFAULT_PROBES, 32])
     parser.add_argument("--codecs", nargs="+", default=["flat"], choices=["flat", "sq8"])
+    parser.add_argument("--shards", type=int, nargs="+", default=[1], help="the index cut into parts by cells")
     parser.add_argument("--backend", default="static", choices=["static", "torch"])
     parser.add_argument("--threshold", type=float, help="cosine (default: the backend's, DedupConfig)")
     parser.add_argument("--json", type=Path, help="write the rows here")
@@ -110,7 +130,9 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         # centered on the documents searched, as the stage centers its own
-        rows += measure(comparable(vectors[:size], args.backend), documents[:size], threshold, args.probes, args.codecs)
+        rows += measure(
+            comparable(vectors[:size], args.backend), documents[:size], threshold, args.probes, args.codecs, args.shards
+        )
     if args.json:
         meta = {"corpus": "python docstrings (real text)", "backend": args.backend, "threshold": threshold,
                 "cpus": os.cpu_count(), "omp_threads": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
