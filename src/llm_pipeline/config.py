@@ -162,8 +162,8 @@ class DedupConfig(Section):
         ge=1,
         le=256,
         description="ivf on Ray: the index cut by cells into this many parts, each search task holding one (its "
-        "memory divided by about this much; the same pairs). Each part repeats the coarse search of every "
-        "document, so a few, not hundreds. The local engine searches the whole index.",
+        "memory divided by about this much; the same pairs; each document's nearest cells found once for all the "
+        "parts). The local engine searches the whole index.",
     )
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     batch_size: int = Field(64, ge=1)

@@ -82,8 +82,9 @@ def ivf_shards(
     """`ivf_index` cut by cells into `shards` indexes (contiguous runs of cells, about as many rows each), each
     holding only its cells' rows under their row numbers, all with the one trained quantizer. Searched with the
     same probes, a shard scans those of a query's cells that it holds (the others are empty in it), so the shards'
-    pairs together are exactly the whole index's: a Ray search task then holds one shard, not every vector. Each
-    shard still ranks every query against all the cells (the coarse search, `lists` dot products a row)."""
+    pairs together are exactly the whole index's: a Ray search task then holds one shard, not every vector. The
+    coarse search (each query ranked against every cell) is done once per block for all the shards
+    (`ivf_probed`), not by each."""
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -127,15 +128,34 @@ def quantized(index: Any) -> bool:
     return bool(index.code_size < 4 * index.d)
 
 
-def ivf_block_pairs(index: Any, vectors: np.ndarray, start: int, threshold: float) -> list[tuple[int, int, float]]:
+def ivf_probed(quantizer: Any, probes: int, vectors: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """The coarse search of rows [start, start + BLOCK_ROWS): each row's `probes` nearest cells and its inner
+    product with each (what an IVF index's own search computes first), for `ivf_block_pairs` to hand every shard."""
+    block = np.ascontiguousarray(vectors[start : start + BLOCK_ROWS], dtype=np.float32)
+    similarities, cells = quantizer.search(block, probes)
+    return cells, similarities
+
+
+def ivf_block_pairs(
+    index: Any,
+    vectors: np.ndarray,
+    start: int,
+    threshold: float,
+    probed: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[tuple[int, int, float]]:
     """The pairs found from rows [start, start + BLOCK_ROWS) as queries, each as (i < j): a pair can be found from
     either of its rows (their cells differ), so blocks overlap; `merged_pairs` joins them. A `quantized` index is
-    searched SQ8_MARGIN lower and each pair kept on its exact cosine from `vectors`."""
+    searched SQ8_MARGIN lower and each pair kept on its exact cosine from `vectors`. `probed`: the block's coarse
+    search (`ivf_probed`), done once for all of an index's shards instead of by each."""
     block = np.ascontiguousarray(vectors[start : start + BLOCK_ROWS], dtype=np.float32)
     rescore = quantized(index)
     radius = threshold - SQ8_MARGIN if rescore else threshold
     # faiss returns inner products strictly above the radius: the next float down keeps ">= threshold"
-    limits, similarities, ids = index.range_search(block, float(np.nextafter(np.float32(radius), np.float32(-2))))
+    radius = float(np.nextafter(np.float32(radius), np.float32(-2)))
+    if probed is None:
+        limits, similarities, ids = index.range_search(block, radius)
+    else:
+        limits, similarities, ids = index.range_search_preassigned(block, radius, *probed)
     rows = np.repeat(np.arange(start, start + len(block), dtype=np.int64), np.diff(limits).astype(np.int64))
     other = ids != rows
     first, second, similarities = np.minimum(rows, ids)[other], np.maximum(rows, ids)[other], similarities[other]
@@ -171,10 +191,14 @@ def similar_pairs(
     starts = range(0, len(vectors), BLOCK_ROWS)
     if not uses_ivf(search, len(vectors)):
         return [pair for start in starts for pair in block_pairs(vectors, start, threshold)]
-    parts = (
-        [ivf_index(vectors, lists, probes, codec)] if shards == 1 else ivf_shards(vectors, shards, lists, probes, codec)
+    if shards == 1:
+        index = ivf_index(vectors, lists, probes, codec)
+        return merged_pairs(ivf_block_pairs(index, vectors, start, threshold) for start in starts)
+    parts = ivf_shards(vectors, shards, lists, probes, codec)
+    probed = {start: ivf_probed(parts[0].quantizer, parts[0].nprobe, vectors, start) for start in starts}
+    return merged_pairs(
+        ivf_block_pairs(part, vectors, start, threshold, probed[start]) for part in parts for start in starts
     )
-    return merged_pairs(ivf_block_pairs(part, vectors, start, threshold) for part in parts for start in starts)
 
 
 def comparable(vectors: np.ndarray, backend: Backend) -> np.ndarray:

@@ -529,16 +529,35 @@ def _block_pairs(vectors: np.ndarray, start: int, threshold: float) -> list[tupl
 
 
 @ray.remote
-def _ivf_pairs(index: np.ndarray, vectors: np.ndarray, starts: list[int], threshold: float) -> list:
+def _ivf_pairs(
+    index: np.ndarray, vectors: np.ndarray, starts: list[int], threshold: float, probed: list | None = None
+) -> list:
     """The ivf search from a run of blocks of rows: the index (serialized by faiss) read once per task, searched on
-    one thread (the task holds one CPU); a quantized index's pairs re-scored on the shared float vectors."""
+    one thread (the task holds one CPU); a quantized index's pairs re-scored on the shared float vectors.
+    `probed`: the run's coarse search (`_ivf_probed`), shared by the tasks of every part of a sharded index."""
     import faiss
 
     from llm_pipeline.dedup.semantic import ivf_block_pairs
 
     faiss.omp_set_num_threads(1)
     opened = faiss.deserialize_index(index)
-    return [ivf_block_pairs(opened, vectors, start, threshold) for start in starts]
+    return [
+        ivf_block_pairs(opened, vectors, start, threshold, probed[k] if probed is not None else None)
+        for k, start in enumerate(starts)
+    ]
+
+
+@ray.remote
+def _ivf_probed(quantizer: np.ndarray, probes: int, vectors: np.ndarray, starts: list[int]) -> list:
+    """The coarse search of a run of blocks (each row's nearest cells), once for all the parts of a sharded index:
+    the task holds only the cells' centroids."""
+    import faiss
+
+    from llm_pipeline.dedup.semantic import ivf_probed
+
+    faiss.omp_set_num_threads(1)
+    opened = faiss.deserialize_index(quantizer)
+    return [ivf_probed(opened, probes, vectors, start) for start in starts]
 
 
 def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
@@ -586,7 +605,9 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
 
             # the index trained and filled here (the stage's own code: the same index), searched by tasks that
             # each take a run of blocks (a task reads its index once): the whole index, or with `ivf_shards` one
-            # part of it by cells, every run of blocks searched in every part (the same pairs, ivf_shards)
+            # part of it by cells, every run of blocks searched in every part with the run's coarse search done
+            # once for all the parts (the same pairs: ivf_shards)
+            retries = config.execution.task_retries
             if dedup.ivf_shards == 1:
                 parts = [ivf_index(vectors, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)]
             else:
@@ -594,13 +615,19 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
             serialized = [faiss.serialize_index(part) for part in parts]
             log.info("semantic_ivf", engine="ray", parts=len(serialized), largest_part_bytes=max(map(len, serialized)))
             indexes = [ray.put(part) for part in serialized]
-            del parts, serialized
             per_task = max(1, -(-len(starts) * len(indexes) // (4 * cluster_cpus())))
-            search = _ivf_pairs.options(max_retries=config.execution.task_retries)
+            runs_of_blocks = [starts[i : i + per_task] for i in range(0, len(starts), per_task)]
+            probed: list[Any] = [None] * len(runs_of_blocks)
+            if len(indexes) > 1:
+                coarse = _ivf_probed.options(max_retries=retries)
+                quantizer = ray.put(faiss.serialize_index(parts[0].quantizer))
+                probed = [coarse.remote(quantizer, parts[0].nprobe, shared, run) for run in runs_of_blocks]
+            del parts, serialized
+            search = _ivf_pairs.options(max_retries=retries)
             runs = [
-                search.remote(index, shared, starts[i : i + per_task], threshold)
+                search.remote(index, shared, run, threshold, probed[k])
                 for index in indexes
-                for i in range(0, len(starts), per_task)
+                for k, run in enumerate(runs_of_blocks)
             ]
             pairs = merged_pairs(block for run in fetch(runs, address) for block in run)
             return semantic_clusters(documents, pairs, dedup.keep)
