@@ -177,22 +177,27 @@ def test_cli_validate_prints_resolved_config_with_secrets_masked() -> None:
     assert pinned.returncode == 0 and "warning" not in pinned.stderr
 
 
-def test_a_run_keeps_and_logs_the_configs_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_run_keeps_and_logs_the_configs_warnings(tmp_path: Path) -> None:
     """The warning `validate` prints is in the run's config.resolved.json and its log too (a run started without
     validating)."""
+    from structlog.testing import capture_logs
+
     from llm_pipeline.config import PipelineConfig
     from llm_pipeline.stages.contract import StageContext
     from llm_pipeline.stages.initialize import initialize_pipeline
     from llm_pipeline.stages.registry import stage_named
 
+    logged = []
     for threshold, expected in ((None, 0), (0.9, 1)):
         config = PipelineConfig(**minimal(tmp_path, dedup={"semantic_threshold": threshold}))
         ctx = StageContext(stage_named("initialize-pipeline"), config, tmp_path / str(threshold), "run")
         ctx.run_dir.mkdir()
-        initialize_pipeline(ctx)
+        with capture_logs() as events:  # whatever an earlier test configured the log's handlers to
+            initialize_pipeline(ctx)
         warnings = json.loads(ctx.output("config").read_text())["warnings"]
         assert len(warnings) == expected and all("dedup.semantic_threshold: 0.9" in w for w in warnings)
-    assert "config_warning" in capsys.readouterr().out
+        logged += [e["warning"] for e in events if e["event"] == "config_warning"]
+    assert logged == warnings
 
 
 def test_cli_run_refuses_bad_config_before_any_work(tmp_path: Path) -> None:
