@@ -15,6 +15,7 @@ import contextlib
 import csv
 import gzip
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -276,7 +277,29 @@ def test_the_ivf_search_on_ray_gives_the_local_clusters(
     dedup = {"method": "semantic", "embedding_backend": "static", "semantic_search": "ivf", "ivf_codec": codec,
              "ivf_shards": parts}  # fmt: skip
     base = {"data": {"path": str(real_text)}, "dedup": dedup}
-    _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=2000, removed_at_least=100)
+    with _relayed_events() as events:
+        _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=2000, removed_at_least=100)
+    # the Ray driver searched the index in as many parts (its event, relayed from its process)
+    [searched] = [json.loads(e) for e in events if '"semantic_ivf"' in e]
+    assert searched["parts"] == parts and searched["largest_part_bytes"] > 0, searched
+
+
+@contextlib.contextmanager
+def _relayed_events() -> Iterator[list[str]]:
+    """The events logged through the `llm_pipeline` logger meanwhile (the Ray driver's, relayed from its process),
+    whatever level and handlers an earlier test left it with."""
+    events: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: events.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("llm_pipeline")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield events
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def test_the_dedup_judge_on_ray_confirms_the_pairs_the_local_stage_confirms(

@@ -49,7 +49,7 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 def cosine_thresholds(dedup: DedupConfig) -> float | dict[str, float]:
     """The semantic threshold; with `embedding_backend: auto` on the CPU, each backend's, by corpus size."""
-    if dedup.backend_for(AUTO_CONTEXTUAL_MAX_DOCS) == dedup.backend_for(AUTO_CONTEXTUAL_MAX_DOCS + 1):
+    if not dedup.backend_by_size:
         return dedup.cosine_threshold_of(dedup.backend_for(0))
     return {
         f"torch (up to {AUTO_CONTEXTUAL_MAX_DOCS} documents)": dedup.cosine_threshold_of("torch"),

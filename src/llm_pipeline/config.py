@@ -198,6 +198,11 @@ class DedupConfig(Section):
             return self.embedding_backend
         return "torch" if self.device != "cpu" or documents <= AUTO_CONTEXTUAL_MAX_DOCS else "static"
 
+    @property
+    def backend_by_size(self) -> bool:
+        """Whether the backend depends on the corpus size (`auto` on the CPU: torch to the cutoff, static above)."""
+        return self.backend_for(AUTO_CONTEXTUAL_MAX_DOCS) != self.backend_for(AUTO_CONTEXTUAL_MAX_DOCS + 1)
+
     def for_documents(self, documents: int) -> DedupConfig:
         """This config with `embedding_backend` resolved for a semantic pass over this many documents, so its
         `cosine_threshold` is that backend's."""
@@ -216,8 +221,7 @@ class DedupConfig(Section):
         """Settings that are valid but likely not what was meant (`llm-pipeline validate` prints them, the run logs
         them): a hand-set cosine threshold with `auto` on the CPU applies to both backends, which score apart."""
         found = []
-        mixed = self.backend_for(AUTO_CONTEXTUAL_MAX_DOCS) != self.backend_for(AUTO_CONTEXTUAL_MAX_DOCS + 1)
-        if self.semantic_threshold is not None and mixed and self.method in ("semantic", "hybrid"):
+        if self.semantic_threshold is not None and self.backend_by_size and self.method in ("semantic", "hybrid"):
             derived = self.model_copy(update={"semantic_threshold": None})
             found.append(
                 f"dedup.semantic_threshold: {self.semantic_threshold} applies to whichever backend `embedding_backend: "

@@ -80,13 +80,14 @@ def ivf_shards(
     vectors: np.ndarray, shards: int, lists: int | None = None, probes: int = DEFAULT_PROBES, codec: IvfCodec = "flat"
 ) -> list[Any]:
     """`ivf_index` cut by cells into `shards` indexes (contiguous runs of cells, about as many rows each), each
-    holding only its cells' rows under their row numbers, all with the one trained quantizer. Searched with the
-    same probes, a shard scans those of a query's cells that it holds (the others are empty in it), so the shards'
-    pairs together are exactly the whole index's: a Ray search task then holds one shard, not every vector. The
-    coarse search (each query ranked against every cell) is done once per block for all the shards
-    (`ivf_probed`), not by each."""
+    holding only its cells' rows under their row numbers, all with the one trained quantizer (1: `[ivf_index]`).
+    Searched with the same probes, a shard scans those of a query's cells that it holds (the others are empty in
+    it), so the shards' pairs together are exactly the whole index's: a Ray search task then holds one shard, not
+    every vector. Search them with each block's coarse search (`ivf_probed`) done once for all the shards."""
     import faiss
 
+    if shards == 1:
+        return [ivf_index(vectors, lists, probes, codec)]
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     trained = _trained_ivf(vectors, lists, probes, codec)
     _, cell = trained.quantizer.search(vectors, 1)  # the cell `add` puts each row in (the same search)
@@ -191,14 +192,14 @@ def similar_pairs(
     starts = range(0, len(vectors), BLOCK_ROWS)
     if not uses_ivf(search, len(vectors)):
         return [pair for start in starts for pair in block_pairs(vectors, start, threshold)]
-    if shards == 1:
-        index = ivf_index(vectors, lists, probes, codec)
-        return merged_pairs(ivf_block_pairs(index, vectors, start, threshold) for start in starts)
     parts = ivf_shards(vectors, shards, lists, probes, codec)
-    probed = {start: ivf_probed(parts[0].quantizer, parts[0].nprobe, vectors, start) for start in starts}
-    return merged_pairs(
-        ivf_block_pairs(part, vectors, start, threshold, probed[start]) for part in parts for start in starts
-    )
+
+    def blocks() -> Iterable[list[tuple[int, int, float]]]:
+        for start in starts:  # each block's coarse search once, for all the parts
+            probed = ivf_probed(parts[0].quantizer, parts[0].nprobe, vectors, start) if len(parts) > 1 else None
+            yield from (ivf_block_pairs(part, vectors, start, threshold, probed) for part in parts)
+
+    return merged_pairs(blocks())
 
 
 def comparable(vectors: np.ndarray, backend: Backend) -> np.ndarray:

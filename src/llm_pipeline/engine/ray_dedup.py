@@ -567,7 +567,6 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
     from llm_pipeline.dedup.semantic import (
         BLOCK_ROWS,
         comparable,
-        ivf_index,
         ivf_shards,
         merged_pairs,
         semantic_method,
@@ -608,10 +607,7 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
             # part of it by cells, every run of blocks searched in every part with the run's coarse search done
             # once for all the parts (the same pairs: ivf_shards)
             retries = config.execution.task_retries
-            if dedup.ivf_shards == 1:
-                parts = [ivf_index(vectors, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)]
-            else:
-                parts = ivf_shards(vectors, dedup.ivf_shards, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)
+            parts = ivf_shards(vectors, dedup.ivf_shards, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)
             serialized = [faiss.serialize_index(part) for part in parts]
             log.info("semantic_ivf", engine="ray", parts=len(serialized), largest_part_bytes=max(map(len, serialized)))
             indexes = [ray.put(part) for part in serialized]
