@@ -110,7 +110,10 @@ def alert_trail(stack: dict, run_id: str, since: str) -> str:
             f"{json.dumps(e.get('payload', {}))[:300]}"
             for e in events
         ]
-    automations = api.post("/automations/filter", json={}).json()
+    try:  # the trail is a failure's message: an API that cannot answer must not replace the failure
+        automations = api.post("/automations/filter", json={}).json()
+    except (httpx.HTTPError, ValueError) as error:
+        automations, lines = [], [*lines, f"automations: unreadable ({error!r})"]
     lines += [f"automation {a['name']!r} enabled={a['enabled']} actions={[x['type'] for x in a['actions']]}"
               for a in automations]  # fmt: skip
     for stream in ("events", "actions"):  # each consumer group's backlog: a trigger service behind shows here
