@@ -14,6 +14,12 @@ Reported: wall seconds of the stage, documents per second, peak RSS of the drive
 
   python benchmarks/scale_benchmark.py --docs 100000 --configs local ray1 ray2
   python benchmarks/scale_benchmark.py --docs 1000000 --configs ray2 --output docs/scale-1m.json
+  python benchmarks/scale_benchmark.py --docs 200000 --configs local ray2 --set dedup.method=semantic \
+      dedup.embedding_backend=static dedup.semantic_search=ivf dedup.ivf_shards=4
+
+`--set` overrides the config as `llm-pipeline run --set` does (the dedup method: MinHash unless set). Peak memory
+is given as RSS (shared pages of Ray's object store included where a process touched them) and as USS (the
+process's own pages only: what the object store's copy does not explain).
 """
 
 from __future__ import annotations
@@ -80,16 +86,16 @@ def build_corpus(folder: Path, docs: int, file_docs: int, dup_rate: float, seed:
     return {"documents": docs, "files": -(-docs // file_docs), "planted_copies": planted, "bytes": total_bytes}
 
 
-def child(config: str, corpus: Path, out: Path) -> None:
+def child(config: str, corpus: Path, out: Path, settings: list[str]) -> None:
     """One configuration, in this fresh process; prints one JSON line."""
+    from llm_pipeline.cli import parse_overrides
     from llm_pipeline.config import load_config
     from llm_pipeline.stages import run_stage, stage_named
 
-    overrides: dict[str, Any] = {
-        "data": {"path": str(corpus)},
-        "dedup": {"method": "minhash"},
-        "execution": {"engine": "local" if config == "local" else "ray"},
-    }
+    overrides = parse_overrides(settings)
+    overrides.setdefault("dedup", {}).setdefault("method", "minhash")
+    overrides.setdefault("data", {})["path"] = str(corpus)
+    overrides.setdefault("execution", {})["engine"] = "local" if config == "local" else "ray"
     cluster = None
     if config != "local":
         from ray.cluster_utils import Cluster
@@ -105,23 +111,26 @@ def child(config: str, corpus: Path, out: Path) -> None:
     seconds = time.perf_counter() - started
     from llm_pipeline.dedup.minhash import BAND_ROW, lsh_params
 
+    shuffled = config != "local" and cfg.dedup.method in ("minhash", "hybrid")
     bands, _ = lsh_params(cfg.dedup.jaccard_threshold, cfg.dedup.num_perm, cfg.dedup.bands)
     print(json.dumps({
         "seconds": round(seconds, 2),
         "documents": result.counts["documents"],
         "removed": result.counts["dedup.removed"],
-        "shuffle_bytes": result.counts["documents"] * bands * BAND_ROW.itemsize if config != "local" else 0,
+        "shuffle_bytes": result.counts["documents"] * bands * BAND_ROW.itemsize if shuffled else 0,
     }), flush=True)  # fmt: skip
     if cluster is not None:
         cluster.shutdown()
 
 
-def measure(config: str, corpus: Path) -> dict[str, Any]:
+def measure(config: str, corpus: Path, settings: list[str]) -> dict[str, Any]:
     env = {**os.environ, **THREADS, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, __file__, "--child", config, "--corpus", str(corpus), "--out", out]
+        command += ["--set", *settings] if settings else []
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
         peaks: dict[int, tuple[str, int]] = {}
+        private: dict[int, int] = {}  # USS: pages of the process's own, not the object store's
         done = threading.Event()
 
         def sample() -> None:
@@ -132,13 +141,14 @@ def measure(config: str, corpus: Path) -> dict[str, Any]:
                     procs += root.children(recursive=True)
                 for p in procs:
                     try:
-                        rss, cmdline = p.memory_info().rss, p.cmdline() or ["?"]
+                        memory, cmdline = p.memory_full_info(), p.cmdline() or ["?"]
                     except psutil.Error:
                         continue
                     # the Ray driver runs in a process of its own (llm_pipeline.engine.driver): named so here
                     name = "ray driver" if "llm_pipeline.engine.ray_driver" in cmdline else cmdline[0]
-                    if rss > peaks.get(p.pid, ("", 0))[1]:
-                        peaks[p.pid] = (name, rss)
+                    if memory.rss > peaks.get(p.pid, ("", 0))[1]:
+                        peaks[p.pid] = (name, memory.rss)
+                    private[p.pid] = max(private.get(p.pid, 0), memory.uss)
                 time.sleep(0.2)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -150,8 +160,10 @@ def measure(config: str, corpus: Path) -> dict[str, Any]:
             raise SystemExit(f"{config} failed (exit {process.returncode})")
         line = json.loads(stdout.strip().splitlines()[-1])
         stage = peaks.get(process.pid, ("", 0))[1]
-        drivers = [rss for name, rss in peaks.values() if name == "ray driver"]
-        driver = max(drivers, default=stage)  # the local engine has no driver: its stage's process holds it all
+        drivers = [pid for pid, (name, _) in peaks.items() if name == "ray driver"]
+        # the local engine has no driver: its stage's process holds it all
+        driver = max((peaks[pid][1] for pid in drivers), default=stage)
+        driver_private = max((private[pid] for pid in drivers), default=private.get(process.pid, 0))
         ray_peaks = [rss for pid, (name, rss) in peaks.items() if pid != process.pid and name.startswith("ray::")]
         others = [(name, rss) for pid, (name, rss) in peaks.items() if pid != process.pid and name != "ray driver"]
         largest_other = max(others, key=lambda x: x[1], default=("", 0))
@@ -160,6 +172,7 @@ def measure(config: str, corpus: Path) -> dict[str, Any]:
             **line,
             "docs_per_s": round(line["documents"] / line["seconds"]),
             "driver_peak_mb": round(driver / 2**20),
+            "driver_peak_private_mb": round(driver_private / 2**20),
             "stage_process_peak_mb": round(stage / 2**20),
             "ray_worker_peak_mb": round(max(ray_peaks, default=0) / 2**20),
             "largest_other_process": [largest_other[0][:40], round(largest_other[1] / 2**20)],
@@ -177,9 +190,10 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--corpus", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.corpus, args.out)
+        child(args.child, args.corpus, args.out, args.set)
         return
     with tempfile.TemporaryDirectory(prefix="scale-corpus-") as tmp:
         if args.keep_corpus:
@@ -194,13 +208,13 @@ def main() -> None:
         print(json.dumps({"corpus": corpus}), flush=True)
         results = []
         for config in args.configs:
-            results.append(measure(config, Path(tmp)))
+            results.append(measure(config, Path(tmp), args.set))
             print(json.dumps(results[-1]), flush=True)
     removed = {r["removed"] for r in results}
     if len(removed) > 1:
         raise SystemExit(f"the engines disagree on what to remove: {removed}")
     by = {r["config"]: r for r in results}
-    summary: dict[str, Any] = {"corpus": corpus, "results": results, "cpus": os.cpu_count(),
+    summary: dict[str, Any] = {"corpus": corpus, "settings": args.set, "results": results, "cpus": os.cpu_count(),
                                "load_avg_at_end": os.getloadavg()}  # fmt: skip
     if "ray1" in by and "ray2" in by:
         summary["ray2_over_ray1"] = round(by["ray1"]["seconds"] / by["ray2"]["seconds"], 2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -227,7 +228,7 @@ def test_ivf_search_reports_only_true_pairs_and_finds_nearly_all_on_real_text() 
     import faiss
     from real_text_corpus import python_docstrings
 
-    from llm_pipeline.dedup.semantic import comparable, ivf_index, ivf_shards, similar_pairs
+    from llm_pipeline.dedup.semantic import comparable, ivf_index, ivf_shards, ivf_trained, similar_pairs
 
     texts = [r["text"] for r in python_docstrings(("transformers/models",))[:4000]]
     vectors = comparable(embed(texts, backend="static"), "static")
@@ -244,6 +245,49 @@ def test_ivf_search_reports_only_true_pairs_and_finds_nearly_all_on_real_text() 
         assert similar_pairs(vectors, 0.85, "ivf", codec=codec, shards=3) == found
         parts = ivf_shards(vectors, 3, codec=codec)
         assert sum(p.ntotal for p in parts) == len(vectors) and max(p.ntotal for p in parts) < 0.5 * len(vectors)
+        # the index built in steps (each row filed in its nearest cell by a block's search, then added to its
+        # part: how the Ray engine builds it apart) is the index faiss's own `add` builds, to the stored byte
+        whole, own = ivf_index(vectors, codec=codec), ivf_trained(vectors, codec=codec)
+        own.add(vectors)
+        assert _inverted_lists(whole) == _inverted_lists(own), codec
     size = {codec: len(faiss.serialize_index(ivf_index(vectors, codec=codec))) for codec in ("flat", "sq8")}
     assert size["sq8"] < size["flat"] / 3, size
     assert similar_pairs(vectors, 0.85, "auto") == sorted((i, j, s) for (i, j), s in exact.items())  # 4k: exact
+
+
+def test_a_rows_cell_from_the_coarse_search_is_the_one_faiss_files_it_under_even_among_equal_centroids() -> None:
+    """The Ray engine files each row in the first column of its coarse search (already computed for the search)
+    instead of searching the centroids again; where centroids tie (here: three copies of one), faiss's sorted
+    search may put a later copy first, while its own `add` files the row under the first: the row must go there,
+    or a sharded index on Ray differs from the local one."""
+    import faiss
+
+    from llm_pipeline.dedup.semantic import ivf_nearest, ivf_probed
+
+    rng = np.random.default_rng(0)
+    centroids = rng.normal(size=(8, 16)).astype(np.float32)
+    centroids[5] = centroids[7] = centroids[2]
+    quantizer = faiss.IndexFlatIP(16)
+    quantizer.add(centroids)
+    rows = np.vstack([centroids[2] + rng.normal(scale=0.01, size=(50, 16)), rng.normal(size=(50, 16))])
+    rows = rows.astype(np.float32)
+    probed = ivf_probed(quantizer, 4, rows, 0)
+    assert (probed[0][:50, 0] != 2).any(), "the sorted search lists a later copy first: the case under test"
+    expected = quantizer.search(rows, 1)[1][:, 0]
+    assert (expected[:50] == 2).all()
+    assert ivf_nearest(quantizer, rows, 0, probed).tolist() == expected.tolist()
+    assert ivf_nearest(quantizer, rows, 0).tolist() == expected.tolist()
+
+
+def _inverted_lists(index: Any) -> list[tuple[bytes, bytes]]:
+    """Each cell's row ids and stored codes, as bytes."""
+    import faiss
+
+    lists, size = index.invlists, index.code_size
+    return [
+        (
+            faiss.rev_swig_ptr(lists.get_ids(c), lists.list_size(c)).tobytes(),
+            faiss.rev_swig_ptr(lists.get_codes(c), lists.list_size(c) * size).tobytes(),
+        )
+        for c in range(index.nlist)
+    ]

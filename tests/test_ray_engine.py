@@ -270,10 +270,10 @@ def _same_on_both_engines(address: str, tmp: Path, base: dict, shard_texts: int,
 def test_the_ivf_search_on_ray_gives_the_local_clusters(
     ray_cluster, real_text: Path, tmp_path: Path, codec: str, parts: int
 ) -> None:
-    """`semantic_search: ivf`: the driver builds the index from the actors' vectors and tasks search runs of blocks
-    (with sq8, re-scoring on the vectors shared through the object store; with `ivf_shards`, each task holding one
-    part of the index by cells); the clusters are the local stage's (its own whole index over the same vectors),
-    similarities included."""
+    """`semantic_search: ivf`: the driver trains the cells on the actors' vectors, tasks file each row in its cell
+    and fill the index (with `ivf_shards`, one task a part by cells) into the object store, and tasks search runs
+    of blocks (with sq8, re-scoring on the vectors shared through the store; with parts, each task holding one);
+    the clusters are the local stage's (its own whole index over the same vectors), similarities included."""
     dedup = {"method": "semantic", "embedding_backend": "static", "semantic_search": "ivf", "ivf_codec": codec,
              "ivf_shards": parts}  # fmt: skip
     base = {"data": {"path": str(real_text)}, "dedup": dedup}

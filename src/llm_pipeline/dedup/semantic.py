@@ -68,47 +68,37 @@ def ivf_index(
     vectors: np.ndarray, lists: int | None = None, probes: int = DEFAULT_PROBES, codec: IvfCodec = "flat"
 ) -> Any:
     """A faiss inner-product IVF index over `vectors` (L2-normalized float32 rows), trained by k-means on a seeded
-    sample: the same vectors give the same index, whatever the process (the Ray driver or the stage's). `codec`:
-    how the index stores the vectors (module docstring)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = _trained_ivf(vectors, lists, probes, codec)
-    index.add(vectors)
-    return index
+    sample: the same vectors give the same index, whatever the process (the Ray engine builds it by parts in
+    tasks, the stage here). `codec`: how the index stores the vectors (module docstring)."""
+    return ivf_shards(vectors, 1, lists, probes, codec)[0]
 
 
 def ivf_shards(
     vectors: np.ndarray, shards: int, lists: int | None = None, probes: int = DEFAULT_PROBES, codec: IvfCodec = "flat"
 ) -> list[Any]:
     """`ivf_index` cut by cells into `shards` indexes (contiguous runs of cells, about as many rows each), each
-    holding only its cells' rows under their row numbers, all with the one trained quantizer (1: `[ivf_index]`).
+    holding only its cells' rows under their row numbers, all with the one trained quantizer (1: the whole index).
     Searched with the same probes, a shard scans those of a query's cells that it holds (the others are empty in
     it), so the shards' pairs together are exactly the whole index's: a Ray search task then holds one shard, not
-    every vector. Search them with each block's coarse search (`ivf_probed`) done once for all the shards."""
-    import faiss
+    every vector. Search them with each block's coarse search (`ivf_probed`) done once for all the shards.
 
-    if shards == 1:
-        return [ivf_index(vectors, lists, probes, codec)]
+    Built in steps that the Ray engine runs apart (the trained quantizer in its driver, each block's cells and each
+    part in tasks): `ivf_trained`, `ivf_nearest` per block, `ivf_cut`, `ivf_filled` per part."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    trained = _trained_ivf(vectors, lists, probes, codec)
-    _, cell = trained.quantizer.search(vectors, 1)  # the cell `add` puts each row in (the same search)
-    rows_per_cell = np.bincount(cell.ravel(), minlength=trained.nlist)
-    # shard k takes the cells whose running row count falls in its k-th equal share of the rows
-    shard_of_cell = np.minimum(
-        (np.cumsum(rows_per_cell) - rows_per_cell) * shards // max(1, len(vectors)), shards - 1
-    ).astype(np.int64)
-    shard_of_row = shard_of_cell[cell.ravel()]
-    parts = []
-    for k in range(shards):
-        part = faiss.clone_index(trained)
-        rows = np.flatnonzero(shard_of_row == k)
-        part.add_with_ids(vectors[rows], rows.astype(np.int64))
-        parts.append(part)
-    return parts
+    trained = ivf_trained(vectors, lists, probes, codec)
+    cells = np.concatenate(
+        [ivf_nearest(trained.quantizer, vectors, start) for start in range(0, len(vectors), BLOCK_ROWS)]
+    )
+    return [ivf_filled(trained, vectors, rows, cells[rows]) for rows in ivf_cut(cells, trained.nlist, shards)]
 
 
-def _trained_ivf(vectors: np.ndarray, lists: int | None, probes: int, codec: IvfCodec) -> Any:
+def ivf_trained(
+    vectors: np.ndarray, lists: int | None = None, probes: int = DEFAULT_PROBES, codec: IvfCodec = "flat"
+) -> Any:
+    """The index with its cells trained (k-means on a seeded sample of `vectors`) and no row in it yet."""
     import faiss
 
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     cells, dimensions = ivf_lists(len(vectors), lists), vectors.shape[1]
     quantizer = faiss.IndexFlatIP(dimensions)
     if codec == "sq8":
@@ -121,6 +111,51 @@ def _trained_ivf(vectors: np.ndarray, lists: int | None, probes: int, codec: Ivf
     index.cp.seed = 1234
     index.train(vectors)
     index.nprobe = min(probes, cells)
+    return index
+
+
+def ivf_nearest(
+    quantizer: Any, vectors: np.ndarray, start: int, probed: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
+    """The cell each row of [start, start + BLOCK_ROWS) is filed under: its nearest centroid, the first of equals
+    as faiss's own `add` picks it. Taken from the block's coarse search when given (`ivf_probed`: its nearest
+    column, where a sort of equal products may put a later cell first), else one search of the centroids."""
+    if probed is None:
+        block = np.ascontiguousarray(vectors[start : start + BLOCK_ROWS], dtype=np.float32)
+        return quantizer.search(block, 1)[1][:, 0]
+    cells, similarities = probed
+    nearest = cells[:, 0].copy()
+    tied = similarities == similarities[:, :1]
+    for row in np.flatnonzero(tied.sum(axis=1) > 1):
+        nearest[row] = cells[row][tied[row]].min()
+    return nearest
+
+
+def ivf_cut(cells: np.ndarray, lists: int, shards: int) -> list[np.ndarray]:
+    """The rows of each part (ascending), given each row's cell: part k takes the cells whose running row count
+    falls in its k-th equal share of the rows."""
+    rows_per_cell = np.bincount(cells, minlength=lists)
+    shard_of_cell = np.minimum(
+        (np.cumsum(rows_per_cell) - rows_per_cell) * shards // max(1, len(cells)), shards - 1
+    ).astype(np.int64)
+    shard_of_row = shard_of_cell[cells]
+    order = np.argsort(shard_of_row, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(shard_of_row, minlength=shards))[:-1])
+
+
+def ivf_filled(trained: Any, vectors: np.ndarray, rows: np.ndarray, cells: np.ndarray) -> Any:
+    """A copy of the `trained` index holding `rows` of `vectors` (under their row numbers) in their `cells`."""
+    import faiss
+    from faiss.contrib.ivf_tools import add_preassigned
+
+    index = faiss.clone_index(trained)
+    part = vectors if len(rows) == len(vectors) else vectors[rows]
+    add_preassigned(
+        index,
+        np.ascontiguousarray(part, dtype=np.float32),
+        np.ascontiguousarray(cells, dtype=np.int64),
+        np.ascontiguousarray(rows, dtype=np.int64),
+    )
     return index
 
 
@@ -202,13 +237,20 @@ def similar_pairs(
     return merged_pairs(blocks())
 
 
-def comparable(vectors: np.ndarray, backend: Backend) -> np.ndarray:
+def comparable(vectors: np.ndarray, backend: Backend, in_place: bool = False) -> np.ndarray:
     """The vectors as the similarity search compares them: static (bag-of-token) vectors share a corpus direction,
-    so what is left of it is compared."""
+    so what is left of it is compared. `in_place`: into `vectors` itself, with no temporary as large as them (the
+    Ray driver's vectors are the whole corpus's); the same values either way."""
     if backend != "static":
         return vectors
-    vectors = vectors - vectors.mean(axis=0)
-    return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9, None)
+    mean = vectors.mean(axis=0)
+    if not in_place:
+        vectors = vectors.copy()
+    vectors -= mean
+    for start in range(0, len(vectors), 65_536):  # a row's norm does not depend on the rows beside it
+        rows = vectors[start : start + 65_536]
+        rows /= np.clip(np.linalg.norm(rows, axis=1, keepdims=True), 1e-9, None)
+    return vectors
 
 
 def semantic_duplicate_clusters(

@@ -16,9 +16,10 @@
             kept-document rule then runs in the driver over the verified pairs (a pass over pairs, not documents).
   semantic  embeddings by actors that load the model once and take shards of texts (`_Embedder`); the
             similarity search as one task per block of rows against all (`semantic.block_pairs`, the vectors
-            shared through the object store), or with `ivf` the index built in the driver (the same index as
-            locally: seeded k-means on the same vectors) and searched by tasks that each take a run of blocks;
-            the keep rule in the driver over the pairs, as locally.
+            shared through the object store), or with `ivf` the index (the same index as locally: seeded k-means
+            on the same vectors, trained in the driver) filled by tasks, in `ivf_shards` parts by cells, into the
+            store and searched by tasks that each take a run of blocks against one part; the keep rule in the
+            driver over the pairs, as locally.
   others    plug-in methods run in the driver on the documents still kept (fetched then).
   write     documents.jsonl: the kept lines, file by file in input order (the driver holds one file at a time).
 
@@ -534,7 +535,7 @@ def _ivf_pairs(
 ) -> list:
     """The ivf search from a run of blocks of rows: the index (serialized by faiss) read once per task, searched on
     one thread (the task holds one CPU); a quantized index's pairs re-scored on the shared float vectors.
-    `probed`: the run's coarse search (`_ivf_probed`), shared by the tasks of every part of a sharded index."""
+    `probed`: the run's coarse search (`_ivf_coarse`), shared by the tasks of every part of a sharded index."""
     import faiss
 
     from llm_pipeline.dedup.semantic import ivf_block_pairs
@@ -548,16 +549,31 @@ def _ivf_pairs(
 
 
 @ray.remote
-def _ivf_probed(quantizer: np.ndarray, probes: int, vectors: np.ndarray, starts: list[int]) -> list:
-    """The coarse search of a run of blocks (each row's nearest cells), once for all the parts of a sharded index:
-    the task holds only the cells' centroids."""
+def _ivf_coarse(quantizer: np.ndarray, probes: int, vectors: np.ndarray, starts: list[int], keep: bool) -> tuple:
+    """A run of blocks' coarse search (each row's nearest cells, `keep`: for every part of a sharded index to search
+    with) and each row's own cell, which the driver cuts the index by: the task holds only the centroids."""
     import faiss
 
-    from llm_pipeline.dedup.semantic import ivf_probed
+    from llm_pipeline.dedup.semantic import ivf_nearest, ivf_probed
 
     faiss.omp_set_num_threads(1)
     opened = faiss.deserialize_index(quantizer)
-    return [ivf_probed(opened, probes, vectors, start) for start in starts]
+    probed = [ivf_probed(opened, probes, vectors, start) for start in starts] if keep else None
+    nearest = [ivf_nearest(opened, vectors, start, probed[k] if probed else None) for k, start in enumerate(starts)]
+    return probed, np.concatenate(nearest)
+
+
+@ray.remote
+def _ivf_part(trained: np.ndarray, vectors: np.ndarray, rows: np.ndarray, cells: np.ndarray) -> tuple:
+    """One part of the index filled from the shared vectors, serialized into the object store for the search tasks
+    (the driver never holds it), and its size."""
+    import faiss
+
+    from llm_pipeline.dedup.semantic import ivf_filled
+
+    faiss.omp_set_num_threads(1)
+    part = faiss.serialize_index(ivf_filled(faiss.deserialize_index(trained), vectors, rows, cells))
+    return part, len(part)
 
 
 def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
@@ -567,7 +583,8 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
     from llm_pipeline.dedup.semantic import (
         BLOCK_ROWS,
         comparable,
-        ivf_shards,
+        ivf_cut,
+        ivf_trained,
         merged_pairs,
         semantic_method,
         uses_ivf,
@@ -594,34 +611,44 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
         finally:
             for actor in actors:
                 ray.kill(actor)
+        del refs  # the shards' vectors leave the store: one copy of the corpus's is enough
         log.info("semantic_embedded", engine="ray", actors=len(actors), shards=len(shards), texts=len(texts))
-        vectors = comparable(vectors, dedup.embedding_backend)
-        shared = ray.put(vectors)  # the vectors shared through the store
+        shared = ray.put(comparable(vectors, dedup.embedding_backend, in_place=True))  # shared through the store
+        del vectors  # the driver reads the store's copy from here on, if at all
         starts = list(range(0, len(texts), BLOCK_ROWS))
         threshold = dedup.cosine_threshold
         if uses_ivf(dedup.semantic_search, len(texts)):
             import faiss
 
-            # the index trained and filled here (the stage's own code: the same index), searched by tasks that
-            # each take a run of blocks (a task reads its index once): the whole index, or with `ivf_shards` one
-            # part of it by cells, every run of blocks searched in every part with the run's coarse search done
-            # once for all the parts (the same pairs: ivf_shards)
+            # the stage's own index (the same pairs), built apart: the cells trained here on a sample of the
+            # shared vectors; each row's cell found by tasks that hold only the centroids (with `ivf_shards`, with
+            # each run of blocks' coarse search, kept for every part); the index cut by cells into parts that
+            # tasks fill into the object store; then tasks that each take a run of blocks search one part
             retries = config.execution.task_retries
-            parts = ivf_shards(vectors, dedup.ivf_shards, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)
-            serialized = [faiss.serialize_index(part) for part in parts]
-            log.info("semantic_ivf", engine="ray", parts=len(serialized), largest_part_bytes=max(map(len, serialized)))
-            indexes = [ray.put(part) for part in serialized]
-            per_task = max(1, -(-len(starts) * len(indexes) // (4 * cluster_cpus())))
+            trained = ivf_trained(fetch(shared, address), dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)
+            per_task = max(1, -(-len(starts) * dedup.ivf_shards // (4 * cluster_cpus())))
             runs_of_blocks = [starts[i : i + per_task] for i in range(0, len(starts), per_task)]
-            probed: list[Any] = [None] * len(runs_of_blocks)
-            if len(indexes) > 1:
-                coarse = _ivf_probed.options(max_retries=retries)
-                quantizer = ray.put(faiss.serialize_index(parts[0].quantizer))
-                probed = [coarse.remote(quantizer, parts[0].nprobe, shared, run) for run in runs_of_blocks]
-            del parts, serialized
+            quantizer = ray.put(faiss.serialize_index(trained.quantizer))
+            coarse = _ivf_coarse.options(max_retries=retries, num_returns=2)
+            keep = dedup.ivf_shards > 1
+            probed, nearest = zip(
+                *(coarse.remote(quantizer, trained.nprobe, shared, run, keep) for run in runs_of_blocks), strict=True
+            )
+            cells = np.concatenate(fetch(list(nearest), address))
+            empty = ray.put(faiss.serialize_index(trained))
+            fill = _ivf_part.options(max_retries=retries, num_returns=2)
+            indexes, sizes = zip(
+                *(
+                    fill.remote(empty, shared, rows, cells[rows])
+                    for rows in ivf_cut(cells, trained.nlist, dedup.ivf_shards)
+                ),
+                strict=True,
+            )
+            sizes = fetch(list(sizes), address)
+            log.info("semantic_ivf", engine="ray", parts=len(sizes), largest_part_bytes=max(sizes))
             search = _ivf_pairs.options(max_retries=retries)
             runs = [
-                search.remote(index, shared, run, threshold, probed[k])
+                search.remote(index, shared, run, threshold, probed[k] if keep else None)
                 for index in indexes
                 for k, run in enumerate(runs_of_blocks)
             ]
