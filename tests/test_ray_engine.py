@@ -4,8 +4,8 @@ with no CPU, two nodes of one CPU each: every task runs on a worker node, as on 
 The same inputs through both engines give the same files (compared as sets of lines, order aside), on a folder of
 every kind of file with cross-file copies and repeated ids, and on real text (the docstrings the installed
 packages ship, which copy each other a lot); the whole pipeline gives the same documents, QA pairs, benchmark and
-scores; a worker process killed by SIGKILL in the middle of the MinHash map leaves the result unchanged (Ray
-retries the task); a head that does not answer fails the stage at once with the address in the message, as an
+scores; a worker process killed by SIGKILL in the middle of the MinHash map, an embedding call or the ivf search
+leaves the result unchanged (Ray retries the task); a head that does not answer fails the stage at once with the address in the message, as an
 error the stage retry table retries.
 """
 
@@ -347,6 +347,23 @@ def test_an_embedding_actor_killed_mid_shard_changes_nothing(ray_cluster, real_t
         lambda: _stage(tmp_path / "ray", {**base, "execution": execution}), "_Embedder.encode"
     )
     assert killed is not None, "no actor was seen embedding: nothing was killed"
+    assert "error" not in outcome, outcome.get("error")
+    _same_outputs(local, tmp_path / "ray")
+    assert outcome["result"][1] == local_counts
+
+
+def test_a_worker_killed_mid_ivf_search_changes_nothing(ray_cluster, real_text: Path, tmp_path: Path) -> None:
+    """SIGKILL to a worker process searching one part of the ivf index (`ray::_ivf_pairs`, the index in 3 parts
+    that tasks filled into the object store): Ray reruns the search on the part, which the store still holds; the
+    clusters are the local stage's, similarities included."""
+    dedup = {"method": "semantic", "embedding_backend": "static", "semantic_search": "ivf", "ivf_shards": 3}
+    base = {"data": {"path": str(real_text)}, "dedup": dedup}
+    local, local_counts = _stage(tmp_path / "local", base)
+    execution = {"engine": "ray", "ray_address": ray_cluster}
+    outcome, killed = _kill_a_task_during(
+        lambda: _stage(tmp_path / "ray", {**base, "execution": execution}), "_ivf_pairs"
+    )
+    assert killed is not None, "no ivf search task was seen running: nothing was killed"
     assert "error" not in outcome, outcome.get("error")
     _same_outputs(local, tmp_path / "ray")
     assert outcome["result"][1] == local_counts
