@@ -5,8 +5,8 @@ The same inputs through both engines give the same files (compared as sets of li
 every kind of file with cross-file copies and repeated ids, and on real text (the docstrings the installed
 packages ship, which copy each other a lot); the whole pipeline gives the same documents, QA pairs, benchmark and
 scores; a worker process killed by SIGKILL in the middle of the MinHash map, an embedding call or the ivf search
-leaves the result unchanged (Ray retries the task); a head that does not answer fails the stage at once with the address in the message, as an
-error the stage retry table retries.
+leaves the result unchanged (Ray retries the task); a head that does not answer fails the stage at once with the
+address in the message, as an error the stage retry table retries.
 """
 
 from __future__ import annotations
@@ -282,6 +282,22 @@ def test_the_ivf_search_on_ray_gives_the_local_clusters(
     # the Ray driver searched the index in as many parts (its event, relayed from its process)
     [searched] = [json.loads(e) for e in events if '"semantic_ivf"' in e]
     assert searched["parts"] == parts and searched["largest_part_bytes"] > 0, searched
+
+
+def test_semantic_review_on_ray_lists_the_local_pairs_from_texts_left_in_the_store(
+    ray_cluster, real_text: Path, tmp_path: Path
+) -> None:
+    """Hybrid with `semantic_action: review` and keep `longest`: the semantic step's texts are read by tasks from
+    the store, a file's documents in several shards (500 texts each), and the driver holds only their keys; the
+    files (the pairs listed for review with both similarities, nothing removed by cosine) are the local stage's."""
+    dedup = {"method": "hybrid", "keep": "longest", "embedding_backend": "static", "semantic_action": "review"}
+    base = {"data": {"path": str(real_text)}, "dedup": dedup}
+    _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=500, removed_at_least=100)
+    examples = json.loads((tmp_path / "ray" / "cluster_examples.json").read_text())
+    assert examples["semantic"]["action"] == "review", examples["semantic"]
+    listed = examples["semantic_removals"]
+    assert len(listed) >= 20 and not any(r["removed_from_output"] for r in listed), len(listed)
+    assert all(r["texts"][r["removed"]] and r["texts"][r["kept"]] for r in listed), "each pair with both texts"
 
 
 @contextlib.contextmanager

@@ -3,11 +3,12 @@ hybrid sequence), then remove them, method by method."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llm_pipeline.config import DedupConfig
+from llm_pipeline.dedup.clusters import DocumentKey
 from llm_pipeline.dedup.methods import DEDUP_METHODS, method_sequence
 from llm_pipeline.dedup.remove import remove_duplicates
 from llm_pipeline.logging import get_logger
@@ -54,6 +55,9 @@ def deduplicate(documents: list[Document], config: DedupConfig, judge: SemanticJ
     return run_methods(DedupResult(kept=list(documents)), method_sequence(config.method), config, judge=judge)
 
 
+Identify = Callable[[Sequence[Document | DocumentKey], DedupConfig], list[DuplicateCluster]]
+
+
 def run_methods(
     result: DedupResult,
     methods: tuple[str, ...],
@@ -62,28 +66,15 @@ def run_methods(
     judge: SemanticJudge | None = None,
 ) -> DedupResult:
     """Each method in turn on what the ones before kept (`result.kept`), recording what it removed.
-    `implementations`: a method's other implementation with the same results (the Ray engine's semantic)."""
+    `implementations`: a method's other implementation with the same results."""
     for method in methods:
         identify = (implementations or {}).get(method) or DEDUP_METHODS.get(method)
         if method == "semantic":
-            resolved = config.for_documents(len(result.kept))
-            result.semantic = {
-                "embedding_backend": resolved.embedding_backend,
-                "embedding_model": config.embedding_model,
-                "cosine_threshold": resolved.cosine_threshold,
-                "documents": len(result.kept),
-                "action": config.semantic_action,
-            }
-            log.info("semantic_embeddings", backend=resolved.embedding_backend, documents=len(result.kept))
-        if method == "semantic" and config.semantic_action == "judge":
-            clusters = _judged(result, identify, config, judge)
+            clusters = semantic_step(result, result.kept, identify, config, judge)
+            if config.semantic_action == "review":
+                continue
         else:
             clusters = identify(result.kept, config)
-        if method == "semantic" and config.semantic_action == "review":
-            result.review.extend(clusters)  # listed with both similarities for a person to judge; all kept
-            log.info("dedup_method_done", method=method, review=sum(len(c.members) - 1 for c in clusters),
-                     removed=0, remaining=len(result.kept))  # fmt: skip
-            continue
         before = len(result.kept)
         result.kept = remove_duplicates(result.kept, clusters)
         result.clusters.extend(clusters)
@@ -98,9 +89,40 @@ def run_methods(
     return result
 
 
+def semantic_step(
+    result: DedupResult,
+    documents: Sequence[Document | DocumentKey],
+    identify: Identify,
+    config: DedupConfig,
+    judge: SemanticJudge | None = None,
+) -> list[DuplicateCluster]:
+    """The semantic method on `documents` (those still kept; on Ray, their keys with the texts left in the object
+    store), as `semantic_action` says, recorded in `result`: the clusters to remove (with `judge`, those the judge
+    confirmed, the others listed in `result.review`; with `review`, none: every cluster listed there)."""
+    resolved = config.for_documents(len(documents))
+    result.semantic = {
+        "embedding_backend": resolved.embedding_backend,
+        "embedding_model": config.embedding_model,
+        "cosine_threshold": resolved.cosine_threshold,
+        "documents": len(documents),
+        "action": config.semantic_action,
+    }
+    log.info("semantic_embeddings", backend=resolved.embedding_backend, documents=len(documents))
+    if config.semantic_action == "judge":
+        return _judged(result, documents, identify, config, judge)
+    clusters = identify(documents, config)
+    if config.semantic_action == "review":
+        result.review.extend(clusters)  # listed with both similarities for a person to judge; all kept
+        log.info("dedup_method_done", method="semantic", review=sum(len(c.members) - 1 for c in clusters),
+                 removed=0, remaining=len(documents))  # fmt: skip
+        return []
+    return clusters
+
+
 def _judged(
     result: DedupResult,
-    identify: Callable[[list[Document], DedupConfig], list[DuplicateCluster]],
+    documents: Sequence[Document | DocumentKey],
+    identify: Identify,
     config: DedupConfig,
     judge: SemanticJudge | None,
 ) -> list[DuplicateCluster]:
@@ -114,10 +136,10 @@ def _judged(
     judge.last = None
     token = PAIR_JUDGE.set(judge)
     try:
-        clusters = identify(result.kept, config)
+        clusters = identify(documents, config)
     finally:
         PAIR_JUDGE.reset(token)
-    judged = judge.last or judge.judge(clusters, result.kept)
+    judged = judge.last or judge.judge(clusters, documents)
     result.review.extend(judged.kept)
     result.judgements.update(judged.verdicts)
     result.judge_summary = judged.summary

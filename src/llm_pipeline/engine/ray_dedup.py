@@ -59,7 +59,7 @@ from llm_pipeline.dedup.minhash import (
     set_jaccard,
     unique_pairs,
 )
-from llm_pipeline.dedup.workflow import DedupResult, run_methods
+from llm_pipeline.dedup.workflow import DedupResult, run_methods, semantic_step
 
 if TYPE_CHECKING:
     from llm_pipeline.dedup.judge import SemanticJudge
@@ -446,6 +446,63 @@ def _select(lines: list[bytes], mask: np.ndarray) -> list[Document]:
     return [Document.model_validate_json(line) for line, keep in zip(lines, mask.tolist(), strict=True) if keep]
 
 
+@ray.remote(num_cpus=0)
+def _texts(lines: list[bytes], mask: np.ndarray, size: int) -> Any:
+    """The texts of a file's documents in `mask`, in shards of `size` (the task's `num_returns` objects). No CPU
+    reserved: the embedding actors that wait for these shards hold one CPU each, and may hold every CPU of the
+    cluster (a task that needed one would then wait for them, and they for it)."""
+    texts = [Document.model_validate_json(line).text for line, keep in zip(lines, mask.tolist(), strict=True) if keep]
+    shards = [texts[i : i + size] for i in range(0, len(texts), size)]
+    return shards[0] if len(shards) == 1 else shards
+
+
+class _KeptDocuments(Sequence[Document | DocumentKey]):
+    """The documents still kept, in input order, as the semantic step reads them on Ray: each one's key (id, length,
+    metadata richness) from the plan's columns, its text left in the object store except where `fetch` brought it
+    here (a judge reads the two texts of each pair it asks about). `shards(size)`: the texts, read where they are,
+    in shards for the embedding actors."""
+
+    def __init__(self, plan: Plan, address: str) -> None:
+        self.plan, self.address = plan, address
+        self.rows = np.flatnonzero(plan.alive)
+        self.fetched: dict[int, Document] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Document | DocumentKey:  # type: ignore[override]
+        found = self.fetched.get(index)
+        return found if found is not None else self.plan.keys[int(self.rows[index])]
+
+    def fetch(self, indices: set[int]) -> None:
+        positions = sorted(indices - self.fetched.keys())
+        wanted = np.zeros(self.plan.n, dtype=bool)
+        wanted[self.rows[positions]] = True
+        found = _documents(self.plan, self.address, wanted)  # in input order: the positions' order
+        self.fetched.update(zip(positions, found, strict=True))
+
+    def shards(self, size: int) -> list[tuple[FileLoad, np.ndarray, int]]:
+        """How the texts go to the embedding actors, in order: (a file, its documents still kept, how many shards
+        of at most `size` texts they make). A file's documents never share a shard with another file's: one task
+        per file reads its lines once (`texts`)."""
+        shards = []
+        for load in self.plan.files:
+            mine = self.plan.alive[load.base : load.base + len(load.ids)]
+            count = int(mine.sum())
+            if count:
+                shards.append((load, mine, -(-count // size)))
+        return shards
+
+    @staticmethod
+    def texts(shards: list[tuple[FileLoad, np.ndarray, int]], size: int) -> list[Any]:
+        """ObjectRefs of the shards' lists of texts, read from the store where the files' lines are."""
+        refs: list[Any] = []
+        for load, mine, parts in shards:
+            made = _texts.options(num_returns=parts).remote(load.lines, mine, size)
+            refs.extend([made] if parts == 1 else made)
+        return refs
+
+
 def load_and_deduplicate(
     config: PipelineConfig, outputs: dict[str, Path], judge: SemanticJudge | None = None
 ) -> tuple[IngestResult, DedupResult, int]:
@@ -492,9 +549,20 @@ def _load_and_deduplicate(
             result.removed_by_method[method] = _remove(plan, clusters)
             log.info("dedup_method_done", method=method, engine="ray", clusters=len(clusters),
                      removed=result.removed_by_method[method], remaining=int(plan.alive.sum()))  # fmt: skip
-        if methods:  # semantic (embeddings on actors) and plug-in methods, on the documents still kept
+        if methods == ["semantic"] and dedup.embedding_cache is None:
+            # on the documents still kept, their texts left in the store (the actors read them there); the driver
+            # holds their keys, the vectors once, the pairs, and the texts of the pairs a judge reads
+            documents = _KeptDocuments(plan, address)
+            clusters = semantic_step(result, documents, _semantic_on_actors(address, config), dedup, judge)
+            if dedup.semantic_action != "review":
+                result.clusters.extend(clusters)
+                result.removed_by_method["semantic"] = _remove(plan, clusters)
+                log.info("dedup_method_done", method="semantic", engine="ray", clusters=len(clusters),
+                         removed=result.removed_by_method["semantic"], remaining=int(plan.alive.sum()))  # fmt: skip
+            kept = _write_alive(plan, outputs["documents"], address)
+        elif methods:  # plug-in methods, and semantic with an embedding cache (one folder): on the documents here
             result.kept = _documents(plan, address)
-            run_methods(result, tuple(methods), dedup, {"semantic": _semantic_on_actors(address, config)}, judge)
+            run_methods(result, tuple(methods), dedup, judge=judge)
             write_jsonl(outputs["documents"], result.kept)
             kept = len(result.kept)
         else:
@@ -577,90 +645,95 @@ def _ivf_part(trained: np.ndarray, vectors: np.ndarray, rows: np.ndarray, cells:
 
 
 def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
-    """Semantic dedup with its embeddings computed by actors that load the model once and take shards of
-    `execution.embed_shard_texts` texts, in order; the similarity search as one task per block of rows; the keep
-    rule in the driver. With an embedding cache, the local implementation (the cache is one folder)."""
-    from llm_pipeline.dedup.semantic import (
-        BLOCK_ROWS,
-        comparable,
-        ivf_cut,
-        ivf_trained,
-        merged_pairs,
-        semantic_method,
-        uses_ivf,
-    )
+    """Semantic dedup of the documents still kept (a `_KeptDocuments`), with its embeddings computed by actors that
+    load the model once and take shards of `execution.embed_shard_texts` texts read from the store, in order; the
+    similarity search as one task per block of rows (exact) or per run of blocks and part of the index (ivf); the
+    keep rule in the driver, a judge's texts fetched for the pairs it may ask about."""
+    from llm_pipeline.dedup.clusters import PAIR_JUDGE
 
-    def method(documents: list[Document], dedup: Any) -> list[DuplicateCluster]:
-        if dedup.embedding_cache is not None or len(documents) < 2:
-            return semantic_method(documents, dedup)
+    def method(documents: _KeptDocuments, dedup: Any) -> list[DuplicateCluster]:
+        if len(documents) < 2:
+            return []
         dedup = dedup.for_documents(len(documents))
-        texts = [d.text for d in documents]
-        size = config.execution.embed_shard_texts  # texts an actor is handed at once (it batches them itself)
-        shards = [texts[i : i + size] for i in range(0, len(texts), size)]
+        size = config.execution.embed_shard_texts
+        layout = documents.shards(size)
         restarts = config.execution.task_retries
         actors = [
             _Embedder.options(max_restarts=restarts, max_task_retries=restarts).remote(
                 dedup.embedding_model, dedup.device, dedup.embedding_backend, dedup.max_seq_length
             )
-            for _ in range(max(1, min(len(shards), cluster_cpus())))
+            for _ in range(max(1, min(sum(parts for _, _, parts in layout), cluster_cpus())))
         ]
+        # the actors asked for first, so that they may hold every CPU before the texts are read (`_texts`);
         # shards dealt round-robin: each actor's calls queue in order, and the answers come back in shard order
+        shards = documents.texts(layout, size)
         refs = [actors[i % len(actors)].encode.remote(shard, dedup.batch_size) for i, shard in enumerate(shards)]
         try:
             vectors = np.vstack(fetch(refs, address))
         finally:
             for actor in actors:
                 ray.kill(actor)
-        del refs  # the shards' vectors leave the store: one copy of the corpus's is enough
-        log.info("semantic_embedded", engine="ray", actors=len(actors), shards=len(shards), texts=len(texts))
-        shared = ray.put(comparable(vectors, dedup.embedding_backend, in_place=True))  # shared through the store
-        del vectors  # the driver reads the store's copy from here on, if at all
-        starts = list(range(0, len(texts), BLOCK_ROWS))
-        threshold = dedup.cosine_threshold
-        if uses_ivf(dedup.semantic_search, len(texts)):
-            import faiss
-
-            # the stage's own index (the same pairs), built apart: the cells trained here on a sample of the
-            # shared vectors; each row's cell found by tasks that hold only the centroids (with `ivf_shards`, with
-            # each run of blocks' coarse search, kept for every part); the index cut by cells into parts that
-            # tasks fill into the object store; then tasks that each take a run of blocks search one part
-            retries = config.execution.task_retries
-            trained = ivf_trained(fetch(shared, address), dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)
-            per_task = max(1, -(-len(starts) * dedup.ivf_shards // (4 * cluster_cpus())))
-            runs_of_blocks = [starts[i : i + per_task] for i in range(0, len(starts), per_task)]
-            quantizer = ray.put(faiss.serialize_index(trained.quantizer))
-            coarse = _ivf_coarse.options(max_retries=retries, num_returns=2)
-            keep = dedup.ivf_shards > 1
-            probed, nearest = zip(
-                *(coarse.remote(quantizer, trained.nprobe, shared, run, keep) for run in runs_of_blocks), strict=True
-            )
-            cells = np.concatenate(fetch(list(nearest), address))
-            empty = ray.put(faiss.serialize_index(trained))
-            fill = _ivf_part.options(max_retries=retries, num_returns=2)
-            indexes, sizes = zip(
-                *(
-                    fill.remote(empty, shared, rows, cells[rows])
-                    for rows in ivf_cut(cells, trained.nlist, dedup.ivf_shards)
-                ),
-                strict=True,
-            )
-            sizes = fetch(list(sizes), address)
-            log.info("semantic_ivf", engine="ray", parts=len(sizes), largest_part_bytes=max(sizes))
-            search = _ivf_pairs.options(max_retries=retries)
-            runs = [
-                search.remote(index, shared, run, threshold, probed[k] if keep else None)
-                for index in indexes
-                for k, run in enumerate(runs_of_blocks)
-            ]
-            pairs = merged_pairs(block for run in fetch(runs, address) for block in run)
-            return semantic_clusters(documents, pairs, dedup.keep)
-        # the exact search: one task per block of BLOCK_ROWS rows against all
-        search = _block_pairs.options(max_retries=config.execution.task_retries)
-        blocks = [search.remote(shared, start, threshold) for start in starts]
-        pairs = [pair for found in fetch(blocks, address) for pair in found]  # block order: the local (i, j) order
+        del refs, shards, layout  # the shards' texts and vectors leave the store: one copy of the vectors is enough
+        log.info("semantic_embedded", engine="ray", actors=len(actors), texts=len(vectors))
+        pairs = _semantic_pairs(vectors, dedup, address, config)
+        if PAIR_JUDGE.get() is not None:
+            documents.fetch({i for i, j, _ in pairs} | {j for i, j, _ in pairs})
         return semantic_clusters(documents, pairs, dedup.keep)
 
     return method
+
+
+def _semantic_pairs(vectors: np.ndarray, dedup: Any, address: str, config: PipelineConfig) -> list:
+    """The pairs (i < j) whose cosine reaches the threshold, as the local stage finds them: the vectors put
+    in the store once, searched by tasks (exact: a block of rows against all; ivf: runs of blocks against the
+    index's parts, which tasks build there from the cells trained here)."""
+    from llm_pipeline.dedup.semantic import BLOCK_ROWS, comparable, ivf_cut, ivf_trained, merged_pairs, uses_ivf
+
+    rows = len(vectors)
+    shared = ray.put(comparable(vectors, dedup.embedding_backend, in_place=True))  # shared through the store
+    del vectors  # the driver reads the store's copy from here on, if at all
+    starts = list(range(0, rows, BLOCK_ROWS))
+    threshold = dedup.cosine_threshold
+    if uses_ivf(dedup.semantic_search, rows):
+        import faiss
+
+        # the stage's own index (the same pairs), built apart: the cells trained here on a sample of the
+        # shared vectors; each row's cell found by tasks that hold only the centroids (with `ivf_shards`, with
+        # each run of blocks' coarse search, kept for every part); the index cut by cells into parts that
+        # tasks fill into the object store; then tasks that each take a run of blocks search one part
+        retries = config.execution.task_retries
+        trained = ivf_trained(fetch(shared, address), dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)
+        per_task = max(1, -(-len(starts) * dedup.ivf_shards // (4 * cluster_cpus())))
+        runs_of_blocks = [starts[i : i + per_task] for i in range(0, len(starts), per_task)]
+        quantizer = ray.put(faiss.serialize_index(trained.quantizer))
+        coarse = _ivf_coarse.options(max_retries=retries, num_returns=2)
+        keep = dedup.ivf_shards > 1
+        probed, nearest = zip(
+            *(coarse.remote(quantizer, trained.nprobe, shared, run, keep) for run in runs_of_blocks), strict=True
+        )
+        cells = np.concatenate(fetch(list(nearest), address))
+        empty = ray.put(faiss.serialize_index(trained))
+        fill = _ivf_part.options(max_retries=retries, num_returns=2)
+        indexes, sizes = zip(
+            *(
+                fill.remote(empty, shared, part, cells[part])
+                for part in ivf_cut(cells, trained.nlist, dedup.ivf_shards)
+            ),
+            strict=True,
+        )
+        sizes = fetch(list(sizes), address)
+        log.info("semantic_ivf", engine="ray", parts=len(sizes), largest_part_bytes=max(sizes))
+        search = _ivf_pairs.options(max_retries=retries)
+        runs = [
+            search.remote(index, shared, run, threshold, probed[k] if keep else None)
+            for index in indexes
+            for k, run in enumerate(runs_of_blocks)
+        ]
+        return merged_pairs(block for run in fetch(runs, address) for block in run)
+    # the exact search: one task per block of BLOCK_ROWS rows against all
+    search = _block_pairs.options(max_retries=config.execution.task_retries)
+    blocks = [search.remote(shared, start, threshold) for start in starts]
+    return [pair for found in fetch(blocks, address) for pair in found]  # block order: the local (i, j) order
 
 
 def _write_alive(plan: Plan, path: Path, address: str) -> int:
