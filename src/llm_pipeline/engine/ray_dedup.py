@@ -14,13 +14,16 @@
             alive (`minhash.partition_pairs`); verify: one task per file with pairs checks them on the exact
             Jaccard of the shingle sets (or the estimate), fetching only the files its partners live in. The
             kept-document rule then runs in the driver over the verified pairs (a pass over pairs, not documents).
-  semantic  embeddings by actors that load the model once and take shards of texts (`_Embedder`); the
-            similarity search as one task per block of rows against all (`semantic.block_pairs`, the vectors
-            shared through the object store), or with `ivf` the index (the same index as locally: seeded k-means
-            on the same vectors, trained in the driver) filled by tasks, in `ivf_shards` parts by cells, into the
-            store and searched by tasks that each take a run of blocks against one part; the keep rule in the
-            driver over the pairs, as locally.
-  others    plug-in methods run in the driver on the documents still kept (fetched then).
+  semantic  on the documents still kept, their texts left in the store (`_KeptDocuments`: the driver holds their
+            keys): embeddings by actors that load the model once and take shards of texts that one task per file
+            reads from the store (`_Embedder`, `_texts`); the similarity search as one task per block of rows
+            against all (`semantic.block_pairs`, the vectors shared through the object store), or with `ivf` the
+            index (the same index as locally: seeded k-means on the same vectors, trained in the driver) filled
+            by tasks, in `ivf_shards` parts by cells, into the store and searched by tasks that each take a run of
+            blocks against one part; the keep rule in the driver over the pairs and the keys, as locally (a judge
+            given the texts of the pairs' documents, fetched for it).
+  others    plug-in methods, and semantic with an embedding cache (one folder), run in the driver on the
+            documents still kept (fetched then).
   write     documents.jsonl: the kept lines, file by file in input order (the driver holds one file at a time).
 
 Identical results: signatures, band keys and the exact Jaccard do not depend on where or in what order they are
