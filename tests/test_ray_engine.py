@@ -353,6 +353,30 @@ def test_the_dedup_judge_on_ray_confirms_the_pairs_the_local_stage_confirms(
     assert asked == 2 * sent and 0 < sent <= local_counts["dedup.judge.pairs"]
 
 
+def test_a_judged_semantic_step_with_one_document_left_asks_nothing_on_either_engine(
+    ray_cluster, real_text: Path, tmp_path: Path
+) -> None:
+    """One document reaches the judged semantic step (on Ray, a key whose text stays in the store): no pair, no
+    request, the document kept, the same files as locally."""
+    from tests.fakes.openai_server import FakeOpenAI
+
+    with FakeOpenAI() as server:
+        outputs = {}
+        for engine in ("local", "ray"):
+            judge = {"model": "judge-model", "base_url": server.base_url, "checkpoint_dir": str(tmp_path / engine)}
+            overrides = {
+                "data": {"path": str(real_text), "limit": 1},
+                "dedup": {"method": "hybrid", "embedding_backend": "static", "semantic_action": "judge",
+                          "judge": judge},
+                **({"execution": {"engine": "ray", "ray_address": ray_cluster}} if engine == "ray" else {}),
+            }  # fmt: skip
+            outputs[engine] = _stage(tmp_path / f"run-{engine}", overrides)
+        assert server.stats()["total"] == 0
+    (local, local_counts), (distributed, ray_counts) = outputs["local"], outputs["ray"]
+    _same_outputs(local, distributed)
+    assert local_counts == ray_counts and ray_counts["dedup.kept"] == 1, ray_counts
+
+
 def test_an_embedding_actor_killed_mid_shard_changes_nothing(ray_cluster, real_text: Path, tmp_path: Path) -> None:
     """SIGKILL to an embedding actor while it encodes a shard (seen as `ray::_Embedder.encode`): Ray restarts it
     (the model loaded again) and the call is retried; the clusters are the local stage's, similarities included."""

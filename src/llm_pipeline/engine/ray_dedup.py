@@ -462,8 +462,8 @@ def _texts(lines: list[bytes], mask: np.ndarray, size: int) -> Any:
 class _KeptDocuments(Sequence[Document | DocumentKey]):
     """The documents still kept, in input order, as the semantic step reads them on Ray: each one's key (id, length,
     metadata richness) from the plan's columns, its text left in the object store except where `fetch` brought it
-    here (a judge reads the two texts of each pair it asks about). `shards(size)`: the texts, read where they are,
-    in shards for the embedding actors."""
+    here (a judge reads the two texts of each pair it asks about). `shards` and `texts`: the texts in shards for
+    the embedding actors, read by tasks where the files' lines are."""
 
     def __init__(self, plan: Plan, address: str) -> None:
         self.plan, self.address = plan, address
@@ -656,7 +656,7 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
 
     def method(documents: _KeptDocuments, dedup: Any) -> list[DuplicateCluster]:
         if len(documents) < 2:
-            return []
+            return semantic_clusters(documents, [], dedup.keep)  # (a judge records that it was asked nothing)
         dedup = dedup.for_documents(len(documents))
         size = config.execution.embed_shard_texts
         layout = documents.shards(size)
@@ -667,7 +667,7 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
             )
             for _ in range(max(1, min(sum(parts for _, _, parts in layout), cluster_cpus())))
         ]
-        # the actors asked for first, so that they may hold every CPU before the texts are read (`_texts`);
+        # the actors may take every CPU before the tasks that read their texts run (`_texts` reserves none);
         # shards dealt round-robin: each actor's calls queue in order, and the answers come back in shard order
         shards = documents.texts(layout, size)
         refs = [actors[i % len(actors)].encode.remote(shard, dedup.batch_size) for i, shard in enumerate(shards)]
