@@ -3,7 +3,7 @@ hybrid sequence), then remove them, method by method."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,13 +62,12 @@ def run_methods(
     result: DedupResult,
     methods: tuple[str, ...],
     config: DedupConfig,
-    implementations: Mapping[str, Callable[[list[Document], DedupConfig], list[DuplicateCluster]]] | None = None,
     judge: SemanticJudge | None = None,
 ) -> DedupResult:
-    """Each method in turn on what the ones before kept (`result.kept`), recording what it removed.
-    `implementations`: a method's other implementation with the same results."""
+    """Each method in turn on what the ones before kept (`result.kept`), recording what it removed (the Ray engine
+    runs the semantic method through `semantic_step` itself, on the documents' keys)."""
     for method in methods:
-        identify = (implementations or {}).get(method) or DEDUP_METHODS.get(method)
+        identify = DEDUP_METHODS.get(method)
         if method == "semantic":
             clusters = semantic_step(result, result.kept, identify, config, judge)
             if config.semantic_action == "review":
