@@ -332,21 +332,10 @@ def test_the_dedup_judge_on_ray_confirms_the_pairs_the_local_stage_confirms(
         return json.dumps({"duplicate": same, "reason": "scripted by the texts' lengths"})
 
     with FakeOpenAI(judge=by_length) as server:
-        outputs = {}
-        for engine in ("local", "ray"):
-            judge = {"model": "judge-model", "base_url": server.base_url, "checkpoint_dir": str(tmp_path / engine),
-                     "requests_per_minute": 60_000, "concurrency": 16}  # fmt: skip
-            overrides = {
-                "data": {"path": str(real_text), "limit": 1200},
-                "dedup": {"method": "semantic", "embedding_backend": "static", "semantic_action": "judge",
-                          "judge": judge},
-                **({"execution": {"engine": "ray", "ray_address": ray_cluster}} if engine == "ray" else {}),
-            }  # fmt: skip
-            outputs[engine] = _stage(tmp_path / f"run-{engine}", overrides)
+        data = {"path": str(real_text), "limit": 1200}
+        local_counts = _judged_on_both_engines(ray_cluster, tmp_path, server, data, "semantic",
+                                               requests_per_minute=60_000, concurrency=16)  # fmt: skip
         asked = server.stats()["total"]
-    (local, local_counts), (distributed, ray_counts) = outputs["local"], outputs["ray"]
-    _same_outputs(local, distributed)
-    assert local_counts == ray_counts, (local_counts, ray_counts)
     assert local_counts["dedup.judge.duplicate"] > 0 and local_counts["dedup.judge.distinct"] > 0
     # each engine asked once per distinct pair of texts (identical copies share a verdict), nothing more
     sent = local_counts["dedup.judge.http_requests_this_run"]
@@ -361,35 +350,36 @@ def test_a_judged_semantic_step_with_one_document_left_asks_nothing_on_either_en
     from tests.fakes.openai_server import FakeOpenAI
 
     with FakeOpenAI() as server:
-        outputs = {}
-        for engine in ("local", "ray"):
-            judge = {"model": "judge-model", "base_url": server.base_url, "checkpoint_dir": str(tmp_path / engine)}
-            overrides = {
-                "data": {"path": str(real_text), "limit": 1},
-                "dedup": {"method": "hybrid", "embedding_backend": "static", "semantic_action": "judge",
-                          "judge": judge},
-                **({"execution": {"engine": "ray", "ray_address": ray_cluster}} if engine == "ray" else {}),
-            }  # fmt: skip
-            outputs[engine] = _stage(tmp_path / f"run-{engine}", overrides)
+        counts = _judged_on_both_engines(ray_cluster, tmp_path, server, {"path": str(real_text), "limit": 1}, "hybrid")
         assert server.stats()["total"] == 0
+    assert counts["dedup.kept"] == 1, counts
+
+
+def _judged_on_both_engines(
+    address: str, tmp: Path, server: Any, data: dict, method: str, **judge: Any
+) -> dict[str, Any]:
+    """The stage with `semantic_action: judge` asking `server`, locally and on Ray (each with a journal of its
+    own): the same files and counts. Returns the counts."""
+    outputs = {}
+    for engine in ("local", "ray"):
+        asking = {"model": "judge-model", "base_url": server.base_url, "checkpoint_dir": str(tmp / engine), **judge}
+        overrides = {
+            "data": data,
+            "dedup": {"method": method, "embedding_backend": "static", "semantic_action": "judge", "judge": asking},
+            **({"execution": {"engine": "ray", "ray_address": address}} if engine == "ray" else {}),
+        }
+        outputs[engine] = _stage(tmp / f"run-{engine}", overrides)
     (local, local_counts), (distributed, ray_counts) = outputs["local"], outputs["ray"]
     _same_outputs(local, distributed)
-    assert local_counts == ray_counts and ray_counts["dedup.kept"] == 1, ray_counts
+    assert local_counts == ray_counts, (local_counts, ray_counts)
+    return local_counts
 
 
 def test_an_embedding_actor_killed_mid_shard_changes_nothing(ray_cluster, real_text: Path, tmp_path: Path) -> None:
     """SIGKILL to an embedding actor while it encodes a shard (seen as `ray::_Embedder.encode`): Ray restarts it
     (the model loaded again) and the call is retried; the clusters are the local stage's, similarities included."""
     base = {"data": {"path": str(real_text), "limit": 800}, "dedup": {"method": "semantic", "semantic_threshold": 0.9}}
-    local, local_counts = _stage(tmp_path / "local", base)
-    execution = {"engine": "ray", "ray_address": ray_cluster, "embed_shard_texts": 200}
-    outcome, killed = _kill_a_task_during(
-        lambda: _stage(tmp_path / "ray", {**base, "execution": execution}), "_Embedder.encode"
-    )
-    assert killed is not None, "no actor was seen embedding: nothing was killed"
-    assert "error" not in outcome, outcome.get("error")
-    _same_outputs(local, tmp_path / "ray")
-    assert outcome["result"][1] == local_counts
+    _same_after_a_kill(ray_cluster, tmp_path, base, "_Embedder.encode", embed_shard_texts=200)
 
 
 def test_a_worker_killed_mid_ivf_search_changes_nothing(ray_cluster, real_text: Path, tmp_path: Path) -> None:
@@ -397,30 +387,26 @@ def test_a_worker_killed_mid_ivf_search_changes_nothing(ray_cluster, real_text: 
     that tasks filled into the object store): Ray reruns the search on the part, which the store still holds; the
     clusters are the local stage's, similarities included."""
     dedup = {"method": "semantic", "embedding_backend": "static", "semantic_search": "ivf", "ivf_shards": 3}
-    base = {"data": {"path": str(real_text)}, "dedup": dedup}
-    local, local_counts = _stage(tmp_path / "local", base)
-    execution = {"engine": "ray", "ray_address": ray_cluster}
-    outcome, killed = _kill_a_task_during(
-        lambda: _stage(tmp_path / "ray", {**base, "execution": execution}), "_ivf_pairs"
-    )
-    assert killed is not None, "no ivf search task was seen running: nothing was killed"
-    assert "error" not in outcome, outcome.get("error")
-    _same_outputs(local, tmp_path / "ray")
-    assert outcome["result"][1] == local_counts
+    _same_after_a_kill(ray_cluster, tmp_path, {"data": {"path": str(real_text)}, "dedup": dedup}, "_ivf_pairs")
 
 
 def test_a_worker_killed_mid_stage_changes_nothing(ray_cluster, real_text: Path, tmp_path: Path) -> None:
     """SIGKILL to the worker process running a load task (which also signs the file for MinHash), while the stage
     runs: Ray retries the task on a worker that lives, and the stage's files are the local engine's."""
-    base = {"data": {"path": str(real_text)}, "dedup": {"method": "minhash"}}
-    local, _ = _stage(tmp_path / "local", base)
-    execution = {"engine": "ray", "ray_address": ray_cluster}
-    outcome, killed = _kill_a_task_during(
-        lambda: _stage(tmp_path / "ray", {**base, "execution": execution}), "_load_file"
-    )
-    assert killed is not None, "no load task was seen running: nothing was killed"
+    _same_after_a_kill(ray_cluster, tmp_path, {"data": {"path": str(real_text)}, "dedup": {"method": "minhash"}},
+                       "_load_file")  # fmt: skip
+
+
+def _same_after_a_kill(address: str, tmp: Path, base: dict, task: str, **execution: Any) -> None:
+    """The stage locally, then on Ray with the first worker process seen running `task` SIGKILLed: it must have
+    been killed, and the Ray stage must end with the local files and counts."""
+    local, local_counts = _stage(tmp / "local", base)
+    on_ray = {**base, "execution": {"engine": "ray", "ray_address": address, **execution}}
+    outcome, killed = _kill_a_task_during(lambda: _stage(tmp / "ray", on_ray), task)
+    assert killed is not None, f"no process was seen running {task}: nothing was killed"
     assert "error" not in outcome, outcome.get("error")
-    _same_outputs(local, tmp_path / "ray")
+    _same_outputs(local, tmp / "ray")
+    assert outcome["result"][1] == local_counts
 
 
 def test_an_unreachable_head_fails_at_once_naming_the_address(tmp_path: Path) -> None:
