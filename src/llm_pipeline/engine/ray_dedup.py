@@ -545,25 +545,23 @@ def _load_and_deduplicate(
         distributed = {"exact": lambda: _exact(plan, config)}
         if signing is not None:  # (with the shared Redis index, MinHash runs as it is, in the driver)
             distributed["minhash"] = lambda: _minhash(plan, config, address, signing)
+        if dedup.embedding_cache is None:  # (with a cache, one folder, on the documents fetched here)
+            # on the documents still kept, their texts left in the store (the actors read them there); the driver
+            # holds their keys, the vectors once, the pairs, and the texts of the pairs a judge reads
+            semantic = _semantic_on_actors(address, config)
+            distributed["semantic"] = lambda: semantic_step(
+                result, _KeptDocuments(plan, address), semantic, dedup, judge
+            )
         while methods and methods[0] in distributed:
             method = methods.pop(0)
             clusters = distributed[method]()
+            if method == "semantic" and dedup.semantic_action == "review":
+                continue  # listed for review (semantic_step), nothing removed
             result.clusters.extend(clusters)
             result.removed_by_method[method] = _remove(plan, clusters)
             log.info("dedup_method_done", method=method, engine="ray", clusters=len(clusters),
                      removed=result.removed_by_method[method], remaining=int(plan.alive.sum()))  # fmt: skip
-        if methods == ["semantic"] and dedup.embedding_cache is None:
-            # on the documents still kept, their texts left in the store (the actors read them there); the driver
-            # holds their keys, the vectors once, the pairs, and the texts of the pairs a judge reads
-            documents = _KeptDocuments(plan, address)
-            clusters = semantic_step(result, documents, _semantic_on_actors(address, config), dedup, judge)
-            if dedup.semantic_action != "review":
-                result.clusters.extend(clusters)
-                result.removed_by_method["semantic"] = _remove(plan, clusters)
-                log.info("dedup_method_done", method="semantic", engine="ray", clusters=len(clusters),
-                         removed=result.removed_by_method["semantic"], remaining=int(plan.alive.sum()))  # fmt: skip
-            kept = _write_alive(plan, outputs["documents"], address)
-        elif methods:  # plug-in methods, and semantic with an embedding cache (one folder): on the documents here
+        if methods:  # plug-in methods, and semantic with an embedding cache: on the documents fetched here
             result.kept = _documents(plan, address)
             run_methods(result, tuple(methods), dedup, judge=judge)
             write_jsonl(outputs["documents"], result.kept)
