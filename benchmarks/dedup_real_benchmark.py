@@ -180,6 +180,9 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=0, help="print N random semantic removals with both texts")
     parser.add_argument("--sample-kind", choices=["contained", "template", "different"],
                         help="draw the --sample from semantic removals of this diff_kind only")  # fmt: skip
+    parser.add_argument("--sample-out", type=Path,
+                        help="also write the --sample as JSON Lines (ids, cosine, both texts) for judging by hand "
+                        "(benchmarks/dedup_judge_agreement.py)")  # fmt: skip
     parser.add_argument("--anatomy", action="store_true",
                         help="count the semantic removals by their word diff (`diff_kind`), by cosine")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -217,9 +220,17 @@ def main() -> None:
                 semantic = [f for f in found if f[2] == "semantic"]
                 if args.sample_kind:
                     semantic = [f for f in semantic if diff_kind(by_id[f[1]], by_id[f[0]]) == args.sample_kind]
-                for removed, kept, _, cosine in random.Random(0).sample(semantic, min(args.sample, len(semantic))):
+                drawn = random.Random(0).sample(semantic, min(args.sample, len(semantic)))
+                for removed, kept, _, cosine in drawn:
                     print(f"\n--- {name}: {removed} as a copy of {kept} (cosine {cosine})\n"
                           f"  KEPT: {by_id[kept][:400]}\n  GONE: {by_id[removed][:400]}")  # fmt: skip
+                if args.sample_out:
+                    with args.sample_out.open("w") as sample:
+                        for removed, kept, _, cosine in drawn:
+                            pair = {"kept": kept, "removed": removed, "cosine": cosine, "source": args.source,
+                                    "variant": name, "kind": diff_kind(by_id[kept], by_id[removed]),
+                                    "kept_text": by_id[kept], "removed_text": by_id[removed]}  # fmt: skip
+                            sample.write(json.dumps(pair) + "\n")
             if args.anatomy and name.startswith(("semantic", "hybrid")):
                 row["anatomy"] = anatomy(dict(zip(ids, texts, strict=True)), [f for f in found if f[2] == "semantic"])
                 print(f"  {name}: semantic removals by word diff, counted at cosine >= "
