@@ -17,6 +17,9 @@ Reported: wall seconds of the stage, documents per second, peak RSS of the drive
   python benchmarks/scale_benchmark.py --docs 200000 --configs local ray2 --set dedup.method=semantic \
       dedup.embedding_backend=static dedup.semantic_search=ivf dedup.ivf_shards=4
 
+`procs1` / `procs2` (in --configs) run the Ray load tasks' own function over every file on 1 or 2 plain processes
+of one thread, no Ray, no reduce: the best a second worker can gain on this machine for the part that scales.
+
 `--set` overrides the config as `llm-pipeline run --set` does (the dedup method: MinHash unless set). Peak memory
 is given as RSS (shared pages of Ray's object store included where a process touched them) and as USS (the
 process's own pages only: what the object store's copy does not explain).
@@ -96,17 +99,33 @@ def child(config: str, corpus: Path, out: Path, settings: list[str]) -> None:
     overrides.setdefault("dedup", {}).setdefault("method", "minhash")
     overrides.setdefault("data", {})["path"] = str(corpus)
     overrides.setdefault("execution", {})["engine"] = "local" if config == "local" else "ray"
+    if config.startswith("procs"):
+        cfg = load_config(ROOT / "configs" / "test.yaml", overrides)
+        print(json.dumps(plain_processes(int(config.removeprefix("procs")), cfg)), flush=True)
+        return
     cluster = None
-    if config != "local":
+    # Ray's own default object store (30 % of the memory) split over the nodes of this one host: the test
+    # clusters' 150 MiB (ray.cluster_utils' default) would spill nearly every object to disk at this scale
+    store = int(0.3 * psutil.virtual_memory().total)
+    if config.startswith("node"):  # one node (one raylet) with N CPUs: N worker processes
         from ray.cluster_utils import Cluster
 
+        cpus = int(config.removeprefix("node"))
+        head = {"num_cpus": cpus, "include_dashboard": False, "object_store_memory": store}
+        cluster = Cluster(initialize_head=True, head_node_args=head)
+        cluster.wait_for_nodes()
+        overrides["execution"]["ray_address"] = cluster.address
+    elif config != "local":
+        from ray.cluster_utils import Cluster
+
+        nodes = int(config.removeprefix("ray"))
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-        for _ in range(int(config.removeprefix("ray"))):
-            cluster.add_node(num_cpus=1)
+        for _ in range(nodes):
+            cluster.add_node(num_cpus=1, object_store_memory=store // nodes)
         cluster.wait_for_nodes()
         overrides["execution"]["ray_address"] = cluster.address
     cfg = load_config(ROOT / "configs" / "test.yaml", overrides)
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     result = run_stage(stage_named("load-and-deduplicate-data"), cfg, out, "bench")
     seconds = time.perf_counter() - started
     from llm_pipeline.dedup.minhash import BAND_ROW, lsh_params
@@ -114,13 +133,54 @@ def child(config: str, corpus: Path, out: Path, settings: list[str]) -> None:
     shuffled = config != "local" and cfg.dedup.method in ("minhash", "hybrid")
     bands, _ = lsh_params(cfg.dedup.jaccard_threshold, cfg.dedup.num_perm, cfg.dedup.bands)
     print(json.dumps({
+        "started": started_wall,
         "seconds": round(seconds, 2),
         "documents": result.counts["documents"],
         "removed": result.counts["dedup.removed"],
         "shuffle_bytes": result.counts["documents"] * bands * BAND_ROW.itemsize if shuffled else 0,
     }), flush=True)  # fmt: skip
     if cluster is not None:
+        if os.environ.get("SCALE_TIMELINE"):  # ray.timeline() of the run (chrome://tracing format), for where time goes
+            import ray
+
+            ray.init(address=cluster.address, log_to_driver=False)
+            ray.timeline(filename=os.environ["SCALE_TIMELINE"])
+            ray.shutdown()
         cluster.shutdown()
+
+
+def _warm() -> None:
+    import llm_pipeline.engine.ray_dedup  # noqa: F401  (imports before the clock starts)
+
+
+def _load_and_sign(unit: tuple, data: Any, index: int, signing: Any) -> float:
+    """The Ray load task's own function body (`_load_file`), in a plain process; its CPU seconds."""
+    from llm_pipeline.engine.ray_dedup import _load_file
+
+    started = time.process_time()
+    _load_file._function(str(unit[0]), str(unit[0]), unit[1], data, index, signing, unit[2])
+    return time.process_time() - started
+
+
+def plain_processes(workers: int, cfg: Any) -> dict[str, Any]:
+    """The load-and-sign work of every file (what the Ray load tasks do, the larger part of a run) on `workers`
+    plain processes of one thread, no Ray: how much a second worker can gain on this machine at best."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from llm_pipeline.dedup.minhash import lsh_params
+    from llm_pipeline.engine.ray_dedup import Signing, _units
+
+    dedup = cfg.dedup
+    bands, rows = lsh_params(dedup.jaccard_threshold, dedup.num_perm, dedup.bands)
+    signing = Signing(dedup.shingle_size, dedup.num_perm, bands, rows, workers)
+    units = _units(cfg)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_warm) as pool:
+        list(pool.map(time.sleep, [0.5] * workers))  # every worker started and warm
+        started = time.perf_counter()
+        cpu = list(pool.map(_load_and_sign, units, [cfg.data] * len(units), range(len(units)), [signing] * len(units)))
+        seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 2), "task_cpu_seconds": round(sum(cpu), 2), "units": len(units)}
 
 
 def measure(config: str, corpus: Path, settings: list[str]) -> dict[str, Any]:
@@ -170,7 +230,7 @@ def measure(config: str, corpus: Path, settings: list[str]) -> dict[str, Any]:
         return {
             "config": config,
             **line,
-            "docs_per_s": round(line["documents"] / line["seconds"]),
+            "docs_per_s": round(line["documents"] / line["seconds"]) if "documents" in line else None,
             "driver_peak_mb": round(driver / 2**20),
             "driver_peak_private_mb": round(driver_private / 2**20),
             "stage_process_peak_mb": round(stage / 2**20),
@@ -210,7 +270,7 @@ def main() -> None:
         for config in args.configs:
             results.append(measure(config, Path(tmp), args.set))
             print(json.dumps(results[-1]), flush=True)
-    removed = {r["removed"] for r in results}
+    removed = {r["removed"] for r in results if "removed" in r}
     if len(removed) > 1:
         raise SystemExit(f"the engines disagree on what to remove: {removed}")
     by = {r["config"]: r for r in results}
@@ -218,6 +278,10 @@ def main() -> None:
                                "load_avg_at_end": os.getloadavg()}  # fmt: skip
     if "ray1" in by and "ray2" in by:
         summary["ray2_over_ray1"] = round(by["ray1"]["seconds"] / by["ray2"]["seconds"], 2)
+    if "node1" in by and "node2" in by:
+        summary["node2_over_node1"] = round(by["node1"]["seconds"] / by["node2"]["seconds"], 2)
+    if "procs1" in by and "procs2" in by:  # the machine's own ceiling for a second worker, same work
+        summary["procs2_over_procs1"] = round(by["procs1"]["seconds"] / by["procs2"]["seconds"], 2)
     if "local" in by and "ray2" in by:
         summary["ray2_over_local"] = round(by["local"]["seconds"] / by["ray2"]["seconds"], 2)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("results", "corpus")}))

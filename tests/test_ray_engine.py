@@ -425,6 +425,28 @@ def test_an_unreachable_head_fails_at_once_naming_the_address(tmp_path: Path) ->
     assert not (tmp_path / "documents.jsonl").exists()
 
 
+def test_a_ray_started_for_the_stage_warns_when_its_disk_is_too_full_to_spill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`execution.ray_address` empty: the stage starts a Ray of its own on this machine (what `make run` does with
+    `--set execution.engine=ray`). Past Ray's disk test (free space against the whole disk, over
+    RAY_local_fs_capacity_threshold) Ray cannot spill objects, and a stage whose objects outgrow the store fails or,
+    as seen once here, waits for ever; the stage says so before any work. The threshold set to 0 here makes every
+    disk "full" for Ray and for the check alike; this small corpus fits the store, so the stage still completes."""
+    import tempfile
+
+    from llm_pipeline.logging import LOGGER_NAME
+
+    monkeypatch.setenv("RAY_local_fs_capacity_threshold", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+        _, counts = _stage(tmp_path, {"execution": {"engine": "ray", "ray_address": "", "ray_num_cpus": 1}})
+    assert counts["documents"] > 0 and (tmp_path / "documents.jsonl").stat().st_size > 0
+    warned = [r.getMessage() for r in caplog.records if "ray_disk_full" in r.getMessage()]
+    assert warned, "no ray_disk_full warning from a Ray started on a disk it cannot spill to"
+    assert tempfile.gettempdir() in warned[0] and "free_gb" in warned[0]
+
+
 def test_the_whole_pipeline_gives_the_same_results_on_ray(ray_cluster, prefect_server, tmp_path: Path) -> None:
     """Every stage of the flow with `execution.engine: ray`: the same documents, clusters, QA pairs, benchmark and
     scores as the local engine (times aside). On Ray the QA candidates and the metrics (BERTScore included) are

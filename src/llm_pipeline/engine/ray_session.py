@@ -39,6 +39,26 @@ def resolve_address(execution: ExecutionConfig) -> str:
     return execution.ray_address or os.environ.get("RAY_ADDRESS", "").strip()
 
 
+def disk_too_full_to_spill() -> dict[str, Any] | None:
+    """For a Ray started here: Ray's own test of the disk under its folder (free space against the whole disk, over
+    `RAY_local_fs_capacity_threshold`, 0.95 by default), which it applies before spilling objects. Past it, a stage
+    whose objects outgrow the object store fails with OutOfDiskError, or (seen here once, with objects already
+    spilled) waits for ever; said before the stage starts. None when the disk is fine."""
+    import shutil
+    import tempfile
+
+    folder = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    try:
+        threshold = float(os.environ.get("RAY_local_fs_capacity_threshold", "0.95"))  # noqa: SIM112 (Ray's name)
+        usage = shutil.disk_usage(folder)
+    except (OSError, ValueError):
+        return None
+    full = 1 - usage.free / usage.total if usage.total else 0.0
+    if full < threshold:
+        return None
+    return {"folder": folder, "full": round(full, 3), "threshold": threshold, "free_gb": round(usage.free / 2**30, 1)}
+
+
 def _check_reachable(address: str) -> None:
     """The head (its GCS, host:port, or its Ray Client server, ray://host:port) must accept a connection: ray.init
     itself waits 13 minutes on one that does not answer (measured here), then prints a C++ stack."""
@@ -71,6 +91,10 @@ def ray_session(execution: ExecutionConfig) -> Iterator[str]:
         # a Ray of our own: this machine's CPUs (or execution.ray_num_cpus), no dashboard, nothing left behind
         options.update(num_cpus=execution.ray_num_cpus, include_dashboard=False)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        disk = disk_too_full_to_spill()
+        if disk is not None:
+            log.warning("ray_disk_full", **disk, consequence="objects that outgrow the object store cannot be "
+                        "spilled: the stage fails or stalls; free disk space or set RAY_TMPDIR")  # fmt: skip
     try:
         ray.init(address=address or "local", **options)  # "local": a new Ray, never one found running
     except Exception as exc:
