@@ -66,17 +66,18 @@ def likelihood_auc(model_path: str, pairs: list[dict]) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm_pipeline.dedup.judge import PROMPT_DIR, PROMPT_VERSION, TEMPLATES
+    from llm_pipeline.config import DedupJudgeConfig
+    from llm_pipeline.dedup.judge import PROMPT_DIR, PROMPT_VERSION, TEMPLATES, pair_messages
     from llm_pipeline.evaluation.judge import load_prompts
 
-    prompts = load_prompts(None, TEMPLATES, PROMPT_DIR, PROMPT_VERSION)
+    prompts = load_prompts(None, TEMPLATES, PROMPT_DIR, PROMPT_VERSION)  # the packaged prompt, as the stage's
+    limit = DedupJudgeConfig().max_chars
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     yes, no = (tokenizer.encode(word, add_special_tokens=False)[0] for word in (" true", " false"))
     scored = []
     for pair in pairs:
-        user = prompts.render("user", first=pair["kept_text"][:4000], second=pair["removed_text"][:4000])
-        messages = [{"role": "system", "content": prompts.render("system")}, {"role": "user", "content": user}]
+        messages = pair_messages(prompts, pair["kept_text"][:limit], pair["removed_text"][:limit])
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         with torch.no_grad():
             logits = model(**tokenizer(text + '{"duplicate":', return_tensors="pt")).logits[0, -1]

@@ -244,10 +244,7 @@ class SemanticJudge:
             model=self.config.model,
             settings=[self.config.max_tokens],
         )
-        messages = [
-            {"role": "system", "content": prompts.render("system")},
-            {"role": "user", "content": prompts.render("user", first=first, second=second)},
-        ]
+        messages = pair_messages(prompts, first, second)
         job = Job(key=key, document=Document(id=other, text=second), chunk=Chunk(0, 1, ""), messages=messages, n=1)
         return Ask(job, "duplicate", other, (kept, other))
 
@@ -260,6 +257,14 @@ class SemanticJudge:
         summary = {"pairs": pairs, **extra, **{k.replace(" ", "_"): n for k, n in counted.items()}, **sending}
         log.info("dedup_judged", **{k: v for k, v in summary.items() if isinstance(v, int | float)})
         return summary
+
+
+def pair_messages(prompts: Any, first: str, second: str) -> list[dict[str, str]]:
+    """The chat the judge is asked about one pair (the kept document first), from the prompt templates."""
+    return [
+        {"role": "system", "content": prompts.render("system")},
+        {"role": "user", "content": prompts.render("user", first=first, second=second)},
+    ]
 
 
 def _text(document: Document | DocumentKey) -> str:

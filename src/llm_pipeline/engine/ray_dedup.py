@@ -444,9 +444,14 @@ def _documents(plan: Plan, address: str, wanted: np.ndarray | None = None) -> li
     return [d for chunk in fetch_each(parts, address) for d in chunk]
 
 
+def _selected(lines: list[bytes], mask: np.ndarray) -> list[Document]:
+    """The documents of a file's output lines that `mask` keeps."""
+    return [Document.model_validate_json(line) for line, keep in zip(lines, mask.tolist(), strict=True) if keep]
+
+
 @ray.remote
 def _select(lines: list[bytes], mask: np.ndarray) -> list[Document]:
-    return [Document.model_validate_json(line) for line, keep in zip(lines, mask.tolist(), strict=True) if keep]
+    return _selected(lines, mask)
 
 
 @ray.remote(num_cpus=0)
@@ -454,7 +459,7 @@ def _texts(lines: list[bytes], mask: np.ndarray, size: int) -> Any:
     """The texts of a file's documents in `mask`, in shards of `size` (the task's `num_returns` objects). No CPU
     reserved: the embedding actors that wait for these shards hold one CPU each, and may hold every CPU of the
     cluster (a task that needed one would then wait for them, and they for it)."""
-    texts = [Document.model_validate_json(line).text for line, keep in zip(lines, mask.tolist(), strict=True) if keep]
+    texts = [document.text for document in _selected(lines, mask)]
     shards = [texts[i : i + size] for i in range(0, len(texts), size)]
     return shards[0] if len(shards) == 1 else shards
 

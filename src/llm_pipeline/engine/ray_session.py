@@ -39,7 +39,7 @@ def resolve_address(execution: ExecutionConfig) -> str:
     return execution.ray_address or os.environ.get("RAY_ADDRESS", "").strip()
 
 
-def disk_too_full_to_spill() -> dict[str, Any] | None:
+def _disk_too_full_to_spill() -> dict[str, Any] | None:
     """For a Ray started here: Ray's own test of the disk under its folder (free space against the whole disk, over
     `RAY_local_fs_capacity_threshold`, 0.95 by default), which it applies before spilling objects. Past it, a stage
     whose objects outgrow the object store fails with OutOfDiskError, or (seen here once, with objects already
@@ -91,7 +91,7 @@ def ray_session(execution: ExecutionConfig) -> Iterator[str]:
         # a Ray of our own: this machine's CPUs (or execution.ray_num_cpus), no dashboard, nothing left behind
         options.update(num_cpus=execution.ray_num_cpus, include_dashboard=False)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        disk = disk_too_full_to_spill()
+        disk = _disk_too_full_to_spill()
         if disk is not None:
             log.warning("ray_disk_full", **disk, consequence="objects that outgrow the object store cannot be "
                         "spilled: the stage fails or stalls; free disk space or set RAY_TMPDIR")  # fmt: skip
