@@ -57,6 +57,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def published_port() -> int:
+    """A free port for Docker to publish minutes later (after `make up` builds the image): below the kernel's
+    ephemeral range, which `free_port` draws from and every outgoing connection and Ray's own servers take ports
+    from meanwhile (a Ray test on the other pytest worker once took the stack's port before Docker bound it:
+    "address already in use"), and above Ray's worker ports (10002-19999)."""
+    import random
+
+    try:
+        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768
+    for port in random.sample(range(20000, max(20001, first_ephemeral)), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 def wait_for_http(url: str, timeout: float = 90.0, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, require_docker
+from tests.conftest import published_port, require_docker
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "llm-pipeline-e2e"
@@ -132,7 +132,7 @@ HF_TOKEN = "hf_" + secrets.token_hex(17)
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     require_docker()
-    port, outputs_port = free_port(), free_port()
+    port, outputs_port = published_port(), published_port()
     env_file = tmp_path_factory.mktemp("stack") / "stack.env"
     auth = f"admin:{secrets.token_urlsafe(16)}"
     env_file.write_text(

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import published_port, wait_until
 from tests.stack import ROOT, make, set_env
 from tests.test_autoscaling_stack import AUTOSCALING, FINAL, QUEUE_PIPELINES
 
@@ -54,7 +54,7 @@ def swarm(stack, tmp_path_factory) -> Iterator[dict[str, Any]]:
     if joined_here:
         init = docker("swarm", "init", "--advertise-addr", "127.0.0.1")
         assert init.returncode == 0, init.stderr
-    port, outputs = free_port(), free_port()
+    port, outputs = published_port(), published_port()
     env_file = tmp_path_factory.mktemp("swarm") / "swarm.env"
     env_file.write_text(Path(stack["env"]["ENV_FILE"]).read_text())
     set_env(
