@@ -14,20 +14,17 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, TypeVar
-
-import httpx
+from typing import Any
 
 # Importing this module runs flows/__init__.py first, which points Prefect's run logs at the library's logger.
 from prefect import Task, flow, get_client, task
 from prefect.cache_policies import TASK_SOURCE, Inputs
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment, flow_run
 
 from flows import artifacts
+from flows.outage import held_slot, through_outage
 from flows.retries import task_retry_options
 from llm_pipeline.config import PipelineConfig, load_config
 from llm_pipeline.errors import PipelineError, TransientError
@@ -58,9 +55,6 @@ STAGE_FLOW = "run-stage"
 GPU_SLOTS = "gpu-slots"
 GPU_SLOT_LEASE_S = 60
 HAND_OFF_POLL_S = 2
-API_OUTAGE_S = 600  # how long a hand-off rides out an unreachable API before the stage fails
-
-T = TypeVar("T")
 
 # The key is `key` (the stage's name, the config sections it reads, its inputs' fingerprints, the code version)
 # and the task's source: the declaration object, the whole config, the run folder and run id are left out.
@@ -109,29 +103,13 @@ def _stage_result_file(run_dir: Path, stage: Stage) -> Path:
     return run_dir / f"{stage.name}.stage.json"
 
 
-def _through_outage(call: Callable[[], T], what: str) -> T:
-    """`call`, retried while the API is unreachable or answers 5xx (a server restart, its database restarting), for
-    up to API_OUTAGE_S. The client's own retries give up after seconds; a restart of the stack's API takes longer,
-    and a hand-off that gave up failed a run whose child went on to complete."""
-    deadline = time.monotonic() + API_OUTAGE_S
-    while True:
-        try:
-            return call()
-        except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-            server_side = not isinstance(exc, httpx.HTTPStatusError) or exc.response.status_code >= 500
-            if not server_side or time.monotonic() >= deadline:
-                raise
-            log.warning("api_unreachable", action=what, error=f"{type(exc).__name__}: {exc}"[:200], retry_s=5)
-            time.sleep(5)
-
-
 def _hand_off(deployment_name: str, parameters: dict[str, Any], result_file: str) -> StageResult:
     """Run the stage as its deployment on its pool; its result comes back as a file on the shared volume."""
     from prefect.deployments import run_deployment
 
     log.info("stage_handed_off", deployment=deployment_name)
     key = uuid.uuid4().hex  # a creation retried through an API outage finds the run it made, never a second one
-    child = _through_outage(
+    child = through_outage(
         lambda: run_deployment(deployment_name, parameters=parameters, timeout=0, idempotency_key=key),
         "create the stage's run",
     )
@@ -139,7 +117,7 @@ def _hand_off(deployment_name: str, parameters: dict[str, Any], result_file: str
     with get_client(sync_client=True) as client:
         while not (child.state is not None and child.state.is_final()):
             time.sleep(HAND_OFF_POLL_S)
-            child = _through_outage(lambda: client.read_flow_run(child_id), f"follow flow run {child_id}")
+            child = through_outage(lambda: client.read_flow_run(child_id), f"follow flow run {child_id}")
     state = child.state
     if state is not None and state.is_crashed():
         # its worker died (or its heartbeats stopped): the stage's retry (TransientError's row) submits it again
@@ -267,11 +245,10 @@ def stage_flow(
 
 def _run_stage_flow(declared: Stage, config: PipelineConfig, folder: Path, run_id: str, group: str, stage: str) -> str:
     prefix = artifacts.artifact_key(deployment.get_name() or stage, config.name)
-    # a 60 s lease (the API's minimum), renewed while the stage runs: a killed gpu-worker's slot is repossessed a
-    # minute after its last renewal, before the zombie automation has crashed the run, so the retry is not blocked
-    slot = (
-        concurrency(GPU_SLOTS, occupy=1, lease_duration=GPU_SLOT_LEASE_S) if declared.pool == "gpu" else nullcontext()
-    )
+    # a 60 s lease (the API's minimum), renewed while the stage runs (through an API restart too: flows/outage.py):
+    # a killed gpu-worker's slot is repossessed a minute after its last renewal, before the zombie automation has
+    # crashed the run, so the retry is not blocked
+    slot = held_slot(GPU_SLOTS, lease_s=GPU_SLOT_LEASE_S) if declared.pool == "gpu" else nullcontext()
     with slot, _progress(prefix, declared):
         result = run_inline(declared, config, folder, run_id, group, read_manifest(folder), code_version())
     artifacts.stage_summary(prefix, result, config.output_path)

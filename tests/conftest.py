@@ -106,9 +106,15 @@ def wait_until(condition: Any, timeout: float, what: str) -> Any:
 class PrefectServer:
     """A real `prefect server start` process with its own home and database."""
 
-    def __init__(self, home: Path, database_url: str | None = None, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        home: Path,
+        database_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        port: int | None = None,
+    ):
         self.home = home
-        self.port = free_port()
+        self.port = port or free_port()  # a port given: the same server started again, as a restart
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         env = {
             **os.environ,
@@ -121,7 +127,7 @@ class PrefectServer:
         env.pop("PREFECT_API_URL", None)
         if database_url:
             env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
-        self.log = (home / "server.log").open("w")
+        self.log = (home / "server.log").open("a")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
             env=env,

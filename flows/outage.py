@@ -1,0 +1,131 @@
+"""Calls to the Prefect API that ride out its restarts.
+
+The client's own retries give up after seconds; a restart of the stack's API (or of its database) takes longer.
+Two places cannot afford to give up: a pipeline following its hand-off to a GPU-pool stage (a hand-off that gave up
+failed a run whose child went on to complete), and a GPU-pool stage holding its `gpu-slots` slot. Prefect's
+`concurrency()` fails the stage on the first unreachable request while it acquires ("Unable to acquire concurrency
+slots", seen when the API restarted as a stage began), and its lease renewal stops after three tries, after which
+the lease lapses and a second GPU stage is let onto the GPU while the first still runs. `held_slot` keeps the same
+lease protocol (acquire with a lease, renew, release) through an outage.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+from uuid import UUID
+
+import httpx
+from prefect import get_client
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
+
+from llm_pipeline.logging import get_logger
+
+log = get_logger("flow")
+
+API_OUTAGE_S = 600  # how long a call rides out an unreachable API before it gives up
+OUTAGE_RETRY_S = 5
+
+T = TypeVar("T")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The API unreachable or failing on its side (5xx), not a refusal: a transport error or a 5xx answer."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500
+
+
+def through_outage(call: Callable[[], T], what: str, outage_s: float = API_OUTAGE_S) -> T:
+    """`call`, tried again every OUTAGE_RETRY_S while the API is out, for up to `outage_s`."""
+    deadline = time.monotonic() + outage_s
+    while True:
+        try:
+            return call()
+        except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+            if not is_outage(exc) or time.monotonic() >= deadline:
+                raise
+            log.warning("api_unreachable", action=what, error=f"{type(exc).__name__}: {exc}"[:200], retry_s=5)
+            time.sleep(OUTAGE_RETRY_S)
+
+
+@contextmanager
+def held_slot(name: str, lease_s: float, outage_s: float = API_OUTAGE_S) -> Iterator[None]:
+    """One slot of the global concurrency limit `name`, held while the block runs (nothing held where the limit does
+    not exist: embedded mode, a stack without GPU slots). Waits as long as the slot is taken; rides out an API
+    outage of up to `outage_s` while acquiring, and renews its lease through one. A lease that lapsed anyway (an
+    outage longer than the lease, its store lost) is logged, not fatal: the stage's work is not thrown away."""
+    with get_client(sync_client=True) as client:
+        lease = _acquire(client, name, lease_s, outage_s)
+        if lease is None:
+            yield
+            return
+        stop = threading.Event()
+        keeper = threading.Thread(target=_keep, args=(name, lease, lease_s, stop), name=f"{name}-lease", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            keeper.join()
+            try:
+                client.release_concurrency_slots_with_lease(lease)
+            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                # nothing renews it any more: it lapses within the lease, and a retry here would hold the stage's
+                # result back from the pipeline for the length of the outage
+                log.warning("slot_release_failed", limit=name, lapses_in_s=lease_s, error=f"{type(exc).__name__}")
+
+
+def _acquire(client: SyncPrefectClient, name: str, lease_s: float, outage_s: float) -> UUID | None:
+    deadline = time.monotonic() + outage_s
+    waited = False
+    while True:
+        try:
+            response = client.increment_concurrency_slots_with_lease(
+                names=[name], slots=1, mode="concurrency", lease_duration=lease_s
+            )
+        except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 423:
+                # taken: wait as long as it takes, as Prefect's concurrency() does
+                if not waited:
+                    log.info("slot_waiting", limit=name)
+                    waited = True
+                time.sleep(float(exc.response.headers.get("Retry-After", OUTAGE_RETRY_S)))
+                deadline = time.monotonic() + outage_s  # the outage budget counts from the API's last answer
+                continue
+            if not is_outage(exc) or time.monotonic() >= deadline:
+                raise
+            log.warning("api_unreachable", action=f"acquire a {name} slot", error=type(exc).__name__, retry_s=5)
+            time.sleep(OUTAGE_RETRY_S)
+            continue
+        held = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
+        if not held.limits:  # no such limit: the server made an empty lease; hand it back and hold nothing
+            client.release_concurrency_slots_with_lease(held.lease_id)
+            return None
+        log.info("slot_acquired", limit=name, lease_s=lease_s)
+        return held.lease_id
+
+
+def _keep(name: str, lease: UUID, lease_s: float, stop: threading.Event) -> None:
+    """Renew the lease every third of its length; through an outage, every OUTAGE_RETRY_S until the API answers."""
+    with get_client(sync_client=True) as client:
+        while not stop.wait(lease_s / 3):
+            while not stop.is_set():
+                try:
+                    client.renew_concurrency_lease(lease_id=lease, lease_duration=lease_s)
+                    break
+                except httpx.HTTPStatusError as exc:
+                    if exc.response.status_code in (404, 410):
+                        log.error("slot_lease_lapsed", limit=name, lease=str(lease))
+                        return
+                    if not is_outage(exc):
+                        log.error("slot_renewal_refused", limit=name, status=exc.response.status_code)
+                        return
+                except httpx.TransportError:
+                    pass
+                log.warning("api_unreachable", action=f"renew the {name} lease", retry_s=OUTAGE_RETRY_S)
+                stop.wait(OUTAGE_RETRY_S)

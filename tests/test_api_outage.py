@@ -1,0 +1,173 @@
+"""A GPU stage's `gpu-slots` slot through a restart of the Prefect API: a real server (its leases in a real Redis,
+as the stack keeps them) is stopped and started again on the same port while a separate process waits for the slot,
+and again while it holds it. Prefect's own `concurrency()` failed the stage in the first case ("Unable to acquire
+concurrency slots", CI's chaos run) and stops renewing in the second, so the slot lapsed to the next GPU stage while
+the first still ran."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from tests.conftest import PrefectServer, prefect_api, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMIT = "gpu-slots"
+LEASE_S = 60  # the API's minimum, the stage's own (flows/pipeline.py GPU_SLOT_LEASE_S)
+REPOSSESS_S = 5  # how often this server expires lapsed leases (the default is 15 s)
+pytestmark = pytest.mark.slow
+
+HOLDER = """
+import sys
+from flows.outage import held_slot
+with held_slot(sys.argv[1], lease_s=float(sys.argv[2])):
+    print("HELD", flush=True)
+    sys.stdin.readline()
+print("RELEASED", flush=True)
+"""
+
+
+class Output:
+    """A child process's merged output, read as it comes, for waits on what it says."""
+
+    def __init__(self, process: subprocess.Popen[str]):
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._reader.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append(line.rstrip())
+
+    def count(self, *words: str) -> int:
+        return sum(all(w in line for w in words) for line in self.lines)
+
+    def said(self, *words: str) -> bool:
+        return self.count(*words) > 0
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines[-40:])
+
+
+class RestartableServer:
+    def __init__(self, home: Path, redis_url: str):
+        redis = urlparse(redis_url)
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+            "PREFECT_REDIS_MESSAGING_HOST": redis.hostname or "127.0.0.1",
+            "PREFECT_REDIS_MESSAGING_PORT": str(redis.port),
+            "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": str(REPOSSESS_S),
+        }
+        self.server = PrefectServer(home, extra_env=self.env)
+        self.api_url = self.server.api_url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server = PrefectServer(self.home, extra_env=self.env, port=self.server.port)
+
+
+@pytest.fixture
+def api(tmp_path: Path, redis_url: str) -> Iterator[RestartableServer]:
+    server = RestartableServer(tmp_path / "home", redis_url)
+    with prefect_api(server.api_url):
+        from prefect import get_client
+        from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+        with get_client(sync_client=True) as client:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=LIMIT, limit=1))
+        yield server
+    server.stop()
+
+
+def take_slot(lease_s: float) -> Any:
+    """The slot taken by this test (another GPU stage), or None while it is held elsewhere."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            response = client.increment_concurrency_slots_with_lease(
+                names=[LIMIT], slots=1, mode="concurrency", lease_duration=lease_s
+            )
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 423:
+                return None
+            raise
+        return response.json()["lease_id"]
+
+
+def release(lease: Any) -> None:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        client.release_concurrency_slots_with_lease(lease)
+
+
+def test_a_gpu_slot_is_acquired_and_kept_through_api_restarts(api: RestartableServer, tmp_path: Path) -> None:
+    other = take_slot(600)
+    assert other is not None
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": api.api_url,
+        # the client's own retries (2+4+8+16+32 s by default) would outlast this short outage on their own: one
+        # retry, so the restart here is as long, to the client, as a minute's restart of the stack's API
+        "PREFECT_CLIENT_MAX_RETRIES": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, LIMIT, str(LEASE_S)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = Output(holder)
+    try:
+        wait_until(lambda: out.said("slot_waiting"), 120, f"the holder to wait for the taken slot:\n{out}")
+
+        # 1. the API restarts while the stage waits for its slot
+        api.stop()
+        wait_until(lambda: out.said("api_unreachable", "acquire"), 60, f"the holder to meet the outage:\n{out}")
+        assert holder.poll() is None, f"the holder gave up on the outage:\n{out}"
+        api.start()
+        release(other)
+        wait_until(lambda: out.said("HELD"), 120, f"the holder to get the slot after the restart:\n{out}")
+        assert take_slot(LEASE_S) is None, "the slot the holder got is not held"
+
+        # 2. the API restarts while the stage holds its slot, past the point where Prefect's renewal gives up
+        api.stop()
+        wait_until(lambda: out.count("api_unreachable", "renew") >= 3, 90, f"renewals through the outage:\n{out}")
+        outage_ended = time.monotonic()
+        api.start()
+        # a lease not renewed since before the outage has lapsed by now, and been repossessed
+        time.sleep(max(0.0, outage_ended + LEASE_S + 2 * REPOSSESS_S - time.monotonic()))
+        assert holder.poll() is None, f"the holder died:\n{out}"
+        assert not out.said("slot_lease_lapsed"), str(out)
+        assert take_slot(LEASE_S) is None, f"the slot lapsed while its holder ran:\n{out}"
+
+        # 3. the stage ends: the slot is free at once, not when a lease runs out
+        assert holder.stdin is not None
+        holder.stdin.write("done\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=60) == 0, str(out)
+        assert out.said("RELEASED")
+        assert take_slot(LEASE_S) is not None, "the holder's slot was not released"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
