@@ -137,11 +137,15 @@ def containers(env: dict[str, str], service: str) -> list[str]:
     return compose(env, "ps", "-q", service).stdout.split()
 
 
+def logs(container: str) -> str:
+    done = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
+    return done.stdout + done.stderr
+
+
 def container_running(env: dict[str, str], service: str, run_id: str) -> str | None:
     """The container of `service` whose worker took the flow run (its log names the run)."""
     for container in containers(env, service):
-        logs = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
-        if run_id in logs.stdout + logs.stderr:
+        if run_id in logs(container):
             return container
     return None
 
@@ -201,17 +205,13 @@ def figures(case: str, **measured: Any) -> None:
     print(f"\nCHAOS {case}: " + ", ".join(f"{k}={v}" for k, v in measured.items()))
 
 
-def pause(container: str, timeout: float = 30.0) -> None:
-    """`docker pause`, tried again while the cgroup freezer cannot freeze the container yet ("OCI runtime pause
-    failed: unable to freeze": one of its processes in uninterruptible I/O; seen once under the two-worker suite)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done = subprocess.run(["docker", "pause", container], capture_output=True, text=True, check=False)
-        if done.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"docker pause {container[:12]} failed for {timeout:.0f}s: {done.stderr.strip()}")
-        time.sleep(1)
+def drain(container: str) -> None:
+    """SIGTERM the worker's main process from the host, not through Docker (whose restart policy then brings it back
+    once it exits): it takes no more flow runs and finishes those it holds (workers/serve.py)."""
+    pid = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.Pid}}", container], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    os.kill(int(pid), signal.SIGTERM)
 
 
 # --- the cases -----------------------------------------------------------------------------------------------
@@ -227,14 +227,11 @@ def test_a_cpu_worker_killed_mid_qa_resends_nothing_and_spares_the_other_worker(
             bystander = api.create("llm-pipeline/general-pipeline", fresh())
             api.wait_state(bystander["id"], ("RUNNING",), 300, "the bystander to run")
             spared = wait_until(lambda: container_running(env, "cpu-worker", bystander["id"]), 60, "its worker")
-            pause(spared)  # so the victim goes to the other worker
-            try:
-                victim = api.create(TEST_PIPELINE, fresh(data={"limit": 120}, qa=qa))
-                # unpaused as soon as the other worker has claimed it: a worker frozen past the zombie window
-                # (90 s) would rightly have its own run declared Crashed, which is not what this case is about
-                api.wait_state(victim["id"], ("PENDING", "RUNNING"), 60, "the other worker to claim the victim")
-            finally:
-                subprocess.run(["docker", "unpause", spared], check=True)
+            # drained so the victim goes to the other worker, while the bystander runs on untouched (a `docker
+            # pause` here froze the bystander too: CI once saw it declared Crashed after the thaw)
+            drain(spared)
+            wait_until(lambda: "draining" in logs(spared), 30, "the bystander's worker to drain")
+            victim = api.create(TEST_PIPELINE, fresh(data={"limit": 120}, qa=qa))
             api.wait_state(victim["id"], ("RUNNING",), 300, "the victim to run")
             doomed = wait_until(lambda: container_running(env, "cpu-worker", victim["id"]), 60, "its worker")
             assert doomed != spared
