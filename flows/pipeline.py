@@ -14,20 +14,26 @@ import json
 import os
 import time
 import uuid
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 # Importing this module runs flows/__init__.py first, which points Prefect's run logs at the library's logger.
 from prefect import Task, flow, get_client, task
 from prefect.cache_policies import TASK_SOURCE, Inputs
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.runtime import deployment, flow_run
+from prefect.states import Cancelling
+from prefect.utilities.timeout import timeout
 
 from flows import artifacts
 from flows.outage import held_slot, through_outage
 from flows.retries import task_retry_options
 from llm_pipeline.config import PipelineConfig, load_config
-from llm_pipeline.errors import PipelineError, TransientError
+from llm_pipeline.errors import PipelineError, RunTimedOut, TransientError
 from llm_pipeline.io import write_json
 from llm_pipeline.logging import bound, configure_logging, get_logger
 from llm_pipeline.manifest import Manifest
@@ -115,9 +121,13 @@ def _hand_off(deployment_name: str, parameters: dict[str, Any], result_file: str
     )
     child_id = child.id
     with get_client(sync_client=True) as client:
-        while not (child.state is not None and child.state.is_final()):
-            time.sleep(HAND_OFF_POLL_S)
-            child = through_outage(lambda: client.read_flow_run(child_id), f"follow flow run {child_id}")
+        try:
+            while not (child.state is not None and child.state.is_final()):
+                time.sleep(HAND_OFF_POLL_S)
+                child = through_outage(lambda: client.read_flow_run(child_id), f"follow flow run {child_id}")
+        except BaseException:  # the pipeline stopped following it (execution.run_timeout): its worker stops it too
+            _cancel(client, child_id)
+            raise
     state = child.state
     if state is not None and state.is_crashed():
         # its worker died (or its heartbeats stopped): the stage's retry (TransientError's row) submits it again
@@ -128,6 +138,14 @@ def _hand_off(deployment_name: str, parameters: dict[str, Any], result_file: str
             f"deployment {deployment_name} ended {name}: {state.message if state else ''} (flow run {child.id})"
         )
     return StageResult.model_validate_json(Path(result_file).read_text())
+
+
+def _cancel(client: SyncPrefectClient, flow_run_id: UUID) -> None:
+    try:
+        client.set_flow_run_state(flow_run_id, Cancelling(message="its pipeline run stopped"), force=True)
+        log.warning("stage_run_cancelled", flow_run=str(flow_run_id))
+    except Exception as exc:  # noqa: BLE001 - the pipeline's own error is the one to report
+        log.error("stage_run_not_cancelled", flow_run=str(flow_run_id), error=f"{type(exc).__name__}: {exc}"[:200])
 
 
 def run_elsewhere(
@@ -181,17 +199,20 @@ def _run_pipeline(
     results: dict[str, StageResult] = {}
     current = PIPELINE[0].name
     try:
-        for stage in PIPELINE:
-            current = stage.name
-            manifest.record(stage.name, "running")  # a crash from here on leaves the stage it was in
-            if stage.runs_on_pool(config) and stage_flow_name:
-                result = run_elsewhere(stage, config, stage_flow_name, config_path, overrides, run_dir, run_id, group)
-            else:
-                with _progress(prefix, stage):
-                    result = run_inline(stage, config, run_dir, run_id, group, manifest.data, code)
-            results[stage.name] = result
-            manifest.record(stage.name, "cached" if result.cached else "completed", result)
-            artifacts.stage_summary(prefix, result, config.output_path)
+        with _deadline(config.execution.run_timeout, lambda: current):
+            for stage in PIPELINE:
+                current = stage.name
+                manifest.record(stage.name, "running")  # a crash from here on leaves the stage it was in
+                if stage.runs_on_pool(config) and stage_flow_name:
+                    result = run_elsewhere(
+                        stage, config, stage_flow_name, config_path, overrides, run_dir, run_id, group
+                    )
+                else:
+                    with _progress(prefix, stage):
+                        result = run_inline(stage, config, run_dir, run_id, group, manifest.data, code)
+                results[stage.name] = result
+                manifest.record(stage.name, "cached" if result.cached else "completed", result)
+                artifacts.stage_summary(prefix, result, config.output_path)
     except Exception as exc:
         try:
             manifest.record(current, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -220,6 +241,28 @@ def _run_pipeline(
         "stages": {name: r.counts for name, r in results.items()},
         "cached": [name for name, r in results.items() if r.cached],
     }
+
+
+class _PastDeadline(TimeoutError):
+    """The deadline's own timeout, told apart from a TimeoutError a stage raised."""
+
+
+@contextmanager
+def _deadline(limit: timedelta | None, stage: Callable[[], str]) -> Iterator[None]:
+    """The block stopped once `limit` has passed, with RunTimedOut naming the stage it was in. Prefect's own timeout
+    scope: in the main thread (a worker's flow-run process, `llm-pipeline run`) an alarm that interrupts a blocked
+    system call too; elsewhere an exception raised in the thread at its next Python line."""
+    if limit is None:
+        yield
+        return
+    try:
+        with timeout(limit.total_seconds(), timeout_exc_type=_PastDeadline):
+            yield
+    except _PastDeadline as exc:
+        raise RunTimedOut(
+            f"execution.run_timeout: the run was still in stage {stage()} after {limit}; stopped (not retried: a "
+            "stalled stage stalls again). Raise the limit if the run is only slow."
+        ) from exc
 
 
 @flow(name=STAGE_FLOW)

@@ -21,6 +21,19 @@ def always_fails(
     raise RuntimeError("this evaluation deployment fails on purpose")
 
 
+@flow(name="stalls")
+def stalls(
+    stage: str, config_path: str, run_dir: str, run_id: str, overrides: dict | None = None, group: str = "local"
+) -> None:
+    """Takes the stage flow's parameters, writes its process id beside the run's outputs, and never returns: a GPU
+    stage that hangs, for the pipeline's run_timeout to stop."""
+    import os
+    from pathlib import Path
+
+    (Path(run_dir) / f"{stage}.stalled.pid").write_text(str(os.getpid()))
+    time.sleep(3600)
+
+
 @flow(name="fails-on-purpose")
 def fails_on_purpose() -> None:
     """A deployment that always fails: what the alert tests page someone about."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Worker, prefect_api
+from tests.conftest import Worker, prefect_api, wait_until
 from workers import pools
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,6 +194,47 @@ def test_a_failed_evaluation_child_fails_the_pipeline(workers) -> None:
     [final] = wait_final([run.id], timeout=600)
     assert final.state.is_failed(), final.state
     assert "always-fails/evaluate-models" in (final.state.message or "") or _task_failed(run.id, "evaluate-models")
+
+
+def test_a_pipeline_past_its_run_timeout_cancels_the_stage_it_handed_off(workers) -> None:
+    """The GPU pool's evaluation hangs (a stage flow that never returns): at execution.run_timeout the pipeline
+    fails TimedOut naming the stage, and the child run it was waiting on is cancelled and its process killed by its
+    worker, so it holds neither the GPU nor a gpu-slots slot."""
+    import psutil
+    from prefect import flow
+    from prefect.deployments import run_deployment
+
+    flow.from_source(source=str(ROOT), entrypoint="tests/orchestration_flows.py:stalls").deploy(
+        name="evaluate-models", work_pool_name=pools.GPU_POOL, work_queue_name="high", print_next_steps=False
+    )
+    run = run_deployment(
+        "llm-pipeline/test-pipeline",
+        # the stages before evaluation take well under a minute here
+        parameters={"overrides": {**SMALL, "execution": {"run_timeout": "120s"}}},
+        timeout=0,
+        job_variables={"env": {"LLM_PIPELINE_STAGE_FLOW": "stalls"}},  # its evaluate-models deployment
+    )
+    [final] = wait_final([run.id], timeout=600)
+    assert final.state.is_failed() and final.state.name == "TimedOut", final.state
+    assert "still in stage evaluate-models" in (final.state.message or ""), final.state.message
+    [run_dir] = [p for p in (workers / "test-pipeline").iterdir() if p.name.endswith(str(run.id)[:8])]
+    pid = int((run_dir / "evaluate-models.stalled.pid").read_text())
+    with client() as c:
+        [child] = [
+            r
+            for r in c.read_flow_runs()
+            if r.parent_task_run_id and r.parameters.get("run_id", "").endswith(str(run.id)[:8])
+        ]
+    [child] = wait_final([child.id], timeout=120)
+    assert child.state.is_cancelled(), child.state
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(gone, 60, "the stalled stage's process to be killed")
 
 
 def _task_failed(flow_run_id: Any, name: str) -> bool:

@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from llm_pipeline.errors import ConfigError
+from llm_pipeline.health import parse_window
 from llm_pipeline.plugins import import_plugins
 from llm_pipeline.records import Difficulty
 
@@ -576,7 +578,8 @@ class StageRetryDelays(RetryDelays):
 
 
 class ExecutionConfig(Section):
-    """Where the heavy work of a stage runs. Not part of any cache key: both engines give the same outputs."""
+    """Where the heavy work of a stage runs, and how long a run may take. Not part of any cache key: both engines
+    give the same outputs."""
 
     engine: Literal["local", "ray"] = Field(
         "local",
@@ -618,6 +621,26 @@ class ExecutionConfig(Section):
         description="Actors that generate with the `local` QA backend on Ray, each with the model loaded once; None: "
         "one per GPU of the cluster (none on a CPU-only cluster: the stage's process generates).",
     )
+
+    run_timeout: timedelta | None = Field(
+        timedelta(hours=23),
+        description="A run still going after this long is stopped and fails, naming the stage it was in (not "
+        "resubmitted: it would stall again), so a stalled run never holds the next scheduled one; 23h leaves a daily "
+        "schedule's next run free. `30m`, `6h`, `2d`, seconds; null: no limit.",
+    )
+
+    @field_validator("run_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        # 23h, 30m, 2d; ISO 8601 (PT23H, what `validate` prints) is left to pydantic
+        return parse_window(value) if isinstance(value, str) and not value.strip().startswith("P") else value
+
+    @field_validator("run_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value.total_seconds() <= 0:
+            raise ValueError("must be positive (null: no limit)")
+        return value
 
     @field_validator("ray_address")
     @classmethod

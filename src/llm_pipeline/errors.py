@@ -22,6 +22,10 @@ class DataValidationError(PipelineError):
     """Input data cannot be used at all (an unreadable file). Never retried: the data will not change."""
 
 
+class RunTimedOut(PipelineError, TimeoutError):
+    """The run passed `execution.run_timeout`. Never retried: a stage that stalled once stalls again."""
+
+
 class TransientError(PipelineError):
     """A failure that may pass on its own (network, a busy service). Retried with backoff."""
 

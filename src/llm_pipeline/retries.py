@@ -9,6 +9,7 @@
 | ModelLoadError                                    | 2     | immediate                                       |
 | ResourceExhaustedError (out of memory)            | 2     | one long delay (the caller halves its batch)    |
 | DataValidationError, ConfigError                  | 1     | never retried: the input will not change        |
+| RunTimedOut (past execution.run_timeout)          | 1     | never retried: a stalled stage stalls again     |
 | anything else                                     | 1     | a bug: retrying would only repeat it            |
 
 The tries count per class: two 429s and a timeout are 2 of 5 and 1 of 3.
@@ -31,6 +32,7 @@ from llm_pipeline.errors import (
     ModelLoadError,
     RateLimitedError,
     ResourceExhaustedError,
+    RunTimedOut,
     ServiceUnavailableError,
     TransientError,
 )
@@ -74,6 +76,7 @@ RETRY_TABLE: dict[type[BaseException], RetryRule] = {
     ResourceExhaustedError: RetryRule("resource_exhausted", 2, "long"),
     DataValidationError: RetryRule("data_validation", 1, "never"),
     ConfigError: RetryRule("config", 1, "never"),
+    RunTimedOut: RetryRule("run_timeout", 1, "never"),
 }
 MAX_TRIES = max(rule.tries for rule in RETRY_TABLE.values())
 

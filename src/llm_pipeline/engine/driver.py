@@ -44,7 +44,12 @@ def in_driver(
             child = subprocess.Popen(command, pass_fds=(write_end,))
         finally:
             os.close(write_end)
-        relay_until_exit(read_end, child)
+        try:
+            relay_until_exit(read_end, child)
+        except BaseException:  # the stage stopped while its driver ran (execution.run_timeout, a signal): not orphaned
+            child.kill()
+            child.wait()
+            raise
         if not answer.exists():
             address = describe(resolve_address(execution))
             raise RayUnavailableError(
