@@ -447,6 +447,58 @@ def test_a_ray_started_for_the_stage_warns_when_its_disk_is_too_full_to_spill(
     assert tempfile.gettempdir() in warned[0] and "free_gb" in warned[0]
 
 
+def test_a_run_stopped_by_its_run_timeout_leaves_no_ray_process_behind(prefect_server, tmp_path: Path) -> None:
+    """QA on Ray (the requests sent from the Ray driver's process, a child of the stage's) to an endpoint that never
+    answers: at execution.run_timeout `llm-pipeline run` fails naming the stage, and neither the driver nor the
+    Ray it started for the run (`ray_address` empty) outlives it. Every process of the run carries a marker in its
+    environment, so the check finds them by it, not by name."""
+    import socket
+    import uuid
+
+    import psutil
+
+    marker = uuid.uuid4().hex
+    out = tmp_path / "out"
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        settings = {
+            "output_path": str(out),
+            "dedup.method": "exact",
+            "qa.backend": "openai",
+            "qa.base_url": f"http://127.0.0.1:{hole.getsockname()[1]}/v1",
+            "qa.model_name": "stalled",
+            "qa.request_timeout_s": "3600",
+            "execution.engine": "ray",
+            "execution.ray_address": "''",  # YAML's empty string (a bare empty value is null)
+            "execution.ray_num_cpus": "1",
+            "execution.run_timeout": "90s",  # Ray's start and the load stage on Ray take well under a minute here
+        }
+        command = [sys.executable, "-m", "flows.cli", "run", "--config", str(CONFIG)]
+        for key, value in settings.items():
+            command += ["--set", f"{key}={value}"]
+        env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url, "RUN_TIMEOUT_TEST_MARK": marker}
+        env.pop("RAY_ADDRESS", None)
+        env.pop("OPENAI_API_KEY", None)
+        cli = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    said = cli.stdout + cli.stderr
+    assert cli.returncode == 1, said[-3000:]
+    assert "execution.run_timeout: the run was still in stage generate-qa-pairs" in said, said[-3000:]
+
+    def left() -> list[str]:
+        found = []
+        for process in psutil.process_iter(["pid", "name"]):
+            with contextlib.suppress(psutil.Error):
+                if process.environ().get("RUN_TIMEOUT_TEST_MARK") == marker and process.status() != "zombie":
+                    found.append(f"{process.pid} {process.name()}")
+        return found
+
+    deadline = time.monotonic() + 60  # Ray's own processes follow their driver out within seconds
+    while left() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left(), left()
+
+
 def test_the_whole_pipeline_gives_the_same_results_on_ray(ray_cluster, prefect_server, tmp_path: Path) -> None:
     """Every stage of the flow with `execution.engine: ray`: the same documents, clusters, QA pairs, benchmark and
     scores as the local engine (times aside). On Ray the QA candidates and the metrics (BERTScore included) are
