@@ -5,7 +5,8 @@ and updated in place; ours that the spec no longer lists are deleted).
     python -m flows.alerts             # against PREFECT_API_URL, targets from the environment (.env)
 
 | automation                                  | trigger                                                      |
-| llm-pipeline: flow run failed or crashed    | reactive: Failed, Crashed; one message per deployment per cooldown |
+| llm-pipeline: flow run failed or crashed    | reactive: Failed (TimedOut too), Crashed; one message per deployment |
+|                                             | per cooldown                                                 |
 | llm-pipeline: flow run running too long     | proactive: Running and no end state within ALERT_MAX_RUNNING (2 h) |
 | llm-pipeline: flow run waiting too long     | proactive: Late or Pending, not Running in ALERT_MAX_QUEUE (30 min) |
 | llm-pipeline: health threshold crossed      | reactive: the health-check flow's `llm-pipeline.health.breached` event |
@@ -45,7 +46,11 @@ HEALTH_EVENT = "llm-pipeline.health.breached"
 RESUBMITTED_EVENT = "llm-pipeline.run.resubmitted"  # flows/recovery.py emits these two (it imports them from here)
 GAVE_UP_EVENT = "llm-pipeline.run.not-resubmitted"
 
-END_STATES = ["Completed", "Failed", "Crashed", "Cancelled", "Cancelling", "Paused", "Suspended", "AwaitingRetry"]
+# TimedOut is a Failed-type state with a name (and an event) of its own: a run past execution.run_timeout
+END_STATES = [
+    *("Completed", "Failed", "TimedOut", "Crashed", "Cancelled", "Cancelling"),
+    *("Paused", "Suspended", "AwaitingRetry"),
+]
 
 
 class AlertSettings(BaseSettings):
@@ -200,7 +205,7 @@ def automation_specs(settings: AlertSettings) -> list[dict[str, Any]]:
             "trigger": {
                 "posture": "Reactive",
                 "match": flow_run,
-                "expect": ["prefect.flow-run.Failed", "prefect.flow-run.Crashed"],
+                "expect": ["prefect.flow-run.Failed", "prefect.flow-run.TimedOut", "prefect.flow-run.Crashed"],
                 "for_each": ["related:deployment:prefect.resource.id"],
                 "threshold": 1,
                 "within": settings.cooldown,

@@ -37,7 +37,9 @@ log = get_logger("recovery")
 RECOVERY_FLOW = "resubmit-crashed"
 RECOVERY_DEPLOYMENT = f"{RECOVERY_FLOW}/{RECOVERY_FLOW}"
 ORIGIN_TAG, ATTEMPT_TAG, FROM_TAG = "recovery-origin:", "recovery-attempt:", "resubmitted-from:"
-TERMINAL = ["Completed", "Failed", "Crashed", "Cancelled"]
+# TimedOut: a Failed-type state with a name and an event of its own (a flow past its timeout, execution.run_timeout):
+# an end, not a silence (Prefect refuses the zombie rule's Crashed from a final state anyway)
+TERMINAL = ["Completed", "Failed", "TimedOut", "Crashed", "Cancelled"]
 
 
 class RecoverySettings(BaseSettings):

@@ -34,6 +34,13 @@ def stalls(
     time.sleep(3600)
 
 
+@flow(name="times-out", timeout_seconds=5)
+def times_out() -> None:
+    """Ends TimedOut (a Failed-type state with a name and an event of its own), as a run past
+    execution.run_timeout does."""
+    time.sleep(120)
+
+
 @flow(name="fails-on-purpose")
 def fails_on_purpose() -> None:
     """A deployment that always fails: what the alert tests page someone about."""

@@ -75,6 +75,9 @@ def deployed(server, hooks) -> dict[str, Any]:
     flow.from_source(source=str(ROOT), entrypoint="tests/orchestration_flows.py:sleep_once").deploy(
         name="victim", work_pool_name=POOL, concurrency_limit=limit, print_next_steps=False
     )
+    flow.from_source(source=str(ROOT), entrypoint="tests/orchestration_flows.py:times_out").deploy(
+        name="slow", work_pool_name=POOL, concurrency_limit=limit, print_next_steps=False
+    )
     flow.from_source(source=str(ROOT), entrypoint="flows/recovery.py:resubmit_crashed").deploy(
         name=RECOVERY_FLOW, work_pool_name=POOL, print_next_steps=False
     )
@@ -172,6 +175,27 @@ def test_a_resubmission_that_crashes_again_is_not_resubmitted_twice(server, depl
     assert resubmit_crashed(str(_crashed_child(deployment.id, tmp_path)), max_resubmits=1) is None
     failed_on_purpose = _failed_run(deployment.id, tmp_path)
     assert resubmit_crashed(str(failed_on_purpose), max_resubmits=1) is None  # Failed is the code's own verdict
+
+
+def test_a_run_that_timed_out_pages_and_is_neither_crashed_nor_resubmitted(
+    server, deployed, hooks, tmp_path: Path
+) -> None:
+    """A run stopped by its timeout ends `TimedOut`, a Failed-type state whose event is prefect.flow-run.TimedOut,
+    not .Failed: the failure alert listened for .Failed and .Crashed only, and never paged for one (this test
+    failed so). Past the zombie window it is still TimedOut and not resubmitted: a run that stalled would stall
+    again (the zombie rule counts TimedOut as an end; Prefect also refuses its Crashed from a final state)."""
+    from prefect.deployments import run_deployment
+
+    with Worker(server.api_url, POOL, tmp_path, env={"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}):
+        run = run_deployment("times-out/slow", timeout=0)
+        ended = wait_until(lambda: (r := _state(run.id)).state.is_final() and r, 180, "the run to time out")
+        assert ended.state.name == "TimedOut" and ended.state.is_failed(), ended.state
+        [page] = wait_until(lambda: _pages(hooks, run.id, "failed"), 60, "the failure alert")
+        assert page["state"] == "TimedOut", page
+        # past the zombie window after its last heartbeat, and the trigger's evaluation
+        time.sleep(WINDOW_S + 35)
+    assert _state(run.id).state.name == "TimedOut"
+    assert not _resubmissions(run.id)
 
 
 def _failed_run(deployment_id: Any, tmp_path: Path) -> Any:
