@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from llm_pipeline.config import DataConfig, QAConfig, RetryDelays
@@ -32,3 +36,29 @@ def qa_config(server: FakeOpenAI, **overrides: object) -> QAConfig:
     }
     settings.update(overrides)
     return QAConfig.model_validate(settings)
+
+
+def run_against_a_silent_endpoint(
+    api_url: str, settings: dict[str, str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`llm-pipeline run` on the test config, its QA sent to an endpoint that takes the connection and never answers
+    (a hung proxy: a listening socket's backlog accepts, nothing reads), a request deadline of an hour, `settings`
+    (`--set` pairs) on top. The 600 s limit stands for the hour the request would wait."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        every = {
+            "dedup.method": "exact",
+            "qa.backend": "openai",
+            "qa.base_url": f"http://127.0.0.1:{hole.getsockname()[1]}/v1",
+            "qa.model_name": "stalled",
+            "qa.request_timeout_s": "3600",
+            **settings,
+        }
+        command = [sys.executable, "-m", "flows.cli", "run", "--config", str(ROOT / "configs" / "test.yaml")]
+        for key, value in every.items():
+            command += ["--set", f"{key}={value}"]
+        environment = {**os.environ, "PREFECT_API_URL": api_url, **(env or {})}
+        for name in ("OPENAI_API_KEY", "RAY_ADDRESS"):
+            environment.pop(name, None)
+        return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environment, timeout=600)

@@ -452,35 +452,21 @@ def test_a_run_stopped_by_its_run_timeout_leaves_no_ray_process_behind(prefect_s
     answers: at execution.run_timeout `llm-pipeline run` fails naming the stage, and neither the driver nor the
     Ray it started for the run (`ray_address` empty) outlives it. Every process of the run carries a marker in its
     environment, so the check finds them by it, not by name."""
-    import socket
     import uuid
 
     import psutil
 
+    from tests.qa_support import run_against_a_silent_endpoint
+
     marker = uuid.uuid4().hex
-    out = tmp_path / "out"
-    with socket.socket() as hole:
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(64)
-        settings = {
-            "output_path": str(out),
-            "dedup.method": "exact",
-            "qa.backend": "openai",
-            "qa.base_url": f"http://127.0.0.1:{hole.getsockname()[1]}/v1",
-            "qa.model_name": "stalled",
-            "qa.request_timeout_s": "3600",
-            "execution.engine": "ray",
-            "execution.ray_address": "''",  # YAML's empty string (a bare empty value is null)
-            "execution.ray_num_cpus": "1",
-            "execution.run_timeout": "90s",  # Ray's start and the load stage on Ray take well under a minute here
-        }
-        command = [sys.executable, "-m", "flows.cli", "run", "--config", str(CONFIG)]
-        for key, value in settings.items():
-            command += ["--set", f"{key}={value}"]
-        env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url, "RUN_TIMEOUT_TEST_MARK": marker}
-        env.pop("RAY_ADDRESS", None)
-        env.pop("OPENAI_API_KEY", None)
-        cli = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    settings = {
+        "output_path": str(tmp_path / "out"),
+        "execution.engine": "ray",
+        "execution.ray_address": "''",  # YAML's empty string (a bare empty value is null): a Ray of its own
+        "execution.ray_num_cpus": "1",
+        "execution.run_timeout": "150s",  # Ray's start and the load stage on Ray: under 90 s on a slow, busy machine
+    }
+    cli = run_against_a_silent_endpoint(prefect_server.api_url, settings, {"RUN_TIMEOUT_TEST_MARK": marker})
     said = cli.stdout + cli.stderr
     assert cli.returncode == 1, said[-3000:]
     assert "execution.run_timeout: the run was still in stage generate-qa-pairs" in said, said[-3000:]
