@@ -49,7 +49,9 @@ def through_outage(call: Callable[[], T], what: str, outage_s: float = API_OUTAG
         except (httpx.TransportError, httpx.HTTPStatusError) as exc:
             if not is_outage(exc) or time.monotonic() >= deadline:
                 raise
-            log.warning("api_unreachable", action=what, error=f"{type(exc).__name__}: {exc}"[:200], retry_s=5)
+            log.warning(
+                "api_unreachable", action=what, error=f"{type(exc).__name__}: {exc}"[:200], retry_s=OUTAGE_RETRY_S
+            )
             time.sleep(OUTAGE_RETRY_S)
 
 
@@ -99,7 +101,9 @@ def _acquire(client: SyncPrefectClient, name: str, lease_s: float, outage_s: flo
                 continue
             if not is_outage(exc) or time.monotonic() >= deadline:
                 raise
-            log.warning("api_unreachable", action=f"acquire a {name} slot", error=type(exc).__name__, retry_s=5)
+            log.warning(
+                "api_unreachable", action=f"acquire a {name} slot", error=type(exc).__name__, retry_s=OUTAGE_RETRY_S
+            )
             time.sleep(OUTAGE_RETRY_S)
             continue
         held = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
