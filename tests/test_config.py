@@ -145,6 +145,18 @@ def test_cli_validate_exits_2_naming_the_field(tmp_path: Path) -> None:
     assert "dedup.similarity_threshold" in result.stderr
 
 
+def test_cli_set_with_nothing_after_the_equals_is_the_empty_string(tmp_path: Path) -> None:
+    """`--set execution.ray_address=` clears the address (the README's "empty: a Ray of its own"); it used to be
+    YAML's null and failed with "Input should be a valid string". `null` still means none."""
+    config = str(write(tmp_path, minimal(tmp_path)))
+    cleared = run_cli("validate", config, "--set", "execution.ray_address=", "--set", "execution.run_timeout=null")
+    assert cleared.returncode == 0, cleared.stderr
+    assert 'ray_address: ""' in cleared.stdout or "ray_address: ''" in cleared.stdout, cleared.stdout
+    assert "run_timeout: null" in cleared.stdout
+    refused = run_cli("validate", config, "--set", "execution.ray_num_cpus=")
+    assert refused.returncode == 2 and "execution.ray_num_cpus" in refused.stderr
+
+
 def test_cli_validate_prints_resolved_config_with_secrets_masked() -> None:
     secret = "sk-test-VERYSECRET-1234567890"
     result = run_cli(

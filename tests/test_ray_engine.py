@@ -462,7 +462,7 @@ def test_a_run_stopped_by_its_run_timeout_leaves_no_ray_process_behind(prefect_s
     settings = {
         "output_path": str(tmp_path / "out"),
         "execution.engine": "ray",
-        "execution.ray_address": "''",  # YAML's empty string (a bare empty value is null): a Ray of its own
+        "execution.ray_address": "",  # a Ray of its own for the run
         "execution.ray_num_cpus": "1",
         "execution.run_timeout": "150s",  # Ray's start and the load stage on Ray: under 90 s on a slow, busy machine
     }

@@ -33,7 +33,8 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a k
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """`qa.questions_per_doc=3` -> {"qa": {"questions_per_doc": 3}}; values are parsed as YAML scalars."""
+    """`qa.questions_per_doc=3` -> {"qa": {"questions_per_doc": 3}}; values are parsed as YAML scalars, except that
+    nothing after `=` is the empty string (as in a shell's `VAR=`), not YAML's null: write `null` for none."""
     overrides: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
@@ -43,7 +44,7 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             target = target.setdefault(part, {})
-        target[leaf] = yaml.safe_load(value)
+        target[leaf] = yaml.safe_load(value) if value.strip() else ""
     return overrides
 
 
