@@ -420,7 +420,8 @@ def test_a_run_stalled_past_its_run_timeout_stops_naming_the_stage(prefect_serve
     stages = manifest["stages"]
     assert stages["generate-qa-pairs"]["status"] == "failed"
     assert stages["generate-qa-pairs"]["error"].startswith("RunTimedOut: execution.run_timeout")
-    assert stages["load-and-deduplicate-data"]["status"] == "completed"
+    # done, or reused from an earlier test's run of the same config on this server
+    assert stages["load-and-deduplicate-data"]["status"] in ("completed", "cached")
     print(f"\nrun stopped by execution.run_timeout=60s after {took:.0f}s in all (start-up included)")
 
 
