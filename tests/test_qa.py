@@ -185,6 +185,7 @@ def test_retry_table_matches_the_spec() -> None:
         "ResourceExhaustedError": 2,
         "DataValidationError": 1,
         "ConfigError": 1,
+        "RunTimedOut": 1,  # past execution.run_timeout: a stalled stage stalls again
     }
     delays = RetryDelays(timeout_step_s=2.0, oom_delay_s=30.0)
     rate = table[RateLimitedError]
