@@ -30,10 +30,10 @@ import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from llm_pipeline.health import parse_window
+from llm_pipeline.health import Window
 
 if TYPE_CHECKING:
     from flows.recovery import RecoverySettings
@@ -67,14 +67,9 @@ class AlertSettings(BaseSettings):
     smtp_password: SecretStr | None = None
     email_from: str | None = None
     email_to: str | None = Field(default=None, description="comma-separated recipients")
-    cooldown: timedelta = timedelta(minutes=15)
-    max_running: timedelta = timedelta(hours=2)
-    max_queue: timedelta = timedelta(minutes=30)
-
-    @field_validator("cooldown", "max_running", "max_queue", mode="before")
-    @classmethod
-    def _window(cls, value: Any) -> Any:
-        return parse_window(value) if isinstance(value, str) else value  # 30m, 2h, 7d; a bare number is seconds
+    cooldown: Window = timedelta(minutes=15)  # 30m, 2h, 7d; a bare number is seconds
+    max_running: Window = timedelta(hours=2)
+    max_queue: Window = timedelta(minutes=30)
 
     @model_validator(mode="after")
     def _email_is_complete(self) -> AlertSettings:

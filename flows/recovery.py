@@ -28,7 +28,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flows.alerts import GAVE_UP_EVENT, RESUBMITTED_EVENT
-from llm_pipeline.health import parse_window
+from llm_pipeline.health import Window
 from llm_pipeline.logging import get_logger
 from llm_pipeline.manifest import mark_crashed
 
@@ -45,13 +45,8 @@ TERMINAL = ["Completed", "Failed", "TimedOut", "Crashed", "Cancelled"]
 class RecoverySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECOVERY_", extra="ignore", env_ignore_empty=True)
 
-    heartbeat_window: timedelta = Field(timedelta(seconds=90), description="no heartbeat this long: Crashed")
+    heartbeat_window: Window = Field(timedelta(seconds=90), description="no heartbeat this long: Crashed")
     max_resubmits: int = Field(1, ge=0, description="resubmissions per original run (0: never)")
-
-    @field_validator("heartbeat_window", mode="before")
-    @classmethod
-    def _window(cls, value: Any) -> Any:
-        return parse_window(value) if isinstance(value, str) else value
 
     @field_validator("heartbeat_window")
     @classmethod

@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from llm_pipeline.errors import ConfigError
-from llm_pipeline.health import parse_window
+from llm_pipeline.health import Window
 from llm_pipeline.plugins import import_plugins
 from llm_pipeline.records import Difficulty
 
@@ -622,18 +622,12 @@ class ExecutionConfig(Section):
         "one per GPU of the cluster (none on a CPU-only cluster: the stage's process generates).",
     )
 
-    run_timeout: timedelta | None = Field(
+    run_timeout: Window | None = Field(
         timedelta(hours=23),
         description="A run still going after this long is stopped and fails, naming the stage it was in (not "
         "resubmitted: it would stall again), so a stalled run never holds the next scheduled one; 23h leaves a daily "
         "schedule's next run free. `30m`, `6h`, `2d`, seconds; null: no limit.",
     )
-
-    @field_validator("run_timeout", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> Any:
-        # 23h, 30m, 2d; ISO 8601 (PT23H, what `validate` prints) is left to pydantic
-        return parse_window(value) if isinstance(value, str) and not value.strip().startswith("P") else value
 
     @field_validator("run_timeout")
     @classmethod

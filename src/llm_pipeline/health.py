@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from statistics import mean
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 from llm_pipeline.resources import combine_usage
 
@@ -75,6 +77,15 @@ def parse_window(text: str) -> timedelta:
     if len(text) < 2 or text[-1] not in units or not text[:-1].replace(".", "", 1).isdigit():
         raise ValueError(f"a window is a number and a unit (d, h, m, s), e.g. 7d; got {text!r}")
     return timedelta(**{units[text[-1]]: float(text[:-1])})
+
+
+def _window_or_given(value: Any) -> Any:
+    """Before a settings field's own validation: a window written `7d`, `24h`, `90m`, `30s` or a bare number is
+    parsed here; ISO 8601 (`PT23H`, what pydantic prints and `validate` shows) and non-strings go on to pydantic."""
+    return parse_window(value) if isinstance(value, str) and not value.strip().startswith("P") else value
+
+
+Window = Annotated[timedelta, BeforeValidator(_window_or_given)]
 
 
 def deployment_health(runs: list[RunRecord], now: datetime, thresholds: Thresholds) -> list[DeploymentHealth]:
