@@ -398,7 +398,7 @@ def test_a_folder_of_jsonl_files_loads_like_the_one_file_and_a_folder_of_nothing
     config.write_text((ROOT / "configs/test.yaml").read_text())
     cli = run_cli("run", "--config", str(config), "--set", f"data.path={empty}", "--set", f"output_path={out}")
     assert cli.returncode != 0, cli.stdout[-2000:]
-    assert "data.min_documents: 0 documents loaded" in cli.stdout + cli.stderr
+    assert "data.min_documents: 0 documents loaded" in cli.stdout + cli.stderr, (cli.stdout + cli.stderr)[-3000:]
 
 
 def test_a_run_stalled_past_its_run_timeout_stops_naming_the_stage(prefect_server, tmp_path: Path) -> None:
