@@ -21,10 +21,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from flows.pipeline import GPU_SLOTS  # the global limit the pipeline's GPU stages hold a slot of
+
 CPU_POOL = "llm-pipeline-pool"
 GPU_POOL = "llm-pipeline-gpu-pool"
 DOCKER_POOL = "llm-pipeline-docker-pool"
-GPU_SLOTS = "gpu-slots"
 IMAGE = os.environ.get("LLM_PIPELINE_IMAGE", "llm-pipeline:cpu")
 COMPOSE_PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "llm-pipeline")
 HEARTBEAT_SECONDS = os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
