@@ -11,8 +11,10 @@ Workers send a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (the co
 minimum), so the default window is three missed beats. A run marked Crashed frees its deployment's concurrency
 slot, and the crash alert (flows/alerts.py) pages as for any Crashed run. A Failed run is never resubmitted: a
 failure is the code's own verdict; nor is a child run (a GPU-pool stage), which its parent's stage retry submits
-again. The resubmitted run carries tags naming the crashed one; it resumes from the
-stage cache and the QA journal, so completed stages are not recomputed and completed requests not paid again.
+again. A crashed pipeline's stage runs still going are cancelled (their workers stop them): nothing waits for
+their result, and one that stalled would hold the GPU from the resubmission. The resubmitted run carries tags
+naming the crashed one; it resumes from the stage cache and the QA journal, so completed stages are not recomputed
+and completed requests not paid again.
 The crashed run's manifest ends "crashed", naming the stage it was in.
 """
 
@@ -148,6 +150,7 @@ def resubmit_crashed(flow_run_id: str, max_resubmits: int = 1) -> str | None:
         if crashed.parent_task_run_id is not None:  # a GPU-pool stage's child: its parent's hand-off retries it
             log.info("not_resubmitted", flow_run=crashed.name, reason="a child run: its parent's stage retries it")
             return None
+        orphans = cancel_orphaned_stages(client, crashed.id)
         marked = mark_crashed(_output_root(), str(crashed.id)[:8], crashed.state.message or "crashed")
         origin = _tag_value(crashed.tags, ORIGIN_TAG) or str(crashed.id)
         attempt = int(_tag_value(crashed.tags, ATTEMPT_TAG) or 0)
@@ -160,6 +163,7 @@ def resubmit_crashed(flow_run_id: str, max_resubmits: int = 1) -> str | None:
             "reason": crashed.state.message or "",
             "original_id": origin,
             "attempt": attempt + 1,
+            "cancelled_stage_runs": orphans,
         }
         if attempt >= max_resubmits:
             log.warning("not_resubmitted", flow_run=crashed.name, origin=origin, reason=f"{attempt} resubmits done")
@@ -187,9 +191,35 @@ def resubmit_crashed(flow_run_id: str, max_resubmits: int = 1) -> str | None:
         crashed=crashed.name,
         resubmitted_as=resubmitted.name,
         attempt=attempt + 1,
+        cancelled_stage_runs=orphans,
         manifest=str(marked) if marked else None,
     )
     return str(resubmitted.id)
+
+
+def cancel_orphaned_stages(client: Any, crashed_id: Any) -> list[str]:
+    """Cancel the stage runs a crashed pipeline handed off and that are still going (a GPU-pool stage): nobody waits
+    for their result any more, and a stalled one would keep the GPU and its `gpu-slots` slot from the resubmission's
+    own stage for good. Prefect cancels the children of a Cancelled run, not of a Crashed one; their workers kill
+    them as for any cancellation. Returns the cancelled runs' names."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, FlowRunFilterState
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelling
+
+    going = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+    children = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[crashed_id]),
+            state=FlowRunFilterState(type={"any_": going}),
+        )
+    )
+    cancelled = []
+    for child in children:
+        message = f"its pipeline run {crashed_id} crashed: nothing waits for this stage's result"
+        client.set_flow_run_state(child.id, Cancelling(message=message), force=True)
+        log.warning("orphaned_stage_cancelled", flow_run=child.name, flow_run_id=str(child.id), parent=str(crashed_id))
+        cancelled.append(child.name)
+    return cancelled
 
 
 def _emit(event: str, crashed_id: Any, resubmitted_id: Any, payload: dict[str, Any]) -> None:

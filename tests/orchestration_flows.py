@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from prefect import flow
+from prefect import flow, task
 
 
 @flow(name="sleeper")
@@ -59,3 +59,25 @@ def sleep_once(marker: str, seconds: float = 120.0) -> str:
     path.write_text(str(os.getpid()))
     time.sleep(seconds)
     return "first"
+
+
+@flow(name="hands-off-once")
+def hands_off_once(marker: str, child: str, child_marker: str, seconds: float = 600.0) -> str:
+    """As sleep_once, but the first run hands a stage off as the pipeline does (run_deployment from a task: a child
+    run on another pool, `child` = sleep-once's deployment) and waits for it; later runs return at once."""
+    import os
+    from pathlib import Path
+
+    path = Path(marker)
+    if path.exists():
+        return "second"
+    path.write_text(str(os.getpid()))
+    _follow_a_child(child, child_marker, seconds)
+    return "first"
+
+
+@task
+def _follow_a_child(deployment: str, marker: str, seconds: float) -> None:
+    from prefect.deployments import run_deployment
+
+    run_deployment(deployment, parameters={"marker": marker, "seconds": seconds}, timeout=None)

@@ -24,6 +24,7 @@ from tests.fakes.receivers import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "recovery-test-pool"
+CHILD_POOL = "recovery-test-child-pool"  # the GPU pool's part: a stage handed off by a run on POOL
 WINDOW_S = 55  # the zombie window in this test; heartbeats every 30 s (Prefect's minimum)
 pytestmark = pytest.mark.slow
 
@@ -70,10 +71,17 @@ def deployed(server, hooks) -> dict[str, Any]:
     from workers.pools import process_job_template
 
     with _client() as client:
-        client.create_work_pool(WorkPoolCreate(name=POOL, type="process", base_job_template=process_job_template()))
+        for pool in (POOL, CHILD_POOL):
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=process_job_template()))
     limit = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)  # as in production
     flow.from_source(source=str(ROOT), entrypoint="tests/orchestration_flows.py:sleep_once").deploy(
         name="victim", work_pool_name=POOL, concurrency_limit=limit, print_next_steps=False
+    )
+    flow.from_source(source=str(ROOT), entrypoint="tests/orchestration_flows.py:hands_off_once").deploy(
+        name="victim", work_pool_name=POOL, concurrency_limit=limit, print_next_steps=False
+    )
+    flow.from_source(source=str(ROOT), entrypoint="tests/orchestration_flows.py:sleep_once").deploy(
+        name="stage", work_pool_name=CHILD_POOL, print_next_steps=False
     )
     flow.from_source(source=str(ROOT), entrypoint="tests/orchestration_flows.py:times_out").deploy(
         name="slow", work_pool_name=POOL, concurrency_limit=limit, print_next_steps=False
@@ -100,6 +108,22 @@ def _kill_tree(process: psutil.Process) -> None:
             os.kill(member.pid, signal.SIGKILL)
 
 
+def _children(parent_id: Any) -> list[Any]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with _client() as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]))
+        )
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _resubmissions(crashed_id: Any) -> list[Any]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
@@ -110,36 +134,48 @@ def _resubmissions(crashed_id: Any) -> list[Any]:
 
 
 def test_a_killed_worker_leaves_no_zombie_and_its_run_is_resubmitted(server, deployed, hooks, tmp_path: Path) -> None:
+    """The victim hands a stage off to a second pool, as the pipeline does its GPU stages: the stage's run, on a
+    worker that stays up, is cancelled and its process stopped once its parent is Crashed (Prefect cancels the
+    children of a Cancelled run only: without this a stalled stage kept its GPU from the resubmission for good)."""
     from prefect.deployments import run_deployment
 
-    marker = tmp_path / "victim.pid"
+    marker, stage_marker = tmp_path / "victim.pid", tmp_path / "stage.pid"
+    parameters = {"marker": str(marker), "child": "sleep-once/stage", "child_marker": str(stage_marker)}
     env = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
-    first = Worker(server.api_url, POOL, tmp_path, env=env)
-    victim = run_deployment("sleep-once/victim", parameters={"marker": str(marker), "seconds": 600}, timeout=0)
-    wait_until(lambda: marker.exists() and _state(victim.id).state.is_running(), 120, "the victim to run")
-    queued = run_deployment("sleep-once/victim", parameters={"marker": str(marker), "seconds": 600}, timeout=0)
-    time.sleep(3)  # the heartbeat at start has reached the server
-    assert _state(queued.id).state.name == "AwaitingConcurrencySlot"  # the slot is the victim's
-    killed_at = time.monotonic()
-    _kill_tree(psutil.Process(first.process.pid))
-    first.process.wait(timeout=30)
-    first.log.close()
-    with Worker(server.api_url, POOL, tmp_path, env=env):  # Docker restarts the worker
-        crashed = wait_until(lambda: (r := _state(victim.id)).state.is_crashed() and r, WINDOW_S + 60, "Crashed")
-        detected_s = time.monotonic() - killed_at
-        assert "no heartbeat" in (crashed.state.message or "")
-        [again] = wait_until(lambda: _resubmissions(victim.id), 120, "the resubmitted run")
-        assert again.parameters == crashed.parameters and "recovery-attempt:1" in again.tags
-        done = wait_until(lambda: (r := _state(again.id)).state.is_final() and r, 180, "the resubmission to end")
-        recovered_s = time.monotonic() - killed_at
-        assert done.state.is_completed(), done.state
-        queued_done = wait_until(lambda: (r := _state(queued.id)).state.is_final() and r, 180, "the queued run")
-        assert queued_done.state.is_completed()  # not blocked past recovery
+    with Worker(server.api_url, CHILD_POOL, tmp_path, env=env):  # the stage's pool: its worker stays up
+        first = Worker(server.api_url, POOL, tmp_path, env=env)
+        victim = run_deployment("hands-off-once/victim", parameters=parameters, timeout=0)
+        wait_until(lambda: stage_marker.exists() and _state(victim.id).state.is_running(), 180, "the stage to run")
+        [stage] = _children(victim.id)
+        queued = run_deployment("hands-off-once/victim", parameters=parameters, timeout=0)
+        time.sleep(3)  # the heartbeat at start has reached the server
+        assert _state(queued.id).state.name == "AwaitingConcurrencySlot"  # the slot is the victim's
+        killed_at = time.monotonic()
+        _kill_tree(psutil.Process(first.process.pid))
+        first.process.wait(timeout=30)
+        first.log.close()
+        with Worker(server.api_url, POOL, tmp_path, env=env):  # Docker restarts the worker
+            crashed = wait_until(lambda: (r := _state(victim.id)).state.is_crashed() and r, WINDOW_S + 60, "Crashed")
+            detected_s = time.monotonic() - killed_at
+            assert "no heartbeat" in (crashed.state.message or "")
+            [again] = wait_until(lambda: _resubmissions(victim.id), 120, "the resubmitted run")
+            assert again.parameters == crashed.parameters and "recovery-attempt:1" in again.tags
+            orphan = wait_until(lambda: (r := _state(stage.id)).state.is_final() and r, 120, "the orphan to end")
+            assert orphan.state.is_cancelled(), orphan.state
+            with _client() as client:
+                why = [s.message for s in client.read_flow_run_states(stage.id) if s.name == "Cancelling"]
+            assert why and f"its pipeline run {victim.id} crashed" in why[0], why
+            wait_until(lambda: _gone(int(stage_marker.read_text())), 60, "the orphaned stage's process to be stopped")
+            done = wait_until(lambda: (r := _state(again.id)).state.is_final() and r, 180, "the resubmission to end")
+            recovered_s = time.monotonic() - killed_at
+            assert done.state.is_completed(), done.state
+            queued_done = wait_until(lambda: (r := _state(queued.id)).state.is_final() and r, 180, "the queued run")
+            assert queued_done.state.is_completed()  # not blocked past recovery
     [crash] = wait_until(lambda: _pages(hooks, victim.id, "failed"), 60, "the crash alert")
     assert crash["state"] == "Crashed" and "no heartbeat" in crash["message"]
     [page] = wait_until(lambda: _pages(hooks, victim.id, "recovery"), 60, "the recovery alert")
     assert page["message"].startswith(f"crashed, resubmitted as {again.name} ({again.id})"), page
-    assert page["deployment"] == "sleep-once/victim" and page["resubmitted_id"] == str(again.id)
+    assert page["deployment"] == "hands-off-once/victim" and page["resubmitted_id"] == str(again.id)
     print(f"\nworker SIGKILLed: Crashed after {detected_s:.0f} s, resubmission Completed {recovered_s:.0f} s after")
     assert detected_s <= WINDOW_S + 30 + 20  # the window after the last heartbeat, plus the event pipeline
 
