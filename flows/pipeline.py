@@ -14,7 +14,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
@@ -198,11 +198,13 @@ def _run_pipeline(
     stage_flow_name = os.environ.get(STAGE_FLOW_ENV)
     results: dict[str, StageResult] = {}
     current = PIPELINE[0].name
+    run_limit = config.execution.run_timeout
+    run_deadline = time.monotonic() + run_limit.total_seconds() if run_limit is not None else None
     try:
-        with _deadline(config.execution.run_timeout, lambda: current):
-            for stage in PIPELINE:
-                current = stage.name
-                manifest.record(stage.name, "running")  # a crash from here on leaves the stage it was in
+        for stage in PIPELINE:
+            current = stage.name
+            manifest.record(stage.name, "running")  # a crash from here on leaves the stage it was in
+            with _deadline(stage.name, config.execution.stage_timeouts.get(stage.name), run_limit, run_deadline):
                 if stage.runs_on_pool(config) and stage_flow_name:
                     result = run_elsewhere(
                         stage, config, stage_flow_name, config_path, overrides, run_dir, run_id, group
@@ -210,9 +212,9 @@ def _run_pipeline(
                 else:
                     with _progress(prefix, stage):
                         result = run_inline(stage, config, run_dir, run_id, group, manifest.data, code)
-                results[stage.name] = result
-                manifest.record(stage.name, "cached" if result.cached else "completed", result)
-                artifacts.stage_summary(prefix, result, config.output_path)
+            results[stage.name] = result
+            manifest.record(stage.name, "cached" if result.cached else "completed", result)
+            artifacts.stage_summary(prefix, result, config.output_path)
     except Exception as exc:
         try:
             manifest.record(current, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -248,21 +250,32 @@ class _PastDeadline(TimeoutError):
 
 
 @contextmanager
-def _deadline(limit: timedelta | None, stage: Callable[[], str]) -> Iterator[None]:
-    """The block stopped once `limit` has passed, with RunTimedOut naming the stage it was in. Prefect's own timeout
-    scope: in the main thread (a worker's flow-run process, `llm-pipeline run`) an alarm that interrupts a blocked
-    system call too; elsewhere an exception raised in the thread at its next Python line."""
-    if limit is None:
+def _deadline(
+    stage: str, stage_limit: timedelta | None, run_limit: timedelta | None, run_deadline: float | None
+) -> Iterator[None]:
+    """The stage stopped at whichever comes first, its own limit (execution.stage_timeouts) or the run's deadline
+    (execution.run_timeout, monotonic), with RunTimedOut naming the stage and the limit. One Prefect timeout scope
+    per stage, never two nested: in the main thread (a worker's flow-run process, `llm-pipeline run`) it is an
+    alarm, which interrupts a blocked system call too, and Prefect makes a scope inside an alarm a watcher thread,
+    which cannot; elsewhere an exception raised in the thread at its next Python line."""
+    left = None if run_deadline is None else run_deadline - time.monotonic()
+    by_stage = stage_limit is not None and (left is None or stage_limit.total_seconds() <= left)
+    seconds = stage_limit.total_seconds() if by_stage and stage_limit is not None else left
+    if by_stage:
+        reason = f"execution.stage_timeouts.{stage}: the stage was still running after {stage_limit}"
+    else:
+        reason = f"execution.run_timeout: the run was still in stage {stage} after {run_limit}"
+    reason += "; stopped (not retried: a stalled stage stalls again). Raise the limit if it is only slow."
+    if seconds is None:
         yield
         return
+    if seconds <= 0:  # the run's time ran out between stages
+        raise RunTimedOut(reason)
     try:
-        with timeout(limit.total_seconds(), timeout_exc_type=_PastDeadline):
+        with timeout(seconds, timeout_exc_type=_PastDeadline):
             yield
     except _PastDeadline as exc:
-        raise RunTimedOut(
-            f"execution.run_timeout: the run was still in stage {stage()} after {limit}; stopped (not retried: a "
-            "stalled stage stalls again). Raise the limit if the run is only slow."
-        ) from exc
+        raise RunTimedOut(reason) from exc
 
 
 @flow(name=STAGE_FLOW)

@@ -26,7 +26,7 @@ def stalls(
     stage: str, config_path: str, run_dir: str, run_id: str, overrides: dict | None = None, group: str = "local"
 ) -> None:
     """Takes the stage flow's parameters, writes its process id beside the run's outputs, and never returns: a GPU
-    stage that hangs, for the pipeline's run_timeout to stop."""
+    stage that hangs, for the pipeline's time limits to stop."""
     import os
     from pathlib import Path
 

@@ -114,6 +114,8 @@ def test_unknown_environment_overlay_is_an_error(tmp_path: Path, monkeypatch: py
         ({"data": {"path": "/nowhere/docs.jsonl"}}, "data.path"),
         ({"benchmark": {"categories": []}}, "benchmark.categories"),
         ({"qa": {"questions_per_dc": 3}}, "qa.questions_per_dc"),
+        ({"execution": {"stage_timeouts": {"finetune-model": "soon"}}}, "execution.stage_timeouts.finetune-model"),
+        ({"execution": {"stage_timeouts": {"evaluate-models": "0s"}}}, "execution.stage_timeouts"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, change: dict, field: str) -> None:
@@ -155,6 +157,15 @@ def test_cli_set_with_nothing_after_the_equals_is_the_empty_string(tmp_path: Pat
     assert "run_timeout: null" in cleared.stdout
     refused = run_cli("validate", config, "--set", "execution.ray_num_cpus=")
     assert refused.returncode == 2 and "execution.ray_num_cpus" in refused.stderr
+
+
+def test_a_stage_timeout_for_a_stage_that_does_not_exist_names_the_ones_that_do(tmp_path: Path) -> None:
+    config = str(write(tmp_path, minimal(tmp_path)))
+    typo = run_cli("validate", config, "--set", "execution.stage_timeouts.qa-generation=2h")
+    assert typo.returncode == 2 and "execution.stage_timeouts" in typo.stderr, typo.stderr
+    assert "no stage 'qa-generation'" in typo.stderr and "generate-qa-pairs" in typo.stderr, typo.stderr
+    good = run_cli("validate", config, "--set", "execution.stage_timeouts.generate-qa-pairs=90m")
+    assert good.returncode == 0 and "generate-qa-pairs: PT1H30M" in good.stdout, good.stdout + good.stderr
 
 
 def test_cli_validate_prints_resolved_config_with_secrets_masked() -> None:

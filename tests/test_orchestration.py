@@ -196,10 +196,11 @@ def test_a_failed_evaluation_child_fails_the_pipeline(workers) -> None:
     assert "always-fails/evaluate-models" in (final.state.message or "") or _task_failed(run.id, "evaluate-models")
 
 
-def test_a_pipeline_past_its_run_timeout_cancels_the_stage_it_handed_off(workers) -> None:
-    """The GPU pool's evaluation hangs (a stage flow that never returns): at execution.run_timeout the pipeline
-    fails TimedOut naming the stage, and the child run it was waiting on is cancelled and its process killed by its
-    worker, so it holds neither the GPU nor a gpu-slots slot."""
+def test_a_stage_past_its_timeout_cancels_the_run_it_handed_off(workers) -> None:
+    """The GPU pool's evaluation hangs (a stage flow that never returns): at its limit (execution.stage_timeouts,
+    counted from the stage's start: the stages before it do not count) the pipeline fails TimedOut naming the
+    stage, and the child run it was waiting on is cancelled and its process killed by its worker, so it holds
+    neither the GPU nor a gpu-slots slot."""
     import psutil
     from prefect import flow
     from prefect.deployments import run_deployment
@@ -207,16 +208,18 @@ def test_a_pipeline_past_its_run_timeout_cancels_the_stage_it_handed_off(workers
     flow.from_source(source=str(ROOT), entrypoint="tests/orchestration_flows.py:stalls").deploy(
         name="evaluate-models", work_pool_name=pools.GPU_POOL, work_queue_name="high", print_next_steps=False
     )
+    limits = {"run_timeout": "1h", "stage_timeouts": {"evaluate-models": "60s"}}  # the child starts within it
     run = run_deployment(
         "llm-pipeline/test-pipeline",
-        # the stages before evaluation: under 90 s on a slow, busy machine
-        parameters={"overrides": {**SMALL, "execution": {"run_timeout": "180s"}}},
+        parameters={"overrides": {**SMALL, "execution": limits}},
         timeout=0,
         job_variables={"env": {"LLM_PIPELINE_STAGE_FLOW": "stalls"}},  # its evaluate-models deployment
     )
     [final] = wait_final([run.id], timeout=600)
     assert final.state.is_failed() and final.state.name == "TimedOut", final.state
-    assert "still in stage evaluate-models" in (final.state.message or ""), final.state.message
+    assert "execution.stage_timeouts.evaluate-models: the stage was still running" in (final.state.message or ""), (
+        final.state.message
+    )
     [run_dir] = [p for p in (workers / "test-pipeline").iterdir() if p.name.endswith(str(run.id)[:8])]
     pid = int((run_dir / "evaluate-models.stalled.pid").read_text())
     with client() as c:

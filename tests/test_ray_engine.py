@@ -447,9 +447,10 @@ def test_a_ray_started_for_the_stage_warns_when_its_disk_is_too_full_to_spill(
     assert tempfile.gettempdir() in warned[0] and "free_gb" in warned[0]
 
 
-def test_a_run_stopped_by_its_run_timeout_leaves_no_ray_process_behind(prefect_server, tmp_path: Path) -> None:
+def test_a_stage_stopped_by_its_timeout_leaves_no_ray_process_behind(prefect_server, tmp_path: Path) -> None:
     """QA on Ray (the requests sent from the Ray driver's process, a child of the stage's) to an endpoint that never
-    answers: at execution.run_timeout `llm-pipeline run` fails naming the stage, and neither the driver nor the
+    answers: at the stage's limit (execution.stage_timeouts, the QA stage's own: Ray's start and the stages before
+    it do not count) `llm-pipeline run` fails naming the stage, and neither the driver nor the
     Ray it started for the run (`ray_address` empty) outlives it. Every process of the run carries a marker in its
     environment, so the check finds them by it, not by name."""
     import uuid
@@ -464,12 +465,12 @@ def test_a_run_stopped_by_its_run_timeout_leaves_no_ray_process_behind(prefect_s
         "execution.engine": "ray",
         "execution.ray_address": "",  # a Ray of its own for the run
         "execution.ray_num_cpus": "1",
-        "execution.run_timeout": "150s",  # Ray's start and the load stage on Ray: under 90 s on a slow, busy machine
+        "execution.stage_timeouts.generate-qa-pairs": "20s",
     }
     cli = run_against_a_silent_endpoint(prefect_server.api_url, settings, {"RUN_TIMEOUT_TEST_MARK": marker})
     said = cli.stdout + cli.stderr
     assert cli.returncode == 1, said[-3000:]
-    assert "execution.run_timeout: the run was still in stage generate-qa-pairs" in said, said[-3000:]
+    assert "execution.stage_timeouts.generate-qa-pairs: the stage was still running after 0:00:20" in said, said[-3000:]
 
     def left() -> list[str]:
         found = []

@@ -629,11 +629,31 @@ class ExecutionConfig(Section):
         "schedule's next run free. `30m`, `6h`, `2d`, seconds; null: no limit.",
     )
 
+    stage_timeouts: dict[str, Window] = Field(
+        default_factory=dict,
+        description="Per stage, by name, the longest it may take (`generate-qa-pairs: 6h`), retries included; past it "
+        "the stage is stopped and the run fails as for run_timeout, naming the stage. A stage not named has the run's "
+        "limit only. The names: the README's stage table, or a run's manifest.json.",
+    )
+
     @field_validator("run_timeout")
     @classmethod
     def _positive(cls, value: timedelta | None) -> timedelta | None:
         if value is not None and value.total_seconds() <= 0:
             raise ValueError("must be positive (null: no limit)")
+        return value
+
+    @field_validator("stage_timeouts")
+    @classmethod
+    def _known_stages(cls, value: dict[str, timedelta]) -> dict[str, timedelta]:
+        from llm_pipeline.stages import PIPELINE  # the registry imports this module: read it when validating
+
+        names = [stage.name for stage in PIPELINE]
+        for name, limit in value.items():
+            if name not in names:
+                raise ValueError(f"no stage {name!r}: the stages are {', '.join(names)}")
+            if limit.total_seconds() <= 0:
+                raise ValueError(f"{name}: must be positive (leave the stage out for no limit of its own)")
         return value
 
     @field_validator("ray_address")

@@ -23,7 +23,8 @@ class DataValidationError(PipelineError):
 
 
 class RunTimedOut(PipelineError, TimeoutError):
-    """The run passed `execution.run_timeout`. Never retried: a stage that stalled once stalls again."""
+    """The run passed `execution.run_timeout`, or a stage its `execution.stage_timeouts`. Never retried: a stage that
+    stalled once stalls again."""
 
 
 class TransientError(PipelineError):

@@ -9,7 +9,8 @@
 | ModelLoadError                                    | 2     | immediate                                       |
 | ResourceExhaustedError (out of memory)            | 2     | one long delay (the caller halves its batch)    |
 | DataValidationError, ConfigError                  | 1     | never retried: the input will not change        |
-| RunTimedOut (past execution.run_timeout)          | 1     | never retried: a stalled stage stalls again     |
+| RunTimedOut (past execution.run_timeout, or a    | 1     | never retried: a stalled stage stalls again     |
+| stage's execution.stage_timeouts)                 |       |                                                 |
 | anything else                                     | 1     | a bug: retrying would only repeat it            |
 
 The tries count per class: two 429s and a timeout are 2 of 5 and 1 of 3.
