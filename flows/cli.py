@@ -33,6 +33,10 @@ def run(config: ConfigOption = Path("configs/test.yaml"), set_: SetOption = None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Prefect waits 20 s for its embedded server to answer, then fails the run ("Timed out while attempting to
+    # connect to ephemeral Prefect API server"): seen on a busy 2-core machine (the test suite's). A first run on a
+    # small machine should wait, not fail.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.pipeline import llm_pipeline as pipeline_flow  # after the environment above: it imports Prefect
 
     try:

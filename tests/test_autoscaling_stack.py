@@ -128,6 +128,7 @@ def event_feed(stack: dict[str, Any]) -> str:
 def test_three_queued_pipelines_scale_the_workers_up_then_back_to_one(autoscaling) -> None:
     import docker
     from services.autoscaling.replicas import ComposeService
+    from services.autoscaling.service import VARIABLE
 
     env, api = autoscaling["env"], Api(autoscaling)
     queued = compose(env, "run", "--rm", "deployer", "python", "-c", QUEUE_PIPELINES)
@@ -190,6 +191,13 @@ def test_three_queued_pipelines_scale_the_workers_up_then_back_to_one(autoscalin
     logged = compose(env, "logs", "--no-color", "autoscaler").stdout
     assert '"event": "autoscaler.scaled"' in logged and '"direction": "up"' in logged
 
+    # health shows the autoscaler's state as of its last tick: the tick that decided the scale-down published the
+    # replicas it counted before it (2 or 3), and a later one the single worker (the full suite once read it between)
+    def published() -> Any:
+        value = api.client.get(f"/variables/name/{VARIABLE}").json().get("value") or {}
+        return value.get("llm-pipeline-pool", {}).get("replicas") == 1
+
+    wait_until(published, 60, "the autoscaler to publish one worker")
     health = compose(env, "run", "--rm", "deployer", "llm-pipeline", "health", "--json", "--window", "1h")
     pools = {p["pool"]: p for p in json.loads(health.stdout[health.stdout.index("{") :])["pools"]}
     scaled = pools["llm-pipeline-pool"]["autoscaler"]
