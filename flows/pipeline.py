@@ -126,7 +126,7 @@ def _hand_off(deployment_name: str, parameters: dict[str, Any], result_file: str
                 time.sleep(HAND_OFF_POLL_S)
                 child = through_outage(lambda: client.read_flow_run(child_id), f"follow flow run {child_id}")
         except BaseException:  # the pipeline stopped following it (execution.run_timeout): its worker stops it too
-            _cancel(client, child_id)
+            cancel_stage_run(client, child_id)
             raise
     state = child.state
     if state is not None and state.is_crashed():
@@ -140,12 +140,16 @@ def _hand_off(deployment_name: str, parameters: dict[str, Any], result_file: str
     return StageResult.model_validate_json(Path(result_file).read_text())
 
 
-def _cancel(client: SyncPrefectClient, flow_run_id: UUID) -> None:
+def cancel_stage_run(client: SyncPrefectClient, flow_run_id: UUID, why: str = "its pipeline run stopped") -> bool:
+    """Set a handed-off stage's run Cancelling (its worker stops it); a failure is logged, not raised: the caller's
+    own outcome (the pipeline's error, the recovery's resubmission) is the one that matters."""
     try:
-        client.set_flow_run_state(flow_run_id, Cancelling(message="its pipeline run stopped"), force=True)
-        log.warning("stage_run_cancelled", flow_run=str(flow_run_id))
-    except Exception as exc:  # noqa: BLE001 - the pipeline's own error is the one to report
+        client.set_flow_run_state(flow_run_id, Cancelling(message=why), force=True)
+        log.warning("stage_run_cancelled", flow_run=str(flow_run_id), why=why)
+        return True
+    except Exception as exc:  # noqa: BLE001
         log.error("stage_run_not_cancelled", flow_run=str(flow_run_id), error=f"{type(exc).__name__}: {exc}"[:200])
+        return False
 
 
 def run_elsewhere(

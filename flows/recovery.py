@@ -204,7 +204,8 @@ def cancel_orphaned_stages(client: Any, crashed_id: Any) -> list[str]:
     them as for any cancellation. Returns the cancelled runs' names."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, FlowRunFilterState
     from prefect.client.schemas.objects import StateType
-    from prefect.states import Cancelling
+
+    from flows.pipeline import cancel_stage_run
 
     going = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
     children = client.read_flow_runs(
@@ -213,13 +214,8 @@ def cancel_orphaned_stages(client: Any, crashed_id: Any) -> list[str]:
             state=FlowRunFilterState(type={"any_": going}),
         )
     )
-    cancelled = []
-    for child in children:
-        message = f"its pipeline run {crashed_id} crashed: nothing waits for this stage's result"
-        client.set_flow_run_state(child.id, Cancelling(message=message), force=True)
-        log.warning("orphaned_stage_cancelled", flow_run=child.name, flow_run_id=str(child.id), parent=str(crashed_id))
-        cancelled.append(child.name)
-    return cancelled
+    why = f"its pipeline run {crashed_id} crashed: nothing waits for this stage's result"
+    return [child.name for child in children if cancel_stage_run(client, child.id, why)]
 
 
 def _emit(event: str, crashed_id: Any, resubmitted_id: Any, payload: dict[str, Any]) -> None:
