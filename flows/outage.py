@@ -27,6 +27,8 @@ from llm_pipeline.logging import get_logger
 
 log = get_logger("flow")
 
+# the global concurrency limit a GPU-pool stage holds a slot of (workers/pools.py creates it, sized GPU_SLOTS)
+GPU_SLOTS = "gpu-slots"
 API_OUTAGE_S = 600  # how long a call rides out an unreachable API before it gives up
 OUTAGE_RETRY_S = 5
 

@@ -30,7 +30,7 @@ from prefect.states import Cancelling
 from prefect.utilities.timeout import timeout
 
 from flows import artifacts
-from flows.outage import held_slot, through_outage
+from flows.outage import GPU_SLOTS, held_slot, through_outage
 from flows.retries import task_retry_options
 from llm_pipeline.config import PipelineConfig, load_config
 from llm_pipeline.errors import PipelineError, RunTimedOut, TransientError
@@ -58,7 +58,6 @@ log = get_logger("flow")
 # `<this flow>/<stage name>` on that pool; unset (embedded mode, tests), it runs inline in the pipeline's process.
 STAGE_FLOW_ENV = "LLM_PIPELINE_STAGE_FLOW"
 STAGE_FLOW = "run-stage"
-GPU_SLOTS = "gpu-slots"
 GPU_SLOT_LEASE_S = 60
 HAND_OFF_POLL_S = 2
 

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.pipeline import GPU_SLOTS  # the global limit the pipeline's GPU stages hold a slot of
+from flows.outage import GPU_SLOTS  # the global limit the pipeline's GPU stages hold a slot of
 
 CPU_POOL = "llm-pipeline-pool"
 GPU_POOL = "llm-pipeline-gpu-pool"
