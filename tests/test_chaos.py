@@ -7,6 +7,8 @@ records them.
   compatible test server, a second cpu-worker running another pipeline meanwhile, a run of the same deployment
   queued behind the victim;
 - the gpu-worker SIGKILLed mid-evaluation (the pipeline's child run on the GPU pool);
+- the cpu-worker SIGKILLed while its pipeline's evaluation runs on the gpu-worker (the orphan is cancelled);
+- the gpu-worker SIGKILLed mid-training (the stage resumes from its last checkpoint);
 - Postgres, then the API (prefect-server) restarted mid-run;
 - Redis restarted, then a failed run must still page;
 - the run's folder on the shared volume made unwritable mid-stage.
@@ -314,6 +316,58 @@ def test_a_gpu_worker_killed_mid_evaluation_is_retried_by_the_pipeline(stack, ap
         recover_s=round(recovered_s),
         runs_lost=0,
         stage_runs=len(ours),
+    )
+
+
+def test_a_cpu_worker_killed_while_its_evaluation_runs_on_the_gpu_worker_cancels_the_orphan(
+    stack, deployed, api, gateway
+) -> None:
+    """The pipeline's worker dies while its evaluation runs as a child run on the gpu-worker. The pipeline is marked
+    Crashed and resubmitted; its child, which nobody waits for any more, is cancelled by the recovery (Prefect cancels
+    the children of a Cancelled run only) and its process on the gpu-worker stopped, so the resubmission's own
+    evaluation gets the GPU slot at once. The evaluation asks an endpoint candidate (the OpenAI-compatible test
+    server, 5 s a reply while the orphan runs): long enough to outlive the crash's detection, and countable."""
+    env = stack["env"]
+    with FakeOpenAI(latency_s=5, host="0.0.0.0") as fake:
+        endpoint = {"base_url": f"http://{gateway}:{fake.port}/v1", "concurrency": 1, "requests_per_minute": None}
+        served = {"name": "served", "kind": "endpoint", "model": f"orphan-{uuid.uuid4().hex[:8]}", **endpoint}
+        parameters = fresh(evaluation={"metrics": ["exact_match"], "candidates": [served]})
+        parameters["overrides"]["benchmark"]["size"] += 100  # 5 s a question: minutes, the detection takes 90 s
+        parent = api.create(TEST_PIPELINE, parameters)
+        child = wait_until(lambda: running_child(api, "evaluate-models", parent), 900, "the evaluation's child to run")
+        wait_until(lambda: fake.posts >= 2, 300, "the evaluation's requests")
+        doomed = wait_until(lambda: container_running(env, "cpu-worker", parent["id"]), 60, "the pipeline's worker")
+        killed_at = sigkill(doomed)
+
+        crashed = api.wait_state(parent["id"], ("CRASHED",), 300, "the pipeline Crashed")
+        assert "no heartbeat" in crashed["state"]["message"]
+        [again] = wait_until(lambda: api.resubmissions(parent["id"]), 240, "the resubmission")
+        orphan = api.wait_state(child["id"], FINAL, 120, "the orphaned evaluation to end")
+        cancelled_s = time.monotonic() - killed_at
+        assert orphan["state_type"] == "CANCELLED", orphan["state"]
+        history = api.client.get("/flow_run_states/", params={"flow_run_id": child["id"]}).json()
+        why = f"its pipeline run {parent['id']} crashed"
+        assert any(s["type"] == "CANCELLING" and why in (s["message"] or "") for s in history), [
+            (s["type"], s["message"]) for s in history
+        ]
+        # its process on the gpu-worker is gone (a flow run's process carries its id in its environment)
+        [gpu_worker] = containers(env, "gpu-worker")
+        find = f"grep -l 'PREFECT__FLOW_RUN_ID={child['id']}' /proc/[0-9]*/environ 2>/dev/null || true"
+        holders = lambda: subprocess.run(["docker", "exec", gpu_worker, "sh", "-c", find],  # noqa: E731
+                                         capture_output=True, text=True).stdout.split()  # fmt: skip
+        wait_until(lambda: not holders(), 60, "the orphan's process on the gpu-worker to exit")
+        sent_by_orphan = fake.posts
+        fake.latency_s = 0  # the resubmission's evaluation, at full speed
+        done = api.final(again["id"])
+        assert done["state_type"] == "COMPLETED", done["state"]
+    body = {"deployments": {"name": {"any_": ["evaluate-models"]}}}
+    ours = [r for r in api.runs(body) if r["parameters"].get("run_id", "").endswith(parent["id"][:8])]
+    assert [r["state_type"] for r in ours] == ["CANCELLED"]  # the resubmission's evaluation is its own run
+    figures(
+        "cpu-worker SIGKILLed while its evaluation ran on the gpu-worker",
+        cancelled_s=round(cancelled_s),
+        recover_s=round(time.monotonic() - killed_at),
+        orphan_requests=sent_by_orphan,
     )
 
 
