@@ -17,6 +17,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -248,13 +249,14 @@ def _ray_task_processes(name: str) -> list[Any]:
 
 
 def test_semantic_embeddings_on_actors_give_the_local_clusters(ray_cluster, real_text: Path, tmp_path: Path) -> None:
-    """MiniLM (the torch backend) on actors, the texts in four shards over two actors, and the search in two block
-    tasks (1,200 rows), against the local stage: the same clusters, similarities included."""
+    """MiniLM (the torch backend) on actors, the texts in four shards over two actors, then the search (600 rows:
+    one block task; the static backend's cases search many), against the local stage: the same clusters,
+    similarities included."""
     base = {
-        "data": {"path": str(real_text), "limit": 1200},
+        "data": {"path": str(real_text), "limit": 600},
         "dedup": {"method": "semantic", "semantic_threshold": 0.9},
     }
-    _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=300, removed_at_least=5)
+    _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=150, removed_at_least=5)
 
 
 def _same_on_both_engines(address: str, tmp: Path, base: dict, shard_texts: int, removed_at_least: int) -> None:
@@ -378,8 +380,8 @@ def _judged_on_both_engines(
 def test_an_embedding_actor_killed_mid_shard_changes_nothing(ray_cluster, real_text: Path, tmp_path: Path) -> None:
     """SIGKILL to an embedding actor while it encodes a shard (seen as `ray::_Embedder.encode`): Ray restarts it
     (the model loaded again) and the call is retried; the clusters are the local stage's, similarities included."""
-    base = {"data": {"path": str(real_text), "limit": 800}, "dedup": {"method": "semantic", "semantic_threshold": 0.9}}
-    _same_after_a_kill(ray_cluster, tmp_path, base, "_Embedder.encode", embed_shard_texts=200)
+    base = {"data": {"path": str(real_text), "limit": 400}, "dedup": {"method": "semantic", "semantic_threshold": 0.9}}
+    _same_after_a_kill(ray_cluster, tmp_path, base, "_Embedder.encode", embed_shard_texts=100)
 
 
 def test_a_worker_killed_mid_ivf_search_changes_nothing(ray_cluster, real_text: Path, tmp_path: Path) -> None:
@@ -445,6 +447,28 @@ def test_a_ray_started_for_the_stage_warns_when_its_disk_is_too_full_to_spill(
     warned = [r.getMessage() for r in caplog.records if "ray_disk_full" in r.getMessage()]
     assert warned, "no ray_disk_full warning from a Ray started on a disk it cannot spill to"
     assert tempfile.gettempdir() in warned[0] and "free_gb" in warned[0]
+
+
+def test_a_joined_cluster_whose_node_disk_is_too_full_to_spill_is_named_before_the_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`execution.ray_address` set: the disk that matters is each node's, not the driver's. A cluster of its own
+    here (a head and one worker node) started with RAY_local_fs_capacity_threshold=0, so every node's disk is "full"
+    by Ray's test; before the stage each alive node is asked (a task of no CPU pinned to it) and each one over the
+    threshold is named in a `ray_disk_full` warning with its Ray folder; the stage, whose objects fit the store,
+    still completes."""
+    from llm_pipeline.logging import LOGGER_NAME
+
+    monkeypatch.setenv("RAY_local_fs_capacity_threshold", "0")  # the cluster's processes inherit it
+    with cluster_process(workers=1) as address:
+        monkeypatch.delenv("RAY_local_fs_capacity_threshold")  # the driver's own disk is not the one asked about
+        with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+            _, counts = _stage(tmp_path, {"execution": {"engine": "ray", "ray_address": address}})
+    assert counts["documents"] > 0
+    warned = [r.getMessage() for r in caplog.records if "ray_disk_full" in r.getMessage()]
+    nodes = {re.search(r"node\W+([^\s\",]+ \(\w+\))", w).group(1) for w in warned}
+    assert len(warned) == 2 and len(nodes) == 2, warned  # the head and the worker node, once each
+    assert all("/tmp/ray" in w and "free_gb" in w for w in warned), warned  # each node's Ray folder
 
 
 def test_a_stage_stopped_by_its_timeout_leaves_no_ray_process_behind(prefect_server, tmp_path: Path) -> None:

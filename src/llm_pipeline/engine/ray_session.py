@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 log = get_logger("engine")
 
 CONNECT_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 20.0  # the cluster's nodes asked for their disk before a stage
+DISK_FULL = (
+    "objects that outgrow the object store cannot be spilled: the stage fails or stalls; free disk space or set "
+    "RAY_TMPDIR"
+)
 
 
 class RayUnavailableError(TransientError):
@@ -39,15 +44,15 @@ def resolve_address(execution: ExecutionConfig) -> str:
     return execution.ray_address or os.environ.get("RAY_ADDRESS", "").strip()
 
 
-def _disk_too_full_to_spill() -> dict[str, Any] | None:
-    """For a Ray started here: Ray's own test of the disk under its folder (free space against the whole disk, over
+def _disk_too_full_to_spill(folder: str | None = None) -> dict[str, Any] | None:
+    """Ray's own test of the disk under its folder (free space against the whole disk, over
     `RAY_local_fs_capacity_threshold`, 0.95 by default), which it applies before spilling objects. Past it, a stage
     whose objects outgrow the object store fails with OutOfDiskError, or (seen here once, with objects already
     spilled) waits for ever; said before the stage starts. None when the disk is fine."""
     import shutil
     import tempfile
 
-    folder = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    folder = folder or os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
     try:
         threshold = float(os.environ.get("RAY_local_fs_capacity_threshold", "0.95"))  # noqa: SIM112 (Ray's name)
         usage = shutil.disk_usage(folder)
@@ -57,6 +62,47 @@ def _disk_too_full_to_spill() -> dict[str, Any] | None:
     if full < threshold:
         return None
     return {"folder": folder, "full": round(full, 3), "threshold": threshold, "free_gb": round(usage.free / 2**30, 1)}
+
+
+def _node_disk() -> dict[str, Any] | None:
+    """`_disk_too_full_to_spill` as a Ray task on one node: the folder is that node's Ray folder (`ray start
+    --temp-dir`, else RAY_TMPDIR or /tmp), the threshold that node's environment's."""
+    folder = None
+    try:
+        import ray
+
+        folder = ray._private.worker.global_worker.node.get_temp_dir_path()  # noqa: SLF001 (no public name for it)
+    except Exception:  # noqa: BLE001 (a Ray without it: the default folder)
+        folder = None
+    return _disk_too_full_to_spill(folder)
+
+
+def _cluster_disks_too_full(timeout_s: float = PROBE_TIMEOUT_S) -> list[dict[str, Any]]:
+    """For a cluster joined at an address: the alive nodes whose disk Ray would refuse to spill to, each with its
+    address. One task of no CPU pinned to each node; a node that does not answer within `timeout_s` is left out
+    (the check only warns: it must not hold the stage up)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_node_disk)
+    asked = {}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            where = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+            name = f"{node.get('NodeManagerAddress', '?')} ({node['NodeID'][:8]})"
+            asked[probe.options(scheduling_strategy=where).remote()] = name
+    ready, late = ray.wait(list(asked), num_returns=len(asked), timeout=timeout_s)
+    for ref in late:
+        ray.cancel(ref, force=True)
+    full = []
+    for ref in ready:
+        try:
+            found = ray.get(ref)
+        except Exception:  # noqa: BLE001 (a node that failed the probe: no verdict, no warning)
+            continue
+        if found is not None:
+            full.append({"node": asked[ref], **found})
+    return full
 
 
 def _check_reachable(address: str) -> None:
@@ -93,8 +139,7 @@ def ray_session(execution: ExecutionConfig) -> Iterator[str]:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         disk = _disk_too_full_to_spill()
         if disk is not None:
-            log.warning("ray_disk_full", **disk, consequence="objects that outgrow the object store cannot be "
-                        "spilled: the stage fails or stalls; free disk space or set RAY_TMPDIR")  # fmt: skip
+            log.warning("ray_disk_full", **disk, consequence=DISK_FULL)
     try:
         ray.init(address=address or "local", **options)  # "local": a new Ray, never one found running
     except Exception as exc:
@@ -102,6 +147,9 @@ def ray_session(execution: ExecutionConfig) -> Iterator[str]:
             f"execution.ray_address: cannot join the Ray cluster at {describe(address)}: {type(exc).__name__}: {exc}"
         ) from exc
     log.info("ray_connected", address=describe(address), cpus=ray.cluster_resources().get("CPU", 0))
+    if address:
+        for disk in _cluster_disks_too_full():
+            log.warning("ray_disk_full", **disk, consequence=DISK_FULL)
     try:
         yield describe(address)
     finally:
