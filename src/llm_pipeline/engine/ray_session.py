@@ -105,6 +105,18 @@ def _cluster_disks_too_full(timeout_s: float = PROBE_TIMEOUT_S) -> list[dict[str
     return full
 
 
+def _warn_of_full_disks(address: str) -> None:
+    """`ray_disk_full` for each node of a joined cluster past Ray's disk test; a check that fails says so and
+    holds nothing up (the stage meets the cluster's own failures in its words)."""
+    try:
+        full = _cluster_disks_too_full()
+    except Exception as exc:  # noqa: BLE001 (a warning's check: never the reason a stage fails)
+        log.warning("ray_disk_check_failed", address=address, error=f"{type(exc).__name__}: {exc}"[:200])
+        return
+    for disk in full:
+        log.warning("ray_disk_full", **disk, consequence=DISK_FULL)
+
+
 def _check_reachable(address: str) -> None:
     """The head (its GCS, host:port, or its Ray Client server, ray://host:port) must accept a connection: ray.init
     itself waits 13 minutes on one that does not answer (measured here), then prints a C++ stack."""
@@ -146,11 +158,10 @@ def ray_session(execution: ExecutionConfig) -> Iterator[str]:
         raise RayUnavailableError(
             f"execution.ray_address: cannot join the Ray cluster at {describe(address)}: {type(exc).__name__}: {exc}"
         ) from exc
-    log.info("ray_connected", address=describe(address), cpus=ray.cluster_resources().get("CPU", 0))
-    if address:
-        for disk in _cluster_disks_too_full():
-            log.warning("ray_disk_full", **disk, consequence=DISK_FULL)
     try:
+        log.info("ray_connected", address=describe(address), cpus=ray.cluster_resources().get("CPU", 0))
+        if address:
+            _warn_of_full_disks(address)
         yield describe(address)
     finally:
         ray.shutdown()
