@@ -67,7 +67,6 @@ def _disk_too_full_to_spill(folder: str | None = None) -> dict[str, Any] | None:
 def _node_disk() -> dict[str, Any] | None:
     """`_disk_too_full_to_spill` as a Ray task on one node: the folder is that node's Ray folder (`ray start
     --temp-dir`, else RAY_TMPDIR or /tmp), the threshold that node's environment's."""
-    folder = None
     try:
         import ray
 
