@@ -62,14 +62,17 @@ def held_slot(name: str, lease_s: float, outage_s: float = API_OUTAGE_S) -> Iter
     """One slot of the global concurrency limit `name`, held while the block runs (nothing held where the limit does
     not exist: embedded mode, a stack without GPU slots). Waits as long as the slot is taken; rides out an API
     outage of up to `outage_s` while acquiring, and renews its lease through one. A lease that lapsed anyway (an
-    outage longer than the lease, its store lost) is logged, not fatal: the stage's work is not thrown away."""
+    outage longer than the lease, the lease revoked) is not fatal, the stage's work is not thrown away: the slot is
+    taken back, at once if it is free, else as soon as the run that took it lets it go (logged as an error
+    meanwhile: both runs are on what the limit guards)."""
     with get_client(sync_client=True) as client:
-        lease = _acquire(client, name, lease_s, outage_s)
-        if lease is None:
+        first = _acquire(client, name, lease_s, outage_s)
+        if first is None:
             yield
             return
+        held = _Held(first)
         stop = threading.Event()
-        keeper = threading.Thread(target=_keep, args=(name, lease, lease_s, stop), name=f"{name}-lease", daemon=True)
+        keeper = threading.Thread(target=_keep, args=(name, held, lease_s, stop), name=f"{name}-lease", daemon=True)
         keeper.start()
         try:
             yield
@@ -77,11 +80,28 @@ def held_slot(name: str, lease_s: float, outage_s: float = API_OUTAGE_S) -> Iter
             stop.set()
             keeper.join()
             try:
-                client.release_concurrency_slots_with_lease(lease)
+                if held.lease is not None:
+                    client.release_concurrency_slots_with_lease(held.lease)
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
                 # nothing renews it any more: it lapses within the lease, and a retry here would hold the stage's
                 # result back from the pipeline for the length of the outage
                 log.warning("slot_release_failed", limit=name, lapses_in_s=lease_s, error=f"{type(exc).__name__}")
+
+
+class _Held:
+    """The lease the slot is held under now (a slot taken back after a lapse has a new one), None while the slot
+    is not held."""
+
+    def __init__(self, lease: UUID):
+        self.lease: UUID | None = lease
+        self.said_taken = False  # slot_taken_while_lapsed logged for this lapse
+
+
+def _increment(client: SyncPrefectClient, name: str, lease_s: float) -> ConcurrencyLimitWithLeaseResponse:
+    response = client.increment_concurrency_slots_with_lease(
+        names=[name], slots=1, mode="concurrency", lease_duration=lease_s
+    )
+    return ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
 
 
 def _acquire(client: SyncPrefectClient, name: str, lease_s: float, outage_s: float) -> UUID | None:
@@ -89,9 +109,7 @@ def _acquire(client: SyncPrefectClient, name: str, lease_s: float, outage_s: flo
     waited = False
     while True:
         try:
-            response = client.increment_concurrency_slots_with_lease(
-                names=[name], slots=1, mode="concurrency", lease_duration=lease_s
-            )
+            held = _increment(client, name, lease_s)
         except (httpx.TransportError, httpx.HTTPStatusError) as exc:
             if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 423:
                 # taken: wait as long as it takes, as Prefect's concurrency() does
@@ -108,26 +126,33 @@ def _acquire(client: SyncPrefectClient, name: str, lease_s: float, outage_s: flo
             )
             time.sleep(OUTAGE_RETRY_S)
             continue
-        held = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
         if not held.limits:  # no such limit: the server made an empty lease; hand it back and hold nothing
             client.release_concurrency_slots_with_lease(held.lease_id)
             return None
-        log.info("slot_acquired", limit=name, lease_s=lease_s)
+        log.info("slot_acquired", limit=name, lease_s=lease_s, lease=str(held.lease_id))
         return held.lease_id
 
 
-def _keep(name: str, lease: UUID, lease_s: float, stop: threading.Event) -> None:
-    """Renew the lease every third of its length; through an outage, every OUTAGE_RETRY_S until the API answers."""
+def _keep(name: str, held: _Held, lease_s: float, stop: threading.Event) -> None:
+    """Renew the lease every third of its length; through an outage, every OUTAGE_RETRY_S until the API answers. A
+    lease found lapsed: the slot taken back, asked for every OUTAGE_RETRY_S while another run holds it."""
     with get_client(sync_client=True) as client:
-        while not stop.wait(lease_s / 3):
+        while not stop.wait(lease_s / 3 if held.lease is not None else OUTAGE_RETRY_S):
+            if held.lease is None:
+                if not _take_back(client, name, held, lease_s):
+                    return
+                continue
             while not stop.is_set():
                 try:
-                    client.renew_concurrency_lease(lease_id=lease, lease_duration=lease_s)
+                    client.renew_concurrency_lease(lease_id=held.lease, lease_duration=lease_s)
                     break
                 except httpx.HTTPStatusError as exc:
                     if exc.response.status_code in (404, 410):
-                        log.error("slot_lease_lapsed", limit=name, lease=str(lease))
-                        return
+                        log.error("slot_lease_lapsed", limit=name, lease=str(held.lease), action="taking the slot back")
+                        held.lease, held.said_taken = None, False
+                        if not _take_back(client, name, held, lease_s):
+                            return
+                        break
                     if not is_outage(exc):
                         log.error("slot_renewal_refused", limit=name, status=exc.response.status_code)
                         return
@@ -135,3 +160,34 @@ def _keep(name: str, lease: UUID, lease_s: float, stop: threading.Event) -> None
                     pass
                 log.warning("api_unreachable", action=f"renew the {name} lease", retry_s=OUTAGE_RETRY_S)
                 stop.wait(OUTAGE_RETRY_S)
+
+
+def _take_back(client: SyncPrefectClient, name: str, held: _Held, lease_s: float) -> bool:
+    """One try at the slot a lapsed lease let go; sets `held.lease` when it is held again. False when there is
+    nothing left to keep (the limit is gone, or the API refuses the request)."""
+    try:
+        taken = _increment(client, name, lease_s)
+    except httpx.TransportError:
+        return True  # the API is out: asked again at the next tick
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 423:
+            if not held.said_taken:
+                held.said_taken = True
+                log.error(
+                    "slot_taken_while_lapsed",
+                    limit=name,
+                    consequence="another run holds the slot this stage held; both run on what the limit guards until "
+                    f"it lets the slot go (asked for again every {OUTAGE_RETRY_S} s)",
+                )
+            return True
+        if is_outage(exc):
+            return True
+        log.error("slot_take_back_refused", limit=name, status=exc.response.status_code)
+        return False
+    if not taken.limits:  # the limit was deleted meanwhile: nothing to hold
+        client.release_concurrency_slots_with_lease(taken.lease_id)
+        log.warning("slot_limit_gone", limit=name)
+        return False
+    held.lease = taken.lease_id
+    log.warning("slot_reacquired", limit=name, lease=str(taken.lease_id))
+    return True

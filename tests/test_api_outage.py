@@ -171,3 +171,50 @@ def test_a_gpu_slot_is_acquired_and_kept_through_api_restarts(api: RestartableSe
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+def test_a_lapsed_lease_is_taken_back_once_the_run_that_took_the_slot_lets_it_go(
+    api: RestartableServer, tmp_path: Path
+) -> None:
+    """The holder's lease revoked under it (what the server's repossessor does to a lease past its time, after an
+    outage longer than the lease): the slot is free, and another GPU stage (this test) takes it. The holder keeps
+    running, says both are on the GPU, takes the slot back as soon as the other lets it go, and at its end releases
+    the lease it holds then (the slot is free at once)."""
+    import re
+
+    env = {**os.environ, "PREFECT_API_URL": api.api_url, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, LIMIT, str(LEASE_S)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = Output(holder)
+    try:
+        wait_until(lambda: out.said("HELD"), 120, f"the holder to get the slot:\n{out}")
+        acquired = next(line for line in out.lines if "slot_acquired" in line)
+        first_lease = re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", acquired).group(0)
+        release(first_lease)  # revoked and its slot freed, as the repossessor does
+        other = take_slot(600)
+        assert other is not None, "the revoked lease's slot is not free"
+
+        wait_until(lambda: out.said("slot_taken_while_lapsed"), 60, f"the holder to find its lease lapsed:\n{out}")
+        assert out.said("slot_lease_lapsed", first_lease)
+        assert holder.poll() is None, f"the holder stopped on a lapsed lease:\n{out}"
+        assert not out.said("slot_reacquired"), "taken back while the other run holds the slot"
+
+        release(other)
+        wait_until(lambda: out.said("slot_reacquired"), 30, f"the holder to take the slot back:\n{out}")
+        assert take_slot(LEASE_S) is None, f"the slot taken back is not held:\n{out}"
+
+        assert holder.stdin is not None
+        holder.stdin.write("done\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=60) == 0, str(out)
+        assert take_slot(LEASE_S) is not None, f"the slot taken back was not released at the holder's end:\n{out}"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
