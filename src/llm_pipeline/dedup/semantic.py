@@ -240,7 +240,7 @@ def similar_pairs(
 def comparable(vectors: np.ndarray, backend: Backend, in_place: bool = False) -> np.ndarray:
     """The vectors as the similarity search compares them: static (bag-of-token) vectors share a corpus direction,
     so what is left of it is compared. `in_place`: into `vectors` itself, with no temporary as large as them (the
-    Ray driver's vectors are the whole corpus's); the same values either way."""
+    Ray stage's vectors are the whole corpus's); the same values either way."""
     if backend != "static":
         return vectors
     mean = vectors.mean(axis=0)

@@ -34,6 +34,7 @@ does. Ray retries a task whose worker died (`execution.task_retries`), recomputi
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -675,13 +676,17 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
         shards = documents.texts(layout, size)
         refs = [actors[i % len(actors)].encode.remote(shard, dedup.batch_size) for i, shard in enumerate(shards)]
         try:
-            vectors = np.vstack(fetch(refs, address))
+            # stacked by a task into the store: the driver never holds the vectors (through Ray Client they came
+            # to it over the network and went back with ray.put); a count is all it waits for
+            stack = _stacked.options(max_retries=config.execution.task_retries, num_returns=2)
+            vectors, count = stack.remote(dedup.embedding_backend, *refs)
+            rows = fetch(count, address)
         finally:
             for actor in actors:
                 ray.kill(actor)
         del refs, shards, layout  # the shards' texts and vectors leave the store: one copy of the vectors is enough
-        log.info("semantic_embedded", engine="ray", actors=len(actors), texts=len(vectors))
-        pairs = _semantic_pairs(vectors, dedup, address, config)
+        log.info("semantic_embedded", engine="ray", actors=len(actors), texts=rows)
+        pairs = _semantic_pairs(vectors, rows, dedup, address, config)
         if PAIR_JUDGE.get() is not None:
             documents.fetch({i for i, j, _ in pairs} | {j for i, j, _ in pairs})
         return semantic_clusters(documents, pairs, dedup.keep)
@@ -689,42 +694,59 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
     return method
 
 
-def _semantic_pairs(vectors: np.ndarray, dedup: Any, address: str, config: PipelineConfig) -> list:
-    """The pairs (i < j) whose cosine reaches the threshold, as the local stage finds them: the vectors put
-    in the store once, searched by tasks (exact: a block of rows against all; ivf: runs of blocks against the
-    index's parts, which tasks build there from the cells trained here)."""
-    from llm_pipeline.dedup.semantic import BLOCK_ROWS, comparable, ivf_cut, ivf_trained, merged_pairs, uses_ivf
+@ray.remote(num_cpus=0)
+def _stacked(backend: str, *parts: np.ndarray) -> tuple[np.ndarray, int]:
+    """The embedding actors' shards, in order, as one matrix as the search compares it (`comparable`), and its
+    rows. No CPU reserved: the actors may hold every CPU until it is done (a copy and a mean, no more)."""
+    from llm_pipeline.dedup.semantic import comparable
 
-    rows = len(vectors)
-    shared = ray.put(comparable(vectors, dedup.embedding_backend, in_place=True))  # shared through the store
-    del vectors  # the driver reads the store's copy from here on, if at all
+    vectors = comparable(np.vstack(parts), backend, in_place=True)
+    return vectors, len(vectors)
+
+
+@ray.remote
+def _ivf_train(vectors: np.ndarray, lists: int | None, probes: int, codec: str) -> tuple[bytes, bytes, int, int]:
+    """The index's cells trained on a sample of the shared vectors (`ivf_trained`, the local stage's), serialized
+    with its quantizer, and its probes and cells."""
+    import faiss
+
+    from llm_pipeline.dedup.semantic import ivf_trained
+
+    # k-means on every core of its node, as the driver trained it before (Ray holds a task to one thread): nothing
+    # else of the stage runs while the cells are trained
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    trained = ivf_trained(vectors, lists, probes, codec)  # type: ignore[arg-type]
+    return faiss.serialize_index(trained), faiss.serialize_index(trained.quantizer), trained.nprobe, trained.nlist
+
+
+def _semantic_pairs(shared: Any, rows: int, dedup: Any, address: str, config: PipelineConfig) -> list:
+    """The pairs (i < j) whose cosine reaches the threshold, as the local stage finds them: the vectors (`rows`
+    of them, in the store already, comparable) searched by tasks (exact: a block of rows against all; ivf: runs of
+    blocks against the index's parts, which tasks build there from the cells a task trained)."""
+    from llm_pipeline.dedup.semantic import BLOCK_ROWS, ivf_cut, merged_pairs, uses_ivf
+
     starts = list(range(0, rows, BLOCK_ROWS))
     threshold = dedup.cosine_threshold
     if uses_ivf(dedup.semantic_search, rows):
-        import faiss
-
-        # the stage's own index (the same pairs), built apart: the cells trained here on a sample of the
+        # the stage's own index (the same pairs), built apart: the cells trained by a task on a sample of the
         # shared vectors; each row's cell found by tasks that hold only the centroids (with `ivf_shards`, with
         # each run of blocks' coarse search, kept for every part); the index cut by cells into parts that
         # tasks fill into the object store; then tasks that each take a run of blocks search one part
         retries = config.execution.task_retries
-        trained = ivf_trained(fetch(shared, address), dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)
+        train = _ivf_train.options(max_retries=retries, num_returns=4)
+        empty, quantizer, nprobe, nlist = train.remote(shared, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)
+        nprobe, nlist = fetch([nprobe, nlist], address)
         per_task = max(1, -(-len(starts) * dedup.ivf_shards // (4 * cluster_cpus())))
         runs_of_blocks = [starts[i : i + per_task] for i in range(0, len(starts), per_task)]
-        quantizer = ray.put(faiss.serialize_index(trained.quantizer))
         coarse = _ivf_coarse.options(max_retries=retries, num_returns=2)
         keep = dedup.ivf_shards > 1
         probed, nearest = zip(
-            *(coarse.remote(quantizer, trained.nprobe, shared, run, keep) for run in runs_of_blocks), strict=True
+            *(coarse.remote(quantizer, nprobe, shared, run, keep) for run in runs_of_blocks), strict=True
         )
         cells = np.concatenate(fetch(list(nearest), address))
-        empty = ray.put(faiss.serialize_index(trained))
         fill = _ivf_part.options(max_retries=retries, num_returns=2)
         indexes, sizes = zip(
-            *(
-                fill.remote(empty, shared, part, cells[part])
-                for part in ivf_cut(cells, trained.nlist, dedup.ivf_shards)
-            ),
+            *(fill.remote(empty, shared, part, cells[part]) for part in ivf_cut(cells, nlist, dedup.ivf_shards)),
             strict=True,
         )
         sizes = fetch(list(sizes), address)
