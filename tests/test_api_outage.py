@@ -110,6 +110,28 @@ def take_slot(lease_s: float) -> Any:
         return response.json()["lease_id"]
 
 
+def start_holder(env: dict[str, str]) -> tuple[subprocess.Popen[str], Output]:
+    """A GPU stage's process, as far as its slot goes: `held_slot` around a block that lasts until it is told on
+    its stdin that the stage is done."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, LIMIT, str(LEASE_S)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return holder, Output(holder)
+
+
+def end_holder(holder: subprocess.Popen[str], out: Output) -> None:
+    assert holder.stdin is not None
+    holder.stdin.write("done\n")
+    holder.stdin.flush()
+    assert holder.wait(timeout=60) == 0, str(out)
+
+
 def release(lease: Any) -> None:
     from prefect import get_client
 
@@ -128,16 +150,7 @@ def test_a_gpu_slot_is_acquired_and_kept_through_api_restarts(api: RestartableSe
         "PREFECT_CLIENT_MAX_RETRIES": "1",
         "PYTHONPATH": str(ROOT),
     }
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, LIMIT, str(LEASE_S)],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    out = Output(holder)
+    holder, out = start_holder(env)
     try:
         wait_until(lambda: out.said("slot_waiting"), 120, f"the holder to wait for the taken slot:\n{out}")
 
@@ -162,10 +175,7 @@ def test_a_gpu_slot_is_acquired_and_kept_through_api_restarts(api: RestartableSe
         assert take_slot(LEASE_S) is None, f"the slot lapsed while its holder ran:\n{out}"
 
         # 3. the stage ends: the slot is free at once, not when a lease runs out
-        assert holder.stdin is not None
-        holder.stdin.write("done\n")
-        holder.stdin.flush()
-        assert holder.wait(timeout=60) == 0, str(out)
+        end_holder(holder, out)
         assert out.said("RELEASED")
         assert take_slot(LEASE_S) is not None, "the holder's slot was not released"
     finally:
@@ -183,16 +193,7 @@ def test_a_lapsed_lease_is_taken_back_once_the_run_that_took_the_slot_lets_it_go
     import re
 
     env = {**os.environ, "PREFECT_API_URL": api.api_url, "PYTHONPATH": str(ROOT)}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, LIMIT, str(LEASE_S)],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    out = Output(holder)
+    holder, out = start_holder(env)
     try:
         wait_until(lambda: out.said("HELD"), 120, f"the holder to get the slot:\n{out}")
         acquired = next(line for line in out.lines if "slot_acquired" in line)
@@ -210,10 +211,7 @@ def test_a_lapsed_lease_is_taken_back_once_the_run_that_took_the_slot_lets_it_go
         wait_until(lambda: out.said("slot_reacquired"), 30, f"the holder to take the slot back:\n{out}")
         assert take_slot(LEASE_S) is None, f"the slot taken back is not held:\n{out}"
 
-        assert holder.stdin is not None
-        holder.stdin.write("done\n")
-        holder.stdin.flush()
-        assert holder.wait(timeout=60) == 0, str(out)
+        end_holder(holder, out)
         assert take_slot(LEASE_S) is not None, f"the slot taken back was not released at the holder's end:\n{out}"
     finally:
         if holder.poll() is None:
