@@ -11,6 +11,7 @@ lease protocol (acquire with a lease, renew, release) through an outage.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -184,8 +185,9 @@ def _take_back(client: SyncPrefectClient, name: str, held: _Held, lease_s: float
             return True
         log.error("slot_take_back_refused", limit=name, status=exc.response.status_code)
         return False
-    if not taken.limits:  # the limit was deleted meanwhile: nothing to hold
-        client.release_concurrency_slots_with_lease(taken.lease_id)
+    if not taken.limits:  # the limit was deleted meanwhile: nothing to hold (the empty lease lapses if not released)
+        with contextlib.suppress(httpx.TransportError, httpx.HTTPStatusError):
+            client.release_concurrency_slots_with_lease(taken.lease_id)
         log.warning("slot_limit_gone", limit=name)
         return False
     held.lease = taken.lease_id
