@@ -264,7 +264,8 @@ def test_a_cpu_worker_killed_mid_qa_resends_nothing_and_spares_the_other_worker(
         sent_after = final["total"] - at_kill["total"]
         assert accounting["reused"] == journaled and accounting["sent"] == sent_after, (accounting, journaled)
         assert accounting["total"] == journaled + sent_after  # 0 journaled requests paid again
-        # answered by the server before the kill but never received by the dead worker, so never journaled
+        # answered by the server before the kill but not journaled by the dead worker (in flight, or received and not
+        # yet on disk): a request holds its slot until its answer is journaled, so at most `concurrency` of them
         resent = sum(
             1 for k, n in final["requests"].items() if at_kill["completed"].get(k) and n > at_kill["requests"][k]
         )

@@ -171,6 +171,29 @@ def test_client_limits_hold(documents: list[Document], tmp_path: Path) -> None:
         assert server.max_in_flight <= 4
 
 
+@pytest.mark.parametrize("concurrency", [1, 2, 4])
+def test_a_kill_at_any_moment_costs_at_most_concurrency_answered_requests(
+    documents: list[Document], tmp_path: Path, concurrency: int
+) -> None:
+    """What a kill can cost: the requests the server has taken that the journal does not hold yet. The server looks
+    at the journal as each request arrives (the moment a kill would find), and that gap is never more than
+    `concurrency`: a client slot is held from before the request is sent until its outcome is on disk. (Freed when
+    the reply arrived, a slot let the next request out before the last answer was journaled: a kill then re-paid
+    one request more than `concurrency`; the stack's kill test once counted 3 at a concurrency of 2.)"""
+    journal = tmp_path / JOURNAL_FILE
+    gaps: list[int] = []
+
+    def look(number: int) -> None:  # on the server's thread, as POST `number` arrives
+        on_disk = journal.read_bytes().count(b"\n") if journal.exists() else 0
+        gaps.append(number - on_disk)
+
+    with FakeOpenAI(latency_s=0.01, on_post=look) as server:
+        result = run(documents, qa_config(server, concurrency=concurrency), tmp_path)
+    assert result.requests["sent"] == len(documents) == len(gaps)  # each answered at once, each journaled
+    assert max(gaps) <= concurrency, sorted(gaps)[-10:]
+    assert max(gaps) == concurrency or concurrency == 1  # the slots were full: the bound was tested, not idle
+
+
 def test_response_format_falls_back_when_unsupported(documents: list[Document], tmp_path: Path) -> None:
     with FakeOpenAI(supports_json_schema=False) as server:
         result = run(documents[:6], qa_config(server), tmp_path)

@@ -88,6 +88,7 @@ class FakeOpenAI:
         advertise_limits: bool = True,
         host: str = "127.0.0.1",  # 0.0.0.0: containers reach it at their network's gateway (the stack's tests)
         judge: Callable[[list[dict[str, Any]]], str] | None = None,
+        on_post: Callable[[int], None] | None = None,
     ):
         self.latency_s, self.hang_s = latency_s, hang_s
         self.rate_limit_rpm, self.advertise_limits = rate_limit_rpm, advertise_limits
@@ -95,6 +96,7 @@ class FakeOpenAI:
         self.failure_rate, self.random = failure_rate, random.Random(seed)
         self.supports_json_schema, self.usage = supports_json_schema, usage
         self.judge = judge  # a judge's reply to a conversation that holds an <answer> (the test scripts it)
+        self.on_post = on_post  # called with the POST's number as each arrives, before it is answered
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # document key -> requests received
         self.actions: Counter[str] = Counter()
@@ -266,6 +268,9 @@ class FakeOpenAI:
                     fake.authorizations.add(self.headers.get("Authorization", ""))
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                    number = fake.posts
+                if fake.on_post is not None:
+                    fake.on_post(number)
                 try:
                     self._complete(request)
                 except (BrokenPipeError, ConnectionResetError):

@@ -1,6 +1,8 @@
 """The `openai` QA backend: the official async SDK against OpenAI or any OpenAI-compatible server.
 
-Concurrency is a semaphore; the request rate is one adaptive controller shared by every request in flight
+Concurrency is a semaphore whose slot a request holds from before it is sent until the caller has settled its
+outcome (journaled it): a kill at any moment finds at most `concurrency` requests answered and not on disk, so it
+re-pays at most that many. The request rate is one adaptive controller shared by every request in flight
 (qa/rate.py: the server's rate-limit headers and 429s slow it, successes speed it up again); tokens go through
 aiolimiter's leaky bucket (one minute, as providers meter them). The SDK's own retries are off
 (max_retries=0): the project's policy table is the only retry layer, so tries can be counted and logged by
@@ -198,6 +200,7 @@ class OpenAIBackend:
             ),
         )
         self.semaphore = asyncio.Semaphore(config.concurrency)
+        self._unsettled: set[int] = set()  # id() of the jobs answered whose slot waits for their outcome to settle
         self.rate = RateController(config.requests_per_minute)  # one for all requests in flight (qa/rate.py)
         self.tokens = AsyncLimiter(config.tokens_per_minute, 60) if config.tokens_per_minute else None
         self.format_index = 0 if config.response_format == "auto" else _FORMATS.index(config.response_format)
@@ -209,20 +212,31 @@ class OpenAIBackend:
         """One HTTP request, within the limits and the deadline; its outcome goes into the ledger as it returns,
         and errors come back classified."""
         prompt = "".join(m["content"] for m in job.messages)
-        async with self.semaphore:
+        await self.semaphore.acquire()
+        try:
             # the run's cap: this request's worst case is held while it is in flight (BudgetReachedError: not sent)
             held = job.budget.reserve(worst_case(job.messages, self.config.max_tokens)) if job.budget else None
             billed: Usage | None = None
             try:
                 completion = await self._request(job, prompt)
                 billed = completion.usage
-                return completion
             except ServiceUnavailableError as error:
                 billed = error.usage
                 raise
             finally:
                 if held is not None:
                     job.budget.settle(held, billed)
+        except BaseException:
+            self.semaphore.release()  # nothing to journal: the slot is free for the next request (or this one's retry)
+            raise
+        self._unsettled.add(id(job))  # answered: the slot is kept until the caller has settled it (complete_many)
+        return completion
+
+    def _settled(self, job: Job) -> None:
+        """The job's outcome is settled (journaled, or it failed): its slot, if it still holds one, is free."""
+        if id(job) in self._unsettled:
+            self._unsettled.discard(id(job))
+            self.semaphore.release()
 
     async def _request(self, job: Job, prompt: str) -> Completion:
         """One HTTP request within the rate and the deadline; its outcome goes into the ledger as it returns."""
@@ -322,9 +336,13 @@ class OpenAIBackend:
                     return
                 done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    yield task.result()
+                    job, outcome = task.result()
+                    yield job, outcome
+                    self._settled(job)  # the caller has journaled it: the next request may go out
         finally:
             for task in running:
                 task.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+            for job in jobs:  # the caller stopped early: answers it was never handed free their slots
+                self._settled(job)
