@@ -179,6 +179,8 @@ def _take_back(client: SyncPrefectClient, name: str, held: _Held, lease_s: float
                     limit=name,
                     consequence="another run holds the slot this stage held; both run on what the limit guards until "
                     f"it lets the slot go (asked for again every {OUTAGE_RETRY_S} s)",
+                    or_else="if no other GPU stage runs, the lease store (Redis) lost this stage's lease: the slot "
+                    "is still counted for it, and the autoscaler gives it back after its grace once the stage ends",
                 )
             return True
         if is_outage(exc):

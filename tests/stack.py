@@ -149,6 +149,8 @@ def stack(tmp_path_factory):
         # the autoscaler runs but scales nothing, so each test keeps the workers it starts; test_autoscaling_stack
         # turns it on for its own span
         .replace("SCALING_POOLS=llm-pipeline-pool=cpu-worker,llm-pipeline-gpu-pool=gpu-worker", "SCALING_POOLS=")
+        # the GPU-slot audit gives back a slot nobody holds after 20 s, not 3 minutes (test_chaos's lost-lease case)
+        .replace("SCALING_SLOT_AUDIT_GRACE=3m", "SCALING_SLOT_AUDIT_GRACE=20s")
         .replace("OUTPUTS_PORT=4201", f"OUTPUTS_PORT={outputs_port}")
         .replace("OUTPUTS_PUBLIC_URL=http://127.0.0.1:4201", f"OUTPUTS_PUBLIC_URL=http://127.0.0.1:{outputs_port}")
         .replace("PREFECT_UI_API_URL=http://127.0.0.1:4200/api", f"PREFECT_UI_API_URL=http://127.0.0.1:{port}/api")

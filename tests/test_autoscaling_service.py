@@ -177,6 +177,69 @@ def test_demand_read_from_the_api_leaves_out_what_a_limit_holds_back(prefect_ser
     assert asyncio.run(read()) == 3
 
 
+def test_slots_no_gpu_pool_run_holds_are_given_back_after_the_grace_and_only_those(prefect_server) -> None:
+    """The GPU-slot audit against a real server: slots counted (taken without a lease, as a lost lease store leaves
+    them) beyond the pool's Running runs are given back once every look for the grace has seen them, never
+    before, and never the slot a Running run may hold; a look that finds no excess starts the clock again."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.deployments import run_deployment
+    from prefect.states import Completed, Running
+
+    from services.autoscaling.slots import SlotAudit
+
+    pool, limit = f"audit-{uuid.uuid4().hex[:6]}", f"slots-{uuid.uuid4().hex[:6]}"
+    _pool(pool)
+    _deploy(pool, f"{pool}-stage")
+    holder = run_deployment(f"sleeper/{pool}-stage", timeout=0)  # no worker: it is set Running by hand below
+
+    async def go() -> list[tuple[int, int]]:
+        audit = SlotAudit(limit, pool, grace_s=30)
+        seen = []
+        async with get_client() as client:
+            missing = await audit.tick(client, 0.0)  # the limit not made yet: nothing to audit
+            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=3))
+            await client.increment_concurrency_slots(names=[limit], slots=3, mode="concurrency")
+            await client.set_flow_run_state(holder.id, Running(), force=True)
+
+            async def look(now: float) -> None:
+                freed = await audit.tick(client, now)
+                seen.append((freed, (await client.read_global_concurrency_limit_by_name(limit)).active_slots))
+
+            for now in (0.0, 10.0, 29.0):  # 3 counted, 1 run that may hold one: 2 unheld, within the grace
+                await look(now)
+            await client.update_global_concurrency_limit(limit, GlobalConcurrencyLimitUpdate(active_slots=2))
+            await look(31.0)  # past the grace: the fewest unheld seen (1, in the last look) given back
+            await look(40.0)  # the holder's slot is left: counted 1, 1 Running
+            await client.increment_concurrency_slots(names=[limit], slots=1, mode="concurrency")
+            await look(50.0)  # unheld again: the clock starts
+            await client.release_concurrency_slots(names=[limit], slots=1, occupancy_seconds=1)
+            await look(60.0)  # a look with none unheld (a run that ended between the two reads, say)
+            await client.increment_concurrency_slots(names=[limit], slots=1, mode="concurrency")
+            await look(70.0)  # the clock starts again here, not at 50
+            await look(95.0)
+            await client.set_flow_run_state(holder.id, Completed(), force=True)
+            await look(101.0)  # past the grace since 70: the fewest unheld seen since then (1), not the 2 now unheld
+            await look(102.0)  # the holder's slot, now unheld, waits its own grace
+            await look(133.0)
+            return [(missing, -1), *seen]
+
+    assert asyncio.run(go()) == [
+        (0, -1),
+        (0, 3), (0, 3), (0, 3),
+        (1, 1),
+        (0, 1),
+        (0, 2),
+        (0, 1),
+        (0, 2), (0, 2),
+        (1, 1),
+        (0, 1),
+        (1, 0),
+    ]  # fmt: skip
+
+
 def test_a_draining_worker_finishes_its_run_takes_no_new_one_then_exits(prefect_server, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment

@@ -492,3 +492,43 @@ def test_an_unwritable_volume_mid_stage_fails_naming_the_path_and_a_rerun_pays_n
         assert api.final(rerun["id"])["state_type"] == "COMPLETED"
         assert fake.stats()["total"] == sent  # the journal had every answer: nothing paid twice
     print(f"\nCHAOS volume read-only mid-QA: failed with {message[:160]!r}; rerun sent 0 of {sent} requests again")
+
+
+def test_a_gpu_slot_whose_lease_redis_lost_is_given_back_and_paged(stack, api, gateway, pages) -> None:
+    """Redis loses the leases (their keys deleted: what a lost volume or a FLUSHALL does to them, without taking the
+    event streams down for the cases after this one) while the evaluation holds its `gpu-slots` slot. The stage
+    runs on and ends, and its release, made through the lost lease, frees nothing: the slot stays counted with no
+    holder, which would hold back every later GPU stage. The autoscaler's audit (SCALING_SLOT_AUDIT_GRACE, 20 s in
+    the tests' stack) gives it back and the health alert pages."""
+    env = stack["env"]
+    grace_s = 20
+
+    def counted() -> int:
+        return api.client.get("/v2/concurrency_limits/gpu-slots").json()["active_slots"]
+
+    with FakeOpenAI(latency_s=1, host="0.0.0.0") as fake:
+        endpoint = {"base_url": f"http://{gateway}:{fake.port}/v1", "concurrency": 1, "requests_per_minute": None}
+        served = {"name": "served", "kind": "endpoint", "model": f"lease-{uuid.uuid4().hex[:8]}", **endpoint}
+        parent = api.create(TEST_PIPELINE, fresh(evaluation={"metrics": ["exact_match"], "candidates": [served]}))
+        child = wait_until(lambda: running_child(api, "evaluate-models", parent), 900, "the evaluation's child to run")
+        wait_until(lambda: counted() == 1 and fake.posts >= 1, 120, "the evaluation to hold its slot")
+        forget = "redis-cli --scan --pattern '*prefect:concurrency:*' | xargs -r redis-cli del"
+        lost = compose(env, "exec", "-T", "redis", "sh", "-c", forget)
+        assert lost.returncode == 0 and int(lost.stdout.split()[-1]) >= 1, lost.stdout + lost.stderr  # keys deleted
+        fake.latency_s = 0
+        ended = api.final(child["id"])
+        ended_at = time.monotonic()
+        leaked = counted()  # (a slot the audit had wrongly given back mid-stage would have been taken back, then freed)
+        assert ended["state_type"] == "COMPLETED", ended["state"]
+        assert leaked == 1, "the stage's end freed the slot: the lost lease was not what this case tested"
+        done = api.final(parent["id"])
+    assert done["state_type"] == "COMPLETED", done["state"]
+    wait_until(lambda: counted() == 0, grace_s + 60, "the audit to give the slot back")
+    given_back_s = time.monotonic() - ended_at
+    assert given_back_s >= grace_s - 6, given_back_s  # not before the grace (its first look may be a tick late)
+    [autoscaler] = containers(env, "autoscaler")
+    assert "gpu_slots_given_back" in logs(autoscaler)
+    health = lambda: [b for b in (r.body for r in pages.at("/hook")) if b.get("alert") == "health"]  # noqa: E731
+    [page] = wait_until(lambda: [b for b in health() if "gpu-slots" in b.get("deployment", "")], 120, "the page")
+    assert "given back" in " ".join(page["breaches"]) and page["figures"]["given_back"] == 1, page
+    figures("redis lost its leases mid-evaluation", leaked_slots=leaked, given_back_s=round(given_back_s))

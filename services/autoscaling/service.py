@@ -31,6 +31,7 @@ from services.autoscaling.replicas import (
     worker_limit_of,
 )
 from services.autoscaling.settings import AutoscalerSettings, load_settings
+from services.autoscaling.slots import SlotAudit
 
 VARIABLE = "llm-pipeline-autoscaler"  # what `llm-pipeline health` reads
 EVENT = "llm-pipeline.autoscaler.scaled"
@@ -88,6 +89,12 @@ class Autoscaler:
         self._configured: set[str] = set()
         self._errors: dict[str, str] = {}
         self._published: dict[str, Any] | None = None
+        self.audit: SlotAudit | None = None
+        if settings.slot_audit_grace > 0:
+            from flows.outage import GPU_SLOTS
+            from workers.pools import GPU_POOL
+
+            self.audit = SlotAudit(GPU_SLOTS, GPU_POOL, settings.slot_audit_grace)
 
     # --- one tick ------------------------------------------------------------------------------------------------
     async def tick(self, client: Any) -> list[Decision]:
@@ -106,9 +113,24 @@ class Autoscaler:
                 self.log.info("autoscaler.recovered", pool=managed.pool)
             if decision is not None:
                 made.append(decision)
+        await self._audit(client)
         await self._publish(client)
         TICK_FILE.touch()
         return made
+
+    async def _audit(self, client: Any) -> None:
+        if self.audit is None:
+            return
+        try:
+            await self.audit.tick(client, time.monotonic())
+        except Exception as exc:  # the API away for a moment: the next tick looks again
+            error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            if self._errors.get("slot-audit") != error:
+                self.log.warning("autoscaler.slot_audit_failed", error=error)
+            self._errors["slot-audit"] = error
+            return
+        if self._errors.pop("slot-audit", None):
+            self.log.info("autoscaler.recovered", part="slot-audit")
 
     async def _tick_pool(self, client: Any, managed: ManagedPool) -> Decision | None:
         service = managed.service
@@ -277,6 +299,7 @@ class Autoscaler:
             pools={m.pool: m.service.service for m in self.pools},
             interval_s=self.settings.interval,
             policy=str(self.settings.policy()),
+            slot_audit_grace_s=self.settings.slot_audit_grace or None,
         )
         async with get_client() as client:
             while not stop.is_set():

@@ -36,6 +36,9 @@ def parse_duration(text: str | float | int) -> float:
     return total
 
 
+DURATIONS = ("scale_up_cooldown", "scale_down_cooldown", "sustain", "interval", "drain_timeout", "slot_audit_grace")
+
+
 class AutoscalerSettings(BaseSettings):
     """SCALING_* and WORKER_LIMIT, as `.env.example` documents them."""
 
@@ -54,10 +57,13 @@ class AutoscalerSettings(BaseSettings):
     # pool=compose service, comma-separated; empty: the autoscaler watches nothing (it runs, and scales no pool)
     pools: str = "llm-pipeline-pool=cpu-worker,llm-pipeline-gpu-pool=gpu-worker"
     gpu_devices: str = ""  # the host's GPU ids ("0,1,2,3"); empty: asked of the NVIDIA runtime (nvidia-smi)
+    # how long `gpu-slots` may count slots that no GPU-pool run holds before they are given back (a lost lease
+    # store: services/autoscaling/slots.py); 0: never
+    slot_audit_grace: float = Field(180.0, ge=0)
     # compose: containers of a compose project; swarm: a swarm stack's services (scripts/swarm_stack.py sets it)
     backend: Literal["compose", "swarm"] = "compose"
 
-    @field_validator("scale_up_cooldown", "scale_down_cooldown", "sustain", "interval", "drain_timeout", mode="before")
+    @field_validator(*DURATIONS, mode="before")
     @classmethod
     def _duration(cls, value: object) -> float:
         return parse_duration(value)  # type: ignore[arg-type]
