@@ -135,7 +135,7 @@ def health(
     """Success and error rates, run durations, queue times and resource use (CPU mean, memory peak, GPU
     utilisation mean, GPU memory peak, sampled during stages) per deployment over a window, against thresholds
     (the spec's by default) from the Prefect API (PREFECT_API_URL). Exit 1 when one is crossed."""
-    from flows.health import pipeline_health, pool_status
+    from flows.health import gpu_slot_status, pipeline_health, pool_status
     from llm_pipeline.health import Thresholds, parse_window
 
     try:
@@ -147,12 +147,14 @@ def health(
         err.print(f"[bold red]error[/]: {exc}")
         raise typer.Exit(2) from None
     report = pipeline_health(span, thresholds)
-    pools = pool_status()
+    pools, slots = pool_status(), gpu_slot_status()
     unhealthy = [h for h in report if h.breaches]
     if as_json:
-        out.print_json(json.dumps({"window": window, "deployments": [h.as_dict() for h in report], "pools": pools}))
+        deployments = [h.as_dict() for h in report]
+        out.print_json(json.dumps({"window": window, "deployments": deployments, "pools": pools, "gpu_slots": slots}))
     else:
         _print_pools(pools)
+        _print_gpu_slots(slots)
         table = Table(title=f"pipeline health, last {window}")
         for column in (
             "deployment",
@@ -210,6 +212,24 @@ def _print_pools(pools: list[dict[str, Any]]) -> None:
             (scaled.get("last_decision") or {}).get("message") or scaled.get("error") or scaled.get("note") or "-",
         )
     out.print(table)
+
+
+def _print_gpu_slots(slots: dict[str, int] | None) -> None:
+    """The GPU stages' slots: counted, and the runs that could hold them (more counted than that: unheld)."""
+    if slots is None:
+        out.print("gpu-slots: no such limit (`make deploy` makes it)")
+        return
+    unheld = slots["counted"] - slots["holders"]
+    line = (
+        f"gpu-slots: {slots['counted']} of {slots['limit']} counted; GPU-pool runs Running or Cancelling: "
+        f"{slots['holders']}"
+    )
+    if unheld > 0:
+        line += (
+            f"; [bold red]{unheld} unheld[/] (a lost lease: the autoscaler gives it back after "
+            'SCALING_SLOT_AUDIT_GRACE; README, "When a part of the stack dies")'
+        )
+    out.print(line)
 
 
 def main() -> None:

@@ -103,6 +103,19 @@ def pool_status() -> list[dict[str, Any]]:
     return asyncio.run(fetch_pools())
 
 
+def gpu_slot_status() -> dict[str, int] | None:
+    """`gpu-slots` as flows/outage.py's `slot_reading` sees it (None where the limit does not exist)."""
+    from prefect.client.orchestration import get_client
+
+    from flows.outage import slot_reading
+
+    async def read() -> dict[str, int] | None:
+        async with get_client() as client:
+            return await slot_reading(client)
+
+    return asyncio.run(read())
+
+
 def pipeline_health(window: timedelta, thresholds: Thresholds) -> list[DeploymentHealth]:
     now = datetime.now(UTC)
     return deployment_health(asyncio.run(fetch_runs(window, now)), now, thresholds)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import httpx
@@ -30,6 +30,8 @@ log = get_logger("flow")
 
 # the global concurrency limit a GPU-pool stage holds a slot of (workers/pools.py creates it, sized GPU_SLOTS)
 GPU_SLOTS = "gpu-slots"
+GPU_POOL = "llm-pipeline-gpu-pool"  # where the GPU stages run (workers/pools.py makes it)
+HOLDING = ("RUNNING", "CANCELLING")  # a GPU stage's run holds its slot only in these states
 API_OUTAGE_S = 600  # how long a call rides out an unreachable API before it gives up
 OUTAGE_RETRY_S = 5
 
@@ -195,3 +197,30 @@ def _take_back(client: SyncPrefectClient, name: str, held: _Held, lease_s: float
     held.lease = taken.lease_id
     log.warning("slot_reacquired", limit=name, lease=str(taken.lease_id))
     return True
+
+
+async def slot_reading(client: Any, limit: str = GPU_SLOTS, pool: str = GPU_POOL) -> dict[str, int] | None:
+    """The limit's size, its slots counted, and the runs that could hold them: `pool`'s runs Running or Cancelling
+    (a GPU stage takes its slot once its run is Running and lets it go before the run ends, so `counted` over
+    `holders` is slots nobody holds). None when the limit does not exist."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        found = await client.read_global_concurrency_limit_by_name(limit)
+    except ObjectNotFound:
+        return None
+    holders = await client.count_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in HOLDING]))
+        ),
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+    )
+    return {"limit": found.limit, "counted": found.active_slots, "holders": holders}

@@ -79,6 +79,36 @@ def test_health_per_deployment_against_thresholds(prefect_server, tmp_path: Path
     assert table.returncode == 1 and "health-seed/nightly" in table.stdout and "success rate 80%" in table.stdout
 
 
+def test_health_says_how_many_gpu_slots_no_run_holds(prefect_server, tmp_path: Path) -> None:
+    """`llm-pipeline health` reads gpu-slots as the autoscaler's audit does: slots counted against the GPU pool's
+    runs that could hold them, so an operator sees a slot leaked by a lost lease before the audit gives it back."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url, "COLUMNS": "250"}
+    command = [sys.executable, "-m", "flows.cli", "health", "--window", "1h"]
+    before = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert json.loads(before.stdout)["gpu_slots"] is None  # not made on this server
+
+    async def leak() -> None:  # two slots taken without a lease, no run on the GPU pool: as a lost store leaves them
+        async with get_client() as client:
+            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu-slots", limit=2))
+            await client.increment_concurrency_slots(names=["gpu-slots"], slots=2, mode="concurrency")
+
+    async def tidy() -> None:
+        async with get_client() as client:
+            await client.delete_global_concurrency_limit_by_name("gpu-slots")
+
+    asyncio.run(leak())
+    try:
+        shown = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert json.loads(shown.stdout)["gpu_slots"] == {"limit": 2, "counted": 2, "holders": 0}
+        table = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert "gpu-slots: 2 of 2 counted; GPU-pool runs Running or Cancelling: 0; 2 unheld" in table.stdout, table
+    finally:
+        asyncio.run(tidy())
+
+
 def test_health_figures_and_defaults() -> None:
     now = datetime.now(UTC)
     runs = [

@@ -21,10 +21,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.outage import GPU_SLOTS  # the global limit the pipeline's GPU stages hold a slot of
+from flows.outage import GPU_POOL, GPU_SLOTS  # the GPU stages' pool, and the global limit they hold a slot of
 
 CPU_POOL = "llm-pipeline-pool"
-GPU_POOL = "llm-pipeline-gpu-pool"
 DOCKER_POOL = "llm-pipeline-docker-pool"
 IMAGE = os.environ.get("LLM_PIPELINE_IMAGE", "llm-pipeline:cpu")
 COMPOSE_PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "llm-pipeline")

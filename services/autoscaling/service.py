@@ -91,8 +91,7 @@ class Autoscaler:
         self._published: dict[str, Any] | None = None
         self.audit: SlotAudit | None = None
         if settings.slot_audit_grace > 0:
-            from flows.outage import GPU_SLOTS
-            from workers.pools import GPU_POOL
+            from flows.outage import GPU_POOL, GPU_SLOTS
 
             self.audit = SlotAudit(GPU_SLOTS, GPU_POOL, settings.slot_audit_grace)
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from llm_pipeline.logging import get_logger
 
-HOLDING = ("RUNNING", "CANCELLING")  # a GPU stage's run holds its slot only in these states
 SOURCE = "llm-pipeline.health.gpu-slots"  # the health alert's resource: its automation matches llm-pipeline.health.*
 
 log = get_logger("autoscaler")
@@ -34,18 +33,17 @@ class SlotAudit:
 
     async def tick(self, client: Any, now: float) -> int:
         """One look; the number of slots given back (0 unless unheld slots outlasted the grace)."""
-        from prefect.exceptions import ObjectNotFound
+        from flows.outage import slot_reading
 
-        try:
-            limit = await client.read_global_concurrency_limit_by_name(self.limit)
-        except ObjectNotFound:  # not made (no `make deploy` yet): nothing counted
+        reading = await slot_reading(client, self.limit, self.pool)
+        if reading is None:  # not made (no `make deploy` yet): nothing counted
             self.since = None
             return 0
-        holders = await self._holders(client)
-        excess = limit.active_slots - holders
+        counted, holders = reading["counted"], reading["holders"]
+        excess = counted - holders
         if excess <= 0:
             if self.since is not None:
-                log.info("gpu_slots_accounted", limit=self.limit, counted=limit.active_slots, holders=holders)
+                log.info("gpu_slots_accounted", limit=self.limit, counted=counted, holders=holders)
             self.since = None
             return 0
         if self.since is None:
@@ -53,7 +51,7 @@ class SlotAudit:
             log.warning(
                 "gpu_slots_unheld",
                 limit=self.limit,
-                counted=limit.active_slots,
+                counted=counted,
                 holders=holders,
                 given_back_in_s=self.grace_s,
                 message="more slots counted than GPU-pool runs that could hold them; given back if it lasts",
@@ -68,29 +66,12 @@ class SlotAudit:
         self.since = None
         message = (
             f"{freed} {self.limit} slot(s) counted for {waited:.0f}s with no GPU-pool run holding them, given back "
-            f"(counted {limit.active_slots}, runs Running or Cancelling in {self.pool}: {holders}); their leases were "
+            f"(counted {counted}, runs Running or Cancelling in {self.pool}: {holders}); their leases were "
             "lost, which happens when the lease store (Redis) lost its data"
         )
-        log.error("gpu_slots_given_back", limit=self.limit, slots=freed, counted=limit.active_slots, holders=holders)
-        self._page(message, freed, limit.active_slots, holders, waited)
+        log.error("gpu_slots_given_back", limit=self.limit, slots=freed, counted=counted, holders=holders)
+        self._page(message, freed, counted, holders, waited)
         return freed
-
-    async def _holders(self, client: Any) -> int:
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-            WorkPoolFilter,
-            WorkPoolFilterName,
-        )
-        from prefect.client.schemas.objects import StateType
-
-        return await client.count_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in HOLDING]))
-            ),
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.pool])),
-        )
 
     def _page(self, message: str, freed: int, counted: int, holders: int, waited: float) -> None:
         from prefect.events import emit_event
