@@ -3,8 +3,8 @@
 `complete_many` yields `(job, Completion)` or `(job, error)` in completion order; the error is what remained
 after the backend applied the request-level policy (llm_pipeline.qa.policy). The caller settles (journals) each
 outcome before it asks for the next, so a backend that limits requests in flight can count an answered request
-as in flight until then (the openai backend does: a kill re-pays at most `concurrency`). Backends register themselves in
-`QA_BACKENDS` by name, one module each (openai_backend, local_backend), or from a user's package (see
+as in flight until then (the openai backend does: a kill re-pays at most `concurrency`). Backends register
+themselves in `QA_BACKENDS` by name, one module each (openai_backend, local_backend), or from a user's package (see
 llm_pipeline.plugins); a registered backend is a class or factory called as `backend(config, api_key)`. The
 extractive backend needs no model and no requests: it is built in (`extractive.py`).
 """
