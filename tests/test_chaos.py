@@ -254,7 +254,9 @@ def test_a_cpu_worker_killed_mid_qa_resends_nothing_and_spares_the_other_worker(
             recovered_s = time.monotonic() - killed_at
             assert done["state_type"] == "COMPLETED", done["state"]
             assert api.final(queued["id"])["state_type"] == "COMPLETED"  # not blocked past recovery
-            assert api.final(bystander["id"])["state_type"] == "COMPLETED"
+            spared_end = api.final(bystander["id"])
+            # failed once in a full run (2026-12-05: the bystander Crashed, cause not kept): say why if it happens again
+            assert spared_end["state_type"] == "COMPLETED", (spared_end["state"], logs(spared)[-4000:])
             final = fake.stats()
         # the other worker's run never noticed: never Crashed, never resubmitted
         assert "CRASHED" not in api.states(bystander["id"]) and not api.resubmissions(bystander["id"])
