@@ -116,6 +116,18 @@ def gpu_slot_status() -> dict[str, int] | None:
     return asyncio.run(read())
 
 
+def emit_breach(source: str, name: str, window: str, breaches: list[str], figures: dict[str, Any]) -> None:
+    """The event the health alert pages on (flows/alerts.py's templates read this payload), about the resource
+    `llm-pipeline.health.<source>`: a deployment over a threshold, or the autoscaler's unheld GPU slots."""
+    from prefect.events import emit_event
+
+    emit_event(
+        event=HEALTH_EVENT,
+        resource={"prefect.resource.id": f"llm-pipeline.health.{source}", "prefect.resource.name": name},
+        payload={"deployment": name, "window": window, "breaches": breaches, "figures": figures},
+    )
+
+
 def pipeline_health(window: timedelta, thresholds: Thresholds) -> list[DeploymentHealth]:
     now = datetime.now(UTC)
     return deployment_health(asyncio.run(fetch_runs(window, now)), now, thresholds)
@@ -133,7 +145,6 @@ def health_check(
     """The five health figures per deployment over `window`; a table artifact, and an alert event for each
     deployment that crosses a threshold. The run itself completes either way: a breach is news, not a failure."""
     from prefect.artifacts import create_table_artifact
-    from prefect.events import emit_event
 
     thresholds = Thresholds(
         min_success_rate, max_error_rate, parse_window(max_duration), parse_window(max_queue), max_resource_pct
@@ -145,13 +156,6 @@ def health_check(
     unhealthy = [h for h in report if h.breaches]
     for h in unhealthy:
         figures = {k: v for k, v in h.as_dict().items() if k not in ("deployment", "breaches")}
-        emit_event(
-            event=HEALTH_EVENT,
-            resource={
-                "prefect.resource.id": f"llm-pipeline.health.{artifact_key(h.deployment)}",
-                "prefect.resource.name": h.deployment,
-            },
-            payload={"deployment": h.deployment, "window": window, "breaches": h.breaches, "figures": figures},
-        )
+        emit_breach(artifact_key(h.deployment), h.deployment, window, h.breaches, figures)
         log.warning("health_breached", deployment=h.deployment, breaches=h.breaches)
     return {"window": window, "deployments": len(report), "unhealthy": [h.deployment for h in unhealthy]}

@@ -18,8 +18,6 @@ from typing import Any
 
 from llm_pipeline.logging import get_logger
 
-SOURCE = "llm-pipeline.health.gpu-slots"  # the health alert's resource: its automation matches llm-pipeline.health.*
-
 log = get_logger("autoscaler")
 
 
@@ -74,17 +72,8 @@ class SlotAudit:
         return freed
 
     def _page(self, message: str, freed: int, counted: int, holders: int, waited: float) -> None:
-        from prefect.events import emit_event
+        from flows.health import emit_breach
 
-        from flows.alerts import HEALTH_EVENT
-
-        emit_event(
-            event=HEALTH_EVENT,
-            resource={"prefect.resource.id": SOURCE, "prefect.resource.name": self.limit},
-            payload={
-                "deployment": f"{self.limit} (the GPU stages' concurrency limit)",
-                "window": f"{waited:.0f}s",
-                "breaches": [message],
-                "figures": {"given_back": freed, "counted": counted, "holders": holders},
-            },
-        )
+        figures = {"given_back": freed, "counted": counted, "holders": holders}
+        name = f"{self.limit} (the GPU stages' concurrency limit)"
+        emit_breach("gpu-slots", name, f"{waited:.0f}s", [message], figures)
