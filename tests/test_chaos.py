@@ -144,10 +144,19 @@ def logs(container: str) -> str:
     return done.stdout + done.stderr
 
 
+def run_processes(container: str, run_id: str) -> list[str]:
+    """The processes in `container` running the flow run (a flow run's process carries its id in its environment)."""
+    find = f"grep -l 'PREFECT__FLOW_RUN_ID={run_id}' /proc/[0-9]*/environ 2>/dev/null || true"
+    done = subprocess.run(["docker", "exec", container, "sh", "-c", find], capture_output=True, text=True)
+    return done.stdout.split()
+
+
 def container_running(env: dict[str, str], service: str, run_id: str) -> str | None:
-    """The container of `service` whose worker took the flow run (its log names the run)."""
+    """The container of `service` that runs the flow run. Not the one whose log names it: a worker that lost the race
+    to submit the run ("Aborted submission ...") names it too, and the test once drained that one and killed the
+    worker that really ran the bystander."""
     for container in containers(env, service):
-        if run_id in logs(container):
+        if run_processes(container, run_id):
             return container
     return None
 
@@ -353,12 +362,9 @@ def test_a_cpu_worker_killed_while_its_evaluation_runs_on_the_gpu_worker_cancels
         assert any(s["type"] == "CANCELLING" and why in (s["message"] or "") for s in history), [
             (s["type"], s["message"]) for s in history
         ]
-        # its process on the gpu-worker is gone (a flow run's process carries its id in its environment)
+        # its process on the gpu-worker is gone
         [gpu_worker] = containers(env, "gpu-worker")
-        find = f"grep -l 'PREFECT__FLOW_RUN_ID={child['id']}' /proc/[0-9]*/environ 2>/dev/null || true"
-        holders = lambda: subprocess.run(["docker", "exec", gpu_worker, "sh", "-c", find],  # noqa: E731
-                                         capture_output=True, text=True).stdout.split()  # fmt: skip
-        wait_until(lambda: not holders(), 60, "the orphan's process on the gpu-worker to exit")
+        wait_until(lambda: not run_processes(gpu_worker, child["id"]), 60, "the orphan's process to exit")
         sent_by_orphan = fake.posts
         fake.latency_s = 0  # the resubmission's evaluation, at full speed
         done = api.final(again["id"])
