@@ -1,7 +1,7 @@
 """The production stack for real (tests/stack.py brings it up once per session): the UI and the outputs service
 served, deploy, the test deployment on the workers, the shared volume and the logs, the docker-pool variant,
-the Hugging Face settings on the workers, and that Postgres and the model cache keep their data across
-`make down && make up`."""
+the Hugging Face settings on the workers, that Postgres and the model cache keep their data across
+`make down && make up`, and that a code change ships as a small image layer."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from tests.stack import HF_TOKEN, PROJECT, alert_trail, compose, fail_a_run, make, shared
+from tests.stack import HF_TOKEN, PROJECT, ROOT, alert_trail, compose, fail_a_run, make, shared
 
 pytestmark = pytest.mark.slow
 
@@ -209,3 +209,53 @@ def test_postgres_and_the_model_cache_keep_their_data_across_down_and_up(stack, 
     assert "COMPLETED" in inspected.stdout
     kept = compose(stack["env"], "exec", "-T", "gpu-worker", "cat", "/hf-cache/llm-pipeline-test-marker")
     assert kept.stdout == "kept", kept.stderr[-500:]  # the volume, shared by the workers, survived
+
+
+def test_a_code_change_rebuilds_a_small_layer_and_ships_in_the_image(stack, tmp_path) -> None:
+    """What a release of new code costs every host that pulls it: the image built from the project with one
+    source file changed, after the stack's own build, must differ from every other image by a few MB (the
+    project's wheel), not by the ~2.8 GB venv; and the change must be in the image's installed package."""
+    import shutil
+    import uuid
+
+    import docker
+
+    tree = tmp_path / "project"
+    tree.mkdir()
+    for name in ("requirements.lock", "pyproject.toml", "README.md", ".dockerignore"):
+        shutil.copy2(ROOT / name, tree / name)
+    for name in ("docker", "src", "flows", "workers", "services", "configs", "data"):
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    probe = uuid.uuid4().hex
+    with (tree / "src" / "llm_pipeline" / "__init__.py").open("a") as module:
+        module.write(f'\nLAYER_PROBE = "{probe}"\n')
+    tag = f"llm-pipeline-layer-probe:{probe[:12]}"
+    (tree / "image.yml").write_text(
+        "services:\n  image:\n"
+        f"    image: {tag}\n"
+        "    build: {context: ., dockerfile: docker/Dockerfile, args: {TORCH_VARIANT: cpu}}\n"
+    )
+    env = {**stack["env"], "COMPOSE_PROJECT_NAME": f"layer-probe-{probe[:8]}"}
+    try:
+        built = subprocess.run(
+            ["docker", "compose", "-f", "image.yml", "build"],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+        shipped = subprocess.run(
+            ["docker", "run", "--rm", tag, "python", "-c", "import llm_pipeline; print(llm_pipeline.LAYER_PROBE)"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert shipped.stdout.strip() == probe, shipped.stderr[-2000:]
+        images = docker.from_env().df()["Images"]
+        (image,) = [image for image in images if tag in (image.get("RepoTags") or [])]
+        unique = image["Size"] - image["SharedSize"]  # what `docker system df -v` prints as UNIQUE SIZE
+        assert image["Size"] > 1e9 and unique < 20e6, (unique, image["Size"])
+    finally:
+        subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, timeout=120)
