@@ -183,6 +183,18 @@ def plain_processes(workers: int, cfg: Any) -> dict[str, Any]:
     return {"seconds": round(seconds, 2), "task_cpu_seconds": round(sum(cpu), 2), "units": len(units)}
 
 
+def _own_pages(pid: int) -> tuple[int, int]:
+    """(USS, anonymous) bytes of a process, from /proc/PID/smaps_rollup (Linux)."""
+    fields: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, value = line.partition(":")
+            fields[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0), fields.get("Anonymous", 0)
+
+
 def measure(config: str, corpus: Path, settings: list[str]) -> dict[str, Any]:
     env = {**os.environ, **THREADS, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory() as out:
@@ -190,26 +202,39 @@ def measure(config: str, corpus: Path, settings: list[str]) -> dict[str, Any]:
         command += ["--set", *settings] if settings else []
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
         peaks: dict[int, tuple[str, int]] = {}
-        private: dict[int, int] = {}  # USS: pages of the process's own, not the object store's
+        private: dict[int, int] = {}  # USS: pages no other process maps (object-store pages it wrote included)
+        heap: dict[int, int] = {}  # anonymous pages: its own memory, none of the object store's (shared memory)
         done = threading.Event()
+        sampler_cpu: list[float] = []
 
         def sample() -> None:
+            # RSS (/proc/pid/statm, cheap) every 0.2 s; USS only every 2 s: it walks every mapping of the process
+            # (smaps_rollup), and the workers map the object store's GBs. At 0.2 s for both, this thread took
+            # 26 s of CPU in a 112 s run on 2 cores (measured 2026-12-05), a tax on the 2-worker runs alone.
             root = psutil.Process(process.pid)
+            names: dict[int, str] = {}
+            tick = 0
             while not done.is_set():
                 procs = [root]
                 with contextlib.suppress(psutil.Error):
                     procs += root.children(recursive=True)
                 for p in procs:
                     try:
-                        memory, cmdline = p.memory_full_info(), p.cmdline() or ["?"]
+                        if p.pid not in names or tick % 10 == 0:  # a Ray worker sets its title after it starts
+                            cmdline = p.cmdline() or ["?"]
+                            # the Ray driver runs in a process of its own (llm_pipeline.engine.driver): named so
+                            names[p.pid] = "ray driver" if "llm_pipeline.engine.ray_driver" in cmdline else cmdline[0]
+                        rss = p.memory_info().rss
+                        if tick % 10 == 0:
+                            uss, anon = _own_pages(p.pid)
+                            private[p.pid] = max(private.get(p.pid, 0), uss)
+                            heap[p.pid] = max(heap.get(p.pid, 0), anon)
                     except psutil.Error:
                         continue
-                    # the Ray driver runs in a process of its own (llm_pipeline.engine.driver): named so here
-                    name = "ray driver" if "llm_pipeline.engine.ray_driver" in cmdline else cmdline[0]
-                    if memory.rss > peaks.get(p.pid, ("", 0))[1]:
-                        peaks[p.pid] = (name, memory.rss)
-                    private[p.pid] = max(private.get(p.pid, 0), memory.uss)
+                    peaks[p.pid] = (names[p.pid], max(rss, peaks.get(p.pid, ("", 0))[1]))  # its latest name
+                tick += 1
                 time.sleep(0.2)
+            sampler_cpu.append(time.thread_time())
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -225,6 +250,8 @@ def measure(config: str, corpus: Path, settings: list[str]) -> dict[str, Any]:
         driver = max((peaks[pid][1] for pid in drivers), default=stage)
         driver_private = max((private[pid] for pid in drivers), default=private.get(process.pid, 0))
         ray_peaks = [rss for pid, (name, rss) in peaks.items() if pid != process.pid and name.startswith("ray::")]
+        ray_private = [private.get(pid, 0) for pid, (name, _) in peaks.items() if name.startswith("ray::")]
+        ray_heap = [heap.get(pid, 0) for pid, (name, _) in peaks.items() if name.startswith("ray::")]
         others = [(name, rss) for pid, (name, rss) in peaks.items() if pid != process.pid and name != "ray driver"]
         largest_other = max(others, key=lambda x: x[1], default=("", 0))
         return {
@@ -235,7 +262,14 @@ def measure(config: str, corpus: Path, settings: list[str]) -> dict[str, Any]:
             "driver_peak_private_mb": round(driver_private / 2**20),
             "stage_process_peak_mb": round(stage / 2**20),
             "ray_worker_peak_mb": round(max(ray_peaks, default=0) / 2**20),
+            # RSS counts the object store's shared pages a worker maps; its own pages are the per-process cost
+            "ray_worker_peak_private_mb": round(max(ray_private, default=0) / 2**20),
+            # USS also counts object-store pages only this worker has touched (the outputs it wrote); anonymous
+            # memory is the process's own heap alone: what an out-of-memory kill would be about
+            "ray_worker_peak_anon_mb": round(max(ray_heap, default=0) / 2**20),
+            "driver_peak_anon_mb": round(max((heap.get(pid, 0) for pid in drivers), default=0) / 2**20),
             "largest_other_process": [largest_other[0][:40], round(largest_other[1] / 2**20)],
+            "sampler_cpu_seconds": round(sampler_cpu[0], 1) if sampler_cpu else None,
         }
 
 
