@@ -126,7 +126,8 @@ images: check-env  ## build the project image(s)
 	$(DC) build
 
 up: check-env  ## build and start the stack, and wait until every service is healthy
-	$(DC) up -d --build --wait
+	@echo "$(DC) up -d --build --wait"
+	@$(DC) up -d --build --wait || { python3 scripts/why_not_up.py $(DC); exit 1; }
 	@$(MAKE) --no-print-directory open
 
 open:  ## print the addresses of the UI and of the run outputs, and how to log in

@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -259,3 +260,30 @@ def test_a_code_change_rebuilds_a_small_layer_and_ships_in_the_image(stack, tmp_
         assert image["Size"] > 1e9 and unique < 20e6, (unique, image["Size"])
     finally:
         subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, timeout=120)
+
+
+def test_make_up_on_a_database_volume_with_another_password_names_the_cause(stack, tmp_path) -> None:
+    """A second clone, or `make secrets` run again, beside a database volume made with the old password: Postgres
+    keeps that password, the server cannot log in, and `make up` must say so and what to do, not only that a
+    container is unhealthy. Its own compose project and ports beside the shared stack, on the image it built."""
+    import secrets as tokens
+
+    from tests.conftest import published_port
+    from tests.stack import set_env, take_down
+
+    env_file = tmp_path / "other.env"
+    env_file.write_text(Path(stack["env"]["ENV_FILE"]).read_text())
+    set_env(env_file, {"PREFECT_PORT": str(published_port()), "OUTPUTS_PORT": str(published_port())})
+    env = {**stack["env"], "ENV_FILE": str(env_file), "COMPOSE_PROJECT_NAME": f"{PROJECT}-pgpass"}
+    try:
+        assert compose(env, "up", "-d", "--wait", "postgres", timeout=300).returncode == 0  # the volume is made
+        new_password = tokens.token_urlsafe(16)
+        set_env(env_file, {"POSTGRES_PASSWORD": new_password})
+        up = make("up", env, timeout=900)
+        assert up.returncode != 0
+        said = up.stdout + up.stderr
+        assert "why-not-up: prefect-server is" in said, said[-3000:]
+        assert "password authentication failed" in said and "POSTGRES_PASSWORD" in said, said[-3000:]
+        assert "make clean" in said and new_password not in said
+    finally:
+        take_down(env)
