@@ -10,7 +10,8 @@ import json
 import subprocess
 import sys
 
-# (what the log says, what it means and what to do)
+# (what the log says, what it means and what to do), the first that matches a line wins. Only causes a line
+# names beyond doubt: a log holds harmless errors too, and a wrong cause is worse than the log's tail.
 KNOWN_CAUSES = [
     (
         "password authentication failed for user",
@@ -22,11 +23,6 @@ KNOWN_CAUSES = [
         "no space left on device",
         "a disk is full (the Docker data root or a volume): free space (`docker system df`, "
         "`docker builder prune`), then `make up`.",
-    ),
-    (
-        "permission denied",
-        "a mounted path is not writable by the service's user (the project's image runs as uid 1000): "
-        "fix the owner of the bind-mounted folder or use the named volumes.",
     ),
 ]
 LOG_LINES = 15
@@ -64,10 +60,10 @@ def main(compose: list[str]) -> int:
             check=False,
         )
         lines = (logs.stdout + logs.stderr).splitlines()
-        causes = [(line, hint) for pattern, hint in KNOWN_CAUSES for line in lines if pattern in line.lower()]
+        causes = [(line, hint) for pattern, hint in KNOWN_CAUSES for line in reversed(lines) if pattern in line.lower()]
         print(f"\nwhy-not-up: {name} is {state}", file=sys.stderr)
         if causes:
-            line, hint = causes[-1]
+            line, hint = causes[0]  # the first cause listed, at its latest line
             print(f"  its log: {line.strip()[:300]}", file=sys.stderr)
             print(f"  cause: {hint}", file=sys.stderr)
         else:

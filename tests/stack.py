@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -168,7 +169,8 @@ def stack(tmp_path_factory):
     take_down(env)
     up = make("up", env, timeout=2400)
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-    yield {"env": env, "port": port, "outputs_port": outputs_port, "auth": auth}
+    up_at = datetime.now(UTC).isoformat(timespec="seconds")  # the end of start-up, for the logs of that span
+    yield {"env": env, "port": port, "outputs_port": outputs_port, "auth": auth, "up_at": up_at}
     take_down(env)
 
 

@@ -33,6 +33,16 @@ def test_stack_is_healthy_and_the_api_needs_its_password(stack) -> None:
     assert services.get("prefect-services") == "running", services
 
 
+def test_no_service_logs_an_error_while_the_stack_starts(stack) -> None:
+    """An operator reading `make logs` after `make up` must not meet errors that mean nothing (they teach
+    everyone to skip the real ones): every service's log up to the end of `make up` is free of ERROR lines and
+    tracebacks. (prefect-services logged two, unpacking a UI it does not serve into read-only site-packages.)"""
+    logs = compose(stack["env"], "logs", "--no-color", "--until", stack["up_at"])
+    assert logs.returncode == 0, logs.stderr[-2000:]
+    errors = [line for line in logs.stdout.splitlines() if re.search(r"\bERROR\b|Traceback", line)]
+    assert not errors, "\n".join(errors[:20])
+
+
 def test_both_uis_are_served_by_the_non_root_server(stack) -> None:
     """Prefect copies its UI bundles at start-up: to PREFECT_UI_STATIC_DIRECTORY, as the image's own user."""
     base = f"http://127.0.0.1:{stack['port']}"
