@@ -248,7 +248,7 @@ def measure(config: str, corpus: Path, settings: list[str]) -> dict[str, Any]:
         drivers = [pid for pid, (name, _) in peaks.items() if name == "ray driver"]
         # the local engine has no driver: its stage's process holds it all
         driver = max((peaks[pid][1] for pid in drivers), default=stage)
-        driver_private = max((private[pid] for pid in drivers), default=private.get(process.pid, 0))
+        driver_private = max((private.get(pid, 0) for pid in drivers), default=private.get(process.pid, 0))
         ray_peaks = [rss for pid, (name, rss) in peaks.items() if pid != process.pid and name.startswith("ray::")]
         ray_private = [private.get(pid, 0) for pid, (name, _) in peaks.items() if name.startswith("ray::")]
         ray_heap = [heap.get(pid, 0) for pid, (name, _) in peaks.items() if name.startswith("ray::")]

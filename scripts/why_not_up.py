@@ -60,10 +60,12 @@ def main(compose: list[str]) -> int:
             check=False,
         )
         lines = (logs.stdout + logs.stderr).splitlines()
-        causes = [(line, hint) for pattern, hint in KNOWN_CAUSES for line in reversed(lines) if pattern in line.lower()]
+        # the first cause listed, at its latest line
+        cause = next(((line, hint) for pattern, hint in KNOWN_CAUSES for line in reversed(lines)
+                      if pattern in line.lower()), None)  # fmt: skip
         print(f"\nwhy-not-up: {name} is {state}", file=sys.stderr)
-        if causes:
-            line, hint = causes[0]  # the first cause listed, at its latest line
+        if cause:
+            line, hint = cause
             print(f"  its log: {line.strip()[:300]}", file=sys.stderr)
             print(f"  cause: {hint}", file=sys.stderr)
         else:
