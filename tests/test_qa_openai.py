@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,7 +98,9 @@ def test_policy_rows_with_tries_counted(
 ) -> None:
     target, others = documents[0], documents[1:6]
     fake.faults = {target.text[:60]: list(actions)}
-    config = qa_config(fake)
+    # a client limit, as by default: the target's 429 comes first, and an unbounded client has no rate to halve
+    # but a guessed 1/s (the other documents would then wait 2 s apiece)
+    config = qa_config(fake, requests_per_minute=600)
     started = time.monotonic()
     if outcome == "failed":
         with pytest.raises(TransientError, match="still failing after their retries"):
@@ -169,6 +172,41 @@ def test_client_limits_hold(documents: list[Document], tmp_path: Path) -> None:
         assert result.requests["sent"] == 40
         assert server.stats()["actions"].get("429", 0) == 0  # the client stayed under the server's limit
         assert server.max_in_flight <= 4
+
+
+def test_a_storm_of_429s_leaves_the_client_at_its_pace_when_it_ends(tmp_path: Path) -> None:
+    """Every request refused for 2 s in the middle of a run (a provider's overload: 429 with Retry-After, no limit
+    headers), the client at 1,200/min. The storm says nothing of the client's pace: once it ends, answers come as
+    fast as before it. (A rate cut at each Retry-After pause left the client at its floor, one request every
+    20 s: 22 answers in the 3.5 minutes after a 10 s storm, docs/benchmarks.md.) Both rates are the server's
+    answer times in this run, so the comparison holds on a slow machine."""
+    documents = list({d.text: d for d in sample(240)}.values())  # (the server counts answers by text)
+    with FakeOpenAI(latency_s=0.05, outage=(60, 2.0), outage_retry_after_s=0.5) as server:
+        config = qa_config(server, requests_per_minute=1200)
+        outcome: list[QAResult] = []
+
+        def generate() -> None:
+            for _ in range(3):  # what Prefect's task retries do for a request still refused after its tries
+                try:
+                    outcome.append(run(documents, config, tmp_path))
+                    return
+                except TransientError:
+                    continue
+
+        worker = threading.Thread(target=generate, daemon=True)
+        worker.start()
+        worker.join(timeout=120)  # a client crawling at its floor would take an hour: judged by what it did by then
+        stats = server.stats()
+    assert stats["outage_window"] is not None and stats["actions"]["outage"] > 0
+    start, end = stats["outage_window"]
+    times = stats["times"]
+    before = sum(1 for t in times if start - 2 <= t < start) / 2
+    after = sum(1 for t in times if end + 3 <= t < end + 6) / 3  # (its one cut is made back in a second or two)
+    assert before >= 3, f"too few answers before the storm to compare with: {before}/s"
+    assert after >= 0.8 * before, f"{after} answers/s after the storm against {before}/s before it"
+    assert not worker.is_alive() and outcome, "the run did not finish"
+    assert_nothing_lost_or_doubled(outcome[0], documents)
+    assert all(server.completed[document_key(d.text)] <= 1 for d in documents)  # none paid twice
 
 
 @pytest.mark.parametrize("concurrency", [1, 2, 4])

@@ -71,7 +71,8 @@ def test_every_reply_shape_is_classified_and_the_stage_finishes(
 ) -> None:
     target, others = documents[0], documents[1:5]
     fake.faults = {target.text[:60]: [shape]}
-    result = generate_qa([target, *others], config(fake), checkpoint_dir=tmp_path, run_id="r1")
+    settings = config(fake, requests_per_minute=600)  # limited as by default: see test_policy_rows_with_tries_counted
+    result = generate_qa([target, *others], settings, checkpoint_dir=tmp_path, run_id="r1")
     accounted(result, [target, *others])
     assert any(p.document_id == target.id for p in result.pairs), "the shape's document lost its pairs"
     assert fake.requests[document_key(target.text)] == requests

@@ -89,6 +89,8 @@ class FakeOpenAI:
         host: str = "127.0.0.1",  # 0.0.0.0: containers reach it at their network's gateway (the stack's tests)
         judge: Callable[[list[dict[str, Any]]], str] | None = None,
         on_post: Callable[[int], None] | None = None,
+        outage: tuple[int, float] | None = None,
+        outage_retry_after_s: float | None = 1.0,
     ):
         self.latency_s, self.hang_s = latency_s, hang_s
         self.rate_limit_rpm, self.advertise_limits = rate_limit_rpm, advertise_limits
@@ -97,6 +99,10 @@ class FakeOpenAI:
         self.supports_json_schema, self.usage = supports_json_schema, usage
         self.judge = judge  # a judge's reply to a conversation that holds an <answer> (the test scripts it)
         self.on_post = on_post  # called with the POST's number as each arrives, before it is answered
+        # (N, S): from the N-th POST on, for S seconds, every completion is a 429 whatever the pace (a provider's
+        # overload or a gateway's storm), with `outage_retry_after_s` as Retry-After (None: no such header)
+        self.outage, self.outage_retry_after_s = outage, outage_retry_after_s
+        self.outage_window: tuple[float, float] | None = None  # its start and end, monotonic, once it began
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # document key -> requests received
         self.actions: Counter[str] = Counter()
@@ -147,6 +153,7 @@ class FakeOpenAI:
                 "billed": dict(self.billed),
                 "times": [entry["time"] for entry in self.log if entry["action"] == "ok"],
                 "max_in_flight": self.max_in_flight,
+                "outage_window": self.outage_window,
             }
 
     # Decisions ------------------------------------------------------------------------------------------------
@@ -269,6 +276,9 @@ class FakeOpenAI:
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                     number = fake.posts
+                    if fake.outage and number == fake.outage[0]:
+                        began = time.monotonic()
+                        fake.outage_window = (began, began + fake.outage[1])
                 if fake.on_post is not None:
                     fake.on_post(number)
                 try:
@@ -292,14 +302,20 @@ class FakeOpenAI:
                     self._error(400, "response_format json_schema is not supported", "invalid_request_error")
                     return
                 with fake.lock:
-                    wait = fake._rate_limited()
-                action = "429" if wait is not None else fake._action(document, messages)
+                    down = fake.outage_window is not None and time.monotonic() < fake.outage_window[1]
+                    wait = None if down else fake._rate_limited()
+                action = "outage" if down else "429" if wait is not None else fake._action(document, messages)
                 with fake.lock:
                     fake.requests[key] += 1
                     fake.actions[action.split(":")[0]] += 1
                     fake.log.append(
                         {"key": key, "action": action, "time": time.monotonic(), "messages": messages, "format": fmt}
                     )
+                if action == "outage":
+                    after = fake.outage_retry_after_s
+                    headers = {} if after is None else {"retry-after": f"{after:.3f}"}
+                    self._error(429, "The server is overloaded. Please try again later.", "requests", headers)
+                    return
                 if action.startswith("429"):
                     retry_after = float(action.split(":")[1]) if ":" in action else (wait or 1.0)
                     self._error(
@@ -448,7 +464,13 @@ def main() -> None:
     parser.add_argument("--failure-rate", type=float, default=0.0)
     parser.add_argument("--hang", type=float, default=30.0)
     parser.add_argument("--no-limit-headers", action="store_true", help="send no x-ratelimit-* headers")
+    parser.add_argument("--outage", default=None, help="N:S: from the N-th request on, S seconds of 429s to all")
+    parser.add_argument("--outage-retry-after", type=float, default=1.0, help="its Retry-After; 0: none sent")
     args = parser.parse_args()
+    outage = None
+    if args.outage:
+        number, seconds = args.outage.split(":")
+        outage = (int(number), float(seconds))
     server = FakeOpenAI(
         latency_s=args.latency,
         rate_limit_rpm=args.rpm,
@@ -456,6 +478,8 @@ def main() -> None:
         hang_s=args.hang,
         port=args.port,
         advertise_limits=not args.no_limit_headers,
+        outage=outage,
+        outage_retry_after_s=args.outage_retry_after or None,
     )
     print(server.base_url, flush=True)
     server.server.serve_forever()

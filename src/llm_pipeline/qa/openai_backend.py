@@ -240,7 +240,7 @@ class OpenAIBackend:
 
     async def _request(self, job: Job, prompt: str) -> Completion:
         """One HTTP request within the rate and the deadline; its outcome goes into the ledger as it returns."""
-        await self.rate.acquire()
+        sent = await self.rate.acquire()
         if self.tokens:
             await self.tokens.acquire(min(self.tokens.max_rate, estimate_tokens(prompt) + self.config.max_tokens))
         while True:  # steps down the response format when the server rejects it; not a retry
@@ -278,7 +278,7 @@ class OpenAIBackend:
                 prompt_tokens=estimate_tokens(prompt), completion_tokens=estimate_tokens(text), estimated=True
             )
         job.sent("ok", usage)
-        self.rate.succeeded()
+        self.rate.succeeded(sent)
         return Completion(text=text, finish_reason=finish, usage=usage, latency_s=latency)
 
     async def _post(self, job: Job, kind: str) -> tuple[bytes, str, httpx.Headers]:
