@@ -91,6 +91,7 @@ class FakeOpenAI:
         on_post: Callable[[int], None] | None = None,
         outage: tuple[int, float] | None = None,
         outage_retry_after_s: float | None = 1.0,
+        outage_passes: int = 0,
     ):
         self.latency_s, self.hang_s = latency_s, hang_s
         self.rate_limit_rpm, self.advertise_limits = rate_limit_rpm, advertise_limits
@@ -102,6 +103,7 @@ class FakeOpenAI:
         # (N, S): from the N-th POST on, for S seconds, every completion is a 429 whatever the pace (a provider's
         # overload or a gateway's storm), with `outage_retry_after_s` as Retry-After (None: no such header)
         self.outage, self.outage_retry_after_s = outage, outage_retry_after_s
+        self.outage_passes, self._outage_seen = outage_passes, 0  # k: every k-th request in it is answered (degraded)
         self.outage_window: tuple[float, float] | None = None  # its start and end, monotonic, once it began
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # document key -> requests received
@@ -303,6 +305,9 @@ class FakeOpenAI:
                     return
                 with fake.lock:
                     down = fake.outage_window is not None and time.monotonic() < fake.outage_window[1]
+                    if down and fake.outage_passes:
+                        fake._outage_seen += 1
+                        down = fake._outage_seen % fake.outage_passes != 0
                     wait = None if down else fake._rate_limited()
                 action = "outage" if down else "429" if wait is not None else fake._action(document, messages)
                 with fake.lock:
@@ -466,6 +471,7 @@ def main() -> None:
     parser.add_argument("--no-limit-headers", action="store_true", help="send no x-ratelimit-* headers")
     parser.add_argument("--outage", default=None, help="N:S: from the N-th request on, S seconds of 429s to all")
     parser.add_argument("--outage-retry-after", type=float, default=1.0, help="its Retry-After; 0: none sent")
+    parser.add_argument("--outage-passes", type=int, default=0, help="k: every k-th request in it is answered")
     args = parser.parse_args()
     outage = None
     if args.outage:
@@ -480,6 +486,7 @@ def main() -> None:
         advertise_limits=not args.no_limit_headers,
         outage=outage,
         outage_retry_after_s=args.outage_retry_after or None,
+        outage_passes=args.outage_passes,
     )
     print(server.base_url, flush=True)
     server.server.serve_forever()

@@ -2,7 +2,9 @@
 so, and speeds up again when it allows.
 
 - Requests start no closer than 1/rate apart (rate starts at `qa.requests_per_minute`, its ceiling; with no limit
-  configured the concurrency alone bounds it until a server objects).
+  configured the concurrency alone bounds it until a server objects). No start is booked ahead: a waiting
+  request looks at the rate again at least every quarter second, so a rate that rose applies to the requests
+  already waiting (booked at a low rate, 16 waiters at one request in 20 s held the last one for 5 minutes).
 - The server's `x-ratelimit-limit-requests` (per minute, as OpenAI and most gateways send it) caps the rate at
   what it allows. `x-ratelimit-remaining-requests` at 0 pauses every request for one request's spacing, at most
   until `x-ratelimit-reset-requests` ("1s", "6m0s", "250ms": when the bucket is full again), but only while the
@@ -17,7 +19,9 @@ so, and speeds up again when it allows.
   spaces its own retries, while cutting the rate at each pause would leave the client at the floor when it ends
   (measured: a 10 s storm of 429s cut 500/min to 3/min, 22 answers in the 3.5 minutes after it instead of ~1,700).
 - Each success adds back 2 % of the ceiling (additive increase), up to the ceiling, the server's limit and 95 %
-  of the rate at the last 429 (which itself creeps up 0.1 % a success, to find a limit that was raised).
+  of the rate at the last 429 (which itself creeps up 0.1 % a success, to find a limit that was raised, and is
+  dropped after 30 s without a 429: a server degraded for a while, answering some requests, cuts the rate
+  several times, and its cap would otherwise hold the client at that low rate long after it recovered).
 - The first request goes alone: its reply's headers usually tell the limit before a burst can draw 429s.
 
 The request that drew the 429 is retried by the policy table (llm_pipeline.qa.policy) as before; this only
@@ -37,6 +41,8 @@ log = get_logger("qa.rate")
 
 HEADROOM = 1.0  # of the server's advertised limit
 MIN_RATE = 0.05  # requests/s: one every 20 s at worst
+FORGET_S = 30.0  # seconds without a 429 after which the cap it set is dropped (the rate then climbs again)
+RECHECK_S = 0.25  # a waiting request looks at the rate again at least this often
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
@@ -67,11 +73,11 @@ class RateController:
         self.ceiling = requests_per_minute / 60 if requests_per_minute else None  # requests/s; None: unbounded
         self.rate: float | None = self.ceiling
         self.server_limit: float | None = None
-        self._next = 0.0  # monotonic time the next request may start
+        self._last = -1e9  # monotonic time the last request started (on the spacing's grid)
         self._paused_until = 0.0
         self._last_decrease = -1e9
         self._recent: list[float] = []  # start times in the last few seconds: the rate actually achieved
-        self._lock = asyncio.Lock()
+        self._turn = asyncio.Lock()
         self.learned: float | None = None  # just under the rate of the last 429: not exceeded, then probed slowly
         self._answered = asyncio.Event()  # a first reply (or failure) has come back: its headers may say the limit
         self._through_since_cut = True  # a request sent after the last cut succeeded (a 429 may cut again)
@@ -86,17 +92,21 @@ class RateController:
                 await self._answered.wait()
             else:
                 self._probing = True
-        while True:
-            async with self._lock:
+        came = time.monotonic()
+        async with self._turn:  # one waiter at a time watches the clock, in the order they came (asyncio's lock)
+            while True:
                 now = time.monotonic()
-                start = max(now, self._next, self._paused_until)
-                if self.rate:
-                    self._next = start + 1 / self.rate
-                self._recent = [t for t in self._recent if t > now - 5] + [start]
-            if start > now:
-                await asyncio.sleep(start - now)
-            if (now := time.monotonic()) >= self._paused_until:
-                return now  # else a 429 paused everyone while this one slept: take a new place after the pause
+                spacing = 1 / self.rate if self.rate else 0.0
+                ready = max(self._last + spacing, self._paused_until)
+                if now >= ready:
+                    # on the spacing's grid if it was waiting when its place came (a late wake-up or a busy loop is
+                    # caught up, as a booked place was: no drift at 100/s); a request after an idle spell: from now
+                    self._last = ready if came <= ready else now
+                    self._recent = [t for t in self._recent if t > now - 5] + [self._last]
+                    return now
+                # no start is booked ahead: the clock's watcher looks again at least every RECHECK_S, so a rate
+                # that rose (or a pause that a 429 set) applies to the requests already waiting
+                await asyncio.sleep(min(ready - now, RECHECK_S))
 
     def _achieved(self) -> float:
         if len(self._recent) < 2:
@@ -135,7 +145,10 @@ class RateController:
         step = (self.ceiling or self.server_limit or self.rate) * 0.02
         self.rate = min(top, self.rate + step)
         if self.learned is not None:
-            self.learned *= 1.001  # probe upwards slowly: the server may allow more later
+            if time.monotonic() - self._last_decrease > FORGET_S:
+                self.learned = None  # no 429 for a while: the cut's cause (a degraded server, its limit) may be gone
+            else:
+                self.learned *= 1.001  # probe upwards slowly: the server may allow more later
 
     def rate_limited(self, retry_after: float | None, headers: Mapping[str, str] | None = None) -> None:
         self.observe(headers)
