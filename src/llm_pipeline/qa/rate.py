@@ -17,7 +17,8 @@ so, and speeds up again when it allows.
   until a request sent after the last cut has got through. A server that refuses everything (an overload, a gateway's
   storm) says nothing about the client's pace: its Retry-After pauses every request and each request's backoff
   spaces its own retries, while cutting the rate at each pause would leave the client at the floor when it ends
-  (measured: a 10 s storm of 429s cut 500/min to 3/min, 22 answers in the 3.5 minutes after it instead of ~1,700).
+  (measured, `make bench-qa`: a 10 s storm of 429s cut 500/min to 3/min; 172 of 450 documents answered in 240 s,
+  all 450 in 66 s now).
 - Each success adds back 2 % of the ceiling (additive increase), up to the ceiling, the server's limit and 95 %
   of the rate at the last 429 (which itself creeps up 0.1 % a success, to find a limit that was raised, and is
   dropped after 30 s without a 429: a server degraded for a while, answering some requests, cuts the rate
