@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from llm_pipeline.config import QAConfig, RetryDelays  # noqa: E402
 from llm_pipeline.errors import TransientError  # noqa: E402
 from llm_pipeline.logging import configure_logging  # noqa: E402
-from llm_pipeline.qa import generate_qa  # noqa: E402
+from llm_pipeline.qa import QAResult, generate_qa  # noqa: E402
 from llm_pipeline.records import Document  # noqa: E402
 
 CITIES = ["Denver", "Oslo", "Lyon", "Austin", "Porto", "Graz", "Leeds", "Tucson", "Malmo", "Ghent", "Bern", "Reno"]
@@ -89,23 +89,36 @@ def sustained_rate(times: list[float]) -> float:
     return (high - low) / max(1e-9, times[high] - times[low])
 
 
-def measure(name: str, docs: list[Document], config: QAConfig, server: Server, rpm: float) -> dict[str, Any]:
-    folder = Path(tempfile.mkdtemp(prefix="qa-bench-"))
-    started = time.perf_counter()
+def generate(docs: list[Document], config: QAConfig, folder: Path) -> tuple[QAResult, int]:
+    """The stage's QA, run up to 3 times as Prefect's task retries would (a request still failing after its tries
+    is sent on the rerun), and how many runs it took."""
     runs = 0
-    while True:  # as Prefect's task retry would: a request still failing after its tries is sent on the rerun
+    while True:
         runs += 1
         try:
-            result = generate_qa(docs, config, checkpoint_dir=folder)
-            break
+            return generate_qa(docs, config, checkpoint_dir=folder), runs
         except TransientError:
             if runs == 3:
                 raise
-    seconds = time.perf_counter() - started
-    stats = server.stats()
+
+
+def outcome(result: QAResult, docs: list[Document]) -> dict[str, int]:
     ids = [p.id for p in result.pairs]
     contents = [(p.document_id, p.question, p.answer) for p in result.pairs]
     accounted = {p.document_id for p in result.pairs} | {r["document_id"] for r in result.rejects}
+    return {
+        "lost_documents": len({d.id for d in docs} - accounted),
+        "duplicated_pairs": (len(ids) - len(set(ids))) + (len(contents) - len(set(contents))),
+        "quarantined": result.requests.get("quarantined", 0),
+    }
+
+
+def measure(name: str, docs: list[Document], config: QAConfig, server: Server, rpm: float) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(prefix="qa-bench-"))
+    started = time.perf_counter()
+    result, runs = generate(docs, config, folder)
+    seconds = time.perf_counter() - started
+    stats = server.stats()
     paid_twice = sum(1 for count in stats["completed"].values() if count > 1)
     row = {
         "run": name,
@@ -120,10 +133,8 @@ def measure(name: str, docs: list[Document], config: QAConfig, server: Server, r
         "rate_limited": stats["actions"].get("429", 0),
         "rate_limited_share": round(stats["actions"].get("429", 0) / max(1, stats["total"]), 3),
         "stage_runs": runs,
-        "lost_documents": len({d.id for d in docs} - accounted),
-        "duplicated_pairs": (len(ids) - len(set(ids))) + (len(contents) - len(set(contents))),
+        **outcome(result, docs),
         "requests_paid_twice": paid_twice,
-        "quarantined": result.requests.get("quarantined", 0),
     }
     row["share_of_limit"] = round(row["sustained_per_s"] / row["rate_limit_per_s"], 3)
     print(json.dumps(row), flush=True)
@@ -131,27 +142,12 @@ def measure(name: str, docs: list[Document], config: QAConfig, server: Server, r
 
 
 def _generate_in_child(docs: list[Document], config: QAConfig, folder: Path, queue: Any) -> None:
-    runs = 0
-    while True:  # as measure(): Prefect's task retries
-        runs += 1
-        try:
-            result = generate_qa(docs, config, checkpoint_dir=folder)
-            break
-        except TransientError:
-            if runs == 3:
-                queue.put(None)
-                return
-    ids = [p.id for p in result.pairs]
-    contents = [(p.document_id, p.question, p.answer) for p in result.pairs]
-    accounted = {p.document_id for p in result.pairs} | {r["document_id"] for r in result.rejects}
-    queue.put(
-        {
-            "stage_runs": runs,
-            "lost_documents": len({d.id for d in docs} - accounted),
-            "duplicated_pairs": (len(ids) - len(set(ids))) + (len(contents) - len(set(contents))),
-            "quarantined": result.requests.get("quarantined", 0),
-        }
-    )
+    try:
+        result, runs = generate(docs, config, folder)
+    except TransientError:
+        queue.put(None)
+        return
+    queue.put({"stage_runs": runs, **outcome(result, docs)})
 
 
 def recovery(times: list[float], window: tuple[float, float], before_s: float = 5.0, span_s: float = 2.0) -> dict:
