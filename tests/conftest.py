@@ -249,6 +249,7 @@ class Worker:
         command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", worker_type]
         if limit is not None:
             command += ["--limit", str(limit)]
+        self._terminated = False
         self.process = subprocess.Popen(
             command,
             stdout=self.log,
@@ -265,11 +266,21 @@ class Worker:
             },
         )
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """SIGTERM, once (Prefect's worker stops polling and waits for its runs; a second SIGTERM kills them)."""
         import signal
 
-        if self.process.poll() is None:
+        if self.process.poll() is None and not self._terminated:
             os.killpg(self.process.pid, signal.SIGTERM)
+            self._terminated = True
+
+    def stop(self) -> None:
+        """SIGTERM, then up to 20 s for the worker to end, then SIGKILL. Several workers: `terminate` each first,
+        so that their waits overlap."""
+        import signal
+
+        self.terminate()
+        if self.process.poll() is None:
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -117,6 +117,8 @@ def workers(deployed, tmp_path_factory):
     )
     gpu = Worker(pytest_api_url(), pools.GPU_POOL, home, env=env)
     yield out
+    for worker in (cpu, gpu):  # both told first: their waits for a run still going overlap
+        worker.terminate()
     cpu.stop()
     gpu.stop()
 
