@@ -249,7 +249,7 @@ class Worker:
         command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", worker_type]
         if limit is not None:
             command += ["--limit", str(limit)]
-        self._terminated = False
+        self._terminated: float | None = None  # when SIGTERM was sent
         self.process = subprocess.Popen(
             command,
             stdout=self.log,
@@ -270,19 +270,19 @@ class Worker:
         """SIGTERM, once (Prefect's worker stops polling and waits for its runs; a second SIGTERM kills them)."""
         import signal
 
-        if self.process.poll() is None and not self._terminated:
+        if self.process.poll() is None and self._terminated is None:
             os.killpg(self.process.pid, signal.SIGTERM)
-            self._terminated = True
+            self._terminated = time.monotonic()
 
     def stop(self) -> None:
-        """SIGTERM, then up to 20 s for the worker to end, then SIGKILL. Several workers: `terminate` each first,
-        so that their waits overlap."""
+        """SIGTERM, then up to 20 s from it for the worker to end, then SIGKILL. Several workers: `terminate` each
+        first, so that their 20 s run together."""
         import signal
 
         self.terminate()
         if self.process.poll() is None:
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=max(0.0, 20 - (time.monotonic() - (self._terminated or 0.0))))
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
         self.log.close()
