@@ -255,6 +255,34 @@ def test_ivf_search_reports_only_true_pairs_and_finds_nearly_all_on_real_text() 
     assert similar_pairs(vectors, 0.85, "auto") == sorted((i, j, s) for (i, j), s in exact.items())  # 4k: exact
 
 
+def test_vectors_cut_into_blocks_give_the_whole_matrixs_mean_and_pairs_to_the_bit() -> None:
+    """The Ray engine keeps the vectors in blocks and never stacks them: the static backend's corpus mean, streamed
+    over pieces cut anywhere (across its fixed 65,536-row runs too), is the whole matrix's to the bit; and the exact
+    search by pairs of blocks (2,048 rows; the last block a single row, where BLAS would take its matrix-vector
+    path) gives the whole search's pairs, cosines to the bit."""
+    from llm_pipeline.dedup.semantic import corpus_mean, pairs_between, similar_pairs
+
+    rng = np.random.default_rng(7)
+    tall = rng.normal(size=(140_001, 8)).astype(np.float32)
+    cuts = sorted(set(rng.integers(1, len(tall), size=12).tolist()) | {65_536, 65_537})
+    assert np.array_equal(corpus_mean(np.split(tall, cuts)), corpus_mean([tall]))
+    base = rng.normal(size=(2_600, 64)).astype(np.float32)
+    vectors = np.vstack([base, base[:1_497] + rng.normal(scale=0.3, size=(1_497, 64)).astype(np.float32)])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert len(vectors) % 2048 == 1
+    whole = similar_pairs(vectors, 0.9, "exact")
+    assert len(whole) > 1_000, "the noisy copies are near their originals"
+    first = list(range(0, len(vectors), 2048))
+    blocks = [vectors[f : f + 2048].copy() for f in first]
+    by_blocks = sorted(
+        pair
+        for a in range(len(blocks))
+        for b in range(a, len(blocks))
+        for pair in pairs_between(blocks[a], first[a], blocks[b], first[b], 0.9)
+    )
+    assert by_blocks == whole
+
+
 def test_a_rows_cell_from_the_coarse_search_is_the_one_faiss_files_it_under_even_among_equal_centroids() -> None:
     """The Ray engine files each row in the first column of its coarse search (already computed for the search)
     instead of searching the centroids again; where centroids tie (here: three copies of one), faiss's sorted

@@ -259,28 +259,36 @@ def test_semantic_embeddings_on_actors_give_the_local_clusters(ray_cluster, real
     _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=150, removed_at_least=5)
 
 
-def _same_on_both_engines(address: str, tmp: Path, base: dict, shard_texts: int, removed_at_least: int) -> None:
-    """The stage locally and on Ray (`shard_texts` texts per embedding call): the same files and counts."""
+def _same_on_both_engines(
+    address: str, tmp: Path, base: dict, shard_texts: int, removed_at_least: int, block_rows: int = 8192
+) -> None:
+    """The stage locally and on Ray (`shard_texts` texts per embedding call, blocks of `block_rows` vectors): the
+    same files and counts."""
     local, local_counts = _stage(tmp / "local", base)
-    execution = {"engine": "ray", "ray_address": address, "embed_shard_texts": shard_texts}
+    execution = {"engine": "ray", "ray_address": address, "embed_shard_texts": shard_texts,
+                 "vector_block_rows": block_rows}  # fmt: skip
     distributed, ray_counts = _stage(tmp / "ray", {**base, "execution": execution})
     _same_outputs(local, distributed)
     assert local_counts == ray_counts and local_counts["dedup.removed"] >= removed_at_least, local_counts
 
 
-@pytest.mark.parametrize(("codec", "parts"), [("flat", 1), ("sq8", 1), ("flat", 3)])
+@pytest.mark.parametrize(("codec", "parts", "lists"), [("flat", 1, None), ("sq8", 1, None), ("sq8", 3, 32)])
 def test_the_ivf_search_on_ray_gives_the_local_clusters(
-    ray_cluster, real_text: Path, tmp_path: Path, codec: str, parts: int
+    ray_cluster, real_text: Path, tmp_path: Path, codec: str, parts: int, lists: int | None
 ) -> None:
-    """`semantic_search: ivf`: the driver trains the cells on the actors' vectors, tasks file each row in its cell
-    and fill the index (with `ivf_shards`, one task a part by cells) into the object store, and tasks search runs
-    of blocks (with sq8, re-scoring on the vectors shared through the store; with parts, each task holding one);
-    the clusters are the local stage's (its own whole index over the same vectors), similarities included."""
+    """`semantic_search: ivf` over 9,217 docstrings in five blocks of vectors (2,048 rows; the last one's last run
+    of the search a single row): a task trains the cells on the sampled rows that each block hands over, tasks file
+    each block's rows in their cells, fill the index (with `ivf_shards`, one task a part by cells, from its rows of
+    every block) into the object store, and search it a block and a part at a time (with sq8, re-scoring on the
+    block's and the part's float vectors); the clusters are the local stage's (its own whole index over the same
+    vectors), similarities included. With 32 cells the cells are trained on a sample (64 rows a cell: 2,048 of
+    9,217) drawn from the blocks, and searched 2 at a time: which pairs are found depends on the cells, so on the
+    rows they were trained on; otherwise on every row."""
     dedup = {"method": "semantic", "embedding_backend": "static", "semantic_search": "ivf", "ivf_codec": codec,
-             "ivf_shards": parts}  # fmt: skip
+             "ivf_shards": parts, "ivf_lists": lists, "ivf_probes": 2 if lists else 16}  # fmt: skip
     base = {"data": {"path": str(real_text)}, "dedup": dedup}
     with _relayed_events() as events:
-        _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=2000, removed_at_least=100)
+        _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=2000, removed_at_least=100, block_rows=2048)
     # the Ray driver searched the index in as many parts (its event, relayed from its process)
     [searched] = [json.loads(e) for e in events if '"semantic_ivf"' in e]
     assert searched["parts"] == parts and searched["largest_part_bytes"] > 0, searched
@@ -291,10 +299,12 @@ def test_semantic_review_on_ray_lists_the_local_pairs_from_texts_left_in_the_sto
 ) -> None:
     """Hybrid with `semantic_action: review` and keep `longest`: the semantic step's texts are read by tasks from
     the store, a file's documents in several shards (500 texts each), and the driver holds only their keys; the
-    files (the pairs listed for review with both similarities, nothing removed by cosine) are the local stage's."""
+    exact search by pairs of blocks of vectors (1,024 rows: the static backend's centring from a mean that one task
+    streams over the shards); the files (the pairs listed for review with both similarities, nothing removed by
+    cosine) are the local stage's."""
     dedup = {"method": "hybrid", "keep": "longest", "embedding_backend": "static", "semantic_action": "review"}
     base = {"data": {"path": str(real_text)}, "dedup": dedup}
-    _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=500, removed_at_least=100)
+    _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=500, removed_at_least=100, block_rows=1024)
     examples = json.loads((tmp_path / "ray" / "cluster_examples.json").read_text())
     assert examples["semantic"]["action"] == "review", examples["semantic"]
     listed = examples["semantic_removals"]

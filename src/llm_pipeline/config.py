@@ -600,6 +600,13 @@ class ExecutionConfig(Section):
     embed_shard_texts: int = Field(
         2048, ge=1, description="Texts per call to an embedding actor (semantic dedup on Ray)."
     )
+    vector_block_rows: int = Field(
+        8192,
+        ge=1024,
+        multiple_of=1024,
+        description="Rows of a block of embedding vectors (semantic dedup on Ray): the similarity search's tasks each "
+        "hold two blocks, or a block and a part of the ivf index; a multiple of 1024 (the search's own step).",
+    )
     score_shard_items: int = Field(512, ge=1, description="Answers per scoring task (evaluation metrics on Ray).")
     load_part_bytes: int = Field(
         256 * 1024 * 1024,

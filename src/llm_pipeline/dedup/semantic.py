@@ -16,7 +16,7 @@ with their exact cosine, as `flat` does.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,6 +34,7 @@ BLOCK_ROWS = 1024  # a block's similarity matrix holds BLOCK_ROWS x N float32 va
 EXACT_SEARCH_MAX = 100_000  # `auto`: all pairs up to here (83k: ~1 min on 2 cores, ivf 4.5x faster), ivf above
 TRAIN_POINTS_PER_LIST = 64  # k-means sample per cell (faiss wants >= 39; its default 256 costs 4x the training)
 DEFAULT_PROBES = 16
+MEAN_CHUNK_ROWS = 65_536  # `corpus_mean` sums runs of this many rows in float64
 SQ8_MARGIN = 0.01  # sq8: searched this far under the threshold (5x the largest quantization error measured)
 
 SemanticSearch = Literal["auto", "exact", "ivf"]
@@ -42,15 +43,39 @@ IvfCodec = Literal["flat", "sq8"]
 
 def block_pairs(vectors: np.ndarray, start: int, threshold: float) -> list[tuple[int, int, float]]:
     """The pairs (i < j) with i in rows [start, start + BLOCK_ROWS) whose cosine reaches `threshold`: one block of
-    the search, in (i, j) order (the Ray engine runs one task per block)."""
+    the search, in (i, j) order."""
+    return pairs_between(vectors[start : start + BLOCK_ROWS], start, vectors, 0, threshold)
+
+
+def pairs_between(
+    left: np.ndarray, left_start: int, right: np.ndarray, right_start: int, threshold: float
+) -> list[tuple[int, int, float]]:
+    """The pairs (i < j), i a row of `left` (rows from `left_start` on) and j one of `right` (from `right_start`),
+    whose cosine reaches `threshold`, in (i, j) order: `left` taken BLOCK_ROWS rows at a time against all of
+    `right` (the Ray engine searches its blocks of vectors two by two with it). A pair's cosine is the same to the
+    bit whatever the two matrices around it (`_dots`), so blocks give the whole search's pairs."""
     pairs = []
-    block = vectors[start : start + BLOCK_ROWS] @ vectors.T
-    rows, cols = np.nonzero(block >= threshold)
-    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-        i = start + r
-        if c > i:
-            pairs.append((i, c, float(block[r, c])))
+    for offset in range(0, len(left), BLOCK_ROWS):
+        first = left_start + offset
+        block = _dots(left[offset : offset + BLOCK_ROWS], right)
+        rows, cols = np.nonzero(block >= threshold)
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+            i, j = first + r, right_start + c
+            if j > i:
+                pairs.append((i, j, float(block[r, c])))
     return pairs
+
+
+def _dots(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """left @ right.T, each entry computed as a matrix product computes it whatever the shapes: BLAS takes another
+    path (a matrix-vector product, other bits in the last place) for a single row or column, so one is padded."""
+    lone_left, lone_right = len(left) == 1, len(right) == 1
+    if lone_left:
+        left = np.vstack([left, left])
+    if lone_right:
+        right = np.vstack([right, right])
+    products = left @ right.T
+    return products[: 1 if lone_left else None, : 1 if lone_right else None]
 
 
 def uses_ivf(search: SemanticSearch, rows: int) -> bool:
@@ -95,11 +120,30 @@ def ivf_shards(
 def ivf_trained(
     vectors: np.ndarray, lists: int | None = None, probes: int = DEFAULT_PROBES, codec: IvfCodec = "flat"
 ) -> Any:
-    """The index with its cells trained (k-means on a seeded sample of `vectors`) and no row in it yet."""
+    """The index with its cells trained (k-means on the seeded sample `ivf_sample` of `vectors`) and no row in it
+    yet."""
+    sample = ivf_sample(len(vectors), lists)
+    return ivf_trained_on(vectors if sample is None else vectors[sample], len(vectors), lists, probes, codec)
+
+
+def ivf_sample(rows: int, lists: int | None = None) -> np.ndarray | None:
+    """The rows (ascending) that train the cells of an index over `rows` vectors: TRAIN_POINTS_PER_LIST a cell,
+    drawn with a fixed seed (None: all of them). Drawn here rather than by faiss, from the number of rows alone, so
+    that the Ray engine gathers the same rows from its blocks of vectors without ever holding them all."""
+    wanted = ivf_lists(rows, lists) * TRAIN_POINTS_PER_LIST
+    if rows <= wanted:
+        return None
+    return np.sort(np.random.default_rng(1234).choice(rows, size=wanted, replace=False))
+
+
+def ivf_trained_on(
+    sample: np.ndarray, rows: int, lists: int | None = None, probes: int = DEFAULT_PROBES, codec: IvfCodec = "flat"
+) -> Any:
+    """`ivf_trained` from its training rows (`ivf_sample` of the `rows` vectors, in order): faiss samples no further."""
     import faiss
 
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    cells, dimensions = ivf_lists(len(vectors), lists), vectors.shape[1]
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    cells, dimensions = ivf_lists(rows, lists), sample.shape[1]
     quantizer = faiss.IndexFlatIP(dimensions)
     if codec == "sq8":
         index = faiss.IndexIVFScalarQuantizer(
@@ -109,7 +153,7 @@ def ivf_trained(
         index = faiss.IndexIVFFlat(quantizer, dimensions, cells, faiss.METRIC_INNER_PRODUCT)
     index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
     index.cp.seed = 1234
-    index.train(vectors)
+    index.train(sample)
     index.nprobe = min(probes, cells)
     return index
 
@@ -178,11 +222,15 @@ def ivf_block_pairs(
     start: int,
     threshold: float,
     probed: tuple[np.ndarray, np.ndarray] | None = None,
+    base: int = 0,
+    lookup: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[tuple[int, int, float]]:
-    """The pairs found from rows [start, start + BLOCK_ROWS) as queries, each as (i < j): a pair can be found from
-    either of its rows (their cells differ), so blocks overlap; `merged_pairs` joins them. A `quantized` index is
-    searched SQ8_MARGIN lower and each pair kept on its exact cosine from `vectors`. `probed`: the block's coarse
-    search (`ivf_probed`), done once for all of an index's shards instead of by each."""
+    """The pairs found from rows [start, start + BLOCK_ROWS) of `vectors` as queries, each as (i < j): a pair can be
+    found from either of its rows (their cells differ), so blocks overlap; `merged_pairs` joins them. A `quantized`
+    index is searched SQ8_MARGIN lower and each pair kept on its exact cosine, from the float vectors of its rows
+    (`lookup` by row number; by default `vectors` holds every row). `probed`: the block's coarse search
+    (`ivf_probed`), done once for all of an index's shards instead of by each. `base`: the row number of
+    `vectors[0]` (the Ray engine's blocks of vectors are parts of the whole)."""
     block = np.ascontiguousarray(vectors[start : start + BLOCK_ROWS], dtype=np.float32)
     rescore = quantized(index)
     radius = threshold - SQ8_MARGIN if rescore else threshold
@@ -192,11 +240,13 @@ def ivf_block_pairs(
         limits, similarities, ids = index.range_search(block, radius)
     else:
         limits, similarities, ids = index.range_search_preassigned(block, radius, *probed)
-    rows = np.repeat(np.arange(start, start + len(block), dtype=np.int64), np.diff(limits).astype(np.int64))
+    first_row = base + start
+    rows = np.repeat(np.arange(first_row, first_row + len(block), dtype=np.int64), np.diff(limits).astype(np.int64))
     other = ids != rows
     first, second, similarities = np.minimum(rows, ids)[other], np.maximum(rows, ids)[other], similarities[other]
     if rescore:
-        similarities = np.einsum("ij,ij->i", vectors[first], vectors[second], dtype=np.float32)
+        rows_of = lookup if lookup is not None else vectors.__getitem__
+        similarities = np.einsum("ij,ij->i", rows_of(first), rows_of(second), dtype=np.float32)
         true = similarities >= threshold
         first, second, similarities = first[true], second[true], similarities[true]
     return list(zip(first.tolist(), second.tolist(), similarities.tolist(), strict=True))
@@ -237,20 +287,56 @@ def similar_pairs(
     return merged_pairs(blocks())
 
 
-def comparable(vectors: np.ndarray, backend: Backend, in_place: bool = False) -> np.ndarray:
+def comparable(
+    vectors: np.ndarray, backend: Backend, in_place: bool = False, mean: np.ndarray | None = None
+) -> np.ndarray:
     """The vectors as the similarity search compares them: static (bag-of-token) vectors share a corpus direction,
-    so what is left of it is compared. `in_place`: into `vectors` itself, with no temporary as large as them (the
-    Ray stage's vectors are the whole corpus's); the same values either way."""
+    so what is left of it is compared. `in_place`: into `vectors` itself, with no temporary as large as them. `mean`:
+    the corpus's (`corpus_mean`), where `vectors` are one block of it (the Ray engine's); the same values either way."""
     if backend != "static":
         return vectors
-    mean = vectors.mean(axis=0)
+    if mean is None:
+        mean = corpus_mean([vectors])
     if not in_place:
         vectors = vectors.copy()
     vectors -= mean
-    for start in range(0, len(vectors), 65_536):  # a row's norm does not depend on the rows beside it
-        rows = vectors[start : start + 65_536]
+    for start in range(0, len(vectors), MEAN_CHUNK_ROWS):  # a row's norm does not depend on the rows beside it
+        rows = vectors[start : start + MEAN_CHUNK_ROWS]
         rows /= np.clip(np.linalg.norm(rows, axis=1, keepdims=True), 1e-9, None)
     return vectors
+
+
+def corpus_mean(parts: Iterable[np.ndarray]) -> np.ndarray:
+    """The mean row of the vectors given in `parts` (consecutive runs of rows), the same to the bit however they are
+    cut: summed in float64 over fixed runs of MEAN_CHUNK_ROWS rows counted from the first, the runs' sums added in
+    order (the Ray engine streams its blocks through here; the local stage gives one matrix)."""
+    total: np.ndarray | None = None
+    rows = 0
+    pending: list[np.ndarray] = []
+    held = 0
+
+    def flush() -> None:
+        nonlocal total, pending, held
+        chunk = np.ascontiguousarray(pending[0] if len(pending) == 1 else np.concatenate(pending), dtype=np.float32)
+        summed = chunk.sum(axis=0, dtype=np.float64)
+        total = summed if total is None else total + summed
+        pending, held = [], 0
+
+    for part in parts:
+        rows += len(part)
+        offset = 0
+        while offset < len(part):
+            take = min(MEAN_CHUNK_ROWS - held, len(part) - offset)
+            pending.append(part[offset : offset + take])
+            held += take
+            offset += take
+            if held == MEAN_CHUNK_ROWS:
+                flush()
+    if held:
+        flush()
+    if total is None:
+        raise ValueError("corpus_mean of no rows")
+    return (total / rows).astype(np.float32)
 
 
 def semantic_duplicate_clusters(

@@ -16,12 +16,12 @@
             kept-document rule then runs in the driver over the verified pairs (a pass over pairs, not documents).
   semantic  on the documents still kept, their texts left in the store (`_KeptDocuments`: the driver holds their
             keys): embeddings by actors that load the model once and take shards of texts that one task per file
-            reads from the store (`_Embedder`, `_texts`); the similarity search as one task per block of rows
-            against all (`semantic.block_pairs`, the vectors shared through the object store), or with `ivf` the
-            index (the same index as locally: seeded k-means on the same vectors, trained in the driver) filled
-            by tasks, in `ivf_shards` parts by cells, into the store and searched by tasks that each take a run of
-            blocks against one part; the keep rule in the driver over the pairs and the keys, as locally (a judge
-            given the texts of the pairs' documents, fetched for it).
+            reads from the store (`_Embedder`, `_texts`), cut by tasks into blocks of vectors (no process holds
+            them all); the similarity search by block pairs (`semantic.pairs_between`, a task per pair), or with
+            `ivf` the index (the same index as locally: seeded k-means on the same sampled rows, trained by a task)
+            filled by tasks, in `ivf_shards` parts by cells, each from its rows of every block, into the store and
+            searched by a task per block and part; the keep rule in the driver over the pairs and the keys, as
+            locally (a judge given the texts of the pairs' documents, fetched for it).
   others    plug-in methods, and semantic with an embedding cache (one folder), run in the driver on the
             documents still kept (fetched then).
   write     documents.jsonl: the kept lines, file by file in input order (the driver holds one file at a time).
@@ -598,64 +598,93 @@ class _Embedder:
 
 
 @ray.remote
-def _block_pairs(vectors: np.ndarray, start: int, threshold: float) -> list[tuple[int, int, float]]:
-    from llm_pipeline.dedup.semantic import block_pairs
+def _pairs_between(
+    left: np.ndarray, left_start: int, right: np.ndarray, right_start: int, threshold: float
+) -> list[tuple[int, int, float]]:
+    """The exact search of two blocks of vectors (`semantic.pairs_between`): the task holds those two only."""
+    from llm_pipeline.dedup.semantic import pairs_between
 
-    return block_pairs(vectors, start, threshold)
+    return pairs_between(left, left_start, right, right_start, threshold)
 
 
 @ray.remote
 def _ivf_pairs(
-    index: np.ndarray, vectors: np.ndarray, starts: list[int], threshold: float, probed: list | None = None
+    index: bytes, vectors: np.ndarray, base: int, threshold: float, probed: list | None, rescore: tuple | None
 ) -> list:
-    """The ivf search from a run of blocks of rows: the index (serialized by faiss) read once per task, searched on
-    one thread (the task holds one CPU); a quantized index's pairs re-scored on the shared float vectors.
-    `probed`: the run's coarse search (`_ivf_coarse`), shared by the tasks of every part of a sharded index."""
+    """The ivf search from one block of vectors (rows from `base` on), BLOCK_ROWS rows at a time, against one part
+    of the index (serialized by faiss), on one thread (the task holds one CPU). `probed`: the block's coarse search
+    (`_ivf_coarse`), shared by the tasks of every part of a sharded index. `rescore`: a quantized part's rows and
+    their float vectors (`_ivf_part`), which with the block's own re-score each pair found."""
     import faiss
 
-    from llm_pipeline.dedup.semantic import ivf_block_pairs
+    from llm_pipeline.dedup.semantic import BLOCK_ROWS, ivf_block_pairs
 
     faiss.omp_set_num_threads(1)
     opened = faiss.deserialize_index(index)
+    lookup = None
+    if rescore is not None:
+        rows, floats = rescore
+
+        def lookup(ids: np.ndarray) -> np.ndarray:
+            found = np.empty((len(ids), vectors.shape[1]), dtype=np.float32)
+            mine = (ids >= base) & (ids < base + len(vectors))
+            found[mine] = vectors[ids[mine] - base]
+            found[~mine] = floats[np.searchsorted(rows, ids[~mine])]  # a row the part's search found: in the part
+            return found
+
     return [
-        ivf_block_pairs(opened, vectors, start, threshold, probed[k] if probed is not None else None)
-        for k, start in enumerate(starts)
+        ivf_block_pairs(opened, vectors, start, threshold, probed[k] if probed is not None else None, base, lookup)
+        for k, start in enumerate(range(0, len(vectors), BLOCK_ROWS))
     ]
 
 
 @ray.remote
-def _ivf_coarse(quantizer: np.ndarray, probes: int, vectors: np.ndarray, starts: list[int], keep: bool) -> tuple:
-    """A run of blocks' coarse search (each row's nearest cells, `keep`: for every part of a sharded index to search
-    with) and each row's own cell, which the driver cuts the index by: the task holds only the centroids."""
+def _ivf_coarse(quantizer: bytes, probes: int, vectors: np.ndarray, keep: bool) -> tuple:
+    """A block's coarse search, BLOCK_ROWS rows at a time (each row's nearest cells, `keep`: for every part of a
+    sharded index to search with) and each row's own cell, which the driver cuts the index by: the task holds the
+    centroids and the block."""
     import faiss
 
-    from llm_pipeline.dedup.semantic import ivf_nearest, ivf_probed
+    from llm_pipeline.dedup.semantic import BLOCK_ROWS, ivf_nearest, ivf_probed
 
     faiss.omp_set_num_threads(1)
     opened = faiss.deserialize_index(quantizer)
+    starts = range(0, len(vectors), BLOCK_ROWS)
     probed = [ivf_probed(opened, probes, vectors, start) for start in starts] if keep else None
     nearest = [ivf_nearest(opened, vectors, start, probed[k] if probed else None) for k, start in enumerate(starts)]
     return probed, np.concatenate(nearest)
 
 
 @ray.remote
-def _ivf_part(trained: np.ndarray, vectors: np.ndarray, rows: np.ndarray, cells: np.ndarray) -> tuple:
-    """One part of the index filled from the shared vectors, serialized into the object store for the search tasks
-    (the driver never holds it), and its size."""
+def _rows_of(vectors: np.ndarray, rows: list[np.ndarray]) -> Any:
+    """The block's vectors at each of the given lists of its rows (one object each: `num_returns` = len(rows))."""
+    taken = [np.ascontiguousarray(vectors[wanted]) for wanted in rows]
+    return taken[0] if len(taken) == 1 else tuple(taken)
+
+
+@ray.remote
+def _ivf_part(trained: bytes, rows: np.ndarray, cells: np.ndarray, *pieces: np.ndarray) -> tuple:
+    """One part of the index filled from its rows' vectors (`pieces`, from the blocks in order), serialized into
+    the object store for the search tasks (the driver never holds it); its size; and for a quantized index, the
+    part's rows and float vectors, which its search re-scores pairs on (else None)."""
     import faiss
 
-    from llm_pipeline.dedup.semantic import ivf_filled
+    from llm_pipeline.dedup.semantic import ivf_filled, quantized
 
     faiss.omp_set_num_threads(1)
-    part = faiss.serialize_index(ivf_filled(faiss.deserialize_index(trained), vectors, rows, cells))
-    return part, len(part)
+    vectors = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    filled = ivf_filled(faiss.deserialize_index(trained), vectors, rows, cells)
+    part = faiss.serialize_index(filled)
+    return part, len(part), ((rows, np.ascontiguousarray(vectors)) if quantized(filled) else None)
 
 
 def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
     """Semantic dedup of the documents still kept (a `_KeptDocuments`), with its embeddings computed by actors that
-    load the model once and take shards of `execution.embed_shard_texts` texts read from the store, in order; the
-    similarity search as one task per block of rows (exact) or per run of blocks and part of the index (ivf); the
-    keep rule in the driver, a judge's texts fetched for the pairs it may ask about."""
+    load the model once and take shards of `execution.embed_shard_texts` texts read from the store, in order, then
+    cut by tasks into blocks of `execution.vector_block_rows` rows (`_vector_blocks`); the similarity search by
+    tasks that each hold two blocks (exact) or a block and one part of the index (ivf); the keep rule in the
+    driver, a judge's texts fetched for the pairs it may ask about. No process holds every vector, the driver
+    none."""
     from llm_pipeline.dedup.clusters import PAIR_JUDGE
 
     def method(documents: _KeptDocuments, dedup: Any) -> list[DuplicateCluster]:
@@ -675,18 +704,17 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
         # shards dealt round-robin: each actor's calls queue in order, and the answers come back in shard order
         shards = documents.texts(layout, size)
         refs = [actors[i % len(actors)].encode.remote(shard, dedup.batch_size) for i, shard in enumerate(shards)]
+        sizes = [min(size, count - k * size) for _, mine, parts in layout for count in [int(mine.sum())]
+                 for k in range(parts)]  # fmt: skip
         try:
-            # stacked by a task into the store: the driver never holds the vectors (through Ray Client they came
-            # to it over the network and went back with ray.put); a count is all it waits for
-            stack = _stacked.options(max_retries=config.execution.task_retries, num_returns=2)
-            vectors, count = stack.remote(dedup.embedding_backend, *refs)
-            rows = fetch(count, address)
+            blocks = _vector_blocks(refs, sizes, dedup.embedding_backend, config, address)
         finally:
             for actor in actors:
                 ray.kill(actor)
-        del refs, shards, layout  # the shards' texts and vectors leave the store: one copy of the vectors is enough
-        log.info("semantic_embedded", engine="ray", actors=len(actors), texts=rows)
-        pairs = _semantic_pairs(vectors, rows, dedup, address, config)
+        del refs, shards, layout  # the shards' vectors leave the store: the blocks hold them
+        rows = sum(sizes)
+        log.info("semantic_embedded", engine="ray", actors=len(actors), texts=rows, blocks=len(blocks))
+        pairs = _semantic_pairs(blocks, rows, dedup, address, config)
         if PAIR_JUDGE.get() is not None:
             documents.fetch({i for i, j, _ in pairs} | {j for i, j, _ in pairs})
         return semantic_clusters(documents, pairs, dedup.keep)
@@ -694,74 +722,128 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
     return method
 
 
+def _vector_blocks(refs: list, sizes: list[int], backend: str, config: PipelineConfig, address: str) -> list:
+    """The embedding actors' shards (`refs`, of `sizes` rows, in order) cut into blocks of `execution.vector_block_rows`
+    rows counted from the first (so a block's runs of BLOCK_ROWS rows are the local search's), each made `comparable` by
+    a task, with the static backend's corpus mean computed by one task that reads the shards one at a time. Waits
+    for the blocks (their rows, counted) before the actors go."""
+    retries, step = config.execution.task_retries, config.execution.vector_block_rows
+    mean = _mean.options(max_retries=retries).remote(refs) if backend == "static" else None
+    ends = np.cumsum(sizes)
+    starts = ends - np.asarray(sizes)
+    make = _vector_block.options(max_retries=retries, num_returns=2)
+    blocks, counts = [], []
+    total = int(ends[-1])
+    for first in range(0, total, step):
+        last = min(first + step, total)
+        lo, hi = int(np.searchsorted(ends, first, side="right")), int(np.searchsorted(starts, last, side="left"))
+        block, count = make.remote(backend, mean, first - int(starts[lo]), last - first, *refs[lo:hi])
+        blocks.append(block)
+        counts.append(count)
+    if sum(fetch(counts, address)) != total:
+        raise RuntimeError("the blocks of vectors do not hold every row embedded")  # a bug, not an input
+    return blocks
+
+
 @ray.remote(num_cpus=0)
-def _stacked(backend: str, *parts: np.ndarray) -> tuple[np.ndarray, int]:
-    """The embedding actors' shards, in order, as one matrix as the search compares it (`comparable`), and its
-    rows. No CPU reserved: the actors may hold every CPU until it is done (a copy and a mean, no more)."""
+def _mean(refs: list) -> np.ndarray:
+    """The static backend's corpus mean (`semantic.corpus_mean`), the shards read one at a time (a list of refs:
+    Ray does not fetch them all for the task). No CPU reserved: the actors may hold every CPU until it is done."""
+    from llm_pipeline.dedup.semantic import corpus_mean
+
+    return corpus_mean(ray.get(ref) for ref in refs)
+
+
+@ray.remote(num_cpus=0)
+def _vector_block(backend: str, mean: np.ndarray | None, cut: int, rows: int, *shards: np.ndarray) -> tuple:
+    """One block: `rows` rows from row `cut` of the shards given (those it overlaps), as the search compares them
+    (`comparable`, with the corpus mean), and its row count. No CPU reserved (as `_mean`)."""
     from llm_pipeline.dedup.semantic import comparable
 
-    vectors = comparable(np.vstack(parts), backend, in_place=True)
-    return vectors, len(vectors)
+    vectors = np.concatenate(shards)[cut : cut + rows] if len(shards) > 1 else shards[0][cut : cut + rows]
+    vectors = np.array(vectors, dtype=np.float32)  # its own copy: the store's are read-only
+    return comparable(vectors, backend, in_place=True, mean=mean), len(vectors)  # type: ignore[arg-type]
 
 
 @ray.remote
-def _ivf_train(vectors: np.ndarray, lists: int | None, probes: int, codec: str) -> tuple[bytes, bytes, int, int]:
-    """The index's cells trained on a sample of the shared vectors (`ivf_trained`, the local stage's), serialized
-    with its quantizer, and its probes and cells."""
+def _ivf_train(rows: int, lists: int | None, probes: int, codec: str, *sample: np.ndarray) -> tuple:
+    """The index's cells trained on the sample's rows (`ivf_sample`, gathered from the blocks in order: the local
+    stage's), serialized with its quantizer, and its probes and cells."""
     import faiss
 
-    from llm_pipeline.dedup.semantic import ivf_trained
+    from llm_pipeline.dedup.semantic import ivf_trained_on
 
-    # k-means on every core of its node, as the driver trained it before (Ray holds a task to one thread): nothing
+    # k-means on every core of its node, as the local stage trains it (Ray holds a task to one thread): nothing
     # else of the stage runs while the cells are trained
     faiss.omp_set_num_threads(os.cpu_count() or 1)
-    trained = ivf_trained(vectors, lists, probes, codec)  # type: ignore[arg-type]
+    vectors = np.concatenate(sample) if len(sample) > 1 else sample[0]
+    trained = ivf_trained_on(vectors, rows, lists, probes, codec)  # type: ignore[arg-type]
     return faiss.serialize_index(trained), faiss.serialize_index(trained.quantizer), trained.nprobe, trained.nlist
 
 
-def _semantic_pairs(shared: Any, rows: int, dedup: Any, address: str, config: PipelineConfig) -> list:
-    """The pairs (i < j) whose cosine reaches the threshold, as the local stage finds them: the vectors (`rows`
-    of them, in the store already, comparable) searched by tasks (exact: a block of rows against all; ivf: runs of
-    blocks against the index's parts, which tasks build there from the cells a task trained)."""
-    from llm_pipeline.dedup.semantic import BLOCK_ROWS, ivf_cut, merged_pairs, uses_ivf
+def _semantic_pairs(blocks: list, rows: int, dedup: Any, address: str, config: PipelineConfig) -> list:
+    """The pairs (i < j) whose cosine reaches the threshold, as the local stage finds them, from the blocks of
+    vectors (`rows` in all, comparable, `execution.vector_block_rows` a block): exact, by block pairs (a task per
+    pair of blocks, the diagonal's included); ivf, the local stage's own index built apart and searched a block at
+    a time by part."""
+    from llm_pipeline.dedup.semantic import ivf_cut, ivf_sample, merged_pairs, uses_ivf
 
-    starts = list(range(0, rows, BLOCK_ROWS))
     threshold = dedup.cosine_threshold
-    if uses_ivf(dedup.semantic_search, rows):
-        # the stage's own index (the same pairs), built apart: the cells trained by a task on a sample of the
-        # shared vectors; each row's cell found by tasks that hold only the centroids (with `ivf_shards`, with
-        # each run of blocks' coarse search, kept for every part); the index cut by cells into parts that
-        # tasks fill into the object store; then tasks that each take a run of blocks search one part
-        retries = config.execution.task_retries
-        train = _ivf_train.options(max_retries=retries, num_returns=4)
-        empty, quantizer, nprobe, nlist = train.remote(shared, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec)
-        nprobe, nlist = fetch([nprobe, nlist], address)
-        per_task = max(1, -(-len(starts) * dedup.ivf_shards // (4 * cluster_cpus())))
-        runs_of_blocks = [starts[i : i + per_task] for i in range(0, len(starts), per_task)]
-        coarse = _ivf_coarse.options(max_retries=retries, num_returns=2)
-        keep = dedup.ivf_shards > 1
-        probed, nearest = zip(
-            *(coarse.remote(quantizer, nprobe, shared, run, keep) for run in runs_of_blocks), strict=True
-        )
-        cells = np.concatenate(fetch(list(nearest), address))
-        fill = _ivf_part.options(max_retries=retries, num_returns=2)
-        indexes, sizes = zip(
-            *(fill.remote(empty, shared, part, cells[part]) for part in ivf_cut(cells, nlist, dedup.ivf_shards)),
-            strict=True,
-        )
-        sizes = fetch(list(sizes), address)
-        log.info("semantic_ivf", engine="ray", parts=len(sizes), largest_part_bytes=max(sizes))
-        search = _ivf_pairs.options(max_retries=retries)
-        runs = [
-            search.remote(index, shared, run, threshold, probed[k] if keep else None)
-            for index in indexes
-            for k, run in enumerate(runs_of_blocks)
+    retries, step = config.execution.task_retries, config.execution.vector_block_rows
+    first = [k * step for k in range(len(blocks))]
+    if not uses_ivf(dedup.semantic_search, rows):
+        search = _pairs_between.options(max_retries=retries)
+        found = [
+            search.remote(blocks[a], first[a], blocks[b], first[b], threshold)
+            for a in range(len(blocks))
+            for b in range(a, len(blocks))
         ]
-        return merged_pairs(block for run in fetch(runs, address) for block in run)
-    # the exact search: one task per block of BLOCK_ROWS rows against all
-    search = _block_pairs.options(max_retries=config.execution.task_retries)
-    blocks = [search.remote(shared, start, threshold) for start in starts]
-    return [pair for found in fetch(blocks, address) for pair in found]  # block order: the local (i, j) order
+        return sorted(pair for part in fetch(found, address) for pair in part)  # the local (i, j) order
+    # the cells trained by a task on the seeded sample's rows, which each block hands over; each row's cell found
+    # by tasks that hold the centroids and a block (with `ivf_shards`, with each block's coarse search, kept for
+    # every part); the index cut by cells into parts; each block's rows of each part handed to the task that fills
+    # that part into the object store; then a task for each block and part searches it
+    sample = ivf_sample(rows, dedup.ivf_lists)
+    if sample is None:
+        training = blocks
+    else:
+        take = _rows_of.options(max_retries=retries)
+        training = []
+        for k, block in enumerate(blocks):
+            lo, hi = np.searchsorted(sample, [first[k], first[k] + step])
+            if hi > lo:
+                training.append(take.remote(block, [sample[lo:hi] - first[k]]))
+    train = _ivf_train.options(max_retries=retries, num_returns=4)
+    empty, quantizer, nprobe, nlist = train.remote(rows, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec, *training)
+    nprobe, nlist = fetch([nprobe, nlist], address)
+    keep = dedup.ivf_shards > 1
+    coarse = _ivf_coarse.options(max_retries=retries, num_returns=2)
+    probed, nearest = zip(*(coarse.remote(quantizer, nprobe, block, keep) for block in blocks), strict=True)
+    cells = np.concatenate(fetch(list(nearest), address))
+    parts = ivf_cut(cells, nlist, dedup.ivf_shards)
+    if len(parts) == 1:
+        pieces: list[list] = [list(blocks)]  # the one part is every row, in order: the blocks themselves
+    else:
+        split = _rows_of.options(max_retries=retries, num_returns=len(parts))
+        pieces = [[] for _ in parts]
+        for k, block in enumerate(blocks):
+            bounds = [np.searchsorted(part, [first[k], first[k] + step]) for part in parts]
+            mine = [part[lo:hi] - first[k] for part, (lo, hi) in zip(parts, bounds, strict=True)]
+            for p, piece in enumerate(split.remote(block, mine)):
+                pieces[p].append(piece)
+    fill = _ivf_part.options(max_retries=retries, num_returns=3)
+    indexes, sizes, rescores = zip(
+        *(fill.remote(empty, part, cells[part], *pieces[p]) for p, part in enumerate(parts)), strict=True
+    )
+    sizes = fetch(list(sizes), address)
+    log.info("semantic_ivf", engine="ray", parts=len(sizes), largest_part_bytes=max(sizes))
+    search = _ivf_pairs.options(max_retries=retries)
+    runs = [
+        search.remote(index, block, first[k], threshold, probed[k] if keep else None, rescore)
+        for index, rescore in zip(indexes, rescores, strict=True)
+        for k, block in enumerate(blocks)
+    ]
+    return merged_pairs(block for run in fetch(runs, address) for block in run)
 
 
 def _write_alive(plan: Plan, path: Path, address: str) -> int:
