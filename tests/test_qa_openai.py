@@ -98,8 +98,7 @@ def test_policy_rows_with_tries_counted(
 ) -> None:
     target, others = documents[0], documents[1:6]
     fake.faults = {target.text[:60]: list(actions)}
-    # a client limit, as by default: the target's 429 comes first, and an unbounded client has no rate to halve
-    # but a guessed 1/s (the other documents would then wait 2 s apiece)
+    # a client limit, as by default (an unbounded client's first 429 has its own test)
     config = qa_config(fake, requests_per_minute=600)
     started = time.monotonic()
     if outcome == "failed":
@@ -207,6 +206,22 @@ def test_a_storm_of_429s_leaves_the_client_at_its_pace_when_it_ends(tmp_path: Pa
     assert not worker.is_alive() and outcome, "the run did not finish"
     assert_nothing_lost_or_doubled(outcome[0], documents)
     assert all(server.completed[document_key(d.text)] <= 1 for d in documents)  # none paid twice
+
+
+def test_an_unbounded_clients_first_429_pauses_it_and_cuts_no_guessed_rate(
+    documents: list[Document], tmp_path: Path
+) -> None:
+    """No client limit (`requests_per_minute: null`) and the very first request refused with a 429 (Retry-After,
+    no limit headers): the client has measured no pace yet, so the 429 pauses it for its Retry-After and cuts
+    nothing. (It halved a guessed 1/s: a request every 2 s, climbing back 2 % a success, never two in flight.)
+    Judged by the server: the requests it holds at once reach the client's concurrency."""
+    target, others = documents[0], documents[1:40]
+    with FakeOpenAI(latency_s=0.1) as server:
+        server.faults = {target.text[:60]: ["429:0.2"]}
+        result = run([target, *others], qa_config(server, concurrency=8), tmp_path)
+    assert_nothing_lost_or_doubled(result, [target, *others])
+    assert server.requests[document_key(target.text)] == 2  # the 429, then its answer
+    assert server.max_in_flight == 8, server.max_in_flight
 
 
 @pytest.mark.parametrize("concurrency", [1, 2, 4])

@@ -760,8 +760,11 @@ def _vector_block(backend: str, mean: np.ndarray | None, cut: int, rows: int, *s
     (`comparable`, with the corpus mean), and its row count. No CPU reserved (as `_mean`)."""
     from llm_pipeline.dedup.semantic import comparable
 
-    vectors = np.concatenate(shards)[cut : cut + rows] if len(shards) > 1 else shards[0][cut : cut + rows]
-    vectors = np.array(vectors, dtype=np.float32)  # its own copy: the store's are read-only
+    pieces = []
+    for shard in shards:  # only the rows it takes from each (a shard may be far larger than a block)
+        pieces.append(shard[cut : cut + rows - sum(len(p) for p in pieces)])
+        cut = 0
+    vectors = np.concatenate(pieces).astype(np.float32, copy=False)  # its own copy: the store's are read-only
     return comparable(vectors, backend, in_place=True, mean=mean), len(vectors)  # type: ignore[arg-type]
 
 

@@ -23,7 +23,9 @@ so, and speeds up again when it allows.
   of the rate at the last 429 (which itself creeps up 0.1 % a success, to find a limit that was raised, and is
   dropped after 30 s without a 429: a server degraded for a while, answering some requests, cuts the rate
   several times, and its cap would otherwise hold the client at that low rate long after it recovered).
-- The first request goes alone: its reply's headers usually tell the limit before a burst can draw 429s.
+- The first request goes alone: its reply's headers usually tell the limit before a burst can draw 429s. With no
+  limit configured, a 429 before two requests have started cuts nothing (there is no pace to cut, and a guessed
+  1/s, halved, held an unbounded client to one request in flight): it pauses every request for its Retry-After.
 
 The request that drew the 429 is retried by the policy table (llm_pipeline.qa.policy) as before; this only
 decides when any request may start.
@@ -109,9 +111,10 @@ class RateController:
                 # that rose (or a pause that a 429 set) applies to the requests already waiting
                 await asyncio.sleep(min(ready - now, RECHECK_S))
 
-    def _achieved(self) -> float:
+    def _achieved(self) -> float | None:
+        """The pace of the last few seconds' starts (None: fewer than two, nothing measured)."""
         if len(self._recent) < 2:
-            return 1.0
+            return None
         return max(MIN_RATE, len(self._recent) / max(1e-3, self._recent[-1] - self._recent[0]))
 
     def returned(self) -> None:
@@ -160,6 +163,8 @@ class RateController:
         if retry_after:
             self._paused_until = max(self._paused_until, now + retry_after)
         current = self.rate if self.rate is not None else self._achieved()
+        if current is None:
+            return  # no limit and no pace measured yet (the first request's 429): the pause is all it can say
         if now - self._last_decrease < min(1.0, max(0.1, 2 / current)):
             return  # the same burst (about two requests' spacing): its other 429s do not cut the rate again
         if not self._through_since_cut:
