@@ -107,8 +107,8 @@ def ivf_shards(
     it), so the shards' pairs together are exactly the whole index's: a Ray search task then holds one shard, not
     every vector. Search them with each block's coarse search (`ivf_probed`) done once for all the shards.
 
-    Built in steps that the Ray engine runs apart (the trained quantizer in its driver, each block's cells and each
-    part in tasks): `ivf_trained`, `ivf_nearest` per block, `ivf_cut`, `ivf_filled` per part."""
+    Built in steps that the Ray engine runs apart, in tasks (the cells trained on the sample's rows, each block's
+    cells, each part): `ivf_trained`, `ivf_nearest` per block, `ivf_cut`, `ivf_filled` per part."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     trained = ivf_trained(vectors, lists, probes, codec)
     cells = np.concatenate(
