@@ -693,9 +693,9 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
     """Semantic dedup of the documents still kept (a `_KeptDocuments`), with its embeddings computed by actors that
     load the model once and take shards of `execution.embed_shard_texts` texts read from the store, in order, then
     cut by tasks into blocks of `execution.vector_block_rows` rows (`_vector_blocks`); the similarity search by
-    tasks that each hold two blocks (exact) or a block and one part of the index (ivf); the keep rule in the
-    driver, a judge's texts fetched for the pairs it may ask about. No process holds every vector, the driver
-    none."""
+    tasks that each hold two blocks (exact) or a run of blocks and one part of the index (ivf); the keep rule in
+    the driver, a judge's texts fetched for the pairs it may ask about. No process holds every vector (but for an
+    index in one part, `ivf_shards: 1`, which is all of them), the driver none."""
     from llm_pipeline.dedup.clusters import PAIR_JUDGE
     from llm_pipeline.dedup.semantic import ivf_sample, uses_ivf
 
@@ -834,8 +834,8 @@ def _semantic_pairs(blocks: list, training: list, rows: int, dedup: Any, address
     # a run of blocks (with `ivf_shards`, with its coarse search, kept for every part); the index cut by cells into
     # parts; each block's rows of each part handed to the task that fills that part into the object store; then a
     # task for each run of blocks and part searches it. Runs of at most RUN_BLOCKS blocks, about four tasks a CPU
-    # for every part: a search task opens its part once for the run (a task per block: 4 % slower on 200k
-    # documents here, the index deserialized 25 times over instead of twice)
+    # for every part: a search task opens its part once for the run (a task per block deserialized each part 25
+    # times over on 200k documents instead of about twice; docs/benchmarks.md)
     train = _ivf_train.options(max_retries=retries, num_returns=4)
     empty, quantizer, nprobe, nlist = train.remote(rows, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec, *training)
     nprobe, nlist = fetch([nprobe, nlist], address)
