@@ -255,6 +255,21 @@ def test_ivf_search_reports_only_true_pairs_and_finds_nearly_all_on_real_text() 
     assert similar_pairs(vectors, 0.85, "auto") == sorted((i, j, s) for (i, j), s in exact.items())  # 4k: exact
 
 
+def test_an_automatic_ivf_part_count_keeps_each_part_under_a_gib() -> None:
+    """`ivf_shards: auto` (the default) on Ray: as many parts as keep a part's vectors under 1 GiB, so that at 10M
+    documents no search task holds the whole index; a number set by hand is kept."""
+    from llm_pipeline.dedup.semantic import IVF_PART_BYTES, ivf_parts
+
+    assert ivf_parts("auto", 200_000, 384, "flat") == 1
+    assert ivf_parts("auto", 10_000_000, 384, "flat") == 15  # 15.4 GB of float32
+    assert ivf_parts("auto", 10_000_000, 384, "sq8") == 4  # one byte a dimension
+    assert ivf_parts("auto", 10**9, 1024, "flat") == 256  # the most parts
+    assert ivf_parts(3, 10_000_000, 384, "flat") == 3
+    for rows in (1, 699_050, 699_051, 5_000_000):
+        parts = ivf_parts("auto", rows, 384, "flat")
+        assert -(-rows // parts) * 384 * 4 <= IVF_PART_BYTES * 1.01 and (parts == 1 or rows * 1536 > IVF_PART_BYTES)
+
+
 def test_vectors_cut_into_blocks_give_the_whole_matrixs_mean_and_pairs_to_the_bit() -> None:
     """The Ray engine keeps the vectors in blocks and never stacks them: the static backend's corpus mean, streamed
     over pieces cut anywhere (across its fixed 65,536-row runs too), is the whole matrix's to the bit; and the exact

@@ -272,9 +272,9 @@ def _same_on_both_engines(
     assert local_counts == ray_counts and local_counts["dedup.removed"] >= removed_at_least, local_counts
 
 
-@pytest.mark.parametrize(("codec", "parts", "lists"), [("flat", 1, None), ("sq8", 1, None), ("sq8", 3, 32)])
+@pytest.mark.parametrize(("codec", "parts", "lists"), [("flat", "auto", None), ("sq8", 1, None), ("sq8", 3, 32)])
 def test_the_ivf_search_on_ray_gives_the_local_clusters(
-    ray_cluster, real_text: Path, tmp_path: Path, codec: str, parts: int, lists: int | None
+    ray_cluster, real_text: Path, tmp_path: Path, codec: str, parts: int | str, lists: int | None
 ) -> None:
     """`semantic_search: ivf` over 9,217 docstrings in five blocks of vectors (2,048 rows; the last one's last run
     of the search a single row): a task trains the cells on the sampled rows that each block hands over, tasks file
@@ -291,7 +291,8 @@ def test_the_ivf_search_on_ray_gives_the_local_clusters(
         _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=2000, removed_at_least=100, block_rows=2048)
     # the Ray driver searched the index in as many parts (its event, relayed from its process)
     [searched] = [json.loads(e) for e in events if '"semantic_ivf"' in e]
-    assert searched["parts"] == parts and searched["largest_part_bytes"] > 0, searched
+    # (auto: one part, 9,217 x 384 float32 vectors being far under a part's 1 GiB)
+    assert searched["parts"] == (1 if parts == "auto" else parts) and searched["largest_part_bytes"] > 0, searched
 
 
 def test_semantic_review_on_ray_lists_the_local_pairs_from_texts_left_in_the_store(

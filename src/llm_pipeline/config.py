@@ -16,7 +16,7 @@ import json
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -159,13 +159,12 @@ class DedupConfig(Section):
         description="ivf: the index's copy of the vectors: flat (float32) or sq8 (one byte a dimension, a quarter "
         "of the memory; found pairs re-scored on the float vectors, so only true pairs are reported).",
     )
-    ivf_shards: int = Field(
-        1,
-        ge=1,
-        le=256,
+    ivf_shards: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+        "auto",
         description="ivf on Ray: the index cut by cells into this many parts, each search task holding one (its "
         "memory divided by about this much; the same pairs; each document's nearest cells found once for all the "
-        "parts). The local engine searches the whole index.",
+        "parts); auto: as many as keep a part under 1 GiB (one up to ~700k documents of 384 float32 dimensions). The "
+        "local engine searches the whole index.",
     )
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     batch_size: int = Field(64, ge=1)

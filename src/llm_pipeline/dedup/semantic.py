@@ -126,6 +126,18 @@ def ivf_trained(
     return ivf_trained_on(vectors if sample is None else vectors[sample], len(vectors), lists, probes, codec)
 
 
+IVF_PART_BYTES = 1 << 30  # `ivf_shards: auto`: an index part's vectors at most this size
+
+
+def ivf_parts(shards: int | str, rows: int, dimensions: int, codec: IvfCodec) -> int:
+    """How many parts an index over `rows` vectors is cut into: `shards`, or with `auto` as many as keep a part's
+    vectors (4 bytes a dimension flat, 1 sq8) under IVF_PART_BYTES, at most 256."""
+    if shards != "auto":
+        return int(shards)
+    size = rows * dimensions * (1 if codec == "sq8" else 4)
+    return max(1, min(256, -(-size // IVF_PART_BYTES)))
+
+
 def ivf_sample(rows: int, lists: int | None = None) -> np.ndarray | None:
     """The rows (ascending) that train the cells of an index over `rows` vectors: TRAIN_POINTS_PER_LIST a cell,
     drawn with a fixed seed (None: all of them). Drawn here rather than by faiss, from the number of rows alone, so

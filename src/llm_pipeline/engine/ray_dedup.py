@@ -695,7 +695,7 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
     cut by tasks into blocks of `execution.vector_block_rows` rows (`_vector_blocks`); the similarity search by
     tasks that each hold two blocks (exact) or a run of blocks and one part of the index (ivf); the keep rule in
     the driver, a judge's texts fetched for the pairs it may ask about. No process holds every vector (but for an
-    index in one part, `ivf_shards: 1`, which is all of them), the driver none."""
+    index in one part, which is all of them: `ivf_shards: auto` keeps a part under 1 GiB), the driver none."""
     from llm_pipeline.dedup.clusters import PAIR_JUDGE
     from llm_pipeline.dedup.semantic import ivf_sample, uses_ivf
 
@@ -799,7 +799,7 @@ def _vector_block(
 @ray.remote
 def _ivf_train(rows: int, lists: int | None, probes: int, codec: str, *sample: np.ndarray) -> tuple:
     """The index's cells trained on the sample's rows (`ivf_sample`, gathered from the blocks in order: the local
-    stage's), serialized with its quantizer, and its probes and cells."""
+    stage's), serialized with its quantizer, and its probes, cells and dimensions."""
     import faiss
 
     from llm_pipeline.dedup.semantic import ivf_trained_on
@@ -809,7 +809,13 @@ def _ivf_train(rows: int, lists: int | None, probes: int, codec: str, *sample: n
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     vectors = np.concatenate(sample) if len(sample) > 1 else sample[0]
     trained = ivf_trained_on(vectors, rows, lists, probes, codec)  # type: ignore[arg-type]
-    return faiss.serialize_index(trained), faiss.serialize_index(trained.quantizer), trained.nprobe, trained.nlist
+    return (
+        faiss.serialize_index(trained),
+        faiss.serialize_index(trained.quantizer),
+        trained.nprobe,
+        trained.nlist,
+        trained.d,
+    )
 
 
 def _semantic_pairs(blocks: list, training: list, rows: int, dedup: Any, address: str, config: PipelineConfig) -> list:
@@ -817,7 +823,7 @@ def _semantic_pairs(blocks: list, training: list, rows: int, dedup: Any, address
     vectors (`rows` in all, comparable, `execution.vector_block_rows` a block): exact, by block pairs (a task per
     pair of blocks, the diagonal's included); ivf, the local stage's own index built apart (its cells trained on
     `training`, the sample's rows that the blocks handed over) and searched by runs of blocks, part by part."""
-    from llm_pipeline.dedup.semantic import ivf_cut, merged_pairs, uses_ivf
+    from llm_pipeline.dedup.semantic import ivf_cut, ivf_parts, merged_pairs, uses_ivf
 
     threshold = dedup.cosine_threshold
     retries, step = config.execution.task_retries, config.execution.vector_block_rows
@@ -836,18 +842,21 @@ def _semantic_pairs(blocks: list, training: list, rows: int, dedup: Any, address
     # task for each run of blocks and part searches it. Runs of at most RUN_BLOCKS blocks, about four tasks a CPU
     # for every part: a search task opens its part once for the run (a task per block deserialized each part 25
     # times over on 200k documents instead of about twice; docs/benchmarks.md)
-    train = _ivf_train.options(max_retries=retries, num_returns=4)
-    empty, quantizer, nprobe, nlist = train.remote(rows, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec, *training)
-    nprobe, nlist = fetch([nprobe, nlist], address)
-    keep = dedup.ivf_shards > 1
-    per_task = min(RUN_BLOCKS, max(1, -(-len(blocks) * dedup.ivf_shards // (4 * cluster_cpus()))))
+    train = _ivf_train.options(max_retries=retries, num_returns=5)
+    empty, quantizer, nprobe, nlist, dimensions = train.remote(
+        rows, dedup.ivf_lists, dedup.ivf_probes, dedup.ivf_codec, *training
+    )
+    nprobe, nlist, dimensions = fetch([nprobe, nlist, dimensions], address)
+    shards = ivf_parts(dedup.ivf_shards, rows, dimensions, dedup.ivf_codec)
+    keep = shards > 1
+    per_task = min(RUN_BLOCKS, max(1, -(-len(blocks) * shards // (4 * cluster_cpus()))))
     runs = [range(k, min(k + per_task, len(blocks))) for k in range(0, len(blocks), per_task)]
     coarse = _ivf_coarse.options(max_retries=retries, num_returns=2)
     probed, nearest = zip(
         *(coarse.remote(quantizer, nprobe, keep, *(blocks[k] for k in run)) for run in runs), strict=True
     )
     cells = np.concatenate(fetch(list(nearest), address))
-    parts = ivf_cut(cells, nlist, dedup.ivf_shards)
+    parts = ivf_cut(cells, nlist, shards)
     if len(parts) == 1:
         pieces: list[list] = [list(blocks)]  # the one part is every row, in order: the blocks themselves
     else:
