@@ -127,6 +127,29 @@ def alert_trail(stack: dict, run_id: str, since: str) -> str:
     return "\n".join(lines)
 
 
+def wait_for_the_triggers_to_load(stack: dict, name: str, since: str, bound_s: float = 12.0) -> bool:
+    """Wait until prefect-services' triggers service says it loaded the automation `name` as changed since `since`
+    (its log: "Received automation change notification: updated for <id>", from Postgres NOTIFY); at most
+    `bound_s`, past the service's own reconcile of every automation each 5 s. It judges events by its cached copy:
+    a run failed 2.6 s after `flows.alerts` changed the failure alert's action to the test's webhook fired the old
+    DoNothing (a full suite, 2026-12-05), and no page came. Whether the notification was seen."""
+    import time
+
+    import httpx
+
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{stack['port']}/api", auth=tuple(stack["auth"].split(":", 1)), timeout=20
+    )
+    [automation] = [a for a in api.post("/automations/filter", json={}).json() if a["name"] == name]
+    wanted = f"automation change notification: updated for {automation['id']}"
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        if wanted in compose(stack["env"], "logs", "--no-color", "--since", since, "prefect-services").stdout:
+            return True
+        time.sleep(0.5)
+    return False
+
+
 HF_TOKEN = "hf_" + secrets.token_hex(17)
 
 
