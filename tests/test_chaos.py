@@ -26,6 +26,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import pytest
 from tests.conftest import wait_until
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.receivers import WebhookReceiver
-from tests.stack import PROJECT, compose, fail_a_run
+from tests.stack import PROJECT, compose, fail_a_run, wait_for_the_triggers_to_load
 
 pytestmark = pytest.mark.slow
 
@@ -121,9 +122,12 @@ def pages(stack, deployed, gateway) -> Iterator[WebhookReceiver]:
     """The alerts, installed by the deployer as `make deploy` does, sending to a webhook in this test."""
     receiver = WebhookReceiver(host="0.0.0.0")
     target = f"http://{gateway}:{receiver.port}/hook"
+    since = datetime.now(UTC).isoformat()
     installed = compose(stack["env"], "run", "--rm", "-e", f"ALERT_WEBHOOK_URL={target}", "deployer",
                         "python", "-m", "flows.alerts")  # fmt: skip
     assert installed.returncode == 0 and "alert targets: webhook" in installed.stdout, installed.stderr[-2000:]
+    # prefect-services judges events by its cached automations: a run failed before it loads these pages nobody
+    wait_for_the_triggers_to_load(stack, "llm-pipeline: flow run failed or crashed", since)
     yield receiver
     receiver.stop()
     compose(stack["env"], "run", "--rm", "deployer", "python", "-m", "flows.alerts")  # back to no targets
