@@ -33,6 +33,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker its own Prefect home: e
     atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
 
 import contextlib  # noqa: E402
+import json  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -92,14 +93,33 @@ def wait_for_http(url: str, timeout: float = 90.0, process: subprocess.Popen | N
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def trace(kind: str, what: str, started: float, outcome: str = "ok") -> None:
+    """With TEST_TRACE=FILE, a line per wait and per docker/make call: which test spent how long on what (where a
+    slow suite's time goes; `scripts/test_trace.py FILE` sums it). Nothing is written without it."""
+    if path := os.environ.get("TEST_TRACE"):
+        row = {
+            "test": os.environ.get("PYTEST_CURRENT_TEST", ""),  # with its phase: (setup), (call), (teardown)
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+            "kind": kind,
+            "what": what[:200],
+            "seconds": round(time.monotonic() - started, 2),
+            "outcome": outcome,
+        }
+        with open(path, "a") as out:
+            out.write(json.dumps(row) + "\n")
+
+
 def wait_until(condition: Any, timeout: float, what: str) -> Any:
     """Poll `condition` until it returns something truthy (returned), or fail naming `what`."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
+            trace("wait", what, started)
             return value
         time.sleep(0.5)
+    trace("wait", what, started, "timeout")
     raise AssertionError(f"not within {timeout}s: {what}")
 
 

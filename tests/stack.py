@@ -8,12 +8,13 @@ import os
 import re
 import secrets
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import published_port, require_docker
+from tests.conftest import published_port, require_docker, trace
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "llm-pipeline-e2e"
@@ -30,6 +31,7 @@ def set_env(path: Path, values: dict[str, str]) -> None:
 
 
 def make(target: str, env: dict[str, str], timeout: float = 900, *args: str) -> subprocess.CompletedProcess:
+    started = time.monotonic()
     result = subprocess.run(
         ["make", target, *args],
         cwd=ROOT,
@@ -39,6 +41,7 @@ def make(target: str, env: dict[str, str], timeout: float = 900, *args: str) -> 
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+    trace("make", " ".join([target, *args]), started, f"rc={result.returncode}")
     return result
 
 
@@ -54,7 +57,10 @@ def compose(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess
         "docker-compose.cpu.yml",
         *args,
     ]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    trace("compose", " ".join(args), started, f"rc={result.returncode}")
+    return result
 
 
 def shared(env: dict[str, str], script: str) -> str:
@@ -133,7 +139,6 @@ def wait_for_the_triggers_to_load(stack: dict, name: str, since: str, bound_s: f
     `bound_s`, past the service's own reconcile of every automation each 5 s. It judges events by its cached copy:
     a run failed 2.6 s after `flows.alerts` changed the failure alert's action to the test's webhook fired the old
     DoNothing (a full suite, 2026-12-05), and no page came. Whether the notification was seen."""
-    import time
 
     import httpx
 
