@@ -24,6 +24,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,8 +37,11 @@ from synthetic_corpus import KINDS, write_corpus  # noqa: E402
 METHODS = ("exact", "minhash", "naive", "semantic", "hybrid")
 
 
-def run_method(method: str, corpus: Path, clusters_out: Path, backend: str) -> dict[str, float]:
-    """In a subprocess: load, deduplicate, write clusters; returns timing and peak memory."""
+def run_method(
+    method: str, corpus: Path, clusters_out: Path, backend: str, overrides: dict | None = None
+) -> dict[str, float]:
+    """In a subprocess: load, deduplicate, write clusters; returns timing and peak memory. `overrides`: other
+    DedupConfig fields (`--dedup KEY=VALUE`)."""
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -46,7 +51,9 @@ def run_method(method: str, corpus: Path, clusters_out: Path, backend: str) -> d
     from llm_pipeline.io import write_jsonl
 
     documents = load_documents(DataConfig(path=corpus)).documents
-    config = DedupConfig(method="minhash" if method == "naive" else method, embedding_backend=backend)
+    config = DedupConfig(
+        method="minhash" if method == "naive" else method, embedding_backend=backend, **(overrides or {})
+    )
     if method in ("semantic", "hybrid"):  # model loading (and a one-time distillation or export) is not timed
         from llm_pipeline.models.embeddings import load_embedder
 
@@ -150,8 +157,8 @@ def score(corpus: Path, clusters_path: Path, skip_kinds: tuple[str, ...] = ()) -
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_run":  # the subprocess side
-        _, _, method, corpus, out, backend = sys.argv
-        print(json.dumps(run_method(method, Path(corpus), Path(out), backend)))
+        _, _, method, corpus, out, backend, overrides = sys.argv
+        print(json.dumps(run_method(method, Path(corpus), Path(out), backend, json.loads(overrides))))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, nargs="+", default=[10_000, 100_000])
@@ -164,7 +171,15 @@ def main() -> None:
     )
     parser.add_argument("--backend", default="onnx-int8", choices=["torch", "onnx", "onnx-int8", "static"])
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--dedup",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="other dedup settings for every method, e.g. semantic_numbers_must_agree=false (YAML values)",
+    )
     args = parser.parse_args()
+    overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.dedup)}
     results = []
     print(
         "| docs | method | embeddings | seconds | docs/s | peak RSS MB | precision | recall | F1 | F1 (exact + edits "
@@ -179,7 +194,16 @@ def main() -> None:
                     continue
                 out = Path(tmp) / f"clusters-{n}-{method}.jsonl"
                 done = subprocess.run(
-                    [sys.executable, __file__, "_run", method, str(corpus), str(out), args.backend],
+                    [
+                        sys.executable,
+                        __file__,
+                        "_run",
+                        method,
+                        str(corpus),
+                        str(out),
+                        args.backend,
+                        json.dumps(overrides),
+                    ],  # fmt: skip
                     capture_output=True,
                     text=True,
                     check=False,
@@ -192,6 +216,7 @@ def main() -> None:
                     "docs": n,
                     "method": method,
                     "backend": args.backend if method in ("semantic", "hybrid") else "-",
+                    **({"dedup": overrides} if overrides else {}),
                     **timing,
                     "docs_per_s": n / timing["seconds"],
                     **score(corpus, out),

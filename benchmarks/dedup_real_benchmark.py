@@ -52,6 +52,8 @@ VARIANTS: dict[str, dict] = {
     "hybrid": {"method": "hybrid"},  # the defaults: embedding_backend auto
     "hybrid-torch": {"method": "hybrid", "embedding_backend": "torch"},
     "hybrid-static": {"method": "hybrid", "embedding_backend": "static"},
+    # the default hybrid without the numbers rule (semantic pairs removed even where their numbers conflict)
+    "hybrid-any-numbers": {"method": "hybrid", "semantic_numbers_must_agree": False},
 }
 
 

@@ -33,6 +33,7 @@ ray = pytest.importorskip("ray", reason="ray is a locked dependency: `make insta
 
 from llm_pipeline.config import load_config  # noqa: E402
 from llm_pipeline.stages import run_stage, stage_named  # noqa: E402
+from tests.test_dedup import catalogue_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "test.yaml"
@@ -102,7 +103,8 @@ def _same_outputs(local: Path, distributed: Path) -> None:
 
 def _mixed_folder(root: Path) -> Path:
     """The sample corpus over JSONL, gzipped JSONL, CSV, Markdown and text files, with copies across files
-    (exact and edited), an id repeated in another file, and the sample's own bad records."""
+    (exact and edited), an id repeated in another file, the sample's own bad records, and a product catalogue
+    (tests/test_dedup.py) whose sheets semantic dedup keeps apart by their numbers."""
     lines = (ROOT / "data/ev_charging/documents.jsonl").read_bytes().splitlines(keepends=True)
     folder = root / "corpus"
     (folder / "pricing").mkdir(parents=True)
@@ -130,6 +132,7 @@ def _mixed_folder(root: Path) -> Path:
             writer.writerow([f"{r['id']}-edit", " ".join(words), json.dumps({"source": "edited"})])
     (folder / "notes.md").write_text("# Charging at home\n\n" + good[3]["text"] + "\n")
     (folder / "pricing" / "readme.txt").write_text(good[4]["text"].upper() + "\n")
+    catalogue_folder(folder)  # product sheets apart only by their numbers, and a reworded copy of one
     return folder
 
 
@@ -151,8 +154,10 @@ def test_ray_gives_the_local_outputs_on_a_folder_of_every_kind(
     distributed, ray_counts = _stage(tmp_path / "ray", on_ray)
     _same_outputs(local, distributed)
     assert local_counts == ray_counts
-    assert local_counts["rejected.duplicate_id"] >= 1 and local_counts["files.loaded"] == 5
+    assert local_counts["rejected.duplicate_id"] >= 1 and local_counts["files.loaded"] == 7
     assert local_counts["dedup.removed"] >= 15, local_counts  # the copies were found, not just nothing twice
+    if method == "hybrid":  # the numbers rule ran on both engines, from the texts (local) and the keys' masks (Ray)
+        assert local_counts["dedup.semantic.set_apart_by_numbers"] >= 11, local_counts
 
 
 @pytest.fixture(scope="module")

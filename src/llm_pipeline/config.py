@@ -146,6 +146,11 @@ class DedupConfig(Section):
         description="remove semantic duplicates, only list them for review (templated corpora: see README), or "
         "remove those an LLM judge confirms (`judge`) and list the rest.",
     )
+    semantic_numbers_must_agree: bool = Field(
+        True,
+        description="a semantic pair whose texts each state a number the other does not (two product sheets with "
+        "different prices, powers or model numbers) is two facts: kept apart, counted, never removed or judged.",
+    )
     judge: DedupJudgeConfig = Field(default_factory=lambda: DedupJudgeConfig(), description="semantic_action: judge.")
     semantic_search: Literal["auto", "exact", "ivf"] = Field(
         "auto",

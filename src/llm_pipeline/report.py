@@ -153,6 +153,14 @@ def render_report(
             f"of `{run['embedding_model']}` at cosine >= {run['cosine_threshold']} "
             f"(`dedup.embedding_backend`, `dedup.semantic_threshold`); pairs found: `{run['action']}`.",
         ]
+        if apart := run.get("set_apart_by_numbers"):
+            closest = ", ".join(f"`{e['a']}` / `{e['b']}` ({e['cosine']})" for e in run["set_apart_examples"][:5])
+            lines += [
+                "",
+                f"Kept apart by their numbers (`dedup.semantic_numbers_must_agree`): {apart:,} near-pairs in which "
+                f"each text states a number the other does not (a price, a power, a model number), so neither was "
+                f"removed as a copy of the other; the closest: {closest}.",
+            ]
     semantic = examples.get("semantic_removals") or []
     judged = any("judge" in r for r in semantic)
     what = "removals" if all(r.get("removed_from_output", True) for r in semantic) else "near-pairs to review (kept)"

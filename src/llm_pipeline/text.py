@@ -3,6 +3,7 @@ numbers and the phrases that mean "the context does not say"."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 _WORD = re.compile(r"\w+")
@@ -56,6 +57,24 @@ def dedup_tokens(text: str) -> list[str]:
 def dedup_word(chunk: str) -> str:
     """A whitespace-separated chunk as `dedup_tokens` counts it: its ends stripped (empty: punctuation only)."""
     return chunk.strip(DEDUP_EDGE)
+
+
+def number_mask(text: str) -> int:
+    """The numbers a text states (`DECIMAL`, by value: 1.0 is 1, 05 is 5), as a 64-bit set: one bit per number, by
+    a stable hash of its value. Semantic dedup keeps two texts apart when each states a number the other does not
+    (`numbers_conflict`): two product sheets that differ in a price, a power or a model number are two facts. A
+    text with dozens of distinct numbers sets most bits, so a conflict may go unseen (never a false one)."""
+    mask = 0
+    for value in {float(n) for n in DECIMAL.findall(text)}:
+        digest = hashlib.blake2b(repr(value).encode(), digest_size=1).digest()[0]
+        mask |= 1 << (digest % 64)
+    return mask
+
+
+def numbers_conflict(a: int, b: int) -> bool:
+    """Whether each of two `number_mask`s holds a number the other lacks (one text's numbers a subset of the
+    other's, as in a copy with a sentence dropped, is no conflict)."""
+    return bool(a & ~b) and bool(b & ~a)
 
 
 def split_sentences(text: str) -> list[str]:

@@ -8,18 +8,47 @@ similarity is transitive, and for callers that want groups."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from llm_pipeline.records import Document, DuplicateCluster
+from llm_pipeline.text import number_mask, numbers_conflict
 
 KeepPolicy = Literal["first", "longest", "richest_metadata"]
 
 # `semantic_action: judge`: the judge (dedup/judge.py's SemanticJudge) that confirms the semantic keep rule's pairs,
 # set by the dedup workflow around the semantic method's call; None: cosine decides alone.
 PAIR_JUDGE: ContextVar[Any] = ContextVar("pair_judge", default=None)
+
+
+class SetApart:
+    """The semantic pairs kept apart because each text states a number the other does not
+    (`dedup.semantic_numbers_must_agree`): how many, and the `closest` few (highest cosine first), in bounded memory
+    however many there are."""
+
+    def __init__(self, closest: int = 20) -> None:
+        self.count = 0
+        self.size = closest
+        self._heap: list[tuple[float, str, str]] = []  # the closest so far, lowest first (a min-heap)
+
+    def add(self, a: str, b: str, cosine: float) -> None:
+        self.count += 1
+        item = (cosine, a, b)
+        if len(self._heap) < self.size:
+            heapq.heappush(self._heap, item)
+        elif item > self._heap[0]:
+            heapq.heapreplace(self._heap, item)
+
+    def closest(self) -> list[dict[str, Any]]:
+        ranked = sorted(self._heap, key=lambda item: (-item[0], item[1], item[2]))
+        return [{"a": a, "b": b, "cosine": round(cosine, 4)} for cosine, a, b in ranked]
+
+
+# set by the dedup workflow around the semantic method's call when the numbers rule is on; None: it is off
+SET_APART: ContextVar[SetApart | None] = ContextVar("set_apart", default=None)
 
 
 class UnionFind:
@@ -46,10 +75,11 @@ class DocumentKey:
     id: str
     length: int
     richness: int
+    numbers: int = 0  # text.number_mask of its text
 
     @classmethod
     def of(cls, document: Document) -> DocumentKey:
-        return cls(document.id, len(document.text), richness(document))
+        return cls(document.id, len(document.text), richness(document), number_mask(document.text))
 
 
 def richness(document: Document) -> int:
@@ -161,8 +191,34 @@ def semantic_clusters(
     documents: Sequence[Document | DocumentKey], pairs: list[tuple[int, int, float]], keep: KeepPolicy
 ) -> list[DuplicateCluster]:
     """The semantic methods' keep rule (both engines): `clusters_by_kept` on the cosine pairs, each pair confirmed
-    by the judge where one is active (`PAIR_JUDGE`)."""
+    by the judge where one is active (`PAIR_JUDGE`); where `SET_APART` is active, first without the pairs whose
+    texts' numbers conflict (recorded there)."""
+    apart = SET_APART.get()
+    if apart is not None:
+        pairs = _numbers_agree(documents, pairs, apart)
     judge = PAIR_JUDGE.get()
     if judge is None:
         return clusters_by_kept(documents, pairs, "semantic", keep)
     return judge.clusters(documents, pairs, keep)
+
+
+def _numbers_agree(
+    documents: Sequence[Document | DocumentKey], pairs: list[tuple[int, int, float]], apart: SetApart
+) -> list[tuple[int, int, float]]:
+    """The pairs whose two texts' numbers do not conflict (text.numbers_conflict); the others go to `apart`."""
+    masks: dict[int, int] = {}
+
+    def mask(index: int) -> int:
+        if index not in masks:
+            document = documents[index]
+            key = isinstance(document, DocumentKey)
+            masks[index] = document.numbers if key else number_mask(document.text)  # type: ignore[union-attr]
+        return masks[index]
+
+    agreed = []
+    for a, b, similarity in pairs:
+        if numbers_conflict(mask(a), mask(b)):
+            apart.add(documents[a].id, documents[b].id, float(similarity))
+        else:
+            agreed.append((a, b, similarity))
+    return agreed

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llm_pipeline.config import DedupConfig
-from llm_pipeline.dedup.clusters import DocumentKey
+from llm_pipeline.dedup.clusters import SET_APART, DocumentKey, SetApart
 from llm_pipeline.dedup.methods import DEDUP_METHODS, method_sequence
 from llm_pipeline.dedup.remove import remove_duplicates
 from llm_pipeline.logging import get_logger
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from llm_pipeline.dedup.judge import SemanticJudge
 
 log = get_logger("dedup")
+SET_APART_EXAMPLES = 20  # the pairs set apart by their numbers that cluster_examples.json and the report name
 
 
 @dataclass
@@ -46,6 +47,7 @@ class DedupResult:
             **({"review.semantic": sum(len(c.members) - 1 for c in self.review)} if self.review else {}),
             **{f"judge.{k}": v for k, v in self.judge_summary.items() if isinstance(v, int | float)},
             **({"semantic.cosine_threshold": self.semantic["cosine_threshold"]} if self.semantic else {}),
+            **({"semantic.set_apart_by_numbers": n} if (n := self.semantic.get("set_apart_by_numbers")) else {}),
         }
 
 
@@ -107,9 +109,19 @@ def semantic_step(
         "action": config.semantic_action,
     }
     log.info("semantic_embeddings", backend=resolved.embedding_backend, documents=len(documents))
-    if config.semantic_action == "judge":
-        return _judged(result, documents, identify, config, judge)
-    clusters = identify(documents, config)
+    apart = SetApart(SET_APART_EXAMPLES) if config.semantic_numbers_must_agree else None
+    token = SET_APART.set(apart)
+    try:
+        if config.semantic_action == "judge":
+            return _judged(result, documents, identify, config, judge)
+        clusters = identify(documents, config)
+    finally:
+        SET_APART.reset(token)
+        if apart is not None:
+            result.semantic["set_apart_by_numbers"] = apart.count
+            result.semantic["set_apart_examples"] = apart.closest()
+            if apart.count:
+                log.info("semantic_set_apart_by_numbers", pairs=apart.count)
     if config.semantic_action == "review":
         result.review.extend(clusters)  # listed with both similarities for a person to judge; all kept
         log.info("dedup_method_done", method="semantic", review=sum(len(c.members) - 1 for c in clusters),

@@ -87,6 +87,7 @@ from llm_pipeline.ingest.sources import Part, UnreadableFile, file_parts
 from llm_pipeline.io import atomic_open, write_json, write_jsonl
 from llm_pipeline.logging import get_logger
 from llm_pipeline.records import Document, DuplicateCluster, Reject
+from llm_pipeline.text import number_mask
 
 log = get_logger("engine.ray")
 
@@ -100,6 +101,7 @@ class FileLoad:
     ids: list[str]
     lengths: np.ndarray
     richness: np.ndarray
+    numbers: np.ndarray  # text.number_mask of each text (uint64): semantic dedup's numbers rule
     digests: np.ndarray  # 32-byte exact-dedup keys ("V32")
     lines: Any = None  # ObjectRef -> list[bytes]: each document as its documents.jsonl line (no newline)
     origins: Any = None  # ObjectRef -> list[(location, raw)]
@@ -133,6 +135,11 @@ def _digests(documents: list[Document]) -> np.ndarray:
     return np.frombuffer(b"".join(_exact_digest(d.text) for d in documents), dtype="V32")
 
 
+def _number_masks(documents: list[Document]) -> np.ndarray:
+    """Each text's `number_mask` (the numbers it states, as a 64-bit set), for semantic dedup's numbers rule."""
+    return np.fromiter((number_mask(d.text) for d in documents), dtype=np.uint64, count=len(documents))
+
+
 class Keys(Sequence[DocumentKey]):
     """What the keep rule and the clusters need of each document (`DocumentKey`), held as columns: the ids and two
     integer arrays, a DocumentKey made only when one is asked for. A few bytes a document plus its id, where a list
@@ -142,28 +149,32 @@ class Keys(Sequence[DocumentKey]):
         self.ids: list[str] = []
         self._lengths: list[np.ndarray] = []
         self._richness: list[np.ndarray] = []
-        self._joined: tuple[np.ndarray, np.ndarray] | None = None
+        self._numbers: list[np.ndarray] = []
+        self._joined: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def extend(self, ids: list[str], lengths: np.ndarray, richness: np.ndarray) -> None:
+    def extend(self, ids: list[str], lengths: np.ndarray, richness: np.ndarray, numbers: np.ndarray) -> None:
         self.ids.extend(ids)
         self._lengths.append(np.asarray(lengths, dtype=np.int64))
         self._richness.append(np.asarray(richness, dtype=np.int64))
+        self._numbers.append(np.asarray(numbers, dtype=np.uint64))
         self._joined = None
 
-    def _columns(self) -> tuple[np.ndarray, np.ndarray]:
+    def _columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._joined is None:
             empty = np.zeros(0, dtype=np.int64)
             lengths = np.concatenate(self._lengths) if self._lengths else empty
             richness = np.concatenate(self._richness) if self._richness else empty
-            self._lengths, self._richness, self._joined = [lengths], [richness], (lengths, richness)
+            numbers = np.concatenate(self._numbers) if self._numbers else empty.astype(np.uint64)
+            self._lengths, self._richness, self._numbers = [lengths], [richness], [numbers]
+            self._joined = (lengths, richness, numbers)
         return self._joined
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> DocumentKey:  # type: ignore[override]
-        lengths, richness = self._columns()
-        return DocumentKey(self.ids[index], int(lengths[index]), int(richness[index]))
+        lengths, richness, numbers = self._columns()
+        return DocumentKey(self.ids[index], int(lengths[index]), int(richness[index]), int(numbers[index]))
 
 
 @dataclass(frozen=True)
@@ -215,6 +226,7 @@ def _load_file(
         "ids": [d.id for d in documents],
         "lengths": np.fromiter((len(d.text) for d in documents), dtype=np.int64, count=len(documents)),
         "richness": np.fromiter((richness(d) for d in documents), dtype=np.int64, count=len(documents)),
+        "numbers": _number_masks(documents),
         "digests": _digests(documents),
     }
     signed = _sign(documents, file_index, signing) if signing is not None else []
@@ -323,7 +335,7 @@ def _load(config: PipelineConfig, address: str, signing: Signing | None) -> tupl
         merged.rejects.extend(part.rejects)
         merged.records_seen += part.records_seen
         merged.repairs.update(part.repairs)
-        load = FileLoad(part, meta["ids"], meta["lengths"], meta["richness"], meta["digests"],
+        load = FileLoad(part, meta["ids"], meta["lengths"], meta["richness"], meta["numbers"], meta["digests"],
                         lines_ref, origins_ref, base, str(path), signed)  # fmt: skip
         mask = np.ones(len(load.ids), dtype=bool)
         repeated = []
@@ -343,7 +355,7 @@ def _load(config: PipelineConfig, address: str, signing: Signing | None) -> tupl
             summaries[relative].quarantined += len(repeated)
         alive.append(mask)
         plan.files.append(load)
-        plan.keys.extend(load.ids, load.lengths, load.richness)
+        plan.keys.extend(load.ids, load.lengths, load.richness, load.numbers)
         base += len(load.ids)
     plan.alive = np.concatenate(alive) if alive else np.zeros(0, dtype=bool)
     plan.loaded = plan.alive.copy()
@@ -361,12 +373,14 @@ def _held(ingested: IngestResult, signing: Signing | None) -> tuple[IngestResult
         signed = _sign_task.options(num_returns=1 + signing.partitions).remote(ray.put(documents), 0, signing)
     lengths = np.fromiter((len(d.text) for d in documents), dtype=np.int64, count=len(documents))
     rich = np.fromiter((richness(d) for d in documents), dtype=np.int64, count=len(documents))
+    numbers = _number_masks(documents)
     load = FileLoad(
-        IngestResult(), [d.id for d in documents], lengths, rich, _digests(documents), lines, None, 0, "", list(signed),
+        IngestResult(), [d.id for d in documents], lengths, rich, numbers, _digests(documents), lines, None, 0, "",
+        list(signed),
     )  # fmt: skip
     alive = np.ones(len(documents), dtype=bool)
     plan = Plan(files=[load], alive=alive, loaded=alive.copy())
-    plan.keys.extend(load.ids, lengths, rich)
+    plan.keys.extend(load.ids, lengths, rich, numbers)
     ingested.documents, ingested.loaded = [], len(documents)
     return ingested, plan
 
