@@ -19,6 +19,7 @@ from rich.table import Table
 
 from llm_pipeline.cli import ConfigOption, SetOption, app, err, load_or_exit, out, parse_overrides
 from llm_pipeline.errors import ConfigError, PipelineError
+from llm_pipeline.io import unwritable_folder
 
 
 @app.command()
@@ -29,7 +30,11 @@ def run(config: ConfigOption = Path("configs/test.yaml"), set_: SetOption = None
     except ConfigError as exc:
         err.print(f"[bold red]config error[/]: {exc}")
         raise typer.Exit(2) from None
-    load_or_exit(config, overrides)  # fail before Prefect starts anything
+    resolved = load_or_exit(config, overrides)  # fail before Prefect starts anything
+    if problem := unwritable_folder(resolved.output_path.resolve()):
+        err.print(f"[bold red]config error[/] in {config}:")
+        err.print(f"  [bold]output_path[/]: the run's outputs cannot be written there ({problem})")
+        raise typer.Exit(2)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -33,8 +33,8 @@ from flows import artifacts
 from flows.outage import GPU_SLOTS, held_slot, through_outage
 from flows.retries import task_retry_options
 from llm_pipeline.config import PipelineConfig, load_config
-from llm_pipeline.errors import PipelineError, RunTimedOut, TransientError
-from llm_pipeline.io import write_json
+from llm_pipeline.errors import ConfigError, PipelineError, RunTimedOut, TransientError
+from llm_pipeline.io import unwritable_folder, write_json
 from llm_pipeline.logging import bound, configure_logging, get_logger
 from llm_pipeline.manifest import Manifest
 from llm_pipeline.stages import (
@@ -185,6 +185,8 @@ def llm_pipeline(config_path: str = "configs/test.yaml", overrides: dict[str, An
     configure_logging(config.monitoring.log_level, config.monitoring.structured_logging)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + (flow_run.get_id() or "local")[:8]
     run_dir = (config.output_path / config.name / run_id).resolve()
+    if problem := unwritable_folder(run_dir):  # on a worker too: named, and never retried
+        raise ConfigError([("output_path", f"the run's outputs cannot be written in {run_dir} ({problem})")])
     # bound for the run's body only: the next flow in this process (a served flow, embedded runs one after
     # another) must not log its events under this run's id
     with bound(run_id=run_id, pipeline=config.name):

@@ -232,6 +232,20 @@ def test_cli_run_refuses_bad_config_before_any_work(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_cli_run_refuses_an_output_path_it_cannot_write_naming_the_field(tmp_path: Path) -> None:
+    """A folder under a file (a typo, a volume not mounted): exit 2 naming `output_path` and why, before Prefect
+    starts (no traceback, no run); it used to start the flow and end in a FileNotFoundError from the manifest."""
+    (tmp_path / "a-file").write_text("not a folder")
+    payload = minimal(tmp_path, output_path=str(tmp_path / "a-file" / "out"))
+    result = run_cli("run", "--config", str(write(tmp_path, payload)))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "output_path" in result.stderr and "Not a directory" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout and "Flow run" not in result.stderr + result.stdout
+    writable = minimal(tmp_path, output_path=str(tmp_path / "new" / "out"), benchmark={"categories": []})
+    refused = run_cli("run", "--config", str(write(tmp_path, writable)))  # a bad config is still refused first
+    assert refused.returncode == 2 and "benchmark.categories" in refused.stderr and not (tmp_path / "new").exists()
+
+
 def test_dotenv_with_stack_variables_is_fine_and_pipeline_keys_apply(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -264,6 +264,18 @@ def test_unreadable_data_fails_the_run_without_retry(prefect_server, tmp_path: P
     assert len(found) == 1 and found[0].run_count == 1  # a data error is never retried
 
 
+def test_an_output_path_that_cannot_be_written_fails_the_run_naming_it(prefect_server, tmp_path: Path) -> None:
+    """As a worker meets it (the flow called without the CLI's own check): a ConfigError naming `output_path`,
+    never retried, before any stage."""
+    from flows.pipeline import llm_pipeline
+    from llm_pipeline.errors import ConfigError
+
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ConfigError) as raised:
+        llm_pipeline(config_path=CONFIG, overrides={"output_path": str(tmp_path / "a-file" / "out")})
+    assert raised.value.problems[0][0] == "output_path" and "Not a directory" in raised.value.problems[0][1]
+
+
 async def _failed_task_runs(name: str) -> list[Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName

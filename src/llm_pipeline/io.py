@@ -32,6 +32,19 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+def unwritable_folder(path: Path) -> str | None:
+    """Why the run's files cannot go in `path`, or None: it exists or was made (with its parents), and a file was
+    written in it and removed. Checked before a run starts, so that a wrong `output_path` is a config error naming
+    it, not a traceback from the first write."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename or path}"
+    return None
+
+
 def write_jsonl(path: Path, records: Iterable[BaseModel | dict[str, Any]]) -> int:
     count = 0
     with atomic_open(path) as handle:
