@@ -301,3 +301,43 @@ def test_a_utf16_json_array_streams_like_utf8(tmp_path: Path) -> None:
     result = load(tmp_path)
     assert len(result.documents) == 3001 and not result.rejects
     assert result.documents[2999].text == ("caf\u00e9 \u26a1 record 2999 " * 40).strip()
+
+
+def test_text_and_ids_under_the_names_each_source_uses(tmp_path: Path) -> None:
+    """A team's exports rarely say `text`: a product CSV with `sku` and `description`, a help-desk JSONL with
+    `ticket` and `body`, a Parquet of articles with `content` and no id. `data.text_field` and `data.id_field` (a
+    name or a list, the first present wins) read each; a record with none of the names is quarantined naming the
+    setting, and a CSV without any of them fails that file saying which columns it has."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    with (folder / "products.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerows([["sku", "description", "price"], ["A1", "Wallbox 11 kW, 5 m cable", "499"]])
+        writer.writerow(["A2", "Wallbox 22 kW, 7 m cable", "799"])
+    tickets = [{"ticket": 7, "body": "Charger 55 shows error E4 at start."}, {"ticket": 8, "subject": "no body"}]
+    (folder / "tickets.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tickets))
+    articles = pa.table({"content": ["Preconditioning the battery shortens a winter charge."], "views": [12]})
+    pq.write_table(articles, folder / "articles.parquet")
+    with (folder / "other.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([["name", "notes"], ["x", "y"]])
+
+    config = DataConfig(path=folder, text_field=["description", "body", "content"], id_field=["sku", "ticket"])
+    result = load_documents(config)
+    by_id = {d.id: d for d in result.documents}
+    assert sorted(by_id)[:3] == ["7", "A1", "A2"] and len(by_id) == 4
+    assert by_id["A1"].text == "Wallbox 11 kW, 5 m cable" and by_id["A1"].metadata["price"] == "499"
+    assert by_id["7"].text == "Charger 55 shows error E4 at start."
+    [article] = [d for d in result.documents if d.text.startswith("Preconditioning")]
+    assert article.id.startswith("doc-")  # no id column: an id from the text's hash
+    [reject] = result.rejects
+    assert reject.reason == "missing_text: none of the fields ['description', 'body', 'content'] (data.text_field)"
+    assert reject.location == "line 2" and '"subject": "no body"' in reject.raw
+    [other] = [f for f in result.files if f.path == "other.csv"]
+    assert other.status == "failed" and "['description', 'body', 'content']" in other.reason
+    assert "['name', 'notes']" in other.reason
+
+    default = load_documents(DataConfig(path=folder))  # the default names: nothing here is read
+    assert default.documents == [] and {f.status for f in default.files} <= {"loaded", "failed"}
+    with pytest.raises(ValueError, match="both name"):
+        DataConfig(path=folder, text_field="sku", id_field=["sku"])
+    assert DataConfig(path=folder, text_field="body").text_field == ["body"]

@@ -84,8 +84,27 @@ class DataConfig(Section):
     on_bad_file: Literal["skip", "fail"] = Field(
         "skip", description="A file that cannot be read: skip it with a counted warning, or fail the stage."
     )
+    text_field: list[str] = Field(
+        ["text"],
+        min_length=1,
+        description="The key (JSON, JSONL) or column (CSV/TSV, Parquet) holding a record's text; a list: the first "
+        "one a record (or a CSV's header) has, e.g. [text, content, description] for a folder of several sources.",
+    )
+    id_field: list[str] = Field(
+        ["id"],
+        description="The key or column holding a record's id, or a list as for text_field (none present: "
+        "an id from the text's hash).",
+    )
     include: list[str] = Field(default_factory=list, description="Globs (relative paths) a folder's files must match.")
     exclude: list[str] = Field(default_factory=list, description="Globs (relative paths) of a folder's files to leave.")
+
+    @field_validator("text_field", "id_field", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        names = [value] if isinstance(value, str) else value
+        if isinstance(names, list) and any(not isinstance(n, str) or not n.strip() for n in names):
+            raise ValueError("a field name must be a non-empty string")
+        return names
 
     @field_validator("path")
     @classmethod
@@ -96,6 +115,8 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _format_fits_path(self) -> DataConfig:
+        if both := sorted(set(self.text_field) & set(self.id_field)):
+            raise ValueError(f"text_field and id_field both name {both}: one column cannot be both")
         if self.path.is_dir() and self.format not in ("auto", "folder"):
             raise ValueError(f"format: {self.format!r} is for a single file; a folder's files are told by their names")
         if self.path.is_file() and self.format == "folder":

@@ -113,10 +113,25 @@ def _kind(path: Path, config: DataConfig) -> Kind | None:
 
 
 def _raw_items(
-    path: Path, kind: Kind, relative: str, max_bytes: int, nested: bool, part: Part | None = None
+    path: Path,
+    kind: Kind,
+    relative: str,
+    max_bytes: int,
+    nested: bool,
+    part: Part | None = None,
+    fields: tuple[list[str], list[str]] = (["text"], ["id"]),
 ) -> Iterator[RawItem]:
+    """`fields`: the keys or columns of a record's text and of its id, the first present (`data.text_field`,
+    `data.id_field`)."""
     if kind.format in TABLES:
-        items = TABLES[kind.format](path, kind, max_bytes) if part is None else read_jsonl(path, kind, max_bytes, part)
+        if kind.format in ("csv", "tsv"):
+            items = read_csv(path, kind, max_bytes, *fields)  # the columns are known from the header
+        elif part is None:
+            items = TABLES[kind.format](path, kind, max_bytes)
+        else:
+            items = read_jsonl(path, kind, max_bytes, part)
+        if kind.format not in ("csv", "tsv") and fields != (["text"], ["id"]):
+            items = _renamed(items, *fields)
         for location, item, raw in items:
             if nested and isinstance(item, dict) and isinstance(item.get("metadata") or {}, dict):
                 metadata = dict(item.get("metadata") or {})
@@ -135,6 +150,26 @@ def _raw_items(
     if "/" in relative:
         metadata["category"] = relative.split("/")[0]
     yield "file", {"id": stem(Path(relative)).as_posix(), "text": record["text"], "metadata": metadata}, None
+
+
+def _renamed(items: Iterator[RawItem], text_fields: list[str], id_fields: list[str]) -> Iterator[RawItem]:
+    """Each record's text and id read from the first of the configured keys it has (`data.text_field`,
+    `data.id_field`); its other keys as they were."""
+    for location, item, raw in items:
+        if isinstance(item, dict):
+            text_field = next((name for name in text_fields if name in item), None)
+            if text_field is None:
+                named = f"no {text_fields[0]!r} field" if len(text_fields) == 1 else f"none of the fields {text_fields}"
+                missing = BadRecord(f"missing_text: {named} (data.text_field)")
+                yield location, missing, raw if raw is not None else _preview(item)
+                continue
+            id_field = next((name for name in id_fields if name in item), None)
+            renamed = {k: v for k, v in item.items() if k not in (text_field, id_field, "text", "id")}
+            renamed["text"] = item[text_field]
+            if id_field is not None:
+                renamed["id"] = item[id_field]
+            item = renamed
+        yield location, item, raw
 
 
 def load_documents(config: DataConfig) -> IngestResult:
@@ -183,7 +218,8 @@ def load_file(
             log.warning("file_skipped", file=relative, reason=summary.reason)
             return
         summary.format, summary.compression = kind.format, kind.compression
-        items = _raw_items(path, kind, relative, line_bound(config.max_chars), nested=folder, part=part)
+        fields = (config.text_field, config.id_field)
+        items = _raw_items(path, kind, relative, line_bound(config.max_chars), nested=folder, part=part, fields=fields)
         for location, item, raw in items:
             summary.records += 1
             result.records_seen += 1

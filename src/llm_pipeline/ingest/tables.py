@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +132,13 @@ class _Lines:
                 yield line.decode("utf-8", "surrogateescape")
 
 
-def read_csv(path: Path, kind: Kind, max_bytes: int) -> Iterator[RawItem]:
-    """CSV (or TSV) with a header that names a `text` column; an `id` column and a `metadata` column of JSON are
-    read when present, other columns become metadata. A row with more or fewer fields than the header is
-    quarantined with its line (an unquoted comma in the text would otherwise cut it silently)."""
+def read_csv(
+    path: Path, kind: Kind, max_bytes: int, text_fields: Sequence[str] = ("text",), id_fields: Sequence[str] = ("id",)
+) -> Iterator[RawItem]:
+    """CSV (or TSV) with a header that names a text column (`text`, or the first of `data.text_field` it has); an
+    id column (`id`, or the first of `data.id_field`) and a `metadata` column of JSON are read when present, other
+    columns become metadata. A row with more or fewer fields than the header is quarantined with its line (an
+    unquoted comma in the text would otherwise cut it silently)."""
     delimiter = "\t" if kind.format == "tsv" else ","
     csv.field_size_limit(max(131_072, max_bytes))
     with open_binary(path, kind.compression) as stream:
@@ -146,8 +149,11 @@ def read_csv(path: Path, kind: Kind, max_bytes: int) -> Iterator[RawItem]:
         except StopIteration as exc:
             raise UnreadableFile("is empty: no header row") from exc
         header = [h.strip() for h in header]
-        if "text" not in header:
-            raise UnreadableFile(f"needs a 'text' column, has {header}")
+        text_field = next((name for name in text_fields if name in header), None)
+        id_field = next((name for name in id_fields if name in header), "")
+        if text_field is None:
+            named = "a 'text' column" if list(text_fields) == ["text"] else f"one of the columns {list(text_fields)}"
+            raise UnreadableFile(f"needs {named} (data.text_field), has {header}")
         reported = 0
         while True:
             try:
@@ -166,10 +172,10 @@ def read_csv(path: Path, kind: Kind, max_bytes: int) -> Iterator[RawItem]:
                 reported += 1
             if not row or row == [""]:
                 continue
-            yield _csv_record(header, row, lines.number)
+            yield _csv_record(header, row, lines.number, text_field, id_field)
 
 
-def _csv_record(header: list[str], row: list[str], line: int) -> RawItem:
+def _csv_record(header: list[str], row: list[str], line: int, text_field: str, id_field: str) -> RawItem:
     location = f"line {line}"
     preview = ",".join(row)[:200]
     if len(row) != len(header):
@@ -179,7 +185,8 @@ def _csv_record(header: list[str], row: list[str], line: int) -> RawItem:
         if bad is not None:
             return location, BadRecord(f"not_utf8: invalid byte at character {bad} of a field"), ascii(preview)
     fields = dict(zip(header, row, strict=True))
-    record: dict[str, Any] = {"id": fields.pop("id", None) or None, "text": fields.pop("text")}
+    record: dict[str, Any] = {"id": (fields.pop(id_field, None) if id_field else None) or None}
+    record["text"] = fields.pop(text_field)
     metadata = fields.pop("metadata", None)
     if metadata:
         try:
