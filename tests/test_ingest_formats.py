@@ -314,21 +314,35 @@ def test_text_and_ids_under_the_names_each_source_uses(tmp_path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerows([["sku", "description", "price"], ["A1", "Wallbox 11 kW, 5 m cable", "499"]])
         writer.writerow(["A2", "Wallbox 22 kW, 7 m cable", "799"])
-    tickets = [{"ticket": 7, "body": "Charger 55 shows error E4 at start."}, {"ticket": 8, "subject": "no body"}]
+    tickets = [
+        {"ticket": 7, "body": "Charger 55 shows error E4 at start.", "category": "support", "metadata": {"p": 1}},
+        {"ticket": 8, "subject": "no body"},
+    ]
     (folder / "tickets.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tickets))
     articles = pa.table({"content": ["Preconditioning the battery shortens a winter charge."], "views": [12]})
     pq.write_table(articles, folder / "articles.parquet")
     with (folder / "other.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([["name", "notes"], ["x", "y"]])
+    (folder / "manuals").mkdir()
+    guides = [
+        {"id": "g1", "content": "Torque the lugs to 40 Nm.", "category": "technical"},
+        {"id": "g2", "content": "Wear gloves."},
+    ]
+    (folder / "manuals" / "guides.jsonl").write_text("".join(json.dumps(g) + "\n" for g in guides))
 
-    config = DataConfig(path=folder, text_field=["description", "body", "content"], id_field=["sku", "ticket"])
+    config = DataConfig(path=folder, text_field=["description", "body", "content"], id_field=["sku", "ticket", "id"])
     result = load_documents(config)
     by_id = {d.id: d for d in result.documents}
-    assert sorted(by_id)[:3] == ["7", "A1", "A2"] and len(by_id) == 4
+    assert {"7", "A1", "A2", "g1", "g2"} < set(by_id) and len(by_id) == 6
+    # a record's own category wins over its folder's name; without one, the folder names it
+    assert by_id["g1"].metadata["category"] == "technical" and by_id["g2"].metadata["category"] == "manuals"
     assert by_id["A1"].text == "Wallbox 11 kW, 5 m cable" and by_id["A1"].metadata["price"] == "499"
     assert by_id["7"].text == "Charger 55 shows error E4 at start."
+    # the record's other keys are metadata, as a CSV's other columns are, over what the folder would say
+    assert by_id["7"].metadata == {"category": "support", "p": 1, "source_file": "tickets.jsonl"}
     [article] = [d for d in result.documents if d.text.startswith("Preconditioning")]
     assert article.id.startswith("doc-")  # no id column: an id from the text's hash
+    assert article.metadata["views"] == 12
     [reject] = result.rejects
     assert reject.reason == "missing_text: none of the fields ['description', 'body', 'content'] (data.text_field)"
     assert reject.location == "line 2" and '"subject": "no body"' in reject.raw

@@ -133,12 +133,18 @@ def _raw_items(
         if kind.format not in ("csv", "tsv") and fields != (["text"], ["id"]):
             items = _renamed(items, *fields)
         for location, item, raw in items:
-            if nested and isinstance(item, dict) and isinstance(item.get("metadata") or {}, dict):
-                metadata = dict(item.get("metadata") or {})
-                metadata.setdefault("source_file", relative)
-                if "/" in relative:
-                    metadata.setdefault("category", relative.split("/")[0])
-                item = {**item, "metadata": metadata}
+            if isinstance(item, dict) and isinstance(item.get("metadata") or {}, dict):
+                # a record's other keys (a JSONL line's `category`, a Parquet file's other columns) are metadata,
+                # as a CSV's other columns are; its own `metadata` object wins where both name a key, and either
+                # wins over what the folder says (source_file, category)
+                extra = {k: v for k, v in item.items() if k not in ("id", "text", "metadata")}
+                metadata = {**extra, **(item.get("metadata") or {})}
+                if nested:
+                    metadata.setdefault("source_file", relative)
+                    if "/" in relative:
+                        metadata.setdefault("category", relative.split("/")[0])
+                if extra or nested:
+                    item = {"id": item.get("id"), "text": item.get("text"), "metadata": metadata}
             yield location, item, raw
         return
     try:
