@@ -29,7 +29,7 @@ class SetApart:
     (`dedup.semantic_numbers_must_agree`): how many, and the `closest` few (highest cosine first), in bounded memory
     however many there are."""
 
-    def __init__(self, closest: int = 20) -> None:
+    def __init__(self, closest: int) -> None:
         self.count = 0
         self.size = closest
         self._heap: list[tuple[float, str, str]] = []  # the closest so far, lowest first (a min-heap)

@@ -135,9 +135,16 @@ def _digests(documents: list[Document]) -> np.ndarray:
     return np.frombuffer(b"".join(_exact_digest(d.text) for d in documents), dtype="V32")
 
 
-def _number_masks(documents: list[Document]) -> np.ndarray:
-    """Each text's `number_mask` (the numbers it states, as a 64-bit set), for semantic dedup's numbers rule."""
+def _number_masks(documents: list[Document], wanted: bool) -> np.ndarray:
+    """Each text's `number_mask` (the numbers it states, as a 64-bit set) where semantic dedup's numbers rule will
+    read them (`wanted`: `_wants_numbers`); zeros otherwise, not a pass over every text for nothing."""
+    if not wanted:
+        return np.zeros(len(documents), dtype=np.uint64)
     return np.fromiter((number_mask(d.text) for d in documents), dtype=np.uint64, count=len(documents))
+
+
+def _wants_numbers(config: PipelineConfig) -> bool:
+    return "semantic" in method_sequence(config.dedup.method) and config.dedup.semantic_numbers_must_agree
 
 
 class Keys(Sequence[DocumentKey]):
@@ -212,10 +219,11 @@ def _load_file(
     file_index: int,
     signing: Signing | None,
     part: Part | None = None,
+    numbers: bool = False,
 ) -> list[Any]:
     """One file, or one `part` of a big one: [meta (ids and the keep rule's numbers, rejects, summary), lines,
     origins] and, with `signing`, its MinHash signatures and band rows (the _sign list), computed while the texts
-    are at hand."""
+    are at hand; with `numbers`, each text's number mask (semantic dedup's numbers rule; zeros otherwise)."""
     result = IngestResult(origins=[])
     load_file(Path(path), relative, data, result, set(), source, part)
     documents, origins = result.documents, result.origins or []
@@ -226,7 +234,7 @@ def _load_file(
         "ids": [d.id for d in documents],
         "lengths": np.fromiter((len(d.text) for d in documents), dtype=np.int64, count=len(documents)),
         "richness": np.fromiter((richness(d) for d in documents), dtype=np.int64, count=len(documents)),
-        "numbers": _number_masks(documents),
+        "numbers": _number_masks(documents, numbers),
         "digests": _digests(documents),
     }
     signed = _sign(documents, file_index, signing) if signing is not None else []
@@ -313,7 +321,7 @@ def _load(config: PipelineConfig, address: str, signing: Signing | None) -> tupl
     task = _load_file.options(num_returns=returns, max_retries=config.execution.task_retries)
     # absolute: a Ray worker runs in a folder of its own (and on another node, where data.path must be the same path)
     refs = [
-        task.remote(str(path.resolve()), str(path), relative, data, index, signing, part)
+        task.remote(str(path.resolve()), str(path), relative, data, index, signing, part, _wants_numbers(config))
         for index, (path, relative, part) in enumerate(units)
     ]
     if len(units) > len({relative for _, relative, _ in units}):
@@ -364,7 +372,7 @@ def _load(config: PipelineConfig, address: str, signing: Signing | None) -> tupl
     return merged, plan
 
 
-def _held(ingested: IngestResult, signing: Signing | None) -> tuple[IngestResult, Plan]:
+def _held(ingested: IngestResult, signing: Signing | None, numbers: bool) -> tuple[IngestResult, Plan]:
     """Documents read in this process, put in the object store as one shard (and signed there)."""
     documents = ingested.documents
     lines = ray.put([d.model_dump_json().encode() for d in documents])
@@ -373,14 +381,14 @@ def _held(ingested: IngestResult, signing: Signing | None) -> tuple[IngestResult
         signed = _sign_task.options(num_returns=1 + signing.partitions).remote(ray.put(documents), 0, signing)
     lengths = np.fromiter((len(d.text) for d in documents), dtype=np.int64, count=len(documents))
     rich = np.fromiter((richness(d) for d in documents), dtype=np.int64, count=len(documents))
-    numbers = _number_masks(documents)
+    masks = _number_masks(documents, numbers)
     load = FileLoad(
-        IngestResult(), [d.id for d in documents], lengths, rich, numbers, _digests(documents), lines, None, 0, "",
+        IngestResult(), [d.id for d in documents], lengths, rich, masks, _digests(documents), lines, None, 0, "",
         list(signed),
     )  # fmt: skip
     alive = np.ones(len(documents), dtype=bool)
     plan = Plan(files=[load], alive=alive, loaded=alive.copy())
-    plan.keys.extend(load.ids, lengths, rich, numbers)
+    plan.keys.extend(load.ids, lengths, rich, masks)
     ingested.documents, ingested.loaded = [], len(documents)
     return ingested, plan
 
@@ -553,7 +561,7 @@ def _load_and_deduplicate(
         signing = _signing(config)
         if config.data.limit is not None:
             # a quick run: read in order up to the limit here (a file-parallel read would read past it)
-            ingested, plan = _held(load_documents(config.data), signing)
+            ingested, plan = _held(load_documents(config.data), signing, _wants_numbers(config))
         else:
             ingested, plan = _load(config, address, signing)
         write_jsonl(outputs["rejects"], ingested.rejects)

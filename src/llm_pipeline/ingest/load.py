@@ -124,27 +124,18 @@ def _raw_items(
     """`fields`: the keys or columns of a record's text and of its id, the first present (`data.text_field`,
     `data.id_field`)."""
     if kind.format in TABLES:
-        if kind.format in ("csv", "tsv"):
-            items = read_csv(path, kind, max_bytes, *fields)  # the columns are known from the header
+        if kind.format in ("csv", "tsv"):  # the columns are known from the header: its records come out named
+            items, fields = read_csv(path, kind, max_bytes, *fields), (["text"], ["id"])
         elif part is None:
             items = TABLES[kind.format](path, kind, max_bytes)
         else:
             items = read_jsonl(path, kind, max_bytes, part)
-        if kind.format not in ("csv", "tsv") and fields != (["text"], ["id"]):
-            items = _renamed(items, *fields)
         for location, item, raw in items:
-            if isinstance(item, dict) and isinstance(item.get("metadata") or {}, dict):
-                # a record's other keys (a JSONL line's `category`, a Parquet file's other columns) are metadata,
-                # as a CSV's other columns are; its own `metadata` object wins where both name a key, and either
-                # wins over what the folder says (source_file, category)
-                extra = {k: v for k, v in item.items() if k not in ("id", "text", "metadata")}
-                metadata = {**extra, **(item.get("metadata") or {})}
-                if nested:
-                    metadata.setdefault("source_file", relative)
-                    if "/" in relative:
-                        metadata.setdefault("category", relative.split("/")[0])
-                if extra or nested:
-                    item = {"id": item.get("id"), "text": item.get("text"), "metadata": metadata}
+            if isinstance(item, dict):
+                record = _as_record(item, fields, relative if nested else None)
+                if isinstance(record, BadRecord) and raw is None:
+                    raw = _preview(item)  # as the record was read
+                item = record
             yield location, item, raw
         return
     try:
@@ -158,24 +149,30 @@ def _raw_items(
     yield "file", {"id": stem(Path(relative)).as_posix(), "text": record["text"], "metadata": metadata}, None
 
 
-def _renamed(items: Iterator[RawItem], text_fields: list[str], id_fields: list[str]) -> Iterator[RawItem]:
-    """Each record's text and id read from the first of the configured keys it has (`data.text_field`,
-    `data.id_field`); its other keys as they were."""
-    for location, item, raw in items:
-        if isinstance(item, dict):
-            text_field = next((name for name in text_fields if name in item), None)
-            if text_field is None:
-                named = f"no {text_fields[0]!r} field" if len(text_fields) == 1 else f"none of the fields {text_fields}"
-                missing = BadRecord(f"missing_text: {named} (data.text_field)")
-                yield location, missing, raw if raw is not None else _preview(item)
-                continue
-            id_field = next((name for name in id_fields if name in item), None)
-            renamed = {k: v for k, v in item.items() if k not in (text_field, id_field, "text", "id")}
-            renamed["text"] = item[text_field]
-            if id_field is not None:
-                renamed["id"] = item[id_field]
-            item = renamed
-        yield location, item, raw
+def _as_record(
+    item: dict[str, Any], fields: tuple[list[str], list[str]], folder_file: str | None
+) -> dict[str, Any] | BadRecord:
+    """A table's record as `to_document` takes it: its text and id from the first of the configured keys it has
+    (`data.text_field`, `data.id_field`); its other keys in its metadata, as a CSV's other columns are (its own
+    `metadata` object wins where both name a key); and, read from a folder (`folder_file`: its relative path),
+    the file's `source_file` and subfolder `category` where neither names them. A BadRecord when it has none of
+    the configured text keys."""
+    text_fields, id_fields = fields
+    text_field = next((name for name in text_fields if name in item), None)
+    if text_field is None and text_fields != ["text"]:  # the default: to_document's own `missing_text`
+        named = f"no {text_fields[0]!r} field" if len(text_fields) == 1 else f"none of the fields {text_fields}"
+        return BadRecord(f"missing_text: {named} (data.text_field)")
+    id_field = next((name for name in id_fields if name in item), None)
+    metadata = item.get("metadata") or {}
+    if isinstance(metadata, dict):  # otherwise to_document names its type
+        skipped = {text_field, id_field, "text", "id", "metadata"}
+        metadata = {**{k: v for k, v in item.items() if k not in skipped}, **metadata}
+        if folder_file is not None:
+            metadata.setdefault("source_file", folder_file)
+            if "/" in folder_file:
+                metadata.setdefault("category", folder_file.split("/")[0])
+    text = item[text_field] if text_field is not None else None
+    return {"id": item[id_field] if id_field is not None else None, "text": text, "metadata": metadata}
 
 
 def load_documents(config: DataConfig) -> IngestResult:
