@@ -247,8 +247,11 @@ def test_a_kill_at_any_moment_costs_at_most_concurrency_answered_requests(
     assert max(gaps) == concurrency  # the slots were full: the bound was tested, not idle
 
 
-def test_response_format_falls_back_when_unsupported(documents: list[Document], tmp_path: Path) -> None:
-    with FakeOpenAI(supports_json_schema=False) as server:
+@pytest.mark.parametrize("refusal", ["400", "422", "500"])
+def test_response_format_falls_back_when_unsupported(documents: list[Document], tmp_path: Path, refusal: str) -> None:
+    """However the server says no to json_schema (vLLM's 400, a FastAPI 422, llama-cpp-python's 500 naming the
+    field: the real server failed every request of the default `auto` before), the client steps down."""
+    with FakeOpenAI(supports_json_schema=False, json_schema_refusal=refusal) as server:
         result = run(documents[:6], qa_config(server), tmp_path)
         assert {p.document_id for p in result.pairs} == {d.id for d in documents[:6]}
         # The server said no to json_schema; the client stepped down to json_object without spending a try.

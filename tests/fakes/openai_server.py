@@ -54,6 +54,45 @@ RANDOM_ACTIONS = ("429", "500", "503", "timeout", "malformed", "badjson", "trunc
 )  # fmt: skip
 
 
+# Ways a server that speaks the API refuses `response_format: json_schema`: status, body.
+JSON_SCHEMA_REFUSALS: dict[str, tuple[int, dict[str, Any]]] = {
+    # OpenAI's error shape with a 400 (what this fake always said; not recorded from a server)
+    "400": (
+        400,
+        {"error": {"message": "response_format json_schema is not supported", "type": "invalid_request_error"}},
+    ),
+    # a FastAPI server's own request validation, as FastAPI shapes it (not recorded from a server)
+    "422": (
+        422,
+        {
+            "detail": [
+                {
+                    "type": "literal_error",
+                    "loc": ["body", "response_format", "type"],
+                    "msg": "Input should be 'text' or 'json_object'",
+                    "input": "json_schema",
+                }
+            ]
+        },
+    ),
+    # llama-cpp-python 0.3.36's server (`python -m llama_cpp.server`), recorded on 2026-12-05: a 500
+    "500": (
+        500,
+        {
+            "error": {
+                "message": "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', "
+                "'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': "
+                "{'expected': \"'text' or 'json_object'\"}}\n\n  File \"llama_cpp/server/app.py\", line 376, in "
+                "create_chat_completion\n    POST /v1/chat/completions",
+                "type": "internal_server_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    ),
+}
+
+
 def document_key(text: str) -> str:
     """How the server names a document: the hash of the text it was sent (a chunk, for long documents)."""
     return hashlib.sha256(text.strip().encode()).hexdigest()[:12]
@@ -83,6 +122,7 @@ class FakeOpenAI:
         seed: int = 7,
         hang_s: float = 30.0,
         supports_json_schema: bool = True,
+        json_schema_refusal: str = "400",  # with supports_json_schema=False: how it says no (JSON_SCHEMA_REFUSALS)
         usage: bool = True,
         port: int = 0,
         advertise_limits: bool = True,
@@ -98,6 +138,7 @@ class FakeOpenAI:
         self.faults = {marker: list(actions) for marker, actions in (faults or {}).items()}
         self.failure_rate, self.random = failure_rate, random.Random(seed)
         self.supports_json_schema, self.usage = supports_json_schema, usage
+        self.json_schema_refusal = JSON_SCHEMA_REFUSALS[json_schema_refusal]
         self.judge = judge  # a judge's reply to a conversation that holds an <answer> (the test scripts it)
         self.on_post = on_post  # called with the POST's number as each arrives, before it is answered
         # (N, S): from the N-th POST on, for S seconds, every completion is a 429 whatever the pace (a provider's
@@ -301,7 +342,8 @@ class FakeOpenAI:
                 if fmt == "json_schema" and not fake.supports_json_schema:
                     with fake.lock:
                         fake.actions["rejected_json_schema"] += 1
-                    self._error(400, "response_format json_schema is not supported", "invalid_request_error")
+                    status, body = fake.json_schema_refusal
+                    self._send(status, json.dumps(body).encode())
                     return
                 with fake.lock:
                     down = fake.outage_window is not None and time.monotonic() < fake.outage_window[1]

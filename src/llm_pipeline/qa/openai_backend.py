@@ -120,6 +120,12 @@ def classify(error: BaseException) -> BaseException:
     return ServiceUnavailableError(f"unexpected {type(error).__name__}: {error}"[:300], "unexpected")
 
 
+def format_rejected(error: openai.APIStatusError) -> bool:
+    """The server refused the request's `response_format`: vLLM answers 400, FastAPI-based servers 422, and
+    llama-cpp-python's server 500 with its validation error ("Input should be 'text' or 'json_object'")."""
+    return error.status_code in (400, 422, 500) and "response_format" in str(error.message)
+
+
 def outcome_label(error: BaseException) -> str:
     if isinstance(error, RateLimitedError):
         return "rate_limited"
@@ -255,20 +261,20 @@ class OpenAIBackend:
                 self.rate.observe(headers)
                 text, finish, usage = read_reply(body, content_type)
                 break
-            except openai.BadRequestError as exc:
+            except openai.APIStatusError as exc:
+                if kind == "text" or not format_rejected(exc):
+                    raise self._failed(job, exc) from exc
                 job.sent("rejected")
-                if "response_format" not in str(exc.message) or kind == "text":
-                    raise classify(exc) from exc
                 if _FORMATS[self.format_index] == kind:  # another request may have stepped down already
                     self.format_index += 1
-                    log.warning("response_format_unsupported", rejected=kind, now=_FORMATS[self.format_index])
+                    log.warning(
+                        "response_format_unsupported",
+                        rejected=kind,
+                        status=exc.status_code,
+                        now=_FORMATS[self.format_index],
+                    )
             except Exception as exc:  # every failure is classified for the policy: none crashes the stage
-                error = classify(exc)
-                if isinstance(error, RateLimitedError):
-                    self.rate.rate_limited(error.retry_after, getattr(getattr(exc, "response", None), "headers", None))
-                job.sent(outcome_label(error), getattr(error, "usage", None))
-                if getattr(error, "usage", None) is not None:
-                    job.usage += error.usage  # billed although unusable: it counts in the request's cost
+                error = self._failed(job, exc)
                 if error is exc:
                     raise
                 raise error from exc
@@ -280,6 +286,16 @@ class OpenAIBackend:
         job.sent("ok", usage)
         self.rate.succeeded(sent)
         return Completion(text=text, finish_reason=finish, usage=usage, latency_s=latency)
+
+    def _failed(self, job: Job, exc: BaseException) -> BaseException:
+        """A request's failure, classified for the policy and written to the job's ledger."""
+        error = classify(exc)
+        if isinstance(error, RateLimitedError):
+            self.rate.rate_limited(error.retry_after, getattr(getattr(exc, "response", None), "headers", None))
+        job.sent(outcome_label(error), getattr(error, "usage", None))
+        if getattr(error, "usage", None) is not None:
+            job.usage += error.usage  # billed although unusable: it counts in the request's cost
+        return error
 
     async def _post(self, job: Job, kind: str) -> tuple[bytes, str, httpx.Headers]:
         """The request, its body read by hand up to MAX_REPLY_BYTES: the SDK would hand back a `str` for a page
