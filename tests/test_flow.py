@@ -364,6 +364,35 @@ def test_a_qa_spending_cap_ends_the_stage_partial_and_says_so_everywhere(prefect
     assert "**partial: budget reached" in asyncio.run(artifact()).data
 
 
+def test_a_model_that_gives_no_pair_fails_the_run_naming_qa_min_pairs(prefect_server, tmp_path: Path) -> None:
+    """Found outside in: llama-cpp-python's server with a 135M model answered every request with JSON that is not
+    pairs, and the run ended Completed, exit 0, with a benchmark of 0 items and an evaluation of nothing. Here an
+    untrained tiny Llama, loaded by the local backend's own code, answers as badly: the run fails at QA, naming
+    `qa.min_pairs` and why, the quarantined replies are on disk, and no later stage runs on nothing."""
+    from prefect.exceptions import PrefectException
+
+    from flows.pipeline import llm_pipeline
+    from llm_pipeline.errors import DataValidationError
+    from tests.tiny_models import save, tiny_llama, train_tokenizer
+
+    sample = (ROOT / "data/ev_charging/documents.jsonl").read_text().splitlines()[:40]
+    tokenizer = train_tokenizer(sample)  # the lines as they are (the sample holds broken ones on purpose)
+    model = save(tiny_llama(tokenizer), tokenizer, tmp_path / "untrained")
+    qa = {"backend": "local", "model_name": str(model), "max_tokens": 24, "max_format_retries": 0}
+    overrides = {"output_path": str(tmp_path / "out"), "data": {"limit": 3}, "qa": qa, "benchmark": {"size": 10}}
+    with pytest.raises((DataValidationError, PrefectException)) as failed:
+        llm_pipeline(config_path=CONFIG, overrides={**overrides, "evaluation": {"metrics": ["exact_match"]}})
+    assert "qa.min_pairs: 0 QA pairs from backend local" in str(failed.value)
+    assert "3 documents, 3 requests, 3 quarantined (invalid output" in str(failed.value)
+    manifest = json.loads(next((tmp_path / "out").rglob("manifest.json")).read_text())
+    assert manifest["status"] == "failed" and manifest["stages"]["generate-qa-pairs"]["status"] == "failed"
+    assert "generate-benchmark" not in manifest["stages"] or manifest["stages"]["generate-benchmark"]["status"] != (
+        "completed"
+    )
+    rejects = [json.loads(line) for line in next((tmp_path / "out").rglob("qa_rejects.jsonl")).open()]
+    assert len(rejects) == 3 and all(r["reason"].startswith("invalid output") and r["raw"] for r in rejects)
+
+
 def test_a_folder_of_jsonl_files_loads_like_the_one_file_and_a_folder_of_nothing_fails(
     prefect_server, tmp_path: Path
 ) -> None:

@@ -285,6 +285,9 @@ class RetryDelays(Section):
 
 class QAConfig(Section):
     questions_per_doc: int = Field(3, ge=1, le=50)
+    min_pairs: int = Field(
+        1, ge=0, description="Fewer QA pairs fails the stage, saying why the requests gave none (0: never)."
+    )
     include_metadata: bool = True
     backend: str = Field(
         "auto",

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llm_pipeline.aio import run_sync
 from llm_pipeline.config import QAConfig
-from llm_pipeline.errors import TransientError
+from llm_pipeline.errors import DataValidationError, TransientError
 from llm_pipeline.logging import get_logger
 from llm_pipeline.progress import ProgressCounter
 from llm_pipeline.qa import extractive
@@ -326,6 +327,28 @@ def assemble(
             f"{journal.path} and will not be sent again"
         )
     return result
+
+
+def require_pairs(result: QAResult, documents: int, config: QAConfig, rejects: Path) -> None:
+    """Fail, naming the field and why, when fewer than `qa.min_pairs` pairs came out: a model that answers only
+    with text the checks refuse (a small local model, a server ignoring the JSON format) must not end a run
+    "completed" with an empty benchmark and an evaluation of nothing."""
+    if len(result.pairs) >= config.min_pairs:
+        return
+    requests = result.requests
+    detail = f"{documents} documents, {requests.get('total', 0)} requests, {requests.get('quarantined', 0)} quarantined"
+    if requests.get("failed"):
+        detail += f", {requests['failed']} failed"
+    reasons = Counter(" ".join(str(r.get("reason", "?")).split())[:90] for r in result.rejects).most_common(3)
+    if reasons:
+        detail += " (" + "; ".join(f"{reason}: {n}" for reason, n in reasons) + ")"
+    if result.status != "complete":
+        detail += f"; {result.status}"
+    raise DataValidationError(
+        f"qa.min_pairs: {len(result.pairs)} QA pairs from backend {result.backend}"
+        + (f" (model {result.model})" if result.model else "")
+        + f", at least {config.min_pairs} needed: {detail}; each reject, with the model's reply, in {rejects}"
+    )
 
 
 def run_budget(config: QAConfig, backend_name: str, ledger: Ledger) -> Budget:

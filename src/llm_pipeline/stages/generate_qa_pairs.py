@@ -7,6 +7,7 @@ from typing import Any
 from llm_pipeline.config import Secrets
 from llm_pipeline.io import read_jsonl, write_json, write_jsonl, write_parquet
 from llm_pipeline.qa import generate_qa
+from llm_pipeline.qa.generate import require_pairs
 from llm_pipeline.records import Document
 from llm_pipeline.stages.contract import StageContext
 
@@ -18,9 +19,10 @@ def api_key() -> str | None:
 
 def generate_qa_pairs(ctx: StageContext) -> dict[str, Any]:
     """Reads: `documents`. Writes: `qa_pairs` (JSONL and `qa_pairs_parquet`), `qa_rejects` (quarantined requests
-    and filtered pairs), `qa_accounting` (requests, tokens, cost). Config: `qa`, `domain`; the request journal
-    lives in `qa.checkpoint_dir` (default `<output_path>/.qa-cache`). Config `execution`: with `ray`, the documents
-    go to the cluster in shards (engine/ray_qa.py), with the same result."""
+    and filtered pairs), `qa_accounting` (requests, tokens, cost); fewer pairs than `qa.min_pairs` then fails it.
+    Config: `qa`, `domain`; the request journal lives in `qa.checkpoint_dir` (default `<output_path>/.qa-cache`).
+    Config `execution`: with `ray`, the documents go to the cluster in shards (engine/ray_qa.py), with the same
+    result."""
     documents = read_jsonl(ctx.input("documents"), Document)
     config, cache = ctx.config, ctx.config.output_path / ".qa-cache"
     # run_id: every Prefect retry of this stage adds to the same ledger ("sent by this run")
@@ -41,6 +43,7 @@ def generate_qa_pairs(ctx: StageContext) -> dict[str, Any]:
     write_parquet(ctx.output("qa_pairs_parquet"), qa.pairs)
     write_jsonl(ctx.output("qa_rejects"), qa.rejects)
     write_json(ctx.output("qa_accounting"), qa.accounting())
+    require_pairs(qa, len(documents), config.qa, ctx.output("qa_rejects"))  # after the writes: the rejects can be read
     return {
         "backend": qa.backend,
         **qa.counts(len(documents)),
