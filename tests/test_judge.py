@@ -112,8 +112,25 @@ def test_unparsable_verdicts_are_asked_again_then_counted_as_failed_never_scored
     assert result.summary["pointwise"]["good"]["judged"] == len(ITEMS) - 1  # the failed one is not a score
     [failed] = [r for r in result.rows if r["status"] == "failed"]
     assert failed["item_id"] == "b0" and "no JSON object" in failed["reason"]
+    assert failed["raw"] == "I think the answer is fine, 4 out of 5."  # what to read before trusting the judge
     re_asked = next(e for e in server.log if "Arc" in json.dumps(e["messages"]) and len(e["messages"]) > 2)
     assert "correct must be an integer from 1 to 5" in re_asked["messages"][-1]["content"]
+
+
+def test_a_judge_that_scores_nothing_is_said_plainly_in_the_report(tmp_path: Path) -> None:
+    """Found with llama-cpp-python's server and a 135M model as the judge: every verdict failed, and the report
+    showed an empty table and "Spearman over 0 judged answers: exact match None"."""
+    from llm_pipeline.report import judge_lines
+
+    config = settings(server := FakeOpenAI(judge=lambda _: "The answer is fine."), candidates=["good"])
+    with server:
+        result = judge(ITEMS, predictions(), config, [], tmp_path, "run-1")
+    summary = result.summary | {"model": "judge-model", "prompt_version": "judge-v1"}
+    text = "\n".join(judge_lines(summary))
+    count = len(ITEMS)
+    assert f"**The judge scored no answer**: {count} requests, failed (never scored): pointwise {count}." in text
+    assert "| candidate |" not in text and "None" not in text
+    assert all(r["raw"] == "The answer is fine." for r in result.rows)
 
 
 def test_a_rerun_pays_nothing_twice_and_the_first_run_is_costed(tmp_path: Path) -> None:

@@ -319,6 +319,18 @@ def judge_lines(judge: dict[str, Any]) -> list[str]:
         "Pointwise: each answer scored 1-5 on correct (against the reference), grounded (in the context) and "
         "complete; means with 95 % bootstrap intervals.",
         "",
+    ]
+    failed = judge.get("failed") or {}
+    if not judge.get("pointwise") and not any(p.get("items") for p in (judge.get("pairwise") or {}).values()):
+        # nothing scored: no empty table and no agreement over nothing, but why, where the eye lands
+        why = ", ".join(f"{k} {v}" for k, v in failed.items()) or "none answered"
+        return [
+            *lines[:3],
+            f"**The judge scored no answer**: {judge['requests']} requests, failed (never scored): {why}. "
+            "Each failure, with the judge's last reply, is in `judgements.jsonl`; a judge that cannot keep to the "
+            "JSON asked for needs a larger model (or its own prompt, `evaluation.judge.prompt_dir`).",
+        ]
+    lines += [
         "| candidate | judged | correct | grounded | complete | score |",
         "|---|---|---|---|---|---|",
     ]
@@ -350,7 +362,6 @@ def judge_lines(judge: dict[str, Any]) -> list[str]:
         f"{_fmt(agreement.get('spearman_exact_match'))}, ROUGE-L {_fmt(agreement.get('spearman_rougeL'))}. "
         "Low agreement is where the judge sees what the string metrics cannot (a right answer in other words).",
     ]
-    failed = judge.get("failed") or {}
     cost = judge.get("cost_usd_this_run")
     lines.append(
         f"\n{judge['requests']} judge requests; sent this run {judge['sent_this_run']} "

@@ -335,9 +335,9 @@ def summarize(
             continue
         usage += verdict.usage
         row = {"item_id": ask.item_id, "kind": ask.kind, "candidates": list(ask.candidates), "status": verdict.status}
-        result.rows.append(
-            row | ({"verdict": verdict.verdict} if verdict.status == "ok" else {"reason": verdict.reason})
-        )
+        # a failure with the judge's last reply: what to read before trusting (or replacing) the judge
+        failure = {"reason": verdict.reason, "raw": verdict.raw}
+        result.rows.append(row | ({"verdict": verdict.verdict} if verdict.status == "ok" else failure))
         if verdict.status != "ok":
             failed[ask.kind] += 1
             continue
