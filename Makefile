@@ -10,7 +10,7 @@ export TRANSFORMERS_VERBOSITY ?= error
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 
 .PHONY: help install run validate test test-fast lint format lock clean-outputs bench-dedup bench-dedup-real bench-qa \
-        secrets check-env up down deploy logs ps run-test models clean compose-check images engine test-tools open \
+        secrets check-env up down deploy logs ps run-test health models clean compose-check images engine test-tools open \
         swarm-up swarm-deploy swarm-down \
         screenshots proxy-check
 
@@ -153,6 +153,10 @@ models: check-env  ## download the models CONFIG names by hub id into the stack'
 
 run-test: check-env  ## trigger the test deployment and follow it; non-zero exit unless it Completed
 	$(DC) run --rm deployer llm-pipeline trigger llm-pipeline/test-pipeline --wait
+
+WINDOW ?= 7d
+health: check-env  ## the stack's pipeline health over WINDOW (default 7d) against the spec's thresholds; exit 1 when crossed
+	$(DC) run --rm deployer llm-pipeline health --window $(WINDOW)
 
 # --- the same stack on Docker Swarm (README "Past one host"): `docker swarm init` first, images on every node --
 STACK ?= llm-pipeline

@@ -2,7 +2,8 @@
 `trigger` and `health` against a server), added to the library's app (llm_pipeline.cli: `validate`, `version`),
 so the installed command offers all of them with the same options and exit codes.
 
-Exit codes: 0 success, 1 the run failed (or, for health, a threshold is crossed), 2 bad input (nothing started).
+Exit codes: 0 success, 1 the run failed (or, for health, a threshold is crossed), 2 bad input or a Prefect API that
+could not be asked (nothing started).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,10 +58,69 @@ def run(config: ConfigOption = Path("configs/test.yaml"), set_: SetOption = None
     _print_summary(result)
 
 
+CLI_CLIENT_RETRIES = 2
+FLOW = "llm-pipeline"  # the flow every deployment of `make deploy` runs (flows/pipeline.py)
+
+
 def _api_url() -> str:
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value() or "the embedded server"
+
+
+def _api_failure(exc: BaseException) -> str | None:
+    """Why the Prefect API could not be asked, when `exc` says that (no server there, a proxy's error page, a
+    server that is not Prefect's); None for any other error."""
+    import httpx
+    import pydantic
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(exc, PrefectHTTPStatusError):
+        response = exc.response
+        kind = response.headers.get("content-type", "no content type").split(";")[0]
+        return f"it answered {response.status_code} {response.reason_phrase} ({kind}) to {response.request.url.path}"
+    if isinstance(exc, httpx.HTTPError):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, json.JSONDecodeError | pydantic.ValidationError):
+        return f"its reply is not the Prefect API's ({type(exc).__name__}): is PREFECT_API_URL the API, ending in /api?"
+    return None
+
+
+@contextmanager
+def _few_client_retries() -> Iterator[None]:
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    retries = {} if "PREFECT_CLIENT_MAX_RETRIES" in os.environ else {PREFECT_CLIENT_MAX_RETRIES: CLI_CLIENT_RETRIES}
+    with temporary_settings(updates=retries):
+        yield
+
+
+@contextmanager
+def _asking_the_api(what: str) -> Iterator[None]:
+    """A command that talks to the server fails with one line naming the server and why, exit 2, not a traceback
+    (nothing was started, or nothing could be read). Prefect's client retries a 502 or 503 five times with growing
+    pauses, over two minutes of silence at a terminal; here twice (PREFECT_CLIENT_MAX_RETRIES, when not set)."""
+    try:
+        with _few_client_retries():
+            yield
+    except Exception as exc:
+        why = _api_failure(exc)
+        if why is None:
+            raise
+        err.print(f"[bold red]cannot {what}[/]: the Prefect API at {_api_url()} could not be asked: {why}")
+        err.print(f"  {_api_hint(exc)}")
+        raise typer.Exit(2) from None
+
+
+def _api_hint(exc: BaseException) -> str:
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code in (401, 403):
+        return (
+            "the stack's API asks for a login: set PREFECT_API_AUTH_STRING to PREFECT_SERVER_API_AUTH_STRING from "
+            ".env, or run the command in the stack (`docker compose run --rm deployer llm-pipeline ...`)"
+        )
+    return "is the stack up (`make ps`), and PREFECT_API_URL its address (http://HOST:4200/api)?"
 
 
 def _print_summary(result: dict[str, Any]) -> None:
@@ -88,43 +150,75 @@ def trigger(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a final state.")] = 1800,
     param: Annotated[list[str] | None, typer.Option("--param", help="A parameter: key=value (YAML).")] = None,
 ) -> None:
-    """Start a run of a deployment on the server at PREFECT_API_URL; with --wait, exit 0 only if it Completed."""
+    """Start a run of a deployment on the server at PREFECT_API_URL (a bare DEPLOYMENT is one of the llm-pipeline
+    flow's); with --wait, exit 0 only if it Completed."""
+    from prefect.settings import PREFECT_API_URL
 
+    if not PREFECT_API_URL.value():
+        # without it Prefect would start a temporary server of its own, which has no deployments and no workers
+        err.print("[bold red]cannot trigger[/]: PREFECT_API_URL is not set; it names the server the deployments are on")
+        err.print("  e.g. PREFECT_API_URL=http://127.0.0.1:4200/api (the stack of `make up`), or `make run-test`")
+        raise typer.Exit(2)
+    if "/" not in deployment:
+        deployment = f"{FLOW}/{deployment}"
+    parameters = parse_overrides(param) if param else None
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
-    parameters = parse_overrides(param) if param else None
-    try:
-        flow_run = run_deployment(deployment, parameters=parameters, timeout=0)
-    except ObjectNotFound:
-        err.print(f"[bold red]no deployment named {deployment}[/] on {_api_url()}: run `make deploy` first")
-        raise typer.Exit(2) from None
-    except ValueError as exc:
-        err.print(f"[bold red]{exc}[/]")
-        raise typer.Exit(2) from None
+    with _asking_the_api(f"trigger {deployment}"):
+        try:
+            flow_run = run_deployment(deployment, parameters=parameters, timeout=0)
+        except ObjectNotFound:
+            err.print(f"[bold red]no deployment named {deployment}[/] on {_api_url()}: run `make deploy` first")
+            raise typer.Exit(2) from None
+        except ValueError as exc:
+            if _api_failure(exc):  # a reply that is not JSON is a ValueError too
+                raise
+            err.print(f"[bold red]{exc}[/]")
+            raise typer.Exit(2) from None
     out.print(f"started flow run {flow_run.name} ({flow_run.id}) of {deployment}")
-    if not wait:
-        return
+    if wait:
+        state = _follow(flow_run.id, timeout)
+        if not state.is_completed():
+            raise typer.Exit(1)
+
+
+def _follow(flow_run_id: Any, timeout: float) -> Any:
+    """The run's final state, its changes printed as they come. The API going away meanwhile (a server restart)
+    is waited out up to the timeout: the run goes on without this command, so its end is what is worth waiting for."""
     from prefect.client.orchestration import get_client
 
     deadline = time.monotonic() + timeout
-    last = None
-    with get_client(sync_client=True) as client:
+    last, lost = None, None
+    with _few_client_retries(), get_client(sync_client=True) as client:
         while True:
-            flow_run = client.read_flow_run(flow_run.id)
-            state = flow_run.state
-            if state and state.name != last:
-                message = f": {state.message}" if state.message else ""
-                out.print(f"  {time.strftime('%H:%M:%S')} {state.name}{message}")
-                last = state.name
-            if state and state.is_final():
-                break
+            try:
+                state = client.read_flow_run(flow_run_id).state
+            except Exception as exc:
+                if (why := _api_failure(exc)) is None:
+                    raise
+                if lost is None:
+                    now = time.strftime("%H:%M:%S")
+                    err.print(f"  {now} lost the Prefect API ({why}); asking again until it answers")
+                lost = why
+                state = None
+            else:
+                if lost is not None:
+                    out.print(f"  {time.strftime('%H:%M:%S')} the Prefect API answers again")
+                    lost = None
+                if state and state.name != last:
+                    message = f": {state.message}" if state.message else ""
+                    out.print(f"  {time.strftime('%H:%M:%S')} {state.name}{message}")
+                    last = state.name
+                if state and state.is_final():
+                    return state
             if time.monotonic() > deadline:
-                err.print(f"[red]timed out[/] after {timeout:.0f}s in state {last}")
+                where = f"the API unreachable ({lost})" if lost else f"in state {last}"
+                err.print(
+                    f"[red]timed out[/] after {timeout:.0f}s, {where}; the run may still go on: flow run {flow_run_id}"
+                )
                 raise typer.Exit(1)
             time.sleep(2)
-    if not state.is_completed():
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -151,8 +245,9 @@ def health(
     except ValueError as exc:
         err.print(f"[bold red]error[/]: {exc}")
         raise typer.Exit(2) from None
-    report = pipeline_health(span, thresholds)
-    pools, slots = pool_status(), gpu_slot_status()
+    with _asking_the_api("read the pipeline's health"):
+        report = pipeline_health(span, thresholds)
+        pools, slots = pool_status(), gpu_slot_status()
     unhealthy = [h for h in report if h.breaches]
     if as_json:
         deployments = [h.as_dict() for h in report]
@@ -238,6 +333,10 @@ def _print_gpu_slots(slots: dict[str, int] | None) -> None:
 
 
 def main() -> None:
+    # Prefect's server (the embedded one of `run`, a temporary one of `health` without PREFECT_API_URL) sends usage
+    # telemetry to Prefect's service: nothing leaves a team's machine unasked, and where nothing can leave, every
+    # run printed an ERROR line for it. PREFECT_SERVER_ANALYTICS_ENABLED=true turns it back on.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     app(prog_name="llm-pipeline")
 
 
