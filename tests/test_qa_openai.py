@@ -260,6 +260,40 @@ def test_response_format_falls_back_when_unsupported(documents: list[Document], 
         assert [p.metadata["attempts"] for p in result.pairs] == [1] * len(result.pairs)
 
 
+def test_a_server_that_answers_one_request_at_a_time_gets_fewer_at_once(
+    documents: list[Document], tmp_path: Path
+) -> None:
+    """Found with llama-cpp-python's server (one request at a time) behind the default 16 in flight: the last in
+    its queue passed their deadline, were sent again while the server still worked on the abandoned copies, and
+    16 of 23 requests failed every try. Here a fake that works on one reply at a time (0.3 s each, abandoned ones
+    included) and a 1.5 s deadline: with 16 at once the fixed limit lost 11 of 16; now a timeout drops the limit
+    to one request at a time until the backlog has drained, and every request is answered."""
+    from llm_pipeline.report import qa_cost_lines
+
+    docs = documents[:16]
+    with FakeOpenAI(serial=True, latency_s=0.3) as server:
+        config = qa_config(server, concurrency=16, request_timeout_s=1.5, retry={"timeout_step_s": 0.5})
+        result = run(docs, config, tmp_path)
+    requests = result.requests
+    assert requests["failed"] == 0 and requests["in_flight_cuts"] >= 1 and requests["in_flight_lowest"] == 1
+    assert server.max_in_flight >= 12  # it started near qa.concurrency (the first request goes alone)
+    report = "\n".join(qa_cost_lines(result.accounting()))
+    assert "**The server did not keep up**" in report and "to 1 at the lowest" in report
+    assert_nothing_lost_or_doubled(result, docs)
+
+
+def test_a_lone_request_that_hangs_leaves_the_others_in_flight(documents: list[Document], tmp_path: Path) -> None:
+    """A provider's odd request that never answers is not a server behind: it is retried alone, and the number
+    in flight stays at qa.concurrency (a cut there would idle the client for nothing)."""
+    docs = documents[:24]
+    marker = docs[5].text[:40]
+    with FakeOpenAI(latency_s=0.05, hang_s=3.0, faults={marker: ["timeout"]}) as server:
+        result = run(docs, qa_config(server, request_timeout_s=1.0, retry={"timeout_step_s": 0.1}), tmp_path)
+        assert server.actions["timeout"] == 1
+    assert result.requests["failed"] == 0 and "in_flight_cuts" not in result.requests
+    assert_nothing_lost_or_doubled(result, docs)
+
+
 def test_missing_usage_is_estimated_and_said_so(documents: list[Document], tmp_path: Path) -> None:
     with FakeOpenAI(usage=False) as server:
         result = run(documents[:3], qa_config(server), tmp_path)

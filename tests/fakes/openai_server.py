@@ -116,6 +116,7 @@ class FakeOpenAI:
         self,
         *,
         latency_s: float = 0.0,
+        serial: bool = False,  # one reply worked on at a time, as llama.cpp's server or Ollama's default
         rate_limit_rpm: float | None = None,
         faults: dict[str, list[str]] | None = None,
         failure_rate: float = 0.0,
@@ -134,6 +135,7 @@ class FakeOpenAI:
         outage_passes: int = 0,
     ):
         self.latency_s, self.hang_s = latency_s, hang_s
+        self.serial, self.worker = serial, threading.Lock()  # serial: the latency is spent holding `worker`
         self.rate_limit_rpm, self.advertise_limits = rate_limit_rpm, advertise_limits
         self.faults = {marker: list(actions) for marker, actions in (faults or {}).items()}
         self.failure_rate, self.random = failure_rate, random.Random(seed)
@@ -372,7 +374,10 @@ class FakeOpenAI:
                         {"retry-after": f"{retry_after:.3f}", "retry-after-ms": str(int(retry_after * 1000))},
                     )
                     return
-                if fake.latency_s:
+                if fake.latency_s and fake.serial:  # queued behind the others, abandoned ones included
+                    with fake.worker:
+                        time.sleep(fake.latency_s)
+                elif fake.latency_s:
                     time.sleep(fake.latency_s)
                 if action in ("500", "503"):
                     self._error(int(action), "The server had an error while processing your request.", "server_error")

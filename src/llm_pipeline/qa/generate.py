@@ -226,10 +226,15 @@ class Sending:
 
     failed: list[tuple[str, int, str]] = field(default_factory=list)
     refused: list[tuple[str, int, str]] = field(default_factory=list)
+    in_flight_cuts: int = 0  # times requests that timed out halved the requests in flight (qa/inflight.py)
+    in_flight_lowest: int | None = None  # the fewest in flight it came to, where it was cut
 
     def __iadd__(self, other: Sending) -> Sending:
         self.failed += other.failed
         self.refused += other.refused
+        self.in_flight_cuts += other.in_flight_cuts
+        lowest = [n for n in (self.in_flight_lowest, other.in_flight_lowest) if n is not None]
+        self.in_flight_lowest = min(lowest) if lowest else None
         return self
 
 
@@ -256,6 +261,7 @@ async def send_documents(
     for job in todo:
         job.ledger, job.budget = ledger, budget if budget.capped else None  # no cap: nothing to hold per request
     outcomes = Outcomes(journal, backend_name, model, prompts, config.max_format_retries)
+    sending = Sending()
     if todo:
         backend = opened or open_backend(backend_name, config, api_key)
         outcomes.backend_records = getattr(backend, "records_sends", False)
@@ -269,9 +275,12 @@ async def send_documents(
         finally:
             if opened is None:
                 await backend.aclose()
+            if (limit := getattr(backend, "in_flight", None)) is not None and limit.cuts:
+                sending.in_flight_cuts, sending.in_flight_lowest = limit.cuts, limit.lowest
 
-    failed = [(job.document.id, job.chunk.index, f"{type(e).__name__}: {e}") for job, e in outcomes.failed]
-    return Sending(failed=failed, refused=[(job.document.id, job.chunk.index, str(e)) for job, e in outcomes.refused])
+    sending.failed = [(job.document.id, job.chunk.index, f"{type(e).__name__}: {e}") for job, e in outcomes.failed]
+    sending.refused = [(job.document.id, job.chunk.index, str(e)) for job, e in outcomes.refused]
+    return sending
 
 
 def assemble(
@@ -307,6 +316,8 @@ def assemble(
         "failed": len(failed),
         "refused_budget": len(sending.refused),
     }
+    if sending.in_flight_cuts:  # the server did not keep up with qa.concurrency requests at once
+        result.requests |= {"in_flight_cuts": sending.in_flight_cuts, "in_flight_lowest": sending.in_flight_lowest}
     if sending.refused:
         result.status = f"partial: budget reached ({sending.refused[0][2]})"
         result.budget = {

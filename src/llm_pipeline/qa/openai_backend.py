@@ -1,8 +1,9 @@
 """The `openai` QA backend: the official async SDK against OpenAI or any OpenAI-compatible server.
 
-Concurrency is a semaphore whose slot a request holds from before it is sent until the caller has settled its
-outcome (journaled it): a kill at any moment finds at most `concurrency` requests answered and not on disk, so it
-re-pays at most that many. The request rate is one adaptive controller shared by every request in flight
+Concurrency is a limit (qa/inflight.py: `qa.concurrency`, halved while requests time out) whose slot a request
+holds from before it is sent until the caller has settled its outcome (journaled it): a kill at any moment finds at
+most `concurrency` requests answered and not on disk, so it re-pays at most that many. The request rate is one
+adaptive controller shared by every request in flight
 (qa/rate.py: the server's rate-limit headers and 429s slow it, successes speed it up again); tokens go through
 aiolimiter's leaky bucket (one minute, as providers meter them). The SDK's own retries are off
 (max_retries=0): the project's policy table is the only retry layer, so tries can be counted and logged by
@@ -35,6 +36,7 @@ from llm_pipeline.logging import get_logger
 from llm_pipeline.qa.backends import QA_BACKENDS, Completion, Job, estimate_tokens
 from llm_pipeline.qa.budget import worst_case
 from llm_pipeline.qa.checkpoint import Usage
+from llm_pipeline.qa.inflight import InFlightLimit
 from llm_pipeline.qa.policy import RequestPolicy
 from llm_pipeline.qa.rate import RateController
 from llm_pipeline.qa.schema import response_format
@@ -205,7 +207,7 @@ class OpenAIBackend:
                 timeout=config.request_timeout_s,
             ),
         )
-        self.semaphore = asyncio.Semaphore(config.concurrency)
+        self.in_flight = InFlightLimit(config.concurrency)  # fewer while the server cannot keep up (qa/inflight.py)
         self._unsettled: set[int] = set()  # id() of the jobs answered whose slot waits for their outcome to settle
         self.rate = RateController(config.requests_per_minute)  # one for all requests in flight (qa/rate.py)
         self.tokens = AsyncLimiter(config.tokens_per_minute, 60) if config.tokens_per_minute else None
@@ -218,13 +220,13 @@ class OpenAIBackend:
         """One HTTP request, within the limits and the deadline; its outcome goes into the ledger as it returns,
         and errors come back classified."""
         prompt = "".join(m["content"] for m in job.messages)
-        await self.semaphore.acquire()
+        sent_in_round = await self.in_flight.acquire()
         try:
             # the run's cap: this request's worst case is held while it is in flight (BudgetReachedError: not sent)
             held = job.budget.reserve(worst_case(job.messages, self.config.max_tokens)) if job.budget else None
             billed: Usage | None = None
             try:
-                completion = await self._request(job, prompt)
+                completion = await self._request(job, prompt, sent_in_round)
                 billed = completion.usage
             except ServiceUnavailableError as error:
                 billed = error.usage
@@ -233,7 +235,7 @@ class OpenAIBackend:
                 if held is not None:
                     job.budget.settle(held, billed)
         except BaseException:
-            self.semaphore.release()  # nothing to journal: the slot is free for the next request (or this one's retry)
+            self.in_flight.release()  # nothing to journal: the slot is free for the next request (or this one's retry)
             raise
         self._unsettled.add(id(job))  # answered: the slot is kept until the caller has settled it (complete_many)
         return completion
@@ -242,9 +244,9 @@ class OpenAIBackend:
         """The job's outcome is settled (journaled, or it failed): its slot, if it still holds one, is free."""
         if id(job) in self._unsettled:
             self._unsettled.discard(id(job))
-            self.semaphore.release()
+            self.in_flight.release()
 
-    async def _request(self, job: Job, prompt: str) -> Completion:
+    async def _request(self, job: Job, prompt: str, sent_in_round: int) -> Completion:
         """One HTTP request within the rate and the deadline; its outcome goes into the ledger as it returns."""
         sent = await self.rate.acquire()
         if self.tokens:
@@ -263,7 +265,7 @@ class OpenAIBackend:
                 break
             except openai.APIStatusError as exc:
                 if kind == "text" or not format_rejected(exc):
-                    raise self._failed(job, exc) from exc
+                    raise self._failed(job, exc, sent_in_round) from exc
                 job.sent("rejected")
                 if _FORMATS[self.format_index] == kind:  # another request may have stepped down already
                     self.format_index += 1
@@ -274,7 +276,7 @@ class OpenAIBackend:
                         now=_FORMATS[self.format_index],
                     )
             except Exception as exc:  # every failure is classified for the policy: none crashes the stage
-                error = self._failed(job, exc)
+                error = self._failed(job, exc, sent_in_round)
                 if error is exc:
                     raise
                 raise error from exc
@@ -285,13 +287,16 @@ class OpenAIBackend:
             )
         job.sent("ok", usage)
         self.rate.succeeded(sent)
+        self.in_flight.succeeded(sent_in_round)
         return Completion(text=text, finish_reason=finish, usage=usage, latency_s=latency)
 
-    def _failed(self, job: Job, exc: BaseException) -> BaseException:
+    def _failed(self, job: Job, exc: BaseException, sent_in_round: int) -> BaseException:
         """A request's failure, classified for the policy and written to the job's ledger."""
         error = classify(exc)
         if isinstance(error, RateLimitedError):
             self.rate.rate_limited(error.retry_after, getattr(getattr(exc, "response", None), "headers", None))
+        if isinstance(error, ServiceUnavailableError) and error.cause == "read_timeout":
+            self.in_flight.timed_out(sent_in_round, self.config.request_timeout_s)
         job.sent(outcome_label(error), getattr(error, "usage", None))
         if getattr(error, "usage", None) is not None:
             job.usage += error.usage  # billed although unusable: it counts in the request's cost
