@@ -303,10 +303,11 @@ def qa_cost_lines(qa: dict[str, Any], cached: bool = False) -> list[str]:
         *(
             [
                 "",
-                "**The server did not keep up**: requests that got no reply within `qa.request_timeout_s` halved "
-                f"the requests in flight {requests['in_flight_cuts']} times, to {requests['in_flight_lowest']} at "
-                "the lowest (`qa.concurrency` is the most). A server that answers one request at a time (llama.cpp, "
-                "Ollama by default) wants a lower `qa.concurrency`, or a longer timeout.",
+                "**The server did not keep up**: requests that got no reply within `qa.request_timeout_s` cut the "
+                f"requests in flight to one at a time {requests['in_flight_cuts']} times (then back up as replies "
+                f"came; {requests['in_flight_lowest']} at the lowest, `qa.concurrency` at the most). A server that "
+                "answers one request at a time (llama.cpp, Ollama by default) wants a lower `qa.concurrency`, or a "
+                "longer timeout.",
             ]
             if requests.get("in_flight_cuts") and not cached
             else []

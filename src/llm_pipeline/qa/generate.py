@@ -226,7 +226,7 @@ class Sending:
 
     failed: list[tuple[str, int, str]] = field(default_factory=list)
     refused: list[tuple[str, int, str]] = field(default_factory=list)
-    in_flight_cuts: int = 0  # times requests that timed out halved the requests in flight (qa/inflight.py)
+    in_flight_cuts: int = 0  # times timed-out requests cut the requests in flight to one (qa/inflight.py)
     in_flight_lowest: int | None = None  # the fewest in flight it came to, where it was cut
 
     def __iadd__(self, other: Sending) -> Sending:

@@ -107,6 +107,3 @@ class InFlightLimit:
             step = 1.0 if self.limit < self.threshold else 1 / self.limit
             self.limit = min(float(self.ceiling), self.limit + step)
             self._wake()
-
-    def summary(self) -> dict[str, int]:
-        return {"ceiling": self.ceiling, "lowest": self.lowest, "final": self.slots, "cuts": self.cuts}
