@@ -1,6 +1,6 @@
 """The `openai` QA backend: the official async SDK against OpenAI or any OpenAI-compatible server.
 
-Concurrency is a limit (qa/inflight.py: `qa.concurrency`, halved while requests time out) whose slot a request
+Concurrency is a limit (qa/inflight.py: `qa.concurrency`, one at a time while requests time out) whose slot a request
 holds from before it is sent until the caller has settled its outcome (journaled it): a kill at any moment finds at
 most `concurrency` requests answered and not on disk, so it re-pays at most that many. The request rate is one
 adaptive controller shared by every request in flight
