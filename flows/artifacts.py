@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from flows.outage import own_retries
 from llm_pipeline import progress
 from llm_pipeline.html_report import embed_markdown_images
 from llm_pipeline.logging import get_logger
@@ -35,6 +36,7 @@ log = get_logger("artifacts")
 
 OUTPUTS_URL_ENV = "LLM_PIPELINE_OUTPUTS_URL"  # the outputs service's address, as the browser sees it
 RESOURCES_SUFFIX = "-resources"
+ARTIFACT_RETRIES = 2
 RESOURCE_COLUMNS = ("cpu_mean_pct", "cpu_max_pct", "memory_max_pct", "rss_max_mb", "gpu_util_mean_pct",
                     "gpu_memory_max_pct")  # fmt: skip
 
@@ -45,8 +47,11 @@ def artifact_key(*parts: str) -> str:
 
 
 def _safely(what: str, create: Callable[[], Any]) -> Any:
+    """An artifact is a view of files already written: made with two client retries (about 6 s), or given up, not
+    waited for through an API outage."""
     try:
-        return create()
+        with own_retries(ARTIFACT_RETRIES):
+            return create()
     except Exception as exc:
         log.warning("artifact_failed", artifact=what, error=f"{type(exc).__name__}: {exc}")
         return None

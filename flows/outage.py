@@ -12,6 +12,7 @@ lease protocol (acquire with a lease, renew, release) through an outage.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import httpx
 from prefect import get_client
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from llm_pipeline.logging import get_logger
 
@@ -38,19 +40,52 @@ OUTAGE_RETRY_S = 5
 T = TypeVar("T")
 
 
+def _later(status: int) -> bool:
+    return status >= 500 or status == 429
+
+
 def is_outage(exc: BaseException) -> bool:
-    """The API unreachable or failing on its side (5xx), not a refusal: a transport error or a 5xx answer."""
+    """The API unreachable, failing on its side (5xx) or asking to be asked later (429), not a refusal."""
     if isinstance(exc, httpx.TransportError):
         return True
-    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500
+    return isinstance(exc, httpx.HTTPStatusError) and _later(exc.response.status_code)
+
+
+def _transport_errors(cls: type[BaseException] = httpx.TransportError) -> set[str]:
+    return {cls.__name__}.union(*(_transport_errors(sub) for sub in cls.__subclasses__()))
+
+
+TRANSPORT_ERRORS = frozenset(_transport_errors())  # ConnectError, ReadTimeout, RemoteProtocolError, ...
+_FAILED_ON = re.compile(r"encountered an exception: (\w+):")
+
+
+def lost_the_api(message: str | None) -> bool:
+    """A flow run's Failed message names a network error (Prefect writes "Flow run encountered an exception:
+    ConnectError: ..."): seen when a stage's run asked the API for its deployment as the API restarted (a new
+    Prefect client gives up on the first refused connection). The library's own clients raise TransientError
+    instead, so a bare httpx class is most likely Prefect's; either way the retry table counts it transient."""
+    found = _FAILED_ON.search(message or "")
+    return found is not None and found.group(1) in TRANSPORT_ERRORS
+
+
+@contextmanager
+def own_retries(retries: int = 0) -> Iterator[None]:
+    """At most `retries` of Prefect's client retries for the calls inside, in this thread: for a caller that rides
+    out an outage in its own loop, or can do without its call. The client's back-off under it (2, 4, ... 32 s, a
+    minute in all by default) would only hold it up: a renewal blocked that long is a lapsed lease, an artifact
+    blocked that long holds back the stage's result."""
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: retries}):
+        yield
 
 
 def through_outage(call: Callable[[], T], what: str, outage_s: float = API_OUTAGE_S) -> T:
-    """`call`, tried again every OUTAGE_RETRY_S while the API is out, for up to `outage_s`."""
+    """`call`, tried again every OUTAGE_RETRY_S while the API is out, for up to `outage_s`: it goes through within
+    5 s of the API's return, not at the client's next back-off step (up to 32 s later)."""
     deadline = time.monotonic() + outage_s
     while True:
         try:
-            return call()
+            with own_retries():
+                return call()
         except (httpx.TransportError, httpx.HTTPStatusError) as exc:
             if not is_outage(exc) or time.monotonic() >= deadline:
                 raise
@@ -69,7 +104,8 @@ def held_slot(name: str, lease_s: float, outage_s: float = API_OUTAGE_S) -> Iter
     taken back, at once if it is free, else as soon as the run that took it lets it go (logged as an error
     meanwhile: both runs are on what the limit guards)."""
     with get_client(sync_client=True) as client:
-        first = _acquire(client, name, lease_s, outage_s)
+        with own_retries():
+            first = _acquire(client, name, lease_s, outage_s)
         if first is None:
             yield
             return
@@ -84,7 +120,8 @@ def held_slot(name: str, lease_s: float, outage_s: float = API_OUTAGE_S) -> Iter
             keeper.join()
             try:
                 if held.lease is not None:
-                    client.release_concurrency_slots_with_lease(held.lease)
+                    with own_retries():
+                        client.release_concurrency_slots_with_lease(held.lease)
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
                 # nothing renews it any more: it lapses within the lease, and a retry here would hold the stage's
                 # result back from the pipeline for the length of the outage
@@ -139,7 +176,7 @@ def _acquire(client: SyncPrefectClient, name: str, lease_s: float, outage_s: flo
 def _keep(name: str, held: _Held, lease_s: float, stop: threading.Event) -> None:
     """Renew the lease every third of its length; through an outage, every OUTAGE_RETRY_S until the API answers. A
     lease found lapsed: the slot taken back, asked for every OUTAGE_RETRY_S while another run holds it."""
-    with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client, own_retries():
         while not stop.wait(lease_s / 3 if held.lease is not None else OUTAGE_RETRY_S):
             if held.lease is None:
                 if not _take_back(client, name, held, lease_s):

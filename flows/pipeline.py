@@ -30,7 +30,7 @@ from prefect.states import Cancelling
 from prefect.utilities.timeout import timeout
 
 from flows import artifacts
-from flows.outage import GPU_SLOTS, held_slot, through_outage
+from flows.outage import GPU_SLOTS, held_slot, lost_the_api, through_outage
 from flows.retries import task_retry_options
 from llm_pipeline.config import PipelineConfig, load_config
 from llm_pipeline.errors import ConfigError, PipelineError, RunTimedOut, TransientError
@@ -104,6 +104,12 @@ def run_inline(
     return materialize(result, run_dir)
 
 
+def _deployment_name() -> str | None:
+    """The run's deployment (None in embedded mode). Prefect asks the API with a client of its own, and a new client
+    gives up on the first refused connection: through an API restart as the run begins, asked again."""
+    return through_outage(deployment.get_name, "read the run's deployment")
+
+
 def _stage_result_file(run_dir: Path, stage: Stage) -> Path:
     return run_dir / f"{stage.name}.stage.json"
 
@@ -131,6 +137,10 @@ def _hand_off(deployment_name: str, parameters: dict[str, Any], result_file: str
     if state is not None and state.is_crashed():
         # its worker died (or its heartbeats stopped): the stage's retry (TransientError's row) submits it again
         raise TransientError(f"deployment {deployment_name} crashed: {state.message or ''} (flow run {child.id})")
+    if state is not None and state.is_failed() and lost_the_api(state.message):
+        # it failed on reaching the API, not on its work (a call Prefect makes with a new client, which gives up on
+        # the first refused connection, as the API restarted): TransientError's row; a finished stage is cached
+        raise TransientError(f"deployment {deployment_name} lost the API: {state.message} (flow run {child.id})")
     if state is None or not state.is_completed():
         name = state.name if state else "unknown"
         raise PipelineError(
@@ -197,8 +207,9 @@ def _run_pipeline(
     config: PipelineConfig, config_path: str, overrides: dict[str, Any] | None, run_id: str, run_dir: Path
 ) -> dict[str, Any]:
     code = code_version()
-    group = deployment.get_name() or "local"
-    prefix = artifacts.artifact_key(deployment.get_name() or config.name)
+    name = _deployment_name()
+    group = name or "local"
+    prefix = artifacts.artifact_key(name or config.name)
     manifest = Manifest(run_dir / MANIFEST_FILE, config.name, run_id, config.fingerprint(), code)
     stage_flow_name = os.environ.get(STAGE_FLOW_ENV)
     results: dict[str, StageResult] = {}
@@ -305,16 +316,16 @@ def stage_flow(
 
 
 def _run_stage_flow(declared: Stage, config: PipelineConfig, folder: Path, run_id: str, group: str, stage: str) -> str:
-    prefix = artifacts.artifact_key(deployment.get_name() or stage, config.name)
+    prefix = artifacts.artifact_key(stage, config.name)  # its deployment is named after the stage (no API call)
     # a 60 s lease (the API's minimum), renewed while the stage runs (through an API restart too: flows/outage.py):
     # a killed gpu-worker's slot is repossessed a minute after its last renewal, before the zombie automation has
     # crashed the run, so the retry is not blocked
     slot = held_slot(GPU_SLOTS, lease_s=GPU_SLOT_LEASE_S) if declared.pool == "gpu" else nullcontext()
     with slot, _progress(prefix, declared):
         result = run_inline(declared, config, folder, run_id, group, read_manifest(folder), code_version())
-    artifacts.stage_summary(prefix, result, config.output_path)
     path = _stage_result_file(folder, declared)
-    write_json(path, result.model_dump(mode="json"))
+    write_json(path, result.model_dump(mode="json"))  # first: the artifact after it may wait on the API
+    artifacts.stage_summary(prefix, result, config.output_path)
     _release_accelerator_memory()
     return str(path)
 

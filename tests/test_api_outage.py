@@ -37,6 +37,12 @@ print("RELEASED", flush=True)
 """
 
 
+LOOKUP = """
+from flows.pipeline import _deployment_name
+print("DEPLOYMENT", _deployment_name(), flush=True)
+"""
+
+
 class Output:
     """A child process's merged output, read as it comes, for waits on what it says."""
 
@@ -216,3 +222,30 @@ def test_a_lapsed_lease_is_taken_back_once_the_run_that_took_the_slot_lets_it_go
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+def test_a_run_asks_for_its_deployment_through_an_api_restart(api: RestartableServer) -> None:
+    """A deployment run's process asks the API for its deployment's name (the pipeline's group, the artifacts' keys)
+    while the API restarts. Prefect's runtime asks with a new client, which gives up on the first refused connection:
+    in a full suite the GPU stage's run Failed that way ("ConnectError: All connection attempts failed") as the
+    stack's API restarted, and with it the pipeline. Asked again until the API answers."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.create_deployment(flow_id=client.create_flow_from_name("outage-probe"), name="probe")
+        run = client.create_flow_run_from_deployment(deployment)
+    api.stop()
+    env = {**os.environ, "PREFECT_API_URL": api.api_url, "PREFECT__FLOW_RUN_ID": str(run.id), "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", LOOKUP], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    out = Output(process)
+    try:
+        wait_until(lambda: out.said("api_unreachable", "deployment") or process.poll() is not None, 120, str(out))
+        assert process.poll() is None, f"the run gave up on the outage:\n{out}"
+        api.start()
+        assert process.wait(timeout=120) == 0, str(out)
+        assert out.said("DEPLOYMENT probe"), str(out)
+    finally:
+        if process.poll() is None:
+            process.kill()

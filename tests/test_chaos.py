@@ -10,6 +10,7 @@ records them.
 - the cpu-worker SIGKILLed while its pipeline's evaluation runs on the gpu-worker (the orphan is cancelled);
 - the gpu-worker SIGKILLed mid-training (the stage resumes from its last checkpoint);
 - Postgres, then the API (prefect-server) restarted mid-run;
+- (opt-in, a known gap) the API away for longer than the zombie window while a GPU stage runs;
 - Redis restarted, then a failed run must still page;
 - the run's folder on the shared volume made unwritable mid-stage.
 
@@ -436,7 +437,7 @@ def test_a_gpu_worker_killed_mid_training_resumes_from_its_last_checkpoint(stack
 
 
 @pytest.mark.parametrize("service", ["postgres", "prefect-server"])
-def test_a_restart_mid_run_loses_no_run_and_runs_none_twice(stack, api, service) -> None:
+def test_a_restart_mid_run_loses_no_run_and_runs_none_twice(stack, deployed, api, service) -> None:
     """The database, then the API, restarted while a run is on its way: the clients retry through the outage, or
     the run is crashed and resubmitted; either way it ends Completed once."""
     env = stack["env"]
@@ -461,6 +462,53 @@ def test_a_restart_mid_run_loses_no_run_and_runs_none_twice(stack, api, service)
         runs_lost=0,
         runs_duplicated=len(completed) - 1,
     )
+
+
+API_AWAY_S = 100  # longer than the zombie window (RECOVERY_HEARTBEAT_WINDOW, 90 s)
+
+
+@pytest.mark.skipif(
+    os.environ.get("CHAOS_LONG_OUTAGE") != "1",
+    reason="opt-in, about 5 minutes (CHAOS_LONG_OUTAGE=1): a known gap, measured in docs/chaos.md, not fixed yet",
+)
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: after an API outage longer than the zombie window, the crash rule marks live runs Crashed "
+    "(their heartbeats are dropped while the API is away): it cannot tell a silent API from a dead worker",
+)
+def test_an_api_outage_past_the_zombie_window_crashes_no_live_run(stack, deployed, api) -> None:
+    """The API stopped for 100 s while a pipeline's GPU stage runs. Nothing died: every process goes on and reports
+    once the API is back. Wanted: the run Completed as itself, never Crashed, its stage run once. Measured
+    (2026-12-05): the pipeline was marked Crashed ("no heartbeat for 90 s") once the API was back, its stage's run too,
+    so the stage ran a second time; the crashed pipeline's own process went on."""
+    env = stack["env"]
+    parameters = fresh()
+    parameters["overrides"]["benchmark"]["size"] += 60  # an evaluation long enough for the API to stop in
+    parent = api.create(TEST_PIPELINE, parameters)
+    wait_until(lambda: running_child(api, "evaluate-models", parent), 900, "the evaluation's child to run")
+    stopped = compose(env, "stop", "prefect-server", timeout=120)
+    try:
+        assert stopped.returncode == 0, stopped.stderr[-2000:]
+        time.sleep(API_AWAY_S)  # the case itself: an outage of a fixed length
+    finally:
+        started = compose(env, "start", "prefect-server", timeout=300)
+    assert started.returncode == 0, started.stderr[-2000:]
+    healthy(env)
+    done = api.final(parent["id"])
+    children = [
+        r
+        for r in api.runs({"deployments": {"name": {"any_": ["evaluate-models"]}}})
+        if r["parameters"].get("run_id", "").endswith(parent["id"][:8])
+    ]
+    history = api.states(parent["id"])
+    figures(
+        f"API away {API_AWAY_S} s during a GPU stage",
+        pipeline=" -> ".join(history),
+        stage_runs=" + ".join(" -> ".join(api.states(r["id"])) for r in children),
+        resubmissions=len(api.resubmissions(parent["id"])),
+    )
+    assert done["state_type"] == "COMPLETED" and "CRASHED" not in history, history
+    assert [r["state_type"] for r in children] == ["COMPLETED"], [(r["name"], r["state_type"]) for r in children]
 
 
 def test_after_a_redis_restart_a_failed_run_still_pages(stack, api, pages) -> None:
