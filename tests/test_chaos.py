@@ -479,8 +479,9 @@ API_AWAY_S = 100  # longer than the zombie window (RECOVERY_HEARTBEAT_WINDOW, 90
 def test_an_api_outage_past_the_zombie_window_crashes_no_live_run(stack, deployed, api) -> None:
     """The API stopped for 100 s while a pipeline's GPU stage runs. Nothing died: every process goes on and reports
     once the API is back. Wanted: the run Completed as itself, never Crashed, its stage run once. Measured
-    (2026-12-05): the pipeline was marked Crashed ("no heartbeat for 90 s") once the API was back, its stage's run too,
-    so the stage ran a second time; the crashed pipeline's own process went on."""
+    (2026-12-05): once the API was back the pipeline was marked Crashed ("no heartbeat for 90 s") and its stage's
+    run too, whose process went on and reported Completed over it; the crashed pipeline's process went on as well
+    (in a variant run it handed the stage off a second time)."""
     env = stack["env"]
     parameters = fresh()
     parameters["overrides"]["benchmark"]["size"] += 60  # an evaluation long enough for the API to stop in
