@@ -40,15 +40,13 @@ OUTAGE_RETRY_S = 5
 T = TypeVar("T")
 
 
-def _later(status: int) -> bool:
-    return status >= 500 or status == 429
-
-
 def is_outage(exc: BaseException) -> bool:
     """The API unreachable, failing on its side (5xx) or asking to be asked later (429), not a refusal."""
     if isinstance(exc, httpx.TransportError):
         return True
-    return isinstance(exc, httpx.HTTPStatusError) and _later(exc.response.status_code)
+    return isinstance(exc, httpx.HTTPStatusError) and (
+        exc.response.status_code >= 500 or exc.response.status_code == 429
+    )
 
 
 def _transport_errors(cls: type[BaseException] = httpx.TransportError) -> set[str]:

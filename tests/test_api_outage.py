@@ -249,3 +249,28 @@ def test_a_run_asks_for_its_deployment_through_an_api_restart(api: RestartableSe
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_a_stage_run_failed_on_a_network_error_reads_as_lost_the_api(api: RestartableServer) -> None:
+    """The hand-off retries a stage run that Failed on a bare network error and fails the pipeline on any other
+    failure, telling them apart by the message Prefect's flow engine writes: real flows' Failed states, read back
+    from the server as the hand-off reads them, so a change in Prefect's wording fails here."""
+    from prefect import flow, get_client
+
+    from flows.outage import lost_the_api
+    from llm_pipeline.errors import TransientError
+
+    @flow(name="outage-message-probe")
+    def failing(kind: str) -> None:
+        if kind == "network":
+            raise httpx.ConnectError("All connection attempts failed")
+        raise TransientError("the stage's own endpoint timed out")
+
+    read = {}
+    with get_client(sync_client=True) as client:
+        for kind in ("network", "own"):
+            state = failing(kind, return_state=True)
+            assert state.is_failed()
+            read[kind] = client.read_flow_run(state.state_details.flow_run_id).state.message
+    assert lost_the_api(read["network"]), read
+    assert not lost_the_api(read["own"]), read
