@@ -5,8 +5,8 @@ deployments in place (same names), so it is idempotent.
 
 Why Python rather than prefect.yaml: the schedules' timezone, the source folder and the pools come from the
 environment and from workers/pools.py, and one function registers all of them the same way, which a test can
-call against a real server. Each deployment has a concurrency limit of 1 with ENQUEUE, so a scheduled run never
-overlaps the previous one: the next waits in the queue instead.
+call against a real server. Each deployment but crash-silent-run has a concurrency limit of 1 with ENQUEUE, so a
+scheduled run never overlaps the previous one: the next waits in the queue instead.
 
 | deployment                             | flow           | pool      | queue  | schedule                  |
 | test-pipeline                          | llm-pipeline   | CPU       | low    | none (manual)             |
@@ -15,6 +15,7 @@ overlaps the previous one: the next waits in the queue instead.
 | evaluate-models (each GPU-pool stage)  | run-stage      | GPU       | high   | none (called by the above)|
 | health-check                           | health-check   | CPU       | normal | 0 * * * * (hourly)        |
 | resubmit-crashed                       | resubmit-crashed| CPU      | high   | none (the recovery automation)|
+| crash-silent-run                       | crash-silent-run| CPU      | high   | none (the zombie automation)  |
 | test-pipeline-docker                   | llm-pipeline   | docker    | low    | none (the docker variant) |
 
 The docker variant runs from the project image (code baked in at /app), one container per flow run.
@@ -48,6 +49,7 @@ class DeploymentSpec:
     parameters: dict[str, Any]
     description: str
     tags: tuple[str, ...] = ()
+    limit: int | None = 1  # runs at once (None: only the queue's limit)
 
 
 def specs(cpu_pool: str = CPU_POOL, gpu_pool: str = GPU_POOL) -> list[DeploymentSpec]:
@@ -109,6 +111,18 @@ def specs(cpu_pool: str = CPU_POOL, gpu_pool: str = GPU_POOL) -> list[Deployment
             ("recovery",),
         ),
         DeploymentSpec(
+            "crash-silent-run",
+            "flows/recovery.py:crash_if_silent",
+            cpu_pool,
+            "high",
+            None,
+            {"flow_run_id": ""},
+            "Sets a run whose heartbeats stopped Crashed, unless it beats again (heartbeats are lost while the API is "
+            "away); started by the `llm-pipeline: crash zombie flow runs` automation.",
+            ("recovery",),
+            limit=None,  # an API outage silences every running run at once: their checks need not wait in line
+        ),
+        DeploymentSpec(
             "health-check",
             "flows/health.py:health_check",
             cpu_pool,
@@ -150,8 +164,10 @@ def deploy_all(
                     description=spec.description,
                     tags=list(spec.tags),
                     concurrency_limit=ConcurrencyLimitConfig(
-                        limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
-                    ),
+                        limit=spec.limit, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+                    )
+                    if spec.limit
+                    else None,
                     print_next_steps=False,
                     build=False,
                     push=False,

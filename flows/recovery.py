@@ -3,7 +3,10 @@ resubmitted with the same parameters, at most RECOVERY_MAX_RESUBMITS times per o
 
 Two automations, installed by `make deploy` beside the alerts (flows/alerts.py applies them):
 - "llm-pipeline: crash zombie flow runs": proactive; after Running or a heartbeat, neither a heartbeat nor an end state
-  within RECOVERY_HEARTBEAT_WINDOW (90 s): the run is set Crashed.
+  within RECOVERY_HEARTBEAT_WINDOW (90 s): the crash-silent-run deployment checks the run and sets it Crashed unless
+  it beats again (`crash_if_silent`: heartbeats are events, and while the API is away every run's are lost, so an
+  outage longer than the window is silence in every live run at once; a Crashed mark on a live run would revoke its
+  deployment slot's lease, which its engine answers by stopping it, and resubmit it beside itself).
 - "llm-pipeline: resubmit crashed flow runs": reactive on Crashed: runs the resubmit-crashed deployment with the
   crashed run's id.
 
@@ -21,11 +24,13 @@ The crashed run's manifest ends "crashed", naming the stage it was in.
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -38,6 +43,11 @@ log = get_logger("recovery")
 
 RECOVERY_FLOW = "resubmit-crashed"
 RECOVERY_DEPLOYMENT = f"{RECOVERY_FLOW}/{RECOVERY_FLOW}"
+CONFIRM_FLOW = "crash-silent-run"
+CONFIRM_DEPLOYMENT = f"{CONFIRM_FLOW}/{CONFIRM_FLOW}"
+HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+BEAT_LAG_S = 15  # a heartbeat's way into the events table: the client's reconnect, the API, the persister's batch
+CONFIRM_POLL_S = 5
 ORIGIN_TAG, ATTEMPT_TAG, FROM_TAG = "recovery-origin:", "recovery-attempt:", "resubmitted-from:"
 # TimedOut: a Failed-type state with a name and an event of its own (a flow past its timeout, execution.run_timeout):
 # an end, not a silence (Prefect refuses the zombie rule's Crashed from a final state anyway)
@@ -98,38 +108,111 @@ async def recovery_actions(kind: str, settings: RecoverySettings) -> list[Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState, DoNothing, RunDeployment
-
-    if kind == "zombie":
-        seconds = int(settings.heartbeat_window.total_seconds())
-        return [
-            ChangeFlowRunState(
-                state=StateType.CRASHED,
-                name="Crashed",
-                message=f"no heartbeat for {seconds} s: its worker or process died (marked by llm-pipeline recovery)",
-            )
-        ]
-    if settings.max_resubmits == 0:
-        return [DoNothing()]
     from prefect.exceptions import ObjectNotFound
 
+    if kind == "resubmit" and settings.max_resubmits == 0:
+        return [DoNothing()]
+    name = CONFIRM_DEPLOYMENT if kind == "zombie" else RECOVERY_DEPLOYMENT
     async with get_client() as client:
         try:
-            deployment = await client.read_deployment_by_name(RECOVERY_DEPLOYMENT)
+            deployment = await client.read_deployment_by_name(name)
         except ObjectNotFound:
-            log.warning("recovery_not_installed", reason=f"no deployment {RECOVERY_DEPLOYMENT}: run `make deploy`")
-            return [DoNothing()]
-    return [
-        RunDeployment(
-            source="selected",
-            deployment_id=deployment.id,
-            # an explicit jinja value renders as a string: Prefect wraps a bare "{{ flow_run.id }}" in `tojson`,
-            # which cannot encode a UUID ("Unable to create flow run from deployment: InvalidJinja()")
-            parameters={
-                "flow_run_id": {"__prefect_kind": "jinja", "template": "{{ flow_run.id }}"},
-                "max_resubmits": settings.max_resubmits,
-            },
+            deployment = None
+    if deployment is None and kind == "zombie":
+        log.warning("zombie_check_not_installed", reason=f"no deployment {name}: silence alone marks a run Crashed")
+        return [ChangeFlowRunState(state=StateType.CRASHED, name="Crashed", message=zombie_message(settings))]
+    if deployment is None:
+        log.warning("recovery_not_installed", reason=f"no deployment {name}: run `make deploy`")
+        return [DoNothing()]
+    # an explicit jinja value renders as a string: Prefect wraps a bare "{{ flow_run.id }}" in `tojson`, which
+    # cannot encode a UUID ("Unable to create flow run from deployment: InvalidJinja()")
+    run_id = {"__prefect_kind": "jinja", "template": "{{ flow_run.id }}"}
+    parameters: dict[str, Any] = {"flow_run_id": run_id}
+    if kind == "resubmit":
+        parameters["max_resubmits"] = settings.max_resubmits
+    else:  # the window the rule fired on, whatever the worker's environment says
+        parameters["window_s"] = int(settings.heartbeat_window.total_seconds())
+    return [RunDeployment(source="selected", deployment_id=deployment.id, parameters=parameters)]
+
+
+def zombie_message(settings: RecoverySettings) -> str:
+    return _silent_for(int(settings.heartbeat_window.total_seconds()))
+
+
+def _silent_for(seconds: int) -> str:
+    return f"no heartbeat for {seconds} s: its worker or process died (marked by llm-pipeline recovery)"
+
+
+def heartbeat_seconds() -> int:
+    """How often deployment runs beat (the stack's PREFECT_FLOWS_HEARTBEAT_FREQUENCY; Prefect's floor is 30 s)."""
+    from prefect.settings import get_current_settings
+
+    return max(get_current_settings().flows.heartbeat_frequency or 30, 30)
+
+
+def last_heartbeat(client: Any, run_id: Any, since: datetime) -> datetime | None:
+    """When the run's latest heartbeat that the API has stored was sent, if after `since`."""
+    from prefect.events.filters import (
+        EventFilter,
+        EventNameFilter,
+        EventOccurredFilter,
+        EventOrder,
+        EventResourceFilter,
+    )
+
+    page = client.read_events(
+        EventFilter(
+            occurred=EventOccurredFilter(since=since, until=datetime.now(UTC) + timedelta(minutes=5)),
+            event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+            resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
+            order=EventOrder.DESC,
+        ),
+        limit=1,
+    )
+    return page.events[0].occurred if page.events else None
+
+
+@flow(name=CONFIRM_FLOW)
+def crash_if_silent(flow_run_id: str, window_s: int = 90) -> State[str]:
+    """The zombie rule's verdict, checked before it is carried out: the run is set Crashed only if it sends no
+    heartbeat within a heartbeat's period (plus BEAT_LAG_S) from now. Ends Completed with the verdict ("alive",
+    "ended" or "crashed") as its result and, with the reason, as its state's message (the UI shows it).
+
+    The rule fires after RECOVERY_HEARTBEAT_WINDOW without a heartbeat, its last one at L: it fired at L + window
+    or later, and this runs later still, so a dead run's heartbeats all precede now - window. One after that is a
+    live run's: its beats were lost while the API was away (the rule runs in `prefect-services`, which stays up),
+    and this runs only once the API is back (a worker cannot pick it up before), within one period of which a live
+    run beats again."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.states import Completed, Crashed
+
+    def verdict(word: str, why: str, **facts: Any) -> State[str]:
+        (log.warning if word == "alive" else log.info)(
+            "zombie_check", flow_run=flow_run_id, verdict=word, why=why, **facts
         )
-    ]
+        return Completed(message=f"{word}: {why}", data=word)
+
+    began = datetime.now(UTC)
+    newer_than = began - timedelta(seconds=window_s)
+    deadline = time.monotonic() + heartbeat_seconds() + BEAT_LAG_S
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is None or run.state.is_final():
+                return verdict("ended", f"{run.name} ended {getattr(run.state, 'name', None)} before the check")
+            beat = last_heartbeat(client, run.id, newer_than)
+            if beat is not None:
+                why = f"{run.name} was silent for {window_s} s (the API away?) and beat again at {beat.isoformat()}"
+                return verdict("alive", why, heartbeat=beat.isoformat())
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(CONFIRM_POLL_S)
+        result = client.set_flow_run_state(run.id, Crashed(message=_silent_for(window_s)))
+    if result.status != SetStateStatus.ACCEPT:  # it ended meanwhile: Prefect keeps its end
+        return verdict("ended", f"{run.name} ended while the check waited ({str(result.details)[:120]})")
+    waited = round((datetime.now(UTC) - began).total_seconds())
+    return verdict("crashed", f"{run.name} sent no heartbeat in {window_s} s, nor in the {waited} s after: Crashed")
 
 
 def _tag_value(tags: list[str], prefix: str) -> str | None:

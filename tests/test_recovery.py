@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
+from flows.recovery import BEAT_LAG_S
 from tests.conftest import PrefectServer, Worker, prefect_api, wait_until
 from tests.fakes.receivers import WebhookReceiver
 
@@ -67,7 +68,7 @@ def deployed(server, hooks) -> dict[str, Any]:
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
     from flows.alerts import AlertSettings, apply_alerts
-    from flows.recovery import RECOVERY_FLOW, RecoverySettings
+    from flows.recovery import CONFIRM_FLOW, RECOVERY_FLOW, RecoverySettings
     from workers.pools import process_job_template
 
     with _client() as client:
@@ -88,6 +89,9 @@ def deployed(server, hooks) -> dict[str, Any]:
     )
     flow.from_source(source=str(ROOT), entrypoint="flows/recovery.py:resubmit_crashed").deploy(
         name=RECOVERY_FLOW, work_pool_name=POOL, print_next_steps=False
+    )
+    flow.from_source(source=str(ROOT), entrypoint="flows/recovery.py:crash_if_silent").deploy(
+        name=CONFIRM_FLOW, work_pool_name=POOL, print_next_steps=False
     )
     settings = RecoverySettings(heartbeat_window=timedelta(seconds=WINDOW_S), max_resubmits=1)
     outcome = asyncio.run(apply_alerts(AlertSettings(webhook_url=f"{hooks.url}/hook"), settings))
@@ -177,7 +181,61 @@ def test_a_killed_worker_leaves_no_zombie_and_its_run_is_resubmitted(server, dep
     assert page["message"].startswith(f"crashed, resubmitted as {again.name} ({again.id})"), page
     assert page["deployment"] == "hands-off-once/victim" and page["resubmitted_id"] == str(again.id)
     print(f"\nworker SIGKILLed: Crashed after {detected_s:.0f} s, resubmission Completed {recovered_s:.0f} s after")
-    assert detected_s <= WINDOW_S + 30 + 20  # the window after the last heartbeat, plus the event pipeline
+    # the window after the last heartbeat, the event pipeline, then the check: a heartbeat's period and its lag
+    assert detected_s <= WINDOW_S + 30 + 20 + 30 + BEAT_LAG_S + 15
+
+
+def test_the_zombie_check_spares_a_run_that_beats_and_crashes_one_that_does_not(
+    server, deployed, hooks, tmp_path: Path
+) -> None:
+    """What the zombie rule starts before anything is marked (crash-silent-run): a run whose heartbeats reach the
+    API is left to run, however long the rule saw it silent (an API outage loses every run's heartbeats at once:
+    marked Crashed, a live run lost its slot's lease, which its engine answers by stopping it, and a copy was
+    resubmitted beside it); a run that beats no more is marked Crashed a heartbeat's period later. The outage
+    itself is tests/test_chaos.py's (the API stopped on the compose stack, its services up)."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+    from prefect.states import State
+
+    from flows.recovery import CONFIRM_DEPLOYMENT, last_heartbeat
+
+    marker = tmp_path / "alive.pid"
+    with Worker(server.api_url, POOL, tmp_path, env={"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}):
+        alive = run_deployment("sleep-once/victim", parameters={"marker": str(marker), "seconds": 45}, timeout=0)
+
+        def beating() -> bool:
+            with _client() as client:
+                return last_heartbeat(client, alive.id, datetime.now(UTC) - timedelta(minutes=5)) is not None
+
+        wait_until(lambda: marker.exists() and beating(), 180, "the live run's first heartbeat")
+        with _client() as client:  # a run the rule saw go silent and that has no process left: a killed one's
+            deployment = client.read_deployment_by_name("sleep-once/victim")
+            silent = client.create_flow_run_from_deployment(deployment.id, parameters={"marker": str(marker)})
+            client.set_flow_run_state(silent.id, State(type=StateType.RUNNING), force=True)
+        started = time.monotonic()
+        checks = {
+            name: run_deployment(
+                CONFIRM_DEPLOYMENT, parameters={"flow_run_id": str(run.id), "window_s": WINDOW_S}, timeout=0
+            )
+            for name, run in (("alive", alive), ("silent", silent))
+        }
+        ended = {
+            name: wait_until(lambda c=check: (r := _state(c.id)).state.is_final() and r, 180, f"the {name} check")
+            for name, check in checks.items()
+        }
+        crashed_s = time.monotonic() - started
+        verdicts = {name: (r.state.type, (r.state.message or "").split(":")[0]) for name, r in ended.items()}
+        assert verdicts == {"alive": (StateType.COMPLETED, "alive"), "silent": (StateType.COMPLETED, "crashed")}, [
+            r.state for r in ended.values()
+        ]
+        marked = _state(silent.id)
+        assert marked.state.is_crashed() and "no heartbeat for 55 s" in (marked.state.message or ""), marked.state
+        assert crashed_s >= 30 + BEAT_LAG_S - 5  # not before a heartbeat's period (and its lag) had passed
+        done = wait_until(lambda: (r := _state(alive.id)).state.is_final() and r, 120, "the live run to end")
+    with _client() as client:
+        history = [s.type for s in client.read_flow_run_states(alive.id)]
+    assert done.state.is_completed() and StateType.CRASHED not in history, history
+    print(f"\nzombie check: a beating run spared, a silent one Crashed {crashed_s:.0f} s after the check began")
 
 
 def test_a_resubmission_that_crashes_again_is_not_resubmitted_twice(server, deployed, hooks, tmp_path: Path) -> None:
