@@ -2,7 +2,8 @@
 as the stack keeps them) is stopped and started again on the same port while a separate process waits for the slot,
 and again while it holds it. Prefect's own `concurrency()` failed the stage in the first case ("Unable to acquire
 concurrency slots", CI's chaos run) and stops renewing in the second, so the slot lapsed to the next GPU stage while
-the first still ran."""
+the first still ran. Also through an outage: a run's process asking for its deployment, and a run ending (its final
+state reported once the API is back)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIMIT = "gpu-slots"
 LEASE_S = 60  # the API's minimum, the stage's own (flows/pipeline.py GPU_SLOT_LEASE_S)
 REPOSSESS_S = 5  # how often this server expires lapsed leases (the default is 15 s)
+OUTAGE_S = 90
 pytestmark = pytest.mark.slow
 
 HOLDER = """
@@ -40,6 +42,21 @@ print("RELEASED", flush=True)
 LOOKUP = """
 from flows.pipeline import _deployment_name
 print("DEPLOYMENT", _deployment_name(), flush=True)
+"""
+
+
+FINISHER = """
+import sys
+from prefect import flow
+
+@flow(name="outage-finisher")
+def finisher() -> str:
+    print("RUNNING", flush=True)
+    sys.stdin.readline()  # the test stops the API, then lets the run end
+    return "done"
+
+finisher()
+print("REPORTED", flush=True)
 """
 
 
@@ -274,3 +291,44 @@ def test_a_stage_run_failed_on_a_network_error_reads_as_lost_the_api(api: Restar
             read[kind] = client.read_flow_run(state.state_details.flow_run_id).state.message
     assert lost_the_api(read["network"]), read
     assert not lost_the_api(read["own"]), read
+
+
+def test_a_run_that_ends_while_the_api_is_away_reports_its_end_once_it_is_back(api: RestartableServer) -> None:
+    """A flow run's process that ends while the API is away for 90 s: its final state goes in once the API is back.
+    With Prefect's default client retries (five, about a minute of back-off) the call gave up and the process died
+    with the run still Running on the server (its worker then reports it Crashed, and the stage is run again): seen
+    on the stack, a GPU stage ending during a 100 s outage. The workers give their flow runs more retries
+    (workers/pools.py); this process gets the same environment."""
+    from prefect import get_client
+
+    from workers.pools import process_job_template
+
+    flow_run_env = process_job_template()["variables"]["properties"]["env"].get("default", {})
+    env = {**os.environ, "PREFECT_API_URL": api.api_url, "PYTHONPATH": str(ROOT), **flow_run_env}
+    process = subprocess.Popen(
+        [sys.executable, "-c", FINISHER],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = Output(process)
+    try:
+        wait_until(lambda: out.said("RUNNING"), 120, str(out))
+        api.stop()
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        time.sleep(OUTAGE_S)  # past the default retries' back-off (2 + 4 + 8 + 16 + 32 s)
+        assert process.poll() is None, f"the run gave up on reporting its end:\n{out}"
+        api.start()
+        assert process.wait(timeout=300) == 0, str(out)
+        assert out.said("REPORTED"), str(out)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs()
+    assert run.state is not None and run.state.is_completed(), run.state

@@ -29,6 +29,11 @@ IMAGE = os.environ.get("LLM_PIPELINE_IMAGE", "llm-pipeline:cpu")
 COMPOSE_PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "llm-pipeline")
 HEARTBEAT_SECONDS = os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 CLIENT_RETRY_EXTRA_CODES = os.environ.get("PREFECT_CLIENT_RETRY_EXTRA_CODES", "500")
+# A flow run's process retries an API call this many times (back-off 2, 4, ... 128 s: about 4 minutes; Prefect's
+# default, 5, is about a minute). A run that ends while the API is away reports its end once it is back instead of
+# dying with the run left Running (then Crashed by its worker, and a GPU stage run again): tests/test_api_outage.py.
+# The workers keep the default: a poll blocked for minutes fails their health check.
+FLOW_RUN_CLIENT_RETRIES = os.environ.get("FLOW_RUN_CLIENT_MAX_RETRIES", "7")
 
 
 @dataclass(frozen=True)
@@ -81,14 +86,18 @@ def docker_job_template() -> dict[str, Any]:
     variables["env"]["default"] = {
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": HEARTBEAT_SECONDS,
         "PREFECT_CLIENT_RETRY_EXTRA_CODES": CLIENT_RETRY_EXTRA_CODES,
+        "PREFECT_CLIENT_MAX_RETRIES": FLOW_RUN_CLIENT_RETRIES,
     }
     return template
 
 
 def process_job_template() -> dict[str, Any]:
+    """Prefect's process template; a flow run's process inherits its worker's environment, and gets this on top."""
     from prefect.workers.process import ProcessWorker
 
-    return ProcessWorker.get_default_base_job_template()
+    template = ProcessWorker.get_default_base_job_template()
+    template["variables"]["properties"]["env"]["default"] = {"PREFECT_CLIENT_MAX_RETRIES": FLOW_RUN_CLIENT_RETRIES}
+    return template
 
 
 def pool_specs() -> list[PoolSpec]:
