@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -133,11 +134,10 @@ def take_slot(lease_s: float) -> Any:
         return response.json()["lease_id"]
 
 
-def start_holder(env: dict[str, str]) -> tuple[subprocess.Popen[str], Output]:
-    """A GPU stage's process, as far as its slot goes: `held_slot` around a block that lasts until it is told on
-    its stdin that the stage is done."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, LIMIT, str(LEASE_S)],
+def spawn(env: dict[str, str], script: str, *args: str) -> tuple[subprocess.Popen[str], Output]:
+    """A run's process (python -c `script` in the repository), its stdin open, its output read as it comes."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
         cwd=ROOT,
         env=env,
         stdin=subprocess.PIPE,
@@ -145,7 +145,24 @@ def start_holder(env: dict[str, str]) -> tuple[subprocess.Popen[str], Output]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    return holder, Output(holder)
+    return process, Output(process)
+
+
+def start_holder(env: dict[str, str]) -> tuple[subprocess.Popen[str], Output]:
+    """A GPU stage's process, as far as its slot goes: `held_slot` around a block that lasts until it is told on
+    its stdin that the stage is done."""
+    return spawn(env, HOLDER, LIMIT, str(LEASE_S))
+
+
+@contextmanager
+def run_script(script: str, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], Output]]:
+    """`spawn`, killed if it is still going when the test is done with it."""
+    process, out = spawn(env, script)
+    try:
+        yield process, out
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 def end_holder(holder: subprocess.Popen[str], out: Output) -> None:
@@ -253,19 +270,12 @@ def test_a_run_asks_for_its_deployment_through_an_api_restart(api: RestartableSe
         run = client.create_flow_run_from_deployment(deployment)
     api.stop()
     env = {**os.environ, "PREFECT_API_URL": api.api_url, "PREFECT__FLOW_RUN_ID": str(run.id), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-c", LOOKUP], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    out = Output(process)
-    try:
+    with run_script(LOOKUP, env) as (process, out):
         wait_until(lambda: out.said("api_unreachable", "deployment") or process.poll() is not None, 120, str(out))
         assert process.poll() is None, f"the run gave up on the outage:\n{out}"
         api.start()
         assert process.wait(timeout=120) == 0, str(out)
         assert out.said("DEPLOYMENT probe"), str(out)
-    finally:
-        if process.poll() is None:
-            process.kill()
 
 
 def test_a_stage_run_failed_on_a_network_error_reads_as_lost_the_api(api: RestartableServer) -> None:
@@ -305,17 +315,7 @@ def test_a_run_that_ends_while_the_api_is_away_reports_its_end_once_it_is_back(a
 
     flow_run_env = process_job_template()["variables"]["properties"]["env"].get("default", {})
     env = {**os.environ, "PREFECT_API_URL": api.api_url, "PYTHONPATH": str(ROOT), **flow_run_env}
-    process = subprocess.Popen(
-        [sys.executable, "-c", FINISHER],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    out = Output(process)
-    try:
+    with run_script(FINISHER, env) as (process, out):
         wait_until(lambda: out.said("RUNNING"), 120, str(out))
         api.stop()
         assert process.stdin is not None
@@ -326,9 +326,6 @@ def test_a_run_that_ends_while_the_api_is_away_reports_its_end_once_it_is_back(a
         api.start()
         assert process.wait(timeout=300) == 0, str(out)
         assert out.said("REPORTED"), str(out)
-    finally:
-        if process.poll() is None:
-            process.kill()
     with get_client(sync_client=True) as client:
         [run] = client.read_flow_runs()
     assert run.state is not None and run.state.is_completed(), run.state

@@ -201,7 +201,7 @@ def test_the_zombie_check_spares_a_run_that_beats_and_crashes_one_that_does_not(
 
     marker = tmp_path / "alive.pid"
     with Worker(server.api_url, POOL, tmp_path, env={"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}):
-        alive = run_deployment("sleep-once/victim", parameters={"marker": str(marker), "seconds": 45}, timeout=0)
+        alive = run_deployment("sleep-once/victim", parameters={"marker": str(marker), "seconds": 100}, timeout=0)
 
         def beating() -> bool:
             with _client() as client:
