@@ -82,8 +82,8 @@ def automation_specs(settings: RecoverySettings) -> list[dict[str, Any]]:
                 # a run started by hand against the server beats at Prefect's default, every 180 s
                 "match_related": {"prefect.resource.role": "deployment"},
                 # from Running too: a run killed before its first heartbeat reached the server is caught as well
-                "after": ["prefect.flow-run.Running", "prefect.flow-run.heartbeat"],
-                "expect": ["prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in TERMINAL)],
+                "after": ["prefect.flow-run.Running", HEARTBEAT_EVENT],
+                "expect": [HEARTBEAT_EVENT, *(f"prefect.flow-run.{s}" for s in TERMINAL)],
                 "for_each": ["prefect.resource.id"],
                 "threshold": 1,
                 "within": settings.heartbeat_window,
@@ -113,6 +113,7 @@ async def recovery_actions(kind: str, settings: RecoverySettings) -> list[Any]:
     if kind == "resubmit" and settings.max_resubmits == 0:
         return [DoNothing()]
     name = CONFIRM_DEPLOYMENT if kind == "zombie" else RECOVERY_DEPLOYMENT
+    window_s = int(settings.heartbeat_window.total_seconds())
     async with get_client() as client:
         try:
             deployment = await client.read_deployment_by_name(name)
@@ -120,7 +121,7 @@ async def recovery_actions(kind: str, settings: RecoverySettings) -> list[Any]:
             deployment = None
     if deployment is None and kind == "zombie":
         log.warning("zombie_check_not_installed", reason=f"no deployment {name}: silence alone marks a run Crashed")
-        return [ChangeFlowRunState(state=StateType.CRASHED, name="Crashed", message=zombie_message(settings))]
+        return [ChangeFlowRunState(state=StateType.CRASHED, name="Crashed", message=silent_for(window_s))]
     if deployment is None:
         log.warning("recovery_not_installed", reason=f"no deployment {name}: run `make deploy`")
         return [DoNothing()]
@@ -131,15 +132,12 @@ async def recovery_actions(kind: str, settings: RecoverySettings) -> list[Any]:
     if kind == "resubmit":
         parameters["max_resubmits"] = settings.max_resubmits
     else:  # the window the rule fired on, whatever the worker's environment says
-        parameters["window_s"] = int(settings.heartbeat_window.total_seconds())
+        parameters["window_s"] = window_s
     return [RunDeployment(source="selected", deployment_id=deployment.id, parameters=parameters)]
 
 
-def zombie_message(settings: RecoverySettings) -> str:
-    return _silent_for(int(settings.heartbeat_window.total_seconds()))
-
-
-def _silent_for(seconds: int) -> str:
+def silent_for(seconds: int) -> str:
+    """The Crashed message of a run the zombie rule found dead."""
     return f"no heartbeat for {seconds} s: its worker or process died (marked by llm-pipeline recovery)"
 
 
@@ -208,7 +206,7 @@ def crash_if_silent(flow_run_id: str, window_s: int = 90) -> State[str]:
             if time.monotonic() >= deadline:
                 break
             time.sleep(CONFIRM_POLL_S)
-        result = client.set_flow_run_state(run.id, Crashed(message=_silent_for(window_s)))
+        result = client.set_flow_run_state(run.id, Crashed(message=silent_for(window_s)))
     if result.status != SetStateStatus.ACCEPT:  # it ended meanwhile: Prefect keeps its end
         return verdict("ended", f"{run.name} ended while the check waited ({str(result.details)[:120]})")
     waited = round((datetime.now(UTC) - began).total_seconds())

@@ -189,7 +189,7 @@ def test_the_zombie_check_spares_a_run_that_beats_and_crashes_one_that_does_not(
     server, deployed, hooks, tmp_path: Path
 ) -> None:
     """What the zombie rule starts before anything is marked (crash-silent-run): a run whose heartbeats reach the
-    API is left to run, however long the rule saw it silent (an API outage loses every run's heartbeats at once:
+    API is left to run (an API outage loses every run's heartbeats at once, and the rule counts that as silence:
     marked Crashed, a live run lost its slot's lease, which its engine answers by stopping it, and a copy was
     resubmitted beside it); a run that beats no more is marked Crashed a heartbeat's period later. The outage
     itself is tests/test_chaos.py's (the API stopped on the compose stack, its services up)."""
