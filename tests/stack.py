@@ -194,7 +194,7 @@ def stack(tmp_path_factory):
     # A test session killed before its teardown (a cancelled job, a session cut off) leaves this project's
     # containers and volumes behind, and Postgres would keep that session's password in pgdata and refuse this
     # one's ("password authentication failed"): the project is the tests' own, so whatever is left of it goes.
-    take_down(env)
+    take_down(env, leftovers=True)
     up = make("up", env, timeout=2400)
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
     up_at = datetime.now(UTC).isoformat(timespec="seconds")  # the end of start-up, for the logs of that span
@@ -202,8 +202,24 @@ def stack(tmp_path_factory):
     take_down(env)
 
 
-def take_down(env: dict[str, str]) -> None:
-    """The tests' compose project down, every profile's services, volumes and all."""
+def take_down(env: dict[str, str], leftovers: bool = False) -> None:
+    """The tests' compose project down, every profile's services, volumes and all. With `leftovers`, first what
+    `down` does not know of that a killed session can leave running on the same engine, loading the machine for the
+    whole next session: the docker pool's flow-run containers on the project's network, and test_stack's
+    PROJECT-pgpass project."""
+    if leftovers:
+        filters = (f"network={PROJECT}_default", f"label=com.docker.compose.project={PROJECT}-pgpass")
+        strays = {
+            container
+            for where in filters
+            for container in subprocess.run(
+                ["docker", "ps", "-aq", "--filter", where], capture_output=True, text=True, check=False
+            ).stdout.split()
+        }
+        if strays:
+            started = time.monotonic()
+            subprocess.run(["docker", "rm", "-f", "-v", *sorted(strays)], capture_output=True, check=False)
+            trace("docker", f"rm {len(strays)} leftover containers", started)
     down = compose(env, "--profile", "*", "down", "-v", "--remove-orphans", timeout=300)
     assert down.returncode == 0, down.stderr[-2000:]
 
