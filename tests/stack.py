@@ -18,6 +18,7 @@ from tests.conftest import published_port, require_docker, trace
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "llm-pipeline-e2e"
+SWARM_STACK = "llmswarm"  # test_swarm.py's stack
 
 
 def set_env(path: Path, values: dict[str, str]) -> None:
@@ -205,8 +206,8 @@ def stack(tmp_path_factory):
 def take_down(env: dict[str, str], leftovers: bool = False) -> None:
     """The tests' compose project down, every profile's services, volumes and all. With `leftovers`, first what
     `down` does not know of that a killed session can leave running on the same engine, loading the machine for the
-    whole next session: the docker pool's flow-run containers on the project's network, and test_stack's
-    PROJECT-pgpass project."""
+    whole next session: the docker pool's flow-run containers on the project's network, test_stack's
+    PROJECT-pgpass project, and test_swarm's stack (removed again, with its volumes, where test_swarm starts)."""
     if leftovers:
         filters = (f"network={PROJECT}_default", f"label=com.docker.compose.project={PROJECT}-pgpass")
         strays = {
@@ -220,6 +221,11 @@ def take_down(env: dict[str, str], leftovers: bool = False) -> None:
             started = time.monotonic()
             subprocess.run(["docker", "rm", "-f", "-v", *sorted(strays)], capture_output=True, check=False)
             trace("docker", f"rm {len(strays)} leftover containers", started)
+        stacks = subprocess.run(["docker", "stack", "ls", "--format", "{{.Name}}"], capture_output=True, text=True)
+        if SWARM_STACK in stacks.stdout.split():  # its services restart on any engine start until removed
+            started = time.monotonic()
+            subprocess.run(["docker", "stack", "rm", SWARM_STACK], capture_output=True, check=False)
+            trace("docker", f"stack rm {SWARM_STACK} (leftover)", started)
     down = compose(env, "--profile", "*", "down", "-v", "--remove-orphans", timeout=300)
     assert down.returncode == 0, down.stderr[-2000:]
 

@@ -21,11 +21,11 @@ import httpx
 import pytest
 
 from tests.conftest import published_port, wait_until
-from tests.stack import ROOT, make, set_env
+from tests.stack import ROOT, SWARM_STACK, make, set_env
 from tests.test_autoscaling_stack import AUTOSCALING, FINAL, QUEUE_PIPELINES
 
 pytestmark = pytest.mark.slow
-STACK = "llmswarm"
+STACK = SWARM_STACK
 
 
 def docker(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
