@@ -49,6 +49,10 @@ engine:  ## make sure a Docker engine answers (starts the container-engine stand
 	@if docker info >/dev/null 2>&1; then echo "docker engine: running"; \
 	elif [ -f $(CONTAINER_ENGINE) ]; then bash $(CONTAINER_ENGINE); \
 	else echo "warning: no Docker engine; tests that need one are skipped (and fail under CI=true)"; fi
+	@# what already runs on the engine and the machine's load: a slow suite's first suspect (CI shares the engine
+	@# and its data root with the session before it; containers left running come back with the engine)
+	@if docker info >/dev/null 2>&1; then echo "containers already running: $$(docker ps -q | wc -l)" \
+		"$$(docker ps --format '{{.Names}}' | head -12 | tr '\n' ' ')"; fi; echo "load average: $$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download needs the internet), and the
 # proxy example is checked by Caddy. Installed with apt where this runs as root (CI does); elsewhere, install them
