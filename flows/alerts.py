@@ -335,7 +335,7 @@ async def apply_alerts(
     async with get_client() as client:
         existing = {a.name: a for a in await client.read_automations() if a.name.startswith(PREFIX)}
         for spec in specs:
-            recovering = spec["kind"] in ("zombie", "resubmit")  # flows/recovery.py's: they act, not page
+            recovering = spec["kind"] in ("zombie", "stuck", "resubmit")  # flows/recovery.py's: they act, not page
             trigger = EventTrigger(**spec["trigger"])
             automation = AutomationCore(
                 name=spec["name"],

@@ -1,12 +1,16 @@
 """Recovery from a crashed worker: a flow run whose heartbeats stop is marked Crashed, and a Crashed run is
 resubmitted with the same parameters, at most RECOVERY_MAX_RESUBMITS times per original run.
 
-Two automations, installed by `make deploy` beside the alerts (flows/alerts.py applies them):
+Three automations, installed by `make deploy` beside the alerts (flows/alerts.py applies them):
 - "llm-pipeline: crash zombie flow runs": proactive; after Running or a heartbeat, neither a heartbeat nor an end state
   within RECOVERY_HEARTBEAT_WINDOW (90 s): the crash-silent-run deployment checks the run and sets it Crashed unless
   it beats again (`crash_if_silent`: heartbeats are events, and while the API is away every run's are lost, so an
   outage longer than the window is silence in every live run at once; a Crashed mark on a live run would revoke its
   deployment slot's lease, which its engine answers by stopping it, and resubmit it beside itself).
+- "llm-pipeline: crash runs stuck pending": proactive; after Pending (or Submitting), no start, no return to waiting
+  and no end within RECOVERY_PENDING_WINDOW (10 min): the same check, which sets it Crashed unless it leaves Pending
+  meanwhile. A worker killed between taking a run and starting its process leaves it Pending, where no heartbeat
+  ever comes: without this it stayed Pending for good, listed as running-soon in the UI and never resubmitted.
 - "llm-pipeline: resubmit crashed flow runs": reactive on Crashed: runs the resubmit-crashed deployment with the
   crashed run's id.
 
@@ -52,24 +56,30 @@ ORIGIN_TAG, ATTEMPT_TAG, FROM_TAG = "recovery-origin:", "recovery-attempt:", "re
 # TimedOut: a Failed-type state with a name and an event of its own (a flow past its timeout, execution.run_timeout):
 # an end, not a silence (Prefect refuses the zombie rule's Crashed from a final state anyway)
 TERMINAL = ["Completed", "Failed", "TimedOut", "Crashed", "Cancelled"]
+PENDING = ["Pending", "Submitting"]  # the Pending-type states a worker sets while it starts a run
+# what a run that was Pending goes to when all is well: started, sent back to wait (a slot, a retry), or stopped
+LEFT_PENDING = ["Running", "Scheduled", "Late", "AwaitingRetry", "AwaitingConcurrencySlot", "Paused", "Cancelling"]
 
 
 class RecoverySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECOVERY_", extra="ignore", env_ignore_empty=True)
 
     heartbeat_window: Window = Field(timedelta(seconds=90), description="no heartbeat this long: Crashed")
+    # a start can take minutes on a loaded host (seen: 3.5 min from Submitting to Running on 2 busy cores) or pull
+    # an image first: the window is generous, and a run that starts while the check looks is spared
+    pending_window: Window = Field(timedelta(minutes=10), description="Pending this long, not started: Crashed")
     max_resubmits: int = Field(1, ge=0, description="resubmissions per original run (0: never)")
 
-    @field_validator("heartbeat_window")
+    @field_validator("heartbeat_window", "pending_window")
     @classmethod
-    def _at_least_ten_seconds(cls, value: timedelta) -> timedelta:
+    def _at_least_ten_seconds(cls, value: timedelta, info: Any) -> timedelta:
         if value < timedelta(seconds=10):
-            raise ValueError("RECOVERY_HEARTBEAT_WINDOW must be at least 10s (Prefect's proactive minimum)")
+            raise ValueError(f"RECOVERY_{info.field_name.upper()} must be at least 10s (Prefect's proactive minimum)")
         return value
 
 
 def automation_specs(settings: RecoverySettings) -> list[dict[str, Any]]:
-    """The two automations as plain dicts (name, trigger, action kind), as flows/alerts.py installs them."""
+    """The three automations as plain dicts (name, trigger, action kind), as flows/alerts.py installs them."""
     flow_run = {"prefect.resource.id": "prefect.flow-run.*"}
     return [
         {
@@ -87,6 +97,20 @@ def automation_specs(settings: RecoverySettings) -> list[dict[str, Any]]:
                 "for_each": ["prefect.resource.id"],
                 "threshold": 1,
                 "within": settings.heartbeat_window,
+            },
+        },
+        {
+            "name": "llm-pipeline: crash runs stuck pending",
+            "kind": "stuck",
+            "trigger": {
+                "posture": "Proactive",
+                "match": flow_run,
+                "match_related": {"prefect.resource.role": "deployment"},
+                "after": [f"prefect.flow-run.{s}" for s in PENDING],
+                "expect": [f"prefect.flow-run.{s}" for s in (*LEFT_PENDING, *TERMINAL)],
+                "for_each": ["prefect.resource.id"],
+                "threshold": 1,
+                "within": settings.pending_window,
             },
         },
         {
@@ -112,16 +136,18 @@ async def recovery_actions(kind: str, settings: RecoverySettings) -> list[Any]:
 
     if kind == "resubmit" and settings.max_resubmits == 0:
         return [DoNothing()]
-    name = CONFIRM_DEPLOYMENT if kind == "zombie" else RECOVERY_DEPLOYMENT
-    window_s = int(settings.heartbeat_window.total_seconds())
+    checks = kind in ("zombie", "stuck")
+    name = CONFIRM_DEPLOYMENT if checks else RECOVERY_DEPLOYMENT
+    window_s = int((settings.pending_window if kind == "stuck" else settings.heartbeat_window).total_seconds())
     async with get_client() as client:
         try:
             deployment = await client.read_deployment_by_name(name)
         except ObjectNotFound:
             deployment = None
-    if deployment is None and kind == "zombie":
+    if deployment is None and checks:
         log.warning("zombie_check_not_installed", reason=f"no deployment {name}: silence alone marks a run Crashed")
-        return [ChangeFlowRunState(state=StateType.CRASHED, name="Crashed", message=silent_for(window_s))]
+        message = stuck_for(window_s) if kind == "stuck" else silent_for(window_s)
+        return [ChangeFlowRunState(state=StateType.CRASHED, name="Crashed", message=message)]
     if deployment is None:
         log.warning("recovery_not_installed", reason=f"no deployment {name}: run `make deploy`")
         return [DoNothing()]
@@ -139,6 +165,13 @@ async def recovery_actions(kind: str, settings: RecoverySettings) -> list[Any]:
 def silent_for(seconds: int) -> str:
     """The Crashed message of a run the zombie rule found dead."""
     return f"no heartbeat for {seconds} s: its worker or process died (marked by llm-pipeline recovery)"
+
+
+def stuck_for(seconds: int) -> str:
+    """The Crashed message of a run the stuck-pending rule found never started."""
+    return (
+        f"Pending for {seconds} s, never started: its worker died while starting it (marked by llm-pipeline recovery)"
+    )
 
 
 def heartbeat_seconds() -> int:
@@ -174,7 +207,8 @@ def last_heartbeat(client: Any, run_id: Any, since: datetime) -> datetime | None
 def crash_if_silent(flow_run_id: str, window_s: int = 90) -> State[str]:
     """The zombie rule's verdict, checked before it is carried out: the run is set Crashed only if it sends no
     heartbeat within a heartbeat's period (plus BEAT_LAG_S) from now. Ends Completed with the verdict ("alive",
-    "ended" or "crashed") as its result and, with the reason, as its state's message (the UI shows it).
+    "ended" or "crashed") as its result and, with the reason, as its state's message (the UI shows it). For a run
+    still Pending (the stuck-pending rule's), leaving Pending within that time is what spares it.
 
     The rule fires after RECOVERY_HEARTBEAT_WINDOW without a heartbeat, its last one at L: it fired at L + window
     or later, and this runs later still, so a dead run's heartbeats all precede now - window. One after that is a
@@ -194,22 +228,31 @@ def crash_if_silent(flow_run_id: str, window_s: int = 90) -> State[str]:
     began = datetime.now(UTC)
     newer_than = began - timedelta(seconds=window_s)
     deadline = time.monotonic() + heartbeat_seconds() + BEAT_LAG_S
+    pending: str | None = None  # the Pending-type state the run was found in
     with get_client(sync_client=True) as client:
         while True:
             run = client.read_flow_run(flow_run_id)
             if run.state is None or run.state.is_final():
                 return verdict("ended", f"{run.name} ended {getattr(run.state, 'name', None)} before the check")
-            beat = last_heartbeat(client, run.id, newer_than)
+            if run.state.is_pending():
+                pending = pending or run.state.name
+            elif pending:
+                return verdict("alive", f"{run.name} was {pending} for {window_s} s and went {run.state.name}")
+            beat = None if pending else last_heartbeat(client, run.id, newer_than)
             if beat is not None:
                 why = f"{run.name} was silent for {window_s} s (the API away?) and beat again at {beat.isoformat()}"
                 return verdict("alive", why, heartbeat=beat.isoformat())
             if time.monotonic() >= deadline:
                 break
             time.sleep(CONFIRM_POLL_S)
-        result = client.set_flow_run_state(run.id, Crashed(message=silent_for(window_s)))
+        result = client.set_flow_run_state(
+            run.id, Crashed(message=stuck_for(window_s) if pending else silent_for(window_s))
+        )
     if result.status != SetStateStatus.ACCEPT:  # it ended meanwhile: Prefect keeps its end
         return verdict("ended", f"{run.name} ended while the check waited ({str(result.details)[:120]})")
     waited = round((datetime.now(UTC) - began).total_seconds())
+    if pending:
+        return verdict("crashed", f"{run.name} was {pending} for {window_s} s and the {waited} s after: Crashed")
     return verdict("crashed", f"{run.name} sent no heartbeat in {window_s} s, nor in the {waited} s after: Crashed")
 
 

@@ -38,6 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     # must not crash the one left Running while the alerts are measured (tests/test_recovery.py tests it)
     with pytest.MonkeyPatch.context() as env, prefect_api(server.api_url):
         env.setenv("RECOVERY_HEARTBEAT_WINDOW", "1h")
+        env.setenv("RECOVERY_PENDING_WINDOW", "1h")  # nor the stuck-pending one a run set Pending by hand
         yield server
     server.stop()
 
@@ -133,7 +134,7 @@ def test_alerts_install_idempotently_and_page_on_real_failures(server, receivers
     hooks, mail = receivers
     settings = settings_for(hooks, mail)
     first = asyncio.run(apply_alerts(settings))
-    assert sorted(first.values()) == ["created"] * 7  # the five alerts and the two recovery automations
+    assert sorted(first.values()) == ["created"] * 8  # the five alerts and the three recovery automations
     assert set(asyncio.run(apply_alerts(settings)).values()) == {"unchanged"}  # idempotent
     with _client() as c:
         ours = [a for a in c.read_automations() if a.name.startswith(PREFIX) and "alert (" in a.description]

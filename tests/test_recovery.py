@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 POOL = "recovery-test-pool"
 CHILD_POOL = "recovery-test-child-pool"  # the GPU pool's part: a stage handed off by a run on POOL
 WINDOW_S = 55  # the zombie window in this test; heartbeats every 30 s (Prefect's minimum)
+PENDING_WINDOW_S = 40  # the stuck-pending window in this test (10 minutes by default)
 pytestmark = pytest.mark.slow
 
 
@@ -87,13 +88,20 @@ def deployed(server, hooks) -> dict[str, Any]:
     flow.from_source(source=str(ROOT), entrypoint="tests/orchestration_flows.py:times_out").deploy(
         name="slow", work_pool_name=POOL, concurrency_limit=limit, print_next_steps=False
     )
+    flow.from_source(source=str(ROOT), entrypoint="tests/slow_start_flow.py:slow_start").deploy(
+        name="victim", work_pool_name=POOL, concurrency_limit=limit, print_next_steps=False
+    )
     flow.from_source(source=str(ROOT), entrypoint="flows/recovery.py:resubmit_crashed").deploy(
         name=RECOVERY_FLOW, work_pool_name=POOL, print_next_steps=False
     )
     flow.from_source(source=str(ROOT), entrypoint="flows/recovery.py:crash_if_silent").deploy(
         name=CONFIRM_FLOW, work_pool_name=POOL, print_next_steps=False
     )
-    settings = RecoverySettings(heartbeat_window=timedelta(seconds=WINDOW_S), max_resubmits=1)
+    settings = RecoverySettings(
+        heartbeat_window=timedelta(seconds=WINDOW_S),
+        pending_window=timedelta(seconds=PENDING_WINDOW_S),
+        max_resubmits=1,
+    )
     outcome = asyncio.run(apply_alerts(AlertSettings(webhook_url=f"{hooks.url}/hook"), settings))
     assert outcome["llm-pipeline: crash zombie flow runs"] == "created"
     return {"settings": settings}
@@ -183,6 +191,40 @@ def test_a_killed_worker_leaves_no_zombie_and_its_run_is_resubmitted(server, dep
     print(f"\nworker SIGKILLed: Crashed after {detected_s:.0f} s, resubmission Completed {recovered_s:.0f} s after")
     # the window after the last heartbeat, the event pipeline, then the check: a heartbeat's period and its lag
     assert detected_s <= WINDOW_S + 30 + 20 + 30 + BEAT_LAG_S + 15
+
+
+def test_a_worker_killed_while_starting_a_run_leaves_it_pending_no_longer(
+    server, deployed, hooks, tmp_path: Path
+) -> None:
+    """The worker is SIGKILLed while its run's process still loads the flow (before Running, so no heartbeat ever
+    comes): the stuck-pending rule has the check mark the run Crashed once it has been Pending for the window, and
+    the run is resubmitted and completes on the worker that replaces it."""
+    from prefect.deployments import run_deployment
+
+    marker = tmp_path / "slow-start.pid"
+    first = Worker(server.api_url, POOL, tmp_path, env={"SLOW_START_MARKER": str(marker)})
+    try:
+        victim = run_deployment("slow-start/victim", timeout=0)
+        wait_until(marker.exists, 180, "the run's process to start loading its flow")
+        assert _state(victim.id).state.is_pending(), _state(victim.id).state
+        killed_at = time.monotonic()
+        _kill_tree(psutil.Process(first.process.pid))
+        first.process.wait(timeout=30)
+    finally:
+        first.log.close()
+    assert _gone(int(marker.read_text()))
+    with Worker(server.api_url, POOL, tmp_path):  # the worker that replaces it: the check and the resubmission run here
+        crashed = wait_until(lambda: (r := _state(victim.id)).state.is_crashed() and r, 300, "Crashed")
+        detected_s = time.monotonic() - killed_at
+        assert f"Pending for {PENDING_WINDOW_S} s, never started" in (crashed.state.message or ""), crashed.state
+        [again] = wait_until(lambda: _resubmissions(victim.id), 120, "the resubmitted run")
+        done = wait_until(lambda: (r := _state(again.id)).state.is_final() and r, 180, "the resubmission to end")
+        assert done.state.is_completed(), done.state
+    [page] = wait_until(lambda: _pages(hooks, victim.id, "recovery"), 60, "the recovery alert")
+    assert page["resubmitted_id"] == str(again.id), page
+    print(f"\nworker SIGKILLed while starting a run: Crashed after {detected_s:.0f} s (window {PENDING_WINDOW_S} s)")
+    # the window (counted from the Pending it was left in, before the kill), the event pipeline, the check's wait
+    assert detected_s <= PENDING_WINDOW_S + 30 + 20 + 30 + BEAT_LAG_S + 15
 
 
 def test_the_zombie_check_spares_a_run_that_beats_and_crashes_one_that_does_not(

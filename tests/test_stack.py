@@ -87,7 +87,7 @@ def test_deploy_twice_changes_nothing_the_second_time(stack, deployed) -> None:
     second = make("deploy", stack["env"], timeout=600)
     assert second.returncode == 0
     assert "pools, queues and limits already up to date" in second.stdout
-    assert second.stdout.count("alert unchanged") == 7  # five alerts, two recovery automations
+    assert second.stdout.count("alert unchanged") == 8  # five alerts, three recovery automations
     # The email action runs inside prefect-services: its block class must load there from the entry point.
     probe = "from prefect.blocks.core import Block; print(Block.get_block_class_from_key('llm-pipeline-smtp-email'))"
     loaded = compose(

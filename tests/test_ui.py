@@ -42,6 +42,7 @@ AUTOMATIONS = (
     "llm-pipeline: health threshold crossed",
     "llm-pipeline: crashed run resubmitted",
     "llm-pipeline: crash zombie flow runs",
+    "llm-pipeline: crash runs stuck pending",
     "llm-pipeline: resubmit crashed flow runs",
 )
 SCHEDULE_TIMEZONE = "UTC"  # the stack's PIPELINE_SCHEDULE_TIMEZONE (the .env.example default the tests use)
