@@ -83,7 +83,7 @@ def test_deploy_twice_changes_nothing_the_second_time(stack, deployed) -> None:
     first = deployed
     assert "deployed ev-charging-pipeline" in first.stdout and "cron '0 3 * * *' UTC" in first.stdout
     assert "deployed health-check" in first.stdout
-    assert first.stdout.count("alert created") == 7 and "no alert target configured" in first.stdout
+    assert first.stdout.count("alert created") == 8 and "no alert target configured" in first.stdout
     second = make("deploy", stack["env"], timeout=600)
     assert second.returncode == 0
     assert "pools, queues and limits already up to date" in second.stdout
