@@ -331,11 +331,11 @@ async def apply_alerts(
     recovery = recovery or RecoverySettings()
     blocks = await _apply_blocks(settings)
     outcome: dict[str, str] = {}
-    specs = automation_specs(settings) + recovery_specs(recovery)
+    # flows/recovery.py's automations act (their actions come from there); the alerts page
+    specs = [(spec, False) for spec in automation_specs(settings)] + [(spec, True) for spec in recovery_specs(recovery)]
     async with get_client() as client:
         existing = {a.name: a for a in await client.read_automations() if a.name.startswith(PREFIX)}
-        for spec in specs:
-            recovering = spec["kind"] in ("zombie", "stuck", "resubmit")  # flows/recovery.py's: they act, not page
+        for spec, recovering in specs:
             trigger = EventTrigger(**spec["trigger"])
             automation = AutomationCore(
                 name=spec["name"],

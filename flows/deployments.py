@@ -15,7 +15,7 @@ scheduled run never overlaps the previous one: the next waits in the queue inste
 | evaluate-models (each GPU-pool stage)  | run-stage      | GPU       | high   | none (called by the above)|
 | health-check                           | health-check   | CPU       | normal | 0 * * * * (hourly)        |
 | resubmit-crashed                       | resubmit-crashed| CPU      | high   | none (the recovery automation)|
-| crash-silent-run                       | crash-silent-run| CPU      | high   | none (the zombie and stuck-pending automations) |
+| crash-silent-run                       | crash-silent-run| CPU      | high   | none (zombie, stuck-pending rules)|
 | test-pipeline-docker                   | llm-pipeline   | docker    | low    | none (the docker variant) |
 
 The docker variant runs from the project image (code baked in at /app), one container per flow run.

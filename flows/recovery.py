@@ -136,18 +136,19 @@ async def recovery_actions(kind: str, settings: RecoverySettings) -> list[Any]:
 
     if kind == "resubmit" and settings.max_resubmits == 0:
         return [DoNothing()]
-    checks = kind in ("zombie", "stuck")
-    name = CONFIRM_DEPLOYMENT if checks else RECOVERY_DEPLOYMENT
-    window_s = int((settings.pending_window if kind == "stuck" else settings.heartbeat_window).total_seconds())
+    # the rules that have the check run: the window each fires on, and the message of the mark without the check
+    checked = {"zombie": (settings.heartbeat_window, silent_for), "stuck": (settings.pending_window, stuck_for)}
+    window, crashed_message = checked.get(kind, (settings.heartbeat_window, silent_for))
+    window_s = int(window.total_seconds())
+    name = CONFIRM_DEPLOYMENT if kind in checked else RECOVERY_DEPLOYMENT
     async with get_client() as client:
         try:
             deployment = await client.read_deployment_by_name(name)
         except ObjectNotFound:
             deployment = None
-    if deployment is None and checks:
+    if deployment is None and kind in checked:
         log.warning("zombie_check_not_installed", reason=f"no deployment {name}: silence alone marks a run Crashed")
-        message = stuck_for(window_s) if kind == "stuck" else silent_for(window_s)
-        return [ChangeFlowRunState(state=StateType.CRASHED, name="Crashed", message=message)]
+        return [ChangeFlowRunState(state=StateType.CRASHED, name="Crashed", message=crashed_message(window_s))]
     if deployment is None:
         log.warning("recovery_not_installed", reason=f"no deployment {name}: run `make deploy`")
         return [DoNothing()]
