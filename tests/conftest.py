@@ -44,6 +44,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
+import psutil  # noqa: E402
 import pytest  # noqa: E402
 
 pytest_plugins = ["tests.stack"]  # the compose stack, shared by test_stack.py and test_ui.py
@@ -270,6 +271,7 @@ class Worker:
         if limit is not None:
             command += ["--limit", str(limit)]
         self._terminated: float | None = None  # when SIGTERM was sent
+        self._family: set[psutil.Process] = set()  # the flow-run processes seen under it
         self.process = subprocess.Popen(
             command,
             stdout=self.log,
@@ -291,12 +293,21 @@ class Worker:
         import signal
 
         if self.process.poll() is None and self._terminated is None:
+            self._note_family()
             os.killpg(self.process.pid, signal.SIGTERM)
             self._terminated = time.monotonic()
 
+    def _note_family(self) -> None:
+        """Remember the processes under the worker: Prefect starts each flow run's process in a session of its
+        own, so a signal to the worker's group does not reach it, and once the worker is gone it has no parent
+        to be found by."""
+        with contextlib.suppress(psutil.Error):
+            self._family.update(psutil.Process(self.process.pid).children(recursive=True))
+
     def stop(self) -> None:
-        """SIGTERM, then up to 20 s from it for the worker to end, then SIGKILL. Several workers: `terminate` each
-        first, so that their 20 s run together."""
+        """SIGTERM, then up to 20 s from it for the worker to end, then SIGKILL; then SIGKILL to any flow-run
+        process it left (a run past its timeout still sleeping, say), so that none outlives its test and loads
+        the next ones. Several workers: `terminate` each first, so that their 20 s run together."""
         import signal
 
         self.terminate()
@@ -304,7 +315,13 @@ class Worker:
             try:
                 self.process.wait(timeout=max(0.0, 20 - (time.monotonic() - (self._terminated or 0.0))))
             except subprocess.TimeoutExpired:
+                self._note_family()
                 os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        for process in self._family:
+            with contextlib.suppress(psutil.Error):  # is_running: the same process, not a reused pid
+                if process.is_running():
+                    process.kill()
         self.log.close()
 
     def __enter__(self) -> Worker:
