@@ -60,12 +60,12 @@ def pairs_between(
     pairs: list[tuple[int, int, float]] = []
     for offset in range(0, len(left), BLOCK_ROWS):
         rows = left[offset : offset + BLOCK_ROWS]
-        near = np.nonzero(rows @ right.T >= threshold - RESCORE_MARGIN)
-        first, second = near[0] + left_start + offset, near[1] + right_start
-        ahead = second > first
-        similarities = cosines(rows[near[0][ahead]], right[near[1][ahead]])
+        r, c = np.nonzero(rows @ right.T >= threshold - RESCORE_MARGIN)
+        ahead = c + right_start > r + left_start + offset  # each pair once, as (i < j)
+        r, c = r[ahead], c[ahead]
+        similarities = cosines(rows[r], right[c])
         true = similarities >= threshold
-        first, second = first[ahead][true], second[ahead][true]
+        first, second = r[true] + left_start + offset, c[true] + right_start
         pairs += zip(first.tolist(), second.tolist(), similarities[true].tolist(), strict=True)
     return pairs
 
