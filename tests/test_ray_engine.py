@@ -231,26 +231,45 @@ def _kill_a_task_during(work: Any, task: str, ready: Any = lambda: True) -> tupl
     thread.start()
     killed = None
     deadline = time.monotonic() + 120
+    watch = _RayTasks()
     while thread.is_alive() and killed is None and time.monotonic() < deadline:
         if ready():
-            for process in _ray_task_processes(task):
-                os.kill(process.pid, signal.SIGKILL)
-                killed = process.pid
+            for pid in watch.running(task):
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
                 break
         time.sleep(0.005)
     thread.join(timeout=300)
     return outcome, killed
 
 
-def _ray_task_processes(name: str) -> list[Any]:
-    import psutil
+class _RayTasks:
+    """The worker processes running a Ray task, cheap enough to ask every few milliseconds. A Ray worker titles its
+    process `ray::<task or actor method>` while it runs one (`ray::IDLE` between): the processes so titled are listed
+    every `relist_s`, a new actor's within that, and only their titles are read in between. (A whole process listing
+    at each poll took most of a core on a 2-core machine, from the very stage it watched.)"""
 
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info.get("cmdline") or []
-        if cmdline and cmdline[0].startswith(f"ray::{name}"):
-            found.append(process)
-    return found
+    def __init__(self, relist_s: float = 0.2):
+        self.relist_s = relist_s
+        self.listed_at = -relist_s
+        self.pids: list[int] = []
+
+    def running(self, name: str) -> list[int]:
+        import psutil
+
+        if time.monotonic() - self.listed_at >= self.relist_s:
+            self.listed_at = time.monotonic()
+            listed = psutil.process_iter(["cmdline"])
+            self.pids = [p.pid for p in listed if (p.info.get("cmdline") or [""])[0].startswith("ray::")]
+        title = f"ray::{name}".encode()
+        found = []
+        for pid in self.pids:
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(title):
+                    found.append(pid)
+            except OSError:  # ended since the listing
+                continue
+        return found
 
 
 def test_semantic_embeddings_on_actors_give_the_local_clusters(ray_cluster, real_text: Path, tmp_path: Path) -> None:
@@ -605,7 +624,8 @@ def test_a_head_that_dies_mid_stage_fails_the_stage_naming_the_address(
         stage = threading.Thread(target=run)
         started = time.monotonic()
         stage.start()
-        while stage.is_alive() and not _ray_task_processes("_load_file") and time.monotonic() - started < 120:
+        watch = _RayTasks()
+        while stage.is_alive() and not watch.running("_load_file") and time.monotonic() - started < 120:
             time.sleep(0.05)
         gcs = [p for p in psutil.process_iter(["cmdline"]) if "gcs_server" in " ".join(p.info["cmdline"] or [])
                and any(c.laddr.port == int(port) for c in p.net_connections("tcp"))]  # fmt: skip
