@@ -280,6 +280,71 @@ def test_the_zombie_check_spares_a_run_that_beats_and_crashes_one_that_does_not(
     print(f"\nzombie check: a beating run spared, a silent one Crashed {crashed_s:.0f} s after the check began")
 
 
+def test_without_the_check_deployment_silence_alone_marks_a_run_crashed(hooks, tmp_path: Path) -> None:
+    """The rules' fallback where `make deploy` has not deployed the crash-silent-run check (an older stack, a
+    deployment deleted by hand): installed anyway, they mark a run Crashed on silence alone (no check, so an API
+    outage longer than the window would mark live runs too: the README's trade), and the crash pages. Both rules,
+    on a server of its own with no worker: a run set Running by hand sends no heartbeat, as a killed one; a run set
+    Pending never starts, as one whose worker died while starting it. No resubmit-crashed deployment either: the
+    resubmit rule does nothing, and the Crashed run stays the end."""
+    from prefect import flow
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import State
+
+    from flows.alerts import AlertSettings, apply_alerts
+    from flows.recovery import RecoverySettings, silent_for, stuck_for
+    from workers.pools import process_job_template
+
+    home = tmp_path / "bare-server"
+    home.mkdir()
+    bare = PrefectServer(home)
+    try:
+        with prefect_api(bare.api_url):
+            with _client() as client:
+                client.create_work_pool(
+                    WorkPoolCreate(name=POOL, type="process", base_job_template=process_job_template())
+                )
+            flow.from_source(source=str(ROOT), entrypoint="tests/orchestration_flows.py:sleep_once").deploy(
+                name="victim", work_pool_name=POOL, print_next_steps=False
+            )
+            window = timedelta(seconds=15)
+            settings = RecoverySettings(heartbeat_window=window, pending_window=window, max_resubmits=1)
+            asyncio.run(apply_alerts(AlertSettings(webhook_url=f"{hooks.url}/hook"), settings))
+            with _client() as client:
+                actions = {a.name: [action.type for action in a.actions] for a in client.read_automations()}
+                assert actions["llm-pipeline: crash zombie flow runs"] == ["change-flow-run-state"], actions
+                assert actions["llm-pipeline: crash runs stuck pending"] == ["change-flow-run-state"], actions
+                assert actions["llm-pipeline: resubmit crashed flow runs"] == ["do-nothing"], actions
+                deployment = client.read_deployment_by_name("sleep-once/victim")
+                runs = {}
+                for name, state in (("silent", StateType.RUNNING), ("stuck", StateType.PENDING)):
+                    runs[name] = client.create_flow_run_from_deployment(
+                        deployment.id, parameters={"marker": str(tmp_path / name)}
+                    )
+                    client.set_flow_run_state(runs[name].id, State(type=state), force=True)
+            started = time.monotonic()
+            crashed = {
+                name: wait_until(lambda r=run: (s := _state(r.id)).state.is_crashed() and s, 120, f"{name} Crashed")
+                for name, run in runs.items()
+            }
+            marked_s = time.monotonic() - started
+            assert crashed["silent"].state.message == silent_for(15), crashed["silent"].state
+            assert crashed["stuck"].state.message == stuck_for(15), crashed["stuck"].state
+            assert marked_s >= 15 - 1  # not before the window
+            # one page for both: one message per deployment per cooldown (flows/alerts.py)
+            pages = wait_until(
+                lambda: [p for run in runs.values() for p in _pages(hooks, run.id, "failed")], 60, "the crash alert"
+            )
+            assert [p["state"] for p in pages] == ["Crashed"], pages
+            assert any(why in pages[0]["message"] for why in (silent_for(15), stuck_for(15))), pages
+            with _client() as client:
+                assert len(client.read_flow_runs()) == 2  # nothing resubmitted, no check run
+    finally:
+        bare.stop()
+    print(f"\nno check deployment: both runs Crashed on silence alone within {marked_s:.0f} s")
+
+
 def test_a_resubmission_that_crashes_again_is_not_resubmitted_twice(server, deployed, hooks, tmp_path: Path) -> None:
     """RECOVERY_MAX_RESUBMITS=1 per original run: the resubmitted run's crash is the end, and a page says a person
     must look (the failure alert's cooldown may swallow a second crash of one deployment; this one has none)."""
