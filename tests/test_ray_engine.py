@@ -303,11 +303,12 @@ def test_the_ivf_search_on_ray_gives_the_local_clusters(
     """`semantic_search: ivf` over 9,217 docstrings in five blocks of vectors (2,048 rows; the last one's last run
     of the search a single row): a task trains the cells on the sampled rows that each block hands over, tasks file
     each block's rows in their cells, fill the index (with `ivf_shards`, one task a part by cells, from its rows of
-    every block) into the object store, and search it a block and a part at a time (with sq8, re-scoring on the
-    block's and the part's float vectors); the clusters are the local stage's (its own whole index over the same
-    vectors), similarities included. With 32 cells the cells are trained on a sample (64 rows a cell: 2,048 of
-    9,217) drawn from the blocks, and searched 2 at a time: which pairs are found depends on the cells, so on the
-    rows they were trained on; otherwise on every row."""
+    every block) into the object store, and search it a block and a part at a time, re-scoring each pair on the
+    block's and the part's float vectors (flat: read from the part itself; sq8: handed over beside it); the
+    clusters are the local stage's (its own whole index over the same vectors), similarities included. With 32
+    cells the cells are trained on a sample (64 rows a cell: 2,048 of 9,217) drawn from the blocks, and searched 2
+    at a time: which pairs are found depends on the cells, so on the rows they were trained on; otherwise on every
+    row."""
     dedup = {"method": "semantic", "embedding_backend": "static", "semantic_search": "ivf", "ivf_codec": codec,
              "ivf_shards": parts, "ivf_lists": lists, "ivf_probes": 2 if lists else 16}  # fmt: skip
     base = {"data": {"path": str(real_text)}, "dedup": dedup}

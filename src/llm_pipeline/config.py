@@ -183,7 +183,8 @@ class DedupConfig(Section):
     ivf_codec: Literal["flat", "sq8"] = Field(
         "flat",
         description="ivf: the index's copy of the vectors: flat (float32) or sq8 (one byte a dimension, a quarter "
-        "of the memory; found pairs re-scored on the float vectors, so only true pairs are reported).",
+        "of the memory). Either way found pairs are re-scored on the float vectors: only true pairs are reported, "
+        "with the exact search's cosine.",
     )
     ivf_shards: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
         "auto",

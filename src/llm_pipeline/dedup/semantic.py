@@ -7,10 +7,12 @@ n^2 * probes / lists dot products, approximate (a pair whose two rows fall in ce
 recall is measured in docs/benchmarks.md). `auto` is exact up to EXACT_SEARCH_MAX documents, ivf above.
 
 The ivf index holds the vectors again: `flat` as float32 (4 bytes a dimension, 15 GB for 10M MiniLM vectors),
-`sq8` as faiss's 8-bit scalar quantizer (1 byte a dimension). A quantized inner product is off by up to ~0.002
-on real vectors (measured: docs/benchmarks.md), so with `sq8` the index is searched SQ8_MARGIN under the threshold
-and every pair it finds is re-scored on the float vectors: it reports only pairs that truly reach the threshold,
-with their exact cosine, as `flat` does.
+`sq8` as faiss's 8-bit scalar quantizer (1 byte a dimension). Either way every pair the index finds is re-scored
+on the float vectors by `cosines`, as the exact search keeps its candidates: an ivf search reports only pairs that
+reach the threshold by the exact search's own value, to the bit. A quantized inner product is off by up to ~0.002
+on real vectors (measured: docs/benchmarks.md), so `sq8` is searched SQ8_MARGIN under the threshold; faiss's float32
+products (flat) depend on the CPU's kernel and the batch like any BLAS product, so `flat` is searched RESCORE_MARGIN
+under it: a pair on the threshold is in or out on every machine and engine alike.
 """
 
 from __future__ import annotations
@@ -239,35 +241,35 @@ def ivf_block_pairs(
     lookup: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[tuple[int, int, float]]:
     """The pairs found from rows [start, start + BLOCK_ROWS) of `vectors` as queries, each as (i < j): a pair can be
-    found from either of its rows (their cells differ), so blocks overlap; `merged_pairs` joins them. A `quantized`
-    index is searched SQ8_MARGIN lower and each pair kept on its exact cosine, from the float vectors of its rows
-    (`lookup` by row number; by default `vectors` holds every row). `probed`: the block's coarse search
-    (`ivf_probed`), done once for all of an index's shards instead of by each. `base`: the row number of
-    `vectors[0]` (the Ray engine's blocks of vectors are parts of the whole)."""
+    found from either of its rows (their cells differ), so blocks overlap; `merged_pairs` joins them. The index is
+    searched a margin under the threshold (SQ8_MARGIN for a `quantized` one, else RESCORE_MARGIN) and each pair kept
+    on its `cosines` value, from the float vectors of its rows (`lookup` by row number; by default `vectors` holds
+    every row). `probed`: the block's coarse search (`ivf_probed`), done once for all of an index's shards instead
+    of by each. `base`: the row number of `vectors[0]` (the Ray engine's blocks of vectors are parts of the whole)."""
     block = np.ascontiguousarray(vectors[start : start + BLOCK_ROWS], dtype=np.float32)
-    rescore = quantized(index)
-    radius = threshold - SQ8_MARGIN if rescore else threshold
-    # faiss returns inner products strictly above the radius: the next float down keeps ">= threshold"
+    radius = threshold - (SQ8_MARGIN if quantized(index) else RESCORE_MARGIN)
+    # faiss returns inner products strictly above the radius
     radius = float(np.nextafter(np.float32(radius), np.float32(-2)))
     if probed is None:
-        limits, similarities, ids = index.range_search(block, radius)
+        limits, _, ids = index.range_search(block, radius)
     else:
-        limits, similarities, ids = index.range_search_preassigned(block, radius, *probed)
-    first_row = base + start
-    rows = np.repeat(np.arange(first_row, first_row + len(block), dtype=np.int64), np.diff(limits).astype(np.int64))
+        limits, _, ids = index.range_search_preassigned(block, radius, *probed)
+    local = np.repeat(np.arange(len(block), dtype=np.int64), np.diff(limits).astype(np.int64))
+    rows = local + (base + start)
     other = ids != rows
-    first, second, similarities = np.minimum(rows, ids)[other], np.maximum(rows, ids)[other], similarities[other]
-    if rescore:
-        rows_of = lookup if lookup is not None else vectors.__getitem__
-        similarities = cosines(rows_of(first), rows_of(second))  # the exact search's value, to the bit
-        true = similarities >= threshold
-        first, second, similarities = first[true], second[true], similarities[true]
+    local, rows, ids = local[other], rows[other], ids[other]
+    rows_of = lookup if lookup is not None else vectors.__getitem__
+    # the exact search's value, to the bit (a product is the same either way round): the query rows from the block
+    similarities = cosines(block[local], rows_of(ids))
+    true = similarities >= threshold
+    rows, ids, similarities = rows[true], ids[true], similarities[true]
+    first, second = np.minimum(rows, ids), np.maximum(rows, ids)
     return list(zip(first.tolist(), second.tolist(), similarities.tolist(), strict=True))
 
 
 def merged_pairs(blocks: Iterable[list[tuple[int, int, float]]]) -> list[tuple[int, int, float]]:
-    """Each pair once, in (i, j) order, with the highest similarity it was found with (the two directions' dot
-    products can differ in the last bit)."""
+    """Each pair once, in (i, j) order, with its similarity (re-scored the same way from either of its rows; the
+    highest kept all the same)."""
     best: dict[tuple[int, int], float] = {}
     for block in blocks:
         for i, j, similarity in block:

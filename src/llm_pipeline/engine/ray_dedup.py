@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -636,17 +636,27 @@ def _ivf_pairs(
     """The ivf search from a run of blocks of vectors (rows from `bases` on), BLOCK_ROWS rows at a time, against
     one part of the index (serialized by faiss: opened once for the run), on one thread (the task holds one CPU).
     `probed`: with a sharded index, the run's coarse search (`_ivf_coarse`), shared by the tasks of every part.
-    `rescore`: a quantized part's rows and their float vectors (`_ivf_part`), which with the block's own re-score
-    each pair found."""
+    Each pair found is re-scored on its rows' float vectors: the block's own, and for a row of the part, a
+    quantized part's float vectors (`rescore`: its rows and their vectors, from `_ivf_part`) or a flat part's own
+    (stored as they are, read through a row-number map built once here)."""
     import faiss
 
     from llm_pipeline.dedup.semantic import BLOCK_ROWS, ivf_block_pairs
 
     faiss.omp_set_num_threads(1)
     opened = faiss.deserialize_index(index)
+    if rescore is None:  # flat: the part holds its rows' float32 vectors under their row numbers
+        opened.set_direct_map_type(faiss.DirectMap.Hashtable)
+        others = opened.reconstruct_batch
+    else:
+        rows, floats = rescore
+
+        def others(ids: np.ndarray) -> np.ndarray:
+            return floats[np.searchsorted(rows, ids)]
+
     found = []
     for b, (base, vectors) in enumerate(zip(bases, blocks, strict=True)):
-        lookup = _rescoring(vectors, base, *rescore) if rescore is not None else None
+        lookup = _rescoring(vectors, base, others)
         found.extend(
             ivf_block_pairs(opened, vectors, start, threshold, probed[b][k] if probed else None, base, lookup)
             for k, start in enumerate(range(0, len(vectors), BLOCK_ROWS))
@@ -654,15 +664,16 @@ def _ivf_pairs(
     return found
 
 
-def _rescoring(vectors: np.ndarray, base: int, rows: np.ndarray, floats: np.ndarray) -> Any:
+def _rescoring(vectors: np.ndarray, base: int, others: Callable[[np.ndarray], np.ndarray]) -> Any:
     """The float vector of each row of a pair an index part found from a block: the block's own (rows from `base`
-    on), else the part's (`rows`, ascending, and their `floats`): a row the part's search found is in the part."""
+    on), else the part's (`others` by row number): a row the part's search found is in the part."""
 
     def lookup(ids: np.ndarray) -> np.ndarray:
         found = np.empty((len(ids), vectors.shape[1]), dtype=np.float32)
         mine = (ids >= base) & (ids < base + len(vectors))
         found[mine] = vectors[ids[mine] - base]
-        found[~mine] = floats[np.searchsorted(rows, ids[~mine])]
+        if not mine.all():
+            found[~mine] = others(np.ascontiguousarray(ids[~mine], dtype=np.int64))
         return found
 
     return lookup
