@@ -14,11 +14,13 @@ import tracemalloc
 from pathlib import Path
 
 import docx
+import pptx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
 from fpdf import FPDF
+from pptx.util import Inches
 
 from llm_pipeline.config import DataConfig
 from llm_pipeline.errors import DataValidationError
@@ -291,6 +293,74 @@ def test_a_pdf_with_no_text_layer_and_a_pdf_that_is_not_one(tmp_path: Path) -> N
     assert rejected(result) == {"scan": "empty_text"}
     status = {f.path: f.status for f in result.files}
     assert status == {"fake.docx": "failed", "fake.pdf": "failed", "real.pdf": "loaded", "scan.pdf": "loaded"}
+
+
+def write_deck(path: Path) -> None:
+    """Three slides as a team makes them: a title slide, bullets with speaker notes, a table and a group of shapes."""
+    deck = pptx.Presentation()
+    deck.core_properties.title = ""  # python-pptx's template says "PowerPoint Presentation": a real deck's is blank
+    first = deck.slides.add_slide(deck.slide_layouts[0])
+    first.shapes.title.text = "Depot charging plan"
+    first.placeholders[1].text = "Fleet of 40 vans, overnight"
+    second = deck.slides.add_slide(deck.slide_layouts[1])
+    second.shapes.title.text = "Power budget"
+    body = second.placeholders[1].text_frame
+    body.text = "Grid connection: 250 kW"
+    body.add_paragraph().text = "Load management caps each charger at 11 kW"
+    second.notes_slide.notes_text_frame.text = "The utility upgrade takes nine months."
+    third = deck.slides.add_slide(deck.slide_layouts[5])
+    third.shapes.title.text = "Chargers"
+    table = third.shapes.add_table(2, 2, Inches(1), Inches(2), Inches(6), Inches(1)).table
+    for (row, column), text in {(0, 0): "Model", (0, 1): "Power", (1, 0): "Wallbox Pro", (1, 1): "22 kW"}.items():
+        table.cell(row, column).text = text
+    group = third.shapes.add_group_shape()
+    group.shapes.add_textbox(Inches(1), Inches(4), Inches(3), Inches(1)).text_frame.text = "Grouped callout text"
+    deck.save(str(path))
+
+
+def test_slides_restructuredtext_and_asciidoc_load_with_their_titles_and_slide_starts(tmp_path: Path) -> None:
+    write_deck(tmp_path / "plan.pptx")
+    write_deck(tmp_path / "exported-deck")  # no suffix: told by the zip's contents
+    (tmp_path / "broken.pptx").write_bytes(b"PK\x03\x04 not a zip")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "install.rst").write_text(
+        ".. _install:\n\n=============\nInstallation\n=============\n\nMount the unit 1.2 m above the floor.\n\n"
+        "Wiring\n------\n\nUse a 6 mm2 cable.\n"
+    )
+    (tmp_path / "docs" / "notes.rest").write_text("No heading here, only a paragraph about cables.\n")
+    (tmp_path / "docs" / "ops.adoc").write_text(
+        "// a comment line\n= Operations Handbook\n:toc:\n\n== Daily checks\n\nInspect each cable.\n"
+    )
+    (tmp_path / "docs" / "part.asciidoc").write_text("== Tariffs\n\nNight rate: 0.12 EUR per kWh.\n")
+    (tmp_path / "docs" / "guide.rst.gz").write_bytes(gzip.compress(b"Guide\n=====\n\nCompressed rst.\n"))
+
+    result = load(tmp_path)
+
+    docs = {d.id: d for d in result.documents}
+    assert set(docs) == {"plan", "exported-deck", "docs/install", "docs/notes", "docs/ops", "docs/part", "docs/guide"}
+    plan = docs["plan"]
+    assert plan.metadata["title"] == "Depot charging plan" and plan.metadata["slides"] == 3
+    starts = plan.metadata["slide_starts"]
+    assert plan.text[: starts[1]].strip() == "Depot charging plan Fleet of 40 vans, overnight"
+    assert plan.text[starts[1] : starts[2]].strip() == (
+        "Power budget Grid connection: 250 kW Load management caps each charger at 11 kW "
+        "The utility upgrade takes nine months."
+    )
+    assert plan.text[starts[2] :] == "Chargers Model Power Wallbox Pro 22 kW Grouped callout text"
+    assert docs["exported-deck"].text == plan.text
+    install = docs["docs/install"]
+    assert install.metadata == {"title": "Installation", "source_file": "docs/install.rst", "category": "docs"}
+    assert "Use a 6 mm2 cable." in install.text
+    assert "title" not in docs["docs/notes"].metadata
+    assert docs["docs/ops"].metadata["title"] == "Operations Handbook"
+    assert docs["docs/part"].metadata["title"] == "Tariffs"
+    assert docs["docs/guide"].metadata["title"] == "Guide"
+    status = {f.path: (f.status, f.format) for f in result.files}
+    assert status["broken.pptx"] == ("failed", "pptx")
+    assert {f.path: f.reason for f in result.files}["broken.pptx"] == "not a readable PPTX: not a zip archive"
+    assert status["exported-deck"] == ("loaded", "pptx") and status["docs/ops.adoc"] == ("loaded", "asciidoc")
+    assert status["docs/notes.rest"] == ("loaded", "rst") and status["docs/guide.rst.gz"] == ("loaded", "rst")
+    assert result.rejects == []
 
 
 def test_a_utf16_json_array_streams_like_utf8(tmp_path: Path) -> None:

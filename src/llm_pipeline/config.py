@@ -72,11 +72,25 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     path: Path = Field(
-        description="A file or a folder (read recursively): JSONL, JSON, CSV/TSV, Parquet, .txt, .md, HTML, PDF, "
-        "DOCX; the text formats also .gz, .bz2, .xz, .zst."
+        description="A file or a folder (read recursively): JSONL, JSON, CSV/TSV, Parquet, .txt, .md, .rst, .adoc, "
+        "HTML, PDF, DOCX, PPTX; the text formats also .gz, .bz2, .xz, .zst."
     )
     format: Literal[
-        "auto", "folder", "jsonl", "json", "csv", "tsv", "parquet", "text", "markdown", "html", "pdf", "docx"
+        "auto",
+        "folder",
+        "jsonl",
+        "json",
+        "csv",
+        "tsv",
+        "parquet",
+        "text",
+        "markdown",
+        "rst",
+        "asciidoc",
+        "html",
+        "pdf",
+        "docx",
+        "pptx",
     ] = Field("auto", description="auto: by each file's name and first bytes. A single file's format otherwise.")
     max_chars: int = Field(50_000, gt=0, description="Longer records are quarantined.")
     limit: int | None = Field(None, gt=0, description="Read at most this many good records (quick runs).")

@@ -1,11 +1,14 @@
-"""Files that are one document each: plain text, Markdown, HTML (main content only, by trafilatura), PDF (the
-text layer, by pypdf, with where each page starts) and DOCX (by python-docx). Each reader returns the document's
-raw record (text, metadata) or raises BadRecord; its id is given by the folder walk (the file's relative path)."""
+"""Files that are one document each: plain text, the markup formats docs are written in (Markdown,
+reStructuredText, AsciiDoc: kept as written, the title found), HTML (main content only, by trafilatura), PDF (the
+text layer, by pypdf, with where each page starts), DOCX (by python-docx) and PowerPoint (by python-pptx, with
+where each slide starts). Each reader returns the document's raw record (text, metadata) or raises BadRecord; its
+id is given by the folder walk (the file's relative path)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,13 @@ from llm_pipeline.ingest.sources import Kind, UnreadableFile, open_binary, read_
 
 HTML_MARKUP_FACTOR = 20  # an HTML page may carry this many bytes of markup per character of text
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+# reStructuredText: a line underlined (and maybe overlined) with one punctuation character repeated, at least as
+# long as the title; the first such section title is the document's
+_RST_HEADING = re.compile(
+    r"^(?:([!-/:-@\[-`{-~])\1+\n)?[ \t]*(\S[^\n]*?)[ \t]*\n([!-/:-@\[-`{-~])\3+[ \t]*$", re.MULTILINE
+)
+# AsciiDoc: the document title `= Title` (level 0), else the first section title `== Section`
+_ADOC_HEADING = re.compile(r"^={1,6}[ \t]+(\S.*?)[ \t]*$", re.MULTILINE)
 
 
 def _read_text(path: Path, kind: Kind, max_bytes: int) -> str:
@@ -35,6 +45,22 @@ def markdown_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     text = _read_text(path, kind, max_bytes)
     heading = _HEADING.search(text)
     return {"text": text, "metadata": {"title": heading.group(1).strip()} if heading else {}}
+
+
+def rst_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
+    text = _read_text(path, kind, max_bytes)
+    for found in _RST_HEADING.finditer(text):
+        title = found.group(2)
+        underline = found.group(0).rstrip().rsplit("\n", 1)[1].strip()
+        if len(underline) >= len(title) and not (found.group(1) and found.group(1) != found.group(3)):
+            return {"text": text, "metadata": {"title": title}}
+    return {"text": text, "metadata": {}}
+
+
+def asciidoc_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
+    text = _read_text(path, kind, max_bytes)
+    heading = _ADOC_HEADING.search(text)
+    return {"text": text, "metadata": {"title": heading.group(1)} if heading else {}}
 
 
 def html_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
@@ -107,10 +133,63 @@ def docx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}}
 
 
+def _shape_texts(shapes: Any) -> Iterator[str]:
+    """The text of a slide's shapes in the deck's order: text frames by paragraph, tables by cell, groups opened."""
+    from pptx.enum.shapes import MSO_SHAPE_TYPE
+
+    for shape in shapes:
+        if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
+            yield from _shape_texts(shape.shapes)
+        elif getattr(shape, "has_table", False) and shape.has_table:
+            yield from (cell.text for row in shape.table.rows for cell in row.cells)
+        elif getattr(shape, "has_text_frame", False) and shape.has_text_frame:
+            yield from (paragraph.text for paragraph in shape.text_frame.paragraphs)
+
+
+def pptx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
+    """Each slide's text (its shapes, tables and groups in order, then its speaker notes, which often carry what the
+    slide only names); `slide_starts[i]` is where slide i + 1 begins in the (normalized) text, as a PDF's pages."""
+    import pptx
+
+    if not zipfile.is_zipfile(path):
+        raise UnreadableFile("not a readable PPTX: not a zip archive")
+    try:
+        deck = pptx.Presentation(str(path))
+        slides = list(deck.slides)
+    except Exception as exc:  # python-pptx raises several types for a damaged or foreign file
+        raise UnreadableFile(f"not a readable PPTX: {type(exc).__name__}: {exc}") from exc
+    parts: list[str] = []
+    starts: list[int] = []
+    position = 0
+    first_title = None
+    for slide in slides:
+        lines = list(_shape_texts(slide.shapes))
+        if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
+            lines.append(slide.notes_slide.notes_text_frame.text)
+        title_shape = slide.shapes.title
+        if first_title is None and title_shape is not None and title_shape.text.strip():
+            first_title = title_shape.text.strip()
+        text = normalize_text("\n".join(line for line in lines if line.strip()))
+        starts.append(position)
+        if text:
+            parts.append(text)
+            position += len(text) + 1
+        if position > max_bytes:
+            raise BadRecord(f"too_long: over {max_bytes} characters of text by slide {len(starts)}")
+    title = deck.core_properties.title or first_title
+    metadata: dict[str, Any] = {"slides": len(slides), "slide_starts": starts}
+    if title:
+        metadata["title"] = title
+    return {"text": " ".join(parts), "metadata": metadata}
+
+
 WHOLE_FILE: dict[str, Callable[[Path, Kind, int], dict[str, Any]]] = {
     "text": text_document,
     "markdown": markdown_document,
+    "rst": rst_document,
+    "asciidoc": asciidoc_document,
     "html": html_document,
     "pdf": pdf_document,
     "docx": docx_document,
+    "pptx": pptx_document,
 }

@@ -37,13 +37,18 @@ FORMATS_BY_SUFFIX = {
     ".text": "text",
     ".md": "markdown",
     ".markdown": "markdown",
+    ".rst": "rst",
+    ".rest": "rst",
+    ".adoc": "asciidoc",
+    ".asciidoc": "asciidoc",
     ".html": "html",
     ".htm": "html",
     ".xhtml": "html",
     ".pdf": "pdf",
     ".docx": "docx",
+    ".pptx": "pptx",
 }
-BINARY_FORMATS = {"parquet", "pdf", "docx"}  # need the whole file, seekable: never compressed here
+BINARY_FORMATS = {"parquet", "pdf", "docx", "pptx"}  # need the whole file, seekable: never compressed here
 # Byte-order marks, longest first: UTF-32-LE's starts with UTF-16-LE's.
 _BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
@@ -60,7 +65,7 @@ class UnreadableFile(Exception):
 
 @dataclass(frozen=True)
 class Kind:
-    format: str  # jsonl, json, csv, tsv, parquet, text, markdown, html, pdf, docx
+    format: str  # jsonl, json, csv, tsv, parquet, text, markdown, rst, asciidoc, html, pdf, docx, pptx
     compression: str | None = None
 
 
@@ -89,9 +94,12 @@ def _sniff_format(path: Path, head: bytes) -> str | None:
     if head.startswith(b"PK\x03\x04"):
         try:
             with zipfile.ZipFile(path) as archive:
-                return "docx" if "word/document.xml" in archive.namelist() else None
+                names = set(archive.namelist())
         except zipfile.BadZipFile:
             return None
+        if "word/document.xml" in names:
+            return "docx"
+        return "pptx" if "ppt/presentation.xml" in names else None
     text = head.lstrip(codecs.BOM_UTF8).lstrip().lower()
     if text.startswith((b"<!doctype h", b"<html")):
         return "html"
