@@ -77,7 +77,7 @@ def run_variant(name: str, corpus: Path, out: Path) -> dict:
     if config.method in ("semantic", "hybrid"):
         from llm_pipeline.models.embeddings import load_embedder
 
-        backend = config.backend_for(len(documents))  # auto: what it takes for a corpus this size
+        backend = config.backend_for(config.windows_of(len(d.text) for d in documents))  # auto: what it takes here
         load_embedder(config.embedding_model, config.device, backend, config.max_seq_length).encode(["warm"], 1)
     started = time.perf_counter()
     clusters = naive_minhash(documents, config) if name == "naive" else deduplicate(documents, config).clusters

@@ -249,3 +249,77 @@ def test_numbers_conflict_only_when_each_text_has_one_the_other_lacks() -> None:
     assert not numbers_conflict(sheet, number_mask("costs 219 EUR"))  # a copy with a fact dropped: a subset
     assert not numbers_conflict(sheet, number_mask("no numbers at all")) and number_mask("none") == 0
     assert number_mask("model X5") != number_mask("model X6")  # digits inside a name count: X5 is not X6
+
+
+def _real_docstring(obj: object, words: int | None = None) -> str:
+    """Real text no one here wrote: a standard-library docstring (this environment's Python, pinned), whitespace
+    collapsed, its first `words` words when given."""
+    import inspect
+
+    text = " ".join((inspect.getdoc(obj) or "").split())
+    return " ".join(text.split()[:words]) if words else text
+
+
+def test_long_documents_are_compared_over_their_whole_text_not_their_first_window() -> None:
+    """Two long documents that open with the same standard header (here the first 120 words of argparse's
+    docstring, longer than the 128 tokens a contextual model reads at a time) and go on with different real text
+    (two pairs of standard-library docstrings). Embedded from their first window only they are one text (cosine
+    1.0: the later one was removed as a copy and its ~450 words lost); embedded over all their windows they are
+    two, and a copy of the first with its last words changed is still found."""
+    import argparse
+    import subprocess
+    import textwrap
+    import unittest
+
+    import numpy as np
+
+    from llm_pipeline.models.embeddings import load_embedder
+
+    header = _real_docstring(argparse, 120)
+    body_a = _real_docstring(subprocess.Popen) + " " + _real_docstring(unittest.TestCase)
+    body_b = _real_docstring(textwrap.TextWrapper) + " " + _real_docstring(subprocess)
+    first, second = f"{header} {body_a}", f"{header} {body_b}"
+    words = first.split()
+    copy = " ".join(words[:-8] + ["and", "that", "is", "all", "the", "class", "does", "here."])
+    documents = [doc("manual-a", first), doc("manual-b", second), doc("manual-a-copy", copy)]
+
+    embedder = load_embedder("all-MiniLM-L6-v2", "cpu", "torch", 128)
+    window = embedder.model.encode([first, second], normalize_embeddings=True)  # what the model reads of each
+    assert float(np.dot(window[0], window[1])) > 0.99, "the header no longer fills the first window"
+    vectors = embedder.encode([first, second, copy], 64)
+    assert float(vectors[0] @ vectors[1]) < 0.9 and float(vectors[0] @ vectors[2]) > 0.99
+
+    result = deduplicate(documents, DedupConfig(method="semantic", embedding_backend="torch"))
+    assert sorted(d.id for d in result.kept) == ["manual-a", "manual-b"]
+    assert [(c.kept, list(c.to_kept)) for c in result.clusters] == [("manual-a", ["manual-a-copy"])]
+
+
+def test_a_semantic_pair_of_very_unequal_lengths_removes_nothing_and_is_counted() -> None:
+    """An excerpt (a real docstring's first 60 words) and the whole docstring it comes from, found as a semantic
+    pair (threshold lowered to 0.5 so the pair is found whatever the model says): the whole one has ~5x the text, so
+    neither is removed as the other's copy; the stage counts the pair and names it. Without the rule the later
+    one goes (what the rule is for)."""
+    import textwrap
+
+    whole = _real_docstring(textwrap.TextWrapper)
+    documents = [doc("excerpt", _real_docstring(textwrap.TextWrapper, 60)), doc("whole", whole)]
+    config = DedupConfig(method="semantic", embedding_backend="torch", semantic_threshold=0.5)
+
+    result = deduplicate(documents, config)
+    assert [d.id for d in result.kept] == ["excerpt", "whole"] and result.clusters == []
+    counts = result.counts(len(documents))
+    assert counts["semantic.set_apart_by_length"] == 1
+    [pair] = result.semantic["set_apart_by_length_examples"]
+    assert (pair["a"], pair["b"]) in (("excerpt", "whole"), ("whole", "excerpt")) and pair["cosine"] >= 0.5
+    from llm_pipeline.report import render_report
+    from llm_pipeline.stages.load_and_deduplicate import cluster_examples
+
+    examples = cluster_examples(documents, result.clusters, config, semantic=result.semantic)
+    manifest = {"pipeline": "p", "run_id": "r", "config_hash": "h", "code_version": "v", "started_at": "t"}
+    report = render_report(manifest, {}, examples, {})
+    assert "Kept apart by their lengths (`dedup.semantic_max_length_ratio`): 1 near-pairs" in report
+    assert f"`{pair['a']}` / `{pair['b']}` ({pair['cosine']})" in report
+
+    without = deduplicate(documents, config.model_copy(update={"semantic_max_length_ratio": None}))
+    assert [d.id for d in without.kept] == ["excerpt"]
+    assert "set_apart_by_length" not in without.semantic

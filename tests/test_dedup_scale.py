@@ -200,7 +200,8 @@ def test_the_default_backend_is_the_contextual_model_up_to_the_cutoff_and_static
     corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`embedding_backend: auto` (the default) gives what naming the backend gives, each side of the cutoff (here
-    moved to the sample's size; 5,000 documents in use), thresholds included; on a GPU always the model."""
+    moved to the sample's windows; 5,000 in use), thresholds included; on a GPU always the model. The cutoff counts
+    windows, not documents: a corpus of long documents costs the model as many passes as it has windows."""
     import llm_pipeline.config as config_module
     import llm_pipeline.models.embeddings as embeddings
 
@@ -210,11 +211,15 @@ def test_the_default_backend_is_the_contextual_model_up_to_the_cutoff_and_static
     static = deduplicate(sample, DedupConfig(method="semantic", embedding_backend="static")).clusters
     contextual = deduplicate(sample, DedupConfig(method="semantic", embedding_backend="torch")).clusters
     assert static and contextual and static != contextual
-    monkeypatch.setattr(config_module, "AUTO_CONTEXTUAL_MAX_DOCS", len(sample) - 1)
+    windows = DedupConfig().windows_of(len(d.text) for d in sample)
+    assert windows >= len(sample)
+    monkeypatch.setattr(config_module, "AUTO_CONTEXTUAL_MAX_DOCS", windows - 1)
     assert deduplicate(sample, DedupConfig(method="semantic")).clusters == static
-    monkeypatch.setattr(config_module, "AUTO_CONTEXTUAL_MAX_DOCS", len(sample))
+    monkeypatch.setattr(config_module, "AUTO_CONTEXTUAL_MAX_DOCS", windows)
     assert deduplicate(sample, DedupConfig(method="semantic")).clusters == contextual
     assert DedupConfig(device="cuda").backend_for(10**7) == "torch"
+    long = DedupConfig()  # 128 tokens: 126 a window, ~4 characters a token
+    assert long.windows_of([100, 504, 505, 10**6]) == 1 + 1 + 2 + 16
     embeddings.load_embedder.cache_clear()
 
 

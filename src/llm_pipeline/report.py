@@ -161,6 +161,16 @@ def render_report(
                 f"each text states a number the other does not (a price, a power, a model number), so neither was "
                 f"removed as a copy of the other; the closest: {closest}.",
             ]
+        if apart := run.get("set_apart_by_length"):
+            closest = ", ".join(
+                f"`{e['a']}` / `{e['b']}` ({e['cosine']})" for e in run.get("set_apart_by_length_examples", [])[:5]
+            )
+            lines += [
+                "",
+                f"Kept apart by their lengths (`dedup.semantic_max_length_ratio`): {apart:,} near-pairs in which one "
+                f"text is over {run.get('max_length_ratio', 2)}x as long as the other, so neither was removed as a "
+                f"copy of the other; the closest: {closest}.",
+            ]
     semantic = examples.get("semantic_removals") or []
     judged = any("judge" in r for r in semantic)
     what = "removals" if all(r.get("removed_from_output", True) for r in semantic) else "near-pairs to review (kept)"

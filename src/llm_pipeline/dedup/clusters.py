@@ -51,6 +51,19 @@ class SetApart:
 SET_APART: ContextVar[SetApart | None] = ContextVar("set_apart", default=None)
 
 
+@dataclass
+class LengthRule:
+    """`dedup.semantic_max_length_ratio`: a semantic pair whose longer text is over `ratio` times the shorter is
+    kept apart (`apart` counts them and keeps the closest)."""
+
+    ratio: float
+    apart: SetApart
+
+
+# set by the dedup workflow around the semantic method's call when the length rule is on; None: it is off
+LENGTH_APART: ContextVar[LengthRule | None] = ContextVar("length_apart", default=None)
+
+
 class UnionFind:
     def __init__(self) -> None:
         self.parent: dict[int, int] = {}
@@ -80,6 +93,11 @@ class DocumentKey:
     @classmethod
     def of(cls, document: Document) -> DocumentKey:
         return cls(document.id, len(document.text), richness(document), number_mask(document.text))
+
+
+def text_length(document: Document | DocumentKey) -> int:
+    """Characters of a document's text, from the document or its key."""
+    return document.length if isinstance(document, DocumentKey) else len(document.text)
 
 
 def richness(document: Document) -> int:
@@ -192,7 +210,10 @@ def semantic_clusters(
 ) -> list[DuplicateCluster]:
     """The semantic methods' keep rule (both engines): `clusters_by_kept` on the cosine pairs, each pair confirmed
     by the judge where one is active (`PAIR_JUDGE`); where `SET_APART` is active, first without the pairs whose
-    texts' numbers conflict (recorded there)."""
+    texts' numbers conflict (recorded there), and where `LENGTH_APART` is, without the pairs of very unequal length."""
+    lengths = LENGTH_APART.get()
+    if lengths is not None:
+        pairs = _lengths_comparable(documents, pairs, lengths)
     apart = SET_APART.get()
     if apart is not None:
         pairs = _numbers_agree(documents, pairs, apart)
@@ -200,6 +221,24 @@ def semantic_clusters(
     if judge is None:
         return clusters_by_kept(documents, pairs, "semantic", keep)
     return judge.clusters(documents, pairs, keep)
+
+
+def _lengths_comparable(
+    documents: Sequence[Document | DocumentKey], pairs: list[tuple[int, int, float]], rule: LengthRule
+) -> list[tuple[int, int, float]]:
+    """The pairs whose longer text is at most `rule.ratio` times the shorter; the others go to `rule.apart`."""
+
+    def length(index: int) -> int:
+        return max(1, text_length(documents[index]))
+
+    comparable = []
+    for a, b, similarity in pairs:
+        shorter, longer = sorted((length(a), length(b)))
+        if longer > rule.ratio * shorter:
+            rule.apart.add(documents[a].id, documents[b].id, float(similarity))
+        else:
+            comparable.append((a, b, similarity))
+    return comparable
 
 
 def _numbers_agree(

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llm_pipeline.config import DedupConfig
-from llm_pipeline.dedup.clusters import SET_APART, DocumentKey, SetApart
+from llm_pipeline.dedup.clusters import (
+    LENGTH_APART,
+    SET_APART,
+    DocumentKey,
+    LengthRule,
+    SetApart,
+    text_length,
+)
 from llm_pipeline.dedup.methods import DEDUP_METHODS, method_sequence
 from llm_pipeline.dedup.remove import remove_duplicates
 from llm_pipeline.logging import get_logger
@@ -48,6 +55,7 @@ class DedupResult:
             **{f"judge.{k}": v for k, v in self.judge_summary.items() if isinstance(v, int | float)},
             **({"semantic.cosine_threshold": self.semantic["cosine_threshold"]} if self.semantic else {}),
             **({"semantic.set_apart_by_numbers": n} if (n := self.semantic.get("set_apart_by_numbers")) else {}),
+            **({"semantic.set_apart_by_length": n} if (n := self.semantic.get("set_apart_by_length")) else {}),
         }
 
 
@@ -100,23 +108,33 @@ def semantic_step(
     """The semantic method on `documents` (those still kept; on Ray, their keys with the texts left in the object
     store), as `semantic_action` says, recorded in `result`: the clusters to remove (with `judge`, those the judge
     confirmed, the others listed in `result.review`; with `review`, none: every cluster listed there)."""
-    resolved = config.for_documents(len(documents))
+    resolved = config.for_documents(config.windows_of(text_length(d) for d in documents))
     result.semantic = {
         "embedding_backend": resolved.embedding_backend,
         "embedding_model": config.embedding_model,
         "cosine_threshold": resolved.cosine_threshold,
         "documents": len(documents),
         "action": config.semantic_action,
+        "max_length_ratio": config.semantic_max_length_ratio,
     }
     log.info("semantic_embeddings", backend=resolved.embedding_backend, documents=len(documents))
     apart = SetApart(SET_APART_EXAMPLES) if config.semantic_numbers_must_agree else None
+    ratio = config.semantic_max_length_ratio
+    lengths = LengthRule(ratio, SetApart(SET_APART_EXAMPLES)) if ratio is not None else None
     token = SET_APART.set(apart)
+    length_token = LENGTH_APART.set(lengths)
     try:
         if config.semantic_action == "judge":
             return _judged(result, documents, identify, config, judge)
         clusters = identify(documents, config)
     finally:
         SET_APART.reset(token)
+        LENGTH_APART.reset(length_token)
+        if lengths is not None:
+            result.semantic["set_apart_by_length"] = lengths.apart.count
+            result.semantic["set_apart_by_length_examples"] = lengths.apart.closest()
+            if lengths.apart.count:
+                log.info("semantic_set_apart_by_length", pairs=lengths.apart.count, ratio=ratio)
         if apart is not None:
             result.semantic["set_apart_by_numbers"] = apart.count
             result.semantic["set_apart_examples"] = apart.closest()

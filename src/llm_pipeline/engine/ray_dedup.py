@@ -51,6 +51,7 @@ from llm_pipeline.dedup.clusters import (
     keep_ranks,
     richness,
     semantic_clusters,
+    text_length,
 )
 from llm_pipeline.dedup.methods import method_sequence
 from llm_pipeline.dedup.minhash import (
@@ -735,7 +736,7 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
     def method(documents: _KeptDocuments, dedup: Any) -> list[DuplicateCluster]:
         if len(documents) < 2:
             return semantic_clusters(documents, [], dedup.keep)  # (a judge records that it was asked nothing)
-        dedup = dedup.for_documents(len(documents))
+        dedup = dedup.for_documents(dedup.windows_of(text_length(documents[i]) for i in range(len(documents))))
         size = config.execution.embed_shard_texts
         layout = documents.shards(size)
         restarts = config.execution.task_retries

@@ -5,6 +5,13 @@ optional on-disk cache keyed by text hash so a rerun embeds nothing twice.
 the model once with torch's exporter into a cache folder (and quantize it with ONNX Runtime for `onnx-int8`);
 they support mean-pooling models such as MiniLM.
 
+The contextual backends see `max_seq_length` tokens at a time. A longer document is cut at token boundaries into
+windows of that size, each window embedded, and the document's vector is their mean weighted by window length
+(re-normalized): it stands for the whole text, not its first paragraph. Two manuals with the same safety preamble
+are no longer one document to them. Past `MAX_WINDOWS` windows, that many are taken evenly spaced over the text
+(start, middle and end alike), so a book costs what 16 pages do. A text that fits one window is embedded as
+before, bit for bit.
+
 `static` is model2vec's recipe, distilled here from the configured model with no download: every vocabulary
 token is run through the model once (cached), the table is mean-centered, and a document's vector is the mean
 of its tokens' rows. It sees the whole document at ~50x the speed of the contextual model, but it is a
@@ -20,15 +27,16 @@ import os
 import sqlite3
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from llm_pipeline.config import DEFAULT_EMBEDDING_MODEL
+from llm_pipeline.config import DEFAULT_EMBEDDING_MODEL, MAX_WINDOWS
 from llm_pipeline.errors import ModelLoadError
 from llm_pipeline.io import text_hash
 
 Backend = Literal["torch", "onnx", "onnx-int8", "static"]
+WINDOWED = "windows16"  # in the embedding cache's key: vectors from before windowing (truncated) are not reused
 ONNX_CACHE = Path(os.environ.get("LLM_PIPELINE_CACHE", Path.home() / ".cache" / "llm-pipeline")) / "onnx"
 
 
@@ -47,6 +55,47 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def windows(
+    tokenizer: Any, texts: list[str], size: int, limit: int = MAX_WINDOWS
+) -> tuple[list[str], list[int], list[int]]:
+    """Each text as pieces of at most `size` tokens, cut at token boundaries (the tokenizer's offsets), with the
+    index of the text each piece is of and its token count. A text that fits is one piece, itself; a longer one as
+    few pieces as hold it, of even size (130 tokens: two of 65, not 126 and a stub of 4, whose vector would be
+    mostly noise); past `limit` pieces, `limit` of them evenly spaced from the first to the last."""
+    pieces: list[str] = []
+    owners: list[int] = []
+    weights: list[int] = []
+    offsets = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+    for index, (text, spans) in enumerate(zip(texts, offsets, strict=True)):
+        if len(spans) <= size:
+            pieces.append(text)
+            owners.append(index)
+            weights.append(max(1, len(spans)))
+            continue
+        step = -(-len(spans) // -(-len(spans) // size))  # windows of even size: no stub of a few tokens at the end
+        starts = list(range(0, len(spans), step))
+        if len(starts) > limit:
+            starts = [starts[i] for i in sorted(set(np.linspace(0, len(starts) - 1, limit).round().astype(int)))]
+        for start in starts:
+            end = min(start + step, len(spans))
+            pieces.append(text[spans[start][0] : spans[end - 1][1]])
+            owners.append(index)
+            weights.append(end - start)
+    return pieces, owners, weights
+
+
+def pooled(vectors: np.ndarray, owners: list[int], weights: list[int], count: int) -> np.ndarray:
+    """One L2-normalized row per text: its single piece's vector as it is, or its pieces' length-weighted mean."""
+    if len(owners) == count:  # every text was one piece
+        return vectors
+    out = np.zeros((count, vectors.shape[1]), dtype=np.float64)
+    np.add.at(out, np.asarray(owners), vectors.astype(np.float64) * np.asarray(weights, dtype=np.float64)[:, None])
+    out /= np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
+    single = np.bincount(np.asarray(owners), minlength=count) == 1
+    out[single] = vectors[np.searchsorted(owners, np.flatnonzero(single))]
+    return out.astype(np.float32)
+
+
 class TorchEmbedder:
     def __init__(self, path: str, device: str, max_seq_length: int):
         from sentence_transformers import SentenceTransformer
@@ -55,10 +104,13 @@ class TorchEmbedder:
         self.model.max_seq_length = max_seq_length
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        """Each text's vector over its whole length (windows of the model's sequence length, module docstring)."""
+        size = self.model.max_seq_length - 2  # the model adds [CLS] and [SEP]
+        pieces, owners, weights = windows(self.model.tokenizer, texts, size)
         vectors = self.model.encode(
-            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            pieces, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         )
-        return np.asarray(vectors, dtype=np.float32)
+        return pooled(np.asarray(vectors, dtype=np.float32), owners, weights, len(texts))
 
 
 class OnnxEmbedder:
@@ -83,6 +135,11 @@ class OnnxEmbedder:
         self.input_names = {i.name for i in self.session.get_inputs()}
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        """Each text's vector over its whole length (windows of `max_seq_length`, module docstring)."""
+        pieces, owners, weights = windows(self.tokenizer, texts, self.max_seq_length - 2)
+        return pooled(self._encode(pieces, batch_size), owners, weights, len(texts))
+
+    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         order = np.argsort([len(t) for t in texts])[::-1]  # similar lengths together: less padding
         out = np.zeros((len(texts), 0), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
@@ -269,7 +326,8 @@ def embed(
     if cache is None:
         return load_embedder(name, device, backend, max_seq_length).encode(texts, batch_size)
     keys = [text_hash(t) for t in texts]
-    store = EmbeddingCache(cache, f"{name}|{backend}|{max_seq_length}")
+    windowed = "" if backend == "static" else f"|{WINDOWED}"
+    store = EmbeddingCache(cache, f"{name}|{backend}|{max_seq_length}{windowed}")
     try:
         known = store.get(sorted(set(keys)))
         missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in known}.items())
