@@ -294,6 +294,24 @@ def test_long_documents_are_compared_over_their_whole_text_not_their_first_windo
     assert [(c.kept, list(c.to_kept)) for c in result.clusters] == [("manual-a", ["manual-a-copy"])]
 
 
+def test_a_model_with_a_slow_tokenizer_embeds_first_windows_and_says_so(capsys) -> None:
+    """A model whose tokenizer is a slow (pure-Python) one gives no offsets to cut windows at (transformers' ByT5
+    tokenizer here, a real one): its documents are embedded as the model reads them (first window), with a warning
+    that names the cause, not a crash."""
+    import argparse
+
+    from transformers import ByT5Tokenizer
+
+    from llm_pipeline.models.embeddings import load_embedder, windows
+
+    embedder = load_embedder("all-MiniLM-L6-v2", "cpu", "torch", 128)
+    slow = ByT5Tokenizer()
+    long = _real_docstring(argparse)
+    assert len(windows(embedder.model.tokenizer, [long], 126)[0]) > 1  # the fast one cuts it
+    assert windows(slow, [long, "short"], 126) == ([long, "short"], [0, 1], [1, 1])
+    assert "embedding_first_window_only" in capsys.readouterr().out
+
+
 def test_a_semantic_pair_of_very_unequal_lengths_removes_nothing_and_is_counted() -> None:
     """An excerpt (a real docstring's first 60 words) and the whole docstring it comes from, found as a semantic
     pair (threshold lowered to 0.5 so the pair is found whatever the model says): the whole one has ~5x the text, so

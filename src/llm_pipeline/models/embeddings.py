@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import sqlite3
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -62,6 +62,9 @@ def windows(
     index of the text each piece is of and its token count. A text that fits is one piece, itself; a longer one as
     few pieces as hold it, of even size (130 tokens: two of 65, not 126 and a stub of 4, whose vector would be
     mostly noise); past `limit` pieces, `limit` of them evenly spaced from the first to the last."""
+    if not getattr(tokenizer, "is_fast", False):  # no offsets to cut at: each text as the model reads it
+        _warn_no_windows(type(tokenizer).__name__)
+        return list(texts), list(range(len(texts))), [1] * len(texts)
     pieces: list[str] = []
     owners: list[int] = []
     weights: list[int] = []
@@ -82,6 +85,18 @@ def windows(
             owners.append(index)
             weights.append(end - start)
     return pieces, owners, weights
+
+
+@cache
+def _warn_no_windows(tokenizer: str) -> None:
+    from llm_pipeline.logging import get_logger
+
+    get_logger("embeddings").warning(
+        "embedding_first_window_only",
+        tokenizer=tokenizer,
+        reason="a slow tokenizer gives no offsets to cut windows at: long documents are compared by their first "
+        "max_seq_length tokens (use a model with a fast tokenizer, or the static backend, which reads them whole)",
+    )
 
 
 def pooled(vectors: np.ndarray, owners: list[int], weights: list[int], count: int) -> np.ndarray:
