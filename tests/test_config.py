@@ -185,7 +185,7 @@ def test_cli_validate_prints_resolved_config_with_secrets_masked() -> None:
     assert "wandb-secret-value-123456" not in result.stdout + result.stderr
     # embedding_backend auto: the threshold of each backend it may take; a named backend: its own
     assert printed["derived"]["dedup.cosine_threshold"] == {
-        "torch (up to 5000 documents)": 0.95,
+        "torch (up to 5000 windows of max_seq_length tokens)": 0.95,
         "static (more)": 0.85,
     }
     named = run_cli("validate", "configs/test.yaml", "--set", "dedup.embedding_backend=static")

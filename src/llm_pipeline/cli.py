@@ -53,7 +53,9 @@ def cosine_thresholds(dedup: DedupConfig) -> float | dict[str, float]:
     if not dedup.backend_by_size:
         return dedup.cosine_threshold_of(dedup.backend_for(0))
     return {
-        f"torch (up to {AUTO_CONTEXTUAL_MAX_DOCS} documents)": dedup.cosine_threshold_of("torch"),
+        f"torch (up to {AUTO_CONTEXTUAL_MAX_DOCS} windows of max_seq_length tokens)": dedup.cosine_threshold_of(
+            "torch"
+        ),
         "static (more)": dedup.cosine_threshold_of("static"),
     }
 

@@ -287,9 +287,10 @@ class DedupConfig(Section):
             derived = self.model_copy(update={"semantic_threshold": None})
             found.append(
                 f"dedup.semantic_threshold: {self.semantic_threshold} applies to whichever backend `embedding_backend: "
-                f"auto` takes (torch up to {AUTO_CONTEXTUAL_MAX_DOCS:,} documents, static above), and their cosines "
-                f"differ (defaults {derived.cosine_threshold_of('torch')} and {derived.cosine_threshold_of('static')})"
-                ": set dedup.embedding_backend to the one the threshold was chosen for"
+                f"auto` takes (torch up to {AUTO_CONTEXTUAL_MAX_DOCS:,} windows to embed, static above), and their "
+                f"cosines differ (defaults {derived.cosine_threshold_of('torch')} and "
+                f"{derived.cosine_threshold_of('static')}): set dedup.embedding_backend to the one the threshold was "
+                "chosen for"
             )
         return found
 
