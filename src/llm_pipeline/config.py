@@ -260,6 +260,13 @@ class DedupConfig(Section):
         size = (self.max_seq_length - 2) * CHARS_PER_TOKEN
         return sum(min(MAX_WINDOWS, max(1, -(-length // size))) for length in lengths)
 
+    def resolved_for(self, lengths: Iterable[int]) -> DedupConfig:
+        """`for_documents` for a semantic pass over texts of these lengths (characters): the lengths are read only
+        where the backend depends on them (`auto` on the CPU), and a config already resolved is returned as is."""
+        if self.embedding_backend != "auto":
+            return self
+        return self.for_documents(self.windows_of(lengths) if self.backend_by_size else 0)
+
     @property
     def backend_by_size(self) -> bool:
         """Whether the backend depends on the corpus size (`auto` on the CPU: torch to the cutoff, static above)."""

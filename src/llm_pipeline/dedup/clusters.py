@@ -223,22 +223,32 @@ def semantic_clusters(
     return judge.clusters(documents, pairs, keep)
 
 
+def _set_apart(
+    documents: Sequence[Document | DocumentKey],
+    pairs: list[tuple[int, int, float]],
+    apart: SetApart,
+    conflict: Callable[[int, int], bool],
+) -> list[tuple[int, int, float]]:
+    """The pairs for which `conflict(a, b)` is false; the others go to `apart` (a rule's pairs kept apart)."""
+    kept = []
+    for a, b, similarity in pairs:
+        if conflict(a, b):
+            apart.add(documents[a].id, documents[b].id, float(similarity))
+        else:
+            kept.append((a, b, similarity))
+    return kept
+
+
 def _lengths_comparable(
     documents: Sequence[Document | DocumentKey], pairs: list[tuple[int, int, float]], rule: LengthRule
 ) -> list[tuple[int, int, float]]:
     """The pairs whose longer text is at most `rule.ratio` times the shorter; the others go to `rule.apart`."""
 
-    def length(index: int) -> int:
-        return max(1, text_length(documents[index]))
+    def unequal(a: int, b: int) -> bool:
+        shorter, longer = sorted((max(1, text_length(documents[a])), max(1, text_length(documents[b]))))
+        return longer > rule.ratio * shorter
 
-    comparable = []
-    for a, b, similarity in pairs:
-        shorter, longer = sorted((length(a), length(b)))
-        if longer > rule.ratio * shorter:
-            rule.apart.add(documents[a].id, documents[b].id, float(similarity))
-        else:
-            comparable.append((a, b, similarity))
-    return comparable
+    return _set_apart(documents, pairs, rule.apart, unequal)
 
 
 def _numbers_agree(
@@ -254,10 +264,4 @@ def _numbers_agree(
             masks[index] = document.numbers if key else number_mask(document.text)  # type: ignore[union-attr]
         return masks[index]
 
-    agreed = []
-    for a, b, similarity in pairs:
-        if numbers_conflict(mask(a), mask(b)):
-            apart.add(documents[a].id, documents[b].id, float(similarity))
-        else:
-            agreed.append((a, b, similarity))
-    return agreed
+    return _set_apart(documents, pairs, apart, lambda a, b: numbers_conflict(mask(a), mask(b)))

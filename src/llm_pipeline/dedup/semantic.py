@@ -380,7 +380,7 @@ def semantic_duplicate_clusters(
 
 @DEDUP_METHODS.register("semantic")
 def semantic_method(documents: list[Document], config: DedupConfig) -> list[DuplicateCluster]:
-    config = config.for_documents(config.windows_of(len(d.text) for d in documents))
+    config = config.resolved_for(len(d.text) for d in documents)  # the workflow's: already resolved
     return semantic_duplicate_clusters(
         documents,
         config.cosine_threshold,

@@ -108,7 +108,7 @@ def semantic_step(
     """The semantic method on `documents` (those still kept; on Ray, their keys with the texts left in the object
     store), as `semantic_action` says, recorded in `result`: the clusters to remove (with `judge`, those the judge
     confirmed, the others listed in `result.review`; with `review`, none: every cluster listed there)."""
-    resolved = config.for_documents(config.windows_of(text_length(d) for d in documents))
+    resolved = config.resolved_for(text_length(d) for d in documents)  # the method is given it: resolved once
     result.semantic = {
         "embedding_backend": resolved.embedding_backend,
         "embedding_model": config.embedding_model,
@@ -125,8 +125,8 @@ def semantic_step(
     length_token = LENGTH_APART.set(lengths)
     try:
         if config.semantic_action == "judge":
-            return _judged(result, documents, identify, config, judge)
-        clusters = identify(documents, config)
+            return _judged(result, documents, identify, resolved, judge)
+        clusters = identify(documents, resolved)
     finally:
         SET_APART.reset(token)
         LENGTH_APART.reset(length_token)

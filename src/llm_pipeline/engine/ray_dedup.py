@@ -736,7 +736,7 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
     def method(documents: _KeptDocuments, dedup: Any) -> list[DuplicateCluster]:
         if len(documents) < 2:
             return semantic_clusters(documents, [], dedup.keep)  # (a judge records that it was asked nothing)
-        dedup = dedup.for_documents(dedup.windows_of(text_length(documents[i]) for i in range(len(documents))))
+        dedup = dedup.resolved_for(text_length(documents[i]) for i in range(len(documents)))  # as the workflow's
         size = config.execution.embed_shard_texts
         layout = documents.shards(size)
         restarts = config.execution.task_retries

@@ -20,7 +20,9 @@ _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 # reStructuredText: a line underlined (and maybe overlined) with one punctuation character repeated, at least as
 # long as the title; the first such section title is the document's
 _RST_HEADING = re.compile(
-    r"^(?:([!-/:-@\[-`{-~])\1+\n)?[ \t]*(\S[^\n]*?)[ \t]*\n([!-/:-@\[-`{-~])\3+[ \t]*$", re.MULTILINE
+    r"^(?:(?P<over>[!-/:-@\[-`{-~])(?P=over)+\n)?[ \t]*(?P<title>\S[^\n]*?)[ \t]*\n"
+    r"(?P<under>(?P<mark>[!-/:-@\[-`{-~])(?P=mark)+)[ \t]*$",
+    re.MULTILINE,
 )
 # AsciiDoc: the document title `= Title` (level 0), else the first section title `== Section`
 _ADOC_HEADING = re.compile(r"^={1,6}[ \t]+(\S.*?)[ \t]*$", re.MULTILINE)
@@ -50,10 +52,9 @@ def markdown_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
 def rst_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     text = _read_text(path, kind, max_bytes)
     for found in _RST_HEADING.finditer(text):
-        title = found.group(2)
-        underline = found.group(0).rstrip().rsplit("\n", 1)[1].strip()
-        if len(underline) >= len(title) and not (found.group(1) and found.group(1) != found.group(3)):
-            return {"text": text, "metadata": {"title": title}}
+        overline = found["over"]
+        if len(found["under"]) >= len(found["title"]) and overline in (None, found["mark"]):
+            return {"text": text, "metadata": {"title": found["title"]}}
     return {"text": text, "metadata": {}}
 
 
@@ -140,9 +141,9 @@ def _shape_texts(shapes: Any) -> Iterator[str]:
     for shape in shapes:
         if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
             yield from _shape_texts(shape.shapes)
-        elif getattr(shape, "has_table", False) and shape.has_table:
+        elif getattr(shape, "has_table", False):
             yield from (cell.text for row in shape.table.rows for cell in row.cells)
-        elif getattr(shape, "has_text_frame", False) and shape.has_text_frame:
+        elif getattr(shape, "has_text_frame", False):
             yield from (paragraph.text for paragraph in shape.text_frame.paragraphs)
 
 

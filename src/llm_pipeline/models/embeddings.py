@@ -36,7 +36,7 @@ from llm_pipeline.errors import ModelLoadError
 from llm_pipeline.io import text_hash
 
 Backend = Literal["torch", "onnx", "onnx-int8", "static"]
-WINDOWED = "windows16"  # in the embedding cache's key: vectors from before windowing (truncated) are not reused
+WINDOWED = f"windows{MAX_WINDOWS}"  # in the embedding cache's key: vectors from before windowing are not reused
 ONNX_CACHE = Path(os.environ.get("LLM_PIPELINE_CACHE", Path.home() / ".cache" / "llm-pipeline")) / "onnx"
 
 
