@@ -124,6 +124,20 @@ def wait_until(condition: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
+def prefect_call(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """A raw request to a Prefect server's API, answered or raised. It is retried, as Prefect's own client does, on
+    503: a SQLite server answers so while another writer (its startup services, on a busy machine) holds the
+    database ("database is locked"), and asks the client to try again; a test calling once failed so in CI."""
+    started = time.monotonic()
+    for attempt in range(1, 11):
+        response = httpx.request(method, url, timeout=30, **kwargs)
+        if response.status_code != 503 or attempt == 10:
+            break
+        time.sleep(0.5 * attempt)
+    trace("prefect_call", f"{method} {url} ({attempt} tries)", started)
+    return response.raise_for_status()
+
+
 class PrefectServer:
     """A real `prefect server start` process with its own home and database."""
 

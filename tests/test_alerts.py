@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from flows.alerts import PREFIX, AlertSettings, apply_alerts
-from tests.conftest import ROOT, PrefectServer, Worker, free_port, prefect_api, wait_until
+from tests.conftest import ROOT, PrefectServer, Worker, free_port, prefect_api, prefect_call, wait_until
 from tests.fakes.receivers import MailReceiver, WebhookReceiver
 
 pytestmark = pytest.mark.slow
@@ -87,10 +87,8 @@ def kind_of(title: str) -> str:
 
 def what_the_server_saw(server: PrefectServer, hooks: WebhookReceiver, resource_id: str) -> str:
     """A resource's events as the API has them, the webhooks that arrived and the server log's triggers lines."""
-    import httpx
-
     body = {"filter": {"resource": {"id": [resource_id]}}, "limit": 50}
-    events = httpx.post(f"{server.api_url}/events/filter", json=body, timeout=30).json().get("events", [])
+    events = prefect_call("POST", f"{server.api_url}/events/filter", json=body).json().get("events", [])
     seen = [(e["occurred"], e["event"]) for e in events]
     arrived = [(r.body.get("alert"), r.body.get("flow_run_id") or r.body.get("deployment")) for r in hooks.at("/hook")]
     log = (server.home / "server.log").read_text(errors="replace").splitlines()

@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import PrefectServer, free_port
+from tests.conftest import PrefectServer, free_port, prefect_call
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -142,10 +141,8 @@ def test_trigger_wait_rides_out_a_server_restart_and_ends_with_the_run(tmp_path:
     server = PrefectServer(home)
     api = server.api_url
     try:
-        flow = httpx.post(f"{api}/flows/", json={"name": "llm-pipeline"}, timeout=30).json()
-        httpx.post(
-            f"{api}/deployments/", json={"name": "nightly", "flow_id": flow["id"]}, timeout=30
-        ).raise_for_status()
+        flow = prefect_call("POST", f"{api}/flows/", json={"name": "llm-pipeline"}).json()
+        prefect_call("POST", f"{api}/deployments/", json={"name": "nightly", "flow_id": flow["id"]})
         missing = llm_pipeline("trigger", "no-such", env=command_env(api, tmp_path))
         assert missing.returncode == 2 and "no deployment named llm-pipeline/no-such" in missing.stderr, missing
 
@@ -166,7 +163,7 @@ def test_trigger_wait_rides_out_a_server_restart_and_ends_with_the_run(tmp_path:
         server = PrefectServer(home, port=server.port)  # the same database, as a restart
         lines.wait_for("the Prefect API answers again", 60)
         cancelled = {"state": {"type": "CANCELLED", "name": "Cancelled"}, "force": True}
-        httpx.post(f"{api}/flow_runs/{flow_run_id}/set_state", json=cancelled, timeout=30).raise_for_status()
+        prefect_call("POST", f"{api}/flow_runs/{flow_run_id}/set_state", json=cancelled)
         lines.wait_for("Cancelled", 60)
         assert process.wait(timeout=30) == 1
         assert not any("Traceback" in line for line in lines.seen), "".join(lines.seen)
