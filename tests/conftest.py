@@ -124,18 +124,29 @@ def wait_until(condition: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
+RETRIED_STATUSES = (429, 502, 503)  # what Prefect's own client tries again (PREFECT_CLIENT_RETRY_EXTRA_CODES aside)
+
+
+class RetryingTransport(httpx.HTTPTransport):
+    """A test's raw client of a Prefect API, retried as Prefect's own client is: on 429, 502 and 503, up to 9 times
+    with growing pauses. A SQLite server answers 503 while another writer (its startup services, on a busy machine)
+    holds the database ("database is locked"), asking the client to try again; a test calling once failed so in CI."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(1, 10):
+            response = super().handle_request(request)
+            if response.status_code not in RETRIED_STATUSES:
+                return response
+            response.read()
+            response.close()
+            time.sleep(0.5 * attempt)
+        return super().handle_request(request)
+
+
 def prefect_call(method: str, url: str, **kwargs: Any) -> httpx.Response:
-    """A raw request to a Prefect server's API, answered or raised. It is retried, as Prefect's own client does, on
-    503: a SQLite server answers so while another writer (its startup services, on a busy machine) holds the
-    database ("database is locked"), and asks the client to try again; a test calling once failed so in CI."""
-    started = time.monotonic()
-    for attempt in range(1, 11):
-        response = httpx.request(method, url, timeout=30, **kwargs)
-        if response.status_code != 503 or attempt == 10:
-            break
-        time.sleep(0.5 * attempt)
-    trace("prefect_call", f"{method} {url} ({attempt} tries)", started)
-    return response.raise_for_status()
+    """One request to a Prefect server's API (RetryingTransport), its answer or the HTTP error it is."""
+    with httpx.Client(transport=RetryingTransport(), timeout=30) as client:
+        return client.request(method, url, **kwargs).raise_for_status()
 
 
 class PrefectServer:
