@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from llm_pipeline.dedup.remove import remove_duplicates
 from llm_pipeline.dedup.semantic import semantic_duplicate_clusters
 from llm_pipeline.ingest import load_documents
 from llm_pipeline.records import Document
+from tests.translated_text import translated_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = (
@@ -41,6 +43,33 @@ def test_minhash_finds_a_near_copy_and_verifies_it() -> None:
     clusters = near_duplicate_clusters([doc("a", BASE), doc("b", near), doc("c", other)], threshold=0.6)
     assert [c.members for c in clusters] == [["a", "b"]]
     assert 0.6 <= clusters[0].similarity < 1.0
+
+
+def _char_grams(text: str, n: int = 5) -> set[str]:
+    squeezed = "".join(text.split())
+    return {squeezed[i : i + n] for i in range(max(1, len(squeezed) - n + 1))}
+
+
+@pytest.mark.parametrize("language", ["zh_CN", "ja", "th"])
+def test_minhash_finds_near_copies_in_text_written_without_spaces(language: str) -> None:
+    """Chinese, Japanese and Thai put no spaces between words: MinHash's words were whitespace chunks, a sentence or
+    a page each, so a copy with one clause changed shared no shingle with its original and was kept. Real
+    translations (tests/translated_text.py), 20 that differ by the test's own measure (character 5-grams, Jaccard
+    under 0.3) and for 5 of them a copy with 4 characters cut from the middle: exactly those 5 removed, each as a
+    copy of its original."""
+    picked: list[str] = []
+    for message in translated_messages(language, 150):
+        grams = _char_grams(message)
+        if all(len(grams & g) / len(grams | g) < 0.3 for g in map(_char_grams, picked)):
+            picked.append(message)
+        if len(picked) == 20:
+            break
+    assert len(picked) == 20
+    docs = [doc(f"m{i}", text) for i, text in enumerate(picked)]
+    docs += [doc(f"copy{i}", text[: len(text) // 2] + text[len(text) // 2 + 4 :]) for i, text in enumerate(picked[:5])]
+    result = deduplicate(docs, DedupConfig(method="minhash"))
+    removed = {member: c.kept for c in result.clusters for member in c.members if member != c.kept}
+    assert removed == {f"copy{i}": f"m{i}" for i in range(5)}, removed
 
 
 def test_semantic_finds_a_paraphrase_that_minhash_misses() -> None:

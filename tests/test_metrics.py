@@ -7,6 +7,7 @@ import pytest
 from llm_pipeline.evaluation import metrics as m
 from llm_pipeline.models.embeddings import resolve_model_path
 from llm_pipeline.records import BenchmarkItem
+from tests.translated_text import translated_messages
 
 
 def test_exact_match_normalizes_case_punctuation_and_articles() -> None:
@@ -29,6 +30,36 @@ def test_bleu_golden() -> None:
     assert m.bleu("", "the cat") == 0.0
     assert 0.0 < m.bleu("the cat sat on a mat", "the cat sat on the mat") < 1.0
     assert m.corpus_bleu(["a b c d"], ["a b c d"]) == pytest.approx(1.0)
+
+
+def _reworded(text: str, spaced: bool) -> str:
+    """Every seventh word dropped (a language with spaces between words), else every tenth letter."""
+    if spaced:
+        return " ".join(w for i, w in enumerate(text.split()) if i % 7 != 3)
+    letters = [i for i, c in enumerate(text) if c.isalpha()]
+    dropped = set(letters[4::10])
+    return "".join(c for i, c in enumerate(text) if i not in dropped)
+
+
+@pytest.mark.parametrize("language", ["zh_CN", "ja", "ru", "th"])
+def test_rouge_and_bleu_score_answers_in_every_script(language: str) -> None:
+    """rouge-score's tokenizer keeps [a-z0-9] only: the right answer in Russian, Chinese, Japanese or Thai scored
+    ROUGE 0 (no tokens on either side), and sacrebleu split a sentence of Chinese at spaces only, one token, so BLEU
+    was 0 for any difference. Real translations (tests/translated_text.py) without a Latin letter: the same answer
+    scores 1, one with a few words or letters dropped scores between, an answer to something else scores low. (Thai
+    is counted a character a word, as sacrebleu's character tokenizer does, so two unrelated Thai texts share many
+    of ROUGE-1's unigrams, its letters: ROUGE-2 and ROUGE-L tell them apart.)"""
+    messages = [t for t in translated_messages(language, 60) if not any("a" <= c.lower() <= "z" for c in t)]
+    reference, other = messages[0], messages[-1]
+    near = _reworded(reference, spaced=language == "ru")
+    assert m.rouge(reference, reference) == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+    assert 0.6 < m.rouge(near, reference)["rouge1"] < 1.0 and 0.6 < m.rouge(near, reference)["rougeL"] < 1.0
+    assert m.rouge(other, reference)["rouge2"] < 0.5 and m.rouge(other, reference)["rougeL"] < 0.5
+    assert m.rouge(other, reference)["rouge1"] < m.rouge(near, reference)["rouge1"]
+    assert m.bleu(reference, reference) == pytest.approx(1.0)
+    assert 0.1 < m.bleu(near, reference) < 1.0 and m.bleu(other, reference) < 0.1
+    assert m.bleu(near, reference) > m.bleu(other, reference)
+    assert 0.1 < m.corpus_bleu([near, reference], [reference, reference]) < 1.0
 
 
 def test_numeric_match_with_tolerance() -> None:

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import regex
 
 from llm_pipeline.config import DataConfig, QAConfig, RetryDelays
 from llm_pipeline.errors import ModelLoadError, RateLimitedError, ResourceExhaustedError, ServiceUnavailableError
@@ -20,6 +21,7 @@ from llm_pipeline.qa.schema import OutputFormatError, parse_pairs
 from llm_pipeline.records import Document, QAPair
 from llm_pipeline.retries import RETRY_TABLE, rule_for
 from llm_pipeline.text import split_sentences
+from tests.translated_text import SCRIPTS, translated_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,6 +153,63 @@ def test_chunks_overlap_and_cover_every_word() -> None:
     first, second = chunks[0].text.split(), chunks[1].text.split()
     assert first[-50:] == second[:50]  # the overlap
     assert chunk_text("short text", size=300, overlap=50)[0].text == "short text"
+
+
+@pytest.mark.parametrize("language", ["zh_CN", "ja", "th"])
+def test_chunks_of_text_written_without_spaces_are_bounded_and_cover_it(language: str) -> None:
+    """Chinese, Japanese and Thai put no spaces between words: split on whitespace, pages of them were a few dozen
+    "words", one chunk however long (a model with a small context refuses it, and questions_per_doc all came from
+    it). Real translations (tests/translated_text.py), a dozen joined: chunks of at most `size` characters of the
+    script, stretches of the text as written, each starting inside the one before, first to last."""
+    text = " ".join(translated_messages(language, 200)[:12])
+    script = regex.compile(SCRIPTS[language])
+    chunks = chunk_text(text, size=300, overlap=50)
+    assert len(chunks) >= 3, [len(c.text) for c in chunks]
+    assert all(len(script.findall(c.text)) <= 300 for c in chunks)
+    starts = [text.index(c.text) for c in chunks]  # each is a stretch of the text as written
+    assert starts[0] == 0 and starts[-1] + len(chunks[-1].text) == len(text)
+    assert all(a < b < a + len(chunk.text) for a, b, chunk in zip(starts, starts[1:], chunks, strict=False))
+    assert chunk_text(text[:100], size=300, overlap=50)[0].text == text[:100]  # one that fits, unchanged
+
+
+def _reworded(text: str, script: regex.Pattern[str]) -> str:
+    """`text` with every 10th character of its script dropped (every 7th word where words are spaced): what a
+    model's answer from its source is like, nearly all of it, not a verbatim span."""
+    if script.pattern == SCRIPTS["ru"]:
+        return " ".join(w for i, w in enumerate(text.split()) if i % 7 != 3)
+    seen = 0
+    kept = []
+    for character in text:
+        if script.fullmatch(character):
+            seen += 1
+            if seen % 10 == 5:
+                continue
+        kept.append(character)
+    return "".join(kept)
+
+
+@pytest.mark.parametrize("language", ["zh_CN", "ja", "ru", "th"])
+def test_filters_keep_grounded_answers_in_every_script_and_drop_unsupported_ones(language: str) -> None:
+    """The quality filters read words as English has them: a Chinese question was one word (too short), and an
+    answer in Cyrillic or Thai had no content words (`[a-z0-9]+`), so nothing but a verbatim span was grounded. Real
+    translations (tests/translated_text.py): for each, a question from its opening, an answer reworded from it (kept)
+    and an answer taken from another message (dropped, ungrounded)."""
+    script = regex.compile(SCRIPTS[language])
+    # messages without a Latin letter: the old `[a-z0-9]+` found words only in their Latin parts (`ID`, `AppStream`)
+    messages = [m for m in translated_messages(language, 60) if not re.search("[A-Za-z]", m)]
+    sources = list({m[:6]: m for m in reversed(messages[:-10])}.values())[-10:]  # no two questions alike
+    elsewhere = messages[-10:]
+    assert len(sources) == 10 and not set(sources) & set(elsewhere)
+    pairs, source_of = [], {}
+    for i, source in enumerate(sources):
+        question = " ".join(source.split()[:8]) + "?" if language == "ru" else source[:14] + "？"
+        for kind, answer in (("grounded", _reworded(source, script)), ("unsupported", elsewhere[i])):
+            pair = QAPair(id=f"{kind}-{i}", question=question, answer=answer, document_id=f"d{i}")
+            pairs.append(pair)
+            source_of[pair.id] = source
+    result = filter_pairs(pairs, source_of, QAConfig())
+    assert sorted(p.id for p in result.kept) == sorted(f"grounded-{i}" for i in range(10)), result.dropped[:3]
+    assert {d["id"]: d["reason"] for d in result.dropped} == {f"unsupported-{i}": "ungrounded" for i in range(10)}
 
 
 def test_filters_count_each_reason() -> None:

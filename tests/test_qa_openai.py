@@ -25,6 +25,7 @@ from llm_pipeline.qa.checkpoint import Journal
 from llm_pipeline.records import Document
 from tests.fakes.openai_server import FakeOpenAI, document_key
 from tests.qa_support import qa_config, sample
+from tests.translated_text import translated_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +52,26 @@ def assert_nothing_lost_or_doubled(result: QAResult, docs: list[Document]) -> No
     assert len(contents) == len(set(contents)), "a pair appears twice"
     accounted = {p.document_id for p in result.pairs} | {r["document_id"] for r in result.rejects}
     assert accounted == {d.id for d in docs}, "a document has neither pairs nor a reason"
+
+
+def test_chinese_and_japanese_documents_give_grounded_pairs_from_every_chunk(fake: FakeOpenAI, tmp_path: Path) -> None:
+    """Documents written without spaces between words, real ones (translations: tests/translated_text.py), through
+    the openai backend to a server whose model answers with their sentences. Before, each was one chunk however long
+    (a split on whitespace found a few dozen "words" in pages of Chinese) and every pair was dropped as too short (a
+    Chinese question was one word): no pairs at all. Now several chunks a document, questions from each, kept."""
+    docs = []
+    for language in ("zh_CN", "ja"):
+        messages = translated_messages(language, 100)
+        docs += [Document(id=f"{language}-{k}", text="".join(messages[k * 12 : (k + 1) * 12])) for k in range(2)]
+    result = run(docs, qa_config(fake, questions_per_doc=8, chunk_words=300, chunk_overlap_words=30), tmp_path)
+    assert result.requests["quarantined"] == 0 and result.requests["failed"] == 0, result.requests
+    chunks = {(p.document_id, p.metadata["chunk"]) for p in result.pairs}
+    assert {d for d, _ in chunks} == {d.id for d in docs}  # pairs from every document
+    assert all(sum(1 for d, _ in chunks if d == doc.id) >= 2 for doc in docs), sorted(chunks)  # and several chunks
+    texts = {d.id: d.text for d in docs}
+    assert all(p.answer in texts[p.document_id] for p in result.pairs)
+    assert "too_short" not in result.filtered and "ungrounded" not in result.filtered, result.filtered
+    assert_nothing_lost_or_doubled(result, docs)
 
 
 def test_pairs_metadata_tokens_and_cost(fake: FakeOpenAI, documents: list[Document], tmp_path: Path) -> None:

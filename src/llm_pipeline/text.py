@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+import regex
+
 _WORD = re.compile(r"\w+")
 # A word for near-duplicate detection, as a reader counts words: a whitespace-separated word, lowercased, with
 # sentence punctuation, brackets and quotes stripped from its two ends. What is inside a word stays, so c++, c#,
@@ -41,6 +43,29 @@ UNANSWERABLE = re.compile(
 )
 
 
+# Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Myanmar): a whitespace split
+# finds no words in them (a paragraph of Chinese is one "word"), so each of their characters counts as a word. Korean
+# (Hangul) is written with spaces and is not among them.
+UNSPACED_SCRIPTS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
+UNSPACED = regex.compile(rf"[{UNSPACED_SCRIPTS}]")
+# a word as a reader counts them: a character of an unspaced script, or a run of other non-space characters
+_COUNTED_WORD = regex.compile(rf"[{UNSPACED_SCRIPTS}]|[^\s{UNSPACED_SCRIPTS}]+")
+_PUNCTUATION_ONLY = regex.compile(r"\p{P}+")
+# what dedup strips from a word's ends besides DEDUP_EDGE: the full-width punctuation of Chinese and Japanese
+_WIDE_EDGE = "，。、；：！？「」『』（）《》【】〈〉“”‘’…·・～"
+
+
+def word_count(text: str) -> int:
+    """Words as a reader counts them: whitespace-separated, and each character of a script written without spaces
+    (`UNSPACED_SCRIPTS`) one word. For text without such characters: its whitespace-separated words."""
+    return len(_COUNTED_WORD.findall(text))
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each word `word_count` counts."""
+    return [m.span() for m in _COUNTED_WORD.finditer(text)]
+
+
 def words_of(text: str) -> list[str]:
     """Lowercased word tokens (`\\w+`)."""
     return _WORD.findall(text.lower())
@@ -50,13 +75,19 @@ def dedup_tokens(text: str) -> list[str]:
     """Lowercased whitespace words, sentence punctuation, brackets and quotes stripped from their ends (`DEDUP_EDGE`):
     the units of MinHash's shingles and of its exact verification. Symbols and digits inside a word stay (`c++` is
     not `c`, `gcc-multilib` is not `g++-multilib`)."""
-    stripped = map(dedup_word, text.lower().split())
-    return [word for word in stripped if word]
+    return [word for chunk in text.lower().split() for word in dedup_words(chunk)]
 
 
-def dedup_word(chunk: str) -> str:
-    """A whitespace-separated chunk as `dedup_tokens` counts it: its ends stripped (empty: punctuation only)."""
-    return chunk.strip(DEDUP_EDGE)
+def dedup_words(chunk: str) -> tuple[str, ...]:
+    """A whitespace-separated chunk as `dedup_tokens` counts it: one word, its ends stripped (none: punctuation
+    only). A chunk holding characters of a script written without spaces (`UNSPACED`) is that many words, one
+    for each such character, and one for each run of other characters between them (punctuation dropped): a
+    paragraph of Chinese is hundreds of words, not one, and two that differ in one character share most shingles."""
+    if UNSPACED.search(chunk) is None:
+        word = chunk.strip(DEDUP_EDGE)
+        return (word,) if word else ()
+    pieces = (piece.strip(DEDUP_EDGE + _WIDE_EDGE) for piece in _COUNTED_WORD.findall(chunk))
+    return tuple(p for p in pieces if p and not _PUNCTUATION_ONLY.fullmatch(p))
 
 
 def number_mask(text: str) -> int:

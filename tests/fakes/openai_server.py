@@ -45,7 +45,11 @@ _DOCUMENT = re.compile(r"<document>\n(.*)\n</document>", re.DOTALL)
 _FIRST_DOCUMENT = re.compile(r"<document_1>\n(.*)\n</document_1>", re.DOTALL)  # the dedup judge's pair
 _N = re.compile(r"exactly (\d+)")
 _CONTEXT = re.compile(r"Context: (.*?)\n\nQuestion:", re.DOTALL)
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])\s*")
+# the fake's own reading of text written without spaces (CJK ideographs, kana, Thai): a character is a word
+_UNSPACED_RANGES = "\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_UNSPACED = re.compile(f"[{_UNSPACED_RANGES}]")
+_UNSPACED_WORD = re.compile(f"[{_UNSPACED_RANGES}]|[^\\s{_UNSPACED_RANGES}]+")
 # 200 replies whose JSON is reshaped (the others of the shapes replace the body altogether)
 RESHAPED = ("wrongtype", "choices_null", "message_null", "content_list", "no_usage", "negative_usage")
 RANDOM_ACTIONS = ("429", "500", "503", "timeout", "malformed", "badjson", "truncated", "slow",
@@ -98,13 +102,28 @@ def document_key(text: str) -> str:
     return hashlib.sha256(text.strip().encode()).hexdigest()[:12]
 
 
+def _words(sentence: str) -> list[str]:
+    """Whitespace words; in Chinese, Japanese or Thai (no spaces between words), each of their characters."""
+    return _UNSPACED_WORD.findall(sentence) if _UNSPACED.search(sentence) else sentence.split()
+
+
 def answer_pairs(text: str, n: int) -> list[dict[str, str]]:
-    sentences = [s.strip() for s in _SENTENCE.split(text.strip()) if len(s.split()) >= 4]
+    sentences = [s.strip() for s in _SENTENCE.split(text.strip()) if len(_words(s)) >= 4]
     pairs = []
     for i in range(min(n, len(sentences))):
-        words = sentences[i].rstrip(".!?").split()
-        pairs.append({"question": " ".join(words[:9]) + "?", "answer": sentences[i]})
+        sentence = sentences[i].rstrip(".!?。！？")
+        if _UNSPACED.search(sentence):  # the opening as written, the question mark of the language
+            question = sentence[: _nth_end(sentence, 9)] + "？"
+        else:
+            question = " ".join(sentence.split()[:9]) + "?"
+        pairs.append({"question": question, "answer": sentences[i]})
     return pairs
+
+
+def _nth_end(sentence: str, n: int) -> int:
+    """Where the n-th word of `sentence` ends (`_words`), or its end."""
+    ends = [m.end() for m in _UNSPACED_WORD.finditer(sentence)]
+    return ends[min(n, len(ends)) - 1]
 
 
 class _Server(ThreadingHTTPServer):

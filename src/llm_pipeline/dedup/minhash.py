@@ -29,7 +29,7 @@ import xxhash
 from llm_pipeline.dedup.clusters import KeepPolicy, clusters_by_kept, keep_ranks
 from llm_pipeline.dedup.methods import DEDUP_METHODS
 from llm_pipeline.records import Document, DuplicateCluster
-from llm_pipeline.text import dedup_tokens, dedup_word
+from llm_pipeline.text import dedup_tokens, dedup_words
 
 if TYPE_CHECKING:
     from llm_pipeline.config import DedupConfig
@@ -71,13 +71,12 @@ def fmix32(h: np.ndarray) -> np.ndarray:
 
 
 class _ChunkHashes(dict):
-    """A whitespace-separated chunk of lowercased text -> the 64-bit hash (xxhash64) of its `dedup_word`, as a
-    tuple of one, or of none where the chunk was punctuation only. A corpus repeats its chunks, so the strip and
-    the hash run once per distinct chunk."""
+    """A whitespace-separated chunk of lowercased text -> the 64-bit hashes (xxhash64) of its `dedup_words`: one,
+    none where the chunk was punctuation only, one per character in a script written without spaces. A corpus
+    repeats its chunks, so the split and the hashes run once per distinct chunk."""
 
     def __missing__(self, chunk: str) -> tuple[int, ...]:
-        word = dedup_word(chunk)
-        value = self[chunk] = (xxhash.xxh64_intdigest(word.encode()),) if word else ()
+        value = self[chunk] = tuple(xxhash.xxh64_intdigest(word.encode()) for word in dedup_words(chunk))
         return value
 
 

@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
+import regex
 
 from llm_pipeline.records import BenchmarkItem
-from llm_pipeline.text import DECIMAL, is_refusal
+from llm_pipeline.text import DECIMAL, UNSPACED, UNSPACED_SCRIPTS, is_refusal
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -39,11 +40,45 @@ def exact_match(prediction: str, reference: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(reference))
 
 
+# A word of any script for ROUGE: a character of a script written without spaces, or a run of letters and digits
+_ROUGE_WORD = regex.compile(rf"[{UNSPACED_SCRIPTS}]|(?:(?![{UNSPACED_SCRIPTS}])[\p{{L}}\p{{M}}\p{{N}}])+")
+
+
+class _EveryScriptTokenizer:
+    """rouge-score's tokenizer keeps `[a-z0-9]` and drops every other character: a Russian, Greek or Chinese answer
+    had no tokens, and the right answer scored 0. ASCII text is tokenized by it as before (lowercased, Porter
+    stems); other text into words of any script (`_ROUGE_WORD`), the ASCII ones stemmed as before, a character of
+    Chinese, Japanese or Thai one word (as sacrebleu's Chinese tokenizer and the QA filters count them)."""
+
+    def __init__(self) -> None:
+        from rouge_score import tokenizers
+
+        self._default = tokenizers.DefaultTokenizer(use_stemmer=True)
+
+    def tokenize(self, text: str) -> list[str]:
+        if text.isascii():
+            return self._default.tokenize(text)
+        tokens: list[str] = []
+        for word in _ROUGE_WORD.findall(text.lower()):
+            if word.isascii():
+                tokens.extend(self._default.tokenize(word))
+            else:
+                tokens.append(word)
+        return tokens
+
+
 @lru_cache(maxsize=1)
 def _rouge_scorer():  # type: ignore[no-untyped-def]
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=_EveryScriptTokenizer())
+
+
+def _bleu_spaced(text: str) -> str:
+    """`text` with a space on each side of every character of Chinese, Japanese or Thai: sacrebleu's default
+    tokenizer (13a) splits at spaces and punctuation, so a sentence of Chinese was one token and any difference
+    made BLEU 0. Each character a token, as its own Chinese tokenizer does; other text unchanged."""
+    return UNSPACED.sub(r" \g<0> ", text) if UNSPACED.search(text) else text
 
 
 def rouge(prediction: str, reference: str) -> dict[str, float]:
@@ -53,7 +88,9 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
 
 def bleu(prediction: str, reference: str) -> float:
     """Sentence BLEU (sacrebleu, exponential smoothing) scaled to [0, 1]."""
-    return round(_sentence_bleu().sentence_score(prediction, [reference]).score / 100.0, 6) if prediction else 0.0
+    if not prediction:
+        return 0.0
+    return round(_sentence_bleu().sentence_score(_bleu_spaced(prediction), [_bleu_spaced(reference)]).score / 100.0, 6)
 
 
 @lru_cache(maxsize=1)
@@ -66,7 +103,8 @@ def _sentence_bleu():  # type: ignore[no-untyped-def]
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     from sacrebleu.metrics import BLEU
 
-    return round(BLEU().corpus_score(list(predictions), [list(references)]).score / 100.0, 6)
+    spaced = [_bleu_spaced(p) for p in predictions], [_bleu_spaced(r) for r in references]
+    return round(BLEU().corpus_score(spaced[0], [spaced[1]]).score / 100.0, 6)
 
 
 def numeric_match(prediction: str, reference: str, tolerance: float = 0.01) -> float | None:

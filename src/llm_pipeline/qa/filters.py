@@ -1,6 +1,7 @@
 """Quality filters over the generated pairs: each drop is kept with its reason, and counted by reason.
 
-In order: too short (question or answer under the configured words), unanswerable (the answer is a refusal or
+In order: too short (question or answer under the configured words, as `text.word_count` counts them: a character
+of Chinese or Japanese is a word), unanswerable (the answer is a refusal or
 says the source does not tell), ungrounded (the answer is not supported by its chunk: llm_pipeline.qa.grounding),
 and near-duplicate questions across the whole corpus (MinHash LSH on question words, the dedup stage's code,
 verified on the true Jaccard; the first asked is kept).
@@ -17,7 +18,7 @@ from llm_pipeline.dedup.clusters import clusters_from_pairs
 from llm_pipeline.dedup.minhash import candidate_pairs, lsh_params, signatures, verified_pairs
 from llm_pipeline.qa.grounding import grounding_score
 from llm_pipeline.records import Document, QAPair
-from llm_pipeline.text import NUMBER, UNANSWERABLE
+from llm_pipeline.text import NUMBER, UNANSWERABLE, word_count
 
 QUESTION_SHINGLE = 1  # questions are short: compare their word sets
 
@@ -41,7 +42,7 @@ def filter_pairs(pairs: list[QAPair], sources: dict[str, str], config: QAConfig)
     result = Filtered()
     survivors: list[QAPair] = []
     for pair in pairs:
-        if len(pair.question.split()) < config.min_question_words or len(pair.answer.split()) < config.min_answer_words:
+        if word_count(pair.question) < config.min_question_words or word_count(pair.answer) < config.min_answer_words:
             _drop(result, pair, "too_short")
         elif UNANSWERABLE.search(pair.answer):
             _drop(result, pair, "unanswerable")
