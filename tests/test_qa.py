@@ -9,12 +9,19 @@ import pytest
 import regex
 
 from llm_pipeline.config import DataConfig, QAConfig, RetryDelays
-from llm_pipeline.errors import ModelLoadError, RateLimitedError, ResourceExhaustedError, ServiceUnavailableError
+from llm_pipeline.errors import (
+    DataValidationError,
+    ModelLoadError,
+    RateLimitedError,
+    ResourceExhaustedError,
+    ServiceUnavailableError,
+)
 from llm_pipeline.ingest import load_documents
 from llm_pipeline.qa import generate_qa, resolve_backend
 from llm_pipeline.qa.chunking import chunk_text
 from llm_pipeline.qa.extractive import question_for
 from llm_pipeline.qa.filters import filter_pairs
+from llm_pipeline.qa.generate import require_pairs
 from llm_pipeline.qa.grounding import grounding_score
 from llm_pipeline.qa.prompts import PACKAGED_DIR, load_prompts
 from llm_pipeline.qa.schema import OutputFormatError, parse_pairs
@@ -210,6 +217,19 @@ def test_filters_keep_grounded_answers_in_every_script_and_drop_unsupported_ones
     result = filter_pairs(pairs, source_of, QAConfig())
     assert sorted(p.id for p in result.kept) == sorted(f"grounded-{i}" for i in range(10)), result.dropped[:3]
     assert {d["id"]: d["reason"] for d in result.dropped} == {f"unsupported-{i}": "ungrounded" for i in range(10)}
+
+
+def test_the_offline_backend_on_chinese_documents_fails_saying_it_asks_of_english(tmp_path: Path) -> None:
+    """`llm-pipeline run` on a folder of Chinese documents with the offline backend (configs/test.yaml's) ended
+    with "0 QA pairs from backend extractive" and no why: its question patterns are English ones. Now the error
+    says so and what to set."""
+    docs = [Document(id=f"d{i}", text=t) for i, t in enumerate(translated_messages("zh_CN", 100)[:6])]
+    config = QAConfig(backend="extractive")
+    result = generate_qa(docs, config, checkpoint_dir=tmp_path, domain="ev_charging")
+    assert result.pairs == []
+    with pytest.raises(DataValidationError, match=r"qa.min_pairs: 0 QA pairs from backend extractive") as failed:
+        require_pairs(result, len(docs), config, tmp_path / "rejects.jsonl")
+    assert "only of English sentences" in str(failed.value) and "set qa.backend to openai or local" in str(failed.value)
 
 
 def test_filters_count_each_reason() -> None:

@@ -355,6 +355,12 @@ def require_pairs(result: QAResult, documents: int, config: QAConfig, rejects: P
         detail += " (" + "; ".join(f"{reason}: {n}" for reason, n in reasons) + ")"
     if result.status != "complete":
         detail += f"; {result.status}"
+    if result.backend == "extractive":
+        detail += (
+            "; the offline extractive backend asks only of English sentences shaped `<subject> <verb> <rest>` (README,"
+            " QA generation): for documents in another language, or with few such sentences, set qa.backend to"
+            " openai or local"
+        )
     raise DataValidationError(
         f"qa.min_pairs: {len(result.pairs)} QA pairs from backend {result.backend}"
         + (f" (model {result.model})" if result.model else "")
