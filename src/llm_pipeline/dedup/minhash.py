@@ -29,7 +29,7 @@ import xxhash
 from llm_pipeline.dedup.clusters import KeepPolicy, clusters_by_kept, keep_ranks
 from llm_pipeline.dedup.methods import DEDUP_METHODS
 from llm_pipeline.records import Document, DuplicateCluster
-from llm_pipeline.text import dedup_tokens, dedup_words
+from llm_pipeline.text import DEDUP_EDGE, dedup_tokens, dedup_words
 
 if TYPE_CHECKING:
     from llm_pipeline.config import DedupConfig
@@ -76,7 +76,11 @@ class _ChunkHashes(dict):
     repeats its chunks, so the split and the hashes run once per distinct chunk."""
 
     def __missing__(self, chunk: str) -> tuple[int, ...]:
-        value = self[chunk] = tuple(xxhash.xxh64_intdigest(word.encode()) for word in dedup_words(chunk))
+        if chunk.isascii():  # nearly every chunk: `dedup_words` of it, inline (this runs once per distinct chunk)
+            word = chunk.strip(DEDUP_EDGE)
+            value = self[chunk] = (xxhash.xxh64_intdigest(word.encode()),) if word else ()
+        else:
+            value = self[chunk] = tuple(xxhash.xxh64_intdigest(word.encode()) for word in dedup_words(chunk))
         return value
 
 
