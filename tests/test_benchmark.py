@@ -12,7 +12,8 @@ from llm_pipeline.config import BenchmarkConfig, DataConfig, QAConfig
 from llm_pipeline.ingest import load_documents
 from llm_pipeline.qa import generate_qa
 from llm_pipeline.records import Document, QAPair
-from llm_pipeline.text import REFUSAL
+from llm_pipeline.text import REFUSAL, split_sentences
+from tests.translated_text import translated_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ["pricing", "technical", "compatibility", "environmental"]
@@ -111,6 +112,25 @@ def test_categories_from_metadata_keywords_then_descriptions() -> None:
         "emb": "environmental",
         "none": "other",
     }
+
+
+def test_contamination_and_sentences_in_chinese_and_japanese() -> None:
+    """Chinese and Japanese put no spaces between words: the contamination check's 8-word n-grams found none in a
+    question or answer of one "word", so a benchmark item whose answer was also a training pair's went unflagged, and
+    sentences were not split at 。 (the adversarial distractor and the baselines work on sentences). Real
+    translations (tests/translated_text.py)."""
+    for language in ("zh_CN", "ja"):
+        messages = [m for m in translated_messages(language, 40) if " " not in m and "。" in m[:-1]]  # unspaced
+        shared, own = messages[0], messages[1:4]
+        pairs = [
+            QAPair(id="a", question=own[0][:20] + "？", answer=shared, document_id="d1"),
+            QAPair(id="b", question=own[1][:20] + "？", answer=shared, document_id="d2"),  # the same answer
+            QAPair(id="c", question=own[2][:20] + "？", answer=own[2], document_id="d3"),
+        ]
+        assert contaminated(pairs, n=8, threshold=0.5) == {"a": 1.0, "b": 1.0}, language
+        sentences = split_sentences(shared)
+        assert len(sentences) >= 2 and "".join(sentences).replace(" ", "") == shared.replace(" ", "")  # none lost
+        assert all(s.endswith(("。", "！", "？", "」", "』", "）", "”")) for s in sentences[:-1]), sentences
 
 
 def test_contamination_flags_overlap_with_other_pairs_only() -> None:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from llm_pipeline.config import CandidateConfig, EvaluationConfig
 from llm_pipeline.evaluation import evaluate_candidates, robustness
-from llm_pipeline.evaluation.baselines import answer_span
+from llm_pipeline.evaluation.baselines import LexicalCandidate, answer_span
 from llm_pipeline.records import BenchmarkItem
 from llm_pipeline.text import REFUSAL
+from tests.translated_text import translated_messages
 
 CONTEXT = (
     "DC fast charging on VoltWay costs $0.45 per kWh in Denver. Level 2 chargers deliver between 7 and 11 kW "
@@ -67,6 +68,26 @@ def test_answer_span_drops_what_the_question_says() -> None:
         )
         == "$0.45 per kWh in Denver"
     )
+
+
+def test_the_lexical_baseline_answers_from_the_right_sentence_in_chinese_and_japanese() -> None:
+    """The lexical baseline matched a question's words to a sentence's: in Chinese or Japanese (no spaces) a question
+    was one "word" and the context one "sentence", so it refused or gave the whole context. Real translations
+    (tests/translated_text.py) without spaces: the context three messages, each question the opening of one of them;
+    the answer is from that message."""
+    candidate = LexicalCandidate(CandidateConfig(name="lexical", kind="lexical"))
+    for language in ("zh_CN", "ja"):
+        context_messages: list[str] = []
+        for m in translated_messages(language, 30):  # three that do not say nearly the same (by their characters)
+            distinct = all(len(set(m) & set(o)) < 0.5 * len(set(m)) for o in context_messages)
+            if " " not in m and m.endswith("。") and distinct:
+                context_messages.append(m)
+        context_messages = context_messages[:3]
+        context = "".join(context_messages)
+        questions = [m[:12] + "？" for m in context_messages]
+        answers = candidate.answer(questions, [context] * 3)
+        for answer, message in zip(answers, context_messages, strict=True):
+            assert answer != REFUSAL and answer in message and len(answer) < len(context), (language, answer)
 
 
 def test_two_candidates_every_metric_and_breakdown() -> None:

@@ -8,14 +8,15 @@ import re
 
 import regex
 
-_WORD = re.compile(r"\w+")
 # A word for near-duplicate detection, as a reader counts words: a whitespace-separated word, lowercased, with
 # sentence punctuation, brackets and quotes stripped from its two ends. What is inside a word stays, so c++, c#,
 # g++-multilib, v2.0, x86_64, node.js, don't, >= and <= are words and differ from c, gcc-multilib, v2, = and >=;
 # `(dev,32bit,meta)` is one word, not three (a regex that split it made one-word variants of short texts look
 # like near-duplicates: docs/benchmarks.md).
 DEDUP_EDGE = ".,;:!?\"'()[]{}`"
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9$])")
+# after . ! ? where the next sentence starts with a capital, a digit or $; after Chinese and Japanese 。！？
+# (and a closing quote or bracket after one), which need no space
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9$])|(?<=[。！？])(?![」』”）])\s*|(?<=[。！？][」』”）])\s*")
 
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")  # 0.45, 1,200: numbers as a text writes them (grounding, question filter)
 DECIMAL = re.compile(r"\d+(?:\.\d+)?")  # 0.45, 12: numbers to compare or perturb (metrics, adversarial variants)
@@ -51,6 +52,7 @@ UNSPACED = regex.compile(rf"[{UNSPACED_SCRIPTS}]")
 # a word as a reader counts them: a character of an unspaced script, or a run of other non-space characters
 _COUNTED_WORD = regex.compile(rf"[{UNSPACED_SCRIPTS}]|[^\s{UNSPACED_SCRIPTS}]+")
 _PUNCTUATION_ONLY = regex.compile(r"\p{P}+")
+_WORD = regex.compile(rf"[{UNSPACED_SCRIPTS}]|(?:(?![{UNSPACED_SCRIPTS}])\w)+")
 # what dedup strips from a word's ends besides DEDUP_EDGE: the full-width punctuation of Chinese and Japanese
 _WIDE_EDGE = "，。、；：！？「」『』（）《》【】〈〉“”‘’…·・～"
 
@@ -67,7 +69,8 @@ def word_spans(text: str) -> list[tuple[int, int]]:
 
 
 def words_of(text: str) -> list[str]:
-    """Lowercased word tokens (`\\w+`)."""
+    """Lowercased word tokens (`\\w+`; a character of Chinese, Japanese or Thai one word): the benchmark's
+    contamination n-grams and question overlap."""
     return _WORD.findall(text.lower())
 
 
@@ -109,7 +112,7 @@ def numbers_conflict(a: int, b: int) -> bool:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences, split after . ! ? where the next one starts with a capital, a digit or $."""
+    """Sentences, split after . ! ? where the next one starts with a capital, a digit or $, and after 。！？."""
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 

@@ -9,17 +9,18 @@ is what an unanswerable item wants.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
+import regex
 
 from llm_pipeline.config import DEFAULT_EMBEDDING_MODEL, CandidateConfig
 from llm_pipeline.evaluation.candidates import CANDIDATE_KINDS
 from llm_pipeline.models.embeddings import embed
-from llm_pipeline.text import REFUSAL, split_sentences
+from llm_pipeline.text import REFUSAL, UNSPACED_SCRIPTS, split_sentences
 
-_WORD = re.compile(r"[\w$.%-]+")
+# a word: letters, digits and $ . % -; in Chinese, Japanese or Thai (no spaces between words) each character
+_WORD = regex.compile(rf"[{UNSPACED_SCRIPTS}]|(?:(?![{UNSPACED_SCRIPTS}])[\w$.%-])+")
 
 
 def _stem(word: str) -> str:
