@@ -112,6 +112,15 @@ def test_categories_from_metadata_keywords_then_descriptions() -> None:
         "emb": "environmental",
         "none": "other",
     }
+    chinese = BenchmarkConfig(  # keywords of a language without spaces between words: found inside the text's runs
+        categories=["pricing", "technical"], category_keywords={"pricing": ["费用", "价格"], "technical": ["千瓦"]}
+    )
+    docs = [
+        Document(id="fee", text="快速充电站的服务费用为每次一元。"),
+        Document(id="power", text="直流快充桩的功率可达一百五十千瓦。"),
+        Document(id="museum", text="博物馆周日九点开门。"),
+    ]
+    assert classify_documents(docs, chinese) == {"fee": "pricing", "power": "technical", "museum": "other"}
 
 
 def test_contamination_and_sentences_in_chinese_and_japanese() -> None:

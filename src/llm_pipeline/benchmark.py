@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from llm_pipeline.config import BenchmarkConfig
 from llm_pipeline.records import BENCHMARK_VERSION, BenchmarkItem, Difficulty, Document, QAPair
-from llm_pipeline.text import DECIMAL, REFUSAL, split_sentences, words_of
+from llm_pipeline.text import DECIMAL, REFUSAL, UNSPACED, split_sentences, words_of
 
 __all__ = ["BENCHMARK_VERSION", "build_benchmark", "difficulty_of"]
 ADVERSARIAL_TYPES = ("unanswerable", "distractor", "typo", "numeric", "negated", "paraphrase")
@@ -67,12 +67,19 @@ def difficulty_of(question: str, answer: str, context: str) -> Difficulty:
     return "easy" if points == 0 else "medium" if points == 1 else "hard"
 
 
+def _keyword_pattern(keyword: str) -> str:
+    """A category keyword as a whole word (`fee` is not in `coffee`); one in Chinese, Japanese or Thai, whose words
+    are not spaced, anywhere (`\\b` fell between no two of its characters: `充电` was never found in `快速充电站`)."""
+    escaped = re.escape(keyword.lower())
+    return escaped if UNSPACED.search(keyword) else rf"\b{escaped}\b"
+
+
 def classify_documents(documents: list[Document], config: BenchmarkConfig) -> dict[str, str]:
     """document id -> category, by metadata, then keywords, then description similarity, else `other`."""
     out: dict[str, str] = {}
     undecided: list[Document] = []
     keyword_patterns = {
-        category: re.compile(r"\b(" + "|".join(re.escape(k.lower()) for k in words) + r")\b")
+        category: re.compile("|".join(_keyword_pattern(k) for k in words))
         for category, words in config.category_keywords.items()
         if words
     }
