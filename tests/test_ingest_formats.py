@@ -8,6 +8,7 @@ import bz2
 import codecs
 import csv
 import gzip
+import io
 import json
 import lzma
 import tracemalloc
@@ -26,6 +27,7 @@ from llm_pipeline.config import DataConfig
 from llm_pipeline.errors import DataValidationError
 from llm_pipeline.ingest import IngestResult, load_documents, require_documents
 from llm_pipeline.io import write_jsonl
+from tests.translated_text import translated_messages
 
 ARTICLE = (
     "Level 2 chargers deliver up to 19 kW from a 240 volt circuit. Most drivers charge overnight at home, and a "
@@ -158,6 +160,65 @@ def test_byte_order_marks_and_utf16_utf32_are_decoded_other_encodings_quarantine
     reject = result.rejects[0]
     assert len(result.rejects) == 1 and reject.location == "line 2"
     assert reject.reason == "not_utf8: invalid continuation byte at byte 25"  # 0-based, in the line
+
+
+def _decodes(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _write_folder(folder: Path, messages: list[str], encoding: str) -> None:
+    """Five files of a team's kinds holding `messages` (real translations), in `encoding`, and one in UTF-8 with its
+    byte-order mark (which wins over `data.encoding`)."""
+    folder.mkdir()
+    (folder / "note.txt").write_bytes(messages[0].encode(encoding))
+    (folder / "guide.md.gz").write_bytes(gzip.compress(f"# {messages[1][:12]}\n\n{messages[1]}".encode(encoding)))
+    lines = "".join(
+        json.dumps({"id": f"j{i}", "text": m}, ensure_ascii=False) + "\n" for i, m in enumerate(messages[2:4])
+    )
+    (folder / "records.jsonl").write_bytes(lines.encode(encoding))
+    table = io.StringIO()
+    csv.writer(table).writerows([["id", "text"], ["c1", messages[4]]])
+    (folder / "table.csv").write_bytes(table.getvalue().encode(encoding))
+    (folder / "page.html").write_bytes(
+        f"<html><body><article><p>{messages[5]}</p></article></body></html>".encode(encoding)
+    )
+    (folder / "utf8.txt").write_bytes(codecs.BOM_UTF8 + messages[6].encode())
+
+
+@pytest.mark.parametrize(("language", "encoding"), [("zh_CN", "gb18030"), ("ja", "shift_jis"), ("ru", "cp1251")])
+def test_files_in_a_legacy_encoding_load_as_their_utf8_copies_with_data_encoding(
+    tmp_path: Path, language: str, encoding: str
+) -> None:
+    """A Chinese team's text files are often GB18030, a Japanese team's Shift-JIS, a Russian one's Windows-1251:
+    each record was quarantined as not UTF-8. With `data.encoding` they load, the same documents as the same files
+    written in UTF-8 (real translations: tests/translated_text.py); a UTF-8 file with its byte-order mark still
+    reads as UTF-8; a line with bytes the encoding has no character for is quarantined alone; an unknown encoding
+    fails the config naming the field."""
+    messages = [m for m in translated_messages(language, 60) if all(c.encode(encoding, "ignore") for c in m)][:7]
+    _write_folder(tmp_path / "utf8", messages, "utf-8")
+    _write_folder(tmp_path / "legacy", messages, encoding)
+    expected = {d.id: (d.text, d.metadata.get("title")) for d in load(tmp_path / "utf8").documents}
+    assert len(expected) == 7
+    before = load(tmp_path / "legacy")  # the default, utf-8: each record quarantined but the one with its BOM
+    assert [d.id for d in before.documents] == ["utf8"] and len(before.rejects) == 6
+    assert {r.reason.split(":")[0] for r in before.rejects} == {"not_utf8"}
+    legacy = load(tmp_path / "legacy", encoding=encoding.upper().replace("_", "-"))  # as a user may spell it
+    assert {d.id: (d.text, d.metadata.get("title")) for d in legacy.documents} == expected and not legacy.rejects
+
+    bad = messages[3].encode(encoding)
+    nothing = next(b for b in map(bytes, zip(range(0x80, 0x100))) if not _decodes(b + b" ", encoding))
+    bad = bad[: len(bad) // 2] + nothing + bad[len(bad) // 2 :]  # a byte that is no character in the encoding
+    records = tmp_path / "legacy" / "records.jsonl"
+    records.write_bytes(records.read_bytes().splitlines(keepends=True)[0] + b'{"id": "j1", "text": "' + bad + b'"}\n')
+    partly = load(tmp_path / "legacy", encoding=encoding)
+    assert {d.id for d in partly.documents} == set(expected) - {"j1"}
+    assert rejected(partly) == {"records.jsonl:line 2": f"not_{encoding}"}
+    with pytest.raises(ValueError, match="encoding"):
+        DataConfig(path=tmp_path, encoding="no-such-codec")
 
 
 def test_csv_ragged_rows_huge_fields_and_bad_bytes_are_quarantined_by_line(tmp_path: Path) -> None:

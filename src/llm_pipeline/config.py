@@ -10,6 +10,7 @@ Secrets (OPENAI_API_KEY, WANDB_API_KEY) live in `Secrets`, never in the config, 
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import importlib
 import json
@@ -115,8 +116,27 @@ class DataConfig(Section):
         description="The key or column holding a record's id, or a list as for text_field (none present: "
         "an id from the text's hash).",
     )
+    encoding: str = Field(
+        "utf-8",
+        description="How text files without a byte-order mark are encoded (JSONL, JSON, CSV/TSV, txt, md, rst, adoc, "
+        "HTML): utf-8, or a legacy one a team's files are in, e.g. gb18030 (Chinese), shift_jis (Japanese), cp1251 "
+        "(Russian). A byte-order mark wins; PDF, DOCX, PPTX and Parquet carry their own.",
+    )
     include: list[str] = Field(default_factory=list, description="Globs (relative paths) a folder's files must match.")
     exclude: list[str] = Field(default_factory=list, description="Globs (relative paths) of a folder's files to leave.")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, name: str) -> str:
+        """A codec Python has, by its canonical name (GBK -> gbk, utf8 -> utf-8, Shift-JIS -> shift_jis)."""
+        try:
+            info = codecs.lookup(name)
+        except LookupError:
+            known = "a Python codec, e.g. utf-8, gb18030, shift_jis, cp1251"
+            raise ValueError(f"unknown encoding {name!r}: {known}") from None
+        if not getattr(info, "_is_text_encoding", True):
+            raise ValueError(f"{name!r} is not a text encoding")
+        return info.name
 
     @field_validator("text_field", "id_field", mode="before")
     @classmethod

@@ -31,9 +31,9 @@ _ADOC_HEADING = re.compile(r"^={1,6}[ \t]+(\S.*?)[ \t]*$", re.MULTILINE)
 def _read_text(path: Path, kind: Kind, max_bytes: int) -> str:
     with open_binary(path, kind.compression) as stream:
         try:
-            read = read_bounded(stream, max_bytes)  # type: ignore[arg-type]
-        except UnicodeDecodeError as exc:
-            raise BadRecord(f"not_utf8: {exc.reason} at byte {exc.start}") from exc
+            read = read_bounded(stream, max_bytes, kind.encoding)  # type: ignore[arg-type]
+        except UnicodeDecodeError as exc:  # not_utf8, or not_gb18030 ... (`data.encoding`)
+            raise BadRecord(f"not_{exc.encoding.replace('-', '')}: {exc.reason} at byte {exc.start}") from exc
     if read is None:
         raise BadRecord(f"too_long: the file holds over {max_bytes} bytes of text")
     return read

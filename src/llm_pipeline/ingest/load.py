@@ -7,7 +7,7 @@ from __future__ import annotations
 import fnmatch
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +108,9 @@ def _walk(root: Path, config: DataConfig) -> Iterator[Path]:
 
 def _kind(path: Path, config: DataConfig) -> Kind | None:
     if config.format in ("auto", "folder"):
-        return classify(path)
-    return Kind(config.format, compression_of(head_bytes(path)))
+        found = classify(path)
+        return None if found is None else replace(found, encoding=config.encoding)
+    return Kind(config.format, compression_of(head_bytes(path)), config.encoding)
 
 
 def _raw_items(

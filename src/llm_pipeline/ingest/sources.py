@@ -11,9 +11,10 @@ import gzip
 import io
 import lzma
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -67,6 +68,7 @@ class UnreadableFile(Exception):
 class Kind:
     format: str  # jsonl, json, csv, tsv, parquet, text, markdown, rst, asciidoc, html, pdf, docx, pptx
     compression: str | None = None
+    encoding: str = "utf-8"  # a text file's without a byte-order mark (`data.encoding`)
 
 
 def stem(path: Path) -> Path:
@@ -144,36 +146,49 @@ def open_binary(path: Path, compression: str | None) -> Iterator[BinaryIO]:
         yield io.BufferedReader(handle, CHUNK)  # type: ignore[arg-type]
 
 
-def sniff_encoding(stream: io.BufferedReader) -> str:
-    """UTF-16 or UTF-32 when the stream starts with their byte-order mark, else UTF-8. A UTF-8 mark is consumed
-    (so it never reaches a record, a CSV header or a document's text); UTF-16/32 codecs consume their own."""
+def sniff_encoding(stream: io.BufferedReader, fallback: str = "utf-8") -> str:
+    """UTF-16 or UTF-32 when the stream starts with their byte-order mark, UTF-8 after its mark, else `fallback`
+    (`data.encoding`). A UTF-8 mark is consumed (so it never reaches a record, a CSV header or a document's text);
+    UTF-16/32 codecs consume their own."""
     head = stream.peek(4)[:4]
     for bom, encoding in _BOMS:
         if head.startswith(bom):
             if encoding == "utf-8":
                 stream.read(len(bom))
             return encoding
-    return "utf-8"
+    return fallback
+
+
+def _bytes_to_utf8(line: bytes, encoding: str) -> bytes:
+    """A line in `encoding` as UTF-8; bytes `encoding` has no character for kept as they were (not UTF-8 either)."""
+    return line.decode(encoding, "surrogateescape").encode("utf-8", "surrogateescape")
+
+
+def _str_to_utf8(line: str) -> bytes:
+    return line.encode("utf-8", "surrogatepass")
 
 
 def bounded_lines(
-    stream: io.BufferedReader, max_bytes: int, part: Part | None = None
+    stream: io.BufferedReader, max_bytes: int, part: Part | None = None, fallback: str = "utf-8"
 ) -> Iterator[tuple[int, bytes | None]]:
     """(line number, the line's UTF-8 bytes) for each line; None for a line over `max_bytes`, which is read
     through in chunks and dropped, so memory stays near `max_bytes` whatever the line's length. UTF-16/32 streams
-    are decoded (strictly: a bad code unit fails the file) and re-encoded to UTF-8, surrogates passed through.
+    are decoded (strictly: a bad code unit fails the file) and re-encoded to UTF-8, surrogates passed through. A
+    `fallback` encoding other than UTF-8 (`data.encoding`: gb18030, shift_jis, cp1251, ...) whose newline is the
+    byte \\n is read as lines of bytes, each decoded and re-encoded to UTF-8: bytes it has no character for stay
+    as they were (the line's record is then quarantined as not UTF-8, as in a UTF-8 file), the other lines load.
     `part`: the stream is that byte range of a UTF-8 file (`file_parts`), its lines numbered from the part's
     first; a part after the first has no byte-order mark to look for."""
-    encoding = sniff_encoding(stream) if part is None or part.start == 0 else "utf-8"
+    encoding = sniff_encoding(stream, fallback) if part is None or part.start == 0 else fallback
+    encode: Callable[[Any], bytes] | None = None
     if encoding == "utf-8":
         read_line = stream.readline
-        encode = None
+    elif "\n".encode(encoding) == b"\n":  # a legacy encoding with ASCII's newline: lines split on bytes
+        read_line = stream.readline
+        encode = partial(_bytes_to_utf8, encoding=encoding)
     else:
-        text = io.TextIOWrapper(stream, encoding=encoding, newline="")
-        read_line = text.readline  # type: ignore[assignment]
-
-        def encode(line: str) -> bytes:
-            return line.encode("utf-8", "surrogatepass")
+        read_line = io.TextIOWrapper(stream, encoding=encoding, newline="").readline  # type: ignore[assignment]
+        encode = _str_to_utf8
 
     number = part.first_line - 1 if part is not None else 0
     while True:
@@ -195,10 +210,10 @@ def bounded_lines(
         yield number, (encode(line) if encode else line)  # type: ignore[arg-type,misc]
 
 
-def read_bounded(stream: io.BufferedReader, max_bytes: int) -> str | None:
-    """A whole small file as text (BOM handled as in `sniff_encoding`), or None when it holds over `max_bytes`.
-    Raises UnicodeDecodeError (for UTF-8: the record's quarantine gives the position)."""
-    encoding = sniff_encoding(stream)
+def read_bounded(stream: io.BufferedReader, max_bytes: int, fallback: str = "utf-8") -> str | None:
+    """A whole small file as text (BOM handled as in `sniff_encoding`, else decoded as `fallback`), or None when it
+    holds over `max_bytes`. Raises UnicodeDecodeError (the record's quarantine gives the position)."""
+    encoding = sniff_encoding(stream, fallback)
     data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         return None
@@ -243,9 +258,10 @@ def open_part(path: Path, part: Part) -> Iterator[BinaryIO]:
 def file_parts(path: Path, kind: Kind, part_bytes: int) -> list[Part] | None:
     """A JSON Lines file over `part_bytes`, uncompressed and in UTF-8, cut at line ends into parts of about
     `part_bytes` (their first line numbers counted in one pass over the file); None for a file read whole (smaller,
-    compressed: a compressed stream cannot be entered mid-way, UTF-16/32, or another format)."""
+    compressed: a compressed stream cannot be entered mid-way, UTF-16/32 or another `data.encoding`, or another
+    format)."""
     size = path.stat().st_size
-    if kind.format != "jsonl" or kind.compression is not None or size <= part_bytes:
+    if kind.format != "jsonl" or kind.compression is not None or kind.encoding != "utf-8" or size <= part_bytes:
         return None
     head = head_bytes(path, 4)
     if any(head.startswith(bom) for bom, encoding in _BOMS if encoding != "utf-8"):

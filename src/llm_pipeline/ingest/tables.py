@@ -44,7 +44,7 @@ def read_jsonl(path: Path, kind: Kind, max_bytes: int, part: Part | None = None)
     whole file."""
     opened = open_part(path, part) if part is not None else open_binary(path, kind.compression)
     with opened as stream:
-        for number, raw_line in bounded_lines(stream, max_bytes, part):  # type: ignore[arg-type]
+        for number, raw_line in bounded_lines(stream, max_bytes, part, kind.encoding):  # type: ignore[arg-type]
             location = f"line {number}"
             if raw_line is None:
                 yield location, BadRecord(f"too_long: the line is over {max_bytes} bytes"), None
@@ -54,7 +54,7 @@ def read_jsonl(path: Path, kind: Kind, max_bytes: int, part: Part | None = None)
             try:
                 line = raw_line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield location, BadRecord(f"not_utf8: {exc.reason} at byte {exc.start}"), repr(raw_line[:200])
+                yield location, BadRecord(_undecodable(kind.encoding, exc)), repr(raw_line[:200])
                 continue
             record = _parse_json_record(line)
             yield location, record, line[:200] if isinstance(record, BadRecord) else None
@@ -66,7 +66,7 @@ def read_json(path: Path, kind: Kind, max_bytes: int) -> Iterator[RawItem]:
     import ijson
 
     with open_binary(path, kind.compression) as stream:
-        encoding = sniff_encoding(stream)  # type: ignore[arg-type]
+        encoding = sniff_encoding(stream, kind.encoding)  # type: ignore[arg-type]
         source: Any = stream if encoding == "utf-8" else _AsUtf8(io.TextIOWrapper(stream, encoding=encoding))
         head = source.peek(64)[:64].lstrip()
         prefix = "documents.item" if head.startswith(b"{") else "item"
@@ -142,7 +142,7 @@ def read_csv(
     delimiter = "\t" if kind.format == "tsv" else ","
     csv.field_size_limit(max(131_072, max_bytes))
     with open_binary(path, kind.compression) as stream:
-        lines = _Lines(bounded_lines(stream, max_bytes))  # type: ignore[arg-type]
+        lines = _Lines(bounded_lines(stream, max_bytes, fallback=kind.encoding))  # type: ignore[arg-type]
         reader = csv.reader(lines, delimiter=delimiter, strict=False)
         try:
             header = next(reader)
@@ -172,10 +172,20 @@ def read_csv(
                 reported += 1
             if not row or row == [""]:
                 continue
-            yield _csv_record(header, row, lines.number, text_field, id_field)
+            yield _csv_record(header, row, lines.number, text_field, id_field, kind.encoding)
 
 
-def _csv_record(header: list[str], row: list[str], line: int, text_field: str, id_field: str) -> RawItem:
+def _undecodable(encoding: str, exc: UnicodeDecodeError) -> str:
+    """A JSON Lines line's reason when its bytes are not text: `not_utf8` and where; in a file of another
+    `data.encoding`, the bytes that encoding has no character for were kept as they were (`bounded_lines`)."""
+    if encoding == "utf-8":
+        return f"not_utf8: {exc.reason} at byte {exc.start}"
+    return f"not_{encoding}: bytes {encoding} has no character for, near byte {exc.start} of the line"
+
+
+def _csv_record(
+    header: list[str], row: list[str], line: int, text_field: str, id_field: str, encoding: str = "utf-8"
+) -> RawItem:
     location = f"line {line}"
     preview = ",".join(row)[:200]
     if len(row) != len(header):
@@ -183,7 +193,8 @@ def _csv_record(header: list[str], row: list[str], line: int, text_field: str, i
     for value in row:
         bad = next((i for i, ch in enumerate(value) if ord(ch) in _ESCAPED), None)
         if bad is not None:
-            return location, BadRecord(f"not_utf8: invalid byte at character {bad} of a field"), ascii(preview)
+            code = f"not_{encoding.replace('-', '')}"  # not_utf8, or not_gb18030 ... (`data.encoding`)
+            return location, BadRecord(f"{code}: invalid byte at character {bad} of a field"), ascii(preview)
     fields = dict(zip(header, row, strict=True))
     record: dict[str, Any] = {"id": (fields.pop(id_field, None) if id_field else None) or None}
     record["text"] = fields.pop(text_field)
