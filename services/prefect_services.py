@@ -37,10 +37,10 @@ PERSISTER = "event-persister"
 STOP_WAIT_S = 20
 
 
-def log(level: str, event: str, **fields: Any) -> None:
-    """One line on stderr, as the stack's other services log (`docker compose logs prefect-services`)."""
-    shown = " ".join(f"{k}={v}" for k, v in fields.items())
-    print(f"{time.strftime('%H:%M:%S')} | {level:<7} | llm-pipeline.services-watch - {event} {shown}", file=sys.stderr)
+def _log() -> Any:
+    from llm_pipeline.logging import get_logger  # the stack's services log as the pipeline does
+
+    return get_logger("services-watch")
 
 
 def consumer_idle(client: Any, group: str, pid: int) -> float | None:
@@ -122,7 +122,8 @@ def supervise(
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    log("INFO", "started", pid=child.pid, command=" ".join(command), watching=client is not None)
+    log = _log()
+    log.info("started", pid=child.pid, command=" ".join(command), watching=client is not None)
     confirmed = False  # said once per child that its automations read events
     while True:
         try:
@@ -136,18 +137,18 @@ def supervise(
         try:
             why = why_stalled(client, child.pid, time.monotonic() - started, grace_s, stall_s)
         except Exception as exc:  # noqa: BLE001 - Redis away: the services' own problem, nothing to restart for
-            log("WARNING", "check_failed", error=f"{type(exc).__name__}: {exc}"[:200])
+            log.warning("check_failed", error=f"{type(exc).__name__}: {exc}"[:200])
             continue
         if why is None:
             if not confirmed and time.monotonic() - started >= grace_s:
                 confirmed = True
-                log("INFO", "reading_events", pid=child.pid)
+                log.info("reading_events", pid=child.pid)
             continue
-        log("ERROR", "restarting_stalled_services", pid=child.pid, why=repr(why))
+        log.error("restarting_stalled_services", pid=child.pid, why=why)
         stop(child)
         child = start(command)
         started, confirmed = time.monotonic(), False
-        log("INFO", "started", pid=child.pid, command=" ".join(command), watching=True)
+        log.info("started", pid=child.pid, command=" ".join(command), watching=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=15.0, help="seconds between checks")
     parser.add_argument("command", nargs="*", default=DEFAULT_COMMAND, help="the services' command (after --)")
     args = parser.parse_args(argv)
+    from llm_pipeline.logging import configure_logging
+
+    configure_logging(os.environ.get("LOG_LEVEL") or "INFO", structured=True)  # JSON lines on stderr, as the autoscaler
     code = supervise(args.command or DEFAULT_COMMAND, redis_client(), args.grace, args.stall, args.every)
     return 128 - code if code < 0 else code  # a child ended by a signal: the shell's 128 + N
 

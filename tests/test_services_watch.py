@@ -6,6 +6,7 @@ left alone, a SIGTERM ends both."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -92,6 +93,11 @@ def logged(folder: Path) -> str:
     return (folder / "watch.log").read_text()
 
 
+def events(folder: Path) -> list[dict]:
+    """The watch's log lines (JSON, as the stack's services log), the child's own output left out."""
+    return [json.loads(line) for line in logged(folder).splitlines() if line.startswith("{")]
+
+
 def end(watch: subprocess.Popen[bytes]) -> int:
     if watch.poll() is None:
         watch.send_signal(signal.SIGTERM)
@@ -108,7 +114,9 @@ def test_services_whose_triggers_never_read_are_started_again(
         code = end(watch)
     log = logged(tmp_path)
     first = restarted[0]
-    assert f"restarting_stalled_services pid={first}" in log and "no reactive-triggers consumer" in log, log
+    [restart, *_] = [e for e in events(tmp_path) if e["event"] == "restarting_stalled_services"]
+    assert restart["pid"] == first and "no reactive-triggers consumer" in restart["why"], log
+    assert restart["level"] == "error", log
     with pytest.raises(ProcessLookupError):
         os.kill(first, 0)  # the stalled child was stopped, not left beside the new one
     assert code == 128 + signal.SIGTERM, (code, log)  # the SIGTERM went to the child running then

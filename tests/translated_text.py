@@ -41,5 +41,5 @@ def translated_messages(language: str, min_chars: int = 60) -> list[str]:
         why = f"fewer than 20 {language} translations of {min_chars}+ characters under {LOCALES}"
         if os.environ.get("CI"):
             pytest.fail(why)
-        pytest.skip(why)
+        pytest.skip(reason=why)
     return list(found)

@@ -52,7 +52,15 @@ UNSPACED = regex.compile(rf"[{UNSPACED_SCRIPTS}]")
 # a word as a reader counts them: a character of an unspaced script, or a run of other non-space characters
 _COUNTED_WORD = regex.compile(rf"[{UNSPACED_SCRIPTS}]|[^\s{UNSPACED_SCRIPTS}]+")
 _PUNCTUATION_ONLY = regex.compile(r"\p{P}+")
-_WORD = regex.compile(rf"[{UNSPACED_SCRIPTS}]|(?:(?![{UNSPACED_SCRIPTS}])\w)+")
+
+
+def script_words(letters: str) -> regex.Pattern[str]:
+    """Words of any script: a character of a script written without spaces (`UNSPACED_SCRIPTS`), or a run of
+    `letters` (a character class, e.g. `\\w`) outside those scripts."""
+    return regex.compile(rf"[{UNSPACED_SCRIPTS}]|(?:(?![{UNSPACED_SCRIPTS}]){letters})+")
+
+
+_WORD = script_words(r"\w")
 # what dedup strips from a word's ends besides DEDUP_EDGE: the full-width punctuation of Chinese and Japanese
 _WIDE_EDGE = "，。、；：！？「」『』（）《》【】〈〉“”‘’…·・～"
 

@@ -12,15 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import regex
 
 from llm_pipeline.config import DEFAULT_EMBEDDING_MODEL, CandidateConfig
 from llm_pipeline.evaluation.candidates import CANDIDATE_KINDS
 from llm_pipeline.models.embeddings import embed
-from llm_pipeline.text import REFUSAL, UNSPACED_SCRIPTS, split_sentences
+from llm_pipeline.text import REFUSAL, script_words, split_sentences
 
 # a word: letters, digits and $ . % -; in Chinese, Japanese or Thai (no spaces between words) each character
-_WORD = regex.compile(rf"[{UNSPACED_SCRIPTS}]|(?:(?![{UNSPACED_SCRIPTS}])[\w$.%-])+")
+_WORD = script_words(r"[\w$.%-]")
 
 
 def _stem(word: str) -> str:

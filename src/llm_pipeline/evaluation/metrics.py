@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-import regex
 
 from llm_pipeline.records import BenchmarkItem
-from llm_pipeline.text import DECIMAL, UNSPACED, UNSPACED_SCRIPTS, is_refusal
+from llm_pipeline.text import DECIMAL, UNSPACED, is_refusal, script_words
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -41,7 +40,7 @@ def exact_match(prediction: str, reference: str) -> float:
 
 
 # A word of any script for ROUGE: a character of a script written without spaces, or a run of letters and digits
-_ROUGE_WORD = regex.compile(rf"[{UNSPACED_SCRIPTS}]|(?:(?![{UNSPACED_SCRIPTS}])[\p{{L}}\p{{M}}\p{{N}}])+")
+_ROUGE_WORD = script_words(r"[\p{L}\p{M}\p{N}]")
 
 
 class _EveryScriptTokenizer:
@@ -78,7 +77,7 @@ def _bleu_spaced(text: str) -> str:
     """`text` with a space on each side of every character of Chinese, Japanese or Thai: sacrebleu's default
     tokenizer (13a) splits at spaces and punctuation, so a sentence of Chinese was one token and any difference
     made BLEU 0. Each character a token, as its own Chinese tokenizer does; other text unchanged."""
-    return UNSPACED.sub(r" \g<0> ", text) if UNSPACED.search(text) else text
+    return UNSPACED.sub(r" \g<0> ", text)
 
 
 def rouge(prediction: str, reference: str) -> dict[str, float]:
@@ -103,8 +102,9 @@ def _sentence_bleu():  # type: ignore[no-untyped-def]
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     from sacrebleu.metrics import BLEU
 
-    spaced = [_bleu_spaced(p) for p in predictions], [_bleu_spaced(r) for r in references]
-    return round(BLEU().corpus_score(spaced[0], [spaced[1]]).score / 100.0, 6)
+    spaced_predictions = [_bleu_spaced(p) for p in predictions]
+    spaced_references = [_bleu_spaced(r) for r in references]
+    return round(BLEU().corpus_score(spaced_predictions, [spaced_references]).score / 100.0, 6)
 
 
 def numeric_match(prediction: str, reference: str, tolerance: float = 0.01) -> float | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_pipeline.ingest.records import BadRecord, normalize_text
-from llm_pipeline.ingest.sources import Kind, UnreadableFile, open_binary, read_bounded
+from llm_pipeline.ingest.sources import Kind, UnreadableFile, open_binary, read_bounded, undecodable
 
 HTML_MARKUP_FACTOR = 20  # an HTML page may carry this many bytes of markup per character of text
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
@@ -32,8 +32,8 @@ def _read_text(path: Path, kind: Kind, max_bytes: int) -> str:
     with open_binary(path, kind.compression) as stream:
         try:
             read = read_bounded(stream, max_bytes, kind.encoding)  # type: ignore[arg-type]
-        except UnicodeDecodeError as exc:  # not_utf8, or not_gb18030 ... (`data.encoding`)
-            raise BadRecord(f"not_{exc.encoding.replace('-', '')}: {exc.reason} at byte {exc.start}") from exc
+        except UnicodeDecodeError as exc:
+            raise BadRecord(f"{undecodable(exc.encoding)}: {exc.reason} at byte {exc.start}") from exc
     if read is None:
         raise BadRecord(f"too_long: the file holds over {max_bytes} bytes of text")
     return read

@@ -159,6 +159,11 @@ def sniff_encoding(stream: io.BufferedReader, fallback: str = "utf-8") -> str:
     return fallback
 
 
+def undecodable(encoding: str) -> str:
+    """The reason code of text that is not in its encoding: `not_utf8`, `not_gb18030`, `not_shift_jis`, ..."""
+    return "not_" + encoding.replace("-", "")
+
+
 def _bytes_to_utf8(line: bytes, encoding: str) -> bytes:
     """A line in `encoding` as UTF-8; bytes `encoding` has no character for kept as they were (not UTF-8 either)."""
     return line.decode(encoding, "surrogateescape").encode("utf-8", "surrogateescape")

@@ -20,6 +20,7 @@ from llm_pipeline.ingest.sources import (
     open_binary,
     open_part,
     sniff_encoding,
+    undecodable,
 )
 
 RawItem = tuple[str, dict[str, Any] | BadRecord, str | None]  # location, record or why not, raw text
@@ -179,8 +180,8 @@ def _undecodable(encoding: str, exc: UnicodeDecodeError) -> str:
     """A JSON Lines line's reason when its bytes are not text: `not_utf8` and where; in a file of another
     `data.encoding`, the bytes that encoding has no character for were kept as they were (`bounded_lines`)."""
     if encoding == "utf-8":
-        return f"not_utf8: {exc.reason} at byte {exc.start}"
-    return f"not_{encoding}: bytes {encoding} has no character for, near byte {exc.start} of the line"
+        return f"{undecodable(encoding)}: {exc.reason} at byte {exc.start}"
+    return f"{undecodable(encoding)}: bytes {encoding} has no character for, near byte {exc.start} of the line"
 
 
 def _csv_record(
@@ -193,8 +194,8 @@ def _csv_record(
     for value in row:
         bad = next((i for i, ch in enumerate(value) if ord(ch) in _ESCAPED), None)
         if bad is not None:
-            code = f"not_{encoding.replace('-', '')}"  # not_utf8, or not_gb18030 ... (`data.encoding`)
-            return location, BadRecord(f"{code}: invalid byte at character {bad} of a field"), ascii(preview)
+            reason = f"{undecodable(encoding)}: invalid byte at character {bad} of a field"
+            return location, BadRecord(reason), ascii(preview)
     fields = dict(zip(header, row, strict=True))
     record: dict[str, Any] = {"id": (fields.pop(id_field, None) if id_field else None) or None}
     record["text"] = fields.pop(text_field)
