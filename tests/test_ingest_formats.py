@@ -26,6 +26,7 @@ from pptx.util import Inches
 from llm_pipeline.config import DataConfig
 from llm_pipeline.errors import DataValidationError
 from llm_pipeline.ingest import IngestResult, load_documents, require_documents
+from llm_pipeline.ingest.records import normalize_text
 from llm_pipeline.io import write_jsonl
 from tests.translated_text import translated_messages
 
@@ -394,11 +395,15 @@ def test_slides_restructuredtext_and_asciidoc_load_with_their_titles_and_slide_s
     )
     (tmp_path / "docs" / "part.asciidoc").write_text("== Tariffs\n\nNight rate: 0.12 EUR per kWh.\n")
     (tmp_path / "docs" / "guide.rst.gz").write_bytes(gzip.compress(b"Guide\n=====\n\nCompressed rst.\n"))
+    (tmp_path / "docs" / "faq.md").write_text("Charging FAQ\n============\n\nBody text.\n\n## Later heading\n")
 
     result = load(tmp_path)
 
     docs = {d.id: d for d in result.documents}
-    assert set(docs) == {"plan", "exported-deck", "docs/install", "docs/notes", "docs/ops", "docs/part", "docs/guide"}
+    assert set(docs) == {
+        "plan", "exported-deck", "docs/install", "docs/notes", "docs/ops", "docs/part", "docs/guide", "docs/faq"
+    }  # fmt: skip
+    assert docs["docs/faq"].metadata["title"] == "Charging FAQ"  # Markdown's underlined (setext) heading
     plan = docs["plan"]
     assert plan.metadata["title"] == "Depot charging plan" and plan.metadata["slides"] == 3
     starts = plan.metadata["slide_starts"]
@@ -486,3 +491,123 @@ def test_text_and_ids_under_the_names_each_source_uses(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="both name"):
         DataConfig(path=folder, text_field="sku", id_field=["sku"])
     assert DataConfig(path=folder, text_field="body").text_field == ["body"]
+
+
+def stdlib_paragraphs(count: int) -> list[str]:
+    """Paragraphs of real prose no one here wrote: the docstrings of Python's own modules and their functions, each
+    docstring's paragraphs (blank-line separated) in order, up to `count` of at least 80 characters."""
+    import importlib
+    import inspect
+
+    found: list[str] = []
+    for name in ("argparse", "asyncio", "collections", "configparser", "difflib", "email", "ftplib", "http.client",
+                 "imaplib", "json", "logging", "pathlib", "shutil", "smtplib", "subprocess", "tarfile", "threading",
+                 "unittest", "urllib.request", "zipfile"):  # fmt: skip
+        module = importlib.import_module(name)
+        for _, member in [("", module), *inspect.getmembers(module)]:
+            for paragraph in (inspect.getdoc(member) or "").split("\n\n"):
+                if len(paragraph) >= 80 and paragraph not in found:
+                    found.append(paragraph)
+                    if len(found) == count:
+                        return found
+    raise AssertionError(f"only {len(found)} docstring paragraphs found")
+
+
+def test_a_long_document_file_is_split_into_parts_that_lose_nothing(tmp_path: Path) -> None:
+    """A manual longer than `data.max_chars` (a 300-page PDF is ~600k characters) was quarantined whole: now it is
+    parts of at most max_chars, cut where a paragraph or page ends, in order, their texts together the document's
+    whole text. Plain text read whole (under the reading bound) and as a stream (over it, compressed too), a
+    paragraph longer than a part cut where its sentences end, a PDF with a page longer than a part, a DOCX."""
+    limit = 4_000  # the reading bound is 6 x 4,000 + 64 KiB = 89,536 bytes
+    paragraphs = stdlib_paragraphs(700)
+    short = [p for p in paragraphs if len(p) < limit // 2]
+    run_on = " ".join(p.replace("\n", " ") for p in short[:60])  # one paragraph of ~4 parts, no blank line in it
+    assert len(run_on) > 3 * limit
+    streamed = "# The standard library, told by itself\n\n" + "\n\n".join([*short[60:300], run_on, *short[300:]])
+    assert len(streamed.encode()) > 6 * limit + 65_536
+    (tmp_path / "library.md.gz").write_bytes(gzip.compress(streamed.encode()))
+    whole = "\n\n".join(short[:20])
+    assert limit < len(whole) < 6 * limit
+    (tmp_path / "notes.txt").write_text(whole)
+    sizes = zip(range(0, 400, 20), [1, 2, 20, 3] * 5, strict=True)  # paragraphs a page
+    pages = [normalize_text(" ".join(short[i : i + n])) for i, n in sizes]
+    pages.insert(5, "")  # a blank page, as a scan's or a chapter's back
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=5)  # small print: a page of 20 paragraphs holds more than a part
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 2.5, text.encode("latin-1", "replace").decode("latin-1"))
+    pdf.output(str(tmp_path / "manual.pdf"))
+    import pypdf
+
+    extracted = [normalize_text(page.extract_text() or "") for page in pypdf.PdfReader(tmp_path / "manual.pdf").pages]
+    assert len(extracted) == len(pages) and max(map(len, extracted)) > limit
+    write_docx(tmp_path / "spec.docx", "Specification", short[:30], ["Cable", "6 mm2"])
+    (tmp_path / "small.txt").write_text(short[0])
+
+    result = load(tmp_path, max_chars=limit)
+
+    assert result.rejects == []
+    by_file: dict[str, list] = {}
+    for document in result.documents:
+        by_file.setdefault(document.id.split("#")[0], []).append(document)
+        assert len(document.text) <= limit
+    assert [d.id for d in by_file["small"]] == ["small"]  # a document that fits is as it was: no part
+    assert "part" not in by_file["small"][0].metadata
+
+    def parts_of(name: str, original: str) -> list:
+        parts = by_file[name]
+        assert [d.id for d in parts] == [f"{name}#{n}" for n in range(1, len(parts) + 1)]
+        assert {(d.metadata["part"], d.metadata["parts"]) for d in parts} == {(n, len(parts)) for n in
+                                                                              range(1, len(parts) + 1)}  # fmt: skip
+        assert " ".join(d.text for d in parts) == normalize_text(original)  # nothing lost, nothing moved
+        return parts
+
+    library = parts_of("library", streamed)
+    assert len(library) > 30 and all(d.metadata["title"] == "The standard library, told by itself" for d in library)
+    starts, inside = {normalize_text(p)[:40] for p in short[60:]}, normalize_text(run_on)
+    for document in library[1:]:  # a part begins where a paragraph does, but in the one longer than a part
+        assert document.text[:40] in starts or document.text[:40] in inside, document.text[:80]
+    ends = [d.text for d in library if d.text[-40:] in inside and not inside.endswith(d.text[-40:])]
+    assert len(ends) >= 2 and all(text.endswith((".", "!", "?")) for text in ends)  # that one: where sentences end
+    parts_of("notes", whole)
+    assert len(by_file["notes"]) >= 2
+
+    manual = parts_of("manual", " ".join(p for p in extracted if p))
+    assert all(d.metadata["pages"] == len(pages) for d in manual)
+    page_of: dict[int, list[tuple[str, int]]] = {}
+    for document in manual:  # every page begins (or goes on) in a part, in order, where its page_starts say
+        first, page_starts = document.metadata["first_page"], document.metadata["page_starts"]
+        assert page_starts[0] == 0 and page_starts == sorted(page_starts)
+        for offset, start in enumerate(page_starts):
+            page_of.setdefault(first + offset, []).append((document.id, start))
+    assert sorted(page_of) == list(range(1, len(pages) + 1))
+    texts = {d.id: d.text for d in manual}
+    for number, where in page_of.items():
+        document_id, start = where[0]
+        assert texts[document_id][start:].startswith(extracted[number - 1][:60]), f"page {number}"
+    assert any(len(where) > 1 for where in page_of.values())  # a page longer than a part went on in the next
+
+    spec = parts_of("spec", "\n".join(["Specification", *short[:30], "Cable", "6 mm2"]))
+    assert all(d.metadata["title"] == "Specification" for d in spec)
+    summary = {f.path: f for f in result.files}
+    assert summary["library.md.gz"].documents == len(library) and summary["library.md.gz"].records == len(library)
+
+
+def test_a_document_file_over_max_file_chars_is_quarantined_whole(tmp_path: Path) -> None:
+    """Over `data.max_file_chars` the file is quarantined as one, naming the field, and no part of it loads (a part
+    of a file is not what anyone asked for); with max_file_chars equal to max_chars, no document is split."""
+    text = "\n\n".join(stdlib_paragraphs(200))
+    (tmp_path / "book.txt.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "book2.txt").write_text(text)
+    (tmp_path / "kept.jsonl").write_bytes(jsonl({"id": "k", "text": "A record that fits."}))
+    result = load(tmp_path, max_chars=2_000, max_file_chars=len(text) // 2)
+    assert [d.id for d in result.documents] == ["k"]
+    assert {r.source.rsplit("/", 1)[1]: r.reason for r in result.rejects} == {
+        "book.txt.gz": f"too_long: the file holds over {len(text) // 2} characters of text (data.max_file_chars)",
+        "book2.txt": f"too_long: the file holds over {len(text) // 2} characters of text (data.max_file_chars)",
+    }
+    unsplit = load(tmp_path, max_chars=len(text) // 3, max_file_chars=len(text) // 3)
+    assert [d.id for d in unsplit.documents] == ["k"] and rejected(unsplit) == {"book": "too_long", "book2": "too_long"}
+    with pytest.raises(ValueError, match="max_file_chars .* is below max_chars"):
+        DataConfig(path=tmp_path, max_chars=10_000, max_file_chars=5_000)

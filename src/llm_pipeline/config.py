@@ -99,7 +99,19 @@ class DataConfig(Section):
         "docx",
         "pptx",
     ] = Field("auto", description="auto: by each file's name and first bytes. A single file's format otherwise.")
-    max_chars: int = Field(50_000, gt=0, description="Longer records are quarantined.")
+    max_chars: int = Field(
+        50_000,
+        gt=0,
+        description="The longest record or document, in characters. A longer record (a JSONL line, a CSV row) is "
+        "quarantined; a longer document file (txt, md, rst, adoc, HTML, PDF, DOCX, PPTX) is split into parts of at "
+        "most this many characters, up to max_file_chars.",
+    )
+    max_file_chars: int = Field(
+        2_000_000,
+        gt=0,
+        description="A document file holding more text than this is quarantined as too long, not split into parts "
+        "(no lower than max_chars; equal to it: long documents are quarantined, none split).",
+    )
     limit: int | None = Field(None, gt=0, description="Read at most this many good records (quick runs).")
     min_documents: int = Field(1, ge=0, description="Fewer documents loaded fails the stage (0: never).")
     on_bad_file: Literal["skip", "fail"] = Field(
@@ -161,6 +173,11 @@ class DataConfig(Section):
             raise ValueError(f"format: {self.format!r} is for a single file; a folder's files are told by their names")
         if self.path.is_file() and self.format == "folder":
             raise ValueError(f"format: 'folder' but {self.path} is a file")
+        if self.max_file_chars < self.max_chars:
+            raise ValueError(
+                f"max_file_chars ({self.max_file_chars}) is below max_chars ({self.max_chars}): a document file may "
+                "hold no less than a record"
+            )
         return self
 
 

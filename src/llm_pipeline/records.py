@@ -30,7 +30,7 @@ class Reject(Record):
     """A record that could not be used, kept with where it came from and why."""
 
     source: str  # file path
-    location: str  # "line 17", "row 4", "file"
+    location: str  # "line 17", "row 4", "file", "part 3" (of a long document file)
     reason: str
     record_id: str | None = None
     raw: str | None = None  # the offending text, truncated

@@ -2,23 +2,39 @@
 reStructuredText, AsciiDoc: kept as written, the title found), HTML (main content only, by trafilatura), PDF (the
 text layer, by pypdf, with where each page starts), DOCX (by python-docx) and PowerPoint (by python-pptx, with
 where each slide starts). Each reader returns the document's raw record (text, metadata) or raises BadRecord; its
-id is given by the folder walk (the file's relative path)."""
+id is given by the folder walk (the file's relative path).
+
+A document longer than `data.max_chars` is split into parts (`document_parts`): parts of at most `max_chars`
+characters, cut where a page, slide or paragraph ends (a paragraph longer than a part: where a sentence ends, else at
+a space), each its own document (`<id>#<n>`, with `part`, `parts`, and for PDF and PowerPoint the pages or slides it
+spans). Plain text and the markup formats are read as a stream, so a file costs a few parts' size in memory whatever
+its length; over `data.max_file_chars` of text, the file is quarantined as too long."""
 
 from __future__ import annotations
 
+import io
 import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from llm_pipeline.ingest.records import BadRecord, normalize_text
-from llm_pipeline.ingest.sources import Kind, UnreadableFile, open_binary, read_bounded, undecodable
+from llm_pipeline.ingest.sources import (
+    CHUNK,
+    Kind,
+    UnreadableFile,
+    open_binary,
+    read_bounded,
+    sniff_encoding,
+    undecodable,
+)
 
 HTML_MARKUP_FACTOR = 20  # an HTML page may carry this many bytes of markup per character of text
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 # reStructuredText: a line underlined (and maybe overlined) with one punctuation character repeated, at least as
 # long as the title; the first such section title is the document's
+_SETEXT_HEADING = re.compile(r"^ {0,3}(\S[^\n]*?)[ \t]*\n {0,3}(?:=+|-+)[ \t]*$", re.MULTILINE)
 _RST_HEADING = re.compile(
     r"^(?:(?P<over>[!-/:-@\[-`{-~])(?P=over)+\n)?[ \t]*(?P<title>\S[^\n]*?)[ \t]*\n"
     r"(?P<under>(?P<mark>[!-/:-@\[-`{-~])(?P=mark)+)[ \t]*$",
@@ -26,6 +42,15 @@ _RST_HEADING = re.compile(
 )
 # AsciiDoc: the document title `= Title` (level 0), else the first section title `== Section`
 _ADOC_HEADING = re.compile(r"^={1,6}[ \t]+(\S.*?)[ \t]*$", re.MULTILINE)
+_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")  # a paragraph break: a line holding nothing but spaces
+# where a sentence ends: . ! ? before a space or a line's end, or CJK's full stop, ! and ?
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|[\u3002\uff01\uff1f]")
+_SPACE = re.compile(r"\s")
+TITLE_HEAD = 1 << 16  # the characters of a long document's beginning where its title is looked for
+
+
+class TooLong(BadRecord):
+    """A document over the bound it was read with: split into parts where `data.max_file_chars` allows."""
 
 
 def _read_text(path: Path, kind: Kind, max_bytes: int) -> str:
@@ -35,7 +60,7 @@ def _read_text(path: Path, kind: Kind, max_bytes: int) -> str:
         except UnicodeDecodeError as exc:
             raise BadRecord(f"{undecodable(exc.encoding)}: {exc.reason} at byte {exc.start}") from exc
     if read is None:
-        raise BadRecord(f"too_long: the file holds over {max_bytes} bytes of text")
+        raise TooLong(f"too_long: the file holds over {max_bytes} bytes of text")
     return read
 
 
@@ -43,25 +68,46 @@ def text_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return {"text": _read_text(path, kind, max_bytes), "metadata": {}}
 
 
+def _markdown_title(text: str) -> dict[str, Any]:
+    """The first heading, `# Title` or a Title line underlined with = or - (Markdown's setext form)."""
+    found = [m for m in (_HEADING.search(text), _SETEXT_HEADING.search(text)) if m is not None]
+    return {"title": min(found, key=lambda m: m.start()).group(1).strip()} if found else {}
+
+
+def _rst_title(text: str) -> dict[str, Any]:
+    for found in _RST_HEADING.finditer(text):
+        overline = found["over"]
+        if len(found["under"]) >= len(found["title"]) and overline in (None, found["mark"]):
+            return {"title": found["title"]}
+    return {}
+
+
+def _asciidoc_title(text: str) -> dict[str, Any]:
+    heading = _ADOC_HEADING.search(text)
+    return {"title": heading.group(1)} if heading else {}
+
+
+TITLES: dict[str, Callable[[str], dict[str, Any]]] = {
+    "text": lambda text: {},
+    "markdown": _markdown_title,
+    "rst": _rst_title,
+    "asciidoc": _asciidoc_title,
+}
+
+
 def markdown_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     text = _read_text(path, kind, max_bytes)
-    heading = _HEADING.search(text)
-    return {"text": text, "metadata": {"title": heading.group(1).strip()} if heading else {}}
+    return {"text": text, "metadata": _markdown_title(text)}
 
 
 def rst_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     text = _read_text(path, kind, max_bytes)
-    for found in _RST_HEADING.finditer(text):
-        overline = found["over"]
-        if len(found["under"]) >= len(found["title"]) and overline in (None, found["mark"]):
-            return {"text": text, "metadata": {"title": found["title"]}}
-    return {"text": text, "metadata": {}}
+    return {"text": text, "metadata": _rst_title(text)}
 
 
 def asciidoc_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     text = _read_text(path, kind, max_bytes)
-    heading = _ADOC_HEADING.search(text)
-    return {"text": text, "metadata": {"title": heading.group(1)} if heading else {}}
+    return {"text": text, "metadata": _asciidoc_title(text)}
 
 
 def html_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
@@ -92,6 +138,7 @@ def pdf_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         raise UnreadableFile(f"not a readable PDF: {type(exc).__name__}: {exc}") from exc
     parts: list[str] = []
     starts: list[int] = []
+    texts: list[str] = []  # each page's, empty ones too: what a long document's parts are cut from
     position = 0
     for page in pages:
         try:
@@ -99,16 +146,17 @@ def pdf_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         except Exception as exc:  # a page pypdf cannot decode: the document is quarantined, naming the page
             raise BadRecord(f"unreadable_page: page {len(starts) + 1}: {type(exc).__name__}: {exc}") from exc
         starts.append(position)
+        texts.append(text)
         if text:
             parts.append(text)
             position += len(text) + 1  # the space that joins it to the next page
         if position > max_bytes:
-            raise BadRecord(f"too_long: over {max_bytes} characters of text by page {len(starts)}")
+            raise TooLong(f"too_long: over {max_bytes} characters of text by page {len(starts)}")
     metadata: dict[str, Any] = {"pages": count, "page_starts": starts}
     title = (reader.metadata or {}).get("/Title") if reader.metadata else None
     if title:
         metadata["title"] = str(title)
-    return {"text": " ".join(parts), "metadata": metadata}
+    return {"text": " ".join(parts), "metadata": metadata, "pieces": texts, "unit": "page"}
 
 
 def docx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
@@ -129,9 +177,9 @@ def docx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         else:
             parts.extend(cell.text for row in block.rows for cell in row.cells)
         if sum(map(len, parts)) > max_bytes:
-            raise BadRecord(f"too_long: over {max_bytes} characters of text")
+            raise TooLong(f"too_long: over {max_bytes} characters of text")
     title = document.core_properties.title or heading
-    return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}}
+    return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}, "pieces": parts}
 
 
 def _shape_texts(shapes: Any) -> Iterator[str]:
@@ -161,6 +209,7 @@ def pptx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         raise UnreadableFile(f"not a readable PPTX: {type(exc).__name__}: {exc}") from exc
     parts: list[str] = []
     starts: list[int] = []
+    texts: list[str] = []
     position = 0
     first_title = None
     for slide in slides:
@@ -172,16 +221,17 @@ def pptx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
             first_title = title_shape.text.strip()
         text = normalize_text("\n".join(line for line in lines if line.strip()))
         starts.append(position)
+        texts.append(text)
         if text:
             parts.append(text)
             position += len(text) + 1
         if position > max_bytes:
-            raise BadRecord(f"too_long: over {max_bytes} characters of text by slide {len(starts)}")
+            raise TooLong(f"too_long: over {max_bytes} characters of text by slide {len(starts)}")
     title = deck.core_properties.title or first_title
     metadata: dict[str, Any] = {"slides": len(slides), "slide_starts": starts}
     if title:
         metadata["title"] = title
-    return {"text": " ".join(parts), "metadata": metadata}
+    return {"text": " ".join(parts), "metadata": metadata, "pieces": texts, "unit": "slide"}
 
 
 WHOLE_FILE: dict[str, Callable[[Path, Kind, int], dict[str, Any]]] = {
@@ -194,3 +244,134 @@ WHOLE_FILE: dict[str, Callable[[Path, Kind, int], dict[str, Any]]] = {
     "docx": docx_document,
     "pptx": pptx_document,
 }
+
+
+# Long documents: parts ------------------------------------------------------------------------------------------
+STREAMED = {"text", "markdown", "rst", "asciidoc"}  # read as a stream of paragraphs when long
+
+
+def _cut(text: str, start: int, limit: int) -> int:
+    """Where to end a slice of `text` that begins at `start` and holds at most `limit` characters: after the last
+    sentence end in its second half, else at the last whitespace there, else at `limit` (that many characters with
+    no space in them)."""
+    low, high = start + limit // 2, start + limit
+    ends = [found.end() for found in _SENTENCE_END.finditer(text, low, high)]
+    if ends:
+        return ends[-1]
+    spaces = [found.start() for found in _SPACE.finditer(text, low, high)]
+    return spaces[-1] if spaces else high
+
+
+def _slices(text: str, limit: int) -> Iterator[str]:
+    """`text` (normalized) in slices of at most `limit` characters, cut where `_cut` says."""
+    start = 0
+    while len(text) - start > limit:
+        end = _cut(text, start, limit)
+        yield text[start:end].rstrip()
+        start = end
+        while start < len(text) and text[start] == " ":
+            start += 1
+    if start < len(text):
+        yield text[start:]
+
+
+def pack(pieces: Iterable[str], limit: int) -> Iterator[tuple[str, int, list[int]]]:
+    """Parts of at most `limit` characters, each as many whole pieces (pages, slides, paragraphs: normalized) as fit,
+    joined by a space; a piece longer than a part is cut (`_slices`) and goes on in the next. With each part: the
+    index of its first piece (one that began in an earlier part, where it goes on), and where in the part each of
+    its pieces from that one begins (0 for the first); an empty piece begins where the next one will."""
+    texts: list[str] = []
+    size = first = 0
+    starts: list[int] = []
+    for index, piece in enumerate(pieces):
+        starts.append(size + 1 if texts else 0)
+        placed = False  # a fragment of this piece is in the part
+        for fragment in _slices(piece, limit):
+            if texts and size + 1 + len(fragment) > limit:
+                yield " ".join(texts), first, starts if placed else starts[:-1]
+                texts, size, first, starts = [], 0, index, [0]
+            size += len(fragment) + (1 if texts else 0)
+            texts.append(fragment)
+            placed = True
+    if texts:
+        yield " ".join(texts), first, starts
+
+
+def _stream_paragraphs(path: Path, kind: Kind, limit: int) -> Iterator[str]:
+    """A text file's paragraphs (between blank lines), normalized, read as a stream: what is held at once is a
+    paragraph of at most 2 x `limit` characters (a longer one comes out in pieces cut where `_cut` says) and a
+    chunk."""
+    with open_binary(path, kind.compression) as stream:
+        encoding = sniff_encoding(stream, kind.encoding)  # type: ignore[arg-type]
+        reader = io.TextIOWrapper(stream, encoding=encoding, errors="strict", newline="")
+        buffer = ""
+        try:
+            while True:
+                chunk = reader.read(CHUNK)
+                *done, buffer = _BLANK_LINE.split(buffer + chunk)  # the last may go on in the next chunk
+                yield from filter(None, map(normalize_text, done))
+                while len(buffer) > 2 * limit:  # one paragraph holding more than a part: hand its head on
+                    cut = _cut(buffer, 0, limit)
+                    if head := normalize_text(buffer[:cut]):
+                        yield head
+                    buffer = buffer[cut:]
+                if not chunk:
+                    break
+        except UnicodeDecodeError as exc:
+            raise BadRecord(f"{undecodable(exc.encoding)}: {exc.reason}") from exc
+        if rest := normalize_text(buffer):
+            yield rest
+
+
+def _head_text(path: Path, kind: Kind) -> str:
+    """A file's first TITLE_HEAD characters, for its title."""
+    with open_binary(path, kind.compression) as stream:
+        encoding = sniff_encoding(stream, kind.encoding)  # type: ignore[arg-type]
+        return io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline="").read(TITLE_HEAD)
+
+
+def document_parts(
+    path: Path, kind: Kind, record: dict[str, Any] | None, max_chars: int, max_file_chars: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A long document's parts, (text, metadata) each. `record`: the document as its reader gave it, where it was
+    read whole; None where it was over the reading bound: read again here, the text formats as a stream of
+    paragraphs (counted to the end once before any part is made, so a file over `max_file_chars` is quarantined
+    whole, never in part), PDF, DOCX and PowerPoint with `max_file_chars` as the bound. Raises BadRecord (TooLong
+    over `max_file_chars`) before the first part."""
+    over = f"too_long: the file holds over {max_file_chars} characters of text (data.max_file_chars)"
+    if record is None and kind.format in STREAMED:
+        total = count = 0
+        for text, _, _ in pack(_stream_paragraphs(path, kind, max_chars), max_chars):
+            total, count = total + len(text), count + 1
+            if total > max_file_chars:
+                raise TooLong(over)
+        metadata = TITLES[kind.format](_head_text(path, kind))
+        return _numbered(pack(_stream_paragraphs(path, kind, max_chars), max_chars), metadata, None, count)
+    if record is None:
+        try:
+            record = WHOLE_FILE[kind.format](path, kind, max_file_chars)
+        except TooLong as exc:
+            raise TooLong(over) from exc
+    if "pieces" in record:
+        pieces = record["pieces"]
+    else:  # paragraphs: HTML's main content has one a line
+        breaks = re.compile("\n") if kind.format == "html" else _BLANK_LINE
+        pieces = [p for p in map(normalize_text, breaks.split(record["text"])) if p]
+    parts = list(pack(pieces, max_chars))
+    if sum(len(text) for text, _, _ in parts) > max_file_chars:
+        raise TooLong(over)
+    metadata = {k: v for k, v in record["metadata"].items() if not k.endswith("_starts")}
+    return _numbered(iter(parts), metadata, record.get("unit"), len(parts))
+
+
+def _numbered(
+    parts: Iterator[tuple[str, int, list[int]]], metadata: dict[str, Any], unit: str | None, count: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each part's metadata: the document's (its title; a PDF's `pages`, a deck's `slides`: the file's), `part`
+    (from 1) and `parts`; by pages or slides, `first_page` (`first_slide`): the page the part begins in, and
+    `page_starts` (`slide_starts`): where in the part that page and each after it begin, as in a whole document."""
+    for number, (text, first, starts) in enumerate(parts, start=1):
+        extra: dict[str, Any] = {"part": number, "parts": count}
+        if unit is not None:
+            extra |= {f"first_{unit}": first + 1, f"{unit}_starts": starts}
+        yield text, {**metadata, **extra}

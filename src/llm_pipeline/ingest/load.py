@@ -13,8 +13,8 @@ from typing import Any
 
 from llm_pipeline.config import DataConfig
 from llm_pipeline.errors import DataValidationError
-from llm_pipeline.ingest.documents import WHOLE_FILE
-from llm_pipeline.ingest.records import BadRecord, to_document
+from llm_pipeline.ingest.documents import WHOLE_FILE, TooLong, document_parts
+from llm_pipeline.ingest.records import BadRecord, normalize_text, to_document
 from llm_pipeline.ingest.sources import Kind, Part, UnreadableFile, classify, compression_of, head_bytes, stem
 from llm_pipeline.ingest.tables import RawItem, read_csv, read_json, read_jsonl, read_parquet
 from llm_pipeline.logging import get_logger
@@ -121,9 +121,11 @@ def _raw_items(
     nested: bool,
     part: Part | None = None,
     fields: tuple[list[str], list[str]] = (["text"], ["id"]),
+    parts: tuple[int, int] | None = None,
 ) -> Iterator[RawItem]:
     """`fields`: the keys or columns of a record's text and of its id, the first present (`data.text_field`,
-    `data.id_field`)."""
+    `data.id_field`). `parts`: (`data.max_chars`, `data.max_file_chars`) where a document file longer than a record
+    may be is split into parts (`documents.document_parts`); None: it is quarantined as too long."""
     if kind.format in TABLES:
         if kind.format in ("csv", "tsv"):  # the columns are known from the header: its records come out named
             items, fields = read_csv(path, kind, max_bytes, *fields), (["text"], ["id"])
@@ -139,15 +141,38 @@ def _raw_items(
                 item = record
             yield location, item, raw
         return
+    identity = stem(Path(relative)).as_posix()
+    found: dict[str, Any] = {"source_file": relative}
+    if "/" in relative:
+        found["category"] = relative.split("/")[0]
+    record: dict[str, Any] | None
     try:
         record = WHOLE_FILE[kind.format](path, kind, max_bytes)
+    except TooLong as bad:
+        if parts is None:
+            yield "file", bad, None
+            return
+        record = None
     except BadRecord as bad:
         yield "file", bad, None
         return
-    metadata = {"source_file": relative, **record["metadata"]}
-    if "/" in relative:
-        metadata["category"] = relative.split("/")[0]
-    yield "file", {"id": stem(Path(relative)).as_posix(), "text": record["text"], "metadata": metadata}, None
+    if record is not None and (parts is None or not _longer(record["text"], parts[0])):
+        metadata = {**found, **record["metadata"]}
+        yield "file", {"id": identity, "text": record["text"], "metadata": metadata}, None
+        return
+    assert parts is not None
+    try:
+        cut = document_parts(path, kind, record, *parts)
+        for number, (text, metadata) in enumerate(cut, start=1):
+            part_record = {"id": f"{identity}#{number}", "text": text, "metadata": {**found, **metadata}}
+            yield f"part {number}", part_record, None
+    except BadRecord as bad:
+        yield "file", bad, None
+
+
+def _longer(text: str, max_chars: int) -> bool:
+    """Over `max_chars` as a document's text is measured (normalized)."""
+    return len(text) > max_chars and len(normalize_text(text)) > max_chars
 
 
 def _as_record(
@@ -223,7 +248,10 @@ def load_file(
             return
         summary.format, summary.compression = kind.format, kind.compression
         fields = (config.text_field, config.id_field)
-        items = _raw_items(path, kind, relative, line_bound(config.max_chars), nested=folder, part=part, fields=fields)
+        split = (config.max_chars, config.max_file_chars) if config.max_file_chars > config.max_chars else None
+        items = _raw_items(
+            path, kind, relative, line_bound(config.max_chars), nested=folder, part=part, fields=fields, parts=split
+        )
         for location, item, raw in items:
             summary.records += 1
             result.records_seen += 1
