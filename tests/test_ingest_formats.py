@@ -611,3 +611,57 @@ def test_a_document_file_over_max_file_chars_is_quarantined_whole(tmp_path: Path
     assert [d.id for d in unsplit.documents] == ["k"] and rejected(unsplit) == {"book": "too_long", "book2": "too_long"}
     with pytest.raises(ValueError, match="max_file_chars .* is below max_chars"):
         DataConfig(path=tmp_path, max_chars=10_000, max_file_chars=5_000)
+
+
+def test_documentation_named_files_load_as_text_and_data_plain_text_reads_any_name(tmp_path: Path) -> None:
+    """A docs folder as packages ship it (/usr/share/doc here: README, NEWS.gz, changelog.Debian.gz, README.Debian,
+    no suffix at all) gave nothing: 190 of 694 files skipped there. Files named as documentation is are read as
+    plain text when their bytes are text; `data.plain_text` globs read any other text file; licences, build files
+    and binary files stay skipped, named with why."""
+    root = tmp_path / "doc"
+    (root / "charger").mkdir(parents=True)
+    (root / "charger" / "README").write_text("Wallbox charger\n\nMount the unit 1.2 m above the floor.\n")
+    (root / "charger" / "NEWS.gz").write_bytes(gzip.compress(b"Version 2.1\n\nAdds load balancing for 3 units.\n"))
+    (root / "charger" / "changelog.Debian.gz").write_bytes(gzip.compress(b"charger (2.1-1) stable; urgency=low\n"))
+    (root / "charger" / "README.Debian").write_text("On Debian the service runs as the charger user.\n")
+    (root / "charger" / "ReadMe_First").write_bytes("Lisez-moi d'abord : câble 6 mm².\n".encode("utf-16"))
+    (root / "charger" / "README.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))
+    (root / "charger" / "NEWS.bak").write_text("Version 2.0 ...")  # a backup: the suffix says so
+    (root / "charger" / "README.bin").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(64))  # the bytes say so
+    (root / "charger" / "LICENSE").write_text("Permission is hereby granted, free of charge...")
+    (root / "charger" / "Makefile").write_text("all:\n\tcc -o charger main.c\n")
+    (root / "charger" / "charger.conf").write_text("max_current = 32\n")
+    (root / "charger" / "install.log.gz").write_bytes(gzip.compress(b"Installed charger 2.1 on unit 7.\n"))
+    (root / "charger" / "INSTALL").write_text("#!/bin/sh\nset -e\ncp charger /usr/bin\n")  # a script, not a text
+    (root / "charger" / "TODO.gz").write_bytes(b"not gzip at all")
+
+    result = load(root)
+
+    docs = {d.id: d.text for d in result.documents}
+    assert docs == {
+        "charger/README": "Wallbox charger Mount the unit 1.2 m above the floor.",
+        "charger/NEWS": "Version 2.1 Adds load balancing for 3 units.",
+        "charger/changelog.Debian": "charger (2.1-1) stable; urgency=low",
+        "charger/README.Debian": "On Debian the service runs as the charger user.",
+        "charger/ReadMe_First": "Lisez-moi d'abord : câble 6 mm2.",  # UTF-16 by its BOM; NFKC made ² a 2
+    }
+    files = {f.path.split("/", 1)[1]: (f.status, f.format, f.reason) for f in result.files}
+    assert files["NEWS.gz"] == ("loaded", "text", None) and files["README"] == ("loaded", "text", None)
+    for name in (
+        "README.png",
+        "README.bin",
+        "NEWS.bak",
+        "LICENSE",
+        "Makefile",
+        "charger.conf",
+        "install.log.gz",
+        "INSTALL",
+    ):
+        assert files[name][0] == "skipped", name
+    assert files["TODO.gz"] == ("failed", None, "named .gz but not gzip-compressed")
+
+    globbed = load(root, plain_text=["*.conf", "charger/*.log", "*/Makefile"])  # globs also match without .gz
+    more = {d.id: d.text for d in globbed.documents}.keys() - docs.keys()
+    assert more == {"charger/charger.conf", "charger/install.log", "charger/Makefile"}
+    assert {d.id: d.text for d in globbed.documents}["charger/install.log"] == "Installed charger 2.1 on unit 7."
+    assert {f.path.split("/", 1)[1]: f.status for f in globbed.files}["README.png"] == "skipped"

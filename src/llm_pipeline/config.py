@@ -136,6 +136,12 @@ class DataConfig(Section):
     )
     include: list[str] = Field(default_factory=list, description="Globs (relative paths) a folder's files must match.")
     exclude: list[str] = Field(default_factory=list, description="Globs (relative paths) of a folder's files to leave.")
+    plain_text: list[str] = Field(
+        default_factory=list,
+        description="Globs (relative paths) of a folder's files of no known format to read as plain text, e.g. "
+        "['*.log', 'notes/*']. Files named as documentation is (README, NEWS, CHANGES, changelog, INSTALL, FAQ, "
+        "...; README.Debian, changelog.gz) are read so without it; a file whose first bytes hold a NUL never is.",
+    )
 
     @field_validator("encoding")
     @classmethod

@@ -258,6 +258,11 @@ def input_lines(manifest: dict[str, Any]) -> list[str]:
         lines.append(
             f"**Warning: {counts.get('files.failed', 0) + counts.get('files.skipped', 0)} files gave nothing.**"
         )
+        if any(str(f.get("reason", "")).startswith("not a supported format") for f in files):
+            lines.append(
+                "Files of no format the loader knows are skipped; to read text files of any name as plain text, "
+                "list them in `data.plain_text` (globs, e.g. `['*.log']`)."
+            )
     lines += [""] + file_table(files, INPUT_ROWS)
     if len(files) > INPUT_ROWS:
         lines.append(f"\n{len(files) - INPUT_ROWS} more files in the manifest's `sources.files`.")

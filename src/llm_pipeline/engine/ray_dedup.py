@@ -298,7 +298,7 @@ def _units(config: PipelineConfig) -> list[tuple[Path, str, Part | None]]:
     units: list[tuple[Path, str, Part | None]] = []
     for path, relative in input_files(config.data):
         try:
-            kind = _kind(path, config.data)
+            kind = _kind(path, config.data, relative)
             parts = file_parts(path, kind, config.execution.load_part_bytes) if kind is not None else None
         except (OSError, UnreadableFile):
             parts = None  # the load task reads it whole and reports what is wrong with it

@@ -15,7 +15,16 @@ from llm_pipeline.config import DataConfig
 from llm_pipeline.errors import DataValidationError
 from llm_pipeline.ingest.documents import WHOLE_FILE, TooLong, document_parts
 from llm_pipeline.ingest.records import BadRecord, normalize_text, to_document
-from llm_pipeline.ingest.sources import Kind, Part, UnreadableFile, classify, compression_of, head_bytes, stem
+from llm_pipeline.ingest.sources import (
+    COMPRESSIONS,
+    Kind,
+    Part,
+    UnreadableFile,
+    classify,
+    compression_of,
+    head_bytes,
+    stem,
+)
 from llm_pipeline.ingest.tables import RawItem, read_csv, read_json, read_jsonl, read_parquet
 from llm_pipeline.logging import get_logger
 from llm_pipeline.records import Document, Reject
@@ -106,9 +115,15 @@ def _walk(root: Path, config: DataConfig) -> Iterator[Path]:
         yield path
 
 
-def _kind(path: Path, config: DataConfig) -> Kind | None:
+def plain_text(relative: str, config: DataConfig) -> bool:
+    """`data.plain_text` names the file (its relative path, with or without a compression suffix)."""
+    bare = relative[: -len(suffix)] if (suffix := Path(relative).suffix.lower()) in COMPRESSIONS else relative
+    return any(fnmatch.fnmatch(name, p) for p in config.plain_text for name in (relative, bare))
+
+
+def _kind(path: Path, config: DataConfig, relative: str | None = None) -> Kind | None:
     if config.format in ("auto", "folder"):
-        found = classify(path)
+        found = classify(path, plain_text(relative or path.name, config))
         return None if found is None else replace(found, encoding=config.encoding)
     return Kind(config.format, compression_of(head_bytes(path)), config.encoding)
 
@@ -241,7 +256,7 @@ def load_file(
     summary = FileSummary(path=relative, status="loaded")
     result.files.append(summary)
     try:
-        kind = _kind(path, config)
+        kind = _kind(path, config, relative)
         if kind is None:
             summary.status, summary.reason = "skipped", f"not a supported format ({path.suffix or 'no suffix'})"
             log.warning("file_skipped", file=relative, reason=summary.reason)

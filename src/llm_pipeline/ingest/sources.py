@@ -10,6 +10,7 @@ import codecs
 import gzip
 import io
 import lzma
+import re
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,6 +51,20 @@ FORMATS_BY_SUFFIX = {
     ".pptx": "pptx",
 }
 BINARY_FORMATS = {"parquet", "pdf", "docx", "pptx"}  # need the whole file, seekable: never compressed here
+# Names that plain-text documentation goes by without a suffix (README, NEWS, changelog.Debian.gz, README.source):
+# read as text when their bytes are. Not licences and not lists of people: nothing a model should learn a domain from.
+DOC_NAMES = frozenset(
+    {"readme", "news", "changes", "changelog", "history", "install", "todo", "faq", "usage", "hacking", "bugs",
+     "contributing", "release", "relnotes", "notes"}
+)  # fmt: skip
+# ...but not with a suffix saying it is code, a build or config file, a patch, a log or a backup: install.sh, NEWS.in
+NOT_DOC_SUFFIXES = frozenset(
+    {".sh", ".bash", ".py", ".pl", ".pm", ".rb", ".js", ".ts", ".go", ".rs", ".java", ".c", ".h", ".cc", ".cpp",
+     ".in", ".am", ".ac", ".m4", ".mk", ".cmake", ".conf", ".cfg", ".ini", ".toml", ".yaml", ".yml", ".xml",
+     ".patch", ".diff", ".bat", ".ps1", ".log", ".bak", ".old", ".orig", ".rej", ".swp", ".tmp", ".lock"}
+)  # fmt: skip
+TEXT_SNIFF_BYTES = 8192  # the bytes that must hold no NUL for a file to be read as plain text
+_WORD_BREAK = re.compile(r"[-_ ]")
 # Byte-order marks, longest first: UTF-32-LE's starts with UTF-16-LE's.
 _BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
@@ -108,10 +123,31 @@ def _sniff_format(path: Path, head: bytes) -> str | None:
     return None
 
 
-def classify(path: Path) -> Kind | None:
+def documentation_name(name: str) -> bool:
+    """A name plain-text documentation goes by: README, NEWS, CHANGES, changelog, INSTALL, FAQ... (any case, as
+    the first word: `README_FIRST`, `release-notes`), maybe with a suffix that is not code's, a build or config
+    file's, a patch's, a log's or a backup's (`README.Debian`, `changelog.Debian`, `README.source`)."""
+    first, *_ = name.split(".", 1)
+    suffix = Path(name).suffix.lower() if "." in name else ""
+    return _WORD_BREAK.split(first.lower())[0] in DOC_NAMES and suffix not in NOT_DOC_SUFFIXES
+
+
+def _text_bytes(path: Path, compression: str | None, scripts: bool) -> bool:
+    """The file's first bytes (decompressed) look like text: a UTF-16/32 byte-order mark, or no NUL byte (and,
+    unless `scripts`, no `#!` line first: a script named like documentation, an INSTALL that installs)."""
+    with open_binary(path, compression) as stream:
+        head = stream.read(TEXT_SNIFF_BYTES)
+    if head.startswith(tuple(bom for bom, _ in _BOMS)):
+        return True
+    return b"\x00" not in head and (scripts or not head.startswith(b"#!"))
+
+
+def classify(path: Path, plain_text: bool = False) -> Kind | None:
     """The file's kind, or None when it is of no format this loader reads. The name decides the format when it
     has a known suffix (a `.pdf` that is not a PDF then fails to read, loudly); the first bytes decide otherwise.
-    Compression is read from the first bytes always, so a `.jsonl.gz` and a gzipped `.jsonl` read alike."""
+    Compression is read from the first bytes always, so a `.jsonl.gz` and a gzipped `.jsonl` read alike. A file of
+    no known format is plain text when its name is documentation's (`documentation_name`) or `plain_text` says so
+    (`data.plain_text`), and its first bytes are text."""
     head = head_bytes(path, 512)
     compression = compression_of(head)
     suffix = path.suffix.lower()
@@ -119,6 +155,10 @@ def classify(path: Path) -> Kind | None:
     fmt = FORMATS_BY_SUFFIX.get(inner.suffix.lower())
     if fmt is None and compression is None:
         fmt = _sniff_format(path, head)
+    if fmt is None and (plain_text or documentation_name(inner.name)):
+        if compression is None and suffix in COMPRESSIONS:
+            raise UnreadableFile(f"named {suffix} but not {COMPRESSIONS[suffix]}-compressed")
+        fmt = "text" if _text_bytes(path, compression, scripts=plain_text) else None
     if fmt is None:
         return None
     if compression is None and suffix in COMPRESSIONS:
