@@ -109,9 +109,9 @@ def test_a_folder_of_every_format_loads_each_and_lists_what_it_skipped(tmp_path:
 
     assert {d.id for d in result.documents} == {
         "t1", "t2", "q1", "s1", "p1", "notes", "manuals/guide", "manuals/home", "manuals/spec", "manuals/install",
-        "g1", "b1", "more",
+        "g1", "b1", "more.md", "more.txt",
     }  # fmt: skip
-    assert rejected(result) == {"more": "duplicate_id"}  # more.md.zst and more.txt.xz (read second) share an id
+    assert rejected(result) == {}  # more.md.zst and more.txt.xz, one id without suffixes: each keeps its own
     docs = {d.id: d for d in result.documents}
     assert docs["t1"].metadata == {"source_file": "pricing/tariffs.jsonl", "category": "pricing"}
     assert docs["s1"].metadata["city"] == "Oslo"
@@ -129,7 +129,7 @@ def test_a_folder_of_every_format_loads_each_and_lists_what_it_skipped(tmp_path:
     assert install.metadata["title"] == "Installing" and "Turn the power off first." in install.text
     assert "6 mm2" in install.text
     assert docs["g1"].text == "From a gzip file." and docs["b1"].text == "From a bzip2 file."
-    assert docs["more"].text == "# Zstd From a zstd file."
+    assert docs["more.md"].text == "# Zstd From a zstd file." and docs["more.txt"].text == "From an xz file."
 
     by_file = {f.path: f for f in result.files}
     assert by_file["photo.png"].status == "skipped" and by_file["LICENSE"].status == "skipped"
@@ -138,7 +138,7 @@ def test_a_folder_of_every_format_loads_each_and_lists_what_it_skipped(tmp_path:
     assert by_file["pricing/tariffs.jsonl"].documents == 2
     counts = result.counts()
     assert counts["files"] == 15 and counts["files.skipped"] == 2 and counts["files.failed"] == 0
-    assert counts["documents"] == 13
+    assert counts["documents"] == 14
 
 
 def test_byte_order_marks_and_utf16_utf32_are_decoded_other_encodings_quarantined_by_position(tmp_path: Path) -> None:
@@ -665,3 +665,24 @@ def test_documentation_named_files_load_as_text_and_data_plain_text_reads_any_na
     assert more == {"charger/charger.conf", "charger/install.log", "charger/Makefile"}
     assert {d.id: d.text for d in globbed.documents}["charger/install.log"] == "Installed charger 2.1 on unit 7."
     assert {f.path.split("/", 1)[1]: f.status for f in globbed.files}["README.png"] == "skipped"
+
+
+def test_a_page_and_its_source_side_by_side_both_load_under_ids_that_keep_their_suffix(tmp_path: Path) -> None:
+    """Node.js's API docs as Debian ships them: `fs.md` (the source), `fs.html` (its rendering) and `fs.json.gz`
+    (its metadata) side by side. The md and the HTML would both be `api/fs`: the second was quarantined as a
+    repeated id (85 rejects on /usr/share/doc/nodejs). Each now keeps its suffix in its id; a file of records
+    beside them, and a document with no namesake, keep the ids they had."""
+    api = tmp_path / "api"
+    api.mkdir()
+    (api / "fs.md").write_text("# File system\n\nThe `node:fs` module reads and writes files.\n")
+    (api / "fs.html").write_text(HTML.replace("Home charging guide", "File system"))
+    (api / "fs.json.gz").write_bytes(gzip.compress(json.dumps([{"id": "api/fs", "text": "Record text."}]).encode()))
+    (api / "path.md").write_text("# Path\n\nThe `node:path` module joins paths.\n")
+    (api / "guide.md.gz").write_bytes(gzip.compress(b"# Guide, gzipped\n"))
+    (api / "guide.md.xz").write_bytes(lzma.compress(b"# Guide, xz\n"))
+    result = load(tmp_path)
+    assert rejected(result) == {}
+    assert [d.id for d in result.documents] == [
+        "api/fs.html", "api/fs", "api/fs.md", "api/guide.md.gz", "api/guide.md.xz", "api/path"
+    ]  # fmt: skip
+    assert result.documents[1].text == "Record text."  # the JSON's record, by its own id

@@ -131,6 +131,10 @@ def _mixed_folder(root: Path) -> Path:
             words[len(words) // 2] = "altered"
             writer.writerow([f"{r['id']}-edit", " ".join(words), json.dumps({"source": "edited"})])
     (folder / "notes.md").write_text("# Charging at home\n\n" + good[3]["text"] + "\n")
+    (folder / "notes.txt").write_text(good[5]["text"] + "\n")  # its id would be notes.md's: each keeps its suffix
+    manual = "\n\n".join(r["text"] for r in reversed(good))  # over max_chars: loaded in parts
+    assert len(manual) > 2 * 50_000
+    (folder / "manual.md").write_text("# Every sheet, in one manual\n\n" + manual + "\n")
     (folder / "pricing" / "readme.txt").write_text(good[4]["text"].upper() + "\n")
     catalogue_folder(folder)  # product sheets apart only by their numbers, and a reworded copy of one
     return folder
@@ -154,7 +158,11 @@ def test_ray_gives_the_local_outputs_on_a_folder_of_every_kind(
     distributed, ray_counts = _stage(tmp_path / "ray", on_ray)
     _same_outputs(local, distributed)
     assert local_counts == ray_counts
-    assert local_counts["rejected.duplicate_id"] >= 1 and local_counts["files.loaded"] == 7
+    assert local_counts["rejected.duplicate_id"] >= 1 and local_counts["files.loaded"] == 9
+    kept = {json.loads(line)["id"] for line in (local / "documents.jsonl").read_text().splitlines()}
+    clusters = [json.loads(line) for line in (local / "duplicate_clusters.jsonl").read_text().splitlines()]
+    loaded = kept.union(*(c["members"] for c in clusters))  # kept, or removed as a copy: loaded either way
+    assert {"notes.md", "notes.txt", "manual#1", "manual#2", "manual#3"} <= loaded, sorted(loaded)[:20]
     assert local_counts["dedup.removed"] >= 15, local_counts  # the copies were found, not just nothing twice
     if method == "hybrid":  # the numbers rule ran on both engines, from the texts (local) and the keys' masks (Ray)
         assert local_counts["dedup.semantic.set_apart_by_numbers"] >= 11, local_counts

@@ -83,6 +83,7 @@ from llm_pipeline.ingest.load import (
     load_documents,
     load_file,
     require_documents,
+    shared_stems,
 )
 from llm_pipeline.ingest.sources import Part, UnreadableFile, file_parts
 from llm_pipeline.io import atomic_open, write_json, write_jsonl
@@ -221,12 +222,13 @@ def _load_file(
     signing: Signing | None,
     part: Part | None = None,
     numbers: bool = False,
+    document_id: str | None = None,
 ) -> list[Any]:
     """One file, or one `part` of a big one: [meta (ids and the keep rule's numbers, rejects, summary), lines,
     origins] and, with `signing`, its MinHash signatures and band rows (the _sign list), computed while the texts
     are at hand; with `numbers`, each text's number mask (semantic dedup's numbers rule; zeros otherwise)."""
     result = IngestResult(origins=[])
-    load_file(Path(path), relative, data, result, set(), source, part)
+    load_file(Path(path), relative, data, result, set(), source, part, document_id)
     documents, origins = result.documents, result.origins or []
     meta = {
         "result": IngestResult(
@@ -321,10 +323,14 @@ def _load(config: PipelineConfig, address: str, signing: Signing | None) -> tupl
     returns = 3 + (1 + signing.partitions if signing else 0)
     task = _load_file.options(num_returns=returns, max_retries=config.execution.task_retries)
     # absolute: a Ray worker runs in a folder of its own (and on another node, where data.path must be the same path)
+    ids = shared_stems(list(dict.fromkeys(relative for _, relative, _ in units)))
     refs = [
-        task.remote(str(path.resolve()), str(path), relative, data, index, signing, part, _wants_numbers(config))
+        task.remote(
+            str(path.resolve()), str(path), relative, data, index, signing, part, _wants_numbers(config),
+            ids.get(relative),
+        )
         for index, (path, relative, part) in enumerate(units)
-    ]
+    ]  # fmt: skip
     if len(units) > len({relative for _, relative, _ in units}):
         log.info("files_split", engine="ray", files=len({r for _, r, _ in units}), load_tasks=len(units))
     merged = IngestResult()

@@ -17,6 +17,7 @@ from llm_pipeline.ingest.documents import WHOLE_FILE, TooLong, document_parts
 from llm_pipeline.ingest.records import BadRecord, normalize_text, to_document
 from llm_pipeline.ingest.sources import (
     COMPRESSIONS,
+    FORMATS_BY_SUFFIX,
     Kind,
     Part,
     UnreadableFile,
@@ -137,10 +138,12 @@ def _raw_items(
     part: Part | None = None,
     fields: tuple[list[str], list[str]] = (["text"], ["id"]),
     parts: tuple[int, int] | None = None,
+    document_id: str | None = None,
 ) -> Iterator[RawItem]:
     """`fields`: the keys or columns of a record's text and of its id, the first present (`data.text_field`,
     `data.id_field`). `parts`: (`data.max_chars`, `data.max_file_chars`) where a document file longer than a record
-    may be is split into parts (`documents.document_parts`); None: it is quarantined as too long."""
+    may be is split into parts (`documents.document_parts`); None: it is quarantined as too long. `document_id`:
+    a whole-file document's id where the path without suffixes would repeat another's (`shared_stems`)."""
     if kind.format in TABLES:
         if kind.format in ("csv", "tsv"):  # the columns are known from the header: its records come out named
             items, fields = read_csv(path, kind, max_bytes, *fields), (["text"], ["id"])
@@ -156,7 +159,7 @@ def _raw_items(
                 item = record
             yield location, item, raw
         return
-    identity = stem(Path(relative)).as_posix()
+    identity = document_id or stem(Path(relative)).as_posix()
     found: dict[str, Any] = {"source_file": relative}
     if "/" in relative:
         found["category"] = relative.split("/")[0]
@@ -222,8 +225,10 @@ def load_documents(config: DataConfig) -> IngestResult:
     the load (`fail`). Call `require_documents` to enforce `data.min_documents`."""
     result = IngestResult()
     seen_ids: set[str] = set()
-    for path, relative in input_files(config):
-        load_file(path, relative, config, result, seen_ids)
+    files = input_files(config)
+    ids = shared_stems([relative for _, relative in files])
+    for path, relative in files:
+        load_file(path, relative, config, result, seen_ids, document_id=ids.get(relative))
         if config.limit is not None and len(result.documents) >= config.limit:
             break
     log.info("documents_loaded", **{k: v for k, v in result.counts().items() if v})
@@ -239,6 +244,29 @@ def input_files(config: DataConfig) -> list[tuple[Path, str]]:
     return [(path, path.relative_to(config.path).as_posix()) for path in _walk(config.path, config)]
 
 
+def _bare(relative: str) -> Path:
+    """The relative path without its compression suffix: `api/fs.md.gz` -> `api/fs.md`."""
+    path = Path(relative)
+    return path.with_suffix("") if path.suffix.lower() in COMPRESSIONS else path
+
+
+def shared_stems(relatives: list[str]) -> dict[str, str]:
+    """{relative path: id} for the files whose document id, the path without suffixes, another file's would
+    repeat: a page's source and its rendering (`api/fs.md`, `api/fs.html`), a text in two compressions. Each keeps
+    its format suffix (`api/fs.md`), or all its suffixes where that is not enough (`api/fs.md.gz`, `api/fs.md.xz`),
+    so neither is quarantined as a repeated id. Files of records (JSONL, JSON, CSV/TSV, Parquet) are left out:
+    their records carry their own ids."""
+    stems: dict[str, list[str]] = {}
+    for relative in relatives:
+        if FORMATS_BY_SUFFIX.get(_bare(relative).suffix.lower()) not in TABLES:
+            stems.setdefault(stem(Path(relative)).as_posix(), []).append(relative)
+    ids: dict[str, str] = {}
+    for group in (g for g in stems.values() if len(g) > 1):
+        bare = [_bare(relative).as_posix() for relative in group]
+        ids |= dict(zip(group, bare if len(set(bare)) == len(bare) else group, strict=True))
+    return ids
+
+
 def load_file(
     path: Path,
     relative: str,
@@ -247,11 +275,14 @@ def load_file(
     seen_ids: set[str],
     source: str | None = None,
     part: Part | None = None,
+    document_id: str | None = None,
 ) -> None:
     """One file's records into `result` (its documents, rejects, summary line, repairs), stopping at
     `data.limit`. `seen_ids`: ids taken earlier; a record repeating one is quarantined. `source`: the file as
     rejects name it (default: `path`). A file is read whole by one call, the unit of work an engine hands out, or
-    one `part` of it (`sources.file_parts`: a big JSON Lines file), its summary line then counting that part."""
+    one `part` of it (`sources.file_parts`: a big JSON Lines file), its summary line then counting that part.
+    `document_id`: a whole-file document's id, where its path without suffixes would repeat another file's
+    (`shared_stems`)."""
     folder = config.path.is_dir()
     summary = FileSummary(path=relative, status="loaded")
     result.files.append(summary)
@@ -264,8 +295,9 @@ def load_file(
         summary.format, summary.compression = kind.format, kind.compression
         fields = (config.text_field, config.id_field)
         split = (config.max_chars, config.max_file_chars) if config.max_file_chars > config.max_chars else None
+        bound = line_bound(config.max_chars)
         items = _raw_items(
-            path, kind, relative, line_bound(config.max_chars), nested=folder, part=part, fields=fields, parts=split
+            path, kind, relative, bound, nested=folder, part=part, fields=fields, parts=split, document_id=document_id
         )
         for location, item, raw in items:
             summary.records += 1
