@@ -317,7 +317,7 @@ def test_compressed_files_are_told_by_their_bytes_and_a_damaged_one_keeps_what_w
 
 
 def test_inputs_that_yield_nothing_fail_naming_the_field_and_the_files(tmp_path: Path) -> None:
-    (tmp_path / "data.xlsx").write_bytes(b"PK\x03\x04not really")
+    (tmp_path / "data.xls").write_bytes(b"\xd0\xcf\x11\xe0not really")  # Excel 97's format: not read
     (tmp_path / "broken.parquet").write_bytes(b"this is not parquet")
     (tmp_path / "empty.jsonl").write_bytes(jsonl({"id": "x", "text": "   "}))
     config = DataConfig(path=tmp_path)
@@ -327,7 +327,7 @@ def test_inputs_that_yield_nothing_fail_naming_the_field_and_the_files(tmp_path:
         require_documents(result, config)
     message = str(error.value)
     assert message.startswith("data.min_documents: 0 documents loaded")
-    assert "broken.parquet: not a readable Parquet file" in message and "data.xlsx: not a supported format" in message
+    assert "broken.parquet: not a readable Parquet file" in message and "data.xls: not a supported format" in message
     assert "empty_text: 1" in message
     require_documents(result, DataConfig(path=tmp_path, min_documents=0))  # a user who wants an empty run
 
@@ -686,3 +686,72 @@ def test_a_page_and_its_source_side_by_side_both_load_under_ids_that_keep_their_
         "api/fs.html", "api/fs", "api/fs.md", "api/guide.md.gz", "api/guide.md.xz", "api/path"
     ]  # fmt: skip
     assert result.documents[1].text == "Record text."  # the JSON's record, by its own id
+
+
+def test_excel_workbooks_load_sheet_by_sheet_as_csv_does(tmp_path: Path) -> None:
+    """A team's FAQ or catalogue kept in Excel was skipped as an unknown format. Written here by XlsxWriter (not the
+    library that reads it): a cover sheet with no text column (left out), the header below an empty row, ids that
+    Excel stores as numbers, a date, a formula, an empty row, a row with no answer, a row with a value past the
+    header (ragged), a second sheet; a workbook with no text column anywhere, a damaged one, one with no suffix."""
+    import datetime
+
+    import xlsxwriter
+
+    def workbook(path: Path) -> None:
+        book = xlsxwriter.Workbook(str(path))
+        cover = book.add_worksheet("Cover")
+        cover.write("A1", "Charging FAQ, 2026 edition")
+        cover.write("A2", "Owner: support team")
+        faq = book.add_worksheet("FAQ")
+        dates = book.add_format({"num_format": "yyyy-mm-dd"})
+        faq.write_row(1, 0, ["id", "question", "answer", "updated", "price_eur"])  # row 2: row 1 left empty
+        faq.write_row(2, 0, [101, "Can I charge in the rain?", "Yes: connectors are sealed."])
+        faq.write_datetime(2, 3, datetime.datetime(2026, 3, 1), dates)
+        faq.write_number(2, 4, 0.45)
+        faq.write_row(3, 0, [102, "Night rate?", "0.12 EUR per kWh from 22:00.", None, 0.12])
+        faq.write_formula(3, 4, "=0.06*2", None, 0.12)  # a formula: its saved value is read
+        faq.write_row(5, 0, [103, "Who installs a wallbox?", ""])  # row 5 empty; no answer here
+        faq.write_row(6, 0, [104, "Cable length?", "Five metres, standard.", None, None, "stray note"])
+        faq.write_row(7, 0, ["A-7", "Plug types?", "Type 2 in Europe, CCS for fast charging."])
+        sites = book.add_worksheet("Sites")
+        sites.write_row(0, 0, ["answer", "city"])
+        sites.write_row(1, 0, ["Station one, by the lake.", "Oslo"])
+        book.close()
+
+    workbook(tmp_path / "faq.xlsx")
+    workbook(tmp_path / "workbook-export")  # no suffix: told by the zip's contents
+    lookup = xlsxwriter.Workbook(str(tmp_path / "lookup.xlsx"))
+    lookup.add_worksheet("Codes").write_row(0, 0, ["code", "label"])
+    lookup.close()
+    (tmp_path / "broken.xlsx").write_bytes(b"PK\x03\x04 not a zip")
+
+    result = load(tmp_path, text_field=["answer"])
+
+    faq = {d.id: d for d in result.documents if d.metadata.get("source_file") == "faq.xlsx"}
+    assert len(result.documents) == len(faq) == 4  # the copy in workbook-export repeats every id
+    assert [d.id for d in faq.values()][:3] == ["101", "102", "A-7"]  # Excel's 101.0 is the id 101
+    assert faq["101"].text == "Yes: connectors are sealed."
+    assert faq["101"].metadata == {
+        "question": "Can I charge in the rain?", "updated": "2026-03-01T00:00:00", "price_eur": 0.45,
+        "sheet": "FAQ", "source_file": "faq.xlsx",
+    }  # fmt: skip
+    assert faq["102"].metadata["price_eur"] == 0.12 and "updated" not in faq["102"].metadata
+    site = next(d for d in faq.values() if d.metadata["sheet"] == "Sites")
+    assert site.text == "Station one, by the lake." and site.metadata["city"] == "Oslo"
+    reasons = {(Path(r.source).name, r.location): r.reason.split(":")[0] for r in result.rejects}
+    assert reasons == {
+        ("faq.xlsx", "sheet 'FAQ' row 6"): "empty_text",
+        ("faq.xlsx", "sheet 'FAQ' row 7"): "ragged_row",
+        ("workbook-export", "sheet 'FAQ' row 6"): "empty_text",
+        ("workbook-export", "sheet 'FAQ' row 7"): "ragged_row",
+        ("workbook-export", "sheet 'FAQ' row 3"): "duplicate_id",  # faq.xlsx, read first, has 101..., A-7
+        ("workbook-export", "sheet 'FAQ' row 4"): "duplicate_id",
+        ("workbook-export", "sheet 'FAQ' row 8"): "duplicate_id",
+        ("workbook-export", "sheet 'Sites' row 2"): "duplicate_id",  # the same text: the same hash id
+    }
+    files = {f.path: (f.status, f.format, f.documents) for f in result.files}
+    assert files["faq.xlsx"] == ("loaded", "xlsx", 4) and files["workbook-export"][:2] == ("loaded", "xlsx")
+    reason = {f.path: f.reason for f in result.files}
+    assert files["lookup.xlsx"][0] == "failed" and "{'Codes': ['code', 'label']}" in reason["lookup.xlsx"]
+    assert reason["lookup.xlsx"].startswith("needs one of the columns ['answer'] (data.text_field) in a sheet")
+    assert files["broken.xlsx"][0] == "failed" and reason["broken.xlsx"].startswith("not a readable XLSX")

@@ -79,8 +79,8 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     path: Path = Field(
-        description="A file or a folder (read recursively): JSONL, JSON, CSV/TSV, Parquet, .txt, .md, .rst, .adoc, "
-        "HTML, PDF, DOCX, PPTX; the text formats also .gz, .bz2, .xz, .zst."
+        description="A file or a folder (read recursively): JSONL, JSON, CSV/TSV, Parquet, Excel (.xlsx), .txt, .md, "
+        ".rst, .adoc, HTML, PDF, DOCX, PPTX; the text formats also .gz, .bz2, .xz, .zst."
     )
     format: Literal[
         "auto",
@@ -90,6 +90,7 @@ class DataConfig(Section):
         "csv",
         "tsv",
         "parquet",
+        "xlsx",
         "text",
         "markdown",
         "rst",
@@ -120,8 +121,8 @@ class DataConfig(Section):
     text_field: list[str] = Field(
         ["text"],
         min_length=1,
-        description="The key (JSON, JSONL) or column (CSV/TSV, Parquet) holding a record's text; a list: the first "
-        "one a record (or a CSV's header) has, e.g. [text, content, description] for a folder of several sources.",
+        description="The key (JSON, JSONL) or column (CSV/TSV, Parquet, Excel) holding a record's text; a list: the "
+        "first one a record (or a CSV's header) has, e.g. [text, content, description] for a folder of many sources.",
     )
     id_field: list[str] = Field(
         ["id"],

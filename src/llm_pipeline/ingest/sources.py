@@ -49,8 +49,10 @@ FORMATS_BY_SUFFIX = {
     ".pdf": "pdf",
     ".docx": "docx",
     ".pptx": "pptx",
+    ".xlsx": "xlsx",
+    ".xlsm": "xlsx",
 }
-BINARY_FORMATS = {"parquet", "pdf", "docx", "pptx"}  # need the whole file, seekable: never compressed here
+BINARY_FORMATS = {"parquet", "pdf", "docx", "pptx", "xlsx"}  # need the whole file, seekable: never compressed here
 # Names that plain-text documentation goes by without a suffix (README, NEWS, changelog.Debian.gz, README.source):
 # read as text when their bytes are. Not licences and not lists of people: nothing a model should learn a domain from.
 DOC_NAMES = frozenset(
@@ -81,7 +83,7 @@ class UnreadableFile(Exception):
 
 @dataclass(frozen=True)
 class Kind:
-    format: str  # jsonl, json, csv, tsv, parquet, text, markdown, rst, asciidoc, html, pdf, docx, pptx
+    format: str  # jsonl, json, csv, tsv, parquet, xlsx, text, markdown, rst, asciidoc, html, pdf, docx, pptx
     compression: str | None = None
     encoding: str = "utf-8"  # a text file's without a byte-order mark (`data.encoding`)
 
@@ -116,6 +118,8 @@ def _sniff_format(path: Path, head: bytes) -> str | None:
             return None
         if "word/document.xml" in names:
             return "docx"
+        if "xl/workbook.xml" in names:
+            return "xlsx"
         return "pptx" if "ppt/presentation.xml" in names else None
     text = head.lstrip(codecs.BOM_UTF8).lstrip().lower()
     if text.startswith((b"<!doctype h", b"<html")):

@@ -1,4 +1,4 @@
-"""Files of many records: JSON Lines, JSON, CSV/TSV and Parquet. Each reader is a generator of
+"""Files of many records: JSON Lines, JSON, CSV/TSV, Parquet and Excel workbooks. Each reader is a generator of
 (location, raw record or the reason it is bad, raw text) and never holds more than one record (or one Parquet
 batch) at a time; a record that cannot be parsed is yielded as a `BadRecord` and the file goes on."""
 
@@ -22,6 +22,9 @@ from llm_pipeline.ingest.sources import (
     sniff_encoding,
     undecodable,
 )
+from llm_pipeline.logging import get_logger
+
+log = get_logger("ingest")
 
 RawItem = tuple[str, dict[str, Any] | BadRecord, str | None]  # location, record or why not, raw text
 _ESCAPED = range(0xDC80, 0xDD00)
@@ -228,3 +231,87 @@ def read_parquet(path: Path, kind: Kind, max_bytes: int) -> Iterator[RawItem]:
                     yield f"row {number}", BadRecord("invalid_json: metadata column"), record["metadata"][:200]
                     continue
             yield f"row {number}", record, None
+
+
+def _cell(value: Any) -> Any:
+    """A spreadsheet cell as a record holds it: empty as "", a whole number (Excel keeps every number as a float)
+    as an int, so an id column of 101, 102 gives ids 101, 102 and not 101.0; dates and the rest as they are."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def read_xlsx(
+    path: Path, kind: Kind, max_bytes: int, text_fields: Sequence[str] = ("text",), id_fields: Sequence[str] = ("id",)
+) -> Iterator[RawItem]:
+    """An Excel workbook (.xlsx, .xlsm): each sheet a table read as a CSV is (its first non-empty row the header,
+    a text column, an id column and a `metadata` column of JSON when present, the other columns metadata, with
+    `sheet`: the sheet's name), a row at a time (openpyxl's read-only mode; formulas give their saved values). A
+    sheet with no text column (a cover sheet, a lookup table) is left out with a warning; a workbook in which no
+    sheet has one fails, naming each sheet's columns. A row with a value right of the header's last column is
+    quarantined as ragged, with its sheet and row."""
+    import openpyxl
+
+    handle = path.open("rb")  # a file object: openpyxl refuses a path whose suffix is not an Excel one
+    try:
+        book = openpyxl.load_workbook(handle, read_only=True, data_only=True)
+    except Exception as exc:  # openpyxl raises several types for a damaged or foreign file
+        handle.close()
+        raise UnreadableFile(f"not a readable XLSX: {type(exc).__name__}: {exc}") from exc
+    columns: dict[str, list[str]] = {}
+    try:
+        for sheet in book.worksheets:
+            header: list[str] | None = None
+            text_field = id_field = ""
+            for number, row in enumerate(sheet.iter_rows(values_only=True), start=1):
+                values = [_cell(value) for value in row]
+                while values and values[-1] == "":
+                    values.pop()
+                if not values:
+                    continue
+                if header is None:
+                    header = [str(value).strip() for value in values]
+                    columns[sheet.title] = header
+                    text_field = next((name for name in text_fields if name in header), "")
+                    id_field = next((name for name in id_fields if name in header), "")
+                    if not text_field:
+                        log.warning("sheet_skipped", file=str(path), sheet=sheet.title, columns=header[:20])
+                        break
+                    continue
+                yield _sheet_record(sheet.title, number, header, values, text_field, id_field)
+    except UnreadableFile:
+        raise
+    except Exception as exc:  # a damaged sheet part: what was read before it stays
+        raise UnreadableFile(f"not a readable XLSX: {type(exc).__name__}: {exc}") from exc
+    finally:
+        book.close()
+        handle.close()
+    if not any(name in header for header in columns.values() for name in text_fields):
+        named = "a 'text' column" if list(text_fields) == ["text"] else f"one of the columns {list(text_fields)}"
+        raise UnreadableFile(f"needs {named} (data.text_field) in a sheet, has {columns or 'no rows'}")
+
+
+def _sheet_record(
+    sheet: str, number: int, header: list[str], values: list[Any], text_field: str, id_field: str
+) -> RawItem:
+    location = f"sheet {sheet!r} row {number}"
+    preview = ",".join(map(str, values))[:200]
+    if len(values) > len(header):
+        reason = f"ragged_row: a value in column {len(values)}, the header has {len(header)} columns"
+        return location, BadRecord(reason), preview
+    fields = dict(zip(header, values + [""] * (len(header) - len(values)), strict=True))
+    text = fields.pop(text_field)
+    record: dict[str, Any] = {"id": (fields.pop(id_field, "") if id_field else "") or None, "text": text}
+    metadata = fields.pop("metadata", "")
+    if isinstance(metadata, str) and metadata:
+        try:
+            record["metadata"] = json.loads(metadata)
+        except (json.JSONDecodeError, RecursionError):
+            return location, BadRecord("invalid_json: metadata column"), metadata[:200]
+    else:
+        record["metadata"] = {k: v for k, v in fields.items() if k and v != ""}
+    if isinstance(record["metadata"], dict):
+        record["metadata"].setdefault("sheet", sheet)
+    return location, record, None
