@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -347,6 +348,21 @@ def test_long_documents_are_chunked_with_overlap(fake: FakeOpenAI, tmp_path: Pat
     chunks = {p.metadata["chunk"] for p in result.pairs}
     assert len(chunks) > 1 and all(p.metadata["chunks"] == len(fake.requests) for p in result.pairs)
     assert all(p.answer in long.text for p in result.pairs)
+
+
+def test_questions_are_spread_over_a_long_document_not_given_to_its_first_chunks(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A document of ten chunks and three questions: one from its start, one from its middle, one from its last
+    third. Before, the first three chunks got them, and the rest of a long manual was never asked about."""
+    sentences = [f"Station {i} charges {i + 10} kW for fleet vehicle number {i} today." for i in range(150)]
+    long = Document(id="long", text=" ".join(sentences))
+    result = run([long], qa_config(fake, chunk_words=150, chunk_overlap_words=20, questions_per_doc=3), tmp_path)
+    count = result.pairs[0].metadata["chunks"]
+    assert count >= 9 and len(fake.requests) == 3
+    assert sorted({p.metadata["chunk"] for p in result.pairs}) == [0, count // 3, 2 * count // 3]
+    stations = [int(n) for p in result.pairs for n in re.findall(r"\d+", p.answer)]
+    assert max(stations) > 90  # a sentence from the last 40 % of the document (150 sentences)
 
 
 WORKER = """

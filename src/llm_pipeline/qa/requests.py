@@ -34,10 +34,12 @@ def build_jobs(
     jobs = []
     for document in documents:
         chunks = chunk_text(document.text, config.chunk_words, config.chunk_overlap_words)
-        # questions_per_doc spread over the chunks, earlier chunks first; a chunk left with none is not sent.
+        # questions_per_doc spread over the chunks, the remainder evenly (chunks 0, count / extra, ...): given to the
+        # first chunks, a long document's later pages were never asked about. A chunk left with none is not sent.
         base, extra = divmod(config.questions_per_doc, len(chunks))
+        favoured = {i * len(chunks) // extra for i in range(extra)}
         for chunk in chunks:
-            n = base + (1 if chunk.index < extra else 0)
+            n = base + (1 if chunk.index in favoured else 0)
             if n == 0:
                 continue
             key = request_key(
