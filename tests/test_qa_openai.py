@@ -365,6 +365,47 @@ def test_questions_are_spread_over_a_long_document_not_given_to_its_first_chunks
     assert max(stations) > 90  # a sentence from the last 40 % of the document (150 sentences)
 
 
+def test_pairs_from_a_pdf_name_the_pages_their_chunk_spans_in_a_whole_file_and_in_its_parts(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A reviewer checks a pair against its source page: pairs from a PDF carry `first_page` and `last_page`, the
+    pages their chunk spans (from the document's page_starts; a part of a long PDF counts from its first_page)."""
+    from fpdf import FPDF
+
+    from llm_pipeline.config import DataConfig
+    from llm_pipeline.ingest import load_documents
+    from llm_pipeline.ingest.records import normalize_text
+
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=10)
+    for page in range(1, 13):
+        pdf.add_page()
+        pdf.multi_cell(
+            0, 5, " ".join(f"Page {page} line {k}: charger model P{page}L{k} delivers 11 kW." for k in range(9))
+        )
+    pdf.output(str(tmp_path / "manual.pdf"))
+    folder = tmp_path / "whole"
+    folder.mkdir()
+    (folder / "manual.pdf").write_bytes((tmp_path / "manual.pdf").read_bytes())
+    whole = load_documents(DataConfig(path=folder)).documents
+    parted = load_documents(DataConfig(path=folder, max_chars=2_500)).documents
+    assert len(whole) == 1 and len(parted) >= 3 and parted[1].metadata["first_page"] > 1
+    import pypdf
+
+    pages = [normalize_text(p.extract_text()) for p in pypdf.PdfReader(tmp_path / "manual.pdf").pages]
+    for docs, name in ((whole, "whole"), (parted, "parted")):
+        config = qa_config(fake, chunk_words=60, chunk_overlap_words=10, questions_per_doc=12)
+        result = run(docs, config, tmp_path / name)
+        assert len(result.pairs) >= 10
+        for pair in result.pairs:
+            first, last = pair.metadata["first_page"], pair.metadata["last_page"]
+            assert 1 <= first <= last <= len(pages) and last - first <= 1, pair.metadata
+            model = re.search(r"P(\d+)L\d+", pair.answer)
+            if model:  # the answer's own page is among them
+                assert first <= int(model.group(1)) <= last, (pair.answer, first, last)
+        assert len({p.metadata["first_page"] for p in result.pairs}) >= 6  # not every pair on page 1
+
+
 WORKER = """
 import sys
 from pathlib import Path

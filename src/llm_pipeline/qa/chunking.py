@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from llm_pipeline.text import UNSPACED, word_spans
+
+_WORD = re.compile(r"\S+")  # a word of spaced text, as str.split finds it
 
 
 @dataclass(frozen=True)
@@ -12,6 +15,8 @@ class Chunk:
     index: int
     count: int
     text: str
+    start: int = 0  # where in the document's text the chunk's first word is
+    end: int | None = None  # and where its last word ends (None: the text's end)
 
 
 def chunk_text(text: str, size: int, overlap: int) -> list[Chunk]:
@@ -28,12 +33,17 @@ def chunk_text(text: str, size: int, overlap: int) -> list[Chunk]:
     count = len(words) if spaced else len(spans)
     if count <= size:
         return [Chunk(0, 1, text)]
+    if spaced:  # where each word is, for the chunks' places in the text (str.split's words: as a regex finds them)
+        spans = [(m.start(), m.end()) for m in _WORD.finditer(text)]
+        if len(spans) != count:
+            spans = [(0, len(text))] * count  # a space str.split and re disagree on: places unknown, text exact
     step = size - overlap
     starts = list(range(0, count - overlap, step))
     # The last window is full length, ending at the last word, rather than a stub of a few words.
     starts[-1] = max(0, min(starts[-1], count - size))
-    if spaced:
-        texts = [" ".join(words[s : s + size]) for s in starts]
-    else:
-        texts = [text[spans[s][0] : spans[min(s + size, count) - 1][1]] for s in starts]
-    return [Chunk(i, len(starts), t) for i, t in enumerate(texts)]
+    chunks = []
+    for i, s in enumerate(starts):
+        first, last = spans[s][0], spans[min(s + size, count) - 1][1]
+        piece = " ".join(words[s : s + size]) if spaced else text[first:last]
+        chunks.append(Chunk(i, len(starts), piece, first, last))
+    return chunks

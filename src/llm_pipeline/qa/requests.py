@@ -8,6 +8,7 @@ still failing after the policy's tries is not journaled: the next run sends it a
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,7 +19,7 @@ from llm_pipeline.logging import get_logger
 from llm_pipeline.progress import ProgressCounter
 from llm_pipeline.qa.backends import ChatBackend, Completion, Job
 from llm_pipeline.qa.checkpoint import Entry, Journal, Usage, request_key
-from llm_pipeline.qa.chunking import chunk_text
+from llm_pipeline.qa.chunking import Chunk, chunk_text
 from llm_pipeline.qa.prompts import PromptSet
 from llm_pipeline.qa.schema import parse_pairs
 from llm_pipeline.records import Document, QAPair, utc_now
@@ -183,6 +184,19 @@ class Journaled:
     usage_batch: Usage = field(default_factory=Usage)  # the part answered through the Batch API
 
 
+def chunk_pages(document: Document, chunk: Chunk) -> dict[str, int]:
+    """The pages (a PDF's) or slides (a deck's) a chunk of `document` spans, `first_page` and `last_page`, from the
+    document's `page_starts` (and `first_page`, where it is a part of a longer file); {} for other documents."""
+    for unit in ("page", "slide"):
+        starts = document.metadata.get(f"{unit}_starts")
+        if isinstance(starts, list) and starts and all(isinstance(s, int) for s in starts):
+            first = document.metadata.get(f"first_{unit}", 1)
+            end = len(document.text) if chunk.end is None else chunk.end
+            where = [first + bisect.bisect_right(starts, at) - 1 for at in (chunk.start, max(chunk.start, end - 1))]
+            return {f"first_{unit}": where[0], f"last_{unit}": where[1]}
+    return {}
+
+
 def journaled_pairs(jobs: list[Job], journal: Journal, config: QAConfig) -> Journaled:
     """Pairs from the journal, in document and chunk order, with their metadata."""
     found = Journaled()
@@ -221,6 +235,7 @@ def journaled_pairs(jobs: list[Job], journal: Journal, config: QAConfig) -> Jour
                     "latency_s": entry.latency_s,
                     "attempts": entry.attempts,
                     "timestamp": entry.timestamp,
+                    **chunk_pages(job.document, job.chunk),
                 }
             qa = QAPair(
                 id=f"{job.document.id}-q{k}",
