@@ -248,6 +248,11 @@ WHOLE_FILE: dict[str, Callable[[Path, Kind, int], dict[str, Any]]] = {
 
 # Long documents: parts ------------------------------------------------------------------------------------------
 STREAMED = {"text", "markdown", "rst", "asciidoc"}  # read as a stream of paragraphs when long
+READ_WHOLE = {"pdf", "docx", "pptx"}  # their libraries hold the whole file: read once, up to max_file_chars
+
+
+def too_long_file(max_file_chars: int) -> str:
+    return f"too_long: the file holds over {max_file_chars} characters of text (data.max_file_chars)"
 
 
 def _cut(text: str, start: int, limit: int) -> int:
@@ -334,12 +339,11 @@ def document_parts(
     path: Path, kind: Kind, record: dict[str, Any] | None, max_chars: int, max_file_chars: int
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """A long document's parts, (text, metadata) each. `record`: the document as its reader gave it, where it was
-    read whole; None where it was over the reading bound: read again here, the text formats as a stream of
-    paragraphs (counted to the end once before any part is made, so a file over `max_file_chars` is quarantined
-    whole, never in part), PDF, DOCX and PowerPoint with `max_file_chars` as the bound. Raises BadRecord (TooLong
-    over `max_file_chars`) before the first part."""
-    over = f"too_long: the file holds over {max_file_chars} characters of text (data.max_file_chars)"
-    if record is None and kind.format in STREAMED:
+    read whole; None for a text file over the reading bound, read again here as a stream of paragraphs (counted to
+    the end once before any part is made, so a file over `max_file_chars` is quarantined whole, never in part).
+    Raises BadRecord (TooLong over `max_file_chars`) before the first part."""
+    over = too_long_file(max_file_chars)
+    if record is None:
         total = count = 0
         for text, _, _ in pack(_stream_paragraphs(path, kind, max_chars), max_chars):
             total, count = total + len(text), count + 1
@@ -347,11 +351,6 @@ def document_parts(
                 raise TooLong(over)
         metadata = TITLES[kind.format](_head_text(path, kind))
         return _numbered(pack(_stream_paragraphs(path, kind, max_chars), max_chars), metadata, None, count)
-    if record is None:
-        try:
-            record = WHOLE_FILE[kind.format](path, kind, max_file_chars)
-        except TooLong as exc:
-            raise TooLong(over) from exc
     if "pieces" in record:
         pieces = record["pieces"]
     else:  # paragraphs: HTML's main content has one a line

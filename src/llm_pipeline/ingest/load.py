@@ -13,7 +13,14 @@ from typing import Any
 
 from llm_pipeline.config import DataConfig
 from llm_pipeline.errors import DataValidationError
-from llm_pipeline.ingest.documents import WHOLE_FILE, TooLong, document_parts
+from llm_pipeline.ingest.documents import (
+    READ_WHOLE,
+    STREAMED,
+    WHOLE_FILE,
+    TooLong,
+    document_parts,
+    too_long_file,
+)
 from llm_pipeline.ingest.records import BadRecord, normalize_text, to_document
 from llm_pipeline.ingest.sources import (
     COMPRESSIONS,
@@ -125,8 +132,8 @@ def _walk(root: Path, config: DataConfig) -> Iterator[Path]:
 
 def plain_text(relative: str, config: DataConfig) -> bool:
     """`data.plain_text` names the file (its relative path, with or without a compression suffix)."""
-    bare = relative[: -len(suffix)] if (suffix := Path(relative).suffix.lower()) in COMPRESSIONS else relative
-    return any(fnmatch.fnmatch(name, p) for p in config.plain_text for name in (relative, bare))
+    names = (relative, _bare(relative).as_posix())
+    return any(fnmatch.fnmatch(name, pattern) for pattern in config.plain_text for name in names)
 
 
 def _kind(path: Path, config: DataConfig, relative: str | None = None) -> Kind | None:
@@ -172,13 +179,14 @@ def _raw_items(
     if "/" in relative:
         found["category"] = relative.split("/")[0]
     record: dict[str, Any] | None
+    whole = parts is not None and kind.format in READ_WHOLE  # read once, up to max_file_chars: its library holds it
     try:
-        record = WHOLE_FILE[kind.format](path, kind, max_bytes)
+        record = WHOLE_FILE[kind.format](path, kind, parts[1] if whole and parts else max_bytes)
     except TooLong as bad:
-        if parts is None:
-            yield "file", bad, None
+        if parts is None or kind.format not in STREAMED:  # HTML: pages over 20 x the bound's bytes stay out
+            yield "file", TooLong(too_long_file(parts[1])) if whole and parts else bad, None
             return
-        record = None
+        record = None  # read again as a stream, in parts
     except BadRecord as bad:
         yield "file", bad, None
         return
