@@ -303,7 +303,8 @@ def _sheet_record(
         return location, BadRecord(reason), preview
     fields = dict(zip(header, values + [""] * (len(header) - len(values)), strict=True))
     text = fields.pop(text_field)
-    record: dict[str, Any] = {"id": (fields.pop(id_field, "") if id_field else "") or None, "text": text}
+    identity = fields.pop(id_field, "") if id_field else ""
+    record: dict[str, Any] = {"id": None if identity == "" else identity, "text": text}  # an id of 0 is an id
     metadata = fields.pop("metadata", "")
     if isinstance(metadata, str) and metadata:
         try:
