@@ -432,7 +432,7 @@ def test_a_folder_of_jsonl_files_loads_like_the_one_file_and_a_folder_of_nothing
     empty = tmp_path / "nothing"
     empty.mkdir()
     (empty / "slides.pptx").write_bytes(b"PK\x03\x04")
-    (empty / "README").write_text("no documents here")
+    (empty / "LICENSE").write_text("no documents here")  # a README would now be read as one
     from tests.test_config import run_cli
 
     config = tmp_path / "c.yaml"
