@@ -21,7 +21,7 @@ import pytest
 
 from llm_pipeline.config import load_config
 from llm_pipeline.stages import PIPELINE, STAGES
-from tests.conftest import wait_until
+from tests.conftest import RetryingTransport, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / "configs" / "test.yaml"  # what `make run-test` runs
@@ -119,6 +119,23 @@ def shoot(page: Any, name: str) -> None:
         page.screenshot(path=str(Path(folder) / f"{name}.png"))
 
 
+def api_client(stack: dict) -> httpx.Client:
+    """The stack's API as a script calls it, retried on 429/502/503 as Prefect's own client is."""
+    return httpx.Client(auth=tuple(stack["auth"].split(":", 1)), timeout=10, transport=RetryingTransport())
+
+
+def listed(api: httpx.Client, url: str, body: dict) -> list | None:
+    """A filter's list, or None (read again) while the API answers something else: under load the stack's API
+    answered an error object twice in full suites (a deployments filter, then an artifacts filter, 2026-12-07),
+    status not kept; now each such answer is printed, in a failure's captured output."""
+    reply = api.post(url, json=body)
+    found = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else None
+    if reply.status_code == 200 and isinstance(found, list):
+        return found
+    print(f"{url}: {reply.status_code} {reply.text[:300]!r}")  # in the failure's captured output
+    return None
+
+
 def test_a_wrong_password_shows_the_login_again(page, stack, deployed) -> None:
     user = stack["auth"].split(":", 1)[0]
     log_in(page, stack, auth=f"{user}:not-the-password")
@@ -150,13 +167,8 @@ def test_deployments_with_their_schedules(page, stack, deployed) -> None:
     text = visit(page, ui(stack) + "/v2/deployments?limit=25", "ev-charging-pipeline")
     assert all(name in text for name in DEPLOYMENTS), text[:2000]
     shoot(page, "ui-deployments")
-    with httpx.Client(auth=tuple(stack["auth"].split(":", 1)), timeout=10) as api:
-        # read until the API answers with the list: under load it once answered an error object (status not kept)
-        def listed() -> list | None:
-            reply = api.post(f"{ui(stack)}/api/deployments/filter", json={})
-            return reply.json() if reply.status_code == 200 and isinstance(reply.json(), list) else None
-
-        found = wait_until(listed, 60, "the deployments from the API")
+    with api_client(stack) as api:
+        found = wait_until(lambda: listed(api, f"{ui(stack)}/api/deployments/filter", {}), 60, "the deployments")
     ids = {d["name"]: d["id"] for d in found}
     # The schedule as the UI words it, and the next run at that hour in the configured zone (the stack's default,
     # UTC; the browser context shows times in it).
@@ -189,13 +201,11 @@ def test_a_finished_run_its_report_and_every_chart(page, browser, stack, test_ru
     shoot(page, "ui-flow-run")
     page.get_by_role("tab", name="Task Runs").click()
     page.get_by_text(STAGES[-1], exact=False).first.wait_for(timeout=30_000)
-    listed = page.inner_text("body")
-    assert all(stage in listed for stage in STAGES), listed[:3000]
-    with httpx.Client(auth=tuple(stack["auth"].split(":", 1)), timeout=10) as api:
-        artifacts = api.post(
-            f"{ui(stack)}/api/artifacts/filter",
-            json={"artifacts": {"key": {"any_": ["test-pipeline-report"]}}, "sort": "CREATED_DESC"},
-        ).json()
+    tab = page.inner_text("body")
+    assert all(stage in tab for stage in STAGES), tab[:3000]
+    query = {"artifacts": {"key": {"any_": ["test-pipeline-report"]}}, "sort": "CREATED_DESC"}
+    with api_client(stack) as api:
+        artifacts = wait_until(lambda: listed(api, f"{ui(stack)}/api/artifacts/filter", query), 60, "the artifacts")
     report = next(a for a in artifacts if a["flow_run_id"] == test_run)
     visit(page, f"{ui(stack)}/v2/artifacts/artifact/{report['id']}", "report.html")
     page.wait_for_function("() => [...document.images].filter(i => i.src.startsWith('data:image/png')).length >= 5")
