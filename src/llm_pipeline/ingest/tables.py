@@ -199,11 +199,16 @@ def _csv_record(
         if bad is not None:
             reason = f"{undecodable(encoding)}: invalid byte at character {bad} of a field"
             return location, BadRecord(reason), ascii(preview)
-    fields = dict(zip(header, row, strict=True))
-    record: dict[str, Any] = {"id": (fields.pop(id_field, None) if id_field else None) or None}
-    record["text"] = fields.pop(text_field)
-    metadata = fields.pop("metadata", None)
-    if metadata:
+    return _named(location, dict(zip(header, row, strict=True)), text_field, id_field)
+
+
+def _named(location: str, fields: dict[str, Any], text_field: str, id_field: str) -> RawItem:
+    """A row of a table with a header (CSV, a sheet) as a record: its text and id columns (an empty id: none), its
+    `metadata` column's JSON where there is one, else its other non-empty columns as metadata."""
+    identity = fields.pop(id_field, "") if id_field else ""
+    record: dict[str, Any] = {"id": None if identity == "" else identity, "text": fields.pop(text_field)}
+    metadata = fields.pop("metadata", "")
+    if isinstance(metadata, str) and metadata:
         try:
             record["metadata"] = json.loads(metadata)
         except (json.JSONDecodeError, RecursionError):
@@ -302,17 +307,7 @@ def _sheet_record(
         reason = f"ragged_row: a value in column {len(values)}, the header has {len(header)} columns"
         return location, BadRecord(reason), preview
     fields = dict(zip(header, values + [""] * (len(header) - len(values)), strict=True))
-    text = fields.pop(text_field)
-    identity = fields.pop(id_field, "") if id_field else ""
-    record: dict[str, Any] = {"id": None if identity == "" else identity, "text": text}  # an id of 0 is an id
-    metadata = fields.pop("metadata", "")
-    if isinstance(metadata, str) and metadata:
-        try:
-            record["metadata"] = json.loads(metadata)
-        except (json.JSONDecodeError, RecursionError):
-            return location, BadRecord("invalid_json: metadata column"), metadata[:200]
-    else:
-        record["metadata"] = {k: v for k, v in fields.items() if k and v != ""}
-    if isinstance(record["metadata"], dict):
+    location, record, raw = _named(location, fields, text_field, id_field)  # an id of 0 is the id 0
+    if isinstance(record, dict) and isinstance(record["metadata"], dict):
         record["metadata"].setdefault("sheet", sheet)
-    return location, record, None
+    return location, record, raw
