@@ -628,6 +628,7 @@ def test_documentation_named_files_load_as_text_and_data_plain_text_reads_any_na
     (root / "charger" / "README.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))
     (root / "charger" / "NEWS.bak").write_text("Version 2.0 ...")  # a backup: the suffix says so
     (root / "charger" / "README.bin").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(64))  # the bytes say so
+    (root / "charger" / "notes.manual").write_bytes(b"PK\x03\x04 a zip with no NUL in its first bytes")  # magic
     (root / "charger" / "LICENSE").write_text("Permission is hereby granted, free of charge...")
     (root / "charger" / "Makefile").write_text("all:\n\tcc -o charger main.c\n")
     (root / "charger" / "charger.conf").write_text("max_current = 32\n")
@@ -650,6 +651,7 @@ def test_documentation_named_files_load_as_text_and_data_plain_text_reads_any_na
     for name in (
         "README.png",
         "README.bin",
+        "notes.manual",
         "NEWS.bak",
         "LICENSE",
         "Makefile",

@@ -63,8 +63,11 @@ DOC_NAMES = frozenset(
 NOT_DOC_SUFFIXES = frozenset(
     {".sh", ".bash", ".py", ".pl", ".pm", ".rb", ".js", ".ts", ".go", ".rs", ".java", ".c", ".h", ".cc", ".cpp",
      ".in", ".am", ".ac", ".m4", ".mk", ".cmake", ".conf", ".cfg", ".ini", ".toml", ".yaml", ".yml", ".xml",
-     ".patch", ".diff", ".bat", ".ps1", ".log", ".bak", ".old", ".orig", ".rej", ".swp", ".tmp", ".lock"}
+     ".patch", ".diff", ".bat", ".ps1", ".log", ".bak", ".old", ".orig", ".rej", ".swp", ".tmp", ".lock",
+     ".odt", ".ods", ".odp", ".doc", ".xls", ".ppt", ".rtf", ".epub", ".pages", ".key", ".numbers"}
 )  # fmt: skip
+# First bytes of files that are not text whatever their name: zip (office files), PDF, images, executables, OLE
+_BINARY_MAGIC = (b"PK\x03\x04", b"%PDF", b"\x89PNG", b"GIF8", b"\xff\xd8\xff", b"\x7fELF", b"\xd0\xcf\x11\xe0", b"PAR1")
 TEXT_SNIFF_BYTES = 8192  # the bytes that must hold no NUL for a file to be read as plain text
 _WORD_BREAK = re.compile(r"[-_ ]")
 # Byte-order marks, longest first: UTF-32-LE's starts with UTF-16-LE's.
@@ -137,13 +140,16 @@ def documentation_name(name: str) -> bool:
 
 
 def _text_bytes(path: Path, compression: str | None, scripts: bool) -> bool:
-    """The file's first bytes (decompressed) look like text: a UTF-16/32 byte-order mark, or no NUL byte (and,
-    unless `scripts`, no `#!` line first: a script named like documentation, an INSTALL that installs)."""
+    """The file's first bytes (decompressed) look like text: a UTF-16/32 byte-order mark, or no NUL byte and no
+    binary format's magic (and, unless `scripts`, no `#!` line first: a script named like documentation, an INSTALL
+    that installs)."""
     with open_binary(path, compression) as stream:
         head = stream.read(TEXT_SNIFF_BYTES)
     if head.startswith(tuple(bom for bom, _ in _BOMS)):
         return True
-    return b"\x00" not in head and (scripts or not head.startswith(b"#!"))
+    if b"\x00" in head or head.startswith(_BINARY_MAGIC):
+        return False
+    return scripts or not head.startswith(b"#!")
 
 
 def classify(path: Path, plain_text: bool = False) -> Kind | None:
