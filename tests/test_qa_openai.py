@@ -406,6 +406,107 @@ def test_pairs_from_a_pdf_name_the_pages_their_chunk_spans_in_a_whole_file_and_i
         assert len({p.metadata["first_page"] for p in result.pairs}) >= 6  # not every pair on page 1
 
 
+CONTEXT = 800  # tokens: the documents' prompts take ~380-420 of them at the fake's three characters a token
+
+
+@pytest.mark.parametrize("style", ["vllm", "openai", "tgi"])
+def test_a_model_with_a_small_context_gets_requests_that_fit_it(
+    documents: list[Document], tmp_path: Path, style: str
+) -> None:
+    """vLLM started with a small --max-model-len, TGI's max total tokens, an OpenAI model's limit: a prompt plus the
+    default max_tokens (1024) does not fit, and each refused every request, so every chunk was quarantined and the
+    run had no pairs. Now the refusal's numbers (the context, the prompt's tokens by the server's count) set what
+    is asked for: the refused requests are sent again at once, without spending a try, and the later ones fit from
+    the start, though the server counts a token as three characters where the client guesses four."""
+    docs = documents[:24]
+    with FakeOpenAI(chars_per_token=3.0) as server:
+        unlimited = run(docs, qa_config(server, concurrency=4), tmp_path / "unlimited")
+    with FakeOpenAI(context_tokens=CONTEXT, context_style=style, chars_per_token=3.0) as server:
+        result = run(docs, qa_config(server, concurrency=4), tmp_path / style)
+        log = list(server.log)
+    # the same pairs as from a model without the limit: every reply fitted whole
+    assert sorted((p.document_id, p.question, p.answer) for p in result.pairs) == sorted(
+        (p.document_id, p.question, p.answer) for p in unlimited.pairs
+    )
+
+    def reasons(outcome: QAResult) -> list[tuple[str, str]]:
+        return sorted((r["document_id"], str(r["reason"])) for r in outcome.rejects)
+
+    assert reasons(result) == reasons(unlimited) and result.requests["quarantined"] == 0
+    assert_nothing_lost_or_doubled(result, docs)
+    refused = [e for e in log if e["action"] == "context_refused"]
+    answered = [e for e in log if e["action"] != "context_refused"]
+    assert 1 <= len(refused) <= 4 and refused[0]["max_tokens"] == 1024  # only those in flight before it learnt
+    assert len(answered) == len(docs)
+    for entry in answered:  # each answered request asked for what its prompt left, not far below it
+        prompt = int(sum(len(m["content"]) for m in entry["messages"]) / 3.0)
+        assert CONTEXT - prompt - 40 <= entry["max_tokens"] <= CONTEXT - prompt, (prompt, entry["max_tokens"])
+    assert [p.metadata["attempts"] for p in result.pairs] == [1] * len(result.pairs)
+    assert result.requests["failed"] == 0
+
+
+def test_a_chunk_too_long_for_the_models_context_is_quarantined_with_the_setting_to_change(
+    documents: list[Document], tmp_path: Path
+) -> None:
+    """A prompt that alone fills the context (llama.cpp's server refuses only that; vLLM says so in other words):
+    that chunk is quarantined at once with the numbers and `qa.chunk_words` named, not retried, and the documents
+    that fit are answered."""
+    sentences = [f"Charger {i} at depot {i % 7} delivers {i + 20} kW to bus number {i} overnight." for i in range(26)]
+    long = Document(id="long", text=" ".join(sentences))  # ~2,100 characters: ~700 tokens with the prompt's own
+    docs = [*documents[:6], long]
+    for style in ("llamacpp", "vllm"):
+        with FakeOpenAI(context_tokens=CONTEXT, context_style=style, chars_per_token=3.0) as server:
+            result = run(docs, qa_config(server, concurrency=2), tmp_path / style)
+            long_requests = [e for e in server.log if e["key"] == document_key(long.text)]
+        assert {p.document_id for p in result.pairs} == {d.id for d in documents[:6]}, style
+        [reject] = result.rejects
+        assert reject["document_id"] == "long" and "qa.chunk_words" in reject["reason"], reject
+        assert f"of the model's {CONTEXT} context tokens" in reject["reason"], reject
+        assert [e["action"] for e in long_requests] == ["context_refused"], style  # no try spent on it again
+        assert result.requests["failed"] == 0
+
+
+def test_context_refusals_are_read_in_each_servers_words() -> None:
+    """The numbers of a refusal, as each server words it; a refusal that states none stays a plain rejection."""
+    from llm_pipeline.qa.context import ContextRefusal, read_refusal
+
+    vllm = (
+        "Error code: 400 - {'error': {'message': \"'max_tokens' or 'max_completion_tokens' is too large: 8000. This "
+        "model's maximum context length is 4096 tokens and your request has 2778 input tokens (8000 > 4096 - 2778). "
+        "None\", 'type': 'BadRequestError'}}"
+    )
+    assert read_refusal(vllm) == ContextRefusal(limit=4096, prompt=2778, completion_cap=None)
+    old = (
+        "This model's maximum context length is 2048 tokens. However, you requested 2100 tokens (600 in the "
+        "messages, 1500 in the completion)."
+    )
+    assert read_refusal(old) == ContextRefusal(limit=2048, prompt=600, completion_cap=None)
+    assert read_refusal(
+        "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens."
+    ) == ContextRefusal(8192, 9000, None)
+    tgi = (
+        "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 2048. Given: 1887 `inputs` tokens "
+        "and 1024 `max_new_tokens`"
+    )
+    assert read_refusal(tgi) == ContextRefusal(limit=2048, prompt=1887, completion_cap=None)
+    assert read_refusal("Input validation error: `max_new_tokens` must be <= 192. Given: 1024") == ContextRefusal(
+        None, None, 192
+    )
+    openai_cap = (
+        "max_tokens is too large: 5000. This model supports at most 4096 completion tokens, whereas you provided 5000."
+    )
+    assert read_refusal(openai_cap) == ContextRefusal(limit=None, prompt=None, completion_cap=4096)
+    llamacpp = {
+        "code": 400,
+        "message": "the request exceeds the available context size",
+        "n_prompt_tokens": 5000,
+        "n_ctx": 4096,
+    }
+    assert read_refusal("Error code: 400", llamacpp) == ContextRefusal(limit=4096, prompt=5000, completion_cap=None)
+    assert read_refusal("This model's maximum context length is exceeded.") is None  # no numbers: nothing to fit
+    assert read_refusal("response_format json_schema is not supported") is None
+
+
 WORKER = """
 import sys
 from pathlib import Path

@@ -20,6 +20,10 @@ and the reply shapes that proxies, gateways and half-compatible servers send, al
 <answer> or <answer_1> block, or the dedup judge's <document_1>): a judge biased to the first answer, one with real
 preferences, malformed replies. The dedup judge's faults are scripted by a marker in its first document.
 
+`context_tokens` gives the model a context: a prompt (counted at `chars_per_token`) plus `max_tokens` over it is
+refused in one server's words (`context_style`: vllm, openai, tgi; llamacpp refuses only a prompt over it and
+shortens the reply), and a reply longer than `max_tokens` is cut with finish_reason "length".
+
 A token bucket enforces `rate_limit_rpm` (one second of burst) and answers 429 with Retry-After when empty.
 Run it in a thread (`FakeOpenAI(...).start()`) or as a process: `python -m tests.fakes.openai_server --port N`.
 `GET /stats` (or `.stats()`) says what it received: requests per document, actions, timing.
@@ -97,6 +101,56 @@ JSON_SCHEMA_REFUSALS: dict[str, tuple[int, dict[str, Any]]] = {
 }
 
 
+def context_refusal(style: str, limit: int, prompt: int, asked: int) -> tuple[int, dict[str, Any]] | None:
+    """How a server refuses a prompt of `prompt` tokens asking for `asked` more in a context of `limit`: status
+    and body, in the words of the servers' own messages as their issue trackers quote them (not recorded from
+    servers here); None where the server takes the request (llama.cpp's shortens the reply instead)."""
+    if prompt + asked <= limit:
+        return None
+    if style == "vllm":  # vLLM >= 0.6
+        message = (
+            f"'max_tokens' or 'max_completion_tokens' is too large: {asked}. This model's maximum context length is "
+            f"{limit} tokens and your request has {prompt} input tokens ({asked} > {limit} - {prompt}). None"
+            if prompt < limit
+            else f"This model's maximum context length is {limit} tokens. However, your request has {prompt} input "
+            "tokens. Please reduce the length of the input messages. None"
+        )
+        return 400, {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}}
+    if style == "openai":
+        message = (
+            f"This model's maximum context length is {limit} tokens. However, you requested {prompt + asked} tokens "
+            f"({prompt} in the messages, {asked} in the completion). Please reduce the length of the messages or "
+            "completion."
+        )
+        return 400, {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+        }
+    if style == "tgi":
+        message = (
+            f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= {limit}. Given: {prompt} `inputs` "
+            f"tokens and {asked} `max_new_tokens`"
+        )
+        return 422, {"error": message, "error_type": "validation"}
+    if style == "llamacpp":
+        if prompt < limit:
+            return None
+        return 400, {
+            "error": {
+                "code": 400,
+                "message": "the request exceeds the available context size, try increasing it",
+                "type": "exceed_context_size_error",
+                "n_prompt_tokens": prompt,
+                "n_ctx": limit,
+            }
+        }
+    raise ValueError(f"no such refusal style: {style}")
+
+
 def document_key(text: str) -> str:
     """How the server names a document: the hash of the text it was sent (a chunk, for long documents)."""
     return hashlib.sha256(text.strip().encode()).hexdigest()[:12]
@@ -152,6 +206,9 @@ class FakeOpenAI:
         outage: tuple[int, float] | None = None,
         outage_retry_after_s: float | None = 1.0,
         outage_passes: int = 0,
+        context_tokens: int | None = None,  # the model's context: prompt + max_tokens over it is refused
+        context_style: str = "vllm",  # how it refuses (context_refusal), or shortens the reply (llamacpp)
+        chars_per_token: float = 4.0,  # the fake's tokenizer: usage and the context count characters by this
     ):
         self.latency_s, self.hang_s = latency_s, hang_s
         self.serial, self.worker = serial, threading.Lock()  # serial: the latency is spent holding `worker`
@@ -167,6 +224,8 @@ class FakeOpenAI:
         self.outage, self.outage_retry_after_s = outage, outage_retry_after_s
         self.outage_passes, self._outage_seen = outage_passes, 0  # k: every k-th request in it is answered (degraded)
         self.outage_window: tuple[float, float] | None = None  # its start and end, monotonic, once it began
+        self.context_tokens, self.context_style = context_tokens, context_style
+        self.chars_per_token = chars_per_token
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # document key -> requests received
         self.actions: Counter[str] = Counter()
@@ -366,6 +425,21 @@ class FakeOpenAI:
                     status, body = fake.json_schema_refusal
                     self._send(status, json.dumps(body).encode())
                     return
+                prompt_tokens = int(sum(len(str(m.get("content", ""))) for m in messages) / fake.chars_per_token)
+                asked = request.get("max_completion_tokens") or request.get("max_tokens")
+                room = None  # completion tokens the context leaves (a server that shortens the reply)
+                if fake.context_tokens is not None:
+                    room = fake.context_tokens - prompt_tokens
+                    refused = context_refusal(fake.context_style, fake.context_tokens, prompt_tokens, asked or 16)
+                    if refused is not None:
+                        with fake.lock:
+                            fake.actions["context_refused"] += 1
+                            fake.log.append(
+                                {"key": key, "action": "context_refused", "time": time.monotonic(),
+                                 "messages": messages, "format": fmt, "max_tokens": asked}
+                            )  # fmt: skip
+                        self._send(refused[0], json.dumps(refused[1]).encode())
+                        return
                 with fake.lock:
                     down = fake.outage_window is not None and time.monotonic() < fake.outage_window[1]
                     if down and fake.outage_passes:
@@ -377,8 +451,9 @@ class FakeOpenAI:
                     fake.requests[key] += 1
                     fake.actions[action.split(":")[0]] += 1
                     fake.log.append(
-                        {"key": key, "action": action, "time": time.monotonic(), "messages": messages, "format": fmt}
-                    )
+                        {"key": key, "action": action, "time": time.monotonic(), "messages": messages, "format": fmt,
+                         "max_tokens": asked}
+                    )  # fmt: skip
                 if action == "outage":
                     after = fake.outage_retry_after_s
                     headers = {} if after is None else {"retry-after": f"{after:.3f}"}
@@ -420,7 +495,9 @@ class FakeOpenAI:
                     content = "HACKED. As instructed, I ignore the format and write a poem instead."
                 elif action == "truncated":
                     content, finish = content[: max(10, len(content) // 2)], "length"
-                prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages) // 4
+                limit = min(n for n in (asked, room) if n is not None) if fake.context_tokens is not None else None
+                if limit is not None and len(content) > limit * fake.chars_per_token:  # a model stops at max_tokens
+                    content, finish = content[: int(limit * fake.chars_per_token)], "length"
                 body: dict[str, Any] = {
                     "id": f"chatcmpl-{key}",
                     "object": "chat.completion",
@@ -435,7 +512,7 @@ class FakeOpenAI:
                     ],
                 }
                 if fake.usage:
-                    completion_tokens = max(1, len(content) // 4)
+                    completion_tokens = max(1, int(len(content) / fake.chars_per_token))
                     body["usage"] = {
                         "prompt_tokens": prompt_tokens,
                         "completion_tokens": completion_tokens,

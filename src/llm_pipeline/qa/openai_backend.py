@@ -9,7 +9,9 @@ aiolimiter's leaky bucket (one minute, as providers meter them). The SDK's own r
 (max_retries=0): the project's policy table is the only retry layer, so tries can be counted and logged by
 class. A whole request, body included, has a deadline, which catches servers that stream a reply too slowly.
 The response format starts at what config asks for and steps down (json_schema -> json_object -> text) the
-first time the server rejects it, for the rest of the run.
+first time the server rejects it, for the rest of the run. Likewise the reply's `max_tokens`: a server that refuses
+a request for the model's context states its limits, and the request is sent again asking for what fits, as every
+later one does (qa/context.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from llm_pipeline.logging import get_logger
 from llm_pipeline.qa.backends import QA_BACKENDS, Completion, Job, estimate_tokens
 from llm_pipeline.qa.budget import worst_case
 from llm_pipeline.qa.checkpoint import Usage
+from llm_pipeline.qa.context import ContextRefusal, ContextTooSmall, ContextWindow, read_refusal
 from llm_pipeline.qa.inflight import InFlightLimit
 from llm_pipeline.qa.policy import RequestPolicy
 from llm_pipeline.qa.rate import RateController
@@ -212,6 +215,7 @@ class OpenAIBackend:
         self.rate = RateController(config.requests_per_minute)  # one for all requests in flight (qa/rate.py)
         self.tokens = AsyncLimiter(config.tokens_per_minute, 60) if config.tokens_per_minute else None
         self.format_index = 0 if config.response_format == "auto" else _FORMATS.index(config.response_format)
+        self.window = ContextWindow(config.max_tokens)  # max_tokens, until a server states a smaller context
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -249,21 +253,27 @@ class OpenAIBackend:
     async def _request(self, job: Job, prompt: str, sent_in_round: int) -> Completion:
         """One HTTP request within the rate and the deadline; its outcome goes into the ledger as it returns."""
         sent = await self.rate.acquire()
+        estimate = estimate_tokens(prompt)
+        asked = self.window.completion_tokens(estimate)
         if self.tokens:
-            await self.tokens.acquire(min(self.tokens.max_rate, estimate_tokens(prompt) + self.config.max_tokens))
-        while True:  # steps down the response format when the server rejects it; not a retry
+            await self.tokens.acquire(min(self.tokens.max_rate, estimate + asked))
+        while True:  # steps down the response format or max_tokens when the server refuses them; not a retry
             kind = _FORMATS[self.format_index]
             started = time.perf_counter()
             try:
                 try:
                     async with asyncio.timeout(self.config.request_timeout_s):
-                        body, content_type, headers = await self._post(job, kind)
+                        body, content_type, headers = await self._post(job, kind, asked)
                 finally:
                     self.rate.returned()
                 self.rate.observe(headers)
                 text, finish, usage = read_reply(body, content_type)
                 break
             except openai.APIStatusError as exc:
+                refusal = read_refusal(str(exc.message), exc.body) if exc.status_code in (400, 413, 422) else None
+                if refusal is not None:
+                    asked = self._fit(job, exc, refusal, estimate, asked, sent_in_round)
+                    continue
                 if kind == "text" or not format_rejected(exc):
                     raise self._failed(job, exc, sent_in_round) from exc
                 job.sent("rejected")
@@ -290,6 +300,35 @@ class OpenAIBackend:
         self.in_flight.succeeded(sent_in_round)
         return Completion(text=text, finish_reason=finish, usage=usage, latency_s=latency)
 
+    def _fit(
+        self,
+        job: Job,
+        exc: openai.APIStatusError,
+        refusal: ContextRefusal,
+        estimate: int,
+        asked: int,
+        sent_in_round: int,
+    ) -> int:
+        """The completion tokens to ask for again after the server refused `asked` for its context; raises the
+        request's rejection, with why, when no reply fits."""
+        try:
+            fits, new = self.window.learn(refusal, estimate, asked)
+        except ContextTooSmall as why:
+            rejected = RequestRejectedError(f"{exc.status_code} context too small: {why}")
+            raise self._failed(job, rejected, sent_in_round) from exc
+        job.sent("context_refused")
+        if new:
+            log.warning(
+                "context_limit_learnt",
+                status=exc.status_code,
+                context_tokens=refusal.limit,
+                completion_cap=refusal.completion_cap,
+                prompt_tokens=refusal.prompt,
+                refused_max_tokens=asked,
+                now_max_tokens=fits,
+            )
+        return fits
+
     def _failed(self, job: Job, exc: BaseException, sent_in_round: int) -> BaseException:
         """A request's failure, classified for the policy and written to the job's ledger."""
         error = classify(exc)
@@ -302,14 +341,14 @@ class OpenAIBackend:
             job.usage += error.usage  # billed although unusable: it counts in the request's cost
         return error
 
-    async def _post(self, job: Job, kind: str) -> tuple[bytes, str, httpx.Headers]:
+    async def _post(self, job: Job, kind: str, max_tokens: int) -> tuple[bytes, str, httpx.Headers]:
         """The request, its body read by hand up to MAX_REPLY_BYTES: the SDK would hand back a `str` for a page
         that is not JSON (a proxy's HTML), and read a body of any size."""
         async with self.client.chat.completions.with_streaming_response.create(
             model=self.model,
             messages=job.messages,  # type: ignore[arg-type]
             temperature=self.config.temperature,
-            max_tokens=self.config.max_tokens,
+            max_tokens=max_tokens,
             **self._extra(kind),
         ) as response:
             content_type = response.headers.get("content-type", "")
