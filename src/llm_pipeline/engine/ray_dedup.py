@@ -79,11 +79,11 @@ from llm_pipeline.ingest.load import (
     IngestResult,
     _kind,
     _safe,
+    ids_for_shared_stems,
     input_files,
     load_documents,
     load_file,
     require_documents,
-    shared_stems,
 )
 from llm_pipeline.ingest.sources import Part, UnreadableFile, file_parts
 from llm_pipeline.io import atomic_open, write_json, write_jsonl
@@ -323,7 +323,7 @@ def _load(config: PipelineConfig, address: str, signing: Signing | None) -> tupl
     returns = 3 + (1 + signing.partitions if signing else 0)
     task = _load_file.options(num_returns=returns, max_retries=config.execution.task_retries)
     # absolute: a Ray worker runs in a folder of its own (and on another node, where data.path must be the same path)
-    ids = shared_stems(list(dict.fromkeys(relative for _, relative, _ in units)))
+    ids = ids_for_shared_stems(list(dict.fromkeys(relative for _, relative, _ in units)))
     refs = [
         task.remote(
             str(path.resolve()), str(path), relative, data, index, signing, part, _wants_numbers(config),

@@ -157,7 +157,7 @@ def _raw_items(
     """`fields`: the keys or columns of a record's text and of its id, the first present (`data.text_field`,
     `data.id_field`). `parts`: (`data.max_chars`, `data.max_file_chars`) where a document file longer than a record
     may be is split into parts (`documents.document_parts`); None: it is quarantined as too long. `document_id`:
-    a whole-file document's id where the path without suffixes would repeat another's (`shared_stems`)."""
+    a whole-file document's id where the path without suffixes would repeat another's (`ids_for_shared_stems`)."""
     if kind.format in TABLES:
         if kind.format in ("csv", "tsv", "xlsx"):  # the columns are known from a header: records come out named
             reader = read_xlsx if kind.format == "xlsx" else read_csv
@@ -242,7 +242,7 @@ def load_documents(config: DataConfig) -> IngestResult:
     result = IngestResult()
     seen_ids: set[str] = set()
     files = input_files(config)
-    ids = shared_stems([relative for _, relative in files])
+    ids = ids_for_shared_stems([relative for _, relative in files])
     for path, relative in files:
         load_file(path, relative, config, result, seen_ids, document_id=ids.get(relative))
         if config.limit is not None and len(result.documents) >= config.limit:
@@ -266,7 +266,7 @@ def _bare(relative: str) -> Path:
     return path.with_suffix("") if path.suffix.lower() in COMPRESSIONS else path
 
 
-def shared_stems(relatives: list[str]) -> dict[str, str]:
+def ids_for_shared_stems(relatives: list[str]) -> dict[str, str]:
     """{relative path: id} for the files whose document id, the path without suffixes, another file's would
     repeat: a page's source and its rendering (`api/fs.md`, `api/fs.html`), a text in two compressions. Each keeps
     its format suffix (`api/fs.md`), or all its suffixes where that is not enough (`api/fs.md.gz`, `api/fs.md.xz`),
@@ -298,7 +298,7 @@ def load_file(
     rejects name it (default: `path`). A file is read whole by one call, the unit of work an engine hands out, or
     one `part` of it (`sources.file_parts`: a big JSON Lines file), its summary line then counting that part.
     `document_id`: a whole-file document's id, where its path without suffixes would repeat another file's
-    (`shared_stems`)."""
+    (`ids_for_shared_stems`)."""
     folder = config.path.is_dir()
     summary = FileSummary(path=relative, status="loaded")
     result.files.append(summary)

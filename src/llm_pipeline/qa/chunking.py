@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from llm_pipeline.text import UNSPACED, word_spans
 
-_WORD = re.compile(r"\S+")  # a word of spaced text, as str.split finds it
+_WORD = re.compile(r"\S+")  # a word of spaced text: what str.split finds (re's \s is str.isspace, every code point)
 
 
 @dataclass(frozen=True)
@@ -28,15 +28,10 @@ def chunk_text(text: str, size: int, overlap: int) -> list[Chunk]:
     split on whitespace found one "word" in a page of Chinese and sent the whole document as one chunk, however
     long, where a model's context may not hold it."""
     spaced = UNSPACED.search(text) is None
-    words: list[str] = text.split() if spaced else []
-    spans = [] if spaced else word_spans(text)
-    count = len(words) if spaced else len(spans)
+    spans = [(m.start(), m.end()) for m in _WORD.finditer(text)] if spaced else word_spans(text)
+    count = len(spans)
     if count <= size:
         return [Chunk(0, 1, text)]
-    if spaced:  # where each word is, for the chunks' places in the text (str.split's words: as a regex finds them)
-        spans = [(m.start(), m.end()) for m in _WORD.finditer(text)]
-        if len(spans) != count:
-            spans = [(0, len(text))] * count  # a space str.split and re disagree on: places unknown, text exact
     step = size - overlap
     starts = list(range(0, count - overlap, step))
     # The last window is full length, ending at the last word, rather than a stub of a few words.
@@ -44,6 +39,6 @@ def chunk_text(text: str, size: int, overlap: int) -> list[Chunk]:
     chunks = []
     for i, s in enumerate(starts):
         first, last = spans[s][0], spans[min(s + size, count) - 1][1]
-        piece = " ".join(words[s : s + size]) if spaced else text[first:last]
+        piece = " ".join(text[a:b] for a, b in spans[s : s + size]) if spaced else text[first:last]
         chunks.append(Chunk(i, len(starts), piece, first, last))
     return chunks
