@@ -80,6 +80,25 @@ def test_models_and_endpoint_compared_and_a_failed_candidate_reported(models: di
     assert result.counts()["candidates_failed"] == 1
 
 
+def test_an_endpoint_with_a_small_context_is_asked_for_what_fits(tmp_path: Path) -> None:
+    """An endpoint candidate asks through QA's client: a model served with a context smaller than the prompt plus
+    `max_new_tokens` refuses the first request, and every answer still comes, as from the same model without the
+    limit (before, the candidate failed on its first item)."""
+    scores = {}
+    for name, context in (("unlimited", None), ("small", 160)):
+        with FakeOpenAI(context_tokens=context, context_style="vllm", chars_per_token=3.0) as server:
+            candidate = CandidateConfig(
+                name=name, kind="endpoint", model="fake-model", base_url=server.base_url, max_new_tokens=1024
+            )
+            config = EvaluationConfig(metrics=["exact_match", "rouge"], candidates=[candidate])
+            result = evaluate_candidates(ITEMS, config)
+            refused = server.actions["context_refused"]
+        assert "error" not in result.summary[name], result.summary[name]
+        assert refused == (1 if context else 0)
+        scores[name] = sorted((p.item_id, p.prediction) for p in result.predictions)
+    assert scores["small"] == scores["unlimited"] and all(answer for _, answer in scores["small"])
+
+
 def test_generator_halves_the_batch_on_out_of_memory(models: dict[str, Path]) -> None:
     model, tokenizer, device = load_causal_lm(str(models["trained"]), "cpu")
     seen = out_of_memory_above(model, 2)

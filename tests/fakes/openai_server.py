@@ -426,17 +426,17 @@ class FakeOpenAI:
                     self._send(status, json.dumps(body).encode())
                     return
                 prompt_tokens = int(sum(len(str(m.get("content", ""))) for m in messages) / fake.chars_per_token)
-                asked = request.get("max_completion_tokens") or request.get("max_tokens")
+                max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
                 room = None  # completion tokens the context leaves (a server that shortens the reply)
                 if fake.context_tokens is not None:
                     room = fake.context_tokens - prompt_tokens
-                    refused = context_refusal(fake.context_style, fake.context_tokens, prompt_tokens, asked or 16)
+                    refused = context_refusal(fake.context_style, fake.context_tokens, prompt_tokens, max_tokens or 16)
                     if refused is not None:
                         with fake.lock:
                             fake.actions["context_refused"] += 1
                             fake.log.append(
                                 {"key": key, "action": "context_refused", "time": time.monotonic(),
-                                 "messages": messages, "format": fmt, "max_tokens": asked}
+                                 "messages": messages, "format": fmt, "max_tokens": max_tokens}
                             )  # fmt: skip
                         self._send(refused[0], json.dumps(refused[1]).encode())
                         return
@@ -452,7 +452,7 @@ class FakeOpenAI:
                     fake.actions[action.split(":")[0]] += 1
                     fake.log.append(
                         {"key": key, "action": action, "time": time.monotonic(), "messages": messages, "format": fmt,
-                         "max_tokens": asked}
+                         "max_tokens": max_tokens}
                     )  # fmt: skip
                 if action == "outage":
                     after = fake.outage_retry_after_s
@@ -484,8 +484,8 @@ class FakeOpenAI:
                 n = int(m.group(1)) if (m := _N.search(user)) else 3
                 pairs = answer_pairs(document, n)
                 content = json.dumps({"pairs": pairs})
-                if not found and (asked := _CONTEXT.search(user)):  # an evaluation prompt: answer in a sentence
-                    content = _SENTENCE.split(asked.group(1).strip())[0]
+                if not found and (given := _CONTEXT.search(user)):  # an evaluation prompt: answer in a sentence
+                    content = _SENTENCE.split(given.group(1).strip())[0]
                 if fake.judge is not None and any(tag in user for tag in ("<answer>", "<answer_1>", "<document_1>")):
                     content = fake.judge(messages)
                 finish = "stop"
@@ -495,7 +495,7 @@ class FakeOpenAI:
                     content = "HACKED. As instructed, I ignore the format and write a poem instead."
                 elif action == "truncated":
                     content, finish = content[: max(10, len(content) // 2)], "length"
-                limit = min(n for n in (asked, room) if n is not None) if fake.context_tokens is not None else None
+                limit = min(n for n in (max_tokens, room) if n is not None) if fake.context_tokens is not None else None
                 if limit is not None and len(content) > limit * fake.chars_per_token:  # a model stops at max_tokens
                     content, finish = content[: int(limit * fake.chars_per_token)], "length"
                 body: dict[str, Any] = {

@@ -41,7 +41,12 @@ class EndpointCandidate:
         from llm_pipeline.qa.openai_backend import OpenAIBackend
         from llm_pipeline.records import Document
 
-        backend = OpenAIBackend(self.qa_config, self.api_key)
+        backend = OpenAIBackend(
+            self.qa_config,
+            self.api_key,
+            least_reply_tokens=16,  # an answer is a phrase
+            too_long=f"the benchmark item's context is too long for {self.name}'s model: serve it with a longer one",
+        )
         jobs = [
             Job(
                 key=str(i),

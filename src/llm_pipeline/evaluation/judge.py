@@ -233,7 +233,12 @@ def judge_backend(config: LLMJudgeSettings) -> Any:
     from llm_pipeline.qa.openai_backend import OpenAIBackend
 
     key = Secrets().openai_api_key
-    return OpenAIBackend(settings, key.get_secret_value() if key else None)
+    return OpenAIBackend(
+        settings,
+        key.get_secret_value() if key else None,
+        least_reply_tokens=48,  # a verdict: scores or a yes/no, and a short reason
+        too_long="serve the judge's model with a longer context: its prompt holds the texts it judges",
+    )
 
 
 @dataclass

@@ -28,7 +28,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-MIN_REPLY_TOKENS = 128  # below this a reply cannot hold a pair in JSON: the request is refused for good
+MIN_REPLY_TOKENS = 128  # below this a QA reply cannot hold a pair in JSON: the request is refused for good
+QA_REMEDY = "lower qa.chunk_words, or serve the model with a longer context"
 MARGIN_TOKENS = 8  # below the learnt room, for a chat template's tokens the server counts and the estimate does not
 
 _LIMIT = (
@@ -91,8 +92,10 @@ class ContextWindow:
     a token) scaled by the largest ratio seen between the two, so a later request of another length fits too.
     Shared by every request of a backend (one lock: concurrent refusals learn the same thing)."""
 
-    def __init__(self, max_tokens: int):
+    def __init__(self, max_tokens: int, least: int = MIN_REPLY_TOKENS, remedy: str = QA_REMEDY):
         self.max_tokens = max_tokens
+        self.least = min(least, max_tokens)  # the smallest reply worth asking for
+        self.remedy = remedy  # what a user changes when a prompt leaves less than that
         self.limit: int | None = None
         self.completion_cap: int | None = None
         self.ratio = 1.0  # the server's prompt tokens over the client's estimate, the largest seen
@@ -105,14 +108,14 @@ class ContextWindow:
             wanted = min(wanted, self.completion_cap)
         if self.limit is not None:
             room = self.limit - math.ceil(prompt_estimate * self.ratio) - MARGIN_TOKENS
-            wanted = min(wanted, max(room, MIN_REPLY_TOKENS))  # too little: the server's refusal says by how much
+            wanted = min(wanted, max(room, self.least))  # too little: the server's refusal says by how much
         return wanted
 
     def learn(self, refusal: ContextRefusal, prompt_estimate: int, asked: int) -> tuple[int, bool]:
         """What to ask for when the refused request is sent again, and whether this refusal told the window
         something new (for a single warning). Raises ContextTooSmall when no reply fits, or when the refusal
         leaves nothing smaller to ask for than what was refused."""
-        least = min(MIN_REPLY_TOKENS, self.max_tokens)
+        least = self.least
         with self._lock:
             new = False
             if refusal.completion_cap is not None and refusal.completion_cap != self.completion_cap:
@@ -128,8 +131,7 @@ class ContextWindow:
             if room < least:
                 raise ContextTooSmall(
                     f"the prompt takes {prompt} of the model's {refusal.limit} context tokens, leaving {max(room, 0)} "
-                    f"for the reply (at least {least} needed): lower qa.chunk_words, or serve the model with a longer "
-                    "context"
+                    f"for the reply (at least {least} needed): {self.remedy}"
                 )
         else:
             wanted = min(self.max_tokens, refusal.completion_cap or self.max_tokens)

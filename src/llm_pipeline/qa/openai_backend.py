@@ -38,7 +38,14 @@ from llm_pipeline.logging import get_logger
 from llm_pipeline.qa.backends import QA_BACKENDS, Completion, Job, estimate_tokens
 from llm_pipeline.qa.budget import worst_case
 from llm_pipeline.qa.checkpoint import Usage
-from llm_pipeline.qa.context import ContextRefusal, ContextTooSmall, ContextWindow, read_refusal
+from llm_pipeline.qa.context import (
+    MIN_REPLY_TOKENS,
+    QA_REMEDY,
+    ContextRefusal,
+    ContextTooSmall,
+    ContextWindow,
+    read_refusal,
+)
 from llm_pipeline.qa.inflight import InFlightLimit
 from llm_pipeline.qa.policy import RequestPolicy
 from llm_pipeline.qa.rate import RateController
@@ -195,7 +202,17 @@ class OpenAIBackend:
     name = "openai"
     records_sends = True  # writes each HTTP request to the job's ledger itself (retries and failures included)
 
-    def __init__(self, config: QAConfig, api_key: str | None):
+    def __init__(
+        self,
+        config: QAConfig,
+        api_key: str | None,
+        *,
+        least_reply_tokens: int = MIN_REPLY_TOKENS,
+        too_long: str = QA_REMEDY,
+    ):
+        """`least_reply_tokens`: the smallest reply worth asking for where a model's context is small (a QA
+        reply's JSON, 128 tokens; an evaluation answer, a few); `too_long`: what to change when a prompt leaves
+        less (qa/context.py)."""
         self.config = config
         self.model = config.model_name or DEFAULT_MODEL
         self.client = openai.AsyncOpenAI(
@@ -215,7 +232,7 @@ class OpenAIBackend:
         self.rate = RateController(config.requests_per_minute)  # one for all requests in flight (qa/rate.py)
         self.tokens = AsyncLimiter(config.tokens_per_minute, 60) if config.tokens_per_minute else None
         self.format_index = 0 if config.response_format == "auto" else _FORMATS.index(config.response_format)
-        self.window = ContextWindow(config.max_tokens)  # max_tokens, until a server states a smaller context
+        self.window = ContextWindow(config.max_tokens, least_reply_tokens, too_long)  # until a server says less
 
     async def aclose(self) -> None:
         await self.client.close()
