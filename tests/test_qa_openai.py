@@ -443,6 +443,13 @@ def test_a_model_with_a_small_context_gets_requests_that_fit_it(
         assert CONTEXT - prompt - 40 <= entry["max_tokens"] <= CONTEXT - prompt, (prompt, entry["max_tokens"])
     assert [p.metadata["attempts"] for p in result.pairs] == [1] * len(result.pairs)
     assert result.requests["failed"] == 0
+    assert result.requests["context_tokens"] == CONTEXT and "context_tokens" not in unlimited.requests
+    from llm_pipeline.report import qa_cost_lines
+
+    report = "\n".join(qa_cost_lines(result.accounting()))  # the report says why replies were asked for less
+    assert f"**The model's context is small**: the server refused {len(refused)} request" in report, report
+    assert "`qa.max_tokens` (1024)" in report and f"a context of {CONTEXT:,} tokens" in report, report
+    assert "context is small" not in "\n".join(qa_cost_lines(unlimited.accounting()))
 
 
 def test_a_chunk_too_long_for_the_models_context_is_quarantined_with_the_setting_to_change(

@@ -327,6 +327,24 @@ def qa_cost_lines(qa: dict[str, Any], cached: bool = False) -> list[str]:
             if requests.get("in_flight_cuts") and not cached
             else []
         ),
+        *(
+            [
+                "",
+                "**The model's context is small**: the server refused "
+                f"{_count(outcomes.get('context_refused', 0), 'request')} whose prompt and `qa.max_tokens` "
+                f"({requests.get('max_tokens', '?')}) did not fit, stating "
+                + " and ".join(
+                    f"{label} {requests[name]:,} tokens"
+                    for name, label in (("context_tokens", "a context of"), ("completion_cap", "a reply of at most"))
+                    if requests.get(name)
+                )
+                + "; each was sent again at once asking for what fit, and later requests asked for no more. "
+                "Replies that need more room want the model served with a longer context, or a lower "
+                "`qa.chunk_words`.",
+            ]
+            if (requests.get("context_tokens") or requests.get("completion_cap")) and not cached
+            else []
+        ),
     ]
 
 

@@ -615,6 +615,9 @@ def main() -> None:
     parser.add_argument("--outage", default=None, help="N:S: from the N-th request on, S seconds of 429s to all")
     parser.add_argument("--outage-retry-after", type=float, default=1.0, help="its Retry-After; 0: none sent")
     parser.add_argument("--outage-passes", type=int, default=0, help="k: every k-th request in it is answered")
+    parser.add_argument("--context-tokens", type=int, default=None, help="the model's context, in tokens")
+    parser.add_argument("--context-style", default="vllm", help="how it refuses: vllm, openai, tgi, llamacpp")
+    parser.add_argument("--chars-per-token", type=float, default=4.0)
     args = parser.parse_args()
     outage = None
     if args.outage:
@@ -630,6 +633,9 @@ def main() -> None:
         outage=outage,
         outage_retry_after_s=args.outage_retry_after or None,
         outage_passes=args.outage_passes,
+        context_tokens=args.context_tokens,
+        context_style=args.context_style,
+        chars_per_token=args.chars_per_token,
     )
     print(server.base_url, flush=True)
     server.server.serve_forever()

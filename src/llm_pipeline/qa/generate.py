@@ -228,14 +228,22 @@ class Sending:
     refused: list[tuple[str, int, str]] = field(default_factory=list)
     in_flight_cuts: int = 0  # times timed-out requests cut the requests in flight to one (qa/inflight.py)
     in_flight_lowest: int | None = None  # the fewest in flight it came to, where it was cut
+    context_tokens: int | None = None  # the model's context, where a server stated it refusing a request (context.py)
+    completion_cap: int | None = None  # the completion tokens a server said it allows at most
 
     def __iadd__(self, other: Sending) -> Sending:
         self.failed += other.failed
         self.refused += other.refused
         self.in_flight_cuts += other.in_flight_cuts
-        lowest = [n for n in (self.in_flight_lowest, other.in_flight_lowest) if n is not None]
-        self.in_flight_lowest = min(lowest) if lowest else None
+        self.in_flight_lowest = _least(self.in_flight_lowest, other.in_flight_lowest)
+        self.context_tokens = _least(self.context_tokens, other.context_tokens)
+        self.completion_cap = _least(self.completion_cap, other.completion_cap)
         return self
+
+
+def _least(*values: int | None) -> int | None:
+    known = [n for n in values if n is not None]
+    return min(known) if known else None
 
 
 async def send_documents(
@@ -277,6 +285,8 @@ async def send_documents(
                 await backend.aclose()
             if (limit := getattr(backend, "in_flight", None)) is not None and limit.cuts:
                 sending.in_flight_cuts, sending.in_flight_lowest = limit.cuts, limit.lowest
+            if (window := getattr(backend, "window", None)) is not None:
+                sending.context_tokens, sending.completion_cap = window.limit, window.completion_cap
 
     sending.failed = [(job.document.id, job.chunk.index, f"{type(e).__name__}: {e}") for job, e in outcomes.failed]
     sending.refused = [(job.document.id, job.chunk.index, str(e)) for job, e in outcomes.refused]
@@ -318,6 +328,9 @@ def assemble(
     }
     if sending.in_flight_cuts:  # the server did not keep up with qa.concurrency requests at once
         result.requests |= {"in_flight_cuts": sending.in_flight_cuts, "in_flight_lowest": sending.in_flight_lowest}
+    if sending.context_tokens or sending.completion_cap:  # replies were asked for less than qa.max_tokens
+        stated = {"context_tokens": sending.context_tokens, "completion_cap": sending.completion_cap}
+        result.requests |= {name: n for name, n in stated.items() if n is not None} | {"max_tokens": config.max_tokens}
     if sending.refused:
         result.status = f"partial: budget reached ({sending.refused[0][2]})"
         result.budget = {
