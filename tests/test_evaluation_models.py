@@ -82,21 +82,42 @@ def test_models_and_endpoint_compared_and_a_failed_candidate_reported(models: di
 
 def test_an_endpoint_with_a_small_context_is_asked_for_what_fits(tmp_path: Path) -> None:
     """An endpoint candidate asks through QA's client: a model served with a context smaller than the prompt plus
-    `max_new_tokens` refuses the first request, and every answer still comes, as from the same model without the
-    limit (before, the candidate failed on its first item)."""
-    scores = {}
+    `max_new_tokens` refuses the first request, and every answer that fits still comes, as from the same model
+    without the limit (before, the candidate failed on its first item). An item whose context alone is longer than
+    the model's is answered empty and counted with the server's reason; the candidate is scored, not lost."""
+    from llm_pipeline.report import candidate_notes
+
+    long = ITEMS[1].model_copy(
+        update={"id": "b3", "context": "Level 2 chargers deliver between 7 and 11 kW. " + "They need a circuit. " * 30}
+    )
+    items = [*ITEMS, long]
+    answers, summaries = {}, {}
     for name, context in (("unlimited", None), ("small", 160)):
         with FakeOpenAI(context_tokens=context, context_style="vllm", chars_per_token=3.0) as server:
             candidate = CandidateConfig(
                 name=name, kind="endpoint", model="fake-model", base_url=server.base_url, max_new_tokens=1024
             )
             config = EvaluationConfig(metrics=["exact_match", "rouge"], candidates=[candidate])
-            result = evaluate_candidates(ITEMS, config)
+            result = evaluate_candidates(items, config)
             refused = server.actions["context_refused"]
-        assert "error" not in result.summary[name], result.summary[name]
-        assert refused == (1 if context else 0)
-        scores[name] = sorted((p.item_id, p.prediction) for p in result.predictions)
-    assert scores["small"] == scores["unlimited"] and all(answer for _, answer in scores["small"])
+        summaries[name] = result.summary[name]
+        assert "error" not in summaries[name], summaries[name]
+        assert refused == (2 if context else 0)  # the first short item's (then sent again), the long item's
+        answers[name] = {p.item_id: p.prediction for p in result.predictions}
+    assert answers["small"]["b1"] == answers["unlimited"]["b1"] and answers["small"]["b2"] == answers["unlimited"]["b2"]
+    assert answers["unlimited"]["b3"] and answers["small"]["b3"] == ""
+    refusal = summaries["small"]["refused"]
+    assert (
+        refusal["items"] == 1
+        and refusal["of"] == 3
+        and "unlimited" not in [k for k in summaries if "refused" in summaries[k]]
+    )
+    assert (
+        "context tokens" in refusal["reasons"][0]["reason"]
+        and "serve it with a longer" in refusal["reasons"][0]["reason"]
+    )
+    [note] = candidate_notes(summaries)
+    assert note.startswith("\n**small: 1 of 3 items refused by its server**, each answered empty"), note
 
 
 def test_generator_halves_the_batch_on_out_of_memory(models: dict[str, Path]) -> None:

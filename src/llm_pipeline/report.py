@@ -47,7 +47,9 @@ def build_summary(
             c: (
                 {"error": s["error"]}
                 if "error" in s
-                else {k: v["mean"] for k, v in s["overall"].items()} | {"robustness": s.get("robustness")}
+                else {k: v["mean"] for k, v in s["overall"].items()}
+                | {"robustness": s.get("robustness")}
+                | ({"refused_items": s["refused"]["items"]} if s.get("refused") else {})
             )
             for c, s in evaluation.items()
         },
@@ -106,9 +108,7 @@ def render_report(
             lines.append(f"| {name} | " + " | ".join(_metric_cell(s["overall"].get(m)) for m in metrics) + " |")
     if "metrics" in charts:
         lines += ["", f"![candidates on every metric]({charts['metrics']})"]
-    for name, s in evaluation.items():
-        if "error" in s:
-            lines.append(f"\n**{name} failed**: {s['error']}")
+    lines += candidate_notes(evaluation)
     for breakdown in BREAKDOWNS:
         lines += ["", f"### By {breakdown}", ""]
         keys = sorted({k for s in ok.values() for k in s["by"][breakdown]})
@@ -205,6 +205,21 @@ def render_report(
 
 
 SEMANTIC_ROWS = 20  # semantic removals in the report, lowest lexical Jaccard first
+
+
+def candidate_notes(evaluation: dict[str, Any]) -> list[str]:
+    """A line for each candidate that failed, and for each whose server refused some items (answered empty)."""
+    lines = []
+    for name, s in evaluation.items():
+        if "error" in s:
+            lines.append(f"\n**{name} failed**: {s['error']}")
+        elif refused := s.get("refused"):
+            why = "; ".join(f"{r['reason']} ({r['items']})" for r in refused["reasons"])
+            lines.append(
+                f"\n**{name}: {refused['items']} of {refused['of']} items refused by its server**, each answered "
+                f"empty and scored as wrong: {why}"
+            )
+    return lines
 
 
 def _verdict(row: dict[str, Any]) -> str:

@@ -6,17 +6,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from llm_pipeline.config import CandidateConfig
+from llm_pipeline.errors import DataValidationError
 from llm_pipeline.evaluation.candidates import CANDIDATE_KINDS, answer_messages, first_line
 
 
 @CANDIDATE_KINDS.register("endpoint")
 class EndpointCandidate:
-    """An OpenAI-compatible endpoint, through the QA stage's client, limits and error policy."""
+    """An OpenAI-compatible endpoint, through the QA stage's client, limits and error policy. An item the server
+    refuses for what it holds (a 4xx: a context too long for the model, a provider's content filter) is answered
+    empty, so it scores as wrong, and is counted with its reason (`refused`); a server that stays down, or refuses
+    the key, fails the candidate."""
 
     def __init__(self, config: CandidateConfig):
         from llm_pipeline.config import QAConfig, Secrets
 
         self.name = config.name
+        self.refused: dict[int, str] = {}  # item index -> why the server refused it (a 4xx: not sent again)
         key = Secrets().openai_api_key
         self.api_key = key.get_secret_value() if key else None
         self.qa_config = QAConfig(
@@ -58,8 +63,12 @@ class EndpointCandidate:
             for i, (q, c) in enumerate(zip(questions, contexts, strict=True))
         ]
         answers: list[str] = [""] * len(jobs)
+        self.refused = {}
         try:
             async for job, outcome in backend.complete_many(jobs):
+                if isinstance(outcome, DataValidationError):  # this item refused for what it holds: scored empty
+                    self.refused[int(job.key)] = str(outcome)
+                    continue
                 if isinstance(outcome, BaseException):
                     raise outcome  # still failing after the policy's tries: the candidate fails, the others go on
                 answers[int(job.key)] = first_line(outcome.text)

@@ -4,6 +4,7 @@ scored (scoring.py). A candidate that fails is reported as failed; the others go
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,16 @@ def generation_record(candidate: Any) -> dict[str, Any]:
             tokens_per_s=round(stats.tokens_per_s, 1),
         )
     return record
+
+
+def refused_record(candidate: Any, items: int) -> dict[str, Any]:
+    """The items a candidate's server refused (endpoint.py), answered empty: how many, and why, most common first."""
+    refused: dict[int, str] = getattr(candidate, "refused", None) or {}
+    if not refused:
+        return {}
+    reasons = Counter(" ".join(why.split())[:300] for why in refused.values()).most_common(3)
+    log.warning("candidate_items_refused", candidate=candidate.name, refused=len(refused), items=items)
+    return {"refused": {"items": len(refused), "of": items, "reasons": [{"reason": r, "items": n} for r, n in reasons]}}
 
 
 Answerer = Callable[[CandidateConfig, list[str], list[str]], "tuple[list[str], dict[str, Any]] | None"]
@@ -111,7 +122,7 @@ def _answer_one(
             finally:
                 if hasattr(candidate, "close"):
                     candidate.close()  # free GPU memory before the next model loads
-            record = generation_record(candidate)
+            record = generation_record(candidate) | refused_record(candidate, len(questions))
     except RayUnavailableError:
         raise  # the cluster failed, not the candidate: the stage's retry policy applies
     except Exception as exc:  # one broken candidate must not sink the comparison
