@@ -88,6 +88,27 @@ def test_a_failed_batch_falls_back_to_online(fake: FakeOpenAI, documents: list[D
     assert fake.stats()["posts"] == len(documents) and sum(fake.batch.lines.values()) == 0
 
 
+def test_lines_refused_for_the_models_context_go_online_asking_for_what_fits(
+    documents: list[Document], tmp_path: Path
+) -> None:
+    """A batch for a model with a small context: each line's prompt plus max_tokens is refused (a batch cannot step
+    down). The refusal's numbers teach the online client, which sends those lines asking for what fits, each once;
+    a line whose prompt alone fills the context is quarantined naming qa.chunk_words. Before, all were rejected."""
+    long = Document(id="long", text=" ".join(f"Depot {i} charges bus {i} at {i + 20} kW overnight." for i in range(34)))
+    docs = [*documents[:6], long]  # the long one: one chunk, its prompt alone over the context
+    with FakeOpenAI(context_tokens=800, context_style="openai", chars_per_token=3.0) as server:
+        result = generate_qa(docs, QAConfig.model_validate(settings(server)), checkpoint_dir=tmp_path, run_id="c")
+        online = [e for e in server.log if e["action"] != "context_refused"]
+        refused_online = server.actions["context_refused"]
+    assert {p.document_id for p in result.pairs} == {d.id for d in documents[:6]}
+    # every batch line refused: the short ones left for online, the long one rejected for good
+    assert result.outcomes["context_refused"] == 6 and result.outcomes["rejected"] == 1
+    assert len(online) == 6 and refused_online == 0  # the short ones once each, sized to fit from the first
+    assert all(e["max_tokens"] < 1024 for e in online)
+    [reject] = result.rejects
+    assert reject["document_id"] == "long" and "qa.chunk_words" in reject["reason"], reject
+
+
 KILLED = """
 import json, sys
 from pathlib import Path

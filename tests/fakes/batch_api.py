@@ -19,7 +19,8 @@ from typing import Any
 
 class BatchAPI:
     def __init__(self, answer: Any):
-        self.answer = answer  # (request body) -> (document key, chat completion body): the fake's own model
+        # (request body) -> (document key, body, status): the fake's own model, its chat completion (200) or refusal
+        self.answer = answer
         self.lock = threading.Lock()
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
@@ -111,9 +112,9 @@ class BatchAPI:
                 self._finish(batch_id, "expired", output, errors, len(requests))
                 return
             time.sleep(self.seconds_per_request)
-            key, body = self.answer(request["body"])
+            key, body, answered = self.answer(request["body"])
             text = json.dumps(request["body"].get("messages", []))
-            status = next((s for marker, s in self.line_faults.items() if marker in text), 200)
+            status = next((s for marker, s in self.line_faults.items() if marker in text), answered)
             line: dict[str, Any] = {"id": f"batch_req_{uuid.uuid4().hex[:8]}", "custom_id": request["custom_id"]}
             with self.lock:
                 self.lines[key] += 1
@@ -125,7 +126,8 @@ class BatchAPI:
                 output.append(line)
             else:
                 error = {"message": f"status {status}", "type": "server_error" if status >= 500 else "invalid"}
-                line |= {"response": {"status_code": status, "request_id": "req", "body": {"error": error}}}
+                refused = body if status == answered else {"error": error}  # the model's own refusal, or a fault's
+                line |= {"response": {"status_code": status, "request_id": "req", "body": refused}}
                 errors.append(line | {"error": None})
         self._finish(batch_id, "completed", output, errors, len(requests))
 

@@ -293,29 +293,40 @@ class FakeOpenAI:
             return None
         return (1 - self._tokens) / rate
 
-    def _batch_answer(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """A batch line's answer: the same model as the online endpoint's, always well-behaved."""
+    def _batch_answer(self, request: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
+        """A batch line's answer: the same model as the online endpoint's, well-behaved but for its context."""
         messages = request.get("messages", [])
         user = next((m["content"] for m in messages if m["role"] == "user"), "")
         found = _DOCUMENT.search(user)
         document = found.group(1) if found else ""
         n = int(m.group(1)) if (m := _N.search(user)) else 3
         content = json.dumps({"pairs": answer_pairs(document, n)})
-        prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages) // 4
-        completion_tokens = max(1, len(content) // 4)
+        prompt_tokens = int(sum(len(str(m.get("content", ""))) for m in messages) / self.chars_per_token)
+        completion_tokens = max(1, int(len(content) / self.chars_per_token))
         key = document_key(document)
-        return key, {
-            "id": f"chatcmpl-{key}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": request.get("model", "fake-model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
+        if self.context_tokens is not None:
+            asked = request.get("max_completion_tokens") or request.get("max_tokens") or 16
+            refused = context_refusal(self.context_style, self.context_tokens, prompt_tokens, asked)
+            if refused is not None:
+                return key, refused[1], refused[0]
+        return (
+            key,
+            {
+                "id": f"chatcmpl-{key}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": request.get("model", "fake-model"),
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
             },
-        }
+            200,
+        )
 
     def limit_headers(self) -> dict[str, str]:
         """OpenAI's x-ratelimit-* request headers for the bucket as it stands (sent with every reply when

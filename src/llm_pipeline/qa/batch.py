@@ -8,7 +8,8 @@ the 24 h window) instead of one HTTP request each.
    completed, expired, failed or cancelled.
 3. Its output file's answers are settled as online answers are (journaled, or sent back with the problem, or
    quarantined) and written to the run's ledger as batch lines (priced at `qa.batch_price_factor`); its error
-   file's lines are rejected (4xx: quarantined) or left to send again (429, 5xx).
+   file's lines are rejected (4xx: quarantined) or left to send again (429, 5xx; a refusal for the model's context
+   that states a limit leaving room for a reply: online, asking for what fits, qa/context.py).
 4. **Whatever the batch did not answer** (an expired batch's unfinished half, a failed or cancelled batch, a
    line that failed transiently) **and every reply to send back with a problem go out in the online mode**, in
    the same stage, through the same policy table and rate controller. A batch is never resubmitted.
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_pipeline.errors import BudgetReachedError, RequestRejectedError, ServiceUnavailableError
 from llm_pipeline.logging import get_logger
-from llm_pipeline.qa.backends import Completion, Job
+from llm_pipeline.qa.backends import Completion, Job, estimate_tokens
 from llm_pipeline.qa.budget import worst_case
 from llm_pipeline.qa.checkpoint import Usage
 from llm_pipeline.qa.policy import RequestPolicy
@@ -129,6 +130,23 @@ async def send_batch(
     return left, again
 
 
+def _context_refused(backend: OpenAIBackend, job: Job, body: Any) -> str | None:
+    """A line refused for the model's context teaches the online client's window (qa/context.py) what fits: None
+    when a reply fits (the line is left for the online mode, which asks for that); otherwise why it never can, or
+    "" for a refusal of another kind."""
+    from llm_pipeline.qa.context import ContextTooSmall, read_refusal
+
+    refusal = read_refusal(str(body), body)
+    if refusal is None:
+        return ""
+    prompt = estimate_tokens("".join(m["content"] for m in job.messages))
+    try:
+        backend.window.learn(refusal, prompt, backend.config.max_tokens)
+    except ContextTooSmall as why:
+        return f"context too small: {why}"
+    return None
+
+
 async def _call(backend: OpenAIBackend, what: str, operation: Any, *args: Any, **kwargs: Any) -> Any:
     """One call to the Files or Batches endpoints, retried by the policy table like a chat request."""
     from llm_pipeline.qa.openai_backend import classify
@@ -225,8 +243,13 @@ async def _collect(
                 if outcomes.settle(job, Completion(text=text, finish_reason=finish, usage=usage, latency_s=0.0), 0):
                     again.append(job)  # sent back with the problem, online
             elif isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429):
+                body = response.get("body")
+                why = _context_refused(backend, job, body)
+                if why is None:  # refused for the model's context, with room for a reply: online asks what fits
+                    job.sent("context_refused", batch=True)
+                    continue
                 job.sent("rejected", batch=True)
                 settled.add(job.key)
-                outcomes.settle(job, RequestRejectedError(f"{status} in batch {batch.id}: {response.get('body')}"), 0)
+                outcomes.settle(job, RequestRejectedError(f"{status} in batch {batch.id}: {why or body}"), 0)
             else:
                 job.sent("server_error" if status else "malformed_reply", batch=True)  # left for the online mode
