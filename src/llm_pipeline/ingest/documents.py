@@ -1,7 +1,8 @@
 """Files that are one document each: plain text, the markup formats docs are written in (Markdown,
 reStructuredText, AsciiDoc: kept as written, the title found), HTML (main content only, by trafilatura), PDF (the
-text layer, by pypdf, with where each page starts), DOCX (by python-docx) and PowerPoint (by python-pptx, with
-where each slide starts). Each reader returns the document's raw record (text, metadata) or raises BadRecord; its
+text layer, by pypdf, with where each page starts), DOCX (by python-docx), PowerPoint (by python-pptx, with
+where each slide starts), OpenDocument text (by odfdo) and EPUB (by EbookLib, chapter by chapter, with where each
+chapter starts). Each reader returns the document's raw record (text, metadata) or raises BadRecord; its
 id is given by the folder walk (the file's relative path).
 
 A document longer than `data.max_chars` is split into parts (`document_parts`): parts of at most `max_chars`
@@ -234,6 +235,94 @@ def pptx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return {"text": " ".join(parts), "metadata": metadata, "pieces": texts, "unit": "slide"}
 
 
+# ODF elements whose text is not the document's running text: deleted text kept for change tracking, generated
+# tables of contents and indexes (the headings again), declarations
+_ODT_SKIPPED = frozenset(
+    {"text:tracked-changes", "text:table-of-content", "text:alphabetical-index", "text:illustration-index",
+     "text:object-index", "text:user-index", "text:bibliography", "text:sequence-decls", "text:variable-decls",
+     "text:user-field-decls", "office:forms"}
+)  # fmt: skip
+
+
+def _odt_blocks(element: Any) -> Iterator[tuple[str, str]]:
+    """(tag, text) of each block of an ODF text body in order: headings, paragraphs, lists, tables (cell by cell),
+    sections opened. A block's text is odfdo's (spaces, tabs and line breaks as written; a footnote's text where
+    its mark is)."""
+    for child in element.children:
+        if child.tag in _ODT_SKIPPED:
+            continue
+        if child.tag == "text:section":
+            yield from _odt_blocks(child)
+        else:
+            yield child.tag, child.text_recursive
+
+
+def odt_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
+    """An OpenDocument text (LibreOffice's, many administrations'), by odfdo: its blocks in order; the title from
+    its metadata or its first heading."""
+    from odfdo import Document
+
+    try:
+        document = Document(str(path))
+        body = document.body
+    except Exception as exc:  # odfdo and lxml raise several types for a damaged or foreign file
+        raise UnreadableFile(f"not a readable ODT: {type(exc).__name__}: {exc}") from exc
+    if document.get_type() != "text":
+        raise UnreadableFile(f"not a readable ODT: an OpenDocument {document.get_type()}, not a text")
+    parts: list[str] = []
+    heading = None
+    size = 0
+    for tag, text in _odt_blocks(body):
+        parts.append(text)
+        size += len(text)
+        if heading is None and tag == "text:h":
+            heading = text.strip() or None
+        if size > max_bytes:
+            raise TooLong(f"too_long: over {max_bytes} characters of text")
+    title = (document.meta.title or "").strip() or heading
+    return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}, "pieces": parts}
+
+
+def epub_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
+    """An e-book, by EbookLib: its chapters in reading order (the spine), each chapter's whole text (trafilatura's
+    html2txt: scripts and styles dropped; not its main-content extraction, which takes a chapter's first heading for
+    a page title and drops it, where a chapter has no site boilerplate to drop); `chapter_starts[i]` is where
+    chapter i + 1 begins in the (normalized) text, as a PDF's pages. The navigation document (the table of
+    contents) is left out."""
+    import ebooklib
+    import trafilatura
+    from ebooklib import epub
+
+    try:
+        book = epub.read_epub(str(path), options={"ignore_ncx": True})
+        spine = [book.get_item_with_id(idref) for idref, _ in book.spine]
+    except Exception as exc:  # EbookLib raises several types for a damaged or foreign file
+        raise UnreadableFile(f"not a readable EPUB: {type(exc).__name__}: {exc}") from exc
+    chapters = [
+        item
+        for item in spine
+        if item is not None and item.get_type() == ebooklib.ITEM_DOCUMENT and not isinstance(item, epub.EpubNav)
+    ]
+    parts: list[str] = []
+    starts: list[int] = []
+    texts: list[str] = []
+    position = 0
+    for item in chapters:
+        text = normalize_text(trafilatura.html2txt(item.get_content().decode("utf-8", "replace")) or "")
+        starts.append(position)
+        texts.append(text)
+        if text:
+            parts.append(text)
+            position += len(text) + 1
+        if position > max_bytes:
+            raise TooLong(f"too_long: over {max_bytes} characters of text by chapter {len(starts)}")
+    metadata: dict[str, Any] = {"chapters": len(chapters), "chapter_starts": starts}
+    titles = book.get_metadata("DC", "title")
+    if titles and str(titles[0][0]).strip():
+        metadata["title"] = str(titles[0][0]).strip()
+    return {"text": " ".join(parts), "metadata": metadata, "pieces": texts, "unit": "chapter"}
+
+
 WHOLE_FILE: dict[str, Callable[[Path, Kind, int], dict[str, Any]]] = {
     "text": text_document,
     "markdown": markdown_document,
@@ -243,12 +332,20 @@ WHOLE_FILE: dict[str, Callable[[Path, Kind, int], dict[str, Any]]] = {
     "pdf": pdf_document,
     "docx": docx_document,
     "pptx": pptx_document,
+    "odt": odt_document,
+    "epub": epub_document,
 }
 
 
 # Long documents: parts ------------------------------------------------------------------------------------------
 STREAMED = {"text", "markdown", "rst", "asciidoc"}  # read as a stream of paragraphs when long
-READ_WHOLE = {"pdf", "docx", "pptx"}  # their libraries hold the whole file: read once, up to max_file_chars
+READ_WHOLE = {
+    "pdf",
+    "docx",
+    "pptx",
+    "odt",
+    "epub",
+}  # their libraries hold the whole file: read once, up to max_file_chars
 
 
 def too_long_file(max_file_chars: int) -> str:

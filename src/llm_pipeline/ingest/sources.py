@@ -51,8 +51,18 @@ FORMATS_BY_SUFFIX = {
     ".pptx": "pptx",
     ".xlsx": "xlsx",
     ".xlsm": "xlsx",
+    ".odt": "odt",
+    ".epub": "epub",
 }
-BINARY_FORMATS = {"parquet", "pdf", "docx", "pptx", "xlsx"}  # need the whole file, seekable: never compressed here
+BINARY_FORMATS = {
+    "parquet",
+    "pdf",
+    "docx",
+    "pptx",
+    "xlsx",
+    "odt",
+    "epub",
+}  # need the whole file, seekable: never compressed here
 # Names that plain-text documentation goes by without a suffix (README, NEWS, changelog.Debian.gz, README.source):
 # read as text when their bytes are. Not licences and not lists of people: nothing a model should learn a domain from.
 DOC_NAMES = frozenset(
@@ -86,7 +96,7 @@ class UnreadableFile(Exception):
 
 @dataclass(frozen=True)
 class Kind:
-    format: str  # jsonl, json, csv, tsv, parquet, xlsx, text, markdown, rst, asciidoc, html, pdf, docx, pptx
+    format: str  # jsonl, json, csv, tsv, parquet, xlsx, text, markdown, rst, asciidoc, html, pdf, docx, pptx, odt, epub
     compression: str | None = None
     encoding: str = "utf-8"  # a text file's without a byte-order mark (`data.encoding`)
 
@@ -117,12 +127,18 @@ def _sniff_format(path: Path, head: bytes) -> str | None:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = set(archive.namelist())
-        except zipfile.BadZipFile:
+                # ODF and EPUB name their type in a first entry `mimetype`
+                mimetype = archive.read("mimetype")[:100].strip() if "mimetype" in names else b""
+        except (zipfile.BadZipFile, OSError, RuntimeError):  # RuntimeError: an encrypted entry
             return None
         if "word/document.xml" in names:
             return "docx"
         if "xl/workbook.xml" in names:
             return "xlsx"
+        if mimetype == b"application/vnd.oasis.opendocument.text":
+            return "odt"
+        if mimetype == b"application/epub+zip":
+            return "epub"
         return "pptx" if "ppt/presentation.xml" in names else None
     text = head.lstrip(codecs.BOM_UTF8).lstrip().lower()
     if text.startswith((b"<!doctype h", b"<html")):

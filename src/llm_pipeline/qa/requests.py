@@ -185,9 +185,10 @@ class Journaled:
 
 
 def chunk_pages(document: Document, chunk: Chunk) -> dict[str, int]:
-    """The pages (a PDF's) or slides (a deck's) a chunk of `document` spans, `first_page` and `last_page`, from the
-    document's `page_starts` (and `first_page`, where it is a part of a longer file); {} for other documents."""
-    for unit in ("page", "slide"):
+    """The pages (a PDF's), slides (a deck's) or chapters (an e-book's) a chunk of `document` spans, `first_page`
+    and `last_page` (`first_slide`...), from the document's `page_starts` (and `first_page`, where it is a part of a
+    longer file); {} for other documents."""
+    for unit in ("page", "slide", "chapter"):
         starts = document.metadata.get(f"{unit}_starts")
         if isinstance(starts, list) and starts and all(isinstance(s, int) for s in starts):
             first = document.metadata.get(f"first_{unit}", 1)
