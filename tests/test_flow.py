@@ -419,14 +419,14 @@ def test_a_folder_of_jsonl_files_loads_like_the_one_file_and_a_folder_of_nothing
                 continue
             if isinstance(r, dict) and isinstance(r.get("text"), str):
                 writer.writerow([r.get("id", ""), r["text"], json.dumps(r.get("metadata") or {})])
-    (folder / "notes.odp").write_bytes(b"PK\x03\x04 an office file this loader does not read")
+    (folder / "notes.key").write_bytes(b"PK\x03\x04 an office file this loader does not read")
     out = tmp_path / "out"
     llm_pipeline(config_path=CONFIG, overrides={"output_path": str(out), "data": {"path": str(folder)}})
     run_dir = next(out.rglob("manifest.json")).parent
     counts = json.loads((run_dir / "manifest.json").read_text())["stages"]["load-and-deduplicate-data"]["counts"]
     assert counts["files.loaded"] == 3 and counts["files.skipped"] == 1 and counts["documents"] >= 300
     report = (run_dir / "report.md").read_text()
-    assert "## Inputs" in report and "| `notes.odp` | skipped |" in report
+    assert "## Inputs" in report and "| `notes.key` | skipped |" in report
     assert "| `part-2/more.jsonl.gz` | loaded | jsonl (gzip) |" in report
 
     empty = tmp_path / "nothing"

@@ -873,3 +873,88 @@ def test_opendocument_text_and_epub_load_in_reading_order_with_titles_and_chapte
     starts = ebook.metadata["chapter_starts"]
     assert [ebook.text[s:].split(" ", 2)[:2] for s in starts] == [["Part", "1"], ["Part", "2"], ["Part", "3"]]
     assert "SCRIPT-TEXT" not in ebook.text and docs["book-without-suffix"].text == ebook.text
+
+
+def test_opendocument_spreadsheets_and_presentations_load_as_excel_and_powerpoint_do(tmp_path: Path) -> None:
+    """LibreOffice Calc and Impress files were skipped. A spreadsheet as Calc saves one (every table 1,024 columns
+    wide and a million rows long, the empty rest written as repeated cells and rows: read without expanding them), a
+    cover table without the text column (left out), ids stored as numbers (101, not 101.0), a price of 0.45, an
+    empty row and a ragged one; a presentation with a title frame, a body frame, a table and speaker notes on each
+    slide: slide by slide with `slide_starts`, as a PowerPoint deck."""
+    from odfdo import Document, DrawPage, Element, Frame
+
+    def cell(value: object) -> str:
+        if value is None:
+            return "<table:table-cell/>"
+        if isinstance(value, (int, float)):
+            typed = f'office:value-type="float" office:value="{value}"'
+        else:
+            typed = 'office:value-type="string"'
+        return f"<table:table-cell {typed}><text:p>{value}</text:p></table:table-cell>"
+
+    def table(name: str, rows: list[list[object]]) -> Element:
+        body = "".join(
+            "<table:table-row>" + "".join(cell(v) for v in row)
+            + f'<table:table-cell table:number-columns-repeated="{1024 - len(row)}"/></table:table-row>'
+            for row in rows
+        )  # fmt: skip
+        rest = 1048576 - len(rows)
+        return Element.from_tag(
+            f'<table:table table:name="{name}"><table:table-column table:number-columns-repeated="1024"/>{body}'
+            f'<table:table-row table:number-rows-repeated="{rest}"><table:table-cell '
+            'table:number-columns-repeated="1024"/></table:table-row></table:table>'
+        )
+
+    sheet = Document("spreadsheet")
+    sheet.body.clear()
+    sheet.body.append(table("Cover", [["Charging FAQ, 2026 edition"], ["Owner: support team"]]))
+    sheet.body.append(table("FAQ", [
+        ["id", "question", "answer", "price_eur"],
+        [101, "Can I charge in the rain?", "Yes: connectors are sealed.", 0.45],
+        [None, None, None, None],
+        [102, "Night rate?", "0.12 EUR per kWh from 22:00.", 0.12],
+        [103, "Cable length?", "Five metres.", None, "stray note"],
+    ]))  # fmt: skip
+    sheet.save(str(tmp_path / "faq.ods"))
+    (tmp_path / "sheet-export").write_bytes((tmp_path / "faq.ods").read_bytes())  # no suffix: its mimetype says
+
+    deck = Document("presentation")
+    deck.body.clear()
+    for number in (1, 2):
+        page = DrawPage(f"page{number}", name=f"Slide {number}")
+        page.append(Frame.text_frame(f"Depot tariffs {number}", size=("20cm", "2cm"), presentation_class="title"))
+        page.append(Frame.text_frame([f"Night rate {number}: $0.1{number} per kWh.", "Day rate: $0.30."]))
+        page.append(Element.from_tag(
+            "<presentation:notes><draw:frame><draw:text-box><text:p>"
+            f"NOTES {number}: ask the depot manager first.</text:p></draw:text-box></draw:frame></presentation:notes>"
+        ))  # fmt: skip
+        deck.body.append(page)
+    deck.meta.title = ""
+    deck.save(str(tmp_path / "tariffs.odp"))
+    (tmp_path / "broken.ods").write_bytes((tmp_path / "tariffs.odp").read_bytes())  # a presentation named .ods
+
+    result = load(tmp_path, text_field=["answer", "text"])
+    docs = {(d.metadata.get("source_file"), d.id): d for d in result.documents}
+    assert set(docs) == {("faq.ods", "101"), ("faq.ods", "102"), ("tariffs.odp", "tariffs")}, rejected(result)
+    rain = docs[("faq.ods", "101")]
+    assert rain.text == "Yes: connectors are sealed."
+    assert rain.metadata == {
+        "question": "Can I charge in the rain?", "price_eur": 0.45, "sheet": "FAQ", "source_file": "faq.ods",
+    }  # fmt: skip
+    reasons = {(Path(r.source).name, r.location): r.reason.split(":")[0] for r in result.rejects}
+    assert reasons == {
+        ("faq.ods", "sheet 'FAQ' row 5"): "ragged_row",
+        ("sheet-export", "sheet 'FAQ' row 5"): "ragged_row",
+        ("sheet-export", "sheet 'FAQ' row 2"): "duplicate_id",  # faq.ods, read first, has 101 and 102
+        ("sheet-export", "sheet 'FAQ' row 4"): "duplicate_id",
+    }
+    slides = docs[("tariffs.odp", "tariffs")]
+    assert slides.metadata["slides"] == 2 and slides.metadata["title"] == "Depot tariffs 1"
+    second = slides.metadata["slide_starts"][1]
+    first = "Depot tariffs 1 Night rate 1: $0.11 per kWh. Day rate: $0.30. NOTES 1: ask the depot manager first."
+    assert slides.text[:second].strip() == first
+    assert slides.text[second:].startswith("Depot tariffs 2 Night rate 2")
+    files = {f.path: (f.status, f.format) for f in result.files}
+    assert files["sheet-export"] == ("loaded", "ods") and files["tariffs.odp"] == ("loaded", "odp")
+    reason = {f.path: f.reason for f in result.files}
+    assert files["broken.ods"][0] == "failed" and "not a spreadsheet" in reason["broken.ods"]

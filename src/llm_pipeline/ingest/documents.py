@@ -1,8 +1,8 @@
 """Files that are one document each: plain text, the markup formats docs are written in (Markdown,
 reStructuredText, AsciiDoc: kept as written, the title found), HTML (main content only, by trafilatura), PDF (the
 text layer, by pypdf, with where each page starts), DOCX (by python-docx), PowerPoint (by python-pptx, with
-where each slide starts), OpenDocument text (by odfdo) and EPUB (by EbookLib, chapter by chapter, with where each
-chapter starts). Each reader returns the document's raw record (text, metadata) or raises BadRecord; its
+where each slide starts), OpenDocument text and presentations (by odfdo) and EPUB (by EbookLib, chapter by chapter,
+with where each chapter starts). Each reader returns the document's raw record (text, metadata) or raises BadRecord; its
 id is given by the folder walk (the file's relative path).
 
 A document longer than `data.max_chars` is split into parts (`document_parts`): parts of at most `max_chars`
@@ -183,6 +183,13 @@ def docx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}, "pieces": parts}
 
 
+def _zip_archive(path: Path, what: str) -> None:
+    """Office files and e-books are zip archives: one that is not fails in those words (its library's own error
+    would not say it)."""
+    if not zipfile.is_zipfile(path):
+        raise UnreadableFile(f"not a readable {what}: not a zip archive")
+
+
 def _shape_texts(shapes: Any) -> Iterator[str]:
     """The text of a slide's shapes in the deck's order: text frames by paragraph, tables by cell, groups opened."""
     from pptx.enum.shapes import MSO_SHAPE_TYPE
@@ -201,8 +208,7 @@ def pptx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     slide only names); `slide_starts[i]` is where slide i + 1 begins in the (normalized) text, as a PDF's pages."""
     import pptx
 
-    if not zipfile.is_zipfile(path):
-        raise UnreadableFile("not a readable PPTX: not a zip archive")
+    _zip_archive(path, "PPTX")
     try:
         deck = pptx.Presentation(str(path))
         slides = list(deck.slides)
@@ -262,6 +268,7 @@ def odt_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     its metadata or its first heading."""
     from odfdo import Document
 
+    _zip_archive(path, "ODT")
     try:
         document = Document(str(path))
         body = document.body
@@ -283,6 +290,59 @@ def odt_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}, "pieces": parts}
 
 
+def _odp_slide(page: Any) -> tuple[str, str | None]:
+    """A slide's text (its frames in order, each frame's paragraphs, tables cell by cell, then its speaker notes)
+    and its title frame's text."""
+    lines: list[str] = []
+    title = None
+    notes = []
+    for child in page.children:
+        if child.tag == "presentation:notes":
+            notes.append(child.text_recursive)
+            continue
+        text = child.text_recursive
+        lines.append(text)
+        if title is None and child.get_attribute("presentation:class") == "title" and text.strip():
+            title = text.strip()
+    return "\n".join(line for line in [*lines, *notes] if line.strip()), title
+
+
+def odp_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
+    """An OpenDocument presentation (.odp, LibreOffice Impress), by odfdo, as a PowerPoint deck is read: each slide's
+    text then its speaker notes, `slide_starts`, the title from the metadata or the first slide's title."""
+    from odfdo import Document
+
+    _zip_archive(path, "ODP")
+    try:
+        document = Document(str(path))
+        pages = [c for c in document.body.children if c.tag == "draw:page"]
+    except Exception as exc:  # odfdo and lxml raise several types for a damaged or foreign file
+        raise UnreadableFile(f"not a readable ODP: {type(exc).__name__}: {exc}") from exc
+    if document.get_type() != "presentation":
+        raise UnreadableFile(f"not a readable ODP: an OpenDocument {document.get_type()}, not a presentation")
+    parts: list[str] = []
+    starts: list[int] = []
+    texts: list[str] = []
+    position = 0
+    first_title = None
+    for page in pages:
+        raw, title = _odp_slide(page)
+        first_title = first_title or title
+        text = normalize_text(raw)
+        starts.append(position)
+        texts.append(text)
+        if text:
+            parts.append(text)
+            position += len(text) + 1
+        if position > max_bytes:
+            raise TooLong(f"too_long: over {max_bytes} characters of text by slide {len(starts)}")
+    metadata: dict[str, Any] = {"slides": len(pages), "slide_starts": starts}
+    title = (document.meta.title or "").strip() or first_title
+    if title:
+        metadata["title"] = title
+    return {"text": " ".join(parts), "metadata": metadata, "pieces": texts, "unit": "slide"}
+
+
 def epub_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     """An e-book, by EbookLib: its chapters in reading order (the spine), each chapter's whole text (trafilatura's
     html2txt: scripts and styles dropped; not its main-content extraction, which takes a chapter's first heading for
@@ -293,6 +353,7 @@ def epub_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     import trafilatura
     from ebooklib import epub
 
+    _zip_archive(path, "EPUB")
     try:
         book = epub.read_epub(str(path), options={"ignore_ncx": True})
         spine = [book.get_item_with_id(idref) for idref, _ in book.spine]
@@ -333,6 +394,7 @@ WHOLE_FILE: dict[str, Callable[[Path, Kind, int], dict[str, Any]]] = {
     "docx": docx_document,
     "pptx": pptx_document,
     "odt": odt_document,
+    "odp": odp_document,
     "epub": epub_document,
 }
 

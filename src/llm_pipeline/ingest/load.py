@@ -33,7 +33,15 @@ from llm_pipeline.ingest.sources import (
     head_bytes,
     stem,
 )
-from llm_pipeline.ingest.tables import RawItem, read_csv, read_json, read_jsonl, read_parquet, read_xlsx
+from llm_pipeline.ingest.tables import (
+    RawItem,
+    read_csv,
+    read_json,
+    read_jsonl,
+    read_ods,
+    read_parquet,
+    read_xlsx,
+)
 from llm_pipeline.logging import get_logger
 from llm_pipeline.records import Document, Reject
 
@@ -46,7 +54,9 @@ TABLES = {
     "tsv": read_csv,
     "parquet": read_parquet,
     "xlsx": read_xlsx,
+    "ods": read_ods,
 }
+HEADED = {"csv": read_csv, "tsv": read_csv, "xlsx": read_xlsx, "ods": read_ods}  # a header names the columns
 SUMMARY_FILES = 1000  # files listed one by one in the summary; the totals count every file
 
 
@@ -159,9 +169,8 @@ def _raw_items(
     may be is split into parts (`documents.document_parts`); None: it is quarantined as too long. `document_id`:
     a whole-file document's id where the path without suffixes would repeat another's (`ids_for_shared_stems`)."""
     if kind.format in TABLES:
-        if kind.format in ("csv", "tsv", "xlsx"):  # the columns are known from a header: records come out named
-            reader = read_xlsx if kind.format == "xlsx" else read_csv
-            items, fields = reader(path, kind, max_bytes, *fields), (["text"], ["id"])
+        if kind.format in HEADED:  # the columns are known from a header: records come out named
+            items, fields = HEADED[kind.format](path, kind, max_bytes, *fields), (["text"], ["id"])
         elif part is None:
             items = TABLES[kind.format](path, kind, max_bytes)
         else:

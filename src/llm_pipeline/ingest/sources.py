@@ -52,6 +52,8 @@ FORMATS_BY_SUFFIX = {
     ".xlsx": "xlsx",
     ".xlsm": "xlsx",
     ".odt": "odt",
+    ".ods": "ods",
+    ".odp": "odp",
     ".epub": "epub",
 }
 BINARY_FORMATS = {
@@ -61,6 +63,8 @@ BINARY_FORMATS = {
     "pptx",
     "xlsx",
     "odt",
+    "ods",
+    "odp",
     "epub",
 }  # need the whole file, seekable: never compressed here
 # Names that plain-text documentation goes by without a suffix (README, NEWS, changelog.Debian.gz, README.source):
@@ -96,7 +100,8 @@ class UnreadableFile(Exception):
 
 @dataclass(frozen=True)
 class Kind:
-    format: str  # jsonl, json, csv, tsv, parquet, xlsx, text, markdown, rst, asciidoc, html, pdf, docx, pptx, odt, epub
+    # jsonl, json, csv, tsv, parquet, xlsx, ods, text, markdown, rst, asciidoc, html, pdf, docx, pptx, odt, odp, epub
+    format: str
     compression: str | None = None
     encoding: str = "utf-8"  # a text file's without a byte-order mark (`data.encoding`)
 
@@ -135,8 +140,8 @@ def _sniff_format(path: Path, head: bytes) -> str | None:
             return "docx"
         if "xl/workbook.xml" in names:
             return "xlsx"
-        if mimetype == b"application/vnd.oasis.opendocument.text":
-            return "odt"
+        if mimetype.startswith(b"application/vnd.oasis.opendocument."):
+            return {b"text": "odt", b"spreadsheet": "ods", b"presentation": "odp"}.get(mimetype.rsplit(b".", 1)[1])
         if mimetype == b"application/epub+zip":
             return "epub"
         return "pptx" if "ppt/presentation.xml" in names else None

@@ -7,7 +7,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import zipfile
 from collections.abc import Iterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -239,10 +241,13 @@ def read_parquet(path: Path, kind: Kind, max_bytes: int) -> Iterator[RawItem]:
 
 
 def _cell(value: Any) -> Any:
-    """A spreadsheet cell as a record holds it: empty as "", a whole number (Excel keeps every number as a float)
-    as an int, so an id column of 101, 102 gives ids 101, 102 and not 101.0; dates and the rest as they are."""
+    """A spreadsheet cell as a record holds it: empty as "", a whole number (Excel keeps every number as a float,
+    ODF as a decimal) as an int, so an id column of 101, 102 gives ids 101, 102 and not 101.0; other decimals as
+    floats; dates and the rest as they are."""
     if value is None:
         return ""
+    if isinstance(value, Decimal):
+        value = float(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
@@ -265,12 +270,54 @@ def read_xlsx(
     except Exception as exc:  # openpyxl raises several types for a damaged or foreign file
         handle.close()
         raise UnreadableFile(f"not a readable XLSX: {type(exc).__name__}: {exc}") from exc
+    try:
+        sheets = ((sheet.title, sheet.iter_rows(values_only=True)) for sheet in book.worksheets)
+        yield from _sheet_rows(path, sheets, "XLSX", text_fields, id_fields)
+    finally:
+        book.close()
+        handle.close()
+
+
+def read_ods(
+    path: Path, kind: Kind, max_bytes: int, text_fields: Sequence[str] = ("text",), id_fields: Sequence[str] = ("id",)
+) -> Iterator[RawItem]:
+    """An OpenDocument spreadsheet (.ods, LibreOffice's), by odfdo, as an Excel workbook is read (read_xlsx): each
+    table a sheet. The trailing empty rows and columns a spreadsheet application writes as one repeated row (a
+    million of them, 1,024 cells wide) are dropped without being expanded."""
+    from odfdo import Document
+
+    if not zipfile.is_zipfile(path):
+        raise UnreadableFile("not a readable ODS: not a zip archive")
+    try:
+        document = Document(str(path))
+        tables = document.body.get_tables() if document.get_type() == "spreadsheet" else None
+    except Exception as exc:  # odfdo and lxml raise several types for a damaged or foreign file
+        raise UnreadableFile(f"not a readable ODS: {type(exc).__name__}: {exc}") from exc
+    if tables is None:
+        raise UnreadableFile(f"not a readable ODS: an OpenDocument {document.get_type()}, not a spreadsheet")
+
+    def rows(table: Any) -> Iterator[tuple[Any, ...]]:
+        table.rstrip(aggressive=True)
+        yield from map(tuple, table.get_values())
+
+    yield from _sheet_rows(path, ((table.name, rows(table)) for table in tables), "ODS", text_fields, id_fields)
+
+
+def _sheet_rows(
+    path: Path,
+    sheets: Iterator[tuple[str, Iterator[tuple[Any, ...]]]],
+    what: str,
+    text_fields: Sequence[str],
+    id_fields: Sequence[str],
+) -> Iterator[RawItem]:
+    """The records of a workbook's sheets, (name, rows of values) each: the first non-empty row a sheet's header, a
+    sheet without a text column left out with a warning, a workbook with none failing naming each sheet's columns."""
     columns: dict[str, list[str]] = {}
     try:
-        for sheet in book.worksheets:
+        for title, sheet_rows in sheets:
             header: list[str] | None = None
             text_field = id_field = ""
-            for number, row in enumerate(sheet.iter_rows(values_only=True), start=1):
+            for number, row in enumerate(sheet_rows, start=1):
                 values = [_cell(value) for value in row]
                 while values and values[-1] == "":
                     values.pop()
@@ -278,21 +325,18 @@ def read_xlsx(
                     continue
                 if header is None:
                     header = [str(value).strip() for value in values]
-                    columns[sheet.title] = header
+                    columns[title] = header
                     text_field = next((name for name in text_fields if name in header), "")
                     id_field = next((name for name in id_fields if name in header), "")
                     if not text_field:
-                        log.warning("sheet_skipped", file=str(path), sheet=sheet.title, columns=header[:20])
+                        log.warning("sheet_skipped", file=str(path), sheet=title, columns=header[:20])
                         break
                     continue
-                yield _sheet_record(sheet.title, number, header, values, text_field, id_field)
+                yield _sheet_record(title, number, header, values, text_field, id_field)
     except UnreadableFile:
         raise
     except Exception as exc:  # a damaged sheet part: what was read before it stays
-        raise UnreadableFile(f"not a readable XLSX: {type(exc).__name__}: {exc}") from exc
-    finally:
-        book.close()
-        handle.close()
+        raise UnreadableFile(f"not a readable {what}: {type(exc).__name__}: {exc}") from exc
     if not any(name in header for header in columns.values() for name in text_fields):
         named = "a 'text' column" if list(text_fields) == ["text"] else f"one of the columns {list(text_fields)}"
         raise UnreadableFile(f"needs {named} (data.text_field) in a sheet, has {columns or 'no rows'}")
