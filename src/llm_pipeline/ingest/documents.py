@@ -126,6 +126,31 @@ def html_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return {"text": text, "metadata": metadata}
 
 
+def _by_unit(
+    texts: Iterable[str], unit: str, max_bytes: int, title: Callable[[], Any] = lambda: None
+) -> dict[str, Any]:
+    """A document made of pages (slides, chapters), from their normalized texts in order: the texts joined by a
+    space, `pages` and `page_starts` (where each page begins in the text: an empty page begins where the next
+    does), each page's text (the pieces a long document's parts are cut from) and `title()` where it gives one
+    (asked after the last page). Raises TooLong past `max_bytes`, naming the page."""
+    parts: list[str] = []
+    starts: list[int] = []
+    pieces: list[str] = []
+    position = 0
+    for text in texts:
+        starts.append(position)
+        pieces.append(text)
+        if text:
+            parts.append(text)
+            position += len(text) + 1  # the space that joins it to the next page
+        if position > max_bytes:
+            raise TooLong(f"too_long: over {max_bytes} characters of text by {unit} {len(starts)}")
+    metadata: dict[str, Any] = {f"{unit}s": len(starts), f"{unit}_starts": starts}
+    if found := title():
+        metadata["title"] = found
+    return {"text": " ".join(parts), "metadata": metadata, "pieces": pieces, "unit": unit}
+
+
 def pdf_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     """The text layer, page by page; `page_starts[i]` is where page i + 1 begins in the (normalized) text, so a
     passage can be traced to its page. A PDF of scanned images has no text layer: quarantined as empty."""
@@ -134,30 +159,22 @@ def pdf_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     try:
         reader = pypdf.PdfReader(path)
         pages = reader.pages
-        count = len(pages)
+        len(pages)  # reads the page tree: a damaged one fails here, as the file's failure
     except Exception as exc:  # pypdf raises many types for a damaged file
         raise UnreadableFile(f"not a readable PDF: {type(exc).__name__}: {exc}") from exc
-    parts: list[str] = []
-    starts: list[int] = []
-    texts: list[str] = []  # each page's, empty ones too: what a long document's parts are cut from
-    position = 0
-    for page in pages:
-        try:
-            text = normalize_text(page.extract_text() or "")
-        except Exception as exc:  # a page pypdf cannot decode: the document is quarantined, naming the page
-            raise BadRecord(f"unreadable_page: page {len(starts) + 1}: {type(exc).__name__}: {exc}") from exc
-        starts.append(position)
-        texts.append(text)
-        if text:
-            parts.append(text)
-            position += len(text) + 1  # the space that joins it to the next page
-        if position > max_bytes:
-            raise TooLong(f"too_long: over {max_bytes} characters of text by page {len(starts)}")
-    metadata: dict[str, Any] = {"pages": count, "page_starts": starts}
-    title = (reader.metadata or {}).get("/Title") if reader.metadata else None
-    if title:
-        metadata["title"] = str(title)
-    return {"text": " ".join(parts), "metadata": metadata, "pieces": texts, "unit": "page"}
+
+    def texts() -> Iterator[str]:
+        for number, page in enumerate(pages, start=1):
+            try:
+                yield normalize_text(page.extract_text() or "")
+            except Exception as exc:  # a page pypdf cannot decode: the document is quarantined, naming the page
+                raise BadRecord(f"unreadable_page: page {number}: {type(exc).__name__}: {exc}") from exc
+
+    def title() -> str | None:
+        found = (reader.metadata or {}).get("/Title") if reader.metadata else None
+        return str(found) if found else None
+
+    return _by_unit(texts(), "page", max_bytes, title)
 
 
 def docx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
@@ -214,31 +231,18 @@ def pptx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         slides = list(deck.slides)
     except Exception as exc:  # python-pptx raises several types for a damaged or foreign file
         raise UnreadableFile(f"not a readable PPTX: {type(exc).__name__}: {exc}") from exc
-    parts: list[str] = []
-    starts: list[int] = []
-    texts: list[str] = []
-    position = 0
-    first_title = None
-    for slide in slides:
-        lines = list(_shape_texts(slide.shapes))
-        if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
-            lines.append(slide.notes_slide.notes_text_frame.text)
-        title_shape = slide.shapes.title
-        if first_title is None and title_shape is not None and title_shape.text.strip():
-            first_title = title_shape.text.strip()
-        text = normalize_text("\n".join(line for line in lines if line.strip()))
-        starts.append(position)
-        texts.append(text)
-        if text:
-            parts.append(text)
-            position += len(text) + 1
-        if position > max_bytes:
-            raise TooLong(f"too_long: over {max_bytes} characters of text by slide {len(starts)}")
-    title = deck.core_properties.title or first_title
-    metadata: dict[str, Any] = {"slides": len(slides), "slide_starts": starts}
-    if title:
-        metadata["title"] = title
-    return {"text": " ".join(parts), "metadata": metadata, "pieces": texts, "unit": "slide"}
+    titles: list[str] = []  # the slides' title placeholders' texts, in order
+
+    def texts() -> Iterator[str]:
+        for slide in slides:
+            lines = list(_shape_texts(slide.shapes))
+            if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
+                lines.append(slide.notes_slide.notes_text_frame.text)
+            if slide.shapes.title is not None and slide.shapes.title.text.strip():
+                titles.append(slide.shapes.title.text.strip())
+            yield normalize_text("\n".join(line for line in lines if line.strip()))
+
+    return _by_unit(texts(), "slide", max_bytes, lambda: deck.core_properties.title or next(iter(titles), None))
 
 
 # ODF elements whose text is not the document's running text: deleted text kept for change tracking, generated
@@ -320,27 +324,18 @@ def odp_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         raise UnreadableFile(f"not a readable ODP: {type(exc).__name__}: {exc}") from exc
     if document.get_type() != "presentation":
         raise UnreadableFile(f"not a readable ODP: an OpenDocument {document.get_type()}, not a presentation")
-    parts: list[str] = []
-    starts: list[int] = []
-    texts: list[str] = []
-    position = 0
-    first_title = None
-    for page in pages:
-        raw, title = _odp_slide(page)
-        first_title = first_title or title
-        text = normalize_text(raw)
-        starts.append(position)
-        texts.append(text)
-        if text:
-            parts.append(text)
-            position += len(text) + 1
-        if position > max_bytes:
-            raise TooLong(f"too_long: over {max_bytes} characters of text by slide {len(starts)}")
-    metadata: dict[str, Any] = {"slides": len(pages), "slide_starts": starts}
-    title = (document.meta.title or "").strip() or first_title
-    if title:
-        metadata["title"] = title
-    return {"text": " ".join(parts), "metadata": metadata, "pieces": texts, "unit": "slide"}
+    titles: list[str] = []
+
+    def texts() -> Iterator[str]:
+        for page in pages:
+            text, title = _odp_slide(page)
+            titles.extend([title] if title else [])
+            yield normalize_text(text)
+
+    def title() -> str | None:
+        return (document.meta.title or "").strip() or next(iter(titles), None)
+
+    return _by_unit(texts(), "slide", max_bytes, title)
 
 
 def epub_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
@@ -364,24 +359,15 @@ def epub_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         for item in spine
         if item is not None and item.get_type() == ebooklib.ITEM_DOCUMENT and not isinstance(item, epub.EpubNav)
     ]
-    parts: list[str] = []
-    starts: list[int] = []
-    texts: list[str] = []
-    position = 0
-    for item in chapters:
-        text = normalize_text(trafilatura.html2txt(item.get_content().decode("utf-8", "replace")) or "")
-        starts.append(position)
-        texts.append(text)
-        if text:
-            parts.append(text)
-            position += len(text) + 1
-        if position > max_bytes:
-            raise TooLong(f"too_long: over {max_bytes} characters of text by chapter {len(starts)}")
-    metadata: dict[str, Any] = {"chapters": len(chapters), "chapter_starts": starts}
-    titles = book.get_metadata("DC", "title")
-    if titles and str(titles[0][0]).strip():
-        metadata["title"] = str(titles[0][0]).strip()
-    return {"text": " ".join(parts), "metadata": metadata, "pieces": texts, "unit": "chapter"}
+    texts = (
+        normalize_text(trafilatura.html2txt(item.get_content().decode("utf-8", "replace")) or "") for item in chapters
+    )
+
+    def title() -> str | None:
+        titles = book.get_metadata("DC", "title")
+        return (str(titles[0][0]).strip() or None) if titles else None
+
+    return _by_unit(texts, "chapter", max_bytes, title)
 
 
 WHOLE_FILE: dict[str, Callable[[Path, Kind, int], dict[str, Any]]] = {
