@@ -958,3 +958,110 @@ def test_opendocument_spreadsheets_and_presentations_load_as_excel_and_powerpoin
     assert files["sheet-export"] == ("loaded", "ods") and files["tariffs.odp"] == ("loaded", "odp")
     reason = {f.path: f.reason for f in result.files}
     assert files["broken.ods"][0] == "failed" and "not a spreadsheet" in reason["broken.ods"]
+
+
+def test_long_office_files_ebooks_and_notebooks_come_in_parts_that_lose_nothing(tmp_path: Path) -> None:
+    """An ODT, an ODP, an EPUB and a notebook longer than `data.max_chars` become parts, as a PDF does: read once
+    whole (their libraries hold the file), cut where a paragraph, slide, chapter or cell ends. (The ODP, left out
+    of the formats read whole, was quarantined as too long past the reading bound: this test found it.)"""
+    import html
+
+    from ebooklib import epub
+    from odfdo import Document, DrawPage, Frame, Paragraph
+
+    limit = 4_000  # the reading bound is 6 x 4,000 + 64 KiB = 89,536 bytes: each file holds more text than that
+    short = [p for p in stdlib_paragraphs(700) if len(p) < limit // 2]
+    assert sum(map(len, short)) > 6 * limit + 65_536
+    text = Document("text")
+    text.body.clear()
+    for paragraph in short:
+        text.body.append(Paragraph(paragraph))
+    text.save(str(tmp_path / "guide.odt"))
+    deck = Document("presentation")
+    deck.body.clear()
+    for number in range(0, len(short), 3):
+        page = DrawPage(f"p{number}")
+        page.append(Frame.text_frame(short[number : number + 3], size=("20cm", "15cm")))
+        deck.body.append(page)
+    deck.meta.title = "Library deck"
+    deck.save(str(tmp_path / "deck.odp"))
+    book = epub.EpubBook()
+    book.set_identifier("library")
+    book.set_title("Library book")
+    chapters = []
+    for number in range(0, len(short), 30):
+        chapter = epub.EpubHtml(title=f"c{number}", file_name=f"c{number}.xhtml", lang="en")
+        chapter.content = "<html><body>" + "".join(f"<p>{html.escape(p)}</p>" for p in short[number : number + 30])
+        chapter.content += "</body></html>"
+        book.add_item(chapter)
+        chapters.append(chapter)
+    book.add_item(epub.EpubNav())  # EPUB 3's navigation document, not in the spine
+    book.spine = chapters
+    epub.write_epub(str(tmp_path / "book.epub"), book)
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": ["# Library notebook\n", "\n", short[0]]}]
+    for paragraph in short[1:]:
+        cells.append({"cell_type": "markdown", "metadata": {}, "source": paragraph})
+    notebook = {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "analysis.ipynb").write_text(json.dumps(notebook))
+
+    result = load(tmp_path, max_chars=limit)
+
+    assert result.rejects == []
+    by_file: dict[str, list] = {}
+    for document in result.documents:
+        by_file.setdefault(document.id.split("#")[0], []).append(document)
+        assert len(document.text) <= limit
+    assert set(by_file) == {"guide", "deck", "book", "analysis"}
+    for name, parts in by_file.items():
+        assert len(parts) >= 3 and [d.metadata["part"] for d in parts] == list(range(1, len(parts) + 1)), name
+        joined = " ".join(d.text for d in parts)
+        at = 0
+        for paragraph in short[1:]:  # every paragraph whole, in order (each within one part, none cut)
+            found = joined.find(normalize_text(paragraph), at)
+            assert found >= 0, (name, paragraph[:60])
+            at = found
+    for name, unit in (("deck", "first_slide"), ("book", "first_chapter")):  # each part from where it begins
+        firsts = [d.metadata[unit] for d in by_file[name]]
+        assert firsts == sorted(firsts) and firsts[0] == 1 and firsts[-1] > 1, (name, firsts)
+    assert by_file["analysis"][0].metadata["title"] == "Library notebook"
+
+
+def test_a_notebooks_cells_load_in_order_and_its_outputs_do_not(tmp_path: Path) -> None:
+    """A Jupyter notebook: Markdown and raw cells as written, code cells fenced in the kernel's language (a `#`
+    comment in code is not the title), outputs left out however large (a plot in base64, a printed table, a
+    traceback); sources as a list of lines or one string; a notebook that is not JSON, or not of cells, fails."""
+    plot = "iVBORw0KGgo" + "A" * 400_000  # a plot's PNG in base64: ~400 kB of output
+    cells = [
+        {"cell_type": "code", "metadata": {}, "execution_count": 1, "source": ["# load the tariffs\n", "import csv"],
+         "outputs": [{"output_type": "stream", "name": "stdout", "text": ["PRINTED-OUTPUT\n"]}]},
+        {"cell_type": "markdown", "metadata": {}, "source": "# Night tariffs\n\nOff-peak charging costs $0.12 a kWh."},
+        {"cell_type": "code", "metadata": {}, "execution_count": 2, "source": "plot(tariffs)",
+         "outputs": [{"output_type": "display_data", "data": {"image/png": plot, "text/plain": ["<Figure>"]},
+                      "metadata": {}},
+                     {"output_type": "error", "ename": "ValueError", "evalue": "TRACEBACK-TEXT", "traceback": []}]},
+        {"cell_type": "raw", "metadata": {}, "source": ["Raw note: rates change in March."]},
+        {"cell_type": "markdown", "metadata": {}, "source": []},
+    ]  # fmt: skip
+    notebook = {
+        "cells": cells,
+        "metadata": {"language_info": {"name": "python"}, "kernelspec": {"name": "python3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (tmp_path / "tariffs.ipynb").write_text(json.dumps(notebook, indent=1))
+    (tmp_path / "broken.ipynb").write_text('{"cells": [')
+    (tmp_path / "old.ipynb").write_text(json.dumps({"worksheets": [{"cells": []}], "nbformat": 3}))
+
+    result = load(tmp_path)
+
+    [document] = result.documents
+    assert document.id == "tariffs" and document.metadata["title"] == "Night tariffs"
+    assert document.text == normalize_text(
+        "```python\n# load the tariffs\nimport csv\n```\n\n# Night tariffs\n\nOff-peak charging costs $0.12 a kWh."
+        "\n\n```python\nplot(tariffs)\n```\n\nRaw note: rates change in March."
+    )
+    for output in ("PRINTED-OUTPUT", "TRACEBACK-TEXT", "<Figure>", plot[:20]):
+        assert output not in document.text
+    reasons = {f.path: f.reason for f in result.files if f.status == "failed"}
+    assert reasons["broken.ipynb"].startswith("not a readable notebook: JSONDecodeError")
+    assert reasons["old.ipynb"] == "not a readable notebook: no list of cells (nbformat 4)"

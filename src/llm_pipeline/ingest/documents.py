@@ -1,9 +1,10 @@
 """Files that are one document each: plain text, the markup formats docs are written in (Markdown,
 reStructuredText, AsciiDoc: kept as written, the title found), HTML (main content only, by trafilatura), PDF (the
 text layer, by pypdf, with where each page starts), DOCX (by python-docx), PowerPoint (by python-pptx, with
-where each slide starts), OpenDocument text and presentations (by odfdo) and EPUB (by EbookLib, chapter by chapter,
-with where each chapter starts). Each reader returns the document's raw record (text, metadata) or raises BadRecord; its
-id is given by the folder walk (the file's relative path).
+where each slide starts), OpenDocument text and presentations (by odfdo), EPUB (by EbookLib, chapter by chapter,
+with where each chapter starts) and Jupyter notebooks (their cells, not their outputs). Each reader returns the
+document's raw record (text, metadata) or raises BadRecord; its id is given by the folder walk (the file's relative
+path).
 
 A document longer than `data.max_chars` is split into parts (`document_parts`): parts of at most `max_chars`
 characters, cut where a page, slide or paragraph ends (a paragraph longer than a part: where a sentence ends, else at
@@ -14,6 +15,7 @@ its length; over `data.max_file_chars` of text, the file is quarantined as too l
 from __future__ import annotations
 
 import io
+import json
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +34,7 @@ from llm_pipeline.ingest.sources import (
 )
 
 HTML_MARKUP_FACTOR = 20  # an HTML page may carry this many bytes of markup per character of text
+NOTEBOOK_OUTPUT_FACTOR = 20  # a notebook, this many bytes of JSON and outputs (plots in base64) per character
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 # reStructuredText: a line underlined (and maybe overlined) with one punctuation character repeated, at least as
 # long as the title; the first such section title is the document's
@@ -149,6 +152,41 @@ def _by_unit(
     if found := title():
         metadata["title"] = found
     return {"text": " ".join(parts), "metadata": metadata, "pieces": pieces, "unit": unit}
+
+
+def notebook_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
+    """A Jupyter notebook (nbformat 4): its Markdown and raw cells as written, its code cells as fenced code blocks
+    (in the kernel's language), in order; the outputs are left out (images in base64, tables of numbers,
+    tracebacks: not text to learn a domain from), and so is their size: the file is read up to
+    NOTEBOOK_OUTPUT_FACTOR x the text bound. The title: the Markdown cells' first heading."""
+    raw = _read_text(path, kind, max_bytes * NOTEBOOK_OUTPUT_FACTOR)
+    try:
+        notebook = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise UnreadableFile(f"not a readable notebook: {type(exc).__name__}: {exc}"[:300]) from exc
+    cells = notebook.get("cells") if isinstance(notebook, dict) else None
+    if not isinstance(cells, list):
+        raise UnreadableFile("not a readable notebook: no list of cells (nbformat 4)")
+    metadata = notebook.get("metadata")
+    info = metadata.get("language_info") if isinstance(metadata, dict) else None
+    language = str(info.get("name", "")) if isinstance(info, dict) else ""
+    pieces: list[str] = []
+    prose: list[str] = []
+    for cell in cells:
+        if not isinstance(cell, dict):
+            continue
+        source = cell.get("source", "")
+        text = ("".join(map(str, source)) if isinstance(source, list) else str(source)).strip()
+        if not text:
+            continue
+        if cell.get("cell_type") == "code":
+            text = f"```{language}\n{text}\n```"
+        else:
+            prose.append(text)
+        pieces.append(text)
+        if sum(map(len, pieces)) > max_bytes:
+            raise TooLong(f"too_long: over {max_bytes} characters of text")
+    return {"text": "\n\n".join(pieces), "metadata": _markdown_title("\n\n".join(prose)), "pieces": pieces}
 
 
 def pdf_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
@@ -382,18 +420,14 @@ WHOLE_FILE: dict[str, Callable[[Path, Kind, int], dict[str, Any]]] = {
     "odt": odt_document,
     "odp": odp_document,
     "epub": epub_document,
+    "notebook": notebook_document,
 }
 
 
 # Long documents: parts ------------------------------------------------------------------------------------------
 STREAMED = {"text", "markdown", "rst", "asciidoc"}  # read as a stream of paragraphs when long
-READ_WHOLE = {
-    "pdf",
-    "docx",
-    "pptx",
-    "odt",
-    "epub",
-}  # their libraries hold the whole file: read once, up to max_file_chars
+# their libraries hold the whole file (a notebook: its JSON): read once, up to max_file_chars
+READ_WHOLE = {"pdf", "docx", "pptx", "odt", "odp", "epub", "notebook"}
 
 
 def too_long_file(max_file_chars: int) -> str:

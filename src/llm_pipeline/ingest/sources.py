@@ -55,6 +55,7 @@ FORMATS_BY_SUFFIX = {
     ".ods": "ods",
     ".odp": "odp",
     ".epub": "epub",
+    ".ipynb": "notebook",
 }
 BINARY_FORMATS = {
     "parquet",
@@ -100,7 +101,8 @@ class UnreadableFile(Exception):
 
 @dataclass(frozen=True)
 class Kind:
-    # jsonl, json, csv, tsv, parquet, xlsx, ods, text, markdown, rst, asciidoc, html, pdf, docx, pptx, odt, odp, epub
+    # jsonl, json, csv, tsv, parquet, xlsx, ods, text, markdown, rst, asciidoc, html, pdf, docx, pptx, odt, odp, epub,
+    # notebook
     format: str
     compression: str | None = None
     encoding: str = "utf-8"  # a text file's without a byte-order mark (`data.encoding`)
