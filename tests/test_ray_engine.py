@@ -102,9 +102,9 @@ def _same_outputs(local: Path, distributed: Path) -> None:
 
 
 def _mixed_folder(root: Path) -> Path:
-    """The sample corpus over JSONL, gzipped JSONL, CSV, Markdown and text files, with copies across files
-    (exact and edited), an id repeated in another file, the sample's own bad records, and a product catalogue
-    (tests/test_dedup.py) whose sheets semantic dedup keeps apart by their numbers."""
+    """The sample corpus over JSONL, gzipped JSONL, CSV, Markdown, text, notebook, ODS and EPUB files, with copies
+    across files (exact and edited), an id repeated in another file, the sample's own bad records, and a product
+    catalogue (tests/test_dedup.py) whose sheets semantic dedup keeps apart by their numbers."""
     lines = (ROOT / "data/ev_charging/documents.jsonl").read_bytes().splitlines(keepends=True)
     folder = root / "corpus"
     (folder / "pricing").mkdir(parents=True)
@@ -136,8 +136,36 @@ def _mixed_folder(root: Path) -> Path:
     assert len(manual) > 2 * 50_000
     (folder / "manual.md").write_text("# Every sheet, in one manual\n\n" + manual + "\n")
     (folder / "pricing" / "readme.txt").write_text(good[4]["text"].upper() + "\n")
+    _office_files(folder, good[6:10])
     catalogue_folder(folder)  # product sheets apart only by their numbers, and a reworded copy of one
     return folder
+
+
+def _office_files(folder: Path, records: list[dict[str, Any]]) -> None:
+    """A notebook, a LibreOffice spreadsheet and an e-book holding the sample's texts: `guide`, `handbook` and the
+    spreadsheet's rows `<id>-ods`."""
+    from ebooklib import epub
+    from odfdo import Document, Table
+
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": f"# Guide\n\n{records[0]['text']}"}]
+    (folder / "guide.ipynb").write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4}))
+    sheet = Document("spreadsheet")
+    sheet.body.clear()
+    table = Table("FAQ", width=2, height=3)
+    table.set_row_values(0, ["id", "text"])
+    for row, record in enumerate(records[1:3], start=1):
+        table.set_row_values(row, [f"{record['id']}-ods", record["text"]])
+    sheet.body.append(table)
+    sheet.save(str(folder / "faq.ods"))
+    book = epub.EpubBook()
+    book.set_identifier("handbook")
+    book.set_title("Handbook")
+    chapter = epub.EpubHtml(title="One", file_name="one.xhtml", lang="en")
+    chapter.content = f"<html><body><p>{records[3]['text']}</p></body></html>"
+    book.add_item(chapter)
+    book.add_item(epub.EpubNav())
+    book.spine = [chapter]
+    epub.write_epub(str(folder / "handbook.epub"), book)
 
 
 @pytest.mark.parametrize(
@@ -158,11 +186,12 @@ def test_ray_gives_the_local_outputs_on_a_folder_of_every_kind(
     distributed, ray_counts = _stage(tmp_path / "ray", on_ray)
     _same_outputs(local, distributed)
     assert local_counts == ray_counts
-    assert local_counts["rejected.duplicate_id"] >= 1 and local_counts["files.loaded"] == 9
+    assert local_counts["rejected.duplicate_id"] >= 1 and local_counts["files.loaded"] == 12
     kept = {json.loads(line)["id"] for line in (local / "documents.jsonl").read_text().splitlines()}
     clusters = [json.loads(line) for line in (local / "duplicate_clusters.jsonl").read_text().splitlines()]
     loaded = kept.union(*(c["members"] for c in clusters))  # kept, or removed as a copy: loaded either way
-    assert {"notes.md", "notes.txt", "manual#1", "manual#2", "manual#3"} <= loaded, sorted(loaded)[:20]
+    assert {"notes.md", "notes.txt", "manual#1", "manual#2", "manual#3", "guide", "handbook"} <= loaded, sorted(loaded)
+    assert sum(name.endswith("-ods") for name in loaded) == 2
     assert local_counts["dedup.removed"] >= 15, local_counts  # the copies were found, not just nothing twice
     if method == "hybrid":  # the numbers rule ran on both engines, from the texts (local) and the keys' masks (Ray)
         assert local_counts["dedup.semantic.set_apart_by_numbers"] >= 11, local_counts
