@@ -71,6 +71,37 @@ def write_docx(path: Path, heading: str, paragraphs: list[str], cells: list[str]
     document.save(str(path))
 
 
+def parts_by_file(result: IngestResult, limit: int) -> dict[str, list]:
+    """The documents of a load with nothing rejected, by file (a part's id without its `#n`), none over `limit`."""
+    assert result.rejects == []
+    by_file: dict[str, list] = {}
+    for document in result.documents:
+        by_file.setdefault(document.id.split("#")[0], []).append(document)
+        assert len(document.text) <= limit
+    return by_file
+
+
+def write_epub(path: Path, title: str, chapters: list[str], nav_in_spine: bool = False) -> None:
+    """An EPUB 3 written by EbookLib: one chapter a body of HTML, the navigation document (and an NCX) beside them,
+    in the spine first where `nav_in_spine` (as some books have it)."""
+    from ebooklib import epub
+
+    book = epub.EpubBook()
+    book.set_identifier(path.stem)
+    book.set_title(title)
+    items = []
+    for number, body in enumerate(chapters, start=1):
+        chapter = epub.EpubHtml(title=f"Chapter {number}", file_name=f"c{number}.xhtml", lang="en")
+        chapter.content = f"<html><body>{body}</body></html>"
+        book.add_item(chapter)
+        items.append(chapter)
+    book.toc = items
+    book.add_item(epub.EpubNcx())
+    book.add_item(epub.EpubNav())
+    book.spine = ["nav", *items] if nav_in_spine else items
+    epub.write_epub(str(path), book)
+
+
 HTML = f"""<!DOCTYPE html><html><head><title>Home charging guide</title>
 <script>var tracking = "SCRIPT-TEXT-MUST-NOT-LOAD";</script><style>.nav {{ color: red }}</style></head>
 <body><nav><ul><li><a href="/">Home</a></li><li><a href="/shop">Shop NAVIGATION-LINK</a></li></ul></nav>
@@ -547,11 +578,7 @@ def test_a_long_document_file_is_split_into_parts_that_lose_nothing(tmp_path: Pa
 
     result = load(tmp_path, max_chars=limit)
 
-    assert result.rejects == []
-    by_file: dict[str, list] = {}
-    for document in result.documents:
-        by_file.setdefault(document.id.split("#")[0], []).append(document)
-        assert len(document.text) <= limit
+    by_file = parts_by_file(result, limit)
     assert [d.id for d in by_file["small"]] == ["small"]  # a document that fits is as it was: no part
     assert "part" not in by_file["small"][0].metadata
 
@@ -784,7 +811,6 @@ def test_opendocument_text_and_epub_load_in_reading_order_with_titles_and_chapte
     import html
 
     from docutils.core import publish_file
-    from ebooklib import epub
     from odfdo import Document, Element, Header, List, Paragraph, Section, Table
 
     source = Path(email.__file__).parent / "architecture.rst"
@@ -823,24 +849,16 @@ def test_opendocument_text_and_epub_load_in_reading_order_with_titles_and_chapte
     document.meta.title = "Email architecture"
     document.save(str(folder / "odfdo.odt"))
 
-    book = epub.EpubBook()
-    book.set_identifier("email-architecture")
-    book.set_title("The email package")
-    chapters = []
-    for number, chunk in enumerate((paragraphs[:3], paragraphs[3:6], paragraphs[6:]), start=1):
-        chapter = epub.EpubHtml(title=f"Part {number}", file_name=f"part{number}.xhtml", lang="en")
-        chapter.content = (
-            f"<html><body><h1>Part {number}</h1>"
-            + "".join(f"<p>{html.escape(p)}</p>" for p in chunk)
-            + ("<script>SCRIPT-TEXT</script></body></html>")
-        )
-        book.add_item(chapter)
-        chapters.append(chapter)
-    book.toc = chapters
-    book.add_item(epub.EpubNcx())
-    book.add_item(epub.EpubNav())
-    book.spine = ["nav", *chapters]
-    epub.write_epub(str(folder / "book.epub"), book)
+    chunks = (paragraphs[:3], paragraphs[3:6], paragraphs[6:])
+    write_epub(
+        folder / "book.epub",
+        "The email package",
+        [
+            f"<h1>Part {n}</h1>" + "".join(f"<p>{html.escape(p)}</p>" for p in chunk) + "<script>SCRIPT-TEXT</script>"
+            for n, chunk in enumerate(chunks, start=1)
+        ],
+        nav_in_spine=True,
+    )
     (folder / "book-without-suffix").write_bytes((folder / "book.epub").read_bytes())  # told by its mimetype
     (folder / "broken.odt").write_bytes(b"PK\x03\x04 not an archive")
     (folder / "broken.epub").write_bytes((folder / "odfdo.odt").read_bytes())  # an ODT named .epub
@@ -966,7 +984,6 @@ def test_long_office_files_ebooks_and_notebooks_come_in_parts_that_lose_nothing(
     of the formats read whole, was quarantined as too long past the reading bound: this test found it.)"""
     import html
 
-    from ebooklib import epub
     from odfdo import Document, DrawPage, Frame, Paragraph
 
     limit = 4_000  # the reading bound is 6 x 4,000 + 64 KiB = 89,536 bytes: each file holds more text than that
@@ -985,19 +1002,11 @@ def test_long_office_files_ebooks_and_notebooks_come_in_parts_that_lose_nothing(
         deck.body.append(page)
     deck.meta.title = "Library deck"
     deck.save(str(tmp_path / "deck.odp"))
-    book = epub.EpubBook()
-    book.set_identifier("library")
-    book.set_title("Library book")
-    chapters = []
-    for number in range(0, len(short), 30):
-        chapter = epub.EpubHtml(title=f"c{number}", file_name=f"c{number}.xhtml", lang="en")
-        chapter.content = "<html><body>" + "".join(f"<p>{html.escape(p)}</p>" for p in short[number : number + 30])
-        chapter.content += "</body></html>"
-        book.add_item(chapter)
-        chapters.append(chapter)
-    book.add_item(epub.EpubNav())  # EPUB 3's navigation document, not in the spine
-    book.spine = chapters
-    epub.write_epub(str(tmp_path / "book.epub"), book)
+    write_epub(
+        tmp_path / "book.epub",
+        "Library book",
+        ["".join(f"<p>{html.escape(p)}</p>" for p in short[n : n + 30]) for n in range(0, len(short), 30)],
+    )
     cells = [{"cell_type": "markdown", "metadata": {}, "source": ["# Library notebook\n", "\n", short[0]]}]
     for paragraph in short[1:]:
         cells.append({"cell_type": "markdown", "metadata": {}, "source": paragraph})
@@ -1006,11 +1015,7 @@ def test_long_office_files_ebooks_and_notebooks_come_in_parts_that_lose_nothing(
 
     result = load(tmp_path, max_chars=limit)
 
-    assert result.rejects == []
-    by_file: dict[str, list] = {}
-    for document in result.documents:
-        by_file.setdefault(document.id.split("#")[0], []).append(document)
-        assert len(document.text) <= limit
+    by_file = parts_by_file(result, limit)
     assert set(by_file) == {"guide", "deck", "book", "analysis"}
     for name, parts in by_file.items():
         assert len(parts) >= 3 and [d.metadata["part"] for d in parts] == list(range(1, len(parts) + 1)), name

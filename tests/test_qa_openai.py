@@ -409,33 +409,17 @@ def test_pairs_from_a_pdf_name_the_pages_their_chunk_spans_in_a_whole_file_and_i
 def test_pairs_from_an_ebook_name_the_chapters_their_chunk_spans(fake: FakeOpenAI, tmp_path: Path) -> None:
     """As a PDF's pages: pairs from an EPUB carry `first_chapter` and `last_chapter`, and the chapter a pair's
     answer names is among them."""
-    from ebooklib import epub
-
     from llm_pipeline.config import DataConfig
     from llm_pipeline.ingest import load_documents
+    from tests.test_ingest_formats import write_epub
 
-    book = epub.EpubBook()
-    book.set_identifier("depots")
-    book.set_title("Depots")
-    chapters = []
-    for number in range(1, 7):
-        chapter = epub.EpubHtml(title=f"Chapter {number}", file_name=f"c{number}.xhtml", lang="en")
-        chapter.content = (
-            "<html><body>"
-            + "".join(
-                f"<p>In chapter C{number}X{k} the depot charger delivers {number * 10 + k} kW overnight.</p>"
-                for k in range(8)
-            )
-            + "</body></html>"
-        )
-        book.add_item(chapter)
-        chapters.append(chapter)
-    book.add_item(epub.EpubNcx())
-    book.add_item(epub.EpubNav())
-    book.spine = chapters
     folder = tmp_path / "books"
     folder.mkdir()
-    epub.write_epub(str(folder / "depots.epub"), book)
+    chapters = [
+        "".join(f"<p>In chapter C{n}X{k} the depot charger delivers {n * 10 + k} kW overnight.</p>" for k in range(8))
+        for n in range(1, 7)
+    ]
+    write_epub(folder / "depots.epub", "Depots", chapters)
     docs = load_documents(DataConfig(path=folder)).documents
     config = qa_config(fake, chunk_words=50, chunk_overlap_words=10, questions_per_doc=10)
     result = run(docs, config, tmp_path / "qa")

@@ -144,8 +144,9 @@ def _mixed_folder(root: Path) -> Path:
 def _office_files(folder: Path, records: list[dict[str, Any]]) -> None:
     """A notebook, a LibreOffice spreadsheet and an e-book holding the sample's texts: `guide`, `handbook` and the
     spreadsheet's rows `<id>-ods`."""
-    from ebooklib import epub
     from odfdo import Document, Table
+
+    from tests.test_ingest_formats import write_epub
 
     cells = [{"cell_type": "markdown", "metadata": {}, "source": f"# Guide\n\n{records[0]['text']}"}]
     (folder / "guide.ipynb").write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4}))
@@ -157,15 +158,7 @@ def _office_files(folder: Path, records: list[dict[str, Any]]) -> None:
         table.set_row_values(row, [f"{record['id']}-ods", record["text"]])
     sheet.body.append(table)
     sheet.save(str(folder / "faq.ods"))
-    book = epub.EpubBook()
-    book.set_identifier("handbook")
-    book.set_title("Handbook")
-    chapter = epub.EpubHtml(title="One", file_name="one.xhtml", lang="en")
-    chapter.content = f"<html><body><p>{records[3]['text']}</p></body></html>"
-    book.add_item(chapter)
-    book.add_item(epub.EpubNav())
-    book.spine = [chapter]
-    epub.write_epub(str(folder / "handbook.epub"), book)
+    write_epub(folder / "handbook.epub", "Handbook", [f"<p>{records[3]['text']}</p>"])
 
 
 @pytest.mark.parametrize(
