@@ -172,6 +172,7 @@ def notebook_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     language = str(info.get("name", "")) if isinstance(info, dict) else ""
     pieces: list[str] = []
     prose: list[str] = []
+    size = 0
     for cell in cells:
         if not isinstance(cell, dict):
             continue
@@ -184,7 +185,8 @@ def notebook_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         else:
             prose.append(text)
         pieces.append(text)
-        if sum(map(len, pieces)) > max_bytes:
+        size += len(text)
+        if size > max_bytes:
             raise TooLong(f"too_long: over {max_bytes} characters of text")
     return {"text": "\n\n".join(pieces), "metadata": _markdown_title("\n\n".join(prose)), "pieces": pieces}
 
@@ -225,14 +227,17 @@ def docx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         raise UnreadableFile(f"not a readable DOCX: {type(exc).__name__}: {exc}") from exc
     parts: list[str] = []
     heading = None
+    size = 0  # the text so far, kept as it grows (summing the parts at each block cost O(blocks²))
     for block in document.iter_inner_content():
         if isinstance(block, docx.text.paragraph.Paragraph):
-            parts.append(block.text)
+            texts = [block.text]
             if heading is None and block.style is not None and block.style.name.startswith(("Heading", "Title")):
                 heading = block.text.strip() or None
         else:
-            parts.extend(cell.text for row in block.rows for cell in row.cells)
-        if sum(map(len, parts)) > max_bytes:
+            texts = [cell.text for row in block.rows for cell in row.cells]
+        parts.extend(texts)
+        size += sum(map(len, texts))
+        if size > max_bytes:
             raise TooLong(f"too_long: over {max_bytes} characters of text")
     title = document.core_properties.title or heading
     return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}, "pieces": parts}
