@@ -298,16 +298,18 @@ _ODT_SKIPPED = frozenset(
 
 
 def _odt_blocks(element: Any) -> Iterator[tuple[str, str]]:
-    """(tag, text) of each block of an ODF text body in order: headings, paragraphs, lists, tables (cell by cell),
-    sections opened. A block's text is odfdo's (spaces, tabs and line breaks as written; a footnote's text where
-    its mark is)."""
+    """(tag, text) of each heading and paragraph under an ODF element, in order, wherever it sits: in a section, a
+    list item, a table cell, a frame. A paragraph's text is odfdo's (spaces, tabs and line breaks as written; a
+    footnote's text where its mark is). Not a list's or a table's own text: odfdo renders those as Markdown,
+    escaping the text (`max\\_queue\\_size \\- The...` for an item of docutils' rst2odt output, found on
+    awscli's docs)."""
     for child in element.children:
         if child.tag in _ODT_SKIPPED:
             continue
-        if child.tag == "text:section":
-            yield from _odt_blocks(child)
-        else:
+        if child.tag in ("text:p", "text:h"):
             yield child.tag, child.text_recursive
+        else:
+            yield from _odt_blocks(child)
 
 
 def odt_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
@@ -344,10 +346,10 @@ def _odp_slide(page: Any) -> tuple[str, str | None]:
     title = None
     notes = []
     for child in page.children:
+        text = "\n".join(paragraph for _, paragraph in _odt_blocks(child))
         if child.tag == "presentation:notes":
-            notes.append(child.text_recursive)
+            notes.append(text)
             continue
-        text = child.text_recursive
         lines.append(text)
         if title is None and child.get_attribute("presentation:class") == "title" and text.strip():
             title = text.strip()
