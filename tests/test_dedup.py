@@ -37,6 +37,38 @@ def test_exact_ignores_case_only_for_hashing() -> None:
     assert [d.text for d in kept] == [BASE, "Something else entirely."]  # stored text keeps its case
 
 
+def test_exact_sees_the_same_words_wrapped_or_spaced_otherwise_as_one_text() -> None:
+    """Texts keep their lines now (a code block, a table): the same README hard-wrapped at 72 columns and unwrapped
+    is one text to exact dedup, and a text that moves a word across a line is not."""
+    wrapped = "Depot chargers share\na 400 kW connection;\n\n    load management caps each one."
+    docs = [
+        doc("a", wrapped),
+        doc("b", " ".join(wrapped.split())),
+        doc("c", wrapped.replace("\n", "\n\n")),
+        doc("d", wrapped.replace("400 kW", "400\nkW").replace("caps each", "each caps")),
+    ]
+    clusters = exact_duplicate_clusters(docs)
+    assert [c.members for c in clusters] == [["a", "b", "c"]] and clusters[0].kept == "a"
+    assert [d.text for d in remove_duplicates(docs, clusters)] == [wrapped, docs[3].text]  # kept as written
+
+
+def test_the_reports_duplicate_examples_show_a_multi_line_text_on_its_own_list_item() -> None:
+    """A text keeps its lines: shown as it is in report.md's cluster list, a Markdown document's second line
+    (`# Install`) became a heading of the report and its list item ended at the first line."""
+    from llm_pipeline.report import render_report
+    from llm_pipeline.stages.load_and_deduplicate import cluster_examples
+
+    text = "Wallbox guide\n# Install\n\n- Mount it 1.2 m up\n| cable | 6 mm2 |"
+    docs = [doc("a", text), doc("b", text.upper())]
+    config = DedupConfig(method="exact")
+    result = deduplicate(docs, config)
+    examples = cluster_examples(docs, result.clusters, config, semantic=result.semantic)
+    manifest = {"pipeline": "p", "run_id": "r", "config_hash": "h", "code_version": "v", "started_at": "t"}
+    report = render_report(manifest, {}, examples, {})
+    assert "  - `a`: Wallbox guide # Install - Mount it 1.2 m up | cable | 6 mm2 |\n" in report
+    assert "\n# Install" not in report and "\n- Mount" not in report
+
+
 def test_minhash_finds_a_near_copy_and_verifies_it() -> None:
     near = BASE.replace("overnight", "nightly")
     other = "Battery recycling recovers most of the lithium, nickel and cobalt from old packs in modern plants."

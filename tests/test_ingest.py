@@ -70,8 +70,17 @@ def test_folder_of_text_and_markdown(tmp_path: Path) -> None:
     assert docs["notes"].text == "Plain text with spaces."
 
 
-def test_normalization_nfkc_and_whitespace() -> None:
-    assert normalize_text("ﬁve\u00a0kW\n\n  ＤＣ") == "five kW DC"
+def test_normalization_nfkc_and_whitespace_keeps_the_lines() -> None:
+    """NFKC, spaces between words collapsed, and the text's lines kept: a code block keeps its indentation, a table
+    its rows; every kind of line break is a line feed; blank lines in a row are one paragraph break."""
+    assert normalize_text("ﬁve\u00a0kW  per\t\tport\n\n\n\n  ＤＣ  \n") == "five kW per port\n\n  DC"
+    code = "Example:\r\n\r\n    def rate(kw):\r\n        return  kw * 0.3\r\n"
+    assert normalize_text(code) == "Example:\n\n    def rate(kw):\n        return kw * 0.3"
+    assert normalize_text("page one\x0cpage two\u2028three\rfour\x85five") == "page one\npage two\nthree\nfour\nfive"
+    assert normalize_text("  \n \t \n  indented first line\n") == "indented first line"
+    assert normalize_text("  \n \t \n  indented first line\n", keep_indent=True) == "  indented first line"
+    for text in (code, "a \n \n \n b", "x\r\r\ry", "\u3000lead\u00a0\u00a0 trail \t"):
+        assert normalize_text(normalize_text(text)) == normalize_text(text)  # once is enough
 
 
 def test_every_kind_of_bad_record_is_quarantined_and_good_ones_go_on(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from llm_pipeline.errors import (
 from llm_pipeline.ingest import load_documents
 from llm_pipeline.qa import generate_qa, resolve_backend
 from llm_pipeline.qa.chunking import chunk_text
-from llm_pipeline.qa.extractive import question_for
+from llm_pipeline.qa.extractive import extractive_pairs, question_for
 from llm_pipeline.qa.filters import filter_pairs
 from llm_pipeline.qa.generate import require_pairs
 from llm_pipeline.qa.grounding import grounding_score
@@ -75,6 +75,21 @@ def test_sentence_split_keeps_prices() -> None:
         "Then $1.20 more.",
         "Done",
     ]
+
+
+def test_a_blank_line_ends_a_sentence_and_a_hard_wrapped_one_is_one_line() -> None:
+    """Texts keep their lines: a heading has no full stop and ran into the next sentence (an extractive answer
+    began `# Depot tariffs Depot 0 has...`); a sentence wrapped at 72 columns is one answer, on one line."""
+    text = "# Depot tariffs\n\nThe night rate is\n$0.12 per kWh. Day rates\n  differ.\n\n"
+    text += "| Model | Power |\n| Pro | 22 kW |"
+    assert split_sentences(text) == [
+        "# Depot tariffs",
+        "The night rate is $0.12 per kWh.",
+        "Day rates differ.",
+        "| Model | Power | | Pro | 22 kW |",
+    ]
+    answers = [answer for _, answer, _ in extractive_pairs(Document(id="d", text=text), n=5)]
+    assert answers and not any("\n" in a or a.startswith("#") for a in answers), answers
 
 
 def test_pairs_per_document_answers_are_spans_and_metadata_is_complete() -> None:
@@ -160,6 +175,18 @@ def test_chunks_overlap_and_cover_every_word() -> None:
     first, second = chunks[0].text.split(), chunks[1].text.split()
     assert first[-50:] == second[:50]  # the overlap
     assert chunk_text("short text", size=300, overlap=50)[0].text == "short text"
+
+
+def test_a_chunk_is_a_stretch_of_the_text_as_written_lines_and_indentation_kept() -> None:
+    """A chunk was its words joined by single spaces: a code block in a manual reached the model on one line."""
+    block = "def rate(kw):\n    if kw > 22:\n        return kw * 0.45\n    return kw * 0.30"
+    text = "\n\n".join([*(f"Paragraph {i} on depot charging and its tariffs." for i in range(40)), block])
+    chunks = chunk_text(text, size=60, overlap=10)
+    assert len(chunks) >= 4 and block in chunks[-1].text
+    for chunk in chunks:  # each chunk is text[start:end], starting at a word and ending at one
+        assert text[chunk.start : chunk.end] == chunk.text and chunk.text == chunk.text.strip()
+        assert len(chunk.text.split()) == 60
+    assert chunks[0].text.startswith("Paragraph 0 on depot charging and its tariffs.\n\nParagraph 1")
 
 
 @pytest.mark.parametrize("language", ["zh_CN", "ja", "th"])

@@ -433,6 +433,52 @@ def test_pairs_from_an_ebook_name_the_chapters_their_chunk_spans(fake: FakeOpenA
     assert len({p.metadata["first_chapter"] for p in result.pairs}) >= 4
 
 
+def test_a_manuals_code_blocks_and_tables_reach_the_model_as_written(fake: FakeOpenAI, tmp_path: Path) -> None:
+    """A team's manual holds code and tables: the loader kept every line, but collapsed the whole document onto one
+    line, so the model was sent `def rate(kw): if kw > 22: return kw * 0.45 return kw * 0.30` (Python that no
+    longer means anything) and a table's cells as a run of words. Now what the model is sent (each chunk of a
+    Markdown guide, an HTML page, a DOCX) keeps the lines: the code's indentation and a table's rows."""
+    import docx
+
+    from llm_pipeline.config import DataConfig
+    from llm_pipeline.ingest import load_documents
+
+    folder = tmp_path / "manuals"
+    folder.mkdir()
+    filler = " ".join(f"Depot {k} has {k + 2} chargers on a shared 400 kW connection." for k in range(12))
+    code = "def rate(kw):\n    if kw > 22:\n        return kw * 0.45\n    return kw * 0.30"
+    table = "| Model | Power |\n|---|---|\n| Wallbox Pro | 22 kW |\n| Depot DC | 150 kW |"
+    (folder / "tariffs.md").write_text(
+        f"# Depot tariffs\n\n{filler}\n\nThe rate, in Python:\n\n```python\n{code}\n```\n\n{table}\n\n{filler}\n"
+    )
+    (folder / "page.html").write_text(
+        "<html><head><title>Rates</title></head><body><nav>Home | Rates</nav><article><h1>Rates</h1>"
+        f"<p>{filler}</p><pre>{code}</pre><p>{filler}</p></article></body></html>"
+    )
+    sheet = docx.Document()
+    sheet.add_heading("Chargers", level=1)
+    sheet.add_paragraph(filler)
+    grid = sheet.add_table(rows=2, cols=2)
+    for row, cells in zip(grid.rows, [("Model", "Power"), ("Wallbox Pro", "22 kW")], strict=True):
+        for cell, text in zip(row.cells, cells, strict=True):
+            cell.text = text
+    sheet.save(str(folder / "chargers.docx"))
+    docs = {d.id: d for d in load_documents(DataConfig(path=folder)).documents}
+    assert set(docs) == {"tariffs", "page", "chargers"}
+    assert code in docs["tariffs"].text and table in docs["tariffs"].text and code in docs["page"].text
+    assert "\nModel | Power\nWallbox Pro | 22 kW" in docs["chargers"].text
+
+    config = qa_config(fake, chunk_words=60, chunk_overlap_words=10, questions_per_doc=6)
+    result = run(list(docs.values()), config, tmp_path / "qa")
+    prompts = [entry["messages"][1]["content"] for entry in fake.log]
+    assert len(prompts) >= 6 and result.pairs
+    for lines in (code, table, "Model | Power\nWallbox Pro | 22 kW"):  # whole in a chunk, as the file has it
+        assert any(lines in prompt for prompt in prompts), lines
+    sent = "".join(prompts)
+    assert "\n        return kw * 0.45\n" in sent and sent.count("return kw * 0.45") >= 2  # guide and page
+    assert all(p.metadata["grounding"] >= 0.8 for p in result.pairs)
+
+
 CONTEXT = 800  # tokens: the documents' prompts take ~380-420 of them at the fake's three characters a token
 
 

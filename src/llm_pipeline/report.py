@@ -143,7 +143,7 @@ def render_report(
     for cluster in examples["clusters"]:
         lines.append(f"- **{cluster['method']}** (similarity {cluster['similarity']}), kept `{cluster['kept']}`:")
         for member, text in cluster["texts"].items():
-            lines.append(f"  - `{member}`: {text[:160]}")
+            lines.append(f"  - `{member}`: {' '.join(text[:160].split())}")  # one line: a list item's
     if not examples["clusters"]:
         lines.append("No duplicates found.")
     if run := examples.get("semantic"):

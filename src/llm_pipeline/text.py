@@ -16,6 +16,7 @@ import regex
 DEDUP_EDGE = ".,;:!?\"'()[]{}`"
 # after . ! ? where the next sentence starts with a capital, a digit or $; after Chinese and Japanese 。！？
 # (and a closing quote or bracket after one), which need no space
+_PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n")  # a blank line
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9$])|(?<=[。！？])(?![」』”）])\s*|(?<=[。！？][」』”）])\s*")
 
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")  # 0.45, 1,200: numbers as a text writes them (grounding, question filter)
@@ -120,8 +121,11 @@ def numbers_conflict(a: int, b: int) -> bool:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences, split after . ! ? where the next one starts with a capital, a digit or $, and after 。！？."""
-    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+    """Sentences, split after . ! ? where the next one starts with a capital, a digit or $, after 。！？, and at a
+    blank line (a heading, a list or a table ends there, punctuated or not); each on one line (a text keeps its
+    lines, and a hard-wrapped sentence's line breaks are spaces)."""
+    blocks = _PARAGRAPH_BREAK.split(text)
+    return [" ".join(s.split()) for block in blocks for s in _SENTENCE_END.split(block) if s.strip()]
 
 
 def is_refusal(text: str) -> bool:

@@ -1,4 +1,6 @@
-"""Exact duplicates: equal after normalization and lowercasing (the lowercasing is for hashing only)."""
+"""Exact duplicates: the same words in the same order after normalization, ignoring case and how the text is
+spaced and wrapped (the lowercasing and the one space between words are for hashing only; a kept text keeps its
+lines)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,13 @@ if TYPE_CHECKING:
     from llm_pipeline.config import DedupConfig
 
 
+def hashing_digest(text: str) -> bytes:
+    """The text's 32-byte exact-dedup key: its words, lowercased, joined by single spaces (the Ray engine's too)."""
+    return hashlib.sha256(" ".join(text.lower().split()).encode("utf-8")).digest()
+
+
 def hashing_key(text: str) -> str:
-    return hashlib.sha256(text.lower().encode("utf-8")).hexdigest()
+    return hashing_digest(text).hex()
 
 
 def exact_duplicate_clusters(documents: list[Document], keep: KeepPolicy = "first") -> list[DuplicateCluster]:

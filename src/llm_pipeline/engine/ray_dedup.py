@@ -33,7 +33,6 @@ does. Ray retries a task whose worker died (`execution.task_retries`), recomputi
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from llm_pipeline.dedup.clusters import (
     semantic_clusters,
     text_length,
 )
+from llm_pipeline.dedup.exact import hashing_digest
 from llm_pipeline.dedup.methods import method_sequence
 from llm_pipeline.dedup.minhash import (
     BAND_ROW,
@@ -128,13 +128,9 @@ class Plan:
         return int(np.searchsorted(bases, index, side="right") - 1)
 
 
-def _exact_digest(text: str) -> bytes:
-    return hashlib.sha256(text.lower().encode("utf-8")).digest()  # dedup.exact's key, as bytes
-
-
 def _digests(documents: list[Document]) -> np.ndarray:
     """The documents' exact-dedup keys as one array of 32-byte items (no Python object per document)."""
-    return np.frombuffer(b"".join(_exact_digest(d.text) for d in documents), dtype="V32")
+    return np.frombuffer(b"".join(hashing_digest(d.text) for d in documents), dtype="V32")
 
 
 def _number_masks(documents: list[Document], wanted: bool) -> np.ndarray:

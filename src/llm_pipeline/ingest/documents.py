@@ -50,6 +50,7 @@ _BLANK_LINE = re.compile(r"\n[^\S\n]*\n")  # a paragraph break: a line holding n
 # where a sentence ends: . ! ? before a space or a line's end, or CJK's full stop, ! and ?
 _SENTENCE_END = re.compile(r"[.!?](?=\s)|[\u3002\uff01\uff1f]")
 _SPACE = re.compile(r"\s")
+PAGE_BREAK = "\n\n"  # what joins pages, slides, chapters and a text file's paragraphs: a blank line
 TITLE_HEAD = 1 << 16  # the characters of a long document's beginning where its title is looked for
 
 
@@ -133,9 +134,9 @@ def _by_unit(
     texts: Iterable[str], unit: str, max_bytes: int, title: Callable[[], Any] = lambda: None
 ) -> dict[str, Any]:
     """A document made of pages (slides, chapters), from their normalized texts in order: the texts joined by a
-    space, `pages` and `page_starts` (where each page begins in the text: an empty page begins where the next
-    does), each page's text (the pieces a long document's parts are cut from) and `title()` where it gives one
-    (asked after the last page). Raises TooLong past `max_bytes`, naming the page."""
+    blank line (PAGE_BREAK), `pages` and `page_starts` (where each page begins in the text: an empty page begins
+    where the next does), each page's text (the pieces a long document's parts are cut from) and `title()` where
+    it gives one (asked after the last page). Raises TooLong past `max_bytes`, naming the page."""
     parts: list[str] = []
     starts: list[int] = []
     pieces: list[str] = []
@@ -145,13 +146,13 @@ def _by_unit(
         pieces.append(text)
         if text:
             parts.append(text)
-            position += len(text) + 1  # the space that joins it to the next page
+            position += len(text) + len(PAGE_BREAK)  # the blank line that joins it to the next page
         if position > max_bytes:
             raise TooLong(f"too_long: over {max_bytes} characters of text by {unit} {len(starts)}")
     metadata: dict[str, Any] = {f"{unit}s": len(starts), f"{unit}_starts": starts}
     if found := title():
         metadata["title"] = found
-    return {"text": " ".join(parts), "metadata": metadata, "pieces": pieces, "unit": unit}
+    return {"text": PAGE_BREAK.join(parts), "metadata": metadata, "pieces": pieces, "unit": unit, "joiner": PAGE_BREAK}
 
 
 def notebook_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
@@ -233,14 +234,22 @@ def docx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
             texts = [block.text]
             if heading is None and block.style is not None and block.style.name.startswith(("Heading", "Title")):
                 heading = block.text.strip() or None
-        else:
-            texts = [cell.text for row in block.rows for cell in row.cells]
+        else:  # a merged cell is in `row.cells` once per column it spans: once here
+            rows = (table_row({id(c._tc): c for c in row.cells}.values(), lambda c: c.text) for row in block.rows)
+            texts = [row for row in rows if row]
         parts.extend(texts)
         size += sum(map(len, texts))
         if size > max_bytes:
             raise TooLong(f"too_long: over {max_bytes} characters of text")
     title = document.core_properties.title or heading
-    return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}, "pieces": parts}
+    return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}, "pieces": parts, "joiner": "\n"}
+
+
+def table_row(cells: Iterable[Any], text: Callable[[Any], str]) -> str:
+    """A table's row as one line, its cells' texts (each on one line) between " | ", as Markdown writes a row: the
+    row stays a row where each cell on a line of its own lost which value was whose. A row of empty cells: ""."""
+    texts = [" ".join(text(cell).split()) for cell in cells]
+    return " | ".join(texts) if any(texts) else ""
 
 
 def _zip_archive(path: Path, what: str) -> None:
@@ -258,7 +267,8 @@ def _shape_texts(shapes: Any) -> Iterator[str]:
         if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
             yield from _shape_texts(shape.shapes)
         elif getattr(shape, "has_table", False):
-            yield from (cell.text for row in shape.table.rows for cell in row.cells)
+            for row in shape.table.rows:  # a merged cell once: the cells it spans over are `is_spanned`
+                yield table_row((cell for cell in row.cells if not cell.is_spanned), lambda cell: cell.text)
         elif getattr(shape, "has_text_frame", False):
             yield from (paragraph.text for paragraph in shape.text_frame.paragraphs)
 
@@ -299,15 +309,19 @@ _ODT_SKIPPED = frozenset(
 
 def _odt_blocks(element: Any) -> Iterator[tuple[str, str]]:
     """(tag, text) of each heading and paragraph under an ODF element, in order, wherever it sits: in a section, a
-    list item, a table cell, a frame. A paragraph's text is odfdo's (spaces, tabs and line breaks as written; a
-    footnote's text where its mark is). Not a list's or a table's own text: odfdo renders those as Markdown,
-    escaping the text (`max\\_queue\\_size \\- The...` for an item of docutils' rst2odt output, found on
-    awscli's docs)."""
+    list item, a frame; a table's row as one line (`table_row`). A paragraph's text is odfdo's (spaces, tabs and
+    line breaks as written; a footnote's text where its mark is). Not a list's or a table's own text: odfdo renders
+    those as Markdown, escaping the text (`max\\_queue\\_size \\- The...` for an item of docutils' rst2odt
+    output, found on awscli's docs)."""
     for child in element.children:
         if child.tag in _ODT_SKIPPED:
             continue
         if child.tag in ("text:p", "text:h"):
             yield child.tag, child.text_recursive
+        elif child.tag == "table:table-row":  # one line; a covered cell (under a merged one) is not a cell here
+            cells = [cell for cell in child.children if cell.tag == "table:table-cell"]
+            if row := table_row(cells, lambda cell: "\n".join(text for _, text in _odt_blocks(cell))):
+                yield child.tag, row
         else:
             yield from _odt_blocks(child)
 
@@ -336,7 +350,7 @@ def odt_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         if size > max_bytes:
             raise TooLong(f"too_long: over {max_bytes} characters of text")
     title = (document.meta.title or "").strip() or heading
-    return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}, "pieces": parts}
+    return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}, "pieces": parts, "joiner": "\n"}
 
 
 def _odp_slide(page: Any) -> tuple[str, str | None]:
@@ -460,32 +474,39 @@ def _slices(text: str, limit: int) -> Iterator[str]:
         end = _cut(text, start, limit)
         yield text[start:end].rstrip()
         start = end
-        while start < len(text) and text[start] == " ":
+        while start < len(text) and text[start].isspace():
             start += 1
     if start < len(text):
         yield text[start:]
 
 
-def pack(pieces: Iterable[str], limit: int) -> Iterator[tuple[str, int, list[int]]]:
+def pack(pieces: Iterable[str], limit: int, joiner: str = PAGE_BREAK) -> Iterator[tuple[str, int, list[int]]]:
     """Parts of at most `limit` characters, each as many whole pieces (pages, slides, paragraphs: normalized) as fit,
-    joined by a space; a piece longer than a part is cut (`_slices`) and goes on in the next. With each part: the
-    index of its first piece (one that began in an earlier part, where it goes on), and where in the part each of
-    its pieces from that one begins (0 for the first); an empty piece begins where the next one will."""
+    joined by `joiner` (what joins them in the whole document); a piece longer than a part is cut (`_slices`) and
+    goes on in the next. With each part: the index of its first piece (one that began in an earlier part, where it
+    goes on), and where in the part each of its pieces from that one begins (0 for the first); an empty piece
+    begins where the next one will."""
     texts: list[str] = []
     size = first = 0
     starts: list[int] = []
+    gap = len(joiner)
     for index, piece in enumerate(pieces):
-        starts.append(size + 1 if texts else 0)
+        starts.append(size + gap if texts else 0)
         placed = False  # a fragment of this piece is in the part
         for fragment in _slices(piece, limit):
-            if texts and size + 1 + len(fragment) > limit:
-                yield " ".join(texts), first, starts if placed else starts[:-1]
+            if texts and size + gap + len(fragment) > limit:
+                yield joiner.join(texts), first, starts if placed else starts[:-1]
                 texts, size, first, starts = [], 0, index, [0]
-            size += len(fragment) + (1 if texts else 0)
+            size += len(fragment) + (gap if texts else 0)
             texts.append(fragment)
             placed = True
     if texts:
-        yield " ".join(texts), first, starts
+        yield joiner.join(texts), first, starts
+
+
+def _paragraph(text: str) -> str:
+    """A paragraph normalized as it stands in its document: its first line keeps its indentation (a code block's)."""
+    return normalize_text(text, keep_indent=True)
 
 
 def _stream_paragraphs(path: Path, kind: Kind, limit: int) -> Iterator[str]:
@@ -500,17 +521,17 @@ def _stream_paragraphs(path: Path, kind: Kind, limit: int) -> Iterator[str]:
             while True:
                 chunk = reader.read(CHUNK)
                 *done, buffer = _BLANK_LINE.split(buffer + chunk)  # the last may go on in the next chunk
-                yield from filter(None, map(normalize_text, done))
+                yield from filter(None, map(_paragraph, done))
                 while len(buffer) > 2 * limit:  # one paragraph holding more than a part: hand its head on
                     cut = _cut(buffer, 0, limit)
-                    if head := normalize_text(buffer[:cut]):
+                    if head := _paragraph(buffer[:cut]):
                         yield head
                     buffer = buffer[cut:]
                 if not chunk:
                     break
         except UnicodeDecodeError as exc:
             raise BadRecord(f"{undecodable(exc.encoding)}: {exc.reason}") from exc
-        if rest := normalize_text(buffer):
+        if rest := _paragraph(buffer):
             yield rest
 
 
@@ -537,12 +558,13 @@ def document_parts(
                 raise TooLong(over)
         metadata = TITLES[kind.format](_head_text(path, kind))
         return _numbered(pack(_stream_paragraphs(path, kind, max_chars), max_chars), metadata, None, count)
+    joiner = record.get("joiner", PAGE_BREAK)
     if "pieces" in record:
         pieces = record["pieces"]
     else:  # paragraphs: HTML's main content has one a line
-        breaks = re.compile("\n") if kind.format == "html" else _BLANK_LINE
-        pieces = [p for p in map(normalize_text, breaks.split(record["text"])) if p]
-    parts = list(pack(pieces, max_chars))
+        breaks, joiner = (re.compile("\n"), "\n") if kind.format == "html" else (_BLANK_LINE, PAGE_BREAK)
+        pieces = [p for p in map(_paragraph, breaks.split(record["text"])) if p]
+    parts = list(pack(pieces, max_chars, joiner))
     if sum(len(text) for text, _, _ in parts) > max_file_chars:
         raise TooLong(over)
     metadata = {k: v for k, v in record["metadata"].items() if not k.endswith("_starts")}

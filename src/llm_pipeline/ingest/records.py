@@ -25,7 +25,11 @@ from typing import Any
 from llm_pipeline.records import Document
 
 MAX_DEPTH = 32  # metadata nesting; JSON files nest far deeper only by accident or malice
-_WHITESPACE = re.compile(r"\s+")
+_LINE_BREAKS = str.maketrans({"\x0b": "\n", "\x0c": "\n", "\x85": "\n", "\u2028": "\n", "\u2029": "\n"})
+_CRLF = re.compile(r"\r\n?")
+_INNER_SPACE = re.compile(r"(?<=\S)[^\S\n]+(?=\S)")  # a run of spaces between two words on one line
+_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n{3,}")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -34,9 +38,19 @@ class BadRecord(Exception):
     """A record that cannot be used; carries the reason for the quarantine."""
 
 
-def normalize_text(text: str) -> str:
-    """NFKC (full-width forms, ligatures, non-breaking spaces) and collapsed whitespace."""
-    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+def normalize_text(text: str, keep_indent: bool = False) -> str:
+    """NFKC (full-width forms, ligatures, non-breaking spaces), with the text's lines kept: a code block, a table,
+    a list or a poem keeps its shape, and a line's indentation (Python's, YAML's) is kept. Every line break
+    (CR LF, CR, form feed, vertical tab, NEL, U+2028/9) becomes a line feed; a run of spaces or tabs between two
+    words becomes one space; spaces at a line's end and lines holding only spaces are emptied; blank lines in a
+    row become one (a paragraph break); the text is stripped. Words and their order are what they were; a
+    consumer that wants one line (a report's excerpt) joins the words itself, and exact deduplication hashes the
+    words (`dedup.exact.hashing_key`), so a text wrapped differently is still the same text. `keep_indent`: the
+    first line keeps its indentation too (a paragraph of a document, normalized alone, as it stands in the whole)."""
+    text = _CRLF.sub("\n", unicodedata.normalize("NFKC", text).translate(_LINE_BREAKS))
+    text = _INNER_SPACE.sub(" ", _TRAILING_SPACE.sub("", text))
+    text = _BLANK_LINES.sub("\n\n", text)
+    return text.strip("\n") if keep_indent else text.strip()
 
 
 def repair(value: str, repairs: Counter[str]) -> str:
@@ -93,7 +107,7 @@ def to_document(record: dict[str, Any], max_chars: int, repairs: Counter[str]) -
         raise BadRecord(f"wrong_type: text is {type(text).__name__}, expected a string")
     if len(text) > 4 * max_chars:  # far over: not worth normalizing to find out
         raise BadRecord(f"too_long: over {len(text)} characters before normalization, the maximum is {max_chars}")
-    text = normalize_text(repair(text, repairs))
+    text = normalize_text(repair(text.translate(_LINE_BREAKS), repairs))  # before repair takes a form feed
     if not text:
         raise BadRecord("empty_text: text is blank after normalization")
     if len(text) > max_chars:

@@ -22,11 +22,11 @@ class Chunk:
 def chunk_text(text: str, size: int, overlap: int) -> list[Chunk]:
     """Windows of `size` words advancing by size - overlap; a text that fits is one chunk, unchanged.
 
-    Words are whitespace-separated, and a chunk is its words joined by single spaces. In a text holding a script
-    written without spaces (Chinese, Japanese, Thai: `text.UNSPACED`) each of its characters is a word
-    (`text.word_count`), and a chunk is the stretch of the text from its first word to its last, as written: a
-    split on whitespace found one "word" in a page of Chinese and sent the whole document as one chunk, however
-    long, where a model's context may not hold it."""
+    Words are whitespace-separated, and a chunk is the stretch of the text from its first word to its last, as
+    written: its lines, a code block's indentation, a table's rows kept. In a text holding a script written
+    without spaces (Chinese, Japanese, Thai: `text.UNSPACED`) each of its characters is a word
+    (`text.word_count`): a split on whitespace found one "word" in a page of Chinese and sent the whole document
+    as one chunk, however long, where a model's context may not hold it."""
     spaced = UNSPACED.search(text) is None
     spans = [(m.start(), m.end()) for m in _WORD.finditer(text)] if spaced else word_spans(text)
     count = len(spans)
@@ -39,6 +39,5 @@ def chunk_text(text: str, size: int, overlap: int) -> list[Chunk]:
     chunks = []
     for i, s in enumerate(starts):
         first, last = spans[s][0], spans[min(s + size, count) - 1][1]
-        piece = " ".join(text[a:b] for a, b in spans[s : s + size]) if spaced else text[first:last]
-        chunks.append(Chunk(i, len(starts), piece, first, last))
+        chunks.append(Chunk(i, len(starts), text[first:last], first, last))
     return chunks
