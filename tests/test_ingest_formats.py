@@ -422,6 +422,28 @@ def write_deck(path: Path) -> None:
     deck.save(str(path))
 
 
+def test_markdown_keeps_its_lines_and_code_and_loses_only_its_comment_blocks(tmp_path: Path) -> None:
+    """Node.js's API docs (found on this machine's copy) keep each function's YAML change history in `<!-- -->`
+    blocks, which no reader of the rendered page sees, and the loaded text had them all, on one line with the
+    rest. Now a Markdown file's text is as written, lines, indentation and code blocks kept, less the comment
+    blocks; a comment inside a code block or a paragraph is text and stays, and so does an unclosed one."""
+    code = "```html\n<!-- part of the example -->\n<p>Hi</p>\n```"
+    (tmp_path / "assert.md").write_text(
+        "# Assert\n\n<!--introduced_in=v0.1.21-->\n\n> Stability: 2 - Stable\r\n\r\n"
+        "<!-- YAML\nadded: v9.9.0\n\nchanges:\n  - version: v15.0.0\n-->\n\n"
+        f"In strict mode <!-- inline --> methods\nbehave like strict ones.\n\n{code}\n\n"
+        "    <!-- an indented code block -->\n\n<!-- TODO --> <!-- lint: off -->\n\n- item one\n  - nested\n"
+    )
+    (tmp_path / "open.md").write_text("Before.\n\n<!-- never closed\n\nAfter.\n")
+    docs = {d.id: d for d in load(tmp_path).documents}
+    assert docs["assert"].text == (
+        "# Assert\n\n> Stability: 2 - Stable\n\nIn strict mode <!-- inline --> methods\nbehave like strict ones."
+        f"\n\n{code}\n\n    <!-- an indented code block -->\n\n- item one\n  - nested"
+    )
+    assert docs["assert"].metadata["title"] == "Assert"
+    assert docs["open"].text == "Before.\n\n<!-- never closed\n\nAfter."
+
+
 def test_slides_restructuredtext_and_asciidoc_load_with_their_titles_and_slide_starts(tmp_path: Path) -> None:
     write_deck(tmp_path / "plan.pptx")
     write_deck(tmp_path / "exported-deck")  # no suffix: told by the zip's contents

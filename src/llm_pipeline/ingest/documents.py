@@ -100,8 +100,30 @@ TITLES: dict[str, Callable[[str], dict[str, Any]]] = {
 }
 
 
+_COMMENT_BLOCK = re.compile(r"\s*(?:<!--.*?-->\s*)+", re.DOTALL)
+
+
+def without_comments(markdown: str) -> str:
+    """Markdown without its comment blocks (`<!-- ... -->` standing as a block of their own: what a renderer never
+    shows: Node.js's API docs keep each function's YAML change history in them, READMEs their linters' directives
+    and TODOs), found by markdown-it as CommonMark does, so a comment inside a code block stays (it is the block's
+    text) and so does a comment inside a paragraph."""
+    from markdown_it import MarkdownIt
+
+    markdown = re.sub(r"\r\n?", "\n", markdown)  # markdown-it's line breaks, so its line numbers are ours
+    tokens = MarkdownIt("commonmark").parse(markdown)
+    dropped = [t.map for t in tokens if t.type == "html_block" and t.map and _COMMENT_BLOCK.fullmatch(t.content)]
+    if not dropped:
+        return markdown
+    lines = markdown.split("\n")
+    for start, end in reversed(dropped):
+        del lines[start:end]
+    return "\n".join(lines)
+
+
 def markdown_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
-    text = _read_text(path, kind, max_bytes)
+    """As written, less its comment blocks (`without_comments`); the title: its first heading."""
+    text = without_comments(_read_text(path, kind, max_bytes))
     return {"text": text, "metadata": _markdown_title(text)}
 
 
