@@ -924,8 +924,29 @@ def test_opendocument_text_and_epub_load_in_reading_order_with_titles_and_chapte
     assert ebook.metadata["title"] == "The email package" and ebook.metadata["chapters"] == 3
     in_order(ebook.text, paragraphs)
     starts = ebook.metadata["chapter_starts"]
-    assert [ebook.text[s:].split(" ", 2)[:2] for s in starts] == [["Part", "1"], ["Part", "2"], ["Part", "3"]]
+    assert [ebook.text[s:].split("\n", 1)[0] for s in starts] == ["Part 1", "Part 2", "Part 3"]  # a heading a line
     assert "SCRIPT-TEXT" not in ebook.text and docs["book-without-suffix"].text == ebook.text
+
+
+def test_an_ebook_chapter_is_laid_out_as_a_reader_shows_it(tmp_path: Path) -> None:
+    """An e-book's chapter was one line (trafilatura's html2txt: every run of whitespace a space), its code and its
+    tables run into the prose. Now a chapter's blocks are lines: paragraphs and headings between blank lines, list
+    items and table rows a line each (cells between ` | `), a <pre> block as written, the source's own line
+    breaks inside a paragraph spaces (as a reader shows them), a script's text nowhere."""
+    chapter = (
+        "<h1>Depot   tariffs</h1>\n<p>The night rate\n    is <b>$0.12</b> per kWh.</p>"
+        "<ul><li>Wallbox</li><li>Depot DC<br/>150 kW</li></ul>"
+        "<table><thead><tr><th>Model</th>\n<th>Power</th></tr></thead>"
+        "<tbody><tr><td>Pro</td><!-- a note --><td>22 kW</td></tr></tbody></table>"
+        "<pre>def rate(kw):\n    return kw * 0.30</pre><script>var x = 'SCRIPT-TEXT';</script><div>After.</div>"
+    )
+    write_epub(tmp_path / "tariffs.epub", "Tariffs", [chapter, "<p>Second chapter.</p>"])
+    (book,) = load(tmp_path).documents
+    assert book.text == (
+        "Depot tariffs\n\nThe night rate is $0.12 per kWh.\n\nWallbox\nDepot DC\n150 kW\n\nModel | Power\nPro | 22 kW"
+        "\n\ndef rate(kw):\n    return kw * 0.30\n\nAfter.\n\nSecond chapter."
+    )
+    assert book.metadata["chapter_starts"] == [0, book.text.index("Second chapter.")]
 
 
 def test_a_table_in_an_office_file_is_a_row_a_line_with_a_merged_cell_once(tmp_path: Path) -> None:

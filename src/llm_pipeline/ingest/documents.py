@@ -419,14 +419,88 @@ def odp_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return _by_unit(texts(), "slide", max_bytes, title)
 
 
+_HTML_LINES = frozenset({"caption", "dd", "div", "dt", "figcaption", "li", "tbody", "tfoot", "thead", "tr"})
+_HTML_PARAGRAPHS = frozenset(
+    {"address", "article", "aside", "blockquote", "dl", "figure", "footer", "h1", "h2", "h3", "h4", "h5", "h6",
+     "header", "hr", "main", "nav", "ol", "p", "pre", "section", "table", "ul"}
+)  # fmt: skip
+_HTML_DROPPED = frozenset({"script", "style", "template", "noscript", "head"})
+_HTML_CELLS = frozenset({"td", "th"})
+_HTML_SPACE = re.compile(r"\s+")
+
+
+def _next_cell(element: Any) -> bool:
+    """Whether another cell follows `element` in its row (comments between them skipped)."""
+    following = element.getnext()
+    while following is not None and not isinstance(following.tag, str):
+        following = following.getnext()
+    return following is not None and following.tag in _HTML_CELLS
+
+
+def html_text(markup: str | bytes) -> str:
+    """All of a page's text (an e-book's chapter, where there is no site boilerplate to drop), laid out as a browser
+    lays it out: a block on lines of its own (a paragraph, heading, list or table between blank lines; a list item,
+    a table row, a <div> on a line), a run of whitespace inside one a
+    space, a <pre> block as written, a table's row a line with ` | ` between its cells; scripts and styles dropped.
+    lxml's parser, walked without recursion (a hostile chapter nests deeper than Python's stack). Text with an XML
+    declaration naming its encoding (XHTML, as an e-book's) comes as bytes."""
+    import lxml.html
+    from lxml import etree
+
+    try:
+        root = lxml.html.document_fromstring(markup)
+    except (ValueError, etree.ParserError):
+        return ""
+    out: list[str] = []
+    pre = dropped = ends = 0  # the <pre> and dropped elements the walk is inside; the line breaks the text ends in
+
+    def put(text: str | None) -> None:
+        nonlocal ends
+        if not text or dropped:
+            return
+        if not pre:  # as a browser shows it: whitespace is a space, none at a line's start
+            text = _HTML_SPACE.sub(" ", text)
+            text = text.lstrip(" ") if not out or ends else text
+        if text:
+            out.append(text)
+            ends = len(text) - len(text.rstrip("\n"))
+
+    def line_break(tag: str) -> None:  # a paragraph's is a blank line; where one already is, none more
+        nonlocal ends
+        wanted = 2 if tag in _HTML_PARAGRAPHS else 1
+        if out and not dropped and ends < wanted:
+            out.append("\n" * (wanted - ends))
+            ends = wanted
+
+    for event, element in etree.iterwalk(root, events=("start", "end")):
+        tag = element.tag if isinstance(element.tag, str) else ""
+        if event == "start":
+            dropped += tag in _HTML_DROPPED
+            if tag in _HTML_LINES or tag in _HTML_PARAGRAPHS:
+                line_break(tag)
+            pre += tag == "pre"
+            if tag:  # a comment's or a processing instruction's text is not the page's
+                put(element.text)
+            continue
+        pre -= tag == "pre"
+        if tag in _HTML_LINES or tag in _HTML_PARAGRAPHS or tag == "br":
+            line_break(tag)
+        elif tag in _HTML_CELLS and _next_cell(element) and not dropped:
+            out.append(" | ")
+            ends = 0
+        dropped -= tag in _HTML_DROPPED
+        put(element.tail)
+    return normalize_text("".join(out))
+
+
 def epub_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
-    """An e-book, by EbookLib: its chapters in reading order (the spine), each chapter's whole text (trafilatura's
-    html2txt: scripts and styles dropped; not its main-content extraction, which takes a chapter's first heading for
-    a page title and drops it, where a chapter has no site boilerplate to drop); `chapter_starts[i]` is where
+    """An e-book, by EbookLib: its chapters in reading order (the spine), each chapter's whole text (`html_text`:
+    its blocks a line each, scripts and styles dropped; not trafilatura's main-content extraction, which takes a
+    chapter's first heading for a page title and drops it, where a chapter has no site boilerplate to drop),
+    `chapter_starts[i]` is where
     chapter i + 1 begins in the (normalized) text, as a PDF's pages. The navigation document (the table of
     contents) is left out."""
     import ebooklib
-    import trafilatura
     from ebooklib import epub
 
     _zip_archive(path, "EPUB")
@@ -440,9 +514,7 @@ def epub_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         for item in spine
         if item is not None and item.get_type() == ebooklib.ITEM_DOCUMENT and not isinstance(item, epub.EpubNav)
     ]
-    texts = (
-        normalize_text(trafilatura.html2txt(item.get_content().decode("utf-8", "replace")) or "") for item in chapters
-    )
+    texts = (html_text(item.get_content()) for item in chapters)  # bytes: lxml reads an XML declaration's encoding
 
     def title() -> str | None:
         titles = book.get_metadata("DC", "title")
