@@ -928,6 +928,29 @@ def test_opendocument_text_and_epub_load_in_reading_order_with_titles_and_chapte
     assert "SCRIPT-TEXT" not in ebook.text and docs["book-without-suffix"].text == ebook.text
 
 
+def test_an_html_pages_paragraph_is_a_line_and_its_code_as_written(tmp_path: Path) -> None:
+    """trafilatura keeps the line breaks of a paragraph's source, which a browser shows as spaces (Node.js's docs:
+    `for verifying\ninvariants.`): the page's text is now spaced as shown, a paragraph a line, and a <pre> block
+    keeps its lines and indentation."""
+    (tmp_path / "page.html").write_text(
+        "<html><head><title>Assert</title></head><body><nav>Home NAVIGATION</nav><main><article>\n"
+        "<h1>Assert</h1>\n<p>The node:assert module provides a set of assertion functions for verifying\n"
+        "   invariants, <code>strict</code>\n   or legacy.</p>\n<p>Example:</p>\n"
+        "<pre><code>assert.deepEqual(\n    [1, 2],\n    [1, 2]);</code></pre>\n"
+        "<p>A second paragraph long enough to be the page's content and not its boilerplate, as\nwritten.</p>"
+        "</article></main></body></html>"
+    )
+    (page,) = load(tmp_path).documents
+    lines = page.text.split("\n")
+    assert (
+        "The node:assert module provides a set of assertion functions for verifying invariants, strict or legacy."
+        in lines
+    )
+    assert "assert.deepEqual(\n    [1, 2],\n    [1, 2]);" in page.text
+    assert lines[-1] == "A second paragraph long enough to be the page's content and not its boilerplate, as written."
+    assert "NAVIGATION" not in page.text
+
+
 def test_an_ebook_chapter_is_laid_out_as_a_reader_shows_it(tmp_path: Path) -> None:
     """An e-book's chapter was one line (trafilatura's html2txt: every run of whitespace a space), its code and its
     tables run into the prose. Now a chapter's blocks are lines: paragraphs and headings between blank lines, list

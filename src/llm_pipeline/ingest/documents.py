@@ -46,6 +46,7 @@ _RST_HEADING = re.compile(
 )
 # AsciiDoc: the document title `= Title` (level 0), else the first section title `== Section`
 _ADOC_HEADING = re.compile(r"^={1,6}[ \t]+(\S.*?)[ \t]*$", re.MULTILINE)
+_HTML_SPACE = re.compile(r"\s+")
 _BLANK_LINE = re.compile(r"\n[^\S\n]*\n")  # a paragraph break: a line holding nothing but spaces
 # where a sentence ends: . ! ? before a space or a line's end, or CJK's full stop, ! and ?
 _SENTENCE_END = re.compile(r"[.!?](?=\s)|[\u3002\uff01\uff1f]")
@@ -137,12 +138,39 @@ def asciidoc_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return {"text": text, "metadata": _asciidoc_title(text)}
 
 
+def _as_shown(html: str) -> Any:
+    """The page parsed (lxml), each run of whitespace in its text a space outside <pre> and <textarea>, as a
+    browser shows it: trafilatura keeps the line breaks of a paragraph's source (`for verifying\ninvariants.` in
+    Node.js's docs). The markup as it was where lxml cannot parse it (trafilatura then does what it can)."""
+    import lxml.html
+    from lxml import etree
+
+    try:
+        root = lxml.html.document_fromstring(html)
+    except (ValueError, etree.ParserError):
+        return html
+    kept = 0  # the <pre> and <textarea> elements the walk is inside
+    for event, element in etree.iterwalk(root, events=("start", "end")):
+        tag = element.tag if isinstance(element.tag, str) else ""
+        if event == "start":
+            kept += tag in ("pre", "textarea")
+            if not kept and element.text:
+                element.text = _HTML_SPACE.sub(" ", element.text)
+            continue
+        kept -= tag in ("pre", "textarea")
+        if not kept and element.tail:
+            element.tail = _HTML_SPACE.sub(" ", element.tail)
+    return root
+
+
 def html_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
-    """The page's main content: navigation, headers, footers, scripts and styles dropped by trafilatura."""
+    """The page's main content: navigation, headers, footers, scripts and styles dropped by trafilatura, its text
+    spaced as a browser shows it (`_as_shown`): a paragraph a line, code blocks as written."""
     import trafilatura
 
     html = _read_text(path, kind, max_bytes * HTML_MARKUP_FACTOR)
-    text = trafilatura.extract(html, include_comments=False, include_tables=True, favor_recall=True)
+    page = _as_shown(html)
+    text = trafilatura.extract(page, include_comments=False, include_tables=True, favor_recall=True)
     if not text:
         raise BadRecord("empty_text: no main content found in the page")
     metadata: dict[str, Any] = {}
@@ -426,7 +454,6 @@ _HTML_PARAGRAPHS = frozenset(
 )  # fmt: skip
 _HTML_DROPPED = frozenset({"script", "style", "template", "noscript", "head"})
 _HTML_CELLS = frozenset({"td", "th"})
-_HTML_SPACE = re.compile(r"\s+")
 
 
 def _next_cell(element: Any) -> bool:
