@@ -467,10 +467,10 @@ def _next_cell(element: Any) -> bool:
 def html_text(markup: str | bytes) -> str:
     """All of a page's text (an e-book's chapter, where there is no site boilerplate to drop), laid out as a browser
     lays it out: a block on lines of its own (a paragraph, heading, list or table between blank lines; a list item,
-    a table row, a <div> on a line), a run of whitespace inside one a
-    space, a <pre> block as written, a table's row a line with ` | ` between its cells; scripts and styles dropped.
-    lxml's parser, walked without recursion (a hostile chapter nests deeper than Python's stack). Text with an XML
-    declaration naming its encoding (XHTML, as an e-book's) comes as bytes."""
+    a table row, a <div> on a line), a run of whitespace inside one a space, a <pre> block as written, a table's row
+    a line with ` | ` between its cells; scripts and styles dropped. lxml's parser, walked without recursion (a
+    hostile chapter nests deeper than Python's stack). Text with an XML declaration naming its encoding (XHTML, as
+    an e-book's) comes as bytes."""
     import lxml.html
     from lxml import etree
 
@@ -523,10 +523,9 @@ def html_text(markup: str | bytes) -> str:
 def epub_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     """An e-book, by EbookLib: its chapters in reading order (the spine), each chapter's whole text (`html_text`:
     its blocks a line each, scripts and styles dropped; not trafilatura's main-content extraction, which takes a
-    chapter's first heading for a page title and drops it, where a chapter has no site boilerplate to drop),
-    `chapter_starts[i]` is where
-    chapter i + 1 begins in the (normalized) text, as a PDF's pages. The navigation document (the table of
-    contents) is left out."""
+    chapter's first heading for a page title and drops it, where a chapter has no site boilerplate to drop);
+    `chapter_starts[i]` is where chapter i + 1 begins in the (normalized) text, as a PDF's pages. The navigation
+    document (the table of contents) is left out."""
     import ebooklib
     from ebooklib import epub
 
