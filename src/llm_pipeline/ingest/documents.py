@@ -4,7 +4,9 @@ text layer, by pypdf, with where each page starts), DOCX (by python-docx), Power
 where each slide starts), OpenDocument text and presentations (by odfdo), EPUB (by EbookLib, chapter by chapter,
 with where each chapter starts) and Jupyter notebooks (their cells, not their outputs). Each reader returns the
 document's raw record (text, metadata) or raises BadRecord; its id is given by the folder walk (the file's relative
-path).
+path). A text keeps its lines (`records.normalize_text`): pages, slides, chapters and paragraphs are joined by a
+blank line (`PAGE_BREAK`), a DOCX's or an ODT's paragraphs by a line break, a table's row is one line
+(`table_row`), HTML is spaced as a browser shows it and Markdown loses its comment blocks.
 
 A document longer than `data.max_chars` is split into parts (`document_parts`): parts of at most `max_chars`
 characters, cut where a page, slide or paragraph ends (a paragraph longer than a part: where a sentence ends, else at

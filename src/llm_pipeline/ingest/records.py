@@ -1,9 +1,11 @@
 """From a raw record to a `Document`, by one documented policy for what real files hold.
 
+Normalized (`normalize_text`): NFKC, spaces between words collapsed, the lines kept.
 Repaired (the record is kept, the repair counted): NUL bytes and other control characters (all but tab, line
-feed and carriage return) are removed; a lone UTF-16 surrogate (JSON's `"\\ud83d"` with no partner) becomes
-U+FFFD; a byte-order mark inside text is removed. This applies to the text, the id and every string in the
-metadata, so nothing that loads can fail later when it is written.
+feed and carriage return; in a text, a form feed, a vertical tab and NEL are line breaks) are removed; a lone
+UTF-16 surrogate (JSON's `"\\ud83d"` with no partner) becomes U+FFFD; a byte-order mark inside text is removed.
+This applies to the text, the id and every string in the metadata, so nothing that loads can fail later when it
+is written.
 Quarantined (the record goes to the rejects with its reason): no text, text not a string, blank text, text over
 `data.max_chars`, an id that is not a string or an integer, metadata not an object or nested deeper than
 `MAX_DEPTH`, a duplicate id. Metadata values that JSON cannot hold (bytes, dates, NaN) are made JSON-safe
