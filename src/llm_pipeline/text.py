@@ -16,7 +16,7 @@ import regex
 DEDUP_EDGE = ".,;:!?\"'()[]{}`"
 # after . ! ? where the next sentence starts with a capital, a digit or $; after Chinese and Japanese 。！？
 # (and a closing quote or bracket after one), which need no space
-_PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n")  # a blank line
+PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n")  # a blank line: a line holding nothing but spaces
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9$])|(?<=[。！？])(?![」』”）])\s*|(?<=[。！？][」』”）])\s*")
 
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")  # 0.45, 1,200: numbers as a text writes them (grounding, question filter)
@@ -124,7 +124,7 @@ def split_sentences(text: str) -> list[str]:
     """Sentences, split after . ! ? where the next one starts with a capital, a digit or $, after 。！？, and at a
     blank line (a heading, a list or a table ends there, punctuated or not); each on one line (a text keeps its
     lines, and a hard-wrapped sentence's line breaks are spaces)."""
-    blocks = _PARAGRAPH_BREAK.split(text)
+    blocks = PARAGRAPH_BREAK.split(text)
     return [" ".join(s.split()) for block in blocks for s in _SENTENCE_END.split(block) if s.strip()]
 
 

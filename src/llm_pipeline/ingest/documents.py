@@ -34,6 +34,7 @@ from llm_pipeline.ingest.sources import (
     sniff_encoding,
     undecodable,
 )
+from llm_pipeline.text import PARAGRAPH_BREAK
 
 HTML_MARKUP_FACTOR = 20  # an HTML page may carry this many bytes of markup per character of text
 NOTEBOOK_OUTPUT_FACTOR = 20  # a notebook, this many bytes of JSON and outputs (plots in base64) per character
@@ -49,7 +50,6 @@ _RST_HEADING = re.compile(
 # AsciiDoc: the document title `= Title` (level 0), else the first section title `== Section`
 _ADOC_HEADING = re.compile(r"^={1,6}[ \t]+(\S.*?)[ \t]*$", re.MULTILINE)
 _HTML_SPACE = re.compile(r"\s+")
-_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")  # a paragraph break: a line holding nothing but spaces
 # where a sentence ends: . ! ? before a space or a line's end, or CJK's full stop, ! and ?
 _SENTENCE_END = re.compile(r"[.!?](?=\s)|[\u3002\uff01\uff1f]")
 _SPACE = re.compile(r"\s")
@@ -111,6 +111,8 @@ def without_comments(markdown: str) -> str:
     shows: Node.js's API docs keep each function's YAML change history in them, READMEs their linters' directives
     and TODOs), found by markdown-it as CommonMark does, so a comment inside a code block stays (it is the block's
     text) and so does a comment inside a paragraph."""
+    if "<!--" not in markdown:  # most files: no parse
+        return markdown
     from markdown_it import MarkdownIt
 
     markdown = re.sub(r"\r\n?", "\n", markdown)  # markdown-it's line breaks, so its line numbers are ours
@@ -140,26 +142,29 @@ def asciidoc_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return {"text": text, "metadata": _asciidoc_title(text)}
 
 
-def _as_shown(html: str) -> Any:
+_HTML_AS_WRITTEN = ("pre", "textarea")  # elements whose whitespace a browser shows as written
+
+
+def _spaced_tree(markup: str | bytes) -> Any:
     """The page parsed (lxml), each run of whitespace in its text a space outside <pre> and <textarea>, as a
-    browser shows it: trafilatura keeps the line breaks of a paragraph's source (`for verifying\ninvariants.` in
-    Node.js's docs). The markup as it was where lxml cannot parse it (trafilatura then does what it can)."""
+    browser shows it; walked without recursion (a hostile page nests deeper than Python's stack). None where lxml
+    cannot parse it. Text with an XML declaration naming its encoding (XHTML, as an e-book's) comes as bytes."""
     import lxml.html
     from lxml import etree
 
     try:
-        root = lxml.html.document_fromstring(html)
+        root = lxml.html.document_fromstring(markup)
     except (ValueError, etree.ParserError):
-        return html
+        return None
     kept = 0  # the <pre> and <textarea> elements the walk is inside
     for event, element in etree.iterwalk(root, events=("start", "end")):
         tag = element.tag if isinstance(element.tag, str) else ""
         if event == "start":
-            kept += tag in ("pre", "textarea")
+            kept += tag in _HTML_AS_WRITTEN
             if not kept and element.text:
                 element.text = _HTML_SPACE.sub(" ", element.text)
             continue
-        kept -= tag in ("pre", "textarea")
+        kept -= tag in _HTML_AS_WRITTEN
         if not kept and element.tail:
             element.tail = _HTML_SPACE.sub(" ", element.tail)
     return root
@@ -167,11 +172,13 @@ def _as_shown(html: str) -> Any:
 
 def html_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     """The page's main content: navigation, headers, footers, scripts and styles dropped by trafilatura, its text
-    spaced as a browser shows it (`_as_shown`): a paragraph a line, code blocks as written."""
+    spaced as a browser shows it (`_spaced_tree`: trafilatura keeps the line breaks of a paragraph's source,
+    `for verifying\ninvariants.` in Node.js's docs): a paragraph a line, code blocks as written."""
     import trafilatura
 
     html = _read_text(path, kind, max_bytes * HTML_MARKUP_FACTOR)
-    page = _as_shown(html)
+    page = _spaced_tree(html)
+    page = html if page is None else page  # what lxml cannot parse, trafilatura tries as it is
     text = trafilatura.extract(page, include_comments=False, include_tables=True, favor_recall=True)
     if not text:
         raise BadRecord("empty_text: no main content found in the page")
@@ -204,7 +211,7 @@ def _by_unit(
     metadata: dict[str, Any] = {f"{unit}s": len(starts), f"{unit}_starts": starts}
     if found := title():
         metadata["title"] = found
-    return {"text": PAGE_BREAK.join(parts), "metadata": metadata, "pieces": pieces, "unit": unit, "joiner": PAGE_BREAK}
+    return {"text": PAGE_BREAK.join(parts), "metadata": metadata, "pieces": pieces, "unit": unit}
 
 
 def notebook_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
@@ -287,7 +294,7 @@ def docx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
             if heading is None and block.style is not None and block.style.name.startswith(("Heading", "Title")):
                 heading = block.text.strip() or None
         else:  # a merged cell is in `row.cells` once per column it spans: once here
-            rows = (table_row({id(c._tc): c for c in row.cells}.values(), lambda c: c.text) for row in block.rows)
+            rows = (table_row(c.text for c in {id(c._tc): c for c in row.cells}.values()) for row in block.rows)
             texts = [row for row in rows if row]
         parts.extend(texts)
         size += sum(map(len, texts))
@@ -297,10 +304,10 @@ def docx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}, "pieces": parts, "joiner": "\n"}
 
 
-def table_row(cells: Iterable[Any], text: Callable[[Any], str]) -> str:
+def table_row(cells: Iterable[str]) -> str:
     """A table's row as one line, its cells' texts (each on one line) between " | ", as Markdown writes a row: the
     row stays a row where each cell on a line of its own lost which value was whose. A row of empty cells: ""."""
-    texts = [" ".join(text(cell).split()) for cell in cells]
+    texts = [" ".join(cell.split()) for cell in cells]
     return " | ".join(texts) if any(texts) else ""
 
 
@@ -320,7 +327,7 @@ def _shape_texts(shapes: Any) -> Iterator[str]:
             yield from _shape_texts(shape.shapes)
         elif getattr(shape, "has_table", False):
             for row in shape.table.rows:  # a merged cell once: the cells it spans over are `is_spanned`
-                yield table_row((cell for cell in row.cells if not cell.is_spanned), lambda cell: cell.text)
+                yield table_row(cell.text for cell in row.cells if not cell.is_spanned)
         elif getattr(shape, "has_text_frame", False):
             yield from (paragraph.text for paragraph in shape.text_frame.paragraphs)
 
@@ -371,8 +378,8 @@ def _odt_blocks(element: Any) -> Iterator[tuple[str, str]]:
         if child.tag in ("text:p", "text:h"):
             yield child.tag, child.text_recursive
         elif child.tag == "table:table-row":  # one line; a covered cell (under a merged one) is not a cell here
-            cells = [cell for cell in child.children if cell.tag == "table:table-cell"]
-            if row := table_row(cells, lambda cell: "\n".join(text for _, text in _odt_blocks(cell))):
+            cells = (cell for cell in child.children if cell.tag == "table:table-cell")
+            if row := table_row(" ".join(text for _, text in _odt_blocks(cell)) for cell in cells):
                 yield child.tag, row
         else:
             yield from _odt_blocks(child)
@@ -470,15 +477,12 @@ def html_text(markup: str | bytes) -> str:
     """All of a page's text (an e-book's chapter, where there is no site boilerplate to drop), laid out as a browser
     lays it out: a block on lines of its own (a paragraph, heading, list or table between blank lines; a list item,
     a table row, a <div> on a line), a run of whitespace inside one a space, a <pre> block as written, a table's row
-    a line with ` | ` between its cells; scripts and styles dropped. lxml's parser, walked without recursion (a
-    hostile chapter nests deeper than Python's stack). Text with an XML declaration naming its encoding (XHTML, as
-    an e-book's) comes as bytes."""
-    import lxml.html
+    a line with ` | ` between its cells; scripts and styles dropped. The tree is `_spaced_tree`'s, walked without
+    recursion."""
     from lxml import etree
 
-    try:
-        root = lxml.html.document_fromstring(markup)
-    except (ValueError, etree.ParserError):
+    root = _spaced_tree(markup)
+    if root is None:
         return ""
     out: list[str] = []
     pre = dropped = ends = 0  # the <pre> and dropped elements the walk is inside; the line breaks the text ends in
@@ -487,9 +491,8 @@ def html_text(markup: str | bytes) -> str:
         nonlocal ends
         if not text or dropped:
             return
-        if not pre:  # as a browser shows it: whitespace is a space, none at a line's start
-            text = _HTML_SPACE.sub(" ", text)
-            text = text.lstrip(" ") if not out or ends else text
+        if not pre and (not out or ends):  # spaced already (`_spaced_tree`); none at a line's start
+            text = text.lstrip(" ")
         if text:
             out.append(text)
             ends = len(text) - len(text.rstrip("\n"))
@@ -507,11 +510,11 @@ def html_text(markup: str | bytes) -> str:
             dropped += tag in _HTML_DROPPED
             if tag in _HTML_LINES or tag in _HTML_PARAGRAPHS:
                 line_break(tag)
-            pre += tag == "pre"
+            pre += tag in _HTML_AS_WRITTEN
             if tag:  # a comment's or a processing instruction's text is not the page's
                 put(element.text)
             continue
-        pre -= tag == "pre"
+        pre -= tag in _HTML_AS_WRITTEN
         if tag in _HTML_LINES or tag in _HTML_PARAGRAPHS or tag == "br":
             line_break(tag)
         elif tag in _HTML_CELLS and _next_cell(element) and not dropped:
@@ -642,7 +645,7 @@ def _stream_paragraphs(path: Path, kind: Kind, limit: int) -> Iterator[str]:
         try:
             while True:
                 chunk = reader.read(CHUNK)
-                *done, buffer = _BLANK_LINE.split(buffer + chunk)  # the last may go on in the next chunk
+                *done, buffer = PARAGRAPH_BREAK.split(buffer + chunk)  # the last may go on in the next chunk
                 yield from filter(None, map(_paragraph, done))
                 while len(buffer) > 2 * limit:  # one paragraph holding more than a part: hand its head on
                     cut = _cut(buffer, 0, limit)
@@ -684,7 +687,7 @@ def document_parts(
     if "pieces" in record:
         pieces = record["pieces"]
     else:  # paragraphs: HTML's main content has one a line
-        breaks, joiner = (re.compile("\n"), "\n") if kind.format == "html" else (_BLANK_LINE, PAGE_BREAK)
+        breaks, joiner = (re.compile("\n"), "\n") if kind.format == "html" else (PARAGRAPH_BREAK, PAGE_BREAK)
         pieces = [p for p in map(_paragraph, breaks.split(record["text"])) if p]
     parts = list(pack(pieces, max_chars, joiner))
     if sum(len(text) for text, _, _ in parts) > max_file_chars:
