@@ -28,6 +28,7 @@ from llm_pipeline.errors import DataValidationError
 from llm_pipeline.ingest import IngestResult, load_documents, require_documents
 from llm_pipeline.ingest.records import normalize_text
 from llm_pipeline.io import write_jsonl
+from llm_pipeline.text import split_sentences
 from tests.translated_text import translated_messages
 
 ARTICLE = (
@@ -648,7 +649,7 @@ def test_a_long_document_file_is_split_into_parts_that_lose_nothing(tmp_path: Pa
         assert texts[document_id][start:].startswith(extracted[number - 1][:60]), f"page {number}"
     assert any(len(where) > 1 for where in page_of.values())  # a page longer than a part went on in the next
 
-    spec = parts_of("spec", "\n".join(["Specification", *short[:30], "Cable | 6 mm2"]))  # the table's row, one line
+    spec = parts_of("spec", "\n\n".join(["Specification", *short[:30], "Cable | 6 mm2"]))  # the table's row: a line
     assert all(d.metadata["title"] == "Specification" for d in spec)
     summary = {f.path: f for f in result.files}
     assert summary["library.md.gz"].documents == len(library) and summary["library.md.gz"].records == len(library)
@@ -930,8 +931,8 @@ def test_opendocument_text_and_epub_load_in_reading_order_with_titles_and_chapte
 
 def test_an_html_pages_paragraph_is_a_line_and_its_code_as_written(tmp_path: Path) -> None:
     """trafilatura keeps the line breaks of a paragraph's source, which a browser shows as spaces (Node.js's docs:
-    `for verifying\ninvariants.`): the page's text is now spaced as shown, a paragraph a line, and a <pre> block
-    keeps its lines and indentation."""
+    `for verifying\ninvariants.`): the page's text is now spaced as shown, a paragraph on a line of its own, and a
+    <pre> block keeps its lines and indentation."""
     (tmp_path / "page.html").write_text(
         "<html><head><title>Assert</title></head><body><nav>Home NAVIGATION</nav><main><article>\n"
         "<h1>Assert</h1>\n<p>The node:assert module provides a set of assertion functions for verifying\n"
@@ -951,14 +952,49 @@ def test_an_html_pages_paragraph_is_a_line_and_its_code_as_written(tmp_path: Pat
     assert "NAVIGATION" not in page.text
 
 
+def test_an_html_pages_headings_lists_and_code_blocks_stand_apart_as_a_browser_shows_them(tmp_path: Path) -> None:
+    """trafilatura's own text ran a code block's last line into the next paragraph (`}  // namespace demo All
+    Node.js addons must export...`, Node.js's addons page), dropped a code block's blank lines, ran a heading into
+    the next line (the extractive backend's sentence began with it) and two code blocks of one <pre> (Node's ES
+    module and CommonJS flavours) into one, and numbered no list. The main content is now laid out from
+    trafilatura's XML as a browser shows it; the navigation and the footer stay out."""
+    (tmp_path / "addons.html").write_text(
+        "<html><head><title>Addons</title></head><body><nav><ul><li>Home NAVIGATION</li><li>API</li></ul></nav>"
+        "<main><article><h2>Hello world</h2><p>The equivalent of the\n   following JavaScript code:</p>"
+        "<pre><code>module.exports.hello = () => 'world';</code></pre>"
+        "<p>First, create the file <code>hello.cc</code>:</p>"
+        "<pre><code>namespace demo {\n\nvoid Method() {\n  return;\n}\n\n}  // namespace demo</code></pre>"
+        "<p>All addons must export an initialization function.</p><pre><code class='mjs'>import * as fs from "
+        "'node:fs';</code><code class='cjs'>const fs = require('node:fs');</code></pre><h3>Building</h3><ol><li>Install"
+        " the headers.</li><li>Build with <code>node-gyp</code>:<ul><li>configure</li><li>build</li></ul></li></ol>"
+        "<table><tr><th>Option</th><th>Default</th></tr><tr><td>napi</td><td>8</td></tr></table>"
+        "<p>A closing paragraph long enough to be content, not boilerplate.</p></article></main>"
+        "<footer>FOOTER-TEXT</footer></body></html>"
+    )
+    (page,) = load(tmp_path).documents
+    assert page.text == (
+        "Hello world\n\nThe equivalent of the following JavaScript code:\n\nmodule.exports.hello = () => 'world';\n\n"
+        "First, create the file hello.cc:\n\nnamespace demo {\n\nvoid Method() {\n  return;\n}\n\n} // namespace demo"
+        "\n\nAll addons must export an initialization function.\n\nimport * as fs from 'node:fs';\n\n"
+        "const fs = require('node:fs');\n\nBuilding\n\n1. Install the headers.\n2. Build with node-gyp:\n  - configure"
+        "\n  - build\n\nOption | Default\nnapi | 8\n\nA closing paragraph long enough to be content, not boilerplate."
+    )
+    assert page.metadata["title"] == "Addons"
+    # the extractive backend's sentences: a heading is one of its own, the code's last line not the prose's start
+    sentences = split_sentences(page.text)
+    assert "Hello world" in sentences and "Building" in sentences
+    assert "All addons must export an initialization function." in sentences
+
+
 def test_an_ebook_chapter_is_laid_out_as_a_reader_shows_it(tmp_path: Path) -> None:
     """An e-book's chapter was one line (trafilatura's html2txt: every run of whitespace a space), its code and its
     tables run into the prose. Now a chapter's blocks are lines: paragraphs and headings between blank lines, list
-    items and table rows a line each (cells between ` | `), a <pre> block as written, the source's own line
+    items (with their markers, numbered from an ordered list's start) and table rows a line each (cells between
+    ` | `), a <pre> block as written, the source's own line
     breaks inside a paragraph spaces (as a reader shows them), a script's text nowhere."""
     chapter = (
         "<h1>Depot   tariffs</h1>\n<p>The night rate\n    is <b>$0.12</b> per kWh.</p>"
-        "<ul><li>Wallbox</li><li>Depot DC<br/>150 kW</li></ul>"
+        "<ul><li>Wallbox</li><li>Depot DC<br/>150 kW</li></ul><ol start='2'><li><p>Plug in.</p></li><li>Pay.</li></ol>"
         "<table><thead><tr><th>Model</th>\n<th>Power</th></tr></thead>"
         "<tbody><tr><td>Pro</td><!-- a note --><td>22 kW</td></tr></tbody></table>"
         "<pre>def rate(kw):\n    return kw * 0.30</pre><script>var x = 'SCRIPT-TEXT';</script><div>After.</div>"
@@ -966,7 +1002,8 @@ def test_an_ebook_chapter_is_laid_out_as_a_reader_shows_it(tmp_path: Path) -> No
     write_epub(tmp_path / "tariffs.epub", "Tariffs", [chapter, "<p>Second chapter.</p>"])
     (book,) = load(tmp_path).documents
     assert book.text == (
-        "Depot tariffs\n\nThe night rate is $0.12 per kWh.\n\nWallbox\nDepot DC\n150 kW\n\nModel | Power\nPro | 22 kW"
+        "Depot tariffs\n\nThe night rate is $0.12 per kWh.\n\n- Wallbox\n- Depot DC\n150 kW\n\n2. Plug in.\n\n3. Pay."
+        "\n\nModel | Power\nPro | 22 kW"
         "\n\ndef rate(kw):\n    return kw * 0.30\n\nAfter.\n\nSecond chapter."
     )
     assert book.metadata["chapter_starts"] == [0, book.text.index("Second chapter.")]
@@ -981,7 +1018,8 @@ def test_a_table_in_an_office_file_is_a_row_a_line_with_a_merged_cell_once(tmp_p
     from odfdo import Paragraph, Table
 
     rows = [("Depot chargers", None, "Notes"), ("Wallbox Pro", "22 kW", "wall,\nindoor"), ("", "", "")]
-    expected = "Chargers\nDepot chargers | Notes\nWallbox Pro | 22 kW | wall, indoor\nAfter the table."
+    on_slide = "Chargers\nDepot chargers | Notes\nWallbox Pro | 22 kW | wall, indoor\nAfter the table."
+    expected = "Chargers\n\nDepot chargers | Notes\nWallbox Pro | 22 kW | wall, indoor\n\nAfter the table."  # blocks
     word = docx.Document()
     word.add_paragraph("Chargers")
     grid = word.add_table(rows=3, cols=3)
@@ -1013,7 +1051,55 @@ def test_a_table_in_an_office_file_is_a_row_a_line_with_a_merged_cell_once(tmp_p
 
     result = load(tmp_path)
 
-    assert {d.id: d.text for d in result.documents} == {"word": expected, "deck": expected, "writer": expected}
+    assert {d.id: d.text for d in result.documents} == {"word": expected, "deck": on_slide, "writer": expected}
+
+
+def test_an_office_files_headings_and_paragraphs_are_blocks_its_lists_lines(tmp_path: Path) -> None:
+    """A DOCX's and an ODT's paragraphs were joined by a line break, so a heading ran into the paragraph under it
+    (the extractive backend's sentence began `Installation Mount the wallbox...`). Now a paragraph or a heading is
+    a block between blank lines, as a reader sees them apart, and a list's items (nested ones too) and a table's
+    rows are lines of one block."""
+    from odfdo import Document as OdfDocument
+    from odfdo import Header, List, ListItem, Paragraph
+
+    word = docx.Document()
+    word.add_heading("Installation", level=1)
+    word.add_paragraph("Mount the wallbox 1.2 m above the floor")
+    for item in ("Drill four holes", "Fix the bracket"):
+        word.add_paragraph(item, style="List Bullet")
+    word.add_heading("Wiring", level=2)
+    word.add_paragraph("Use a 6 mm2 cable.")
+    for item in ("Turn the power off", "Connect L1, L2 and L3"):
+        word.add_paragraph(item, style="List Number")
+    word.save(str(tmp_path / "word.docx"))
+    odt = OdfDocument("text")
+    odt.body.clear()
+    odt.body.append(Header(1, "Installation"))
+    odt.body.append(Paragraph("Mount the wallbox 1.2 m above the floor"))
+    steps = List(["Drill four holes"])
+    fixing = ListItem("Fix the bracket")
+    fixing.append(List(["with the screws supplied"]))
+    steps.append(fixing)
+    odt.body.append(steps)
+    odt.body.append(Header(2, "Wiring"))
+    odt.body.append(Paragraph("Use a 6 mm2 cable."))
+    odt.body.append(List(["Turn the power off", "Connect L1, L2 and L3"]))
+    odt.save(str(tmp_path / "writer.odt"))
+
+    texts = {d.id: d.text for d in load(tmp_path).documents}
+
+    assert texts["word"] == (
+        "Installation\n\nMount the wallbox 1.2 m above the floor\n\nDrill four holes\nFix the bracket\n\nWiring\n\n"
+        "Use a 6 mm2 cable.\n\nTurn the power off\nConnect L1, L2 and L3"
+    )
+    assert texts["writer"] == (
+        "Installation\n\nMount the wallbox 1.2 m above the floor\n\nDrill four holes\nFix the bracket\n"
+        "with the screws supplied\n\nWiring\n\nUse a 6 mm2 cable.\n\nTurn the power off\nConnect L1, L2 and L3"
+    )
+    for text in texts.values():  # an unpunctuated heading or list is a sentence of its own
+        sentences = split_sentences(text)
+        assert sentences[:2] == ["Installation", "Mount the wallbox 1.2 m above the floor"]
+        assert "Wiring" in sentences and "Use a 6 mm2 cable." in sentences
 
 
 def test_opendocument_spreadsheets_and_presentations_load_as_excel_and_powerpoint_do(tmp_path: Path) -> None:

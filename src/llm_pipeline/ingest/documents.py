@@ -4,9 +4,9 @@ text layer, by pypdf, with where each page starts), DOCX (by python-docx), Power
 where each slide starts), OpenDocument text and presentations (by odfdo), EPUB (by EbookLib, chapter by chapter,
 with where each chapter starts) and Jupyter notebooks (their cells, not their outputs). Each reader returns the
 document's raw record (text, metadata) or raises BadRecord; its id is given by the folder walk (the file's relative
-path). A text keeps its lines (`records.normalize_text`): pages, slides, chapters and paragraphs are joined by a
-blank line (`PAGE_BREAK`), a DOCX's or an ODT's paragraphs by a line break, a table's row is one line
-(`table_row`), HTML is spaced as a browser shows it and Markdown loses its comment blocks.
+path). A text keeps its lines (`records.normalize_text`): pages, slides, chapters, paragraphs and headings are
+joined by a blank line (`PAGE_BREAK`), a list's items and a table's rows are lines of one block, a row is one line
+(`table_row`), HTML is laid out as a browser shows it (`_laid_out`) and Markdown loses its comment blocks.
 
 A document longer than `data.max_chars` is split into parts (`document_parts`): parts of at most `max_chars`
 characters, cut where a page, slide or paragraph ends (a paragraph longer than a part: where a sentence ends, else at
@@ -171,22 +171,30 @@ def _spaced_tree(markup: str | bytes) -> Any:
 
 
 def html_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
-    """The page's main content: navigation, headers, footers, scripts and styles dropped by trafilatura, its text
-    spaced as a browser shows it (`_spaced_tree`: trafilatura keeps the line breaks of a paragraph's source,
-    `for verifying\ninvariants.` in Node.js's docs): a paragraph a line, code blocks as written."""
+    """The page's main content: navigation, headers, footers, scripts and styles dropped by trafilatura, laid out
+    as a browser shows it (`_laid_out` over trafilatura's XML: headings, paragraphs, lists, tables and code blocks
+    between blank lines, a list item a line with its marker, a code block as written, blank lines and all).
+    trafilatura's own text ran a code block's last line into the next paragraph (`}  // namespace demo All Node.js
+    addons must export...`), dropped a code block's blank lines and ran a heading into the next line; the page is
+    spaced first (`_spaced_tree`: trafilatura keeps the line breaks of a paragraph's source, `for
+    verifying\ninvariants.` in Node.js's docs). The title: trafilatura's, from the same parse."""
     import trafilatura
 
     html = _read_text(path, kind, max_bytes * HTML_MARKUP_FACTOR)
     page = _spaced_tree(html)
     page = html if page is None else page  # what lxml cannot parse, trafilatura tries as it is
-    text = trafilatura.extract(page, include_comments=False, include_tables=True, favor_recall=True)
+    found = trafilatura.bare_extraction(
+        page, include_comments=False, include_tables=True, include_formatting=True, favor_recall=True,
+        with_metadata=True,
+    )  # fmt: skip
+    text = "" if found is None or found.body is None else _laid_out(found.body, _main_role, _main_marker)
     if not text:
         raise BadRecord("empty_text: no main content found in the page")
-    metadata: dict[str, Any] = {}
-    found = trafilatura.extract_metadata(html)
-    if found is not None and found.title:
-        metadata["title"] = found.title
-    return {"text": text, "metadata": metadata}
+    return {"text": text, "metadata": {"title": found.title} if found.title else {}}
+
+
+def _main_marker(item: Any) -> str:
+    return _marker(item, ("list",), lambda parent: parent.get("rend") == "ol")
 
 
 def _by_unit(
@@ -277,31 +285,58 @@ def pdf_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return _by_unit(texts(), "page", max_bytes, title)
 
 
+def _blocks(lines: Iterable[tuple[Any, str]]) -> list[str]:
+    """An office file's lines, (group, text) each, as its blocks: a run of lines of one group (a list's items, a
+    table's rows) one block, a line each; a line of no group (None: a paragraph, a heading) a block of its own.
+    The blocks are joined by a blank line (PAGE_BREAK), as a reader shows paragraphs apart, so a heading is not
+    the next paragraph's first words (the extractive backend's sentence began with it)."""
+    blocks: list[list[str]] = []
+    last: Any = None
+    for group, text in lines:
+        if group is not None and group == last:
+            blocks[-1].append(text)
+        else:
+            blocks.append([text])
+        last = group
+    return ["\n".join(block) for block in blocks]
+
+
+def _docx_listed(paragraph: Any) -> bool:
+    """Whether a DOCX paragraph is a list's item: numbered (its own or its style's numbering) or of a List style."""
+    properties = paragraph._p.pPr  # python-docx has no public handle on a paragraph's numbering
+    if properties is not None and properties.numPr is not None:
+        return True
+    return paragraph.style is not None and paragraph.style.name.startswith("List")
+
+
 def docx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
-    """Paragraphs and table cells in document order; the title from the core properties or the first heading."""
+    """Paragraphs and tables in document order, as blocks (`_blocks`): a paragraph or a heading a block, a list's
+    items and a table's rows a line each; the title from the core properties or the first heading."""
     import docx
 
     try:
         document = docx.Document(str(path))
     except Exception as exc:  # python-docx raises several types for a damaged or foreign file
         raise UnreadableFile(f"not a readable DOCX: {type(exc).__name__}: {exc}") from exc
-    parts: list[str] = []
+    lines: list[tuple[Any, str]] = []
     heading = None
-    size = 0  # the text so far, kept as it grows (summing the parts at each block cost O(blocks²))
-    for block in document.iter_inner_content():
+    size = 0  # the text so far, kept as it grows (summing the lines at each block cost O(blocks²))
+    for number, block in enumerate(document.iter_inner_content()):
         if isinstance(block, docx.text.paragraph.Paragraph):
             texts = [block.text]
+            group: Any = "list" if _docx_listed(block) else None
             if heading is None and block.style is not None and block.style.name.startswith(("Heading", "Title")):
                 heading = block.text.strip() or None
         else:  # a merged cell is in `row.cells` once per column it spans: once here
             rows = (table_row(c.text for c in {id(c._tc): c for c in row.cells}.values()) for row in block.rows)
-            texts = [row for row in rows if row]
-        parts.extend(texts)
+            texts, group = [row for row in rows if row], ("table", number)
+        lines.extend((group, text) for text in texts)
         size += sum(map(len, texts))
         if size > max_bytes:
             raise TooLong(f"too_long: over {max_bytes} characters of text")
     title = document.core_properties.title or heading
-    return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}, "pieces": parts, "joiner": "\n"}
+    pieces = _blocks(lines)
+    return {"text": PAGE_BREAK.join(pieces), "metadata": {"title": title} if title else {}, "pieces": pieces}
 
 
 def table_row(cells: Iterable[str]) -> str:
@@ -366,28 +401,34 @@ _ODT_SKIPPED = frozenset(
 )  # fmt: skip
 
 
-def _odt_blocks(element: Any) -> Iterator[tuple[str, str]]:
-    """(tag, text) of each heading and paragraph under an ODF element, in order, wherever it sits: in a section, a
-    list item, a frame; a table's row as one line (`table_row`). A paragraph's text is odfdo's (spaces, tabs and
-    line breaks as written; a footnote's text where its mark is). Not a list's or a table's own text: odfdo renders
+def _odt_blocks(element: Any, group: Any = None) -> Iterator[tuple[str, str, Any]]:
+    """(tag, text, group) of each heading and paragraph under an ODF element, in order, wherever it sits: in a
+    section, a list item, a frame; a table's row as one line (`table_row`). The group (`_blocks`): the list or the
+    table a paragraph is an item or a row of, else None. A paragraph's text is odfdo's (spaces, tabs and line
+    breaks as written; a footnote's text where its mark is). Not a list's or a table's own text: odfdo renders
     those as Markdown, escaping the text (`max\\_queue\\_size \\- The...` for an item of docutils' rst2odt
     output, found on awscli's docs)."""
     for child in element.children:
         if child.tag in _ODT_SKIPPED:
             continue
         if child.tag in ("text:p", "text:h"):
-            yield child.tag, child.text_recursive
+            yield child.tag, child.text_recursive, group if child.tag == "text:p" else None
         elif child.tag == "table:table-row":  # one line; a covered cell (under a merged one) is not a cell here
             cells = (cell for cell in child.children if cell.tag == "table:table-cell")
-            if row := table_row(" ".join(text for _, text in _odt_blocks(cell)) for cell in cells):
-                yield child.tag, row
+            if row := table_row(" ".join(text for _, text, _ in _odt_blocks(cell)) for cell in cells):
+                yield child.tag, row, group
+        elif child.tag == "table:table":  # its rows (header rows and all) are lines of one block
+            yield from _odt_blocks(child, ("table", id(child)))
+        elif child.tag == "text:list":  # its items (a list nested in one too) are lines of the outermost list
+            yield from _odt_blocks(child, group if group is not None else ("list", id(child)))
         else:
-            yield from _odt_blocks(child)
+            yield from _odt_blocks(child, group)
 
 
 def odt_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
-    """An OpenDocument text (LibreOffice's, many administrations'), by odfdo: its blocks in order; the title from
-    its metadata or its first heading."""
+    """An OpenDocument text (LibreOffice's, many administrations'), by odfdo: its blocks in order (`_blocks`: a
+    paragraph or a heading a block, a list's items and a table's rows a line each); the title from its metadata
+    or its first heading."""
     from odfdo import Document
 
     _zip_archive(path, "ODT")
@@ -398,18 +439,19 @@ def odt_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         raise UnreadableFile(f"not a readable ODT: {type(exc).__name__}: {exc}") from exc
     if document.get_type() != "text":
         raise UnreadableFile(f"not a readable ODT: an OpenDocument {document.get_type()}, not a text")
-    parts: list[str] = []
+    lines: list[tuple[Any, str]] = []
     heading = None
     size = 0
-    for tag, text in _odt_blocks(body):
-        parts.append(text)
+    for tag, text, group in _odt_blocks(body):
+        lines.append((group, text))
         size += len(text)
         if heading is None and tag == "text:h":
             heading = text.strip() or None
         if size > max_bytes:
             raise TooLong(f"too_long: over {max_bytes} characters of text")
     title = (document.meta.title or "").strip() or heading
-    return {"text": "\n".join(parts), "metadata": {"title": title} if title else {}, "pieces": parts, "joiner": "\n"}
+    pieces = _blocks(lines)
+    return {"text": PAGE_BREAK.join(pieces), "metadata": {"title": title} if title else {}, "pieces": pieces}
 
 
 def _odp_slide(page: Any) -> tuple[str, str | None]:
@@ -419,7 +461,7 @@ def _odp_slide(page: Any) -> tuple[str, str | None]:
     title = None
     notes = []
     for child in page.children:
-        text = "\n".join(paragraph for _, paragraph in _odt_blocks(child))
+        text = "\n".join(paragraph for _, paragraph, _ in _odt_blocks(child))
         if child.tag == "presentation:notes":
             notes.append(text)
             continue
@@ -456,73 +498,139 @@ def odp_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return _by_unit(texts(), "slide", max_bytes, title)
 
 
-_HTML_LINES = frozenset({"caption", "dd", "div", "dt", "figcaption", "li", "tbody", "tfoot", "thead", "tr"})
+_HTML_LINES = frozenset({"caption", "dd", "div", "dt", "figcaption", "tbody", "tfoot", "thead", "tr"})
 _HTML_PARAGRAPHS = frozenset(
     {"address", "article", "aside", "blockquote", "dl", "figure", "footer", "h1", "h2", "h3", "h4", "h5", "h6",
-     "header", "hr", "main", "nav", "ol", "p", "pre", "section", "table", "ul"}
+     "header", "hr", "main", "nav", "ol", "p", "section", "table", "ul"}
 )  # fmt: skip
 _HTML_DROPPED = frozenset({"script", "style", "template", "noscript", "head"})
 _HTML_CELLS = frozenset({"td", "th"})
+_HTML_LISTS = ("ol", "ul")
+# How a block is laid out (`_laid_out`): a paragraph (blank lines around it), one as written (a <pre> block), a
+# line, a list item (a line with its marker), a line break after it, a table cell, dropped with its text, inline
+# but as written (<textarea>); anything else is inline text.
+PARAGRAPH, WRITTEN, LINE, ITEM = "paragraph", "written", "line", "item"
+BREAK, CELL, DROPPED, KEPT = "break", "cell", "dropped", "kept"
+_BLOCKS = {PARAGRAPH: 2, WRITTEN: 2, LINE: 1, ITEM: 1}  # the line breaks before and after each kind of block
 
 
-def _next_cell(element: Any) -> bool:
+def _html_role(element: Any) -> str:
+    tag = element.tag
+    if tag in _HTML_DROPPED:
+        return DROPPED
+    if tag == "pre":
+        return WRITTEN
+    if tag == "li":
+        return ITEM
+    if tag in _HTML_LISTS and any(True for _ in element.iterancestors("li")):
+        return LINE  # a list inside an item goes on under it, as a browser shows it
+    if tag in _HTML_PARAGRAPHS:
+        return PARAGRAPH
+    if tag in _HTML_LINES:
+        return LINE
+    return {"br": BREAK, "td": CELL, "th": CELL, "textarea": KEPT}.get(tag, "")
+
+
+def _marker(item: Any, lists: tuple[str, ...], ordered: Callable[[Any], bool]) -> str:
+    """A list item's marker as a browser shows it: `N. ` in an ordered list (from its `start`), else `- `,
+    indented two spaces for each list it is nested in."""
+    depth = sum(1 for _ in item.iterancestors(*lists))
+    parent = item.getparent()
+    if parent is not None and ordered(parent):
+        start = parent.get("start", "1")
+        number = (int(start) if start.strip().lstrip("-").isdigit() else 1) + sum(
+            1 for _ in item.itersiblings(item.tag, preceding=True)
+        )
+        return f"{'  ' * max(depth - 1, 0)}{number}. "
+    return f"{'  ' * max(depth - 1, 0)}- "
+
+
+def _laid_out(root: Any, role: Callable[[Any], str], marker: Callable[[Any], str]) -> str:
+    """The text under `root`, laid out by each element's `role`, walked without recursion (a hostile page nests
+    deeper than Python's stack): a run of whitespace inside a block a space (the tree is spaced already), none at a
+    line's start, a block that begins where an item's marker was put goes on that line; normalized."""
+    from lxml import etree
+
+    out: list[str] = []
+    written = dropped = ends = 0  # the as-written and dropped elements the walk is inside; the text's last breaks
+    fresh = True  # at a line's start, or just after an item's marker: leading spaces dropped, no break needed
+
+    def put(text: str | None) -> None:
+        nonlocal ends, fresh
+        if not text or dropped:
+            return
+        if not written and fresh:
+            text = text.lstrip(" ")
+        if text:
+            out.append(text)
+            ends = len(text) - len(text.rstrip("\n"))
+            fresh = ends > 0
+
+    def line_break(wanted: int) -> None:  # where enough breaks already are (or a marker was just put), none more
+        nonlocal ends, fresh
+        if out and not dropped and ends < wanted and (ends or not fresh):
+            out.append("\n" * (wanted - ends))
+            ends, fresh = wanted, True
+
+    for event, element in etree.iterwalk(root, events=("start", "end")):
+        kind = role(element) if isinstance(element.tag, str) else ""
+        if event == "start":
+            dropped += kind == DROPPED
+            if kind in _BLOCKS:
+                line_break(_BLOCKS[kind])
+            if kind == ITEM and not dropped:
+                out.append(marker(element))
+                ends, fresh = 0, True
+            written += kind in (WRITTEN, KEPT)
+            if isinstance(element.tag, str):  # a comment's or a processing instruction's text is not the page's
+                put(element.text)
+            continue
+        written -= kind in (WRITTEN, KEPT)
+        if kind in _BLOCKS or kind == BREAK:
+            line_break(_BLOCKS.get(kind, 1))
+        elif kind == CELL and not dropped and _next_cell(element, role):
+            out.append(" | ")
+            ends, fresh = 0, False
+        dropped -= kind == DROPPED
+        put(element.tail)
+    return normalize_text("".join(out))
+
+
+def _next_cell(element: Any, role: Callable[[Any], str]) -> bool:
     """Whether another cell follows `element` in its row (comments between them skipped)."""
     following = element.getnext()
     while following is not None and not isinstance(following.tag, str):
         following = following.getnext()
-    return following is not None and following.tag in _HTML_CELLS
+    return following is not None and role(following) == CELL
 
 
 def html_text(markup: str | bytes) -> str:
     """All of a page's text (an e-book's chapter, where there is no site boilerplate to drop), laid out as a browser
     lays it out: a block on lines of its own (a paragraph, heading, list or table between blank lines; a list item,
-    a table row, a <div> on a line), a run of whitespace inside one a space, a <pre> block as written, a table's row
-    a line with ` | ` between its cells; scripts and styles dropped. The tree is `_spaced_tree`'s, walked without
-    recursion."""
-    from lxml import etree
-
+    with its marker, a table row, a <div> on a line), a run of whitespace inside one a space, a <pre> block as
+    written, a table's row a line with ` | ` between its cells; scripts and styles dropped. The tree is
+    `_spaced_tree`'s."""
     root = _spaced_tree(markup)
     if root is None:
         return ""
-    out: list[str] = []
-    pre = dropped = ends = 0  # the <pre> and dropped elements the walk is inside; the line breaks the text ends in
+    return _laid_out(root, _html_role, lambda item: _marker(item, _HTML_LISTS, lambda parent: parent.tag == "ol"))
 
-    def put(text: str | None) -> None:
-        nonlocal ends
-        if not text or dropped:
-            return
-        if not pre and (not out or ends):  # spaced already (`_spaced_tree`); none at a line's start
-            text = text.lstrip(" ")
-        if text:
-            out.append(text)
-            ends = len(text) - len(text.rstrip("\n"))
 
-    def line_break(tag: str) -> None:  # a paragraph's is a blank line; where one already is, none more
-        nonlocal ends
-        wanted = 2 if tag in _HTML_PARAGRAPHS else 1
-        if out and not dropped and ends < wanted:
-            out.append("\n" * (wanted - ends))
-            ends = wanted
+# trafilatura's main content (its XML: head, p, list/item, table/row/cell, code, quote, lb, and inline hi, ref, del)
+_MAIN_PARAGRAPHS = frozenset({"head", "p", "quote", "table", "list"})
+_MAIN_INLINE = frozenset({"p", "head", "item", "cell", "hi", "ref", "del"})  # where a <code> may be inline
 
-    for event, element in etree.iterwalk(root, events=("start", "end")):
-        tag = element.tag if isinstance(element.tag, str) else ""
-        if event == "start":
-            dropped += tag in _HTML_DROPPED
-            if tag in _HTML_LINES or tag in _HTML_PARAGRAPHS:
-                line_break(tag)
-            pre += tag in _HTML_AS_WRITTEN
-            if tag:  # a comment's or a processing instruction's text is not the page's
-                put(element.text)
-            continue
-        pre -= tag in _HTML_AS_WRITTEN
-        if tag in _HTML_LINES or tag in _HTML_PARAGRAPHS or tag == "br":
-            line_break(tag)
-        elif tag in _HTML_CELLS and _next_cell(element) and not dropped:
-            out.append(" | ")
-            ends = 0
-        dropped -= tag in _HTML_DROPPED
-        put(element.tail)
-    return normalize_text("".join(out))
+
+def _main_role(element: Any) -> str:
+    tag = element.tag
+    if tag == "code":  # a code block (a <pre>'s) unless it stands inside a paragraph's text on one line
+        inline = element.getparent() is not None and element.getparent().tag in _MAIN_INLINE
+        return "" if inline and "\n" not in "".join(element.itertext()) else WRITTEN
+    if tag == "list" and any(True for _ in element.iterancestors("item")):
+        return LINE
+    if tag in _MAIN_PARAGRAPHS:
+        return PARAGRAPH
+    return {"item": ITEM, "row": LINE, "lb": BREAK, "cell": CELL}.get(tag, "")
 
 
 def epub_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
@@ -686,9 +794,8 @@ def document_parts(
     joiner = record.get("joiner", PAGE_BREAK)
     if "pieces" in record:
         pieces = record["pieces"]
-    else:  # paragraphs: HTML's main content has one a line
-        breaks, joiner = (re.compile("\n"), "\n") if kind.format == "html" else (PARAGRAPH_BREAK, PAGE_BREAK)
-        pieces = [p for p in map(_paragraph, breaks.split(record["text"])) if p]
+    else:  # paragraphs, between blank lines
+        pieces = [p for p in map(_paragraph, PARAGRAPH_BREAK.split(record["text"])) if p]
     parts = list(pack(pieces, max_chars, joiner))
     if sum(len(text) for text, _, _ in parts) > max_file_chars:
         raise TooLong(over)
