@@ -472,12 +472,12 @@ def test_slides_restructuredtext_and_asciidoc_load_with_their_titles_and_slide_s
     plan = docs["plan"]
     assert plan.metadata["title"] == "Depot charging plan" and plan.metadata["slides"] == 3
     starts = plan.metadata["slide_starts"]
-    assert plan.text[: starts[1]] == "Depot charging plan\nFleet of 40 vans, overnight\n\n"  # a line a paragraph
-    assert plan.text[starts[1] : starts[2]] == (
-        "Power budget\nGrid connection: 250 kW\nLoad management caps each charger at 11 kW\n"
+    assert plan.text[: starts[1]] == "Depot charging plan\n\nFleet of 40 vans, overnight\n\n"  # a shape a block
+    assert plan.text[starts[1] : starts[2]] == (  # a frame's paragraphs a line each, the notes a block
+        "Power budget\n\nGrid connection: 250 kW\nLoad management caps each charger at 11 kW\n\n"
         "The utility upgrade takes nine months.\n\n"
     )
-    assert plan.text[starts[2] :] == "Chargers\nModel | Power\nWallbox Pro | 22 kW\nGrouped callout text"  # rows
+    assert plan.text[starts[2] :] == "Chargers\n\nModel | Power\nWallbox Pro | 22 kW\n\nGrouped callout text"  # rows
     assert docs["exported-deck"].text == plan.text
     install = docs["docs/install"]
     assert install.metadata == {"title": "Installation", "source_file": "docs/install.rst", "category": "docs"}
@@ -1018,7 +1018,6 @@ def test_a_table_in_an_office_file_is_a_row_a_line_with_a_merged_cell_once(tmp_p
     from odfdo import Paragraph, Table
 
     rows = [("Depot chargers", None, "Notes"), ("Wallbox Pro", "22 kW", "wall,\nindoor"), ("", "", "")]
-    on_slide = "Chargers\nDepot chargers | Notes\nWallbox Pro | 22 kW | wall, indoor\nAfter the table."
     expected = "Chargers\n\nDepot chargers | Notes\nWallbox Pro | 22 kW | wall, indoor\n\nAfter the table."  # blocks
     word = docx.Document()
     word.add_paragraph("Chargers")
@@ -1051,7 +1050,7 @@ def test_a_table_in_an_office_file_is_a_row_a_line_with_a_merged_cell_once(tmp_p
 
     result = load(tmp_path)
 
-    assert {d.id: d.text for d in result.documents} == {"word": expected, "deck": on_slide, "writer": expected}
+    assert {d.id: d.text for d in result.documents} == {"word": expected, "deck": expected, "writer": expected}
 
 
 def test_an_office_files_headings_and_paragraphs_are_blocks_its_lists_lines(tmp_path: Path) -> None:
@@ -1178,9 +1177,9 @@ def test_opendocument_spreadsheets_and_presentations_load_as_excel_and_powerpoin
     slides = docs[("tariffs.odp", "tariffs")]
     assert slides.metadata["slides"] == 2 and slides.metadata["title"] == "Depot tariffs 1"
     second = slides.metadata["slide_starts"][1]
-    first = "Depot tariffs 1\nNight rate 1: $0.11 per kWh.\nDay rate: $0.30.\nNOTES 1: ask the depot manager first."
+    first = "Depot tariffs 1\n\nNight rate 1: $0.11 per kWh.\nDay rate: $0.30.\n\nNOTES 1: ask the depot manager first."
     assert slides.text[:second] == first + "\n\n"
-    assert slides.text[second:].startswith("Depot tariffs 2\nNight rate 2")
+    assert slides.text[second:].startswith("Depot tariffs 2\n\nNight rate 2")
     files = {f.path: (f.status, f.format) for f in result.files}
     assert files["sheet-export"] == ("loaded", "ods") and files["tariffs.odp"] == ("loaded", "odp")
     reason = {f.path: f.reason for f in result.files}

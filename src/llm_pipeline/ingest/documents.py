@@ -354,22 +354,24 @@ def _zip_archive(path: Path, what: str) -> None:
 
 
 def _shape_texts(shapes: Any) -> Iterator[str]:
-    """The text of a slide's shapes in the deck's order: text frames by paragraph, tables by cell, groups opened."""
+    """The text of a slide's shapes in the deck's order, a block each: a text frame its paragraphs a line each, a
+    table its rows a line each, a group's shapes each a block."""
     from pptx.enum.shapes import MSO_SHAPE_TYPE
 
     for shape in shapes:
         if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
             yield from _shape_texts(shape.shapes)
-        elif getattr(shape, "has_table", False):
-            for row in shape.table.rows:  # a merged cell once: the cells it spans over are `is_spanned`
-                yield table_row(cell.text for cell in row.cells if not cell.is_spanned)
+        elif getattr(shape, "has_table", False):  # a merged cell once: the cells it spans over are `is_spanned`
+            rows = (table_row(cell.text for cell in row.cells if not cell.is_spanned) for row in shape.table.rows)
+            yield "\n".join(row for row in rows if row)
         elif getattr(shape, "has_text_frame", False):
-            yield from (paragraph.text for paragraph in shape.text_frame.paragraphs)
+            yield "\n".join(paragraph.text for paragraph in shape.text_frame.paragraphs)
 
 
 def pptx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     """Each slide's text (its shapes, tables and groups in order, then its speaker notes, which often carry what the
-    slide only names); `slide_starts[i]` is where slide i + 1 begins in the (normalized) text, as a PDF's pages."""
+    slide only names; each a block between blank lines, so a slide's title is not its first bullet's first words);
+    `slide_starts[i]` is where slide i + 1 begins in the (normalized) text, as a PDF's pages."""
     import pptx
 
     _zip_archive(path, "PPTX")
@@ -387,7 +389,7 @@ def pptx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
                 lines.append(slide.notes_slide.notes_text_frame.text)
             if slide.shapes.title is not None and slide.shapes.title.text.strip():
                 titles.append(slide.shapes.title.text.strip())
-            yield normalize_text("\n".join(line for line in lines if line.strip()))
+            yield normalize_text(PAGE_BREAK.join(line for line in lines if line.strip()))
 
     return _by_unit(texts(), "slide", max_bytes, lambda: deck.core_properties.title or next(iter(titles), None))
 
@@ -455,8 +457,8 @@ def odt_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
 
 
 def _odp_slide(page: Any) -> tuple[str, str | None]:
-    """A slide's text (its frames in order, each frame's paragraphs, tables cell by cell, then its speaker notes)
-    and its title frame's text."""
+    """A slide's text (its frames in order, then its speaker notes, each a block between blank lines: a frame's
+    paragraphs and a table's rows a line each) and its title frame's text."""
     lines: list[str] = []
     title = None
     notes = []
@@ -468,7 +470,7 @@ def _odp_slide(page: Any) -> tuple[str, str | None]:
         lines.append(text)
         if title is None and child.get_attribute("presentation:class") == "title" and text.strip():
             title = text.strip()
-    return "\n".join(line for line in [*lines, *notes] if line.strip()), title
+    return PAGE_BREAK.join(line for line in [*lines, *notes] if line.strip()), title
 
 
 def odp_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
