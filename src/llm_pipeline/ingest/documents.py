@@ -146,9 +146,10 @@ _HTML_AS_WRITTEN = ("pre", "textarea")  # elements whose whitespace a browser sh
 
 
 def _spaced_tree(markup: str | bytes) -> Any:
-    """The page parsed (lxml), each run of whitespace in its text a space outside <pre> and <textarea>, as a
-    browser shows it; walked without recursion (a hostile page nests deeper than Python's stack). None where lxml
-    cannot parse it. Text with an XML declaration naming its encoding (XHTML, as an e-book's) comes as bytes."""
+    """The page parsed (lxml), each run of whitespace in its text a space outside <pre> and <textarea>, as a browser
+    shows it, the text after a comment before it (`_keep_tail`); walked without recursion (a hostile page nests
+    deeper than Python's stack). None where lxml cannot parse it. Text with an XML declaration naming its encoding
+    (XHTML, as an e-book's) comes as bytes."""
     import lxml.html
     from lxml import etree
 
@@ -157,7 +158,7 @@ def _spaced_tree(markup: str | bytes) -> Any:
     except (ValueError, etree.ParserError):
         return None
     kept = 0  # the <pre> and <textarea> elements the walk is inside
-    for event, element in etree.iterwalk(root, events=("start", "end")):
+    for event, element in etree.iterwalk(root, events=("start", "end", "comment", "pi")):
         tag = element.tag if isinstance(element.tag, str) else ""
         if event == "start":
             kept += tag in _HTML_AS_WRITTEN
@@ -167,7 +168,29 @@ def _spaced_tree(markup: str | bytes) -> Any:
         kept -= tag in _HTML_AS_WRITTEN
         if not kept and element.tail:
             element.tail = _HTML_SPACE.sub(" ", element.tail)
+        if event in ("comment", "pi"):  # the text after it goes before it (iterwalk reports these once)
+            _keep_tail(element)
     return root
+
+
+def _keep_tail(node: Any) -> None:
+    """Move the text after a comment (its tail) to before it, where it stays if the comment is dropped: trafilatura
+    dropped comments with their tails, the rest of a paragraph (the Rust book's `<a ...>“Comparing the Guess to the
+    Secret Number”</a><!-- ignore --> section in Chapter 2, we must add...` lost all after the link, at every
+    cross-reference). The comment itself stays: its presence sways trafilatura's choice of the main content."""
+    if not node.tail:
+        return
+    previous = node.getprevious()
+    while previous is not None and not isinstance(previous.tag, str):  # another comment: its tail went before it
+        previous = previous.getprevious()
+    parent = node.getparent()
+    if previous is not None:
+        previous.tail = (previous.tail or "") + node.tail
+    elif parent is not None:
+        parent.text = (parent.text or "") + node.tail
+    else:
+        return
+    node.tail = None
 
 
 def html_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
