@@ -1013,6 +1013,31 @@ def test_the_text_after_a_comment_in_a_page_or_a_chapter_is_kept(tmp_path: Path)
         assert expected in text.split("\n"), (name, text)
 
 
+def test_an_exponent_in_a_page_or_a_chapter_keeps_its_meaning(tmp_path: Path) -> None:
+    """A superscript was run into its base: the Rust book's `2<sup>7</sup> − 1` read `27 − 1` and `−(2<sup>n −
+    1</sup>)` read `−(2n − 1)`, other numbers than the page's (a QA pair or a benchmark answer built on them would be
+    wrong). An exponent (a number or a one-letter variable, maybe with arithmetic) is now written with `^`,
+    parenthesized where it is more than one token; other superscripts (a grammar's `*`, an ordinal's `st`, a `TM`)
+    stay as they were."""
+    paragraph = (
+        "An i8 stores −(2<sup>n − 1</sup>) to 2<sup>n − 1</sup> − 1, that is −(2<sup>7</sup>) to 2<sup>7</sup> − 1; "
+        "a step of 10<sup>-6</sup> m<sup>2</sup>; Item<sup>*</sup> on the 1<sup>st</sup> of May, Brand<sup>TM</sup>."
+    )
+    expected = (
+        "An i8 stores −(2^(n − 1)) to 2^(n − 1) − 1, that is −(2^7) to 2^7 − 1; a step of 10^(-6) m^2; Item* on the "
+        "1st of May, BrandTM."
+    )
+    filler = "<p>" + "A paragraph of the chapter's own text, long enough to be its main content. " * 4 + "</p>"
+    (tmp_path / "page.html").write_text(f"<html><body><main>{filler}<p>{paragraph}</p>{filler}</main></body></html>")
+    write_epub(tmp_path / "book.epub", "Book", [f"{filler}<p>{paragraph}</p>"])
+
+    texts = {d.id: d.text for d in load(tmp_path).documents}
+
+    assert set(texts) == {"page", "book"}
+    for name, text in texts.items():
+        assert expected in text.split("\n"), (name, text)
+
+
 def test_an_ebook_chapter_is_laid_out_as_a_reader_shows_it(tmp_path: Path) -> None:
     """An e-book's chapter was one line (trafilatura's html2txt: every run of whitespace a space), its code and its
     tables run into the prose. Now a chapter's blocks are lines: paragraphs and headings between blank lines, list

@@ -535,7 +535,12 @@ _HTML_LISTS = ("ol", "ul")
 # line, a list item (a line with its marker), a line break after it, a table cell, dropped with its text, inline
 # but as written (<textarea>); anything else is inline text.
 PARAGRAPH, WRITTEN, LINE, ITEM = "paragraph", "written", "line", "item"
-BREAK, CELL, DROPPED, KEPT = "break", "cell", "dropped", "kept"
+BREAK, CELL, DROPPED, KEPT, SUPERSCRIPT = "break", "cell", "dropped", "kept", "superscript"
+# a superscript that is an exponent: a number or a one-letter variable, maybe with arithmetic (`7`, `-64`, `n − 1`),
+# not a grammar's `*` or `?`, an ordinal's `st`, a `TM`, a label
+_EXPONENT = re.compile(r"[-−+]?(?:\d[\d.,]*|[A-Za-z])(?:\s*[-−+*/×·]\s*(?:\d[\d.,]*|[A-Za-z]))*")
+_BASE_END = re.compile(r"[\w)\]]$")  # what an exponent's base ends in
+_TOKEN = re.compile(r"[\w.,]+")
 _BLOCKS = {PARAGRAPH: 2, WRITTEN: 2, LINE: 1, ITEM: 1}  # the line breaks before and after each kind of block
 
 
@@ -553,7 +558,7 @@ def _html_role(element: Any) -> str:
         return PARAGRAPH
     if tag in _HTML_LINES:
         return LINE
-    return {"br": BREAK, "td": CELL, "th": CELL, "textarea": KEPT}.get(tag, "")
+    return {"br": BREAK, "td": CELL, "th": CELL, "textarea": KEPT, "sup": SUPERSCRIPT}.get(tag, "")
 
 
 def _marker(item: Any, lists: tuple[str, ...], ordered: Callable[[Any], bool]) -> str:
@@ -597,10 +602,23 @@ def _laid_out(root: Any, role: Callable[[Any], str], marker: Callable[[Any], str
             out.append("\n" * (wanted - ends))
             ends, fresh = wanted, True
 
+    closers: list[str] = []  # for each superscript the walk is inside: what ends it (`)` after `^(`)
+
+    def exponent(element: Any) -> str:  # `^`, `^(` before a superscript that is an exponent; else nothing
+        content = " ".join("".join(element.itertext()).split())
+        if dropped or not out or not _BASE_END.search(out[-1]) or not _EXPONENT.fullmatch(content):
+            closers.append("")
+            return ""
+        closers.append("" if _TOKEN.fullmatch(content) else ")")  # `2^7`, `2^n`; `2^(n − 1)`, `10^(-6)`
+        return "^(" if closers[-1] else "^"
+
     for event, element in etree.iterwalk(root, events=("start", "end")):
         kind = role(element) if isinstance(element.tag, str) else ""
         if event == "start":
             dropped += kind == DROPPED
+            if kind == SUPERSCRIPT and (caret := exponent(element)):
+                out.append(caret)
+                ends, fresh = 0, False
             if kind in _BLOCKS:
                 line_break(_BLOCKS[kind])
             if kind == ITEM and not dropped:
@@ -615,6 +633,9 @@ def _laid_out(root: Any, role: Callable[[Any], str], marker: Callable[[Any], str
             line_break(_BLOCKS.get(kind, 1))
         elif kind == CELL and not dropped and _next_cell(element, role):
             out.append(" | ")
+            ends, fresh = 0, False
+        elif kind == SUPERSCRIPT and (closer := closers.pop()):
+            out.append(closer)
             ends, fresh = 0, False
         dropped -= kind == DROPPED
         put(element.tail)
@@ -655,6 +676,8 @@ def _main_role(element: Any) -> str:
         return LINE
     if tag in _MAIN_PARAGRAPHS:
         return PARAGRAPH
+    if tag == "hi" and element.get("rend") == "#sup":
+        return SUPERSCRIPT
     return {"item": ITEM, "row": LINE, "lb": BREAK, "cell": CELL}.get(tag, "")
 
 
