@@ -1038,6 +1038,28 @@ def test_an_exponent_in_a_page_or_a_chapter_keeps_its_meaning(tmp_path: Path) ->
         assert expected in text.split("\n"), (name, text)
 
 
+def test_a_pdfs_words_hyphenated_across_lines_are_whole_where_the_document_says_how(tmp_path: Path) -> None:
+    """A typeset PDF breaks words across lines with a hyphen, and its text layer keeps `manip-\nulation` (libtasn1's
+    manual: 23 such breaks): a word no one searches for, two tokens to dedup and the QA model. A break is mended
+    where the document itself writes the word whole elsewhere (`manipulation`) or with its hyphen (`self-contained`),
+    and never the other way; where it writes neither, the break stays (`YYMMDDhh-\nmm` might be either)."""
+    write_pdf(
+        tmp_path / "manual.pdf",
+        [
+            "Distinguished Encoding Rules manip-\nulation of trees.\nA self-\ncontained module is simpler.\n"
+            "The field YYMMDDhh-\nmm stays as written.",
+            "Every manipulation is checked, and self-contained code is tested.",
+        ],
+    )
+
+    (manual,) = load(tmp_path).documents
+
+    assert "Distinguished Encoding Rules manipulation of trees." in manual.text.split("\n")
+    assert "A self-contained module is simpler." in manual.text.split("\n")
+    assert "The field YYMMDDhh-\nmm stays as written." in manual.text
+    assert manual.metadata["page_starts"] == [0, manual.text.index("Every manipulation")]
+
+
 def test_an_ebook_chapter_is_laid_out_as_a_reader_shows_it(tmp_path: Path) -> None:
     """An e-book's chapter was one line (trafilatura's html2txt: every run of whitespace a space), its code and its
     tables run into the prose. Now a chapter's blocks are lines: paragraphs and headings between blank lines, list

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import regex
+
 from llm_pipeline.ingest.records import BadRecord, normalize_text
 from llm_pipeline.ingest.sources import (
     CHUNK,
@@ -305,7 +307,40 @@ def pdf_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         found = (reader.metadata or {}).get("/Title") if reader.metadata else None
         return str(found) if found else None
 
-    return _by_unit(texts(), "page", max_bytes, title)
+    read: list[str] = []
+    size = 0
+    for text in texts():  # all pages (the words of the whole document mend the hyphens), up to the bound
+        read.append(text)
+        size += len(text) + len(PAGE_BREAK)
+        if size > max_bytes:
+            break  # `_by_unit` raises TooLong, naming this page
+    return _by_unit(dehyphenated(read), "page", max_bytes, title)
+
+
+_HYPHEN_BREAK = regex.compile(r"(?<![\w-])(\w*\p{L})-\n[ \t]*(\p{Ll}\w*)")  # `manip-` at a line's end, `ulation`
+_HYPHENATED_WORD = regex.compile(r"\w+(?:-\w+)*")
+
+
+def dehyphenated(pages: list[str]) -> list[str]:
+    """Pages whose words broken across a line by a hyphen (typeset text: `manip-\nulation`, `self-\ncontained`) are
+    whole again where the document itself tells how: as `manipulation` where it writes that word elsewhere and never
+    `manip-ulation`, as `self-contained` where it writes that and never `selfcontained`; where it writes neither (or
+    both), left as it is. The word's two lines become one."""
+    seen: dict[str, int] = {}
+    for page in pages:
+        for word in _HYPHENATED_WORD.findall(page):
+            seen[word.lower()] = seen.get(word.lower(), 0) + 1
+
+    def mend(found: regex.Match[str]) -> str:
+        head, tail = found[1], found[2]
+        joined, hyphenated = seen.get((head + tail).lower(), 0), seen.get(f"{head}-{tail}".lower(), 0)
+        if joined and not hyphenated:
+            return head + tail
+        if hyphenated and not joined:
+            return f"{head}-{tail}"
+        return found[0]
+
+    return [_HYPHEN_BREAK.sub(mend, page) if "-\n" in page else page for page in pages]
 
 
 def _blocks(lines: Iterable[tuple[Any, str]]) -> list[str]:
