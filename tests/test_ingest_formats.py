@@ -957,7 +957,8 @@ def test_an_html_pages_headings_lists_and_code_blocks_stand_apart_as_a_browser_s
     Node.js addons must export...`, Node.js's addons page), dropped a code block's blank lines, ran a heading into
     the next line (the extractive backend's sentence began with it) and two code blocks of one <pre> (Node's ES
     module and CommonJS flavours) into one, and numbered no list. The main content is now laid out from
-    trafilatura's XML as a browser shows it; the navigation and the footer stay out."""
+    trafilatura's XML as a browser shows it (a definition list's terms on lines of their own, each definition
+    indented under its term); the navigation and the footer stay out."""
     (tmp_path / "addons.html").write_text(
         "<html><head><title>Addons</title></head><body><nav><ul><li>Home NAVIGATION</li><li>API</li></ul></nav>"
         "<main><article><h2>Hello world</h2><p>The equivalent of the\n   following JavaScript code:</p>"
@@ -967,6 +968,8 @@ def test_an_html_pages_headings_lists_and_code_blocks_stand_apart_as_a_browser_s
         "<p>All addons must export an initialization function.</p><pre><code class='mjs'>import * as fs from "
         "'node:fs';</code><code class='cjs'>const fs = require('node:fs');</code></pre><h3>Building</h3><ol><li>Install"
         " the headers.</li><li>Build with <code>node-gyp</code>:<ul><li>configure</li><li>build</li></ul></li></ol>"
+        "<dl><dt><code>--napi</code></dt><dd><p>Build against Node-API.</p></dd>"
+        "<dt>--debug</dt><dd>Keep symbols.</dd></dl>"
         "<table><tr><th>Option</th><th>Default</th></tr><tr><td>napi</td><td>8</td></tr></table>"
         "<p>A closing paragraph long enough to be content, not boilerplate.</p></article></main>"
         "<footer>FOOTER-TEXT</footer></body></html>"
@@ -977,7 +980,8 @@ def test_an_html_pages_headings_lists_and_code_blocks_stand_apart_as_a_browser_s
         "First, create the file hello.cc:\n\nnamespace demo {\n\nvoid Method() {\n  return;\n}\n\n} // namespace demo"
         "\n\nAll addons must export an initialization function.\n\nimport * as fs from 'node:fs';\n\n"
         "const fs = require('node:fs');\n\nBuilding\n\n1. Install the headers.\n2. Build with node-gyp:\n  - configure"
-        "\n  - build\n\nOption | Default\nnapi | 8\n\nA closing paragraph long enough to be content, not boilerplate."
+        "\n  - build\n\n--napi\n  Build against Node-API.\n\n--debug\n  Keep symbols.\n\nOption | Default\nnapi | 8\n\n"
+        "A closing paragraph long enough to be content, not boilerplate."
     )
     assert page.metadata["title"] == "Addons"
     # the extractive backend's sentences: a heading is one of its own, the code's last line not the prose's start
@@ -1069,6 +1073,7 @@ def test_an_ebook_chapter_is_laid_out_as_a_reader_shows_it(tmp_path: Path) -> No
     chapter = (
         "<h1>Depot   tariffs</h1>\n<p>The night rate\n    is <b>$0.12</b> per kWh.</p>"
         "<ul><li>Wallbox</li><li>Depot DC<br/>150 kW</li></ul><ol start='2'><li><p>Plug in.</p></li><li>Pay.</li></ol>"
+        "<dl><dt>AC</dt><dd>Up to 22 kW.</dd></dl>"
         "<table><thead><tr><th>Model</th>\n<th>Power</th></tr></thead>"
         "<tbody><tr><td>Pro</td><!-- a note --><td>22 kW</td></tr></tbody></table>"
         "<pre>def rate(kw):\n    return kw * 0.30</pre><script>var x = 'SCRIPT-TEXT';</script><div>After.</div>"
@@ -1077,6 +1082,7 @@ def test_an_ebook_chapter_is_laid_out_as_a_reader_shows_it(tmp_path: Path) -> No
     (book,) = load(tmp_path).documents
     assert book.text == (
         "Depot tariffs\n\nThe night rate is $0.12 per kWh.\n\n- Wallbox\n- Depot DC\n150 kW\n\n2. Plug in.\n\n3. Pay."
+        "\n\nAC\n  Up to 22 kW."
         "\n\nModel | Power\nPro | 22 kW"
         "\n\ndef rate(kw):\n    return kw * 0.30\n\nAfter.\n\nSecond chapter."
     )

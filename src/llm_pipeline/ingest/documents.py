@@ -219,7 +219,9 @@ def html_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
 
 
 def _main_marker(item: Any) -> str:
-    return _marker(item, ("list",), lambda parent: parent.get("rend") == "ol")
+    rend = item.get("rend") or ""  # a definition list's term and definition: `dt-1`, `dd-1`
+    term = rend[:2] if rend[:2] in ("dt", "dd") else None
+    return _marker(item, ("list",), lambda parent: parent.get("rend") == "ol", term)
 
 
 def _by_unit(
@@ -558,7 +560,7 @@ def odp_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return _by_unit(texts(), "slide", max_bytes, title)
 
 
-_HTML_LINES = frozenset({"caption", "dd", "div", "dt", "figcaption", "tbody", "tfoot", "thead", "tr"})
+_HTML_LINES = frozenset({"caption", "div", "figcaption", "tbody", "tfoot", "thead", "tr"})
 _HTML_PARAGRAPHS = frozenset(
     {"address", "article", "aside", "blockquote", "dl", "figure", "footer", "h1", "h2", "h3", "h4", "h5", "h6",
      "header", "hr", "main", "nav", "ol", "p", "section", "table", "ul"}
@@ -585,7 +587,7 @@ def _html_role(element: Any) -> str:
         return DROPPED
     if tag == "pre":
         return WRITTEN
-    if tag == "li":
+    if tag in ("li", "dt", "dd"):
         return ITEM
     if tag in _HTML_LISTS and any(True for _ in element.iterancestors("li")):
         return LINE  # a list inside an item goes on under it, as a browser shows it
@@ -596,9 +598,12 @@ def _html_role(element: Any) -> str:
     return {"br": BREAK, "td": CELL, "th": CELL, "textarea": KEPT, "sup": SUPERSCRIPT}.get(tag, "")
 
 
-def _marker(item: Any, lists: tuple[str, ...], ordered: Callable[[Any], bool]) -> str:
+def _marker(item: Any, lists: tuple[str, ...], ordered: Callable[[Any], bool], term: str | None = None) -> str:
     """A list item's marker as a browser shows it: `N. ` in an ordered list (from its `start`), else `- `,
-    indented two spaces for each list it is nested in."""
+    indented two spaces for each list it is nested in; in a definition list (`term`: `dt` or `dd`), none for a
+    term and two spaces' indent for its definition."""
+    if term is not None:
+        return "  " if term == "dd" else ""
     depth = sum(1 for _ in item.iterancestors(*lists))
     parent = item.getparent()
     if parent is not None and ordered(parent):
@@ -694,7 +699,12 @@ def html_text(markup: str | bytes) -> str:
     root = _spaced_tree(markup)
     if root is None:
         return ""
-    return _laid_out(root, _html_role, lambda item: _marker(item, _HTML_LISTS, lambda parent: parent.tag == "ol"))
+    return _laid_out(root, _html_role, _html_marker)
+
+
+def _html_marker(item: Any) -> str:
+    term = item.tag if item.tag in ("dt", "dd") else None
+    return _marker(item, _HTML_LISTS, lambda parent: parent.tag == "ol", term)
 
 
 # trafilatura's main content (its XML: head, p, list/item, table/row/cell, code, quote, lb, and inline hi, ref, del)
