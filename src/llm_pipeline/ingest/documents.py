@@ -571,31 +571,31 @@ _HTML_LISTS = ("ol", "ul")
 # How a block is laid out (`_laid_out`): a paragraph (blank lines around it), one as written (a <pre> block), a
 # line, a list item (a line with its marker), a line break after it, a table cell, dropped with its text, inline
 # but as written (<textarea>); anything else is inline text.
-PARAGRAPH, WRITTEN, LINE, ITEM = "paragraph", "written", "line", "item"
-BREAK, CELL, DROPPED, KEPT, SUPERSCRIPT = "break", "cell", "dropped", "kept", "superscript"
+_PARAGRAPH, _WRITTEN, _LINE, _ITEM = "paragraph", "written", "line", "item"
+_BREAK, _CELL, _DROPPED, _KEPT, _SUPERSCRIPT = "break", "cell", "dropped", "kept", "superscript"
 # a superscript that is an exponent: a number or a one-letter variable, maybe with arithmetic (`7`, `-64`, `n − 1`),
 # not a grammar's `*` or `?`, an ordinal's `st`, a `TM`, a label
 _EXPONENT = re.compile(r"[-−+]?(?:\d[\d.,]*|[A-Za-z])(?:\s*[-−+*/×·]\s*(?:\d[\d.,]*|[A-Za-z]))*")
 _BASE_END = re.compile(r"[\w)\]]$")  # what an exponent's base ends in
 _TOKEN = re.compile(r"[\w.,]+")
-_BLOCKS = {PARAGRAPH: 2, WRITTEN: 2, LINE: 1, ITEM: 1}  # the line breaks before and after each kind of block
+_BLOCKS = {_PARAGRAPH: 2, _WRITTEN: 2, _LINE: 1, _ITEM: 1}  # the line breaks before and after each kind of block
 
 
 def _html_role(element: Any) -> str:
     tag = element.tag
     if tag in _HTML_DROPPED:
-        return DROPPED
+        return _DROPPED
     if tag == "pre":
-        return WRITTEN
+        return _WRITTEN
     if tag in ("li", "dt", "dd"):
-        return ITEM
+        return _ITEM
     if tag in _HTML_LISTS and any(True for _ in element.iterancestors("li")):
-        return LINE  # a list inside an item goes on under it, as a browser shows it
+        return _LINE  # a list inside an item goes on under it, as a browser shows it
     if tag in _HTML_PARAGRAPHS:
-        return PARAGRAPH
+        return _PARAGRAPH
     if tag in _HTML_LINES:
-        return LINE
-    return {"br": BREAK, "td": CELL, "th": CELL, "textarea": KEPT, "sup": SUPERSCRIPT}.get(tag, "")
+        return _LINE
+    return {"br": _BREAK, "td": _CELL, "th": _CELL, "textarea": _KEPT, "sup": _SUPERSCRIPT}.get(tag, "")
 
 
 def _marker(item: Any, lists: tuple[str, ...], ordered: Callable[[Any], bool], term: str | None = None) -> str:
@@ -655,29 +655,29 @@ def _laid_out(root: Any, role: Callable[[Any], str], marker: Callable[[Any], str
     for event, element in etree.iterwalk(root, events=("start", "end")):
         kind = role(element) if isinstance(element.tag, str) else ""
         if event == "start":
-            dropped += kind == DROPPED
-            if kind == SUPERSCRIPT and (caret := exponent(element)):
+            dropped += kind == _DROPPED
+            if kind == _SUPERSCRIPT and (caret := exponent(element)):
                 out.append(caret)
                 ends, fresh = 0, False
             if kind in _BLOCKS:
                 line_break(_BLOCKS[kind])
-            if kind == ITEM and not dropped:
+            if kind == _ITEM and not dropped:
                 out.append(marker(element))
                 ends, fresh = 0, True
-            written += kind in (WRITTEN, KEPT)
+            written += kind in (_WRITTEN, _KEPT)
             if isinstance(element.tag, str):  # a comment's or a processing instruction's text is not the page's
                 put(element.text)
             continue
-        written -= kind in (WRITTEN, KEPT)
-        if kind in _BLOCKS or kind == BREAK:
+        written -= kind in (_WRITTEN, _KEPT)
+        if kind in _BLOCKS or kind == _BREAK:
             line_break(_BLOCKS.get(kind, 1))
-        elif kind == CELL and not dropped and _next_cell(element, role):
+        elif kind == _CELL and not dropped and _next_cell(element, role):
             out.append(" | ")
             ends, fresh = 0, False
-        elif kind == SUPERSCRIPT and (closer := closers.pop()):
+        elif kind == _SUPERSCRIPT and (closer := closers.pop()):
             out.append(closer)
             ends, fresh = 0, False
-        dropped -= kind == DROPPED
+        dropped -= kind == _DROPPED
         put(element.tail)
     return normalize_text("".join(out))
 
@@ -687,7 +687,7 @@ def _next_cell(element: Any, role: Callable[[Any], str]) -> bool:
     following = element.getnext()
     while following is not None and not isinstance(following.tag, str):
         following = following.getnext()
-    return following is not None and role(following) == CELL
+    return following is not None and role(following) == _CELL
 
 
 def html_text(markup: str | bytes) -> str:
@@ -716,14 +716,14 @@ def _main_role(element: Any) -> str:
     tag = element.tag
     if tag == "code":  # a code block (a <pre>'s) unless it stands inside a paragraph's text on one line
         inline = element.getparent() is not None and element.getparent().tag in _MAIN_INLINE
-        return "" if inline and "\n" not in "".join(element.itertext()) else WRITTEN
+        return "" if inline and "\n" not in "".join(element.itertext()) else _WRITTEN
     if tag == "list" and any(True for _ in element.iterancestors("item")):
-        return LINE
+        return _LINE
     if tag in _MAIN_PARAGRAPHS:
-        return PARAGRAPH
+        return _PARAGRAPH
     if tag == "hi" and element.get("rend") == "#sup":
-        return SUPERSCRIPT
-    return {"item": ITEM, "row": LINE, "lb": BREAK, "cell": CELL}.get(tag, "")
+        return _SUPERSCRIPT
+    return {"item": _ITEM, "row": _LINE, "lb": _BREAK, "cell": _CELL}.get(tag, "")
 
 
 def epub_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
@@ -806,28 +806,28 @@ def _slices(text: str, limit: int) -> Iterator[str]:
         yield text[start:]
 
 
-def pack(pieces: Iterable[str], limit: int, joiner: str = PAGE_BREAK) -> Iterator[tuple[str, int, list[int]]]:
+def pack(pieces: Iterable[str], limit: int) -> Iterator[tuple[str, int, list[int]]]:
     """Parts of at most `limit` characters, each as many whole pieces (pages, slides, paragraphs: normalized) as fit,
-    joined by `joiner` (what joins them in the whole document); a piece longer than a part is cut (`_slices`) and
+    joined by a blank line (PAGE_BREAK, as in the whole document); a piece longer than a part is cut (`_slices`) and
     goes on in the next. With each part: the index of its first piece (one that began in an earlier part, where it
     goes on), and where in the part each of its pieces from that one begins (0 for the first); an empty piece
     begins where the next one will."""
     texts: list[str] = []
     size = first = 0
     starts: list[int] = []
-    gap = len(joiner)
+    gap = len(PAGE_BREAK)
     for index, piece in enumerate(pieces):
         starts.append(size + gap if texts else 0)
         placed = False  # a fragment of this piece is in the part
         for fragment in _slices(piece, limit):
             if texts and size + gap + len(fragment) > limit:
-                yield joiner.join(texts), first, starts if placed else starts[:-1]
+                yield PAGE_BREAK.join(texts), first, starts if placed else starts[:-1]
                 texts, size, first, starts = [], 0, index, [0]
             size += len(fragment) + (gap if texts else 0)
             texts.append(fragment)
             placed = True
     if texts:
-        yield joiner.join(texts), first, starts
+        yield PAGE_BREAK.join(texts), first, starts
 
 
 def _paragraph(text: str) -> str:
@@ -884,12 +884,11 @@ def document_parts(
                 raise TooLong(over)
         metadata = TITLES[kind.format](_head_text(path, kind))
         return _numbered(pack(_stream_paragraphs(path, kind, max_chars), max_chars), metadata, None, count)
-    joiner = record.get("joiner", PAGE_BREAK)
     if "pieces" in record:
         pieces = record["pieces"]
     else:  # paragraphs, between blank lines
         pieces = [p for p in map(_paragraph, PARAGRAPH_BREAK.split(record["text"])) if p]
-    parts = list(pack(pieces, max_chars, joiner))
+    parts = list(pack(pieces, max_chars))
     if sum(len(text) for text, _, _ in parts) > max_file_chars:
         raise TooLong(over)
     metadata = {k: v for k, v in record["metadata"].items() if not k.endswith("_starts")}
