@@ -1064,6 +1064,35 @@ def test_a_pdfs_words_hyphenated_across_lines_are_whole_where_the_document_says_
     assert manual.metadata["page_starts"] == [0, manual.text.index("Every manipulation")]
 
 
+def test_a_docx_lists_numbers_read_as_word_shows_them(tmp_path: Path) -> None:
+    """A numbered list of a numbering definition of its own (as a Word template writes one): each level's format
+    and text (`%1)` in letters, `%1.%2.` in roman numerals under it), a deeper level restarting under each new item
+    above it, nested items indented. Before, no marker at all: `Plan`, `Survey`, ... as plain lines."""
+    from docx.oxml import parse_xml
+
+    main = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+    word = docx.Document()
+    numbering = word.part.numbering_part.element
+    numbering.insert(0, parse_xml(
+        f'<w:abstractNum xmlns:w="{main}" w:abstractNumId="90">'
+        '<w:lvl w:ilvl="0"><w:start w:val="1"/><w:numFmt w:val="lowerLetter"/><w:lvlText w:val="%1)"/></w:lvl>'
+        '<w:lvl w:ilvl="1"><w:start w:val="1"/><w:numFmt w:val="upperRoman"/><w:lvlText w:val="%1.%2."/></w:lvl>'
+        "</w:abstractNum>"
+    ))  # fmt: skip
+    numbering.append(parse_xml(f'<w:num xmlns:w="{main}" w:numId="90"><w:abstractNumId w:val="90"/></w:num>'))
+    word.add_paragraph("Steps")
+    for text, level in [("Plan", 0), ("Survey", 1), ("Permit", 1), ("Build", 0), ("Trench", 1)]:
+        paragraph = word.add_paragraph(text)
+        paragraph._p.get_or_add_pPr().append(
+            parse_xml(f'<w:numPr xmlns:w="{main}"><w:ilvl w:val="{level}"/><w:numId w:val="90"/></w:numPr>')
+        )
+    word.save(str(tmp_path / "plan.docx"))
+
+    (plan,) = load(tmp_path).documents
+
+    assert plan.text == "Steps\n\na) Plan\n  a.I. Survey\n  a.II. Permit\nb) Build\n  b.I. Trench"
+
+
 def test_an_ebook_chapter_is_laid_out_as_a_reader_shows_it(tmp_path: Path) -> None:
     """An e-book's chapter was one line (trafilatura's html2txt: every run of whitespace a space), its code and its
     tables run into the prose. Now a chapter's blocks are lines: paragraphs and headings between blank lines, list
@@ -1137,7 +1166,8 @@ def test_an_office_files_headings_and_paragraphs_are_blocks_its_lists_lines(tmp_
     """A DOCX's and an ODT's paragraphs were joined by a line break, so a heading ran into the paragraph under it
     (the extractive backend's sentence began `Installation Mount the wallbox...`). Now a paragraph or a heading is
     a block between blank lines, as a reader sees them apart, and a list's items (nested ones too) and a table's
-    rows are lines of one block."""
+    rows are lines of one block. A DOCX's list items carry Word's markers (`- `, `1.`), and its superscript exponents
+    are written with `^`, as an HTML page's are."""
     from odfdo import Document as OdfDocument
     from odfdo import Header, List, ListItem, Paragraph
 
@@ -1150,6 +1180,11 @@ def test_an_office_files_headings_and_paragraphs_are_blocks_its_lists_lines(tmp_
     word.add_paragraph("Use a 6 mm2 cable.")
     for item in ("Turn the power off", "Connect L1, L2 and L3"):
         word.add_paragraph(item, style="List Number")
+    raised = word.add_paragraph("A 12 m")  # exponents as in HTML; Word splits runs where it likes
+    for text, superscript in (("2", True), (" bay; 2", False), ("n ", True), ("− 1", True), (" slots, the 1", False)):
+        raised.add_run(text).font.superscript = superscript
+    raised.add_run("st").font.superscript = True
+    raised.add_run(" free.")
     word.save(str(tmp_path / "word.docx"))
     odt = OdfDocument("text")
     odt.body.clear()
@@ -1167,9 +1202,10 @@ def test_an_office_files_headings_and_paragraphs_are_blocks_its_lists_lines(tmp_
 
     texts = {d.id: d.text for d in load(tmp_path).documents}
 
-    assert texts["word"] == (
-        "Installation\n\nMount the wallbox 1.2 m above the floor\n\nDrill four holes\nFix the bracket\n\nWiring\n\n"
-        "Use a 6 mm2 cable.\n\nTurn the power off\nConnect L1, L2 and L3"
+    assert texts["word"] == (  # Word's List Bullet and List Number styles: its markers
+        "Installation\n\nMount the wallbox 1.2 m above the floor\n\n- Drill four holes\n- Fix the bracket\n\nWiring\n\n"
+        "Use a 6 mm2 cable.\n\n1. Turn the power off\n2. Connect L1, L2 and L3\n\n"
+        "A 12 m^2 bay; 2^(n − 1) slots, the 1st free."
     )
     assert texts["writer"] == (
         "Installation\n\nMount the wallbox 1.2 m above the floor\n\nDrill four holes\nFix the bracket\n"

@@ -361,17 +361,131 @@ def _blocks(lines: Iterable[tuple[Any, str]]) -> list[str]:
     return ["\n".join(block) for block in blocks]
 
 
-def _docx_listed(paragraph: Any) -> bool:
-    """Whether a DOCX paragraph is a list's item: numbered (its own or its style's numbering) or of a List style."""
-    properties = paragraph._p.pPr  # python-docx has no public handle on a paragraph's numbering
-    if properties is not None and properties.numPr is not None:
-        return True
-    return paragraph.style is not None and paragraph.style.name.startswith("List")
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"  # WordprocessingML's namespace
+_ROMAN = (("m", 1000), ("cm", 900), ("d", 500), ("cd", 400), ("c", 100), ("xc", 90), ("l", 50), ("xl", 40),
+          ("x", 10), ("ix", 9), ("v", 5), ("iv", 4), ("i", 1))  # fmt: skip
+
+
+def _list_number(value: int, style: str) -> str:
+    """A list counter as Word writes it in `style` (its numFmt); one it has no rule for: decimal."""
+    if style in ("lowerLetter", "upperLetter") and value > 0:
+        letters = ""
+        while value > 0:
+            value, rest = divmod(value - 1, 26)
+            letters = chr(ord("a") + rest) + letters
+        return letters.upper() if style == "upperLetter" else letters
+    if style in ("lowerRoman", "upperRoman") and 0 < value < 4000:
+        roman = ""
+        for numeral, worth in _ROMAN:
+            count, value = divmod(value, worth)
+            roman += numeral * count
+        return roman.upper() if style == "upperRoman" else roman
+    return f"{value:02d}" if style == "decimalZero" else str(value)
+
+
+class _DocxLists:
+    """A DOCX's list markers as Word shows them: a numbered item's number in its level's format and text (`1.`,
+    `a)`, `1.2.`, counted per list from its start, a deeper level's count restarting under a new item above it), a
+    bulleted item's `- `, two spaces' indent a level; from the numbering part, and the paragraph's numbering or its
+    style's (Word's List Number and List Bullet styles number their paragraphs)."""
+
+    def __init__(self, document: Any) -> None:
+        self.levels: dict[str, dict[int, tuple[str, str, int]]] = {}  # numId: {level: (format, text, start)}
+        self.counts: dict[str, dict[int, int]] = {}
+        try:
+            numbering = document.part.numbering_part.element
+        except (KeyError, NotImplementedError):  # no numbering part: every list item is a bullet
+            return
+        abstract = {a.get(f"{_W}abstractNumId"): self._levels(a) for a in numbering.iter(f"{_W}abstractNum")}
+        for number in numbering.iter(f"{_W}num"):
+            reference = number.find(f"{_W}abstractNumId")
+            if reference is not None:
+                self.levels[number.get(f"{_W}numId")] = abstract.get(reference.get(f"{_W}val"), {})
+
+    @staticmethod
+    def _levels(definition: Any) -> dict[int, tuple[str, str, int]]:
+        def value(level: Any, name: str, default: str) -> str:
+            found = level.find(f"{_W}{name}")
+            return default if found is None else found.get(f"{_W}val", default)
+
+        levels = {}
+        for level in definition.iter(f"{_W}lvl"):
+            depth = int(level.get(f"{_W}ilvl", "0"))
+            start = value(level, "start", "1")
+            levels[depth] = (
+                value(level, "numFmt", "decimal"),
+                value(level, "lvlText", f"%{depth + 1}."),
+                int(start) if start.isdigit() else 1,
+            )
+        return levels
+
+    @staticmethod
+    def _numbering(paragraph: Any) -> tuple[str, int] | None:
+        """(numId, level) of a paragraph's numbering: its own, else its style's or a base style's; None: none."""
+        properties, style = paragraph._p.pPr, paragraph.style  # python-docx has no public handle on numbering
+        found = properties.numPr if properties is not None else None
+        while found is None and style is not None:
+            found = style.element.pPr.numPr if style.element.pPr is not None else None
+            style = style.base_style
+        if found is None or found.numId is None or found.numId.val == 0:  # numId 0: numbering taken off
+            return None
+        return str(found.numId.val), found.ilvl.val if found.ilvl is not None else 0
+
+    def marker(self, paragraph: Any) -> str | None:
+        """The paragraph's list marker, counted (call once a paragraph, in order); None where it is no list item."""
+        numbering = self._numbering(paragraph)
+        if numbering is None:
+            return None
+        number, depth = numbering
+        levels = self.levels.get(number, {})
+        style, text, start = levels.get(depth, ("bullet", "", 1))
+        counts = self.counts.setdefault(number, {})
+        counts[depth] = counts.get(depth, start - 1) + 1
+        for deeper in [level for level in counts if level > depth]:
+            del counts[deeper]
+        indent = "  " * depth
+        if style == "bullet":
+            return f"{indent}- "
+        if style == "none":
+            return indent
+
+        def counter(found: re.Match[str]) -> str:
+            level = int(found[1]) - 1
+            level_style, _, level_start = levels.get(level, ("decimal", "", 1))
+            return _list_number(counts.get(level, level_start), level_style)
+
+        return f"{indent}{re.sub(r'%([1-9])', counter, text).strip()} "
+
+
+def _docx_text(paragraph: Any) -> str:
+    """A DOCX paragraph's text (its runs and its hyperlinks' runs, as python-docx's `text`), a superscript that is
+    an exponent written with `^` as in HTML (`m^2`, `2^(n − 1)`)."""
+    pieces: list[str] = []
+    raised: list[str] = []  # superscript runs in a row (Word splits a run where it likes)
+
+    def settle() -> None:
+        content = "".join(raised)
+        exponent = " ".join(content.split())
+        if content and _BASE_END.search(next((p for p in reversed(pieces) if p), "")) and _EXPONENT.fullmatch(exponent):
+            content = f"^{exponent}" if _TOKEN.fullmatch(exponent) else f"^({exponent})"
+        pieces.append(content)
+        raised.clear()
+
+    for item in paragraph.iter_inner_content():
+        for run in item.runs if hasattr(item, "runs") else [item]:
+            if run.font.superscript:
+                raised.append(run.text)
+            else:
+                settle()
+                pieces.append(run.text)
+    settle()
+    return "".join(pieces)
 
 
 def docx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     """Paragraphs and tables in document order, as blocks (`_blocks`): a paragraph or a heading a block, a list's
-    items and a table's rows a line each; the title from the core properties or the first heading."""
+    items (with their markers, `_DocxLists`) and a table's rows a line each; the title from the core properties or
+    the first heading."""
     import docx
 
     try:
@@ -381,10 +495,12 @@ def docx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     lines: list[tuple[Any, str]] = []
     heading = None
     size = 0  # the text so far, kept as it grows (summing the lines at each block cost O(blocks²))
+    lists = _DocxLists(document)
     for number, block in enumerate(document.iter_inner_content()):
         if isinstance(block, docx.text.paragraph.Paragraph):
-            texts = [block.text]
-            group: Any = "list" if _docx_listed(block) else None
+            marker = lists.marker(block)
+            texts = [_docx_text(block) if marker is None else marker + _docx_text(block).lstrip()]
+            group: Any = None if marker is None else "list"
             if heading is None and block.style is not None and block.style.name.startswith(("Heading", "Title")):
                 heading = block.text.strip() or None
         else:  # a merged cell is in `row.cells` once per column it spans: once here
