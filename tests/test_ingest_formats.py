@@ -1093,6 +1093,34 @@ def test_a_docx_lists_numbers_read_as_word_shows_them(tmp_path: Path) -> None:
     assert plan.text == "Steps\n\na) Plan\n  a.I. Survey\n  a.II. Permit\nb) Build\n  b.I. Trench"
 
 
+def test_an_odt_lists_numbers_read_as_libreoffice_shows_them(tmp_path: Path) -> None:
+    """An ODT list numbered by its style (each level's format, prefix, suffix and start; a nested list takes the
+    outer list's style): before, its items were plain lines."""
+    from odfdo import Document as OdfDocument
+    from odfdo import Element, List, Paragraph
+
+    writer = OdfDocument("text")
+    writer.body.clear()
+    writer.insert_style(
+        Element.from_tag(
+            '<text:list-style style:name="Steps"><text:list-level-style-number text:level="1" style:num-format="a"'
+            ' style:num-suffix=")"/><text:list-level-style-number text:level="2" style:num-format="I" '
+            'style:num-prefix="(" style:num-suffix=")" text:start-value="2"/></text:list-style>'
+        ),
+        automatic=True,
+    )
+    writer.body.append(Paragraph("Steps"))
+    steps = List(["Plan", "Build"])
+    steps.set_attribute("text:style-name", "Steps")
+    steps.children[1].append(List(["Survey", "Permit"]))
+    writer.body.append(steps)
+    writer.save(str(tmp_path / "plan.odt"))
+
+    (plan,) = load(tmp_path).documents
+
+    assert plan.text == "Steps\n\na) Plan\nb) Build\n  (II) Survey\n  (III) Permit"
+
+
 def test_an_ebook_chapter_is_laid_out_as_a_reader_shows_it(tmp_path: Path) -> None:
     """An e-book's chapter was one line (trafilatura's html2txt: every run of whitespace a space), its code and its
     tables run into the prose. Now a chapter's blocks are lines: paragraphs and headings between blank lines, list
@@ -1207,9 +1235,9 @@ def test_an_office_files_headings_and_paragraphs_are_blocks_its_lists_lines(tmp_
         "Use a 6 mm2 cable.\n\n1. Turn the power off\n2. Connect L1, L2 and L3\n\n"
         "A 12 m^2 bay; 2^(n − 1) slots, the 1st free."
     )
-    assert texts["writer"] == (
-        "Installation\n\nMount the wallbox 1.2 m above the floor\n\nDrill four holes\nFix the bracket\n"
-        "with the screws supplied\n\nWiring\n\nUse a 6 mm2 cable.\n\nTurn the power off\nConnect L1, L2 and L3"
+    assert texts["writer"] == (  # a list without a style: bullets
+        "Installation\n\nMount the wallbox 1.2 m above the floor\n\n- Drill four holes\n- Fix the bracket\n"
+        "  - with the screws supplied\n\nWiring\n\nUse a 6 mm2 cable.\n\n- Turn the power off\n- Connect L1, L2 and L3"
     )
     for text in texts.values():  # an unpunctuated heading or list is a sentence of its own
         sentences = split_sentences(text)

@@ -579,10 +579,56 @@ _ODT_SKIPPED = frozenset(
 )  # fmt: skip
 
 
-def _odt_blocks(element: Any, group: Any = None) -> Iterator[tuple[str, str, Any]]:
+_ODF_FORMATS = {"1": "decimal", "a": "lowerLetter", "A": "upperLetter", "i": "lowerRoman", "I": "upperRoman"}
+
+
+class _OdfLists:
+    """An OpenDocument's list markers as LibreOffice shows them: a bullet's `- `, a number in its level's format
+    (`style:num-format`: 1, a, A, i, I) between its prefix and suffix (`1.`, `(a)`), counted per list from its
+    start, two spaces' indent a level; from the list's style (a nested list's is its outermost list's)."""
+
+    def __init__(self, document: Any) -> None:
+        self.document = document
+        self.levels: dict[tuple[str | None, int], tuple[str | None, str, str, int]] = {}
+
+    def level(self, style: str | None, depth: int) -> tuple[str | None, str, str, int]:
+        """(format: None for a bullet, "" for no marker; prefix, suffix, start) of a list style's level."""
+        if (style, depth) not in self.levels:
+            found = self.document.get_style("list", style) if style else None
+            level = (
+                next((c for c in found.children if c.get_attribute("text:level") == str(depth)), None)
+                if found
+                else None
+            )
+            if level is None or level.tag != "text:list-level-style-number":
+                self.levels[style, depth] = (None, "", "", 1)
+            else:
+                start = str(level.get_attribute("text:start-value") or "1")
+                self.levels[style, depth] = (
+                    str(level.get_attribute("style:num-format") or ""),
+                    str(level.get_attribute("style:num-prefix") or ""),
+                    str(level.get_attribute("style:num-suffix") or ""),
+                    int(start) if start.isdigit() else 1,
+                )
+        return self.levels[style, depth]
+
+    def marker(self, style: str | None, depth: int, number: int) -> str:
+        form, prefix, suffix, _ = self.level(style, depth)
+        indent = "  " * (depth - 1)
+        if form is None:
+            return f"{indent}- "
+        if not form:
+            return indent
+        return f"{indent}{prefix}{_list_number(number, _ODF_FORMATS.get(form, 'decimal'))}{suffix} "
+
+
+def _odt_blocks(
+    element: Any, group: Any = None, lists: _OdfLists | None = None, style: str | None = None, depth: int = 0
+) -> Iterator[tuple[str, str, Any]]:
     """(tag, text, group) of each heading and paragraph under an ODF element, in order, wherever it sits: in a
     section, a list item, a frame; a table's row as one line (`table_row`). The group (`_blocks`): the list or the
-    table a paragraph is an item or a row of, else None. A paragraph's text is odfdo's (spaces, tabs and line
+    table a paragraph is an item or a row of, else None. A list item's first paragraph begins with its marker
+    (`lists`; `style` and `depth`: the list's the walk is in). A paragraph's text is odfdo's (spaces, tabs and line
     breaks as written; a footnote's text where its mark is). Not a list's or a table's own text: odfdo renders
     those as Markdown, escaping the text (`max\\_queue\\_size \\- The...` for an item of docutils' rst2odt
     output, found on awscli's docs)."""
@@ -596,11 +642,31 @@ def _odt_blocks(element: Any, group: Any = None) -> Iterator[tuple[str, str, Any
             if row := table_row(" ".join(text for _, text, _ in _odt_blocks(cell)) for cell in cells):
                 yield child.tag, row, group
         elif child.tag == "table:table":  # its rows (header rows and all) are lines of one block
-            yield from _odt_blocks(child, ("table", id(child)))
+            yield from _odt_blocks(child, ("table", id(child)), lists, style, depth)
         elif child.tag == "text:list":  # its items (a list nested in one too) are lines of the outermost list
-            yield from _odt_blocks(child, group if group is not None else ("list", id(child)))
+            yield from _odt_list(child, group if group is not None else ("list", id(child)), lists, style, depth + 1)
         else:
-            yield from _odt_blocks(child, group)
+            yield from _odt_blocks(child, group, lists, style, depth)
+
+
+def _odt_list(
+    element: Any, group: Any, lists: _OdfLists | None, style: str | None, depth: int
+) -> Iterator[tuple[str, str, Any]]:
+    """A list's items (`_odt_blocks`), each item's first paragraph after its marker."""
+    style = element.get_attribute("text:style-name") or style
+    number = (lists.level(style, depth)[3] if lists else 1) - 1
+    for item in element.children:
+        if item.tag not in ("text:list-item", "text:list-header"):
+            continue
+        marker = ""
+        if item.tag == "text:list-item":  # a header has no marker
+            restart = str(item.get_attribute("text:start-value") or "")
+            number = int(restart) if restart.isdigit() else number + 1
+            marker = lists.marker(style, depth, number) if lists else ""
+        for tag, text, inner in _odt_blocks(item, group, lists, style, depth):
+            if marker and tag == "text:p":
+                text, marker = marker + text.lstrip(), ""
+            yield tag, text, inner
 
 
 def odt_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
@@ -620,7 +686,7 @@ def odt_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     lines: list[tuple[Any, str]] = []
     heading = None
     size = 0
-    for tag, text, group in _odt_blocks(body):
+    for tag, text, group in _odt_blocks(body, lists=_OdfLists(document)):
         lines.append((group, text))
         size += len(text)
         if heading is None and tag == "text:h":
@@ -632,14 +698,14 @@ def odt_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return {"text": PAGE_BREAK.join(pieces), "metadata": {"title": title} if title else {}, "pieces": pieces}
 
 
-def _odp_slide(page: Any) -> tuple[str, str | None]:
+def _odp_slide(page: Any, lists: _OdfLists | None = None) -> tuple[str, str | None]:
     """A slide's text (its frames in order, then its speaker notes, each a block between blank lines: a frame's
     paragraphs and a table's rows a line each) and its title frame's text."""
     lines: list[str] = []
     title = None
     notes = []
     for child in page.children:
-        text = "\n".join(paragraph for _, paragraph, _ in _odt_blocks(child))
+        text = "\n".join(paragraph for _, paragraph, _ in _odt_blocks(child, lists=lists))
         if child.tag == "presentation:notes":
             notes.append(text)
             continue
@@ -663,10 +729,11 @@ def odp_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     if document.get_type() != "presentation":
         raise UnreadableFile(f"not a readable ODP: an OpenDocument {document.get_type()}, not a presentation")
     titles: list[str] = []
+    lists = _OdfLists(document)
 
     def texts() -> Iterator[str]:
         for page in pages:
-            text, title = _odp_slide(page)
+            text, title = _odp_slide(page, lists)
             titles.extend([title] if title else [])
             yield normalize_text(text)
 
