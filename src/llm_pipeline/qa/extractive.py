@@ -90,16 +90,22 @@ _NOT_SUBJECT_START = {
 _MIN_SUBJECT, _MAX_SUBJECT = 2, 12
 
 
+# Code, not prose (a document's text keeps its code blocks, and a line of code reads as a sentence here: `What is
+# // This?` from Node.js's docs): braces, a comment marker, an assignment, an arrow, a backtick
+_CODE = re.compile(r"[{}`]|//|/\*|\s=\s|=>|\w\(\)")
+_WORDLESS = re.compile(r"^\W+$")  # a subject word with no letter or digit: `------------`, `-`, `#`
+
+
 def question_for(sentence: str) -> tuple[str, str] | None:
-    """(question, answer) for one sentence, or None when no pattern applies."""
+    """(question, answer) for one sentence, or None when no pattern applies (or the sentence is code)."""
     words = sentence.rstrip(".!?").split()
-    if not words or words[0].lower() in _NOT_SUBJECT_START:
+    if not words or words[0].lower() in _NOT_SUBJECT_START or _CODE.search(sentence):
         return None
     for i in range(_MIN_SUBJECT, min(len(words) - 1, _MAX_SUBJECT + 1)):
         verb = words[i].lower()
         subject = " ".join(words[:i])
         answer = " ".join(words[i + 1 :]).strip(" ,;")
-        if subject.endswith(","):
+        if subject.endswith(",") or any(_WORDLESS.match(word) for word in words[:i]):
             return None
         first = words[0]
         keep_case = len(first) > 1 and any(c.isupper() for c in first[1:])  # DC, CHAdeMO, EVgo
