@@ -1067,7 +1067,8 @@ def test_a_pdfs_words_hyphenated_across_lines_are_whole_where_the_document_says_
 def test_a_docx_lists_numbers_read_as_word_shows_them(tmp_path: Path) -> None:
     """A numbered list of a numbering definition of its own (as a Word template writes one): each level's format
     and text (`%1)` in letters, `%1.%2.` in roman numerals under it), a deeper level restarting under each new item
-    above it, nested items indented. Before, no marker at all: `Plan`, `Survey`, ... as plain lines."""
+    above it, nested items indented. Before, no marker at all: `Plan`, `Survey`, ... as plain lines. A damaged
+    numbering reference or a style based on itself costs the marker, never the file."""
     from docx.oxml import parse_xml
 
     main = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
@@ -1081,16 +1082,24 @@ def test_a_docx_lists_numbers_read_as_word_shows_them(tmp_path: Path) -> None:
     ))  # fmt: skip
     numbering.append(parse_xml(f'<w:num xmlns:w="{main}" w:numId="90"><w:abstractNumId w:val="90"/></w:num>'))
     word.add_paragraph("Steps")
-    for text, level in [("Plan", 0), ("Survey", 1), ("Permit", 1), ("Build", 0), ("Trench", 1)]:
+    for text, level in [("Plan", "0"), ("Survey", "1"), ("Permit", "1"), ("Build", "0"), ("Trench", "1"), ("Odd", "x")]:
         paragraph = word.add_paragraph(text)
         paragraph._p.get_or_add_pPr().append(
             parse_xml(f'<w:numPr xmlns:w="{main}"><w:ilvl w:val="{level}"/><w:numId w:val="90"/></w:numPr>')
         )
+    # a damaged file's styles: one based on itself (followed for its numbering, it looped forever)
+    word.styles.element.append(parse_xml(
+        f'<w:style xmlns:w="{main}" w:type="paragraph" w:styleId="Loop"><w:name w:val="Loop"/>'
+        '<w:basedOn w:val="Loop"/></w:style>'
+    ))  # fmt: skip
+    word.add_paragraph("After the list.").style = word.styles["Loop"]
     word.save(str(tmp_path / "plan.docx"))
 
     (plan,) = load(tmp_path).documents
 
-    assert plan.text == "Steps\n\na) Plan\n  a.I. Survey\n  a.II. Permit\nb) Build\n  b.I. Trench"
+    assert plan.text == (  # a numbering reference that is no number: no marker
+        "Steps\n\na) Plan\n  a.I. Survey\n  a.II. Permit\nb) Build\n  b.I. Trench\n\nOdd\n\nAfter the list."
+    )
 
 
 def test_an_odt_lists_numbers_read_as_libreoffice_shows_them(tmp_path: Path) -> None:

@@ -410,8 +410,10 @@ class _DocxLists:
 
         levels = {}
         for level in definition.iter(f"{_W}lvl"):
-            depth = int(level.get(f"{_W}ilvl", "0"))
-            start = value(level, "start", "1")
+            written = level.get(f"{_W}ilvl", "0")
+            if not written.isdigit():  # a damaged definition: the level is left out (its items get bullets)
+                continue
+            depth, start = int(written), value(level, "start", "1")
             levels[depth] = (
                 value(level, "numFmt", "decimal"),
                 value(level, "lvlText", f"%{depth + 1}."),
@@ -424,12 +426,17 @@ class _DocxLists:
         """(numId, level) of a paragraph's numbering: its own, else its style's or a base style's; None: none."""
         properties, style = paragraph._p.pPr, paragraph.style  # python-docx has no public handle on numbering
         found = properties.numPr if properties is not None else None
-        while found is None and style is not None:
+        seen: set[str] = set()  # a style based on itself (or on one based on it) would loop
+        while found is None and style is not None and style.style_id not in seen:
+            seen.add(style.style_id)
             found = style.element.pPr.numPr if style.element.pPr is not None else None
             style = style.base_style
-        if found is None or found.numId is None or found.numId.val == 0:  # numId 0: numbering taken off
+        try:
+            if found is None or found.numId is None or found.numId.val == 0:  # numId 0: numbering taken off
+                return None
+            return str(found.numId.val), found.ilvl.val if found.ilvl is not None else 0
+        except ValueError:  # a damaged numbering reference (not a number): no list item
             return None
-        return str(found.numId.val), found.ilvl.val if found.ilvl is not None else 0
 
     def marker(self, paragraph: Any) -> str | None:
         """The paragraph's list marker, counted (call once a paragraph, in order); None where it is no list item."""
