@@ -185,13 +185,11 @@ def _keep_tail(node: Any) -> None:
     previous = node.getprevious()
     while previous is not None and not isinstance(previous.tag, str):  # another comment: its tail went before it
         previous = previous.getprevious()
-    parent = node.getparent()
     if previous is not None:
         previous.tail = (previous.tail or "") + node.tail
-    elif parent is not None:
+    else:  # the walk starts at the root element: a comment it meets has a parent
+        parent = node.getparent()
         parent.text = (parent.text or "") + node.tail
-    else:
-        return
     node.tail = None
 
 
@@ -218,10 +216,10 @@ def html_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     return {"text": text, "metadata": {"title": found.title} if found.title else {}}
 
 
-def _main_marker(item: Any) -> str:
+def _main_marker(item: Any, position: int) -> str:
     rend = item.get("rend") or ""  # a definition list's term and definition: `dt-1`, `dd-1`
     term = rend[:2] if rend[:2] in ("dt", "dd") else None
-    return _marker(item, ("list",), lambda parent: parent.get("rend") == "ol", term)
+    return _marker(item, position, ("list",), lambda parent: parent.get("rend") == "ol", term)
 
 
 def _by_unit(
@@ -472,10 +470,9 @@ def _docx_text(paragraph: Any) -> str:
 
     def settle() -> None:
         content = "".join(raised)
-        exponent = " ".join(content.split())
-        if content and _BASE_END.search(next((p for p in reversed(pieces) if p), "")) and _EXPONENT.fullmatch(exponent):
-            content = f"^{exponent}" if _TOKEN.fullmatch(exponent) else f"^({exponent})"
-        pieces.append(content)
+        if content:
+            caret, closer = _exponent_marks(next((p for p in reversed(pieces) if p), ""), content)
+            pieces.append(f"{caret}{' '.join(content.split())}{closer}" if caret else content)
         raised.clear()
 
     for item in paragraph.iter_inner_content():
@@ -756,7 +753,6 @@ _HTML_PARAGRAPHS = frozenset(
      "header", "hr", "main", "nav", "ol", "p", "section", "table", "ul"}
 )  # fmt: skip
 _HTML_DROPPED = frozenset({"script", "style", "template", "noscript", "head"})
-_HTML_CELLS = frozenset({"td", "th"})
 _HTML_LISTS = ("ol", "ul")
 # How a block is laid out (`_laid_out`): a paragraph (blank lines around it), one as written (a <pre> block), a
 # line, a list item (a line with its marker), a line break after it, a table cell, dropped with its text, inline
@@ -768,6 +764,17 @@ _BREAK, _CELL, _DROPPED, _KEPT, _SUPERSCRIPT = "break", "cell", "dropped", "kept
 _EXPONENT = re.compile(r"[-−+]?(?:\d[\d.,]*|[A-Za-z])(?:\s*[-−+*/×·]\s*(?:\d[\d.,]*|[A-Za-z]))*")
 _BASE_END = re.compile(r"[\w)\]]$")  # what an exponent's base ends in
 _TOKEN = re.compile(r"[\w.,]+")
+
+
+def _exponent_marks(before: str, superscript: str) -> tuple[str, str]:
+    """What goes before and after a superscript's text, given the text before it: `^` (`2^7`, `2^n`) or `^(` and
+    `)` (`2^(n − 1)`, `10^(-6)`) for an exponent after its base; nothing for any other superscript."""
+    content = " ".join(superscript.split())
+    if not _BASE_END.search(before) or not _EXPONENT.fullmatch(content):
+        return "", ""
+    return ("^", "") if _TOKEN.fullmatch(content) else ("^(", ")")
+
+
 _BLOCKS = {_PARAGRAPH: 2, _WRITTEN: 2, _LINE: 1, _ITEM: 1}  # the line breaks before and after each kind of block
 
 
@@ -788,24 +795,24 @@ def _html_role(element: Any) -> str:
     return {"br": _BREAK, "td": _CELL, "th": _CELL, "textarea": _KEPT, "sup": _SUPERSCRIPT}.get(tag, "")
 
 
-def _marker(item: Any, lists: tuple[str, ...], ordered: Callable[[Any], bool], term: str | None = None) -> str:
-    """A list item's marker as a browser shows it: `N. ` in an ordered list (from its `start`), else `- `,
-    indented two spaces for each list it is nested in; in a definition list (`term`: `dt` or `dd`), none for a
-    term and two spaces' indent for its definition."""
+def _marker(
+    item: Any, position: int, lists: tuple[str, ...], ordered: Callable[[Any], bool], term: str | None = None
+) -> str:
+    """A list item's marker as a browser shows it: `N. ` in an ordered list (from its `start`; `position`: the
+    item's place in its list, from 1), else `- `, indented two spaces for each list it is nested in; in a
+    definition list (`term`: `dt` or `dd`), none for a term and two spaces' indent for its definition."""
     if term is not None:
         return "  " if term == "dd" else ""
     depth = sum(1 for _ in item.iterancestors(*lists))
     parent = item.getparent()
     if parent is not None and ordered(parent):
         start = parent.get("start", "1")
-        number = (int(start) if start.strip().lstrip("-").isdigit() else 1) + sum(
-            1 for _ in item.itersiblings(item.tag, preceding=True)
-        )
+        number = (int(start) if start.strip().lstrip("-").isdigit() else 1) + position - 1
         return f"{'  ' * max(depth - 1, 0)}{number}. "
     return f"{'  ' * max(depth - 1, 0)}- "
 
 
-def _laid_out(root: Any, role: Callable[[Any], str], marker: Callable[[Any], str]) -> str:
+def _laid_out(root: Any, role: Callable[[Any], str], marker: Callable[[Any, int], str]) -> str:
     """The text under `root`, laid out by each element's `role`, walked without recursion (a hostile page nests
     deeper than Python's stack): a run of whitespace inside a block a space (the tree is spaced already), none at a
     line's start, a block that begins where an item's marker was put goes on that line; normalized."""
@@ -832,32 +839,33 @@ def _laid_out(root: Any, role: Callable[[Any], str], marker: Callable[[Any], str
             out.append("\n" * (wanted - ends))
             ends, fresh = wanted, True
 
+    kinds: list[str] = []  # the role of each element the walk is inside (iterwalk reports elements only)
     closers: list[str] = []  # for each superscript the walk is inside: what ends it (`)` after `^(`)
-
-    def exponent(element: Any) -> str:  # `^`, `^(` before a superscript that is an exponent; else nothing
-        content = " ".join("".join(element.itertext()).split())
-        if dropped or not out or not _BASE_END.search(out[-1]) or not _EXPONENT.fullmatch(content):
-            closers.append("")
-            return ""
-        closers.append("" if _TOKEN.fullmatch(content) else ")")  # `2^7`, `2^n`; `2^(n − 1)`, `10^(-6)`
-        return "^(" if closers[-1] else "^"
+    items: dict[Any, int] = {}  # the items seen so far of each list (a count, not a count of siblings per item)
 
     for event, element in etree.iterwalk(root, events=("start", "end")):
-        kind = role(element) if isinstance(element.tag, str) else ""
         if event == "start":
+            kind = role(element)
+            kinds.append(kind)
             dropped += kind == _DROPPED
-            if kind == _SUPERSCRIPT and (caret := exponent(element)):
-                out.append(caret)
-                ends, fresh = 0, False
+            if kind == _SUPERSCRIPT:
+                base = "" if dropped or not out else out[-1]
+                caret, closer = _exponent_marks(base, "".join(element.itertext()))
+                closers.append(closer)
+                if caret:
+                    out.append(caret)
+                    ends, fresh = 0, False
             if kind in _BLOCKS:
                 line_break(_BLOCKS[kind])
-            if kind == _ITEM and not dropped:
-                out.append(marker(element))
-                ends, fresh = 0, True
+            if kind == _ITEM:
+                items[element.getparent()] = position = items.get(element.getparent(), 0) + 1
+                if not dropped:
+                    out.append(marker(element, position))
+                    ends, fresh = 0, True
             written += kind in (_WRITTEN, _KEPT)
-            if isinstance(element.tag, str):  # a comment's or a processing instruction's text is not the page's
-                put(element.text)
+            put(element.text)
             continue
+        kind = kinds.pop()
         written -= kind in (_WRITTEN, _KEPT)
         if kind in _BLOCKS or kind == _BREAK:
             line_break(_BLOCKS.get(kind, 1))
@@ -892,9 +900,9 @@ def html_text(markup: str | bytes) -> str:
     return _laid_out(root, _html_role, _html_marker)
 
 
-def _html_marker(item: Any) -> str:
+def _html_marker(item: Any, position: int) -> str:
     term = item.tag if item.tag in ("dt", "dd") else None
-    return _marker(item, _HTML_LISTS, lambda parent: parent.tag == "ol", term)
+    return _marker(item, position, _HTML_LISTS, lambda parent: parent.tag == "ol", term)
 
 
 # trafilatura's main content (its XML: head, p, list/item, table/row/cell, code, quote, lb, and inline hi, ref, del)
