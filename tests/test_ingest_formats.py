@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import lzma
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -988,6 +989,40 @@ def test_an_html_pages_headings_lists_and_code_blocks_stand_apart_as_a_browser_s
     sentences = split_sentences(page.text)
     assert "Hello world" in sentences and "Building" in sentences
     assert "All addons must export an initialization function." in sentences
+
+
+STEPS = (
+    "<h2>Install</h2><p>Mount the wallbox and wire it as these steps say, one after another, in this order.</p>"
+    "<ol><li>Drill the holes.</li></ol><pre><code>drill --depth 60mm</code></pre>"
+    "<ol start='2'><li>Hang the <b>wallbox</b>.</li><li>Wire it.</li></ol><pre><code>wire --phase 3</code></pre>"
+    "<ol start='4'><li>Test it.</li></ol><p>Its checks, counted down, and the appendix's clauses:</p>"
+    "<ol reversed><li>Fuse.</li><li>Earth.</li><li>Cable.</li></ol>"
+    "<ol type='a' start='3'><li>Clause one.</li><li value='7'>Clause two.</li><li>Clause three.</li></ol>"
+    "<ol type='I'><li>Annex.</li><li>Annex.</li></ol><ol type='I' start='4'><li>Annex.</li><li>Annex.</li></ol>"
+    "<p>Step 4 is the one the inspector asks to see, with the report of the test, on the day of the visit.</p>"
+)
+
+
+@pytest.mark.parametrize("container", ["html", "epub"])
+def test_an_ordered_list_is_numbered_as_the_browser_numbers_it(tmp_path: Path, container: str) -> None:
+    """A page's steps split by code blocks (`<ol start="2">` after the first block, as Markdown renders them, on
+    Node.js's permissions page and in the Rust Reference) read `1.` every time on the web page's path (trafilatura's
+    XML keeps no list attribute), so "step 4" pointed nowhere. Each list is now numbered as a browser numbers it,
+    from its `start`, down when `reversed`, from an item's `value` on, in its `type`, on a web page (numbering given
+    back from the page's own list with the same items; two lists with the same items in page order) as in an
+    e-book's chapter."""
+    if container == "html":
+        (tmp_path / "install.html").write_text(f"<html><body><main><article>{STEPS}</article></main></body></html>")
+    else:
+        write_epub(tmp_path / "install.epub", "Install", [STEPS])
+    (document,) = load(tmp_path).documents
+    numbered = [line for line in document.text.splitlines() if re.match(r"[0-9a-zA-Z]+\. ", line)]
+    assert numbered == [
+        "1. Drill the holes.", "2. Hang the wallbox.", "3. Wire it.", "4. Test it.",
+        "3. Fuse.", "2. Earth.", "1. Cable.",
+        "c. Clause one.", "g. Clause two.", "h. Clause three.",
+        "I. Annex.", "II. Annex.", "IV. Annex.", "V. Annex.",
+    ]  # fmt: skip
 
 
 COMMENT_PARAGRAPH = (

@@ -205,21 +205,65 @@ def html_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
 
     html = _read_text(path, kind, max_bytes * HTML_MARKUP_FACTOR)
     page = _spaced_tree(html)
+    numbering = {} if page is None else _ordered_lists(page)  # read before trafilatura changes the tree
     page = html if page is None else page  # what lxml cannot parse, trafilatura tries as it is
     found = trafilatura.bare_extraction(
         page, include_comments=False, include_tables=True, include_formatting=True, favor_recall=True,
         with_metadata=True,
     )  # fmt: skip
+    if found is not None and found.body is not None and numbering:
+        _number_like_source(found.body, numbering)
     text = "" if found is None or found.body is None else _laid_out(found.body, _main_role, _main_marker)
     if not text:
         raise BadRecord("empty_text: no main content found in the page")
     return {"text": text, "metadata": {"title": found.title} if found.title else {}}
 
 
-def _main_marker(item: Any, position: int) -> str:
+def _main_marker(item: Any, previous: int | None) -> tuple[str, int | None]:
     rend = item.get("rend") or ""  # a definition list's term and definition: `dt-1`, `dd-1`
     term = rend[:2] if rend[:2] in ("dt", "dd") else None
-    return _marker(item, position, ("list",), lambda parent: parent.get("rend") == "ol", term)
+    return _marker(item, previous, ("list",), lambda parent: parent.get("rend") == "ol", term)
+
+
+_NUMBERING = ("start", "type", "reversed")  # an <ol>'s attributes that set its items' numbers, with <li value>
+
+
+def _list_key(items: list[Any]) -> tuple[str, ...]:
+    """A list told by its items' text: each item's first 60 characters other than whitespace (trafilatura keeps the
+    words of the items it keeps, not always their spacing or what follows a nested block)."""
+    return tuple("".join("".join(item.itertext()).split())[:60] for item in items)
+
+
+def _ordered_lists(page: Any) -> dict[tuple[str, ...], list[tuple[dict[str, str], list[str | None]]]]:
+    """The page's ordered lists numbered otherwise than from 1 (`start`, `type`, `reversed`, an item's `value`),
+    by `_list_key`, in page order: what trafilatura's XML does not keep (a list in steps split by code blocks,
+    `<ol start="3">`, read from 1)."""
+    found: dict[tuple[str, ...], list[tuple[dict[str, str], list[str | None]]]] = {}
+    for ordered in page.iter("ol"):
+        items = [child for child in ordered if child.tag == "li"]
+        attributes = {name: ordered.get(name) for name in _NUMBERING if ordered.get(name) is not None}
+        values = [item.get("value") for item in items]
+        if items and (attributes or any(value is not None for value in values)):
+            found.setdefault(_list_key(items), []).append((attributes, values))
+    return found
+
+
+def _number_like_source(body: Any, numbering: dict[tuple[str, ...], list[Any]]) -> None:
+    """Give each ordered list of trafilatura's XML the numbering of the page's list with the same items (the first
+    one not yet given, where two have the same); one that matches none is numbered from 1."""
+    for ordered in body.iter("list"):
+        if ordered.get("rend") != "ol":
+            continue
+        items = [child for child in ordered if child.tag == "item"]
+        same = numbering.get(_list_key(items)) if items else None
+        if not same:
+            continue
+        attributes, values = same.pop(0)
+        for name, value in attributes.items():
+            ordered.set(name, value)
+        for item, value in zip(items, values, strict=False):
+            if value is not None:
+                item.set("value", value)
 
 
 def _by_unit(
@@ -795,24 +839,42 @@ def _html_role(element: Any) -> str:
     return {"br": _BREAK, "td": _CELL, "th": _CELL, "textarea": _KEPT, "sup": _SUPERSCRIPT}.get(tag, "")
 
 
+_HTML_COUNTERS = {"a": "lowerLetter", "A": "upperLetter", "i": "lowerRoman", "I": "upperRoman"}  # <ol type>
+
+
+def _integer(value: str | None) -> int | None:
+    value = (value or "").strip()
+    return int(value) if value.lstrip("-").isdigit() else None
+
+
 def _marker(
-    item: Any, position: int, lists: tuple[str, ...], ordered: Callable[[Any], bool], term: str | None = None
-) -> str:
-    """A list item's marker as a browser shows it: `N. ` in an ordered list (from its `start`; `position`: the
-    item's place in its list, from 1), else `- `, indented two spaces for each list it is nested in; in a
-    definition list (`term`: `dt` or `dd`), none for a term and two spaces' indent for its definition."""
+    item: Any, previous: int | None, lists: tuple[str, ...], ordered: Callable[[Any], bool], term: str | None = None
+) -> tuple[str, int | None]:
+    """A list item's marker as a browser shows it, and its number: in an ordered list `N. ` counted as HTML counts
+    (from the list's `start`, down where it is `reversed`, from an item's own `value` on; `previous`: the number of
+    the item before in its list, None for the first) in its `type` (`a`, `A`, `i`, `I`), else `- `, indented two
+    spaces for each list it is nested in; in a definition list (`term`: `dt` or `dd`), none for a term and two
+    spaces' indent for its definition."""
     if term is not None:
-        return "  " if term == "dd" else ""
-    depth = sum(1 for _ in item.iterancestors(*lists))
+        return ("  " if term == "dd" else ""), previous
+    indent = "  " * max(sum(1 for _ in item.iterancestors(*lists)) - 1, 0)
     parent = item.getparent()
-    if parent is not None and ordered(parent):
-        start = parent.get("start", "1")
-        number = (int(start) if start.strip().lstrip("-").isdigit() else 1) + position - 1
-        return f"{'  ' * max(depth - 1, 0)}{number}. "
-    return f"{'  ' * max(depth - 1, 0)}- "
+    if parent is None or not ordered(parent):
+        return f"{indent}- ", previous
+    down = parent.get("reversed") is not None
+    number = _integer(item.get("value"))
+    if number is None and previous is not None:
+        number = previous - 1 if down else previous + 1
+    if number is None:  # the list's first item
+        number = _integer(parent.get("start"))
+    if number is None:
+        number = sum(1 for child in parent if child.tag == item.tag) if down else 1
+    return f"{indent}{_list_number(number, _HTML_COUNTERS.get(parent.get('type') or '', 'decimal'))}. ", number
 
 
-def _laid_out(root: Any, role: Callable[[Any], str], marker: Callable[[Any, int], str]) -> str:
+def _laid_out(
+    root: Any, role: Callable[[Any], str], marker: Callable[[Any, int | None], tuple[str, int | None]]
+) -> str:
     """The text under `root`, laid out by each element's `role`, walked without recursion (a hostile page nests
     deeper than Python's stack): a run of whitespace inside a block a space (the tree is spaced already), none at a
     line's start, a block that begins where an item's marker was put goes on that line; normalized."""
@@ -841,7 +903,7 @@ def _laid_out(root: Any, role: Callable[[Any], str], marker: Callable[[Any, int]
 
     kinds: list[str] = []  # the role of each element the walk is inside (iterwalk reports elements only)
     closers: list[str] = []  # for each superscript the walk is inside: what ends it (`)` after `^(`)
-    items: dict[Any, int] = {}  # the items seen so far of each list (a count, not a count of siblings per item)
+    numbers: dict[Any, int | None] = {}  # each list's last item's number (kept, not counted again per item)
 
     for event, element in etree.iterwalk(root, events=("start", "end")):
         if event == "start":
@@ -858,9 +920,9 @@ def _laid_out(root: Any, role: Callable[[Any], str], marker: Callable[[Any, int]
             if kind in _BLOCKS:
                 line_break(_BLOCKS[kind])
             if kind == _ITEM:
-                items[element.getparent()] = position = items.get(element.getparent(), 0) + 1
+                text, numbers[element.getparent()] = marker(element, numbers.get(element.getparent()))
                 if not dropped:
-                    out.append(marker(element, position))
+                    out.append(text)
                     ends, fresh = 0, True
             written += kind in (_WRITTEN, _KEPT)
             put(element.text)
@@ -900,9 +962,9 @@ def html_text(markup: str | bytes) -> str:
     return _laid_out(root, _html_role, _html_marker)
 
 
-def _html_marker(item: Any, position: int) -> str:
+def _html_marker(item: Any, previous: int | None) -> tuple[str, int | None]:
     term = item.tag if item.tag in ("dt", "dd") else None
-    return _marker(item, position, _HTML_LISTS, lambda parent: parent.tag == "ol", term)
+    return _marker(item, previous, _HTML_LISTS, lambda parent: parent.tag == "ol", term)
 
 
 # trafilatura's main content (its XML: head, p, list/item, table/row/cell, code, quote, lb, and inline hi, ref, del)
