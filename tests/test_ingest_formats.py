@@ -1025,6 +1025,43 @@ def test_an_ordered_list_is_numbered_as_the_browser_numbers_it(tmp_path: Path, c
     ]  # fmt: skip
 
 
+def test_a_manuals_section_headings_stay_over_their_sections(tmp_path: Path) -> None:
+    """A page whose content sits in no container trafilatura knows (no <main> or <article>: DocBook's HTML, every
+    page of Valgrind's manual) is read by its recovery pass, which keeps paragraphs, lists and code but no heading:
+    263 section titles of Valgrind's manual were lost, `2.7. Core Command-line Options` and all (here, the second
+    section's). Each comes back over its section; a sidebar's heading, whose links trafilatura drops, stays out."""
+    sections = {
+        "2.1. What the checker does with your program": [
+            "The checker is designed to be as non-intrusive as possible and works directly with existing binaries.",
+            "You do not need to recompile, relink or otherwise modify the program that is to be checked by it.",
+        ],
+        "2.2. Getting started": [
+            "First compile your program with debugging information so that error messages name the exact lines.",
+            "Then run it under the checker as you would normally run it, with the options listed further below.",
+        ],
+    }
+    body = "".join(
+        f'<div class="sect1"><div class="titlepage"><div><div><h2 class="title" style="clear: both">'
+        f'<a name="s{number}"></a>{title}</h2></div></div></div>' + "".join(f"<p>{text}</p>" for text in texts)
+        + "<pre class='programlisting'>checker --tool=memcheck ls -l</pre></div>"
+        for number, (title, texts) in enumerate(sections.items())
+    )  # fmt: skip
+    sidebar = "".join(f"<li><a href='/p{n}.html'>Other page {n}</a></li>" for n in range(12))
+    (tmp_path / "manual-core.html").write_text(
+        "<html><head><title>2. Using the core</title></head><body><div class='navheader'><table><tr><td>"
+        "<a href='a.html'>Prev</a></td><td><a href='b.html'>Next</a></td></tr></table></div>"
+        f"<div class='chapter'><div class='titlepage'><div><div><h1 class='title'>2. Using the core</h1></div>"
+        f"</div></div>{body}</div><div id='sidebar'><h3>Elsewhere on the site</h3><ul>{sidebar}</ul></div>"
+        "</body></html>"
+    )
+    (page,) = load(tmp_path).documents
+    blocks = page.text.split("\n\n")
+    for title, texts in sections.items():
+        assert blocks.count(title) == 1, blocks
+        assert blocks[blocks.index(title) + 1] == texts[0]
+    assert "Elsewhere on the site" not in page.text and "Other page" not in page.text
+
+
 COMMENT_PARAGRAPH = (
     'using <code>parse</code> in the <a href="ch02.html#guess">“Comparing the Guess to the Secret\nNumber”</a>'
     "<!-- ignore --> section in Chapter 2, we must add<!-- a --><!-- b --> a type <?php echo 1 ?>annotation."

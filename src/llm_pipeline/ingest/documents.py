@@ -17,6 +17,7 @@ its length; over `data.max_file_chars` of text, the file is quarantined as too l
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 import zipfile
@@ -206,13 +207,15 @@ def html_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     html = _read_text(path, kind, max_bytes * HTML_MARKUP_FACTOR)
     page = _spaced_tree(html)
     numbering = {} if page is None else _ordered_lists(page)  # read before trafilatura changes the tree
+    outline = [] if page is None else _outline(page)
     page = html if page is None else page  # what lxml cannot parse, trafilatura tries as it is
     found = trafilatura.bare_extraction(
         page, include_comments=False, include_tables=True, include_formatting=True, favor_recall=True,
         with_metadata=True,
     )  # fmt: skip
-    if found is not None and found.body is not None and numbering:
+    if found is not None and found.body is not None:
         _number_like_source(found.body, numbering)
+        _headings_back(found.body, outline)
     text = "" if found is None or found.body is None else _laid_out(found.body, _main_role, _main_marker)
     if not text:
         raise BadRecord("empty_text: no main content found in the page")
@@ -228,10 +231,98 @@ def _main_marker(item: Any, previous: int | None) -> tuple[str, int | None]:
 _NUMBERING = ("start", "type", "reversed")  # an <ol>'s attributes that set its items' numbers, with <li value>
 
 
+_KEY_EVENTS = 400  # a block's text key reads at most this many starts and ends of its elements
+
+
+def _text_key(element: Any) -> str:
+    """A block told by its text: its first 60 characters other than whitespace (trafilatura keeps the words of the
+    blocks it keeps, not always their spacing or what follows a nested block), read from at most _KEY_EVENTS of
+    its elements' starts and ends (a key costs the same however deep the block nests)."""
+    from lxml import etree
+
+    key = ""
+    for event, node in itertools.islice(etree.iterwalk(element, events=("start", "end")), _KEY_EVENTS):
+        piece = node.text if event == "start" else (None if node is element else node.tail)
+        if piece:
+            key += "".join(piece.split())
+            if len(key) >= 60:
+                break
+    return key[:60]
+
+
 def _list_key(items: list[Any]) -> tuple[str, ...]:
-    """A list told by its items' text: each item's first 60 characters other than whitespace (trafilatura keeps the
-    words of the items it keeps, not always their spacing or what follows a nested block)."""
-    return tuple("".join("".join(item.itertext()).split())[:60] for item in items)
+    return tuple(_text_key(item) for item in items)
+
+
+_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+_SOURCE_BLOCKS = frozenset({"p", "pre", "ul", "ol", "dl", "table", "blockquote"})  # trafilatura's p, code, list...
+_MAIN_BLOCKS = frozenset({"p", "code", "list", "table", "quote"})
+
+
+def _outermost(root: Any, tags: frozenset[str]) -> Iterator[tuple[Any, bool]]:
+    """The elements under `root` with a tag in `tags`, in order, each with whether it is inside none of the others
+    (one walk, not each element's ancestors: a hostile page nests deep)."""
+    from lxml import etree
+
+    inside = 0
+    for event, element in etree.iterwalk(root, events=("start", "end")):
+        if element.tag in tags:
+            if event == "end":
+                inside -= 1
+            else:
+                yield element, not inside
+                inside += 1
+
+
+def _outline(page: Any) -> list[tuple[str, str, str]]:
+    """The page's headings and blocks that stand in no other, in page order: (`head`, its level, its text) or
+    (`block`, "", its `_text_key`); scripts and styles left out."""
+    outline: list[tuple[str, str, str]] = []
+    for element, outermost in _outermost(page, _HEADINGS | _SOURCE_BLOCKS | _HTML_DROPPED):
+        if not outermost or element.tag in _HTML_DROPPED:
+            continue  # inside a block (a list's nested list, a heading in a table cell): part of that block
+        if element.tag in _HEADINGS:
+            if text := " ".join("".join(element.itertext()).split()):
+                outline.append(("head", element.tag, text))
+        else:
+            outline.append(("block", "", _text_key(element)))
+    return outline
+
+
+def _headings_back(body: Any, outline: list[tuple[str, str, str]]) -> None:
+    """Give back the headings trafilatura dropped over blocks it kept. A page whose content sits in no container
+    it knows (no <main>, <article> or content class: a DocBook manual's `div.sect1`s) is read by its recovery
+    pass, which takes paragraphs, lists and code but no heading: every section title of Valgrind's manual was
+    lost. A heading (or a run of them) goes back before the block that follows it on the page where trafilatura
+    kept that block (told by `_text_key`, in page order) and kept no heading with its text; a heading whose next
+    block was dropped stays dropped (a sidebar's), and so does one before a heading trafilatura kept (mdBook's
+    menu title before a chapter's own heading)."""
+    from lxml import etree
+
+    kept: dict[str, list[Any]] = {}  # trafilatura's blocks that stand in no other, by their text, in order
+    texts: set[str] = set()  # and its headings': a heading kept (maybe as a paragraph) is not given back
+    for element, outermost in _outermost(body, _MAIN_BLOCKS | {"head"}):
+        if outermost or element.tag == "head":
+            texts.add(key := _text_key(element))
+            if element.tag != "head":
+                kept.setdefault(key, []).append(element)
+    waiting: list[tuple[str, str]] = []  # the headings since the last block: (level, text)
+    for kind, level, text in outline:
+        if kind == "head":
+            waiting.append((level, text))
+            continue
+        if not text:
+            continue  # an empty block (a search box's list): nothing to tell it by, no content between
+        if same := kept.get(text):
+            block = same.pop(0)
+            for level, heading in reversed(waiting):
+                if "".join(heading.split())[:60] in texts:
+                    break  # kept: the headings before it were left out on purpose (a menu's title)
+                head = etree.Element("head", rend=level)
+                head.text = heading
+                block.addprevious(head)
+                block = head
+        waiting = []
 
 
 def _ordered_lists(page: Any) -> dict[tuple[str, ...], list[tuple[dict[str, str], list[str | None]]]]:
