@@ -424,6 +424,52 @@ def write_deck(path: Path) -> None:
     deck.save(str(path))
 
 
+def test_a_slides_bullets_and_numbers_are_the_ones_powerpoint_shows(tmp_path: Path) -> None:
+    """A slide's bullets had no markers (python-pptx gives a paragraph's text, not whether it shows a bullet: that
+    is inherited from the layout and the master), so a numbered list of steps was plain lines. Now a paragraph
+    shows what PowerPoint shows: a content placeholder's bullets from the master's body style (`- `, two spaces'
+    indent a level), an autonumber in its scheme counted per level from its start, none where the paragraph or
+    its shape says none, none in a title or a plain text box, none on the speaker notes."""
+    drawing = "{http://schemas.openxmlformats.org/drawingml/2006/main}"
+
+    def numbered(paragraph: object, scheme: str, start: int | None = None) -> None:
+        properties = paragraph._p.get_or_add_pPr()
+        automatic = properties.makeelement(f"{drawing}buAutoNum", {"type": scheme})
+        if start is not None:
+            automatic.set("startAt", str(start))
+        properties.append(automatic)
+
+    deck = pptx.Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[1])  # Title and Content
+    slide.shapes.title.text = "Commissioning"
+    body = slide.placeholders[1].text_frame
+    body.text = "Before the visit"
+    for text, level, scheme in [
+        ("Check the breaker", 1, None), ("Label the circuit", 1, None), ("Steps", 0, None),
+        ("Mount", 1, "arabicPeriod"), ("Wire", 1, "arabicPeriod"), ("Test", 1, "arabicPeriod"),
+        ("", 0, None), ("Sign-off", 0, "none"),
+    ]:  # fmt: skip
+        paragraph = body.add_paragraph()
+        paragraph.text, paragraph.level = text, level
+        if scheme == "none":
+            paragraph._p.get_or_add_pPr().append(paragraph._p.makeelement(f"{drawing}buNone", {}))
+        elif scheme:
+            numbered(paragraph, scheme, 3 if text == "Mount" else None)
+    box = slide.shapes.add_textbox(Inches(1), Inches(5), Inches(4), Inches(1)).text_frame
+    box.text = "Appendix clauses"
+    for text in ("Scope", "Liability"):
+        paragraph = box.add_paragraph()
+        paragraph.text = text
+        numbered(paragraph, "romanLcParenBoth")
+    slide.notes_slide.notes_text_frame.text = "Bring the torque wrench."
+    deck.save(str(tmp_path / "commissioning.pptx"))
+    (document,) = load(tmp_path).documents
+    assert document.text == (
+        "Commissioning\n\n- Before the visit\n  - Check the breaker\n  - Label the circuit\n- Steps\n  3. Mount\n"
+        "  4. Wire\n  5. Test\n\nSign-off\n\nAppendix clauses\n(i) Scope\n(ii) Liability\n\nBring the torque wrench."
+    )
+
+
 def test_markdown_keeps_its_lines_and_code_and_loses_only_its_comment_blocks(tmp_path: Path) -> None:
     """Node.js's API docs (found on this machine's copy) keep each function's YAML change history in `<!-- -->`
     blocks, which no reader of the rendered page sees, and the loaded text had them all, on one line with the
@@ -474,8 +520,8 @@ def test_slides_restructuredtext_and_asciidoc_load_with_their_titles_and_slide_s
     assert plan.metadata["title"] == "Depot charging plan" and plan.metadata["slides"] == 3
     starts = plan.metadata["slide_starts"]
     assert plan.text[: starts[1]] == "Depot charging plan\n\nFleet of 40 vans, overnight\n\n"  # a shape a block
-    assert plan.text[starts[1] : starts[2]] == (  # a frame's paragraphs a line each, the notes a block
-        "Power budget\n\nGrid connection: 250 kW\nLoad management caps each charger at 11 kW\n\n"
+    assert plan.text[starts[1] : starts[2]] == (  # a frame's paragraphs a line each (bullets), the notes a block
+        "Power budget\n\n- Grid connection: 250 kW\n- Load management caps each charger at 11 kW\n\n"
         "The utility upgrade takes nine months.\n\n"
     )
     assert plan.text[starts[2] :] == "Chargers\n\nModel | Power\nWallbox Pro | 22 kW\n\nGrouped callout text"  # rows

@@ -669,8 +669,8 @@ def _zip_archive(path: Path, what: str) -> None:
 
 
 def _shape_texts(shapes: Any) -> Iterator[str]:
-    """The text of a slide's shapes in the deck's order, a block each: a text frame its paragraphs a line each, a
-    table its rows a line each, a group's shapes each a block."""
+    """The text of a slide's shapes in the deck's order, a block each: a text frame its paragraphs a line each (with
+    their bullets, `_slide_lines`), a table its rows a line each, a group's shapes each a block."""
     from pptx.enum.shapes import MSO_SHAPE_TYPE
 
     for shape in shapes:
@@ -680,7 +680,100 @@ def _shape_texts(shapes: Any) -> Iterator[str]:
             rows = (table_row(cell.text for cell in row.cells if not cell.is_spanned) for row in shape.table.rows)
             yield "\n".join(row for row in rows if row)
         elif getattr(shape, "has_text_frame", False):
-            yield "\n".join(paragraph.text for paragraph in shape.text_frame.paragraphs)
+            yield "\n".join(_slide_lines(shape))
+
+
+_DRAWING = "{http://schemas.openxmlformats.org/drawingml/2006/main}"
+_PRESENTATION = "{http://schemas.openxmlformats.org/presentationml/2006/main}"
+_AUTO_NUMBERS = {"arabic": "decimal", "alphaLc": "lowerLetter", "alphaUc": "upperLetter", "romanLc": "lowerRoman",
+                 "romanUc": "upperRoman"}  # fmt: skip
+_AUTO_ENDS = {"Period": ("", "."), "ParenR": ("", ")"), "ParenBoth": ("(", ")"), "Plain": ("", "")}
+
+
+def _bullet(properties: Any) -> tuple[str, str, int] | None:
+    """What a paragraph's properties (`a:pPr`, or a list style's `a:lvlNpPr`) say of its bullet: ("none", "", 0),
+    ("bullet", "", 0), ("number", its autonumber scheme, its start); None where they say nothing (inherited)."""
+    if properties is None:
+        return None
+    if properties.find(f"{_DRAWING}buNone") is not None:
+        return ("none", "", 0)
+    auto = properties.find(f"{_DRAWING}buAutoNum")
+    if auto is not None:
+        start = str(auto.get("startAt") or "1")
+        return ("number", str(auto.get("type") or "arabicPeriod"), int(start) if start.isdigit() else 1)
+    if properties.find(f"{_DRAWING}buChar") is not None or properties.find(f"{_DRAWING}buBlip") is not None:
+        return ("bullet", "", 0)
+    return None
+
+
+def _inherited_bullets(shape: Any) -> Callable[[int], tuple[str, str, int]]:
+    """A shape's bullet for each paragraph level as PowerPoint inherits it: the shape's list style, then, for a
+    placeholder, its layout's and its master's placeholder's, then the master's text style (the title's, a body
+    placeholder's with bullets at every level, or other text's: a text box has none)."""
+    from pptx.enum.shapes import PP_PLACEHOLDER
+
+    styles = []  # the a:lstStyle elements, nearest first
+    chain, master_style = shape, "otherStyle"
+    if getattr(shape, "is_placeholder", False):
+        kind = shape.placeholder_format.type
+        if kind in (PP_PLACEHOLDER.TITLE, PP_PLACEHOLDER.CENTER_TITLE, PP_PLACEHOLDER.VERTICAL_TITLE):
+            master_style = "titleStyle"
+        elif kind in (PP_PLACEHOLDER.BODY, PP_PLACEHOLDER.OBJECT, PP_PLACEHOLDER.SUBTITLE,
+                      PP_PLACEHOLDER.VERTICAL_BODY, PP_PLACEHOLDER.VERTICAL_OBJECT):  # fmt: skip
+            master_style = "bodyStyle"
+    for _ in range(3):  # the shape, its layout's placeholder, its master's
+        body = getattr(chain._element, "txBody", None) if chain is not None else None
+        if body is not None and body.find(f"{_DRAWING}lstStyle") is not None:
+            styles.append(body.find(f"{_DRAWING}lstStyle"))
+        try:
+            chain = getattr(chain, "_base_placeholder", None) if chain is not None else None
+        except (KeyError, AttributeError, ValueError):  # a placeholder its layout does not have
+            chain = None
+    try:
+        master = shape.part.slide.slide_layout.slide_master._element
+        text_styles = master.find(f"{_PRESENTATION}txStyles")
+        found = text_styles.find(f"{_PRESENTATION}{master_style}") if text_styles is not None else None
+    except (AttributeError, KeyError, ValueError):  # a shape of no slide (a notes page's) or a damaged master
+        found = None
+    if found is not None:
+        styles.append(found)
+
+    def level(depth: int) -> tuple[str, str, int]:
+        for style in styles:
+            if said := _bullet(style.find(f"{_DRAWING}lvl{depth + 1}pPr")):
+                return said
+        return ("none", "", 0)
+
+    return level
+
+
+def _slide_lines(shape: Any) -> Iterator[str]:
+    """A text frame's paragraphs a line each, with the marker PowerPoint shows: `- ` for a bullet, `1.`, `a)`, `(iv)`
+    for an autonumber (counted per level, a deeper level restarting under a new paragraph above it), two spaces'
+    indent a level; an empty paragraph shows none."""
+    inherited = _inherited_bullets(shape)
+    counts: dict[int, int] = {}
+    for paragraph in shape.text_frame.paragraphs:
+        try:
+            text, depth = paragraph.text, min(max(paragraph.level, 0), 8)
+        except ValueError:  # a level that is no number: the paragraph's text at the first level
+            text, depth = paragraph.text, 0
+        kind, scheme, start = _bullet(paragraph._p.pPr) or inherited(depth)
+        for deeper in [level for level in counts if level > depth]:
+            del counts[deeper]
+        if not text.strip() or kind == "none":
+            counts.pop(depth, None)
+            yield text
+            continue
+        indent = "  " * depth
+        if kind == "bullet":
+            counts.pop(depth, None)
+            yield f"{indent}- {text}"
+            continue
+        counts[depth] = counts.get(depth, start - 1) + 1
+        form = next((v for k, v in _AUTO_NUMBERS.items() if scheme.startswith(k)), "decimal")
+        before, after = next((v for k, v in _AUTO_ENDS.items() if scheme.endswith(k)), ("", "."))
+        yield f"{indent}{before}{_list_number(counts[depth], form)}{after} {text}"
 
 
 def pptx_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
