@@ -299,22 +299,26 @@ def _headings_back(body: Any, outline: list[tuple[str, str, str]]) -> None:
     menu title before a chapter's own heading)."""
     from lxml import etree
 
-    kept: dict[str, list[Any]] = {}  # trafilatura's blocks that stand in no other, by their text, in order
+    kept: dict[str, list[tuple[int, Any]]] = {}  # trafilatura's blocks that stand in no other, by text, in order
     texts: set[str] = set()  # and its headings': a heading kept (maybe as a paragraph) is not given back
-    for element, outermost in _outermost(body, _MAIN_BLOCKS | {"head"}):
+    for place, (element, outermost) in enumerate(_outermost(body, _MAIN_BLOCKS | {"head"})):
         if outermost or element.tag == "head":
             texts.add(key := _text_key(element))
             if element.tag != "head":
-                kept.setdefault(key, []).append(element)
+                kept.setdefault(key, []).append((place, element))
     waiting: list[tuple[str, str]] = []  # the headings since the last block: (level, text)
+    last = -1  # where the last block matched stands in trafilatura's: a match is never before it
     for kind, level, text in outline:
         if kind == "head":
             waiting.append((level, text))
             continue
         if not text:
             continue  # an empty block (a search box's list): nothing to tell it by, no content between
-        if same := kept.get(text):
-            block = same.pop(0)
+        same = kept.get(text, [])
+        while same and same[0][0] < last:
+            same.pop(0)
+        if same:
+            last, block = same.pop(0)
             for level, heading in reversed(waiting):
                 if "".join(heading.split())[:60] in texts:
                     break  # kept: the headings before it were left out on purpose (a menu's title)
