@@ -228,16 +228,14 @@ def _main_marker(item: Any, previous: int | None) -> tuple[str, int | None]:
     return _marker(item, previous, ("list",), lambda parent: parent.get("rend") == "ol", term)
 
 
-_NUMBERING = ("start", "type", "reversed")  # an <ol>'s attributes that set its items' numbers, with <li value>
-
-
+_KEY_CHARS = 60  # a block's text key: its first characters other than whitespace
 _KEY_EVENTS = 400  # a block's text key reads at most this many starts and ends of its elements
 
 
 def _text_key(element: Any) -> str:
-    """A block told by its text: its first 60 characters other than whitespace (trafilatura keeps the words of the
-    blocks it keeps, not always their spacing or what follows a nested block), read from at most _KEY_EVENTS of
-    its elements' starts and ends (a key costs the same however deep the block nests)."""
+    """A block told by its text: its first _KEY_CHARS characters other than whitespace (trafilatura keeps the words
+    of the blocks it keeps, not always their spacing or what follows a nested block), read from at most _KEY_EVENTS
+    of its elements' starts and ends (a key costs the same however deep the block nests)."""
     from lxml import etree
 
     key = ""
@@ -245,9 +243,9 @@ def _text_key(element: Any) -> str:
         piece = node.text if event == "start" else (None if node is element else node.tail)
         if piece:
             key += "".join(piece.split())
-            if len(key) >= 60:
+            if len(key) >= _KEY_CHARS:
                 break
-    return key[:60]
+    return key[:_KEY_CHARS]
 
 
 def _list_key(items: list[Any]) -> tuple[str, ...]:
@@ -320,13 +318,16 @@ def _headings_back(body: Any, outline: list[tuple[str, str, str]]) -> None:
         if same:
             last, block = same.pop(0)
             for level, heading in reversed(waiting):
-                if "".join(heading.split())[:60] in texts:
+                if "".join(heading.split())[:_KEY_CHARS] in texts:  # the heading's `_text_key`
                     break  # kept: the headings before it were left out on purpose (a menu's title)
                 head = etree.Element("head", rend=level)
                 head.text = heading
                 block.addprevious(head)
                 block = head
         waiting = []
+
+
+_NUMBERING = ("start", "type", "reversed")  # an <ol>'s attributes that set its items' numbers, with <li value>
 
 
 def _ordered_lists(page: Any) -> dict[tuple[str, ...], list[tuple[dict[str, str], list[str | None]]]]:
