@@ -13,6 +13,7 @@ import json
 import lzma
 import re
 import tracemalloc
+import zipfile
 from pathlib import Path
 
 import docx
@@ -1158,6 +1159,134 @@ def test_a_page_and_a_chapter_keep_what_a_browser_shows(tmp_path: Path, paragrap
     assert set(texts) == {"page", "book"}
     for name, text in texts.items():
         assert expected in text.split("\n"), (name, text)
+
+
+# A table as Google Docs' "Web page" export writes it: every cell's text in a <p> (Word's and Confluence's exports
+# too); a cell with two paragraphs, one with a line break, one with a list; then an old page's layout box (a table
+# of one cell holding a heading and paragraphs) and a two-column layout (a cell holding a table)
+CELL_TABLES = (
+    '<h1 class="c7"><span class="c6">Charging prices</span></h1>'
+    '<p class="c3"><span class="c1">Our prices depend on the charger\'s power and include VAT.</span></p>'
+    '<table class="c9"><tr class="c5"><td class="c8"><p class="c2"><span class="c10">Charger</span></p></td>'
+    '<td class="c8"><p class="c2"><span>Power</span></p></td><td class="c8"><p class="c2">Price per kWh</p></td></tr>'
+    '<tr><td><p class="c2">AC</p><p class="c2">wall or post</p></td><td><p>22 kW<br/>three-phase</p></td>'
+    "<td><p>0.39 EUR</p></td></tr>"
+    "<tr><td><p>DC fast</p></td><td><ul><li>50 kW</li><li>150 kW</li></ul></td><td><p>0.59</p><p>EUR</p></td></tr>"
+    "<tr><td><p>Check</p></td><td><pre>$ charge --status\nOK</pre></td></tr>"
+    "</table>"
+    "<table><tr><td><h2>Idle fees</h2><p>An idle fee of 0.10 EUR per minute applies after 45 minutes.</p>"
+    "<p>It stops when the car is unplugged.</p></td></tr></table>"
+    "<table><tr><td><table><tr><td><p>Card</p></td><td><p>App</p></td></tr></table></td>"
+    "<td><p>Pay by card or by app at every charger.</p><p>Receipts come by e-mail.</p></td></tr></table>"
+)
+
+
+@pytest.mark.parametrize("container", ["html", "epub"])
+def test_a_table_whose_cells_hold_paragraphs_is_a_row_a_line(tmp_path: Path, container: str) -> None:
+    """A table exported from Google Docs (Word's and Confluence's exports alike) wraps every cell's text in a <p>:
+    each cell came out a paragraph of its own, ` | ` on lines of their own between them (`Charger\\n\\n |\\n\\nPower`),
+    which value was whose lost. A row is one line again, a cell's paragraphs, line breaks and list items on it
+    between spaces, as an office file's table reads (`table_row`). A table that is an old page's layout (a cell
+    alone in its row, or a row with a heading or a table in a cell) keeps its paragraphs on their lines, and a row
+    with a code block its code's lines (DocBook's FAQ: the answers' code); on a web
+    page, trafilatura takes a table out of the layout cell it stood in, which leaves a row of two cells."""
+    if container == "html":
+        (tmp_path / "prices.html").write_text(f'<html><body class="c12 doc-content">{CELL_TABLES}</body></html>')
+    else:
+        write_epub(tmp_path / "prices.epub", "Prices", [CELL_TABLES])
+    (document,) = load(tmp_path).documents
+    lines = document.text.splitlines()
+    for row in [
+        "Charger | Power | Price per kWh",
+        "AC wall or post | 22 kW three-phase | 0.39 EUR",
+        "DC fast | - 50 kW - 150 kW | 0.59 EUR",
+        "Card | App",
+    ]:
+        assert row in lines, (row, document.text)
+    paragraphs = document.text.split("\n\n")
+    for block in [
+        "Idle fees",
+        "An idle fee of 0.10 EUR per minute applies after 45 minutes.",
+        "It stops when the car is unplugged.",
+    ]:
+        assert block in paragraphs, (block, document.text)
+    assert "$ charge --status\nOK" in document.text  # a row with code keeps its lines
+    two_columns = ["Pay by card or by app at every charger.", "Receipts come by e-mail."]
+    if container == "epub":
+        assert set(two_columns) <= set(paragraphs), document.text
+    else:  # trafilatura moves a table out of the cell it stood in: the two columns are a row of 2 cells, one empty
+        assert f" | {' '.join(two_columns)}" in lines, document.text
+
+
+def _replaced_in_zip(path: Path, name: str, data: bytes) -> None:
+    """The zip at `path` with its member `name` holding `data` instead (members and their order kept: an EPUB's
+    `mimetype` stays first and stored)."""
+    with zipfile.ZipFile(path) as old:
+        members = [(info, old.read(info)) for info in old.infolist()]
+    with zipfile.ZipFile(path, "w") as new:
+        for info, content in members:
+            new.writestr(info, data if info.filename == name else content)
+
+
+def test_an_html_page_is_read_in_the_encoding_it_declares(tmp_path: Path) -> None:
+    """A page's own declaration of its encoding was not read: a Word "Web page" export (windows-1252, declared in
+    its <meta>) and XHTML declaring ISO-8859-1 (libxslt's manual: 5 of its pages on this machine) were quarantined
+    whole as `not_utf8`; XHTML with an XML declaration naming any encoding, UTF-8 included (95 of 250 real pages
+    under /usr/share/doc), lost its layout (lxml refuses text with that declaration: paragraphs kept their source's
+    line breaks, lists their blank lines, a manual its headings); an e-book's chapter declaring ISO-8859-1 read its
+    accents wrong. Now a page is read by its byte-order mark, else the encoding it declares (its XML declaration or
+    <meta>, as a browser reads them: ISO-8859-1 is windows-1252), else `data.encoding`; a page that is not in the
+    encoding it declares is quarantined with the position, as before."""
+    price = "Le tarif « nuit » : 0,39 € le kWh – café offert."
+    filler = "Un paragraphe du texte de la page, assez long pour en être le contenu principal. " * 4
+    filler = filler.strip()  # (a page of under 250 characters of text is read by trafilatura's flat fallback)
+    word = (
+        '<html><head><meta http-equiv=Content-Type content="text/html; charset=windows-1252">'
+        "<title>Tarifs</title></head><body lang=FR><div class=WordSection1>"
+        f"<h1>Tarifs</h1><p class=MsoNormal>{price}<o:p></o:p></p><p class=MsoNormal>{filler}</p>"
+        "<p class=MsoNormal>Une recharge \u201crapide\u201d co\u00fbte plus.</p></div></body></html>"
+    )
+    (tmp_path / "word.htm").write_bytes(word.encode("cp1252"))
+    xhtml = (
+        '<?xml version="1.0" encoding="ISO-8859-1"?>\n<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" '
+        '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\n<html xmlns="http://www.w3.org/1999/xhtml">'
+        "<head><title>Manuel</title></head><body><h1>Manuel</h1>\n<p>Ce document d\u00e9crit la\nrecharge \u00e0 "
+        "domicile\net ses r\u00e8gles.</p>\n<ul>\n<li>Une prise</li>\n\n<li>Un c\u00e2ble</li>\n</ul>"
+        f"<p>{filler}</p></body></html>"
+    )
+    (tmp_path / "manuel.xhtml").write_bytes(xhtml.encode("iso-8859-1"))
+    (tmp_path / "utf8.html").write_bytes(
+        xhtml.replace("ISO-8859-1", "UTF-8").replace("Manuel", "Guide").encode("utf-8")
+    )
+    (tmp_path / "meta.html").write_bytes(
+        f'<html><head><meta charset="utf-8"></head><body><p>Запаска: 0,39 € за кВт·ч.</p><p>{filler}</p>'
+        "</body></html>".encode()
+    )
+    (tmp_path / "lying.html").write_bytes(
+        b'<html><head><meta charset="utf-8"></head><body><p>caf\xe9 au lait</p></body></html>'
+    )
+    write_epub(tmp_path / "livre.epub", "Livre", ["<p>PLACEHOLDER</p>"])
+    chapter = (
+        '<?xml version="1.0" encoding="iso-8859-1"?>\n<html xmlns="http://www.w3.org/1999/xhtml"><head>'
+        "<title>Chapitre</title></head><body><p>\u00c9t\u00e9 comme hiver, la borne r\u00e9pond.</p></body></html>"
+    )
+    _replaced_in_zip(tmp_path / "livre.epub", "EPUB/c1.xhtml", chapter.encode("iso-8859-1"))
+
+    result = load(tmp_path, encoding="cp1251")  # the run's fallback: a page's declaration comes first
+
+    texts = {d.id: d.text for d in result.documents}
+    assert texts == {
+        "word": f"Tarifs\n\n{price}\n\n{filler}\n\nUne recharge \u201crapide\u201d co\u00fbte plus.",
+        "manuel": "Manuel\n\nCe document d\u00e9crit la recharge \u00e0 domicile et ses r\u00e8gles.\n\n"
+        f"- Une prise\n- Un c\u00e2ble\n\n{filler}",
+        "utf8": "Guide\n\nCe document d\u00e9crit la recharge \u00e0 domicile et ses r\u00e8gles.\n\n"
+        f"- Une prise\n- Un c\u00e2ble\n\n{filler}",
+        "meta": f"Запаска: 0,39 € за кВт·ч.\n\n{filler}",
+        "livre": "\u00c9t\u00e9 comme hiver, la borne r\u00e9pond.",
+    }
+    assert rejected(result) == {"lying.html:file": "not_utf8"}
+    (reject,) = result.rejects
+    assert reject.reason == "not_utf8: invalid continuation byte at byte 53", reject.reason
 
 
 def test_a_pdfs_words_hyphenated_across_lines_are_whole_where_the_document_says_how(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ its length; over `data.max_file_chars` of text, the file is quarantined as too l
 
 from __future__ import annotations
 
+import codecs
 import io
 import itertools
 import json
@@ -29,7 +30,9 @@ import regex
 
 from llm_pipeline.ingest.records import BadRecord, normalize_text
 from llm_pipeline.ingest.sources import (
+    BOMS,
     CHUNK,
+    DECLARATION_BYTES,
     Kind,
     UnreadableFile,
     open_binary,
@@ -64,10 +67,10 @@ class TooLong(BadRecord):
     """A document over the bound it was read with: split into parts where `data.max_file_chars` allows."""
 
 
-def _read_text(path: Path, kind: Kind, max_bytes: int) -> str:
+def _read_text(path: Path, kind: Kind, max_bytes: int, declared: Callable[[bytes], str | None] | None = None) -> str:
     with open_binary(path, kind.compression) as stream:
         try:
-            read = read_bounded(stream, max_bytes, kind.encoding)  # type: ignore[arg-type]
+            read = read_bounded(stream, max_bytes, kind.encoding, declared)  # type: ignore[arg-type]
         except UnicodeDecodeError as exc:
             raise BadRecord(f"{undecodable(exc.encoding)}: {exc.reason} at byte {exc.start}") from exc
     if read is None:
@@ -148,14 +151,47 @@ def asciidoc_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
 _HTML_AS_WRITTEN = ("pre", "textarea")  # elements whose whitespace a browser shows as written
 
 
+def declared_encoding(head: bytes) -> str | None:
+    """The encoding an HTML page declares in its first bytes, as a browser reads the declaration (w3lib: an XML
+    declaration's `encoding`, a `<meta charset>` or its http-equiv form; a label as the Encoding Standard maps it,
+    `iso-8859-1` to windows-1252, `utf-16` without a byte-order mark to UTF-8), or None where it declares none that
+    Python can decode."""
+    from w3lib.encoding import html_body_declared_encoding
+
+    name = html_body_declared_encoding(head)
+    if name is None:
+        return None
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return None
+    return name
+
+
+def decoded_markup(data: bytes) -> str:
+    """An HTML or XHTML document's bytes as text: by its byte-order mark, else the encoding it declares
+    (`declared_encoding`), else UTF-8; a byte its encoding has no character for read as U+FFFD, as a browser reads
+    it (an e-book's chapter: one bad byte does not cost the book)."""
+    marked = next((name for bom, name in BOMS if data.startswith(bom)), None)  # UTF-16/32 codecs read their mark
+    if marked == "utf-8":
+        data = data[len(codecs.BOM_UTF8) :]
+    encoding = marked or declared_encoding(data[:DECLARATION_BYTES]) or "utf-8"
+    return data.decode(encoding, "replace")
+
+
+_XML_DECLARATION = re.compile(r"\A\s*<\?xml\s[^>]*\?>")
+
+
 def _spaced_tree(markup: str | bytes) -> Any:
     """The page parsed (lxml), each run of whitespace in its text a space outside <pre> and <textarea>, as a browser
     shows it, the text after a comment before it (`_keep_tail`); walked without recursion (a hostile page nests
-    deeper than Python's stack). None where lxml cannot parse it. Text with an XML declaration naming its encoding
-    (XHTML, as an e-book's) comes as bytes."""
+    deeper than Python's stack). None where lxml cannot parse it. Text is decoded already: an XML declaration
+    (XHTML's, naming the encoding it was decoded by) is dropped first, lxml refuses text that has one."""
     import lxml.html
     from lxml import etree
 
+    if isinstance(markup, str):
+        markup = _XML_DECLARATION.sub("", markup, count=1)
     try:
         root = lxml.html.document_fromstring(markup)
     except (ValueError, etree.ParserError):
@@ -204,7 +240,7 @@ def html_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
     verifying\ninvariants.` in Node.js's docs). The title: trafilatura's, from the same parse."""
     import trafilatura
 
-    html = _read_text(path, kind, max_bytes * HTML_MARKUP_FACTOR)
+    html = _read_text(path, kind, max_bytes * HTML_MARKUP_FACTOR, declared_encoding)
     page = _spaced_tree(html)
     numbering = {} if page is None else _ordered_lists(page)  # read before trafilatura changes the tree
     outline = [] if page is None else _outline(page)
@@ -1061,23 +1097,69 @@ def _marker(
     return f"{indent}{_list_number(number, _HTML_COUNTERS.get(parent.get('type') or '', 'decimal'))}. ", number
 
 
+# what makes a table's row a page's layout rather than values: a table or a heading in a cell (HTML's, and
+# trafilatura's XML's `head`; and a code block, `_WRITTEN`)
+_LAYOUT_TAGS = frozenset({"table", "head", "h1", "h2", "h3", "h4", "h5", "h6"})
+
+
+def _inline_cells(root: Any, role: Callable[[Any], str]) -> set[Any]:
+    """The table cells under `root` whose blocks go on their row's line, a space between them: the cells of a row of
+    two or more with no table, heading or code block in any (a Google Docs or Word export wraps every cell's text
+    in a <p>, which laid out as a block broke a row over lines, ` | ` on a line of its own). A row of one cell, or
+    one with a table or a heading in a cell, is an old page's layout, and code keeps its lines (DocBook's FAQ, an
+    answer's code in its cell): their cells' blocks keep their lines. One walk."""
+    from lxml import etree
+
+    rows: dict[Any, list[Any]] = {}  # each row's cells; a layout row's: None
+    open_rows: list[Any] = []  # the row of each cell the walk is inside
+    for event, element in etree.iterwalk(root, events=("start", "end")):
+        kind = role(element)
+        if kind != _CELL:
+            layout = element.tag in _LAYOUT_TAGS or kind == _WRITTEN or _as_written(element.text, element.tail)
+            if event == "start" and open_rows and layout:
+                rows[open_rows[-1]] = None  # type: ignore[assignment]
+            continue
+        if event == "end":
+            open_rows.pop()
+            continue
+        row = element.getparent()
+        open_rows.append(row)
+        cells = rows.setdefault(row, [])
+        if _as_written(element.text):
+            rows[row] = None  # type: ignore[assignment]
+        elif cells is not None:
+            cells.append(element)
+    return {cell for cells in rows.values() if cells is not None and len(cells) > 1 for cell in cells}
+
+
+def _as_written(*texts: str | None) -> bool:
+    """Whether any of `texts` runs over lines: in a spaced tree (`_spaced_tree`) only a <pre>'s or a <textarea>'s
+    does, which trafilatura may have renamed (a <pre> in a table's cell: its `quote`)."""
+    return any("\n" in text for text in texts if text)
+
+
 def _laid_out(
     root: Any, role: Callable[[Any], str], marker: Callable[[Any, int | None], tuple[str, int | None]]
 ) -> str:
     """The text under `root`, laid out by each element's `role`, walked without recursion (a hostile page nests
     deeper than Python's stack): a run of whitespace inside a block a space (the tree is spaced already), none at a
-    line's start, a block that begins where an item's marker was put goes on that line; normalized."""
+    line's start, a block that begins where an item's marker was put goes on that line; inside a table's cell
+    (`_inline_cells`) all on its row's line, a block's breaks a space; normalized."""
     from lxml import etree
 
     out: list[str] = []
     written = dropped = ends = 0  # the as-written and dropped elements the walk is inside; the text's last breaks
     fresh = True  # at a line's start, or just after an item's marker: leading spaces dropped, no break needed
+    inline_cells = _inline_cells(root, role)
+    inline = 0  # the inline cells the walk is inside: no line breaks
 
     def put(text: str | None) -> None:
         nonlocal ends, fresh
         if not text or dropped:
             return
-        if not written and fresh:
+        if inline:
+            text = _HTML_SPACE.sub(" ", text)  # a <pre> in a cell too: the row is one line
+        if (inline or not written) and fresh:
             text = text.lstrip(" ")
         if text:
             out.append(text)
@@ -1086,6 +1168,10 @@ def _laid_out(
 
     def line_break(wanted: int) -> None:  # where enough breaks already are (or a marker was just put), none more
         nonlocal ends, fresh
+        if inline:  # a space (normalize_text makes a run of them one), and the line goes on
+            if out and not dropped and not fresh:
+                out.append(" ")
+            return
         if out and not dropped and ends < wanted and (ends or not fresh):
             out.append("\n" * (wanted - ends))
             ends, fresh = wanted, True
@@ -1111,18 +1197,21 @@ def _laid_out(
             if kind == _ITEM:
                 text, numbers[element.getparent()] = marker(element, numbers.get(element.getparent()))
                 if not dropped:
-                    out.append(text)
+                    out.append(text.lstrip(" ") if inline else text)
                     ends, fresh = 0, True
             written += kind in (_WRITTEN, _KEPT)
+            inline += element in inline_cells
             put(element.text)
             continue
         kind = kinds.pop()
         written -= kind in (_WRITTEN, _KEPT)
         if kind in _BLOCKS or kind == _BREAK:
             line_break(_BLOCKS.get(kind, 1))
-        elif kind == _CELL and not dropped and _next_cell(element, role):
-            out.append(" | ")
-            ends, fresh = 0, False
+        elif kind == _CELL:
+            inline -= element in inline_cells
+            if not dropped and _next_cell(element, role):
+                out.append(" | ")
+                ends, fresh = 0, False
         elif kind == _SUPERSCRIPT and (closer := closers.pop()):
             out.append(closer)
             ends, fresh = 0, False
@@ -1195,7 +1284,8 @@ def epub_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         for item in spine
         if item is not None and item.get_type() == ebooklib.ITEM_DOCUMENT and not isinstance(item, epub.EpubNav)
     ]
-    texts = (html_text(item.get_content()) for item in chapters)  # bytes: lxml reads an XML declaration's encoding
+    # the chapter's own bytes: EbookLib's get_content() rebuilds the page from them, read as UTF-8 whatever they are
+    texts = (html_text(decoded_markup(item.content or b"")) for item in chapters)
 
     def title() -> str | None:
         titles = book.get_metadata("DC", "title")

@@ -86,7 +86,7 @@ _BINARY_MAGIC = (b"PK\x03\x04", b"%PDF", b"\x89PNG", b"GIF8", b"\xff\xd8\xff", b
 TEXT_SNIFF_BYTES = 8192  # the bytes that must hold no NUL for a file to be read as plain text
 _WORD_BREAK = re.compile(r"[-_ ]")
 # Byte-order marks, longest first: UTF-32-LE's starts with UTF-16-LE's.
-_BOMS = (
+BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
     (codecs.BOM_UTF32_BE, "utf-32"),
     (codecs.BOM_UTF8, "utf-8"),
@@ -168,7 +168,7 @@ def _text_bytes(path: Path, compression: str | None, scripts: bool) -> bool:
     that installs)."""
     with open_binary(path, compression) as stream:
         head = stream.read(TEXT_SNIFF_BYTES)
-    if head.startswith(tuple(bom for bom, _ in _BOMS)):
+    if head.startswith(tuple(bom for bom, _ in BOMS)):
         return True
     if b"\x00" in head or head.startswith(_BINARY_MAGIC):
         return False
@@ -224,7 +224,7 @@ def sniff_encoding(stream: io.BufferedReader, fallback: str = "utf-8") -> str:
     (`data.encoding`). A UTF-8 mark is consumed (so it never reaches a record, a CSV header or a document's text);
     UTF-16/32 codecs consume their own."""
     head = stream.peek(4)[:4]
-    for bom, encoding in _BOMS:
+    for bom, encoding in BOMS:
         if head.startswith(bom):
             if encoding == "utf-8":
                 stream.read(len(bom))
@@ -288,13 +288,25 @@ def bounded_lines(
         yield number, (encode(line) if encode else line)  # type: ignore[arg-type,misc]
 
 
-def read_bounded(stream: io.BufferedReader, max_bytes: int, fallback: str = "utf-8") -> str | None:
-    """A whole small file as text (BOM handled as in `sniff_encoding`, else decoded as `fallback`), or None when it
-    holds over `max_bytes`. Raises UnicodeDecodeError (the record's quarantine gives the position)."""
-    encoding = sniff_encoding(stream, fallback)
+DECLARATION_BYTES = 4096  # where a file's own encoding declaration is looked for (an HTML page's <meta charset>)
+
+
+def read_bounded(
+    stream: io.BufferedReader,
+    max_bytes: int,
+    fallback: str = "utf-8",
+    declared: Callable[[bytes], str | None] | None = None,
+) -> str | None:
+    """A whole small file as text, or None when it holds over `max_bytes`: decoded by its byte-order mark (as in
+    `sniff_encoding`), else by the encoding it declares in its first DECLARATION_BYTES (`declared`: a format that
+    has declarations, HTML's), else as `fallback`. Raises UnicodeDecodeError (the record's quarantine gives the
+    position)."""
+    encoding = sniff_encoding(stream, "")
     data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         return None
+    if not encoding:
+        encoding = (declared(data[:DECLARATION_BYTES]) if declared is not None else None) or fallback
     return data.decode(encoding)
 
 
@@ -342,7 +354,7 @@ def file_parts(path: Path, kind: Kind, part_bytes: int) -> list[Part] | None:
     if kind.format != "jsonl" or kind.compression is not None or kind.encoding != "utf-8" or size <= part_bytes:
         return None
     head = head_bytes(path, 4)
-    if any(head.startswith(bom) for bom, encoding in _BOMS if encoding != "utf-8"):
+    if any(head.startswith(bom) for bom, encoding in BOMS if encoding != "utf-8"):
         return None
     parts, start, line = [], 0, 1
     with path.open("rb") as handle:
