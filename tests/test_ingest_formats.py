@@ -9,6 +9,7 @@ import codecs
 import csv
 import gzip
 import io
+import itertools
 import json
 import lzma
 import re
@@ -1309,6 +1310,50 @@ def test_a_pdfs_words_hyphenated_across_lines_are_whole_where_the_document_says_
     assert "A self-contained module is simpler." in manual.text.split("\n")
     assert "The field YYMMDDhh-\nmm stays as written." in manual.text
     assert manual.metadata["page_starts"] == [0, manual.text.index("Every manipulation")]
+
+
+class _Handbook(FPDF):
+    """A typeset handbook's page furniture, as fpdf2 draws it on every page: a running title atop the first
+    chapter's pages, the chapter's title and the page's number atop the second's, `Page N of M` at the foot."""
+
+    def header(self) -> None:
+        self.set_font("Helvetica", size=9)
+        if self.page_no() <= 4:
+            self.cell(0, 5, "EV Charging Handbook", new_x="LMARGIN", new_y="NEXT")
+        else:
+            self.cell(0, 5, f"Chapter 2: Tariffs {self.page_no()}", new_x="LMARGIN", new_y="NEXT")
+
+    def footer(self) -> None:
+        self.set_y(-15)
+        self.set_font("Helvetica", size=9)
+        self.cell(0, 10, f"Page {self.page_no()} of {{nb}}", align="C")
+
+
+def test_a_pdfs_running_headers_and_page_numbers_are_not_its_text(tmp_path: Path) -> None:
+    """A typeset PDF's running title, chapter line and page number are in its text layer on every page: they began
+    every page's chunk and cut the paragraph a page break runs through (libtasn1's manual: `Chapter 2: ASN.1
+    structure handling 3` atop its pages; IRS instructions: a proof line, a printer's note and `-2- Instructions
+    for Form 1040NR` on each of 48 pages). They are dropped now, counted in `furniture_lines`: a line at a page's
+    edge with the page's own number, or the same line at an edge of many pages. The first page keeps the title it
+    opens with; a line that happens to stand atop 3 of 8 pages (`Wallbox Pro`, no page number) stays."""
+    pdf = _Handbook()
+    pdf.set_font("Helvetica", size=11)
+    bodies = []
+    for number in range(1, 9):
+        pdf.add_page()
+        body = f"Wallbox Pro\nSection {number} explains the tariff of depot {number} in detail, at 0.{30 + number} EUR."
+        if number not in (2, 5, 7):
+            body = body.removeprefix("Wallbox Pro\n")
+        bodies.append(body)
+        pdf.multi_cell(0, 6, body)
+    pdf.output(str(tmp_path / "handbook.pdf"))
+
+    (handbook,) = load(tmp_path).documents
+
+    starts = [*handbook.metadata["page_starts"], len(handbook.text) + 2]
+    pages = [handbook.text[start : end - 2] for start, end in itertools.pairwise(starts)]
+    assert pages == [f"EV Charging Handbook\n{bodies[0]}", *bodies[1:]], handbook.text
+    assert handbook.metadata["furniture_lines"] == 3 + 4 + 8
 
 
 def test_a_docx_lists_numbers_read_as_word_shows_them(tmp_path: Path) -> None:

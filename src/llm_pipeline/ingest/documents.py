@@ -490,11 +490,92 @@ def pdf_document(path: Path, kind: Kind, max_bytes: int) -> dict[str, Any]:
         size += len(text) + len(PAGE_BREAK)
         if size > max_bytes:
             break  # `_by_unit` raises TooLong, naming this page
-    return _by_unit(dehyphenated(read), "page", max_bytes, title)
+    pages_read, furniture = without_page_furniture(read)
+    document = _by_unit(dehyphenated(pages_read), "page", max_bytes, title)
+    if furniture:
+        document["metadata"]["furniture_lines"] = furniture  # running headers, footers and page numbers dropped
+    return document
 
 
 _HYPHEN_BREAK = regex.compile(r"(?<![\w-])(\w*\p{L})-\n[ \t]*(\p{Ll}\w*)")  # `manip-` at a line's end, `ulation`
 _HYPHENATED_WORD = regex.compile(r"\w+(?:-\w+)*")
+
+
+_EDGE_LINES = 2  # the lines at a page's top and at its foot where running headers and footers stand
+_NUMBER = re.compile(r"\d+")
+_LETTER = regex.compile(r"\p{L}")
+# where a page's number stands in a header or footer: the line's first or last word (`3`, `- 3 -`, `Chapter 2:
+# Utilities 3`), after "page" (`Page 3 of 17`), or before "of N" or "/N" (`3 of 17`, `3/17`)
+_PAGE_NUMBER = re.compile(r"^\W*(\d+)\b|\b(\d+)\W*$|\bpage\s+(\d+)|\b(\d+)\s*(?:of|/)\s*\d+\W*$", re.IGNORECASE)
+
+
+def without_page_furniture(pages: list[str]) -> tuple[list[str], int]:
+    """Pages without their running headers and footers, and how many lines were dropped: in the text layer they
+    stood inside the paragraphs a page break cuts and began every page's chunk (libtasn1's manual: `Chapter 2: ASN.1
+    structure handling 3` atop its pages, a bare page number atop the chapters' first; the MIME-info spec: its title
+    atop all 17 pages, its page number at each foot). Among a page's first and last _EDGE_LINES lines, a line is
+    furniture where (1) it is the page's first or last line and carries the page's own number where a header does
+    (its first or last word, after "page", before "of N"): the printed number is the page's index plus one offset,
+    the offset the one that most pages' edge lines agree on (3 pages at least), and the line is that number alone
+    or its words, numbers aside, stand so at that edge of 3 pages or more; or (2) the same line, numbers and all,
+    with a letter in it, stands at that edge of at least half the pages, 3 or more (a running title): dropped but
+    where it first stands (the first page's title, a notice printed once more on each page: kept once). A line that
+    repeats at an edge by chance (`return 0;` atop three pages of code), or a page's own text whose numbers change
+    from page to page (a catalogue's `Section 3 ... 0.33 EUR`), is neither: kept."""
+    edges: list[list[tuple[str, int, str]]] = []  # per page: (edge, line index, the line casefolded, spaced)
+    same: dict[tuple[str, str], list[int]] = {}  # (edge, line): the pages it stands on
+    for number, page in enumerate(pages):
+        lines = page.split("\n")
+        filled = [index for index, line in enumerate(lines) if line.strip()]
+        top, foot = (
+            filled[:_EDGE_LINES],
+            [index for index in filled[-_EDGE_LINES:] if index not in filled[:_EDGE_LINES]],
+        )
+        found = [
+            (edge, index, " ".join(lines[index].split()).casefold())
+            for edge, at in (("top", top), ("foot", foot))
+            for index in at
+        ]
+        for edge, _, line in found:
+            same.setdefault((edge, line), []).append(number)
+        edges.append(found)
+
+    def running(edge: str, line: str) -> bool:  # (2)
+        where = same[(edge, line)]
+        return len(where) >= 3 and 2 * len(where) >= len(pages) and bool(_LETTER.search(line))
+
+    seen: dict[tuple[str, str], set[int]] = {}  # (edge, the line with its numbers as #): the pages it stands on
+    offsets: dict[int, set[int]] = {}  # printed page number minus the page's index: the pages that agree
+    printed: list[dict[int, set[int]]] = []  # per page: its outermost lines' possible printed numbers, as offsets
+    for number, found in enumerate(edges):
+        printed.append({})
+        outer = [index for edge, index, line in found if not running(edge, line)]  # a running title's
+        for edge, index, line in found:  # outermost line is above the page-numbered one (dmca's: 2 lines atop)
+            seen.setdefault((edge, _NUMBER.sub("#", line)), set()).add(number)
+            if outer and index in (outer[0], outer[-1]):  # a number in a line under it is a section's (`1 Intro`)
+                at = {int(n) - number for match in _PAGE_NUMBER.finditer(line) for n in match.groups() if n}
+                printed[-1][index] = at
+                for offset in at:
+                    offsets.setdefault(offset, set()).add(number)
+    best = max(offsets, key=lambda offset: len(offsets[offset]), default=None)
+    page_offset = best if best is not None and len(offsets[best]) >= 3 else None
+
+    def furniture(edge: str, index: int, line: str, page: int) -> bool:
+        if page_offset in printed[page].get(index, ()):  # (1)
+            key = _NUMBER.sub("#", line)
+            if _LETTER.search(key) is None or len(seen[(edge, key)]) >= 3:
+                return True
+        return running(edge, line) and page != same[(edge, line)][0]  # where it first stands, it is the page's
+
+    cleaned: list[str] = []
+    dropped = 0
+    for number, (page, found) in enumerate(zip(pages, edges, strict=True)):
+        drop = {index for edge, index, line in found if furniture(edge, index, line, number)}
+        if drop:
+            dropped += len(drop)
+            page = normalize_text("\n".join(line for index, line in enumerate(page.split("\n")) if index not in drop))
+        cleaned.append(page)
+    return cleaned, dropped
 
 
 def dehyphenated(pages: list[str]) -> list[str]:
