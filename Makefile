@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_VERBOSITY ?= error
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 
-.PHONY: help install run validate test test-fast lint format lock clean-outputs bench-dedup bench-dedup-real bench-qa \
+.PHONY: help install run validate test test-fast lint format lock clean-outputs bench-dedup bench-dedup-real bench-qa bench-load \
         secrets check-env up down deploy logs ps run-test health models clean compose-check images engine test-tools open \
         swarm-up swarm-deploy swarm-down \
         screenshots proxy-check
@@ -77,6 +77,9 @@ bench-dedup-real: install  ## dedup on 83k real docstrings against exact all-pai
 bench-qa: install  ## QA throughput vs a 300 ms, 6,000 req/min OpenAI-compatible server (docs/benchmarks.md)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/qa_benchmark.py --docs 2000 --latency 0.3 --rpm 6000 --concurrency 64 \
 	  --output docs/qa-benchmark.json
+
+bench-load: install  ## loading speed, one process vs data.load_workers 2, on /usr/share/doc (docs/benchmarks.md)
+	$(BIN)/python benchmarks/load_benchmark.py /usr/share/doc --workers 1 2 --rounds 3
 
 lint: install  ## ruff check and format check
 	$(BIN)/ruff check src flows services workers tests benchmarks scripts

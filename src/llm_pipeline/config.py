@@ -115,6 +115,13 @@ class DataConfig(Section):
     )
     limit: int | None = Field(None, gt=0, description="Read at most this many good records (quick runs).")
     min_documents: int = Field(1, ge=0, description="Fewer documents loaded fails the stage (0: never).")
+    load_workers: int = Field(
+        0,
+        ge=0,
+        description="Processes that parse document files (HTML, PDF, DOCX, PPTX, OpenDocument, EPUB) ahead of the "
+        "loader, in parallel: 0 (auto): one per CPU, at most 8, where a folder holds 16 such files or more; 1: all in "
+        "this process. The documents, their order and every quarantine are the same either way.",
+    )
     on_bad_file: Literal["skip", "fail"] = Field(
         "skip", description="A file that cannot be read: skip it with a counted warning, or fail the stage."
     )

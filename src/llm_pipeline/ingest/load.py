@@ -5,8 +5,10 @@ quarantined; or skipped, or failed, and why). Unknown files are listed as skippe
 from __future__ import annotations
 
 import fnmatch
+import os
+import pickle
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -163,11 +165,14 @@ def _raw_items(
     fields: tuple[list[str], list[str]] = (["text"], ["id"]),
     parts: tuple[int, int] | None = None,
     document_id: str | None = None,
+    read: Callable[[], dict[str, Any]] | None = None,
 ) -> Iterator[RawItem]:
     """`fields`: the keys or columns of a record's text and of its id, the first present (`data.text_field`,
     `data.id_field`). `parts`: (`data.max_chars`, `data.max_file_chars`) where a document file longer than a record
     may be is split into parts (`documents.document_parts`); None: it is quarantined as too long. `document_id`:
-    a whole-file document's id where the path without suffixes would repeat another's (`ids_for_shared_stems`)."""
+    a whole-file document's id where the path without suffixes would repeat another's (`ids_for_shared_stems`).
+    `read`: the document file's reader already called, in another process (`_Readers`): its record, or what it
+    raised."""
     if kind.format in TABLES:
         if kind.format in HEADED:  # the columns are known from a header: records come out named
             items, fields = HEADED[kind.format](path, kind, max_bytes, *fields), (["text"], ["id"])
@@ -190,7 +195,7 @@ def _raw_items(
     record: dict[str, Any] | None
     whole = parts is not None and kind.format in READ_WHOLE  # read once, up to max_file_chars: its library holds it
     try:
-        record = WHOLE_FILE[kind.format](path, kind, parts[1] if whole and parts else max_bytes)
+        record = read() if read is not None else WHOLE_FILE[kind.format](path, kind, _bound(kind, max_bytes, parts))
     except TooLong as bad:
         if parts is None or kind.format not in STREAMED:  # HTML: pages over 20 x the bound's bytes stay out
             yield "file", TooLong(too_long_file(parts[1])) if whole and parts else bad, None
@@ -211,6 +216,151 @@ def _raw_items(
             yield f"part {number}", part_record, None
     except BadRecord as bad:
         yield "file", bad, None
+
+
+def _bound(kind: Kind, max_bytes: int, parts: tuple[int, int] | None) -> int:
+    """What a document file's reader is given as its bound: `data.max_file_chars` for a format its library holds
+    whole (read once, split into parts after), the record's bound otherwise."""
+    return parts[1] if parts is not None and kind.format in READ_WHOLE else max_bytes
+
+
+def _splitting(config: DataConfig) -> tuple[int, int] | None:
+    return (config.max_chars, config.max_file_chars) if config.max_file_chars > config.max_chars else None
+
+
+# Reading document files in other processes (`data.load_workers`) ------------------------------------------------
+PARSED = frozenset({"html", "pdf", "docx", "pptx", "odt", "odp", "epub"})  # their readers parse: worth a process
+PARALLEL_MIN_FILES = 16  # fewer such files: read in this process (a process pool's start costs more)
+MAX_AUTO_WORKERS = 8
+
+
+def _read_elsewhere(path: Path, kind: Kind, bound: int) -> tuple[bool, Any]:
+    """In a worker process: (True, the reader's record) or (False, what it raised; one that cannot cross to the
+    loader's process as an UnreadableFile with the same words the loader would have written)."""
+    try:
+        return True, WHOLE_FILE[kind.format](path, kind, bound)
+    except Exception as exc:
+        try:
+            pickle.loads(pickle.dumps(exc))  # noqa: S301 - its own bytes, just made
+        except Exception:
+            return False, UnreadableFile(f"{type(exc).__name__}: {exc}")
+        return False, exc
+
+
+class _Readers:
+    """The document files of a load read ahead by a pool of processes, in the loader's order, at most WINDOW per
+    worker at a time (the records waiting are a few files' worth). `take(relative)` gives the loader a call that
+    returns the record or raises what the reader raised, as the reader called in place would. A worker that dies
+    (killed, out of memory, a parser's crash) loses only the files in flight: each is read again, alone, in a new
+    pool, and the one that kills that pool too fails with the reason, the load going on without it."""
+
+    WINDOW = 2
+
+    def __init__(self, files: list[tuple[Path, str]], config: DataConfig, workers: int):
+        self.workers = workers
+        self.jobs: list[tuple[str, Path, Kind, int]] = []
+        for path, relative in files:
+            try:
+                kind = _kind(path, config, relative)
+            except Exception:  # noqa: BLE001 - load_file meets it again, in place, and reports it
+                continue
+            if kind is not None and kind.format in PARSED:
+                self.jobs.append((relative, path, kind, _bound(kind, line_bound(config.max_chars), _splitting(config))))
+        self.next = 0
+        self.pending: dict[str, Any] = {}
+        self.pool: Any = None
+
+    def _pool(self) -> Any:
+        if self.pool is None:
+            import concurrent.futures
+            import multiprocessing
+
+            # fork, as MinHash's pool: the workers need only the readers, already imported
+            context = multiprocessing.get_context("fork")
+            self.pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
+        return self.pool
+
+    def _fill(self) -> None:
+        while self.next < len(self.jobs) and len(self.pending) < self.WINDOW * self.workers:
+            relative, path, kind, bound = self.jobs[self.next]
+            self.pending[relative] = self._pool().submit(_read_elsewhere, path, kind, bound)
+            self.next += 1
+
+    def take(self, relative: str) -> Callable[[], dict[str, Any]] | None:
+        self._fill()
+        future = self.pending.pop(relative, None)
+        if future is None:
+            return None  # not a parsed format: read in place
+
+        def read() -> dict[str, Any]:
+            ok, value = self._result(relative, future)
+            if not ok:
+                raise value
+            return value  # type: ignore[no-any-return]
+
+        return read
+
+    def _result(self, relative: str, future: Any) -> tuple[bool, Any]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return future.result()  # type: ignore[no-any-return]
+        except BrokenProcessPool as exc:
+            done = {name: found for name, found in self.pending.items() if isinstance(found, _Done)}
+            in_flight = [
+                job for job in self.jobs if job[0] == relative or (job[0] in self.pending and job[0] not in done)
+            ]
+            self.close(wait=False)
+            self.pending = dict(done)  # results read again after an earlier break stay
+            outcome: tuple[bool, Any] | None = None
+            for job in in_flight:  # each again, alone: the one that kills a pool again is the culprit
+                found = self._alone(job, exc)
+                if job[0] == relative:
+                    outcome = found
+                else:
+                    self.pending[job[0]] = _Done(found)
+            assert outcome is not None
+            return outcome
+
+    def _alone(self, job: tuple[str, Path, Kind, int], broken: BaseException) -> tuple[bool, Any]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        _, path, kind, bound = job
+        try:
+            return self._pool().submit(_read_elsewhere, path, kind, bound).result()  # type: ignore[no-any-return]
+        except BrokenProcessPool:
+            self.close(wait=False)
+            log.warning("file_reader_died", file=job[0])
+            return False, UnreadableFile(f"the process reading it died twice ({broken})")
+
+    def close(self, wait: bool = True) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=wait, cancel_futures=True)
+            self.pool = None
+
+
+class _Done:
+    """A result already at hand, as a future gives one."""
+
+    def __init__(self, value: tuple[bool, Any]):
+        self.value = value
+
+    def result(self) -> tuple[bool, Any]:
+        return self.value
+
+
+def load_workers(config: DataConfig, files: list[tuple[Path, str]]) -> int:
+    """How many processes read document files ahead (`data.load_workers`); 1: none, all read in place. A run with
+    `data.limit` reads in place (it stops mid-way; a pool would read past it)."""
+    if config.limit is not None:
+        return 1
+    if config.load_workers:
+        return config.load_workers
+    parsed = sum(1 for path, _ in files if FORMATS_BY_SUFFIX.get(_bare(path.name).suffix.lower()) in PARSED)
+    if parsed < PARALLEL_MIN_FILES:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, MAX_AUTO_WORKERS))
 
 
 def _longer(text: str, max_chars: int) -> bool:
@@ -252,11 +402,22 @@ def load_documents(config: DataConfig) -> IngestResult:
     seen_ids: set[str] = set()
     files = input_files(config)
     ids = ids_for_shared_stems([relative for _, relative in files])
-    for path, relative in files:
-        load_file(path, relative, config, result, seen_ids, document_id=ids.get(relative))
-        if config.limit is not None and len(result.documents) >= config.limit:
-            break
-    log.info("documents_loaded", **{k: v for k, v in result.counts().items() if v})
+    workers = load_workers(config, files)
+    readers = _Readers(files, config, workers) if workers > 1 else None
+    try:
+        for path, relative in files:
+            read = readers.take(relative) if readers is not None else None
+            load_file(path, relative, config, result, seen_ids, document_id=ids.get(relative), read=read)
+            if config.limit is not None and len(result.documents) >= config.limit:
+                break
+    finally:
+        if readers is not None:
+            readers.close()
+    log.info(
+        "documents_loaded",
+        **{k: v for k, v in result.counts().items() if v},
+        **({"load_workers": workers} if workers > 1 else {}),
+    )
     return result
 
 
@@ -301,13 +462,14 @@ def load_file(
     source: str | None = None,
     part: Part | None = None,
     document_id: str | None = None,
+    read: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
     """One file's records into `result` (its documents, rejects, summary line, repairs), stopping at
     `data.limit`. `seen_ids`: ids taken earlier; a record repeating one is quarantined. `source`: the file as
     rejects name it (default: `path`). A file is read whole by one call, the unit of work an engine hands out, or
     one `part` of it (`sources.file_parts`: a big JSON Lines file), its summary line then counting that part.
     `document_id`: a whole-file document's id, where its path without suffixes would repeat another file's
-    (`ids_for_shared_stems`)."""
+    (`ids_for_shared_stems`). `read`: its reader already called elsewhere (`_Readers.take`)."""
     folder = config.path.is_dir()
     summary = FileSummary(path=relative, status="loaded")
     result.files.append(summary)
@@ -319,11 +481,11 @@ def load_file(
             return
         summary.format, summary.compression = kind.format, kind.compression
         fields = (config.text_field, config.id_field)
-        split = (config.max_chars, config.max_file_chars) if config.max_file_chars > config.max_chars else None
         bound = line_bound(config.max_chars)
         items = _raw_items(
-            path, kind, relative, bound, nested=folder, part=part, fields=fields, parts=split, document_id=document_id
-        )
+            path, kind, relative, bound, nested=folder, part=part, fields=fields, parts=_splitting(config),
+            document_id=document_id, read=read if part is None and kind.format in PARSED else None,
+        )  # fmt: skip
         for location, item, raw in items:
             summary.records += 1
             result.records_seen += 1
