@@ -535,8 +535,13 @@ _EDGE_LINES = 2  # the lines at a page's top and at its foot where running heade
 _NUMBER = re.compile(r"\d+")
 _LETTER = regex.compile(r"\p{L}")
 # where a page's number stands in a header or footer: the line's first or last word (`3`, `- 3 -`, `Chapter 2:
-# Utilities 3`), after "page" (`Page 3 of 17`), or before "of N" or "/N" (`3 of 17`, `3/17`)
-_PAGE_NUMBER = re.compile(r"^\W*(\d+)\b|\b(\d+)\W*$|\bpage\s+(\d+)|\b(\d+)\s*(?:of|/)\s*\d+\W*$", re.IGNORECASE)
+# Utilities 3`), after "page" opening or closing it (`Page 3 of 17 ...`, `... Summary Page 3`), or before "of N"
+# or "/N" closing it (`3 of 17`, `3/17`)
+_PAGE_NUMBER = re.compile(
+    r"^\W*(\d+)\b|\b(\d+)\W*$|^\W*page\s+(\d+)|\bpage\s+(\d+)(?:\s*(?:of|/)\s*\d+)?\W*$|\b(\d+)\s*(?:of|/)\s*\d+\W*$",
+    re.IGNORECASE,
+)
+_HEADER_WORDS = 12  # a running header or footer is short: a longer line carrying the page's number is the page's text
 
 
 def without_page_furniture(pages: list[str]) -> tuple[list[str], int]:
@@ -544,10 +549,11 @@ def without_page_furniture(pages: list[str]) -> tuple[list[str], int]:
     stood inside the paragraphs a page break cuts and began every page's chunk (libtasn1's manual: `Chapter 2: ASN.1
     structure handling 3` atop its pages, a bare page number atop the chapters' first; the MIME-info spec: its title
     atop all 17 pages, its page number at each foot). Among a page's first and last _EDGE_LINES lines, a line is
-    furniture where (1) it is the page's first or last line and carries the page's own number where a header does
-    (its first or last word, after "page", before "of N"): the printed number is the page's index plus one offset,
-    the offset the one that most pages' edge lines agree on (3 pages at least), and the line is that number alone
-    or its words, numbers aside, stand so at that edge of 3 pages or more; or (2) the same line, numbers and all,
+    furniture where (1) it is the page's first or last line, of _HEADER_WORDS words at most, and carries the page's
+    own number where a header does (its first or last word, after "page" or before "of N" at its start or end):
+    the printed number is the page's index plus one offset, the one that most pages' edge lines agree on (3 pages
+    at least), and the line is that number alone or its words, numbers aside, stand so at that edge of 3 pages or
+    more (`Page 1 line 0: charger P1L0 delivers 11 kW ...`, a long line of a page's own text, is not); or (2) the same line, numbers and all,
     with a letter in it, stands at that edge of at least half the pages, 3 or more (a running title): dropped but
     where it first stands (the first page's title, a notice printed once more on each page: kept once). A line that
     repeats at an edge by chance (`return 0;` atop three pages of code), or a page's own text whose numbers change
@@ -582,7 +588,8 @@ def without_page_furniture(pages: list[str]) -> tuple[list[str], int]:
         outer = [index for edge, index, line in found if not running(edge, line)]  # a running title's
         for edge, index, line in found:  # outermost line is above the page-numbered one (dmca's: 2 lines atop)
             seen.setdefault((edge, _NUMBER.sub("#", line)), set()).add(number)
-            if outer and index in (outer[0], outer[-1]):  # a number in a line under it is a section's (`1 Intro`)
+            short = len(line.split()) <= _HEADER_WORDS  # `Page 1 line 0: charger P1L0 delivers ...`: the text's
+            if outer and index in (outer[0], outer[-1]) and short:  # a number in a line under it: a section's
                 at = {int(n) - number for match in _PAGE_NUMBER.finditer(line) for n in match.groups() if n}
                 printed[-1][index] = at
                 for offset in at:
