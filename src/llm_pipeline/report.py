@@ -171,6 +171,15 @@ def render_report(
                 f"text is over {run.get('max_length_ratio', 2)}x as long as the other, so neither was removed as a "
                 f"copy of the other; the closest: {closest}.",
             ]
+        if apart := run.get("set_apart_as_parts"):
+            closest = ", ".join(
+                f"`{e['a']}` / `{e['b']}` ({e['cosine']})" for e in run.get("set_apart_as_parts_examples", [])[:5]
+            )
+            lines += [
+                "",
+                f"Kept apart as parts of one file: {apart:,} near-pairs of two parts of one long document (alike in "
+                f"topic and style, not copies), so neither was removed as a copy of the other; the closest: {closest}.",
+            ]
     semantic = examples.get("semantic_removals") or []
     judged = any("judge" in r for r in semantic)
     what = "removals" if all(r.get("removed_from_output", True) for r in semantic) else "near-pairs to review (kept)"

@@ -9,6 +9,7 @@ similarity is transitive, and for callers that want groups."""
 from __future__ import annotations
 
 import heapq
+import re
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -62,6 +63,17 @@ class LengthRule:
 
 # set by the dedup workflow around the semantic method's call when the length rule is on; None: it is off
 LENGTH_APART: ContextVar[LengthRule | None] = ContextVar("length_apart", default=None)
+
+
+# set by the dedup workflow around the semantic method's call: the pairs of two parts of one file kept apart
+PARTS_APART: ContextVar[SetApart | None] = ContextVar("parts_apart", default=None)
+_PART_ID = re.compile(r"(.+)#\d+")  # a part of a long document file: its file's id, `#`, its number
+
+
+def _one_file(a: str, b: str) -> bool:
+    """Whether two ids are two parts of one file's document (a record's own id of that shape counts too)."""
+    first, second = _PART_ID.fullmatch(a), _PART_ID.fullmatch(b)
+    return first is not None and second is not None and first[1] == second[1]
 
 
 class UnionFind:
@@ -210,7 +222,12 @@ def semantic_clusters(
 ) -> list[DuplicateCluster]:
     """The semantic methods' keep rule (both engines): `clusters_by_kept` on the cosine pairs, each pair confirmed
     by the judge where one is active (`PAIR_JUDGE`); where `SET_APART` is active, first without the pairs whose
-    texts' numbers conflict (recorded there), and where `LENGTH_APART` is, without the pairs of very unequal length."""
+    texts' numbers conflict (recorded there), and where `LENGTH_APART` is, without the pairs of very unequal length;
+    where `PARTS_APART` is, without the pairs of two parts of one file (`manual#5`, `manual#6`: two stretches of one
+    document are alike in topic and style, not copies; an exact or near copy is still MinHash's)."""
+    parts = PARTS_APART.get()
+    if parts is not None:
+        pairs = _set_apart(documents, pairs, parts, lambda a, b: _one_file(documents[a].id, documents[b].id))
     lengths = LENGTH_APART.get()
     if lengths is not None:
         pairs = _lengths_comparable(documents, pairs, lengths)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from llm_pipeline.config import DedupConfig
 from llm_pipeline.dedup.clusters import (
     LENGTH_APART,
+    PARTS_APART,
     SET_APART,
     DocumentKey,
     LengthRule,
@@ -56,6 +57,7 @@ class DedupResult:
             **({"semantic.cosine_threshold": self.semantic["cosine_threshold"]} if self.semantic else {}),
             **({"semantic.set_apart_by_numbers": n} if (n := self.semantic.get("set_apart_by_numbers")) else {}),
             **({"semantic.set_apart_by_length": n} if (n := self.semantic.get("set_apart_by_length")) else {}),
+            **({"semantic.set_apart_as_parts": n} if (n := self.semantic.get("set_apart_as_parts")) else {}),
         }
 
 
@@ -121,8 +123,10 @@ def semantic_step(
     apart = SetApart(SET_APART_EXAMPLES) if config.semantic_numbers_must_agree else None
     ratio = config.semantic_max_length_ratio
     lengths = LengthRule(ratio, SetApart(SET_APART_EXAMPLES)) if ratio is not None else None
+    parts = SetApart(SET_APART_EXAMPLES)
     token = SET_APART.set(apart)
     length_token = LENGTH_APART.set(lengths)
+    parts_token = PARTS_APART.set(parts)
     try:
         if config.semantic_action == "judge":
             return _judged(result, documents, identify, resolved, judge)
@@ -130,6 +134,11 @@ def semantic_step(
     finally:
         SET_APART.reset(token)
         LENGTH_APART.reset(length_token)
+        PARTS_APART.reset(parts_token)
+        if parts.count:
+            result.semantic["set_apart_as_parts"] = parts.count
+            result.semantic["set_apart_as_parts_examples"] = parts.closest()
+            log.info("semantic_set_apart_as_parts", pairs=parts.count)
         if lengths is not None:
             result.semantic["set_apart_by_length"] = lengths.apart.count
             result.semantic["set_apart_by_length_examples"] = lengths.apart.closest()

@@ -553,11 +553,11 @@ def without_page_furniture(pages: list[str]) -> tuple[list[str], int]:
     own number where a header does (its first or last word, after "page" or before "of N" at its start or end):
     the printed number is the page's index plus one offset, the one that most pages' edge lines agree on (3 pages
     at least), and the line is that number alone or its words, numbers aside, stand so at that edge of 3 pages or
-    more (`Page 1 line 0: charger P1L0 delivers 11 kW ...`, a long line of a page's own text, is not); or (2) the same line, numbers and all,
-    with a letter in it, stands at that edge of at least half the pages, 3 or more (a running title): dropped but
-    where it first stands (the first page's title, a notice printed once more on each page: kept once). A line that
-    repeats at an edge by chance (`return 0;` atop three pages of code), or a page's own text whose numbers change
-    from page to page (a catalogue's `Section 3 ... 0.33 EUR`), is neither: kept."""
+    more (`Page 1 line 0: charger P1L0 delivers 11 kW ...`, a long line of a page's own text, is not); or (2) the
+    same line, numbers and all, with a letter in it, stands at that edge of at least half the pages, 3 or more (a
+    running title): dropped but where it first stands (the first page's title, a notice printed once more on each
+    page: kept once). A line that repeats at an edge by chance (`return 0;` atop three pages of code), or a page's
+    own text whose numbers change from page to page (a catalogue's `Section 3 ... 0.33 EUR`), is neither: kept."""
     edges: list[list[tuple[str, int, str]]] = []  # per page: (edge, line index, the line casefolded, spaced)
     same: dict[tuple[str, str], list[int]] = {}  # (edge, line): the pages it stands on
     for number, page in enumerate(pages):
