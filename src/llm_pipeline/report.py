@@ -56,6 +56,39 @@ def build_summary(
     }
 
 
+# semantic dedup's rules that keep near-pairs apart: the count's key, the examples' key, why (`{n}`: the count)
+_KEPT_APART = (
+    (
+        "set_apart_by_numbers",
+        "set_apart_examples",
+        "by their numbers (`dedup.semantic_numbers_must_agree`): {n:,} near-pairs in which each text states a number "
+        "the other does not (a price, a power, a model number)",
+    ),
+    (
+        "set_apart_by_length",
+        "set_apart_by_length_examples",
+        "by their lengths (`dedup.semantic_max_length_ratio`): {n:,} near-pairs in which one text is over {ratio}x as "
+        "long as the other",
+    ),
+    (
+        "set_apart_as_parts",
+        "set_apart_as_parts_examples",
+        "as parts of one file: {n:,} near-pairs of two parts of one long document (alike in topic and style, not "
+        "copies)",
+    ),
+)
+
+
+def _kept_apart(run: dict[str, Any], count: str, examples: str, why: str) -> list[str]:
+    """The report's lines for one of semantic dedup's rules that keep near-pairs apart: how many (`why`, with `{n}`),
+    and the closest few."""
+    if not (apart := run.get(count)):
+        return []
+    closest = ", ".join(f"`{e['a']}` / `{e['b']}` ({e['cosine']})" for e in run.get(examples, [])[:5])
+    reason = why.format(n=apart)
+    return ["", f"Kept apart {reason}, so neither was removed as a copy of the other; the closest: {closest}."]
+
+
 def render_report(
     manifest: dict[str, Any],
     evaluation: dict[str, Any],
@@ -153,33 +186,9 @@ def render_report(
             f"of `{run['embedding_model']}` at cosine >= {run['cosine_threshold']} "
             f"(`dedup.embedding_backend`, `dedup.semantic_threshold`); pairs found: `{run['action']}`.",
         ]
-        if apart := run.get("set_apart_by_numbers"):
-            closest = ", ".join(f"`{e['a']}` / `{e['b']}` ({e['cosine']})" for e in run["set_apart_examples"][:5])
-            lines += [
-                "",
-                f"Kept apart by their numbers (`dedup.semantic_numbers_must_agree`): {apart:,} near-pairs in which "
-                f"each text states a number the other does not (a price, a power, a model number), so neither was "
-                f"removed as a copy of the other; the closest: {closest}.",
-            ]
-        if apart := run.get("set_apart_by_length"):
-            closest = ", ".join(
-                f"`{e['a']}` / `{e['b']}` ({e['cosine']})" for e in run.get("set_apart_by_length_examples", [])[:5]
-            )
-            lines += [
-                "",
-                f"Kept apart by their lengths (`dedup.semantic_max_length_ratio`): {apart:,} near-pairs in which one "
-                f"text is over {run.get('max_length_ratio', 2)}x as long as the other, so neither was removed as a "
-                f"copy of the other; the closest: {closest}.",
-            ]
-        if apart := run.get("set_apart_as_parts"):
-            closest = ", ".join(
-                f"`{e['a']}` / `{e['b']}` ({e['cosine']})" for e in run.get("set_apart_as_parts_examples", [])[:5]
-            )
-            lines += [
-                "",
-                f"Kept apart as parts of one file: {apart:,} near-pairs of two parts of one long document (alike in "
-                f"topic and style, not copies), so neither was removed as a copy of the other; the closest: {closest}.",
-            ]
+        ratio = run.get("max_length_ratio", 2)
+        for count, examples_key, why in _KEPT_APART:
+            lines += _kept_apart(run, count, examples_key, why.replace("{ratio}", str(ratio)))
     semantic = examples.get("semantic_removals") or []
     judged = any("judge" in r for r in semantic)
     what = "removals" if all(r.get("removed_from_output", True) for r in semantic) else "near-pairs to review (kept)"
