@@ -54,6 +54,8 @@ VARIANTS: dict[str, dict] = {
     "hybrid-static": {"method": "hybrid", "embedding_backend": "static"},
     # the default hybrid without the numbers rule (semantic pairs removed even where their numbers conflict)
     "hybrid-any-numbers": {"method": "hybrid", "semantic_numbers_must_agree": False},
+    # the default hybrid without the words rule (semantic pairs removed however few words their texts share)
+    "hybrid-any-words": {"method": "hybrid", "semantic_min_shared_words": None},
 }
 
 

@@ -315,15 +315,16 @@ def test_semantic_embeddings_on_actors_give_the_local_clusters(ray_cluster, real
 
 def _same_on_both_engines(
     address: str, tmp: Path, base: dict, shard_texts: int, removed_at_least: int, block_rows: int = 8192
-) -> None:
+) -> dict[str, Any]:
     """The stage locally and on Ray (`shard_texts` texts per embedding call, blocks of `block_rows` vectors): the
-    same files and counts."""
+    same files and counts (returned)."""
     local, local_counts = _stage(tmp / "local", base)
     execution = {"engine": "ray", "ray_address": address, "embed_shard_texts": shard_texts,
                  "vector_block_rows": block_rows}  # fmt: skip
     distributed, ray_counts = _stage(tmp / "ray", {**base, "execution": execution})
     _same_outputs(local, distributed)
     assert local_counts == ray_counts and local_counts["dedup.removed"] >= removed_at_least, local_counts
+    return local_counts
 
 
 @pytest.mark.parametrize(("codec", "parts", "lists"), [("flat", "auto", None), ("sq8", 1, None), ("sq8", 3, 32)])
@@ -357,10 +358,12 @@ def test_semantic_review_on_ray_lists_the_local_pairs_from_texts_left_in_the_sto
     the store, a file's documents in several shards (500 texts each), and the driver holds only their keys; the
     exact search by pairs of blocks of vectors (1,024 rows: the static backend's centring from a mean that one task
     streams over the shards); the files (the pairs listed for review with both similarities, nothing removed by
-    cosine) are the local stage's."""
+    cosine) are the local stage's; so are the pairs the words rule keeps apart, from the texts' word sets made
+    by tasks where the texts are (the driver holds those of the pairs' members only)."""
     dedup = {"method": "hybrid", "keep": "longest", "embedding_backend": "static", "semantic_action": "review"}
     base = {"data": {"path": str(real_text)}, "dedup": dedup}
-    _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=500, removed_at_least=100, block_rows=1024)
+    counts = _same_on_both_engines(ray_cluster, tmp_path, base, shard_texts=500, removed_at_least=100, block_rows=1024)
+    assert counts["dedup.semantic.set_apart_by_words"] >= 20, counts
     examples = json.loads((tmp_path / "ray" / "cluster_examples.json").read_text())
     assert examples["semantic"]["action"] == "review", examples["semantic"]
     listed = examples["semantic_removals"]

@@ -250,6 +250,14 @@ class DedupConfig(Section):
         "characters) is kept apart: the longer carries text the shorter does not, whatever the cosine says. A "
         "reworded copy is about as long as its original. null: no length rule.",
     )
+    semantic_min_shared_words: float | None = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="a semantic pair whose texts have under this share of their distinct words in common (Jaccard, "
+        "stopwords aside) is kept apart: two texts on one subject in one style, not copies. A reworded copy keeps "
+        "most of its words. null: no words rule.",
+    )
     judge: DedupJudgeConfig = Field(default_factory=lambda: DedupJudgeConfig(), description="semantic_action: judge.")
     semantic_search: Literal["auto", "exact", "ivf"] = Field(
         "auto",

@@ -76,6 +76,12 @@ _KEPT_APART = (
         "as parts of one file: {n:,} near-pairs of two parts of one long document (alike in topic and style, not "
         "copies)",
     ),
+    (
+        "set_apart_by_words",
+        "set_apart_by_words_examples",
+        "by their words (`dedup.semantic_min_shared_words`): {n:,} near-pairs whose texts have under {share} of "
+        "their distinct words in common (two texts on one subject, not copies)",
+    ),
 )
 
 
@@ -186,9 +192,10 @@ def render_report(
             f"of `{run['embedding_model']}` at cosine >= {run['cosine_threshold']} "
             f"(`dedup.embedding_backend`, `dedup.semantic_threshold`); pairs found: `{run['action']}`.",
         ]
-        ratio = run.get("max_length_ratio", 2)
+        ratio, share = run.get("max_length_ratio", 2), run.get("min_shared_words", 0.5)
         for count, examples_key, why in _KEPT_APART:
-            lines += _kept_apart(run, count, examples_key, why.replace("{ratio}", str(ratio)))
+            why = why.replace("{ratio}", str(ratio)).replace("{share}", str(share))
+            lines += _kept_apart(run, count, examples_key, why)
     semantic = examples.get("semantic_removals") or []
     judged = any("judge" in r for r in semantic)
     what = "removals" if all(r.get("removed_from_output", True) for r in semantic) else "near-pairs to review (kept)"

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
+import zlib
 
+import numpy as np
 import regex
 
 # A word for near-duplicate detection, as a reader counts words: a whitespace-separated word, lowercased, with
@@ -118,6 +121,45 @@ def numbers_conflict(a: int, b: int) -> bool:
     """Whether each of two `number_mask`s holds a number the other lacks (one text's numbers a subset of the
     other's, as in a copy with a sentence dropped, is no conflict)."""
     return bool(a & ~b) and bool(b & ~a)
+
+
+# A word of any script (letters with their combining marks, digits; 0.45 and 1,200 whole); a run of characters of a
+# script written without spaces is a run, not a word: its words are its character pairs (below).
+_CONTENT_WORD = regex.compile(
+    rf"(?P<run>[{UNSPACED_SCRIPTS}]+)|(?:(?![{UNSPACED_SCRIPTS}])[\p{{L}}\p{{M}}\p{{N}}])+(?:[.,]\p{{N}}+)*"
+)
+_STOPWORDS = frozenset(
+    "a an the of to in on at for by with and or but is are was were be been it its this that these those as "
+    "from than then so such can may will would should could do does did has have had not no".split()
+)
+
+
+def content_words(text: str) -> list[str]:
+    """The words that carry a text's content (QA's grounding, semantic dedup's words rule): every script's words
+    but English stopwords; in Chinese, Japanese or
+    Thai, whose words are not spaced, overlapping character pairs (`充电`, `电桩` of `充电桩`: a pair is the usual
+    unit of Chinese retrieval; single characters, few thousand in common use, would match nearly any source)."""
+    found = []
+    for match in _CONTENT_WORD.finditer(unicodedata.normalize("NFKC", text).lower()):
+        if run := match.group("run"):
+            found.extend(run[i : i + 2] for i in range(max(1, len(run) - 1)))
+        elif match.group() not in _STOPWORDS:
+            found.append(match.group())
+    return found
+
+
+def word_set(text: str) -> np.ndarray:
+    """A text's distinct content words (`content_words`) as their CRC-32 hashes, sorted (uint32): a few bytes a word,
+    what semantic dedup's words rule compares (the Ray engine ships them, not the texts, to its driver)."""
+    return np.unique(np.fromiter((zlib.crc32(w.encode()) for w in set(content_words(text))), dtype=np.uint32))
+
+
+def shared_words(a: np.ndarray, b: np.ndarray) -> float:
+    """The Jaccard of two texts' distinct content words (`word_set`s): what share of the words either one uses both
+    use. Two texts with no content word at all share everything (1.0): nothing tells them apart."""
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    either = len(a) + len(b) - common
+    return common / either if either else 1.0
 
 
 def split_sentences(text: str) -> list[str]:

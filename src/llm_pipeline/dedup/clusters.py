@@ -15,8 +15,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from llm_pipeline.records import Document, DuplicateCluster
-from llm_pipeline.text import number_mask, numbers_conflict
+from llm_pipeline.text import number_mask, numbers_conflict, shared_words, word_set
 
 KeepPolicy = Literal["first", "longest", "richest_metadata"]
 
@@ -63,6 +65,19 @@ class LengthRule:
 
 # set by the dedup workflow around the semantic method's call when the length rule is on; None: it is off
 LENGTH_APART: ContextVar[LengthRule | None] = ContextVar("length_apart", default=None)
+
+
+@dataclass
+class WordsRule:
+    """`dedup.semantic_min_shared_words`: a semantic pair whose two texts have under `share` of their distinct
+    content words in common (text.shared_words) is kept apart (`apart` counts them and keeps the closest)."""
+
+    share: float
+    apart: SetApart
+
+
+# set by the dedup workflow around the semantic method's call when the words rule is on; None: it is off
+WORDS_APART: ContextVar[WordsRule | None] = ContextVar("words_apart", default=None)
 
 
 # set by the dedup workflow around the semantic method's call: the pairs of two parts of one file kept apart
@@ -224,7 +239,8 @@ def semantic_clusters(
     by the judge where one is active (`PAIR_JUDGE`); where `SET_APART` is active, first without the pairs whose
     texts' numbers conflict (recorded there), and where `LENGTH_APART` is, without the pairs of very unequal length;
     where `PARTS_APART` is, without the pairs of two parts of one file (`manual#5`, `manual#6`: two stretches of one
-    document are alike in topic and style, not copies; an exact or near copy is still MinHash's)."""
+    document are alike in topic and style, not copies; an exact or near copy is still MinHash's); where
+    `WORDS_APART` is, without the pairs whose texts share too few of their words (two texts on one subject)."""
     parts = PARTS_APART.get()
     if parts is not None:
         pairs = _set_apart(documents, pairs, parts, lambda a, b: _one_file(documents[a].id, documents[b].id))
@@ -234,6 +250,9 @@ def semantic_clusters(
     apart = SET_APART.get()
     if apart is not None:
         pairs = _numbers_agree(documents, pairs, apart)
+    words = WORDS_APART.get()
+    if words is not None:
+        pairs = _words_shared(documents, pairs, words)
     judge = PAIR_JUDGE.get()
     if judge is None:
         return clusters_by_kept(documents, pairs, "semantic", keep)
@@ -282,3 +301,21 @@ def _numbers_agree(
         return masks[index]
 
     return _set_apart(documents, pairs, apart, lambda a, b: numbers_conflict(mask(a), mask(b)))
+
+
+def _words_shared(
+    documents: Sequence[Document | DocumentKey], pairs: list[tuple[int, int, float]], rule: WordsRule
+) -> list[tuple[int, int, float]]:
+    """The pairs whose two texts share at least `rule.share` of their distinct content words; the others go to
+    `rule.apart`. Each text's `word_set` is made from the document's text, or taken from `documents.word_sets`
+    (index -> set) where the sequence holds keys without texts (the Ray engine fills it for the pairs' members)."""
+    held: dict[int, np.ndarray] = getattr(documents, "word_sets", {})
+    sets: dict[int, np.ndarray] = {}
+
+    def words(index: int) -> np.ndarray:
+        if index not in sets:
+            document = documents[index]
+            sets[index] = held[index] if isinstance(document, DocumentKey) else word_set(document.text)
+        return sets[index]
+
+    return _set_apart(documents, pairs, rule.apart, lambda a, b: shared_words(words(a), words(b)) < rule.share)

@@ -12,9 +12,11 @@ from llm_pipeline.dedup.clusters import (
     LENGTH_APART,
     PARTS_APART,
     SET_APART,
+    WORDS_APART,
     DocumentKey,
     LengthRule,
     SetApart,
+    WordsRule,
     text_length,
 )
 from llm_pipeline.dedup.methods import DEDUP_METHODS, method_sequence
@@ -58,6 +60,7 @@ class DedupResult:
             **({"semantic.set_apart_by_numbers": n} if (n := self.semantic.get("set_apart_by_numbers")) else {}),
             **({"semantic.set_apart_by_length": n} if (n := self.semantic.get("set_apart_by_length")) else {}),
             **({"semantic.set_apart_as_parts": n} if (n := self.semantic.get("set_apart_as_parts")) else {}),
+            **({"semantic.set_apart_by_words": n} if (n := self.semantic.get("set_apart_by_words")) else {}),
         }
 
 
@@ -118,15 +121,19 @@ def semantic_step(
         "documents": len(documents),
         "action": config.semantic_action,
         "max_length_ratio": config.semantic_max_length_ratio,
+        "min_shared_words": config.semantic_min_shared_words,
     }
     log.info("semantic_embeddings", backend=resolved.embedding_backend, documents=len(documents))
     apart = SetApart(SET_APART_EXAMPLES) if config.semantic_numbers_must_agree else None
     ratio = config.semantic_max_length_ratio
     lengths = LengthRule(ratio, SetApart(SET_APART_EXAMPLES)) if ratio is not None else None
     parts = SetApart(SET_APART_EXAMPLES)
+    share = config.semantic_min_shared_words
+    words = WordsRule(share, SetApart(SET_APART_EXAMPLES)) if share is not None else None
     token = SET_APART.set(apart)
     length_token = LENGTH_APART.set(lengths)
     parts_token = PARTS_APART.set(parts)
+    words_token = WORDS_APART.set(words)
     try:
         if config.semantic_action == "judge":
             return _judged(result, documents, identify, resolved, judge)
@@ -135,6 +142,12 @@ def semantic_step(
         SET_APART.reset(token)
         LENGTH_APART.reset(length_token)
         PARTS_APART.reset(parts_token)
+        WORDS_APART.reset(words_token)
+        if words is not None:
+            result.semantic["set_apart_by_words"] = words.apart.count
+            result.semantic["set_apart_by_words_examples"] = words.apart.closest()
+            if words.apart.count:
+                log.info("semantic_set_apart_by_words", pairs=words.apart.count, share=share)
         if parts.count:
             result.semantic["set_apart_as_parts"] = parts.count
             result.semantic["set_apart_as_parts_examples"] = parts.closest()

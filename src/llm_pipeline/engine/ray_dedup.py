@@ -89,7 +89,7 @@ from llm_pipeline.ingest.sources import Part, UnreadableFile, file_parts
 from llm_pipeline.io import atomic_open, write_json, write_jsonl
 from llm_pipeline.logging import get_logger
 from llm_pipeline.records import Document, DuplicateCluster, Reject
-from llm_pipeline.text import number_mask
+from llm_pipeline.text import number_mask, word_set
 
 log = get_logger("engine.ray")
 
@@ -480,6 +480,11 @@ def _select(lines: list[bytes], mask: np.ndarray) -> list[Document]:
     return _selected(lines, mask)
 
 
+@ray.remote
+def _word_sets(lines: list[bytes], mask: np.ndarray) -> list[np.ndarray]:
+    return [word_set(document.text) for document in _selected(lines, mask)]
+
+
 @ray.remote(num_cpus=0)
 def _texts(lines: list[bytes], mask: np.ndarray, size: int) -> Any:
     """The texts of a file's documents in `mask`, in shards of `size` (the task's `num_returns` objects). No CPU
@@ -500,6 +505,7 @@ class _KeptDocuments(Sequence[Document | DocumentKey]):
         self.plan, self.address = plan, address
         self.rows = np.flatnonzero(plan.alive)
         self.fetched: dict[int, Document] = {}
+        self.word_sets: dict[int, np.ndarray] = {}  # text.word_set by position (the words rule's pairs' members)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -514,6 +520,19 @@ class _KeptDocuments(Sequence[Document | DocumentKey]):
         wanted[self.rows[positions]] = True
         found = _documents(self.plan, self.address, wanted)  # in input order: the positions' order
         self.fetched.update(zip(positions, found, strict=True))
+
+    def sketch_words(self, indices: set[int]) -> None:
+        """The `word_set` of each of these positions' texts, made where the texts are (`word_sets`)."""
+        positions = sorted(indices - self.word_sets.keys())
+        wanted = np.zeros(self.plan.n, dtype=bool)
+        wanted[self.rows[positions]] = True
+        parts = []
+        for load in self.plan.files:
+            mine = wanted[load.base : load.base + len(load.ids)]
+            if mine.any():
+                parts.append(_word_sets.remote(load.lines, mine))
+        found = [s for chunk in fetch_each(parts, self.address) for s in chunk]  # in input order
+        self.word_sets.update(zip(positions, found, strict=True))
 
     def shards(self, size: int) -> list[tuple[FileLoad, np.ndarray, int]]:
         """How the texts go to the embedding actors, in order: (a file, its documents still kept, how many shards
@@ -732,7 +751,7 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
     tasks that each hold two blocks (exact) or a run of blocks and one part of the index (ivf); the keep rule in
     the driver, a judge's texts fetched for the pairs it may ask about. No process holds every vector (but for an
     index in one part, which is all of them: `ivf_shards: auto` keeps a part under 1 GiB), the driver none."""
-    from llm_pipeline.dedup.clusters import PAIR_JUDGE
+    from llm_pipeline.dedup.clusters import PAIR_JUDGE, WORDS_APART
     from llm_pipeline.dedup.semantic import ivf_sample, uses_ivf
 
     def method(documents: _KeptDocuments, dedup: Any) -> list[DuplicateCluster]:
@@ -764,8 +783,11 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
         del refs, shards, layout  # the shards' vectors leave the store: the blocks hold them
         log.info("semantic_embedded", engine="ray", actors=len(actors), texts=rows, blocks=len(blocks))
         pairs = _semantic_pairs(blocks, training, rows, dedup, address, config)
+        members = {i for i, j, _ in pairs} | {j for i, j, _ in pairs}
         if PAIR_JUDGE.get() is not None:
-            documents.fetch({i for i, j, _ in pairs} | {j for i, j, _ in pairs})
+            documents.fetch(members)
+        if WORDS_APART.get() is not None and members:
+            documents.sketch_words(members)
         return semantic_clusters(documents, pairs, dedup.keep)
 
     return method

@@ -4,36 +4,11 @@ from __future__ import annotations
 
 import unicodedata
 
-import regex
-
-from llm_pipeline.text import NUMBER, UNSPACED_SCRIPTS
-
-# A word of any script (letters with their combining marks, digits; 0.45 and 1,200 whole); a run of characters of a
-# script written without spaces is a run, not a word: its words are its character pairs (below).
-_WORD = regex.compile(
-    rf"(?P<run>[{UNSPACED_SCRIPTS}]+)|(?:(?![{UNSPACED_SCRIPTS}])[\p{{L}}\p{{M}}\p{{N}}])+(?:[.,]\p{{N}}+)*"
-)
-_STOPWORDS = frozenset(
-    "a an the of to in on at for by with and or but is are was were be been it its this that these those as "
-    "from than then so such can may will would should could do does did has have had not no".split()
-)
+from llm_pipeline.text import NUMBER, content_words
 
 
 def _normal(text: str) -> str:
     return unicodedata.normalize("NFKC", text).lower()
-
-
-def content_words(text: str) -> list[str]:
-    """The words that carry an answer's content: every script's words but English stopwords; in Chinese, Japanese or
-    Thai, whose words are not spaced, overlapping character pairs (`充电`, `电桩` of `充电桩`: a pair is the usual
-    unit of Chinese retrieval; single characters, few thousand in common use, would match nearly any source)."""
-    found = []
-    for match in _WORD.finditer(_normal(text)):
-        if run := match.group("run"):
-            found.extend(run[i : i + 2] for i in range(max(1, len(run) - 1)))
-        elif match.group() not in _STOPWORDS:
-            found.append(match.group())
-    return found
 
 
 def grounding_score(answer: str, source: str) -> float:
