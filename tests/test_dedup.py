@@ -250,6 +250,7 @@ def test_semantic_review_lists_the_pairs_and_removes_nothing() -> None:
     (pair,) = examples["semantic_removals"]
     assert pair["removed"] == "b" and pair["removed_from_output"] is False and pair["cosine"] >= 0.85
     assert 0 < pair["jaccard"] < 0.6 and set(pair["texts"]) == {"a", "b"}
+    assert pair["shared_words"] == round(5 / 7, 4)  # charg(ing|er), station, broken, cannot, used, today: 5 of 7
     manifest = {"pipeline": "p", "run_id": "r", "config_hash": "h", "code_version": "v", "started_at": "t"}
     report = render_report(manifest, {}, examples, {})
     assert "### Semantic near-pairs to review (kept) (1;" in report and "| `b` | `a` |" in report

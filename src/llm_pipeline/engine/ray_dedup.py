@@ -459,14 +459,15 @@ def _remove(plan: Plan, clusters: list[DuplicateCluster]) -> int:
     return removed
 
 
-def _documents(plan: Plan, address: str, wanted: np.ndarray | None = None) -> list[Document]:
-    """The alive documents (or those of `wanted`, a mask), in input order, fetched file by file."""
+def _documents(plan: Plan, address: str, wanted: np.ndarray | None = None, task: Any = None) -> list[Any]:
+    """The alive documents (or those of `wanted`, a mask), in input order, fetched file by file; or what `task`
+    (a remote function of a file's lines and its mask, `_word_sets`) makes of them where they are."""
     mask = plan.alive if wanted is None else wanted
     parts = []
     for load in plan.files:
         mine = mask[load.base : load.base + len(load.ids)]
         if mine.any():
-            parts.append(_select.remote(load.lines, mine))  # filtered where the documents are
+            parts.append((task or _select).remote(load.lines, mine))  # filtered where the documents are
     return [d for chunk in fetch_each(parts, address) for d in chunk]
 
 
@@ -516,23 +517,20 @@ class _KeptDocuments(Sequence[Document | DocumentKey]):
 
     def fetch(self, indices: set[int]) -> None:
         positions = sorted(indices - self.fetched.keys())
-        wanted = np.zeros(self.plan.n, dtype=bool)
-        wanted[self.rows[positions]] = True
-        found = _documents(self.plan, self.address, wanted)  # in input order: the positions' order
+        found = _documents(self.plan, self.address, self._mask(positions))  # in input order: the positions' order
         self.fetched.update(zip(positions, found, strict=True))
 
-    def sketch_words(self, indices: set[int]) -> None:
-        """The `word_set` of each of these positions' texts, made where the texts are (`word_sets`)."""
-        positions = sorted(indices - self.word_sets.keys())
+    def read_word_sets(self, indices: set[int]) -> None:
+        """The `word_set` of each of these positions' texts (`word_sets`), made by tasks where the texts are; not
+        for those whose text is here already (`fetched`: the words rule reads it)."""
+        positions = sorted(indices - self.word_sets.keys() - self.fetched.keys())
+        found = _documents(self.plan, self.address, self._mask(positions), _word_sets)
+        self.word_sets.update(zip(positions, found, strict=True))
+
+    def _mask(self, positions: list[int]) -> np.ndarray:
         wanted = np.zeros(self.plan.n, dtype=bool)
         wanted[self.rows[positions]] = True
-        parts = []
-        for load in self.plan.files:
-            mine = wanted[load.base : load.base + len(load.ids)]
-            if mine.any():
-                parts.append(_word_sets.remote(load.lines, mine))
-        found = [s for chunk in fetch_each(parts, self.address) for s in chunk]  # in input order
-        self.word_sets.update(zip(positions, found, strict=True))
+        return wanted
 
     def shards(self, size: int) -> list[tuple[FileLoad, np.ndarray, int]]:
         """How the texts go to the embedding actors, in order: (a file, its documents still kept, how many shards
@@ -787,7 +785,7 @@ def _semantic_on_actors(address: str, config: PipelineConfig) -> Any:
         if PAIR_JUDGE.get() is not None:
             documents.fetch(members)
         if WORDS_APART.get() is not None and members:
-            documents.sketch_words(members)
+            documents.read_word_sets(members)
         return semantic_clusters(documents, pairs, dedup.keep)
 
     return method

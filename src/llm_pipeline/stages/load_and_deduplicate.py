@@ -12,6 +12,7 @@ from llm_pipeline.ingest import load_documents, require_documents
 from llm_pipeline.io import write_json, write_jsonl
 from llm_pipeline.records import Document, DuplicateCluster
 from llm_pipeline.stages.contract import StageContext
+from llm_pipeline.text import shared_words, word_set
 
 if TYPE_CHECKING:
     from llm_pipeline.dedup.judge import SemanticJudge
@@ -28,7 +29,8 @@ def cluster_examples(
     semantic: dict[str, Any] | None = None,
 ) -> dict:
     """A few clusters with their texts, and every semantic removal with its pair and both similarities (the
-    cosine that removed it and the lexical Jaccard of MinHash's shingles), so a reviewer can judge each one;
+    cosine that removed it and the lexical Jaccard of MinHash's shingles; with them the share of their distinct
+    words the two have in common, what the words rule reads), so a reviewer can judge each one;
     with `semantic_action: judge`, the judge's verdict and reason too (`judgements`, by removed id); `semantic`:
     how the semantic pass ran (DedupResult.semantic: backend, threshold, documents compared).
     Removed documents exist nowhere else after this stage."""
@@ -46,6 +48,7 @@ def cluster_examples(
     removals = []
     for cluster in (c for c in clusters if c.method == "semantic"):
         kept = shingles(texts.get(cluster.kept, ""), config.shingle_size)
+        kept_words = word_set(texts.get(cluster.kept, ""))
         for member, cosine in cluster.to_kept.items():
             judged = judgements.get(member)
             removals.append(
@@ -54,6 +57,7 @@ def cluster_examples(
                     "kept": cluster.kept,
                     "cosine": cosine,
                     "jaccard": round(jaccard(kept, shingles(texts.get(member, ""), config.shingle_size)), 4),
+                    "shared_words": round(shared_words(kept_words, word_set(texts.get(member, ""))), 4),
                     "removed_from_output": removed(member),
                     **({"judge": {"verdict": judged["verdict"], "reason": judged["reason"]}} if judged else {}),
                     "texts": {
