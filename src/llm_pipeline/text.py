@@ -136,9 +136,9 @@ _STOPWORDS = frozenset(
 
 def content_words(text: str) -> list[str]:
     """The words that carry a text's content (QA's grounding, semantic dedup's words rule): every script's words
-    but English stopwords; in Chinese, Japanese or
-    Thai, whose words are not spaced, overlapping character pairs (`充电`, `电桩` of `充电桩`: a pair is the usual
-    unit of Chinese retrieval; single characters, few thousand in common use, would match nearly any source)."""
+    but English stopwords; in Chinese, Japanese or Thai, whose words are not spaced, overlapping character pairs
+    (`充电`, `电桩` of `充电桩`: a pair is the usual unit of Chinese retrieval; single characters, few thousand in
+    common use, would match nearly any source)."""
     found = []
     for match in _CONTENT_WORD.finditer(unicodedata.normalize("NFKC", text).lower()):
         if run := match.group("run"):
@@ -151,7 +151,7 @@ def content_words(text: str) -> list[str]:
 def word_set(text: str) -> np.ndarray:
     """A text's distinct content words (`content_words`) as their CRC-32 hashes, sorted (uint32): a few bytes a word,
     what semantic dedup's words rule compares (the Ray engine ships them, not the texts, to its driver)."""
-    return np.unique(np.fromiter((zlib.crc32(w.encode()) for w in set(content_words(text))), dtype=np.uint32))
+    return np.unique(np.fromiter((zlib.crc32(w.encode()) for w in content_words(text)), dtype=np.uint32))
 
 
 def shared_words(a: np.ndarray, b: np.ndarray) -> float:
